@@ -1,0 +1,63 @@
+//! The REST API (axum). It validates input and records desired state; it never
+//! touches VMs or nginx. Routes, shared state and the request body limit live here.
+
+use std::sync::Arc;
+
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
+use axum::Router;
+
+use crate::config::Config;
+use crate::drivers::{ProxyDriver, VmDriver};
+use crate::reconciler::metrics::Metrics;
+use crate::store::Store;
+
+pub mod auth;
+pub mod error;
+pub mod health;
+pub mod hosting;
+
+/// Largest accepted request body.
+pub const BODY_LIMIT: usize = 64 * 1024;
+
+/// State shared by all handlers.
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Store,
+    pub config: Arc<Config>,
+    pub jwt: auth::Jwt,
+    /// bcrypt hash of a random password: verified against when a login names no
+    /// user, so unknown users and wrong passwords take the same time.
+    pub dummy_hash: String,
+    /// Image names the catalogue knows (validated at create).
+    pub catalog_names: Arc<Vec<String>>,
+    /// Drivers, for health checks only (absent in an API-only process).
+    pub vm: Option<Arc<dyn VmDriver>>,
+    pub proxy: Option<Arc<dyn ProxyDriver>>,
+    pub metrics: Arc<Metrics>,
+}
+
+async fn fallback() -> error::ApiError {
+    error::ApiError::NotFound("no such endpoint")
+}
+
+/// Builds the router.
+pub fn router(state: AppState) -> Router {
+    let api = Router::new()
+        .route("/auth/register", post(auth::register))
+        .route("/auth/login", post(auth::login))
+        .route("/auth/me", get(auth::me))
+        .route("/host", post(hosting::create))
+        .route("/host/my", get(hosting::get_mine).patch(hosting::patch_mine).delete(hosting::delete_mine))
+        .route("/admin/hostings", get(hosting::admin_list))
+        .route("/health", get(health::health))
+        .route("/health/detailed", get(health::detailed))
+        .route("/version", get(health::version));
+    Router::new()
+        .nest("/api/v1", api)
+        .route("/metrics", get(health::metrics))
+        .fallback(fallback)
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(tower_http::trace::TraceLayer::new_for_http())
+        .with_state(state)
+}

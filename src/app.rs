@@ -1,0 +1,217 @@
+//! Wiring: builds the pieces a process runs (API server, reconciler, or both)
+//! from a [`Config`], binds the listener (port 0 works, for tests), and runs
+//! until a shutdown signal, stopping cooperatively.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use crate::api::{self, AppState};
+use crate::config::Config;
+use crate::drivers::libvirt::LibvirtDriver;
+use crate::drivers::nginx::NginxDriver;
+use crate::drivers::{ProxyDriver, VmDriver};
+use crate::images::Catalog;
+use crate::reconciler::{metrics::Metrics, Context, Controller, Shutdown};
+use crate::store::Store;
+
+/// Which parts run in this process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    All,
+    Api,
+    Reconciler,
+}
+
+/// A built application: bound listener (if any) and the reconciler (if any).
+pub struct Application {
+    listener: Option<tokio::net::TcpListener>,
+    addr: Option<SocketAddr>,
+    state: AppState,
+    controller: Option<Arc<Controller>>,
+}
+
+/// Errors while building the application.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error("database: {0}")]
+    Store(#[from] crate::store::StoreError),
+    #[error("{0}")]
+    Image(#[from] crate::images::ImageError),
+    #[error("cannot listen on {0}: {1}")]
+    Bind(SocketAddr, std::io::Error),
+    #[error("{0}")]
+    Other(String),
+}
+
+impl Application {
+    /// Connects to Postgres (waiting for it up to 30 s), runs migrations,
+    /// creates drivers and binds the API listener.
+    pub async fn build(config: Config, mode: Mode) -> Result<Application, AppError> {
+        let store = connect_with_retry(&config.database_url).await?;
+        store.migrate().await?;
+        let metrics = Arc::new(Metrics::default());
+        let catalog = Catalog::load(&config.images_file, &config.state_dir)?;
+        let (vm, proxy): (Arc<dyn VmDriver>, Arc<dyn ProxyDriver>) = (
+            Arc::new(LibvirtDriver::new(&config.libvirt_uri, &config.instance, &config.state_dir)),
+            Arc::new(NginxDriver::new(&config.nginx_routes_dir, &config.nginx_conf, &config.nginx_bin)),
+        );
+        std::fs::create_dir_all(&config.nginx_routes_dir).map_err(|e| AppError::Other(format!("cannot create {}: {e}", config.nginx_routes_dir.display())))?;
+        let cost = config.bcrypt_cost;
+        let dummy_hash = tokio::task::spawn_blocking(move || bcrypt::hash(uuid::Uuid::new_v4().to_string(), cost))
+            .await
+            .map_err(|e| AppError::Other(e.to_string()))?
+            .map_err(|e| AppError::Other(e.to_string()))?;
+        let state = AppState {
+            store: store.clone(),
+            config: Arc::new(config.clone()),
+            jwt: api::auth::Jwt::new(&config.jwt_secret, config.jwt_ttl),
+            dummy_hash,
+            catalog_names: Arc::new(catalog.names().map(String::from).collect()),
+            vm: Some(vm.clone()),
+            proxy: Some(proxy.clone()),
+            metrics: metrics.clone(),
+        };
+        let controller = if mode != Mode::Api {
+            let ctx = Context::new(store, vm, proxy, config.clone(), metrics)?;
+            Some(Arc::new(Controller::new(ctx)))
+        } else {
+            None
+        };
+        let (listener, addr) = if mode != Mode::Reconciler {
+            let l = tokio::net::TcpListener::bind(config.listen).await.map_err(|e| AppError::Bind(config.listen, e))?;
+            let a = l.local_addr().map_err(|e| AppError::Bind(config.listen, e))?;
+            (Some(l), Some(a))
+        } else {
+            (None, None)
+        };
+        Ok(Application { listener, addr, state, controller })
+    }
+
+    /// The bound API address (None for a reconciler-only process).
+    pub fn addr(&self) -> Option<SocketAddr> {
+        self.addr
+    }
+
+    pub fn controller(&self) -> Option<Arc<Controller>> {
+        self.controller.clone()
+    }
+
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// Runs until `shutdown` is cancelled; then stops accepting requests,
+    /// lets in-flight reconciles finish and releases the leader lease.
+    pub async fn run_until_stopped(self, shutdown: Shutdown) -> Result<(), AppError> {
+        let reconciler = self.controller.clone().map(|c| tokio::spawn(c.run(shutdown.clone())));
+        if let Some(listener) = self.listener {
+            let router = api::router(self.state.clone());
+            let sd = shutdown.clone();
+            axum::serve(listener, router)
+                .with_graceful_shutdown(async move { sd.cancelled().await })
+                .await
+                .map_err(|e| AppError::Other(format!("server: {e}")))?;
+        } else {
+            shutdown.cancelled().await;
+        }
+        if let Some(r) = reconciler {
+            let _ = r.await;
+        }
+        Ok(())
+    }
+}
+
+async fn connect_with_retry(url: &str) -> Result<Store, crate::store::StoreError> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        match Store::connect(url, 20).await {
+            Ok(s) => return Ok(s),
+            Err(e) if std::time::Instant::now() < deadline => {
+                tracing::warn!(error = %e, "waiting for Postgres");
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Resolves when SIGINT or SIGTERM arrives.
+pub async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term.recv() => {},
+    }
+}
+
+/// Renders the host nginx main config (used by start.sh and the tests).
+pub fn nginx_main_conf(listen: &str, prefix: &str, routes_dir: &str) -> String {
+    use askama::Template;
+    crate::templates::NginxMainConf {
+        pid_file: format!("{prefix}/nginx.pid"),
+        error_log: format!("{prefix}/error.log"),
+        access_log: format!("{prefix}/access.log"),
+        temp_dir: format!("{prefix}/tmp"),
+        listen: listen.to_string(),
+        routes_dir: routes_dir.to_string(),
+    }
+    .render()
+    .expect("nginx template renders")
+}
+
+pub mod doctor {
+    //! `hostd doctor`: checks every dependency and prints one line per check.
+
+    use std::sync::Arc;
+
+    use crate::config::Config;
+    use crate::drivers::libvirt::LibvirtDriver;
+    use crate::drivers::nginx::NginxDriver;
+    use crate::drivers::{ProxyDriver, VmDriver};
+    use crate::images::Catalog;
+
+    /// Runs the checks; returns the exit code (0 all good, 1 otherwise).
+    pub async fn run(c: Config) -> i32 {
+        let mut failed = 0;
+        let mut line = |ok: bool, what: &str, detail: String| {
+            println!("[{}] {what}: {detail}", if ok { " ok " } else { "FAIL" });
+            if !ok {
+                failed += 1;
+            }
+        };
+        match crate::store::Store::connect(&c.database_url, 1).await {
+            Ok(s) => line(s.ping().await.is_ok(), "postgres", "reachable".into()),
+            Err(e) => line(false, "postgres", e.to_string()),
+        }
+        let vm: Arc<dyn VmDriver> = Arc::new(LibvirtDriver::new(&c.libvirt_uri, &c.instance, &c.state_dir));
+        match vm.ping().await {
+            Ok(v) => line(true, "libvirt", v),
+            Err(e) => line(false, "libvirt", e.to_string()),
+        }
+        line(true, "acceleration", format!("domain type '{}': {}", c.domain_type.as_str(), c.domain_type_reason));
+        let proxy = NginxDriver::new(&c.nginx_routes_dir, &c.nginx_conf, &c.nginx_bin);
+        match proxy.health().await {
+            Ok(v) => line(true, "nginx", v),
+            Err(e) => line(false, "nginx", e.to_string()),
+        }
+        line(crate::drivers::seed::available(), "genisoimage", "needed for cloud-init seeds".into());
+        match Catalog::load(&c.images_file, &c.state_dir) {
+            Ok(cat) => {
+                for name in cat.names().map(String::from).collect::<Vec<_>>() {
+                    let n = crate::domain::ImageName::parse(&name).expect("catalogue names are valid");
+                    match cat.resolve(&n) {
+                        Ok(e) => line(true, &format!("image {name}"), e.disk.display().to_string()),
+                        Err(e) => line(false, &format!("image {name}"), e.to_string()),
+                    }
+                }
+            }
+            Err(e) => line(false, "image catalogue", e.to_string()),
+        }
+        if failed > 0 {
+            1
+        } else {
+            0
+        }
+    }
+}

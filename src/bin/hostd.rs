@@ -1,0 +1,130 @@
+//! The hostd server binary: a thin command-line shell over the library.
+
+use clap::{Parser, Subcommand};
+use hostd::app::{shutdown_signal, Application, Mode};
+use hostd::config::Config;
+use hostd::reconciler::Shutdown;
+
+#[derive(Parser)]
+#[command(name = "hostd", version, about = "Self-hosted web-hosting control plane")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// API and reconciler in one process.
+    All {
+        /// Generate a JWT secret if HOSTD_JWT_SECRET is unset (development only).
+        #[arg(long)]
+        dev: bool,
+    },
+    /// The REST API only.
+    Api,
+    /// The reconciler only (one leader at a time per database).
+    Reconciler,
+    /// Apply database migrations and exit.
+    Migrate,
+    /// Check the environment: database, libvirt, nginx, image, acceleration.
+    Doctor,
+    /// Print the Hosting CustomResourceDefinition (crds/hosting.yaml).
+    Crds,
+    /// Print a main nginx config that includes the routes directory.
+    NginxConf {
+        /// Listen address, e.g. 0.0.0.0:80.
+        #[arg(long, default_value = "0.0.0.0:80")]
+        listen: String,
+        /// Directory for pid, logs and temp files.
+        #[arg(long, default_value = "/var/lib/hostd/nginx")]
+        prefix: String,
+        /// The routes directory to include.
+        #[arg(long, env = "HOSTD_NGINX_ROUTES_DIR", default_value = "/var/lib/hostd/nginx-routes")]
+        routes_dir: String,
+    },
+    /// Grant the admin role to a user.
+    MakeAdmin { username: String },
+}
+
+fn config(dev: bool) -> Config {
+    match Config::from_env(dev) {
+        Ok((c, generated)) => {
+            if generated {
+                eprintln!("WARNING: HOSTD_JWT_SECRET is not set: generated a random one for this run (--dev). Tokens will not survive a restart. Never do this in production.");
+            }
+            c
+        }
+        Err(e) => {
+            eprintln!("hostd: {e}");
+            std::process::exit(2);
+        }
+    }
+}
+
+async fn serve(c: Config, mode: Mode) {
+    let app = match Application::build(c, mode).await {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("hostd: {e}");
+            std::process::exit(1);
+        }
+    };
+    if let Some(addr) = app.addr() {
+        tracing::info!(%addr, ?mode, "hostd listening");
+    }
+    let shutdown = Shutdown::default();
+    let sd = shutdown.clone();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        tracing::info!("shutdown requested");
+        sd.cancel();
+    });
+    if let Err(e) = app.run_until_stopped(shutdown).await {
+        eprintln!("hostd: {e}");
+        std::process::exit(1);
+    }
+}
+
+#[tokio::main]
+async fn main() {
+    let cli = Cli::parse();
+    hostd::telemetry::init();
+    match cli.cmd {
+        Cmd::All { dev } => serve(config(dev), Mode::All).await,
+        Cmd::Api => serve(config(false), Mode::Api).await,
+        Cmd::Reconciler => serve(config(true), Mode::Reconciler).await,
+        Cmd::Migrate => {
+            let c = config(true);
+            let store = hostd::store::Store::connect(&c.database_url, 2).await.unwrap_or_else(|e| {
+                eprintln!("hostd: {e}");
+                std::process::exit(1)
+            });
+            if let Err(e) = store.migrate().await {
+                eprintln!("hostd: {e}");
+                std::process::exit(1);
+            }
+            println!("migrations applied");
+        }
+        Cmd::Doctor => std::process::exit(hostd::app::doctor::run(config(true)).await),
+        Cmd::Crds => print!("{}", hostd::crd::hosting_crd_yaml()),
+        Cmd::NginxConf { listen, prefix, routes_dir } => print!("{}", hostd::app::nginx_main_conf(&listen, &prefix, &routes_dir)),
+        Cmd::MakeAdmin { username } => {
+            let c = config(true);
+            let u = hostd::domain::Username::parse(&username).unwrap_or_else(|e| {
+                eprintln!("hostd: {e}");
+                std::process::exit(2)
+            });
+            let store = hostd::store::Store::connect(&c.database_url, 2).await.unwrap_or_else(|e| {
+                eprintln!("hostd: {e}");
+                std::process::exit(1)
+            });
+            match store.set_role(&u, hostd::domain::Role::Admin).await {
+                Ok(()) => println!("{username} is now an admin"),
+                Err(e) => {
+                    eprintln!("hostd: {e}");
+                    std::process::exit(1)
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,484 @@
+//! Domain types: everything the user typed is parsed here, at the edge, into
+//! types that can only hold valid values. The store and the reconciler only ever
+//! see these types, never raw strings.
+
+use std::fmt;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// Why a piece of input was refused. The message is safe to show to the user.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct ValidationError {
+    /// The input field that was refused.
+    pub field: &'static str,
+    /// What is wrong with it, in words a user understands.
+    pub message: String,
+}
+
+impl ValidationError {
+    pub fn new(field: &'static str, message: impl Into<String>) -> Self {
+        Self { field, message: message.into() }
+    }
+}
+
+/// A syntactically valid e-mail address, stored as typed (compared case-insensitively).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Email(String);
+
+impl Email {
+    pub fn parse(s: &str) -> Result<Self, ValidationError> {
+        let s = s.trim();
+        let err = |m: &str| Err(ValidationError::new("email", m));
+        if s.is_empty() || s.len() > 254 {
+            return err("must be 1 to 254 characters");
+        }
+        let Some((local, domain)) = s.split_once('@') else {
+            return err("must contain '@'");
+        };
+        if local.is_empty() || local.len() > 64 || domain.contains('@') {
+            return err("is not a valid address");
+        }
+        if !domain.contains('.') || domain.starts_with('.') || domain.ends_with('.') || domain.contains("..") {
+            return err("domain part is not valid");
+        }
+        let ok_local = local.chars().all(|c| c.is_ascii_alphanumeric() || "!#$%&'*+/=?^_`{|}~.-".contains(c));
+        let ok_domain = domain.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.');
+        if !ok_local || !ok_domain {
+            return err("contains characters that are not allowed");
+        }
+        Ok(Self(s.to_string()))
+    }
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// 3–32 characters of `[a-z0-9_-]`, starting with a letter. Safe in hostnames,
+/// HTML, YAML and file names by construction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Username(String);
+
+impl Username {
+    pub fn parse(s: &str) -> Result<Self, ValidationError> {
+        let ok = (3..=32).contains(&s.len())
+            && s.starts_with(|c: char| c.is_ascii_lowercase())
+            && s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-');
+        if ok {
+            Ok(Self(s.to_string()))
+        } else {
+            Err(ValidationError::new(
+                "username",
+                "must be 3-32 characters of a-z, 0-9, '_' or '-', starting with a letter",
+            ))
+        }
+    }
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+    /// A hostname derived from the username (`_` is not valid in hostnames).
+    pub fn hostname(&self) -> String {
+        self.0.replace('_', "-")
+    }
+}
+
+/// A password of acceptable length. Never logged, never stored in clear.
+#[derive(Clone)]
+pub struct Password(String);
+
+impl fmt::Debug for Password {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Password(***)")
+    }
+}
+
+impl Password {
+    pub fn parse(s: &str) -> Result<Self, ValidationError> {
+        // bcrypt only looks at the first 72 bytes; refuse longer input rather than
+        // silently ignoring part of it.
+        if s.chars().count() < 8 {
+            return Err(ValidationError::new("password", "must be at least 8 characters"));
+        }
+        if s.len() > 72 {
+            return Err(ValidationError::new("password", "must be at most 72 bytes"));
+        }
+        Ok(Self(s.to_string()))
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    User,
+    Admin,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::User => "user",
+            Role::Admin => "admin",
+        }
+    }
+    pub fn from_db(s: &str) -> Role {
+        if s == "admin" {
+            Role::Admin
+        } else {
+            Role::User
+        }
+    }
+}
+
+/// An OpenSSH public key line (`type base64 [comment]`), checked for a known
+/// key type, valid base64 and no characters that could break out of YAML.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct SshPublicKey(String);
+
+const SSH_KEY_TYPES: &[&str] = &[
+    "ssh-ed25519",
+    "ssh-rsa",
+    "ecdsa-sha2-nistp256",
+    "ecdsa-sha2-nistp384",
+    "ecdsa-sha2-nistp521",
+    "sk-ssh-ed25519@openssh.com",
+    "sk-ecdsa-sha2-nistp256@openssh.com",
+];
+
+impl SshPublicKey {
+    pub fn parse(s: &str) -> Result<Self, ValidationError> {
+        let err = |m: &str| Err(ValidationError::new("ssh_public_keys", m));
+        let s = s.trim();
+        if s.len() > 16 * 1024 {
+            return err("key is too long");
+        }
+        if s.chars().any(|c| c.is_control()) {
+            return err("key must be a single line");
+        }
+        let mut parts = s.splitn(3, ' ');
+        let (Some(kind), Some(data)) = (parts.next(), parts.next()) else {
+            return err("expected '<type> <base64> [comment]'");
+        };
+        if !SSH_KEY_TYPES.contains(&kind) {
+            return err("unsupported key type");
+        }
+        if data.len() < 16 || !data.chars().all(|c| c.is_ascii_alphanumeric() || "+/=".contains(c)) {
+            return err("key data is not base64");
+        }
+        let comment = parts.next().unwrap_or("").trim();
+        if !comment.chars().all(|c| c.is_ascii_graphic() || c == ' ') {
+            return err("comment must be printable ASCII");
+        }
+        let mut out = format!("{kind} {data}");
+        if !comment.is_empty() {
+            out.push(' ');
+            out.push_str(comment);
+        }
+        Ok(Self(out))
+    }
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// The name of a guest image in the image catalogue: `[a-z0-9][a-z0-9._-]{0,63}`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ImageName(String);
+
+impl ImageName {
+    pub fn parse(s: &str) -> Result<Self, ValidationError> {
+        let ok = (1..=64).contains(&s.len())
+            && s.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+            && s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "._-".contains(c))
+            && !s.contains("..");
+        if ok {
+            Ok(Self(s.to_string()))
+        } else {
+            Err(ValidationError::new("image", "must be 1-64 characters of a-z, 0-9, '.', '_' or '-'"))
+        }
+    }
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// Limits of a hosting spec, shared by validation and the CRD schema.
+pub mod limits {
+    pub const VCPUS: (i32, i32) = (1, 16);
+    pub const MEMORY_MIB: (i32, i32) = (256, 65536);
+    pub const DISK_GIB: (i32, i32) = (1, 1024);
+    pub const MAX_SSH_KEYS: usize = 32;
+}
+
+/// The desired shape of a hosting, fully validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostingSpec {
+    pub vcpus: i32,
+    pub memory_mib: i32,
+    pub disk_gib: i32,
+    pub image: ImageName,
+    pub ssh_public_keys: Vec<SshPublicKey>,
+    pub running: bool,
+}
+
+impl Default for HostingSpec {
+    fn default() -> Self {
+        Self {
+            vcpus: 1,
+            memory_mib: 512,
+            disk_gib: 10,
+            image: ImageName("debian-12".into()),
+            ssh_public_keys: vec![],
+            running: true,
+        }
+    }
+}
+
+fn in_range(field: &'static str, v: i64, (lo, hi): (i32, i32)) -> Result<i32, ValidationError> {
+    if v < lo as i64 || v > hi as i64 {
+        Err(ValidationError::new(field, format!("must be between {lo} and {hi}")))
+    } else {
+        Ok(v as i32)
+    }
+}
+
+/// Raw, untrusted spec fields as they arrive from a client; every field optional.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SpecPatch {
+    pub vcpus: Option<i64>,
+    pub memory_mib: Option<i64>,
+    pub disk_gib: Option<i64>,
+    pub image: Option<String>,
+    pub ssh_public_keys: Option<Vec<String>>,
+    pub running: Option<bool>,
+}
+
+impl SpecPatch {
+    /// Applies the patch on top of `base`, validating every field it sets.
+    /// `allow_create_only` permits fields that cannot change after creation.
+    pub fn apply(&self, base: &HostingSpec, allow_create_only: bool) -> Result<HostingSpec, ValidationError> {
+        let mut spec = base.clone();
+        if let Some(v) = self.vcpus {
+            spec.vcpus = in_range("vcpus", v, limits::VCPUS)?;
+        }
+        if let Some(v) = self.memory_mib {
+            spec.memory_mib = in_range("memory_mib", v, limits::MEMORY_MIB)?;
+        }
+        if let Some(v) = self.disk_gib {
+            let v = in_range("disk_gib", v, limits::DISK_GIB)?;
+            if !allow_create_only && v != base.disk_gib {
+                return Err(ValidationError::new("disk_gib", "cannot be changed after creation"));
+            }
+            spec.disk_gib = v;
+        }
+        if let Some(img) = &self.image {
+            let img = ImageName::parse(img)?;
+            if !allow_create_only && img != base.image {
+                return Err(ValidationError::new("image", "cannot be changed after creation"));
+            }
+            spec.image = img;
+        }
+        if let Some(keys) = &self.ssh_public_keys {
+            if keys.len() > limits::MAX_SSH_KEYS {
+                return Err(ValidationError::new("ssh_public_keys", "too many keys (at most 32)"));
+            }
+            let mut parsed = Vec::with_capacity(keys.len());
+            for k in keys {
+                let k = SshPublicKey::parse(k)?;
+                if !parsed.contains(&k) {
+                    parsed.push(k);
+                }
+            }
+            spec.ssh_public_keys = parsed;
+        }
+        if let Some(r) = self.running {
+            spec.running = r;
+        }
+        Ok(spec)
+    }
+}
+
+/// Lifecycle phase of a hosting, as shown to users.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum Phase {
+    Pending,
+    Provisioning,
+    Ready,
+    Updating,
+    Stopped,
+    Deleting,
+    Failed,
+}
+
+impl Phase {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Pending => "Pending",
+            Phase::Provisioning => "Provisioning",
+            Phase::Ready => "Ready",
+            Phase::Updating => "Updating",
+            Phase::Stopped => "Stopped",
+            Phase::Deleting => "Deleting",
+            Phase::Failed => "Failed",
+        }
+    }
+    pub fn from_db(s: &str) -> Phase {
+        match s {
+            "Provisioning" => Phase::Provisioning,
+            "Ready" => Phase::Ready,
+            "Updating" => Phase::Updating,
+            "Stopped" => Phase::Stopped,
+            "Deleting" => Phase::Deleting,
+            "Failed" => Phase::Failed,
+            _ => Phase::Pending,
+        }
+    }
+}
+
+/// A Kubernetes-style status condition.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct Condition {
+    #[serde(rename = "type")]
+    pub type_: String,
+    /// "True", "False" or "Unknown".
+    pub status: String,
+    pub reason: String,
+    pub message: String,
+    pub last_transition_time: chrono::DateTime<chrono::Utc>,
+}
+
+/// Event severity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum EventType {
+    Normal,
+    Warning,
+}
+
+impl EventType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventType::Normal => "Normal",
+            EventType::Warning => "Warning",
+        }
+    }
+}
+
+/// Kind of a forwarded port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PortKind {
+    Ssh,
+    Http,
+}
+
+impl PortKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PortKind::Ssh => "ssh",
+            PortKind::Http => "http",
+        }
+    }
+}
+
+/// An inclusive TCP port range, e.g. `10000-20000`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PortRange {
+    pub start: u16,
+    pub end: u16,
+}
+
+impl PortRange {
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let (a, b) = s.split_once('-').ok_or("expected '<start>-<end>'")?;
+        let start: u16 = a.trim().parse().map_err(|_| "start is not a port number")?;
+        let end: u16 = b.trim().parse().map_err(|_| "end is not a port number")?;
+        if start == 0 || start > end {
+            return Err("start must be between 1 and end".into());
+        }
+        Ok(Self { start, end })
+    }
+    pub fn len(&self) -> u32 {
+        (self.end - self.start) as u32 + 1
+    }
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+    pub fn overlaps(&self, o: &PortRange) -> bool {
+        self.start <= o.end && o.start <= self.end
+    }
+}
+
+/// Identifier newtypes, so a user id is never passed where a hosting id belongs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct UserId(pub Uuid);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct HostingId(pub Uuid);
+
+impl fmt::Display for UserId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+impl fmt::Display for HostingId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn usernames() {
+        assert!(Username::parse("alice").is_ok());
+        assert!(Username::parse("a_b-9").is_ok());
+        for bad in ["ab", "9abc", "Alice", "a b c", "al/../x", "a<script>", &"a".repeat(33)] {
+            assert!(Username::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn emails() {
+        assert!(Email::parse("a@example.com").is_ok());
+        for bad in ["", "a", "a@b", "@b.com", "a@@b.com", "a@b..com", "a b@c.com", "a@b.com\n"] {
+            assert!(Email::parse(bad).is_err() || bad.ends_with('\n'), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn ssh_keys_reject_injection() {
+        let good = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGl0 me@host";
+        assert_eq!(SshPublicKey::parse(good).unwrap().as_str(), good);
+        assert!(SshPublicKey::parse("ssh-ed25519 AAAA\n- evil: yaml").is_err());
+        assert!(SshPublicKey::parse("ssh-dss AAAAB3NzaC1kc3MAAACBA").is_err());
+        assert!(SshPublicKey::parse("ssh-ed25519 \"quoted\"").is_err());
+    }
+
+    #[test]
+    fn spec_patch_validates_and_freezes_disk() {
+        let base = HostingSpec::default();
+        let p = SpecPatch { memory_mib: Some(1024), ..Default::default() };
+        assert_eq!(p.apply(&base, false).unwrap().memory_mib, 1024);
+        let p = SpecPatch { memory_mib: Some(1), ..Default::default() };
+        assert!(p.apply(&base, false).is_err());
+        let p = SpecPatch { disk_gib: Some(20), ..Default::default() };
+        assert!(p.apply(&base, false).is_err());
+        assert_eq!(p.apply(&base, true).unwrap().disk_gib, 20);
+    }
+
+    #[test]
+    fn port_ranges() {
+        assert_eq!(PortRange::parse("10000-20000").unwrap().len(), 10001);
+        assert!(PortRange::parse("20-10").is_err());
+        assert!(PortRange::parse("0-10").is_err());
+        assert!(PortRange::parse("x").is_err());
+    }
+}

@@ -1,0 +1,420 @@
+//! The libvirt VM driver (crate `virt`). One connection, opened lazily, shared
+//! by every call and reopened when it breaks. Every libvirt call runs on
+//! `spawn_blocking`. hostd only ever touches domains whose `<metadata>` carries
+//! its marker for this instance.
+
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use virt::connect::Connect;
+use virt::domain::Domain;
+use virt::error::ErrorNumber;
+use virt::storage_pool::StoragePool;
+use virt::storage_vol::StorageVol;
+
+use super::{DriverError, DriverResult, Marker, ObservedDomain, VmDriver, VolumeSource};
+use crate::domain::HostingId;
+use crate::templates::MARKER_NS;
+
+/// The libvirt-backed [`VmDriver`].
+pub struct LibvirtDriver {
+    uri: String,
+    instance: String,
+    pool: String,
+    pool_dir: std::path::PathBuf,
+    conn: Arc<Mutex<Option<Connect>>>,
+}
+
+fn is(e: &virt::error::Error, n: ErrorNumber) -> bool {
+    e.code().is_known_and(|c| c == n)
+}
+
+fn lv(e: virt::error::Error) -> DriverError {
+    DriverError::Libvirt(e.to_string())
+}
+
+/// Parses the marker element (`<hosting instance=… id=… generation=… spec-hash=…/>`).
+pub fn parse_marker(xml: &str) -> Option<Marker> {
+    let mut reader = quick_xml::Reader::from_str(xml);
+    loop {
+        match reader.read_event().ok()? {
+            quick_xml::events::Event::Start(e) | quick_xml::events::Event::Empty(e) => {
+                if e.local_name().as_ref() != b"hosting" {
+                    continue;
+                }
+                let mut m = (None, None, None, None);
+                for a in e.attributes().flatten() {
+                    let v = a.unescape_value().ok()?.to_string();
+                    match a.key.local_name().as_ref() {
+                        b"instance" => m.0 = Some(v),
+                        b"id" => m.1 = uuid::Uuid::parse_str(&v).ok(),
+                        b"generation" => m.2 = v.parse().ok(),
+                        b"spec-hash" => m.3 = Some(v),
+                        _ => {}
+                    }
+                }
+                return Some(Marker {
+                    instance: m.0?,
+                    hosting_id: HostingId(m.1?),
+                    generation: m.2?,
+                    spec_hash: m.3?,
+                });
+            }
+            quick_xml::events::Event::Eof => return None,
+            _ => {}
+        }
+    }
+}
+
+impl LibvirtDriver {
+    pub fn new(uri: &str, instance: &str, state_dir: &std::path::Path) -> Self {
+        Self {
+            uri: uri.to_string(),
+            instance: instance.to_string(),
+            pool: format!("hostd-{instance}"),
+            pool_dir: state_dir.join("pool"),
+            conn: Arc::new(Mutex::new(None)),
+        }
+    }
+
+    /// Runs `f` with the shared connection on a blocking thread. A connection
+    /// that turns out to be dead is dropped, so the next call reconnects.
+    async fn with_conn<T, F>(&self, f: F) -> DriverResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connect) -> DriverResult<T> + Send + 'static,
+    {
+        let conn = self.conn.clone();
+        let uri = self.uri.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut guard = conn.lock().unwrap_or_else(|p| p.into_inner());
+            if guard.as_ref().map(|c| !c.is_alive().unwrap_or(false)).unwrap_or(true) {
+                if let Some(old) = guard.take() {
+                    drop(old);
+                }
+                let c = Connect::open(Some(&uri)).map_err(|e| DriverError::Connection(e.to_string()))?;
+                *guard = Some(c);
+            }
+            let c = guard.as_ref().expect("connection just set");
+            let r = f(c);
+            if let Err(DriverError::Libvirt(_)) = &r {
+                if !c.is_alive().unwrap_or(false) {
+                    if let Some(old) = guard.take() {
+                        drop(old);
+                    }
+                }
+            }
+            r
+        })
+        .await
+        .map_err(|e| DriverError::Other(format!("libvirt task panicked: {e}")))?
+    }
+
+    fn observe(dom: &Domain, instance: &str) -> Option<ObservedDomain> {
+        let meta = dom
+            .metadata(virt::sys::VIR_DOMAIN_METADATA_ELEMENT as i32, Some(MARKER_NS), 0)
+            .ok()?;
+        let marker = parse_marker(&meta)?;
+        if marker.instance != instance {
+            return None;
+        }
+        Some(ObservedDomain { name: dom.name().ok()?, marker, running: dom.is_active().unwrap_or(false) })
+    }
+
+    /// Looks up a domain and checks it is ours; `Ok(None)` when absent.
+    fn lookup_ours(c: &Connect, name: &str, instance: &str) -> DriverResult<Option<Domain>> {
+        match c.lookup_domain_by_name(name) {
+            Ok(d) => {
+                if Self::observe(&d, instance).is_none() {
+                    return Err(DriverError::NotOurs(name.to_string()));
+                }
+                Ok(Some(d))
+            }
+            Err(e) if is(&e, ErrorNumber::NoDomain) => Ok(None),
+            Err(e) => Err(lv(e)),
+        }
+    }
+
+    fn pool(c: &Connect, name: &str) -> DriverResult<StoragePool> {
+        c.lookup_storage_pool_by_name(name).map_err(lv)
+    }
+}
+
+#[async_trait]
+impl VmDriver for LibvirtDriver {
+    async fn ping(&self) -> DriverResult<String> {
+        let uri = self.uri.clone();
+        self.with_conn(move |c| {
+            let v = c.hyp_version().unwrap_or(0);
+            let lib = c.lib_version().unwrap_or(0);
+            Ok(format!(
+                "{uri}: libvirt {}.{}.{}, hypervisor {}.{}.{}",
+                lib / 1_000_000,
+                lib / 1000 % 1000,
+                lib % 1000,
+                v / 1_000_000,
+                v / 1000 % 1000,
+                v % 1000
+            ))
+        })
+        .await
+    }
+
+    fn pool_name(&self) -> &str {
+        &self.pool
+    }
+
+    async fn ensure_pool(&self) -> DriverResult<()> {
+        std::fs::create_dir_all(&self.pool_dir)?;
+        let name = self.pool.clone();
+        let dir = self.pool_dir.clone();
+        self.with_conn(move |c| {
+            let pool = match c.lookup_storage_pool_by_name(&name) {
+                Ok(p) => p,
+                Err(e) if is(&e, ErrorNumber::NoStoragePool) => {
+                    let xml = format!(
+                        "<pool type='dir'><name>{}</name><target><path>{}</path></target></pool>",
+                        xml_escape(&name),
+                        xml_escape(&dir.to_string_lossy())
+                    );
+                    let p = c.define_storage_pool_xml(&xml, 0).map_err(lv)?;
+                    let _ = p.set_autostart(true);
+                    p
+                }
+                Err(e) => return Err(lv(e)),
+            };
+            if !pool.is_active().map_err(lv)? {
+                pool.create(0).map_err(lv)?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn list_domains(&self) -> DriverResult<Vec<ObservedDomain>> {
+        let instance = self.instance.clone();
+        self.with_conn(move |c| {
+            let doms = c.list_all_domains(0).map_err(lv)?;
+            Ok(doms.iter().filter_map(|d| Self::observe(d, &instance)).collect())
+        })
+        .await
+    }
+
+    async fn get_domain(&self, name: &str) -> DriverResult<Option<ObservedDomain>> {
+        let (name, instance) = (name.to_string(), self.instance.clone());
+        self.with_conn(move |c| match c.lookup_domain_by_name(&name) {
+            Ok(d) => Ok(Self::observe(&d, &instance)),
+            Err(e) if is(&e, ErrorNumber::NoDomain) => Ok(None),
+            Err(e) => Err(lv(e)),
+        })
+        .await
+    }
+
+    async fn list_volumes(&self) -> DriverResult<Vec<String>> {
+        let pool = self.pool.clone();
+        self.with_conn(move |c| {
+            let p = Self::pool(c, &pool)?;
+            let _ = p.refresh(0);
+            p.list_volumes().map_err(lv)
+        })
+        .await
+    }
+
+    async fn create_volume(&self, name: &str, source: VolumeSource) -> DriverResult<bool> {
+        let (pool, name) = (self.pool.clone(), name.to_string());
+        self.with_conn(move |c| {
+            let p = Self::pool(c, &pool)?;
+            match p.lookup_storage_vol_by_name(&name) {
+                Ok(_) => return Ok(false),
+                Err(e) if is(&e, ErrorNumber::NoStorageVolume) => {}
+                Err(e) => return Err(lv(e)),
+            }
+            match source {
+                VolumeSource::Overlay { backing, backing_format, capacity_gib } => {
+                    let xml = format!(
+                        "<volume><name>{}</name><capacity unit='GiB'>{}</capacity><target><format type='qcow2'/></target>\
+                         <backingStore><path>{}</path><format type='{}'/></backingStore></volume>",
+                        xml_escape(&name),
+                        capacity_gib,
+                        xml_escape(&backing.to_string_lossy()),
+                        xml_escape(&backing_format)
+                    );
+                    StorageVol::create_xml(&p, &xml, 0).map_err(lv)?;
+                }
+                VolumeSource::Bytes(bytes) => {
+                    let xml = format!(
+                        "<volume><name>{}</name><capacity unit='bytes'>{}</capacity><target><format type='raw'/></target></volume>",
+                        xml_escape(&name),
+                        bytes.len()
+                    );
+                    let vol = StorageVol::create_xml(&p, &xml, 0).map_err(lv)?;
+                    write_volume_file(&vol, &bytes)?;
+                }
+            }
+            Ok(true)
+        })
+        .await
+    }
+
+    async fn replace_volume_bytes(&self, name: &str, bytes: Vec<u8>) -> DriverResult<()> {
+        let (pool, name) = (self.pool.clone(), name.to_string());
+        self.with_conn(move |c| {
+            let p = Self::pool(c, &pool)?;
+            let vol = p.lookup_storage_vol_by_name(&name).map_err(lv)?;
+            write_volume_file(&vol, &bytes)?;
+            let _ = p.refresh(0);
+            Ok(())
+        })
+        .await
+    }
+
+    async fn delete_volume(&self, name: &str) -> DriverResult<()> {
+        let (pool, name) = (self.pool.clone(), name.to_string());
+        self.with_conn(move |c| {
+            let p = Self::pool(c, &pool)?;
+            match p.lookup_storage_vol_by_name(&name) {
+                Ok(v) => match v.delete(0) {
+                    Ok(()) => Ok(()),
+                    Err(e) if is(&e, ErrorNumber::NoStorageVolume) => Ok(()),
+                    Err(e) => Err(lv(e)),
+                },
+                Err(e) if is(&e, ErrorNumber::NoStorageVolume) => Ok(()),
+                Err(e) => Err(lv(e)),
+            }
+        })
+        .await
+    }
+
+    async fn define(&self, xml: &str) -> DriverResult<()> {
+        let marker = parse_marker(xml).ok_or_else(|| DriverError::Other("domain XML without hostd marker".into()))?;
+        if marker.instance != self.instance {
+            return Err(DriverError::Other("domain XML marker names another instance".into()));
+        }
+        let (xml, instance) = (xml.to_string(), self.instance.clone());
+        self.with_conn(move |c| {
+            // Redefining is only allowed over a domain that is already ours.
+            let name = xml_name(&xml).ok_or_else(|| DriverError::Other("domain XML without <name>".into()))?;
+            Self::lookup_ours(c, &name, &instance)?;
+            c.define_domain_xml(&xml).map_err(lv)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn start(&self, name: &str) -> DriverResult<()> {
+        let (name, instance) = (name.to_string(), self.instance.clone());
+        self.with_conn(move |c| {
+            let d = Self::lookup_ours(c, &name, &instance)?
+                .ok_or_else(|| DriverError::Libvirt(format!("domain {name} is not defined")))?;
+            if d.is_active().map_err(lv)? {
+                return Ok(());
+            }
+            match d.create() {
+                Ok(()) => Ok(()),
+                Err(e) if is(&e, ErrorNumber::OperationInvalid) && d.is_active().unwrap_or(false) => Ok(()),
+                Err(e) => Err(lv(e)),
+            }
+        })
+        .await
+    }
+
+    async fn shutdown(&self, name: &str) -> DriverResult<()> {
+        let (name, instance) = (name.to_string(), self.instance.clone());
+        self.with_conn(move |c| {
+            let Some(d) = Self::lookup_ours(c, &name, &instance)? else { return Ok(()) };
+            if !d.is_active().map_err(lv)? {
+                return Ok(());
+            }
+            match d.shutdown() {
+                Ok(()) => Ok(()),
+                Err(e) if is(&e, ErrorNumber::OperationInvalid) => Ok(()),
+                Err(e) => Err(lv(e)),
+            }
+        })
+        .await
+    }
+
+    async fn destroy(&self, name: &str) -> DriverResult<()> {
+        let (name, instance) = (name.to_string(), self.instance.clone());
+        self.with_conn(move |c| {
+            let Some(d) = Self::lookup_ours(c, &name, &instance)? else { return Ok(()) };
+            if !d.is_active().map_err(lv)? {
+                return Ok(());
+            }
+            match d.destroy() {
+                Ok(()) => Ok(()),
+                Err(e) if is(&e, ErrorNumber::OperationInvalid) => Ok(()),
+                Err(e) => Err(lv(e)),
+            }
+        })
+        .await
+    }
+
+    async fn undefine(&self, name: &str) -> DriverResult<()> {
+        let (name, instance) = (name.to_string(), self.instance.clone());
+        self.with_conn(move |c| {
+            let Some(d) = Self::lookup_ours(c, &name, &instance)? else { return Ok(()) };
+            if d.is_active().unwrap_or(false) {
+                let _ = d.destroy();
+            }
+            match d.undefine() {
+                Ok(()) => Ok(()),
+                Err(e) if is(&e, ErrorNumber::NoDomain) => Ok(()),
+                Err(e) => Err(lv(e)),
+            }
+        })
+        .await
+    }
+}
+
+/// Writes a raw volume's bytes at its path in the directory pool, atomically.
+fn write_volume_file(vol: &StorageVol, bytes: &[u8]) -> DriverResult<()> {
+    use std::io::Write;
+    let path = std::path::PathBuf::from(vol.path().map_err(lv)?);
+    let dir = path.parent().ok_or_else(|| DriverError::Other("volume path has no parent".into()))?;
+    std::fs::create_dir_all(dir)?;
+    let tmp = dir.join(format!(".{}.tmp", path.file_name().unwrap_or_default().to_string_lossy()));
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, &path)?;
+    Ok(())
+}
+
+fn xml_name(xml: &str) -> Option<String> {
+    let start = xml.find("<name>")? + 6;
+    let end = xml[start..].find("</name>")? + start;
+    Some(xml[start..end].trim().to_string())
+}
+
+/// Escapes text for XML attribute or element content.
+pub fn xml_escape(s: &str) -> String {
+    let mut o = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '<' => o.push_str("&lt;"),
+            '>' => o.push_str("&gt;"),
+            '&' => o.push_str("&amp;"),
+            '\'' => o.push_str("&apos;"),
+            '"' => o.push_str("&quot;"),
+            c => o.push(c),
+        }
+    }
+    o
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn marker_round_trip() {
+        let id = uuid::Uuid::new_v4();
+        let xml = format!("<hosting xmlns=\"{MARKER_NS}\" instance=\"t\" id=\"{id}\" generation=\"3\" spec-hash=\"abc\"/>");
+        let m = parse_marker(&xml).unwrap();
+        assert_eq!(m.hosting_id.0, id);
+        assert_eq!(m.generation, 3);
+        assert!(parse_marker("<hosting instance='t'/>").is_none());
+        assert!(parse_marker("<other/>").is_none());
+    }
+}

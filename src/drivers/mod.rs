@@ -1,0 +1,120 @@
+//! Drivers: hostd's only contact with the outside systems it manages. One trait
+//! per system (VMs, the HTTP proxy), each with one real implementation. Tests use
+//! the same implementations against libvirt's `test:///default` hypervisor and a
+//! private nginx, never mocks.
+
+use async_trait::async_trait;
+
+use crate::domain::HostingId;
+
+pub mod libvirt;
+pub mod nginx;
+pub mod probe;
+pub mod seed;
+
+/// Driver-layer errors.
+#[derive(Debug, thiserror::Error)]
+pub enum DriverError {
+    #[error("libvirt: {0}")]
+    Libvirt(String),
+    #[error("libvirt connection lost: {0}")]
+    Connection(String),
+    #[error("refusing to touch domain {0}: it carries no hostd marker of this instance")]
+    NotOurs(String),
+    #[error("nginx configuration rejected: {0}")]
+    NginxInvalid(String),
+    #[error("nginx reload failed: {0}")]
+    NginxReload(String),
+    #[error("io: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("{0}")]
+    Other(String),
+}
+
+pub type DriverResult<T> = Result<T, DriverError>;
+
+/// What hostd's marker in a domain's `<metadata>` says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Marker {
+    pub instance: String,
+    pub hosting_id: HostingId,
+    pub generation: i64,
+    pub spec_hash: String,
+}
+
+/// A domain as observed in libvirt (only domains carrying this instance's marker).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObservedDomain {
+    pub name: String,
+    pub marker: Marker,
+    pub running: bool,
+}
+
+/// A volume to create in hostd's storage pool.
+#[derive(Debug, Clone)]
+pub enum VolumeSource {
+    /// A qcow2 overlay of `capacity_gib` backed by a base image file.
+    Overlay { backing: std::path::PathBuf, backing_format: String, capacity_gib: i32 },
+    /// A raw volume holding exactly these bytes (cloud-init seed ISO).
+    Bytes(Vec<u8>),
+}
+
+/// The hypervisor: domains and the storage pool hostd owns.
+#[async_trait]
+pub trait VmDriver: Send + Sync + 'static {
+    /// A cheap liveness check; returns a description (e.g. the hypervisor version).
+    async fn ping(&self) -> DriverResult<String>;
+    /// Creates (or starts) hostd's storage pool; idempotent.
+    async fn ensure_pool(&self) -> DriverResult<()>;
+    /// Name of the storage pool (for domain XML).
+    fn pool_name(&self) -> &str;
+    /// All domains carrying this instance's marker.
+    async fn list_domains(&self) -> DriverResult<Vec<ObservedDomain>>;
+    /// One domain by name, if it exists and carries this instance's marker.
+    async fn get_domain(&self, name: &str) -> DriverResult<Option<ObservedDomain>>;
+    /// Names of all volumes in hostd's pool.
+    async fn list_volumes(&self) -> DriverResult<Vec<String>>;
+    /// Creates a volume unless one of that name exists; `true` if it was created.
+    async fn create_volume(&self, name: &str, source: VolumeSource) -> DriverResult<bool>;
+    /// Replaces a raw volume's contents (seed regeneration).
+    async fn replace_volume_bytes(&self, name: &str, bytes: Vec<u8>) -> DriverResult<()>;
+    /// Deletes a volume; absent is fine.
+    async fn delete_volume(&self, name: &str) -> DriverResult<()>;
+    /// Defines (or redefines) a domain from XML that carries the marker.
+    async fn define(&self, xml: &str) -> DriverResult<()>;
+    /// Starts a defined domain; already running is fine.
+    async fn start(&self, name: &str) -> DriverResult<()>;
+    /// Asks the guest to shut down (ACPI); stopped already is fine.
+    async fn shutdown(&self, name: &str) -> DriverResult<()>;
+    /// Forces a domain off; absent or stopped is fine. Refuses unmarked domains.
+    async fn destroy(&self, name: &str) -> DriverResult<()>;
+    /// Removes a domain definition; absent is fine. Refuses unmarked domains.
+    async fn undefine(&self, name: &str) -> DriverResult<()>;
+}
+
+/// A hosting's desired route.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteSpec {
+    pub hosting_id: HostingId,
+    pub user_id: crate::domain::UserId,
+    /// `Some(port)`: proxy to the guest; `None`: serve the "stopped" 503 page.
+    pub http_port: Option<u16>,
+}
+
+/// The HTTP front proxy (host nginx).
+#[async_trait]
+pub trait ProxyDriver: Send + Sync + 'static {
+    /// The exact file content hostd wants for this route.
+    fn render(&self, route: &RouteSpec) -> String;
+    /// Every route file present: hosting id → content. Files that are not
+    /// hostd route files are reported by name in the second list.
+    async fn list_routes(&self) -> DriverResult<(Vec<(HostingId, String)>, Vec<String>)>;
+    /// Makes the route of `id` be `route` (or absent with `None`), validated and
+    /// reloaded; batched with concurrent calls. On a validation failure the
+    /// change is rolled back and the last good config keeps serving.
+    async fn apply(&self, id: HostingId, route: Option<RouteSpec>) -> DriverResult<()>;
+    /// Removes a stray file from the routes directory (not a hostd route).
+    async fn remove_stray(&self, file_name: &str) -> DriverResult<()>;
+    /// Whether nginx is running and its config valid.
+    async fn health(&self) -> DriverResult<String>;
+}

@@ -1,0 +1,130 @@
+//! The image catalogue: maps an image name (as used in a hosting spec) to the
+//! files that boot it. Read from `HOSTD_IMAGES_FILE` (YAML) when present; the
+//! built-in default is `debian-12`, built by `scripts/build-image.sh` into
+//! `$HOSTD_STATE_DIR/images/debian-12/`.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::domain::ImageName;
+
+/// How to boot one image.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ImageEntry {
+    /// Base disk; each hosting gets a qcow2 overlay of it.
+    pub disk: PathBuf,
+    /// Format of the base disk (`qcow2` or `raw`).
+    #[serde(default = "default_format")]
+    pub format: String,
+    /// Kernel for direct kernel boot; absent means the disk boots by itself (BIOS).
+    pub kernel: Option<PathBuf>,
+    pub initrd: Option<PathBuf>,
+    pub cmdline: Option<String>,
+}
+
+fn default_format() -> String {
+    "qcow2".into()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CatalogFile {
+    images: BTreeMap<String, ImageEntry>,
+}
+
+/// The set of known images.
+#[derive(Debug, Clone)]
+pub struct Catalog {
+    images: BTreeMap<String, ImageEntry>,
+}
+
+/// Errors of the image catalogue.
+#[derive(Debug, thiserror::Error)]
+pub enum ImageError {
+    #[error("unknown image '{0}'")]
+    Unknown(String),
+    #[error("image '{name}' is not built: {path} is missing (run scripts/build-image.sh)")]
+    Missing { name: String, path: String },
+    #[error("image catalogue {path}: {message}")]
+    Catalog { path: String, message: String },
+}
+
+impl Catalog {
+    /// The built-in catalogue: `debian-12` under the state directory.
+    pub fn builtin(state_dir: &Path) -> Catalog {
+        let dir = state_dir.join("images/debian-12");
+        let mut images = BTreeMap::new();
+        images.insert(
+            "debian-12".to_string(),
+            ImageEntry {
+                disk: dir.join("disk.qcow2"),
+                format: "qcow2".into(),
+                kernel: Some(dir.join("vmlinuz")),
+                initrd: Some(dir.join("initrd.img")),
+                cmdline: Some("root=/dev/vda rw console=ttyS0 quiet".into()),
+            },
+        );
+        Catalog { images }
+    }
+
+    /// Loads `file` if it exists (its entries override the built-in ones).
+    pub fn load(file: &Path, state_dir: &Path) -> Result<Catalog, ImageError> {
+        let mut cat = Catalog::builtin(state_dir);
+        match std::fs::read_to_string(file) {
+            Ok(text) => {
+                let parsed: CatalogFile = serde_norway::from_str(&text)
+                    .map_err(|e| ImageError::Catalog { path: file.display().to_string(), message: e.to_string() })?;
+                for (name, entry) in parsed.images {
+                    ImageName::parse(&name).map_err(|e| ImageError::Catalog {
+                        path: file.display().to_string(),
+                        message: format!("image name '{name}': {}", e.message),
+                    })?;
+                    cat.images.insert(name, entry);
+                }
+                Ok(cat)
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(cat),
+            Err(e) => Err(ImageError::Catalog { path: file.display().to_string(), message: e.to_string() }),
+        }
+    }
+
+    pub fn get(&self, name: &ImageName) -> Result<&ImageEntry, ImageError> {
+        self.images.get(name.as_str()).ok_or_else(|| ImageError::Unknown(name.as_str().to_string()))
+    }
+
+    /// The entry, after checking its files exist.
+    pub fn resolve(&self, name: &ImageName) -> Result<&ImageEntry, ImageError> {
+        let e = self.get(name)?;
+        for p in [Some(&e.disk), e.kernel.as_ref(), e.initrd.as_ref()].into_iter().flatten() {
+            if !p.exists() {
+                return Err(ImageError::Missing { name: name.as_str().into(), path: p.display().to_string() });
+            }
+        }
+        Ok(e)
+    }
+
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.images.keys().map(|s| s.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loads_operator_catalogue() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("catalog.yaml");
+        std::fs::write(&f, "images:\n  ubuntu-22.04:\n    disk: /srv/jammy.img\n    format: qcow2\n").unwrap();
+        let c = Catalog::load(&f, dir.path()).unwrap();
+        assert!(c.get(&ImageName::parse("ubuntu-22.04").unwrap()).unwrap().kernel.is_none());
+        assert!(c.get(&ImageName::parse("debian-12").unwrap()).is_ok());
+        assert!(matches!(c.resolve(&ImageName::parse("debian-12").unwrap()), Err(ImageError::Missing { .. })));
+        std::fs::write(&f, "images:\n  ubuntu:\n    disk: /x\n    bogus: 1\n").unwrap();
+        assert!(Catalog::load(&f, dir.path()).is_err());
+    }
+}

@@ -1,0 +1,71 @@
+//! Leader lease: a Postgres session-level advisory lock held on a dedicated
+//! connection. Only the holder reconciles. When the holder dies its connection
+//! closes and Postgres releases the lock at once, so a standby takes over on its
+//! next attempt (every couple of seconds). If the connection breaks (Postgres
+//! restart), the holder notices on its next check and stops acting.
+
+use sqlx::{Connection, PgConnection};
+
+use super::{Result, Store};
+
+/// A held (or not yet held) leader lease.
+pub struct Lease {
+    key: i64,
+    conn: Option<PgConnection>,
+}
+
+/// Derives the advisory lock key from the hostd instance name, so several
+/// installations can share one database server.
+fn key_for(instance: &str) -> i64 {
+    use sha2::{Digest, Sha256};
+    let d = Sha256::digest(format!("hostd-reconciler-leader/{instance}").as_bytes());
+    i64::from_be_bytes(d[..8].try_into().unwrap())
+}
+
+impl Lease {
+    pub fn new(instance: &str) -> Lease {
+        Lease { key: key_for(instance), conn: None }
+    }
+
+    /// Tries to take the lease; `true` if held after the call.
+    pub async fn try_acquire(&mut self, store: &Store) -> Result<bool> {
+        if self.conn.is_some() {
+            return self.check().await;
+        }
+        let mut conn = store.dedicated_connection().await?;
+        let (got,): (bool,) = sqlx::query_as("select pg_try_advisory_lock($1)").bind(self.key).fetch_one(&mut conn).await?;
+        if got {
+            self.conn = Some(conn);
+        } else {
+            let _ = conn.close().await;
+        }
+        Ok(got)
+    }
+
+    /// Verifies the lease is still held (the connection is alive).
+    pub async fn check(&mut self) -> Result<bool> {
+        let Some(conn) = self.conn.as_mut() else { return Ok(false) };
+        // A session-level advisory lock lives exactly as long as the session:
+        // if the connection still answers, the lock is still ours.
+        let held: Result<(i32,), sqlx::Error> = sqlx::query_as("select 1").fetch_one(conn).await;
+        match held {
+            Ok(_) => Ok(true),
+            Err(_) => {
+                self.conn = None;
+                Ok(false)
+            }
+        }
+    }
+
+    pub fn is_held(&self) -> bool {
+        self.conn.is_some()
+    }
+
+    /// Gives the lease up (clean shutdown).
+    pub async fn release(&mut self) {
+        if let Some(mut c) = self.conn.take() {
+            let _ = sqlx::query("select pg_advisory_unlock($1)").bind(self.key).execute(&mut c).await;
+            let _ = c.close().await;
+        }
+    }
+}

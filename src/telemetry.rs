@@ -1,0 +1,12 @@
+//! Logging and tracing set-up: one subscriber for the whole process, filtered
+//! by `RUST_LOG` (default `info`), JSON when `HOSTD_LOG_JSON=1`.
+
+use tracing_subscriber::{fmt, EnvFilter};
+
+/// Installs the global subscriber. Safe to call more than once (later calls do nothing).
+pub fn init() {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn,tower_http=warn"));
+    let json = std::env::var("HOSTD_LOG_JSON").map(|v| v == "1").unwrap_or(false);
+    let builder = fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false);
+    let _ = if json { builder.json().try_init() } else { builder.try_init() };
+}

@@ -1,0 +1,140 @@
+//! Askama templates (files in `templates/`) and the values they are rendered
+//! from. XML templates are auto-escaped; YAML values are passed pre-quoted
+//! (JSON string syntax is a valid YAML double-quoted scalar), so nothing a
+//! user typed can change the structure of any generated file.
+
+use askama::Template;
+
+/// XML namespace of hostd's ownership marker in domain `<metadata>`.
+pub const MARKER_NS: &str = "https://hostd.dev/xmlns/hosting/v1";
+
+#[derive(Template)]
+#[template(path = "domain.xml")]
+pub struct DomainXml<'a> {
+    pub domain_type: &'a str,
+    pub name: &'a str,
+    pub ns: &'a str,
+    pub instance: &'a str,
+    pub hosting_id: String,
+    pub generation: i64,
+    pub spec_hash: &'a str,
+    pub memory_mib: i32,
+    pub vcpus: i32,
+    pub kernel: Option<String>,
+    pub initrd: Option<String>,
+    pub cmdline: Option<String>,
+    pub pool: &'a str,
+    pub disk_volume: &'a str,
+    pub seed_volume: &'a str,
+    pub ssh_bind: String,
+    pub ssh_port: u16,
+    pub http_port: u16,
+    pub console_log: String,
+}
+
+#[derive(Template)]
+#[template(path = "user-data.yaml", escape = "none")]
+pub struct UserData {
+    pub hosting_id: String,
+    pub hostname: String,
+    pub gecos: String,
+    pub ssh_keys: Vec<String>,
+    pub sshd_config: String,
+    pub nftables: String,
+    pub welcome_html: String,
+}
+
+#[derive(Template)]
+#[template(path = "meta-data.yaml", escape = "none")]
+pub struct MetaData {
+    pub instance_id: String,
+    pub hostname: String,
+}
+
+#[derive(Template)]
+#[template(path = "network-config.yaml", escape = "none")]
+pub struct NetworkConfig;
+
+#[derive(Template)]
+#[template(path = "sshd.conf", escape = "none")]
+pub struct SshdConf;
+
+#[derive(Template)]
+#[template(path = "nftables.conf", escape = "none")]
+pub struct NftablesConf;
+
+#[derive(Template)]
+#[template(path = "welcome.html")]
+pub struct WelcomeHtml<'a> {
+    pub username: &'a str,
+    pub ssh_command: &'a str,
+    pub web_url: &'a str,
+    pub ssh_port: u16,
+    pub ssh_host: &'a str,
+}
+
+#[derive(Template)]
+#[template(path = "route.conf", escape = "none")]
+pub struct RouteConf {
+    pub hosting_id: String,
+    pub user_id: String,
+    /// `None` renders the 503 "stopped" page.
+    pub http_port: Option<u16>,
+}
+
+#[derive(Template)]
+#[template(path = "nginx-main.conf", escape = "none")]
+pub struct NginxMainConf {
+    pub pid_file: String,
+    pub error_log: String,
+    pub access_log: String,
+    pub temp_dir: String,
+    pub listen: String,
+    pub routes_dir: String,
+}
+
+/// Quotes any string as a YAML double-quoted scalar.
+pub fn yaml_quote(s: &str) -> String {
+    serde_json::to_string(s).expect("strings always serialize")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn yaml_quote_survives_hostile_input() {
+        let hostile = "a\"\n- evil: true\n#x: 'y' \u{2028}";
+        let doc = format!("k: {}\n", yaml_quote(hostile));
+        let v: serde_norway::Value = serde_norway::from_str(&doc).unwrap();
+        assert_eq!(v["k"].as_str().unwrap(), hostile);
+    }
+
+    #[test]
+    fn domain_xml_escapes() {
+        let x = DomainXml {
+            domain_type: "qemu",
+            name: "hostd-x",
+            ns: MARKER_NS,
+            instance: "t",
+            hosting_id: "id".into(),
+            generation: 1,
+            spec_hash: "h",
+            memory_mib: 512,
+            vcpus: 1,
+            kernel: Some("/a/<b>&'c".into()),
+            initrd: None,
+            cmdline: None,
+            pool: "p",
+            disk_volume: "d",
+            seed_volume: "s",
+            ssh_bind: "127.0.0.1".into(),
+            ssh_port: 10000,
+            http_port: 30000,
+            console_log: "/tmp/x.log".into(),
+        }
+        .render()
+        .unwrap();
+        assert!(x.contains("/a/&#60;b&#62;&#38;&#39;c") || x.contains("/a/&lt;b&gt;&amp;&#39;c"), "{x}");
+    }
+}
