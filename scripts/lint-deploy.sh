@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Lints what cannot be run here: docker-compose.yml against the Compose
+# schema rules we rely on, and crds/hosting.yaml with kubernetes-validate.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+venv=target/lint-venv
+if [ ! -x "$venv/bin/kubernetes-validate" ]; then
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install -q kubernetes-validate pyyaml
+fi
+"$venv/bin/kubernetes-validate" --strict crds/hosting.yaml
+"$venv/bin/python" scripts/check_compose.py docker-compose.yml

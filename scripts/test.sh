@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Installs and starts what the tests need (Postgres, libvirt, nginx binary,
+# genisoimage), then runs the whole suite: unit tests, API and reconciler
+# integration tests against real Postgres, real nginx and libvirt's test
+# driver, and the lints of the deployment files.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. scripts/lib.sh
+
+./scripts/install-deps.sh
+ensure_cargo
+start_postgres
+start_libvirt
+
+export TEST_DATABASE_URL="postgres://hostd:hostd@127.0.0.1:5432/postgres"
+export RUST_LOG="${RUST_LOG:-warn}"
+
+log "cargo test"
+cargo test --locked --all-targets -- --test-threads=4
+
+log "checking deployment files"
+./scripts/lint-deploy.sh
+
+log "all tests passed"

@@ -1,0 +1,267 @@
+//! Test harness: a fresh Postgres database per test, a private nginx on a
+//! free 127.0.0.1 port, libvirt's `test:///default` driver with a unique
+//! hostd instance name, and the real application built on port 0.
+
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hostd::app::{Application, Mode};
+use hostd::config::{Config, DomainType};
+use hostd::domain::PortRange;
+use hostd::reconciler::{Controller, Shutdown};
+use hostd::store::Store;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+pub fn admin_url() -> String {
+    std::env::var("TEST_DATABASE_URL").unwrap_or_else(|_| "postgres://hostd:hostd@127.0.0.1:5432/postgres".into())
+}
+
+/// Creates an empty database and returns its URL.
+pub async fn fresh_database() -> String {
+    use sqlx::Connection;
+    let admin = admin_url();
+    let mut c = sqlx::PgConnection::connect(&admin)
+        .await
+        .expect("TEST_DATABASE_URL must point at a running Postgres (scripts/test.sh starts one)");
+    let name = format!("hostd_test_{}", uuid::Uuid::new_v4().simple());
+    sqlx::query(&format!("create database {name}")).execute(&mut c).await.unwrap();
+    let base = admin.rsplit_once('/').unwrap().0;
+    format!("{base}/{name}")
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A private nginx master serving the routes directory on a free port.
+pub struct TestNginx {
+    pub dir: tempfile::TempDir,
+    pub conf: PathBuf,
+    pub routes_dir: PathBuf,
+    pub port: u16,
+}
+
+impl TestNginx {
+    pub fn start() -> TestNginx {
+        let dir = tempfile::tempdir().unwrap();
+        let routes_dir = dir.path().join("routes");
+        std::fs::create_dir_all(&routes_dir).unwrap();
+        std::fs::create_dir_all(dir.path().join("tmp")).unwrap();
+        let port = free_port();
+        let conf = dir.path().join("nginx.conf");
+        let text = hostd::app::nginx_main_conf(&format!("127.0.0.1:{port}"), &dir.path().display().to_string(), &routes_dir.display().to_string());
+        std::fs::write(&conf, text).unwrap();
+        let st = std::process::Command::new("nginx").arg("-c").arg(&conf).status().expect("nginx binary (scripts/install-deps.sh installs it)");
+        assert!(st.success(), "nginx failed to start");
+        TestNginx { dir, conf, routes_dir, port }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+}
+
+impl Drop for TestNginx {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("nginx").arg("-c").arg(&self.conf).args(["-s", "stop"]).status();
+    }
+}
+
+/// A config for tests: fast bcrypt, test libvirt driver, unique instance.
+pub fn test_config(db: &str, state: &std::path::Path, nginx: Option<&TestNginx>) -> Config {
+    let instance = format!("t{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+    let img = state.join("images/debian-12");
+    std::fs::create_dir_all(&img).unwrap();
+    for f in ["disk.qcow2", "vmlinuz", "initrd.img"] {
+        std::fs::write(img.join(f), b"test driver: never booted").unwrap();
+    }
+    Config {
+        database_url: db.to_string(),
+        listen: "127.0.0.1:0".parse().unwrap(),
+        jwt_secret: b"0123456789abcdef0123456789abcdef-test".to_vec(),
+        jwt_ttl: Duration::from_secs(3600),
+        bcrypt_cost: 4,
+        libvirt_uri: "test:///default".into(),
+        state_dir: state.to_path_buf(),
+        nginx_routes_dir: nginx.map(|n| n.routes_dir.clone()).unwrap_or_else(|| state.join("routes")),
+        nginx_conf: nginx.map(|n| n.conf.clone()).unwrap_or_else(|| state.join("nginx.conf")),
+        nginx_bin: "/usr/sbin/nginx".into(),
+        public_url: "http://localhost".into(),
+        probe_url: nginx.map(|n| format!("http://127.0.0.1:{}", n.port)).unwrap_or_else(|| "http://127.0.0.1:9".into()),
+        ssh_ports: PortRange { start: 10000, end: 20000 },
+        http_ports: PortRange { start: 30000, end: 40000 },
+        ssh_bind: "127.0.0.1".parse().unwrap(),
+        domain_type: DomainType::Qemu,
+        domain_type_reason: "tests".into(),
+        instance,
+        resync: Duration::from_secs(1),
+        concurrency: 8,
+        ready_timeout: Duration::from_secs(300),
+        backoff_max: Duration::from_secs(5),
+        images_file: state.join("images/catalog.yaml"),
+        faults: String::new(),
+    }
+}
+
+/// A running hostd (API, optionally with the reconciler loop) on a fresh database.
+pub struct TestApp {
+    pub addr: SocketAddr,
+    pub store: Store,
+    pub config: Config,
+    pub controller: Option<Arc<Controller>>,
+    pub shutdown: Shutdown,
+    pub client: reqwest::Client,
+    pub state: tempfile::TempDir,
+    pub nginx: Option<TestNginx>,
+    handle: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl TestApp {
+    /// API only: nothing reconciles.
+    pub async fn api() -> TestApp {
+        Self::spawn(Mode::Api, false, None).await
+    }
+
+    /// API + reconciler objects, but the loop is not running: tests drive it.
+    pub async fn manual() -> TestApp {
+        Self::spawn(Mode::All, false, Some(TestNginx::start())).await
+    }
+
+    /// API + running reconciler loop.
+    pub async fn running() -> TestApp {
+        Self::spawn(Mode::All, true, Some(TestNginx::start())).await
+    }
+
+    pub async fn spawn(mode: Mode, run_loop: bool, nginx: Option<TestNginx>) -> TestApp {
+        let db = fresh_database().await;
+        let state = tempfile::tempdir().unwrap();
+        let config = test_config(&db, state.path(), nginx.as_ref());
+        Self::spawn_with(config, mode, run_loop, nginx, state).await
+    }
+
+    pub async fn spawn_with(config: Config, mode: Mode, run_loop: bool, nginx: Option<TestNginx>, state: tempfile::TempDir) -> TestApp {
+        let app = Application::build(config.clone(), if run_loop { mode } else { Mode::Api }).await.expect("app builds");
+        let addr = app.addr().unwrap();
+        let store = app.state().store.clone();
+        let shutdown = Shutdown::default();
+        let controller = if run_loop {
+            app.controller()
+        } else if mode == Mode::All {
+            let st = app.state();
+            let ctx = hostd::reconciler::Context::new(st.store.clone(), st.vm.clone().unwrap(), st.proxy.clone().unwrap(), config.clone(), st.metrics.clone()).unwrap();
+            ctx.vm.ensure_pool().await.unwrap();
+            Some(Arc::new(Controller::new(ctx)))
+        } else {
+            None
+        };
+        let sd = shutdown.clone();
+        let handle = tokio::spawn(async move {
+            app.run_until_stopped(sd).await.unwrap();
+        });
+        TestApp { addr, store, config, controller, shutdown, client: reqwest::Client::new(), state, nginx, handle: Some(handle) }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    pub async fn stop(mut self) {
+        self.shutdown.cancel();
+        if let Some(h) = self.handle.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(10), h).await;
+        }
+    }
+
+    /// Registers and logs in a user; returns (token, user id).
+    pub async fn user(&self, name: &str) -> (String, String) {
+        let r = self
+            .client
+            .post(self.url("/api/v1/auth/register"))
+            .json(&serde_json::json!({"email": format!("{name}@example.com"), "username": name, "password": "correct horse"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
+        let u: serde_json::Value = r.json().await.unwrap();
+        let r = self
+            .client
+            .post(self.url("/api/v1/auth/login"))
+            .form(&[("username", name), ("password", "correct horse")])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        let t: serde_json::Value = r.json().await.unwrap();
+        (t["access_token"].as_str().unwrap().to_string(), u["id"].as_str().unwrap().to_string())
+    }
+
+    pub async fn get_json(&self, token: &str, path: &str) -> (u16, serde_json::Value) {
+        let r = self.client.get(self.url(path)).bearer_auth(token).send().await.unwrap();
+        let s = r.status().as_u16();
+        (s, r.json().await.unwrap_or(serde_json::Value::Null))
+    }
+}
+
+/// A stand-in for a guest: answers HTTP on `http_port` with `body`, and an
+/// SSH banner on `ssh_port`. Dropping the handle stops both.
+pub struct FakeGuest {
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for FakeGuest {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+pub async fn fake_guest(ssh_port: u16, http_port: u16, body: &str) -> FakeGuest {
+    let http = tokio::net::TcpListener::bind(("127.0.0.1", http_port)).await.expect("bind stand-in http");
+    let ssh = tokio::net::TcpListener::bind(("127.0.0.1", ssh_port)).await.expect("bind stand-in ssh");
+    let body = body.to_string();
+    let t1 = tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = http.accept().await else { return };
+            let body = body.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 4096];
+                let _ = s.read(&mut buf).await;
+                let resp = format!("HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{}", body.len(), body);
+                let _ = s.write_all(resp.as_bytes()).await;
+            });
+        }
+    });
+    let t2 = tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = ssh.accept().await else { return };
+            tokio::spawn(async move {
+                let _ = s.write_all(b"SSH-2.0-OpenSSH_9.2 stand-in\r\n").await;
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            });
+        }
+    });
+    FakeGuest { tasks: vec![t1, t2] }
+}
+
+/// Polls `f` until it returns Some or the timeout passes.
+pub async fn eventually<T, F, Fut>(timeout: Duration, mut f: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(v) = f().await {
+            return Some(v);
+        }
+        if tokio::time::Instant::now() > deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
