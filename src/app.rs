@@ -52,15 +52,30 @@ impl Application {
         let metrics = Arc::new(Metrics::default());
         let catalog = Catalog::load(&config.images_file, &config.state_dir)?;
         let (vm, proxy): (Arc<dyn VmDriver>, Arc<dyn ProxyDriver>) = (
-            Arc::new(LibvirtDriver::new(&config.libvirt_uri, &config.instance, &config.state_dir)),
-            Arc::new(NginxDriver::new(&config.nginx_routes_dir, &config.nginx_conf, &config.nginx_bin)),
+            Arc::new(LibvirtDriver::new(
+                &config.libvirt_uri,
+                &config.instance,
+                &config.state_dir,
+            )),
+            Arc::new(NginxDriver::new(
+                &config.nginx_routes_dir,
+                &config.nginx_conf,
+                &config.nginx_bin,
+            )),
         );
-        std::fs::create_dir_all(&config.nginx_routes_dir).map_err(|e| AppError::Other(format!("cannot create {}: {e}", config.nginx_routes_dir.display())))?;
+        std::fs::create_dir_all(&config.nginx_routes_dir).map_err(|e| {
+            AppError::Other(format!(
+                "cannot create {}: {e}",
+                config.nginx_routes_dir.display()
+            ))
+        })?;
         let cost = config.bcrypt_cost;
-        let dummy_hash = tokio::task::spawn_blocking(move || bcrypt::hash(uuid::Uuid::new_v4().to_string(), cost))
-            .await
-            .map_err(|e| AppError::Other(e.to_string()))?
-            .map_err(|e| AppError::Other(e.to_string()))?;
+        let dummy_hash = tokio::task::spawn_blocking(move || {
+            bcrypt::hash(uuid::Uuid::new_v4().to_string(), cost)
+        })
+        .await
+        .map_err(|e| AppError::Other(e.to_string()))?
+        .map_err(|e| AppError::Other(e.to_string()))?;
         let state = AppState {
             store: store.clone(),
             config: Arc::new(config.clone()),
@@ -78,13 +93,22 @@ impl Application {
             None
         };
         let (listener, addr) = if mode != Mode::Reconciler {
-            let l = tokio::net::TcpListener::bind(config.listen).await.map_err(|e| AppError::Bind(config.listen, e))?;
-            let a = l.local_addr().map_err(|e| AppError::Bind(config.listen, e))?;
+            let l = tokio::net::TcpListener::bind(config.listen)
+                .await
+                .map_err(|e| AppError::Bind(config.listen, e))?;
+            let a = l
+                .local_addr()
+                .map_err(|e| AppError::Bind(config.listen, e))?;
             (Some(l), Some(a))
         } else {
             (None, None)
         };
-        Ok(Application { listener, addr, state, controller })
+        Ok(Application {
+            listener,
+            addr,
+            state,
+            controller,
+        })
     }
 
     /// The bound API address (None for a reconciler-only process).
@@ -103,7 +127,10 @@ impl Application {
     /// Runs until `shutdown` is cancelled; then stops accepting requests,
     /// lets in-flight reconciles finish and releases the leader lease.
     pub async fn run_until_stopped(self, shutdown: Shutdown) -> Result<(), AppError> {
-        let reconciler = self.controller.clone().map(|c| tokio::spawn(c.run(shutdown.clone())));
+        let reconciler = self
+            .controller
+            .clone()
+            .map(|c| tokio::spawn(c.run(shutdown.clone())));
         if let Some(listener) = self.listener {
             let router = api::router(self.state.clone());
             let sd = shutdown.clone();
@@ -138,7 +165,8 @@ async fn connect_with_retry(url: &str) -> Result<Store, crate::store::StoreError
 /// Resolves when SIGINT or SIGTERM arrives.
 pub async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("SIGTERM handler");
     tokio::select! {
         _ = ctrl_c => {},
         _ = term.recv() => {},
@@ -184,22 +212,39 @@ pub mod doctor {
             Ok(s) => line(s.ping().await.is_ok(), "postgres", "reachable".into()),
             Err(e) => line(false, "postgres", e.to_string()),
         }
-        let vm: Arc<dyn VmDriver> = Arc::new(LibvirtDriver::new(&c.libvirt_uri, &c.instance, &c.state_dir));
+        let vm: Arc<dyn VmDriver> = Arc::new(LibvirtDriver::new(
+            &c.libvirt_uri,
+            &c.instance,
+            &c.state_dir,
+        ));
         match vm.ping().await {
             Ok(v) => line(true, "libvirt", v),
             Err(e) => line(false, "libvirt", e.to_string()),
         }
-        line(true, "acceleration", format!("domain type '{}': {}", c.domain_type.as_str(), c.domain_type_reason));
+        line(
+            true,
+            "acceleration",
+            format!(
+                "domain type '{}': {}",
+                c.domain_type.as_str(),
+                c.domain_type_reason
+            ),
+        );
         let proxy = NginxDriver::new(&c.nginx_routes_dir, &c.nginx_conf, &c.nginx_bin);
         match proxy.health().await {
             Ok(v) => line(true, "nginx", v),
             Err(e) => line(false, "nginx", e.to_string()),
         }
-        line(crate::drivers::seed::available(), "genisoimage", "needed for cloud-init seeds".into());
+        line(
+            crate::drivers::seed::available(),
+            "genisoimage",
+            "needed for cloud-init seeds".into(),
+        );
         match Catalog::load(&c.images_file, &c.state_dir) {
             Ok(cat) => {
                 for name in cat.names().map(String::from).collect::<Vec<_>>() {
-                    let n = crate::domain::ImageName::parse(&name).expect("catalogue names are valid");
+                    let n =
+                        crate::domain::ImageName::parse(&name).expect("catalogue names are valid");
                     match cat.resolve(&n) {
                         Ok(e) => line(true, &format!("image {name}"), e.disk.display().to_string()),
                         Err(e) => line(false, &format!("image {name}"), e.to_string()),

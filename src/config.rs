@@ -35,7 +35,10 @@ impl DomainType {
     /// the kvm-pvm software module (on which KVM guests fail to boot).
     pub fn detect() -> (DomainType, &'static str) {
         if std::path::Path::new("/sys/module/kvm_pvm").exists() {
-            (DomainType::Qemu, "kvm_pvm module loaded (no hardware virtualization): using TCG")
+            (
+                DomainType::Qemu,
+                "kvm_pvm module loaded (no hardware virtualization): using TCG",
+            )
         } else if std::path::Path::new("/dev/kvm").exists() {
             (DomainType::Kvm, "/dev/kvm present: using KVM")
         } else {
@@ -102,13 +105,18 @@ fn var(name: &'static str) -> Option<String> {
 }
 
 fn bad(var: &'static str, message: impl Into<String>) -> ConfigError {
-    ConfigError { var, message: message.into() }
+    ConfigError {
+        var,
+        message: message.into(),
+    }
 }
 
 fn parse_num<T: std::str::FromStr>(name: &'static str, default: T) -> Result<T, ConfigError> {
     match var(name) {
         None => Ok(default),
-        Some(v) => v.parse().map_err(|_| bad(name, format!("'{v}' is not a valid number"))),
+        Some(v) => v
+            .parse()
+            .map_err(|_| bad(name, format!("'{v}' is not a valid number"))),
     }
 }
 
@@ -118,10 +126,15 @@ impl Config {
     pub fn from_env(dev: bool) -> Result<(Config, bool), ConfigError> {
         let database_url = var("DATABASE_URL").ok_or_else(|| bad("DATABASE_URL", "is required"))?;
         if !database_url.starts_with("postgres://") && !database_url.starts_with("postgresql://") {
-            return Err(bad("DATABASE_URL", "must start with postgres:// or postgresql://"));
+            return Err(bad(
+                "DATABASE_URL",
+                "must start with postgres:// or postgresql://",
+            ));
         }
         let listen = var("HOSTD_LISTEN").unwrap_or_else(|| "127.0.0.1:8000".into());
-        let listen: SocketAddr = listen.parse().map_err(|_| bad("HOSTD_LISTEN", format!("'{listen}' is not host:port")))?;
+        let listen: SocketAddr = listen
+            .parse()
+            .map_err(|_| bad("HOSTD_LISTEN", format!("'{listen}' is not host:port")))?;
 
         let mut generated = false;
         let jwt_secret = match var("HOSTD_JWT_SECRET") {
@@ -145,7 +158,8 @@ impl Config {
         if !libvirt_uri.contains(":///") && !libvirt_uri.contains("://") {
             return Err(bad("HOSTD_LIBVIRT_URI", "is not a libvirt URI"));
         }
-        let state_dir = PathBuf::from(var("HOSTD_STATE_DIR").unwrap_or_else(|| "/var/lib/hostd".into()));
+        let state_dir =
+            PathBuf::from(var("HOSTD_STATE_DIR").unwrap_or_else(|| "/var/lib/hostd".into()));
         if !state_dir.is_absolute() {
             return Err(bad("HOSTD_STATE_DIR", "must be an absolute path"));
         }
@@ -155,16 +169,25 @@ impl Config {
         if !nginx_routes_dir.is_absolute() {
             return Err(bad("HOSTD_NGINX_ROUTES_DIR", "must be an absolute path"));
         }
-        let nginx_conf = PathBuf::from(var("HOSTD_NGINX_CONF").unwrap_or_else(|| "/etc/nginx/nginx.conf".into()));
-        let nginx_bin = PathBuf::from(var("HOSTD_NGINX_BIN").unwrap_or_else(|| "/usr/sbin/nginx".into()));
+        let nginx_conf = PathBuf::from(
+            var("HOSTD_NGINX_CONF").unwrap_or_else(|| "/etc/nginx/nginx.conf".into()),
+        );
+        let nginx_bin =
+            PathBuf::from(var("HOSTD_NGINX_BIN").unwrap_or_else(|| "/usr/sbin/nginx".into()));
         let public_url = var("HOSTD_PUBLIC_URL").unwrap_or_else(|| "http://localhost".into());
         if !(public_url.starts_with("http://") || public_url.starts_with("https://")) {
-            return Err(bad("HOSTD_PUBLIC_URL", "must start with http:// or https://"));
+            return Err(bad(
+                "HOSTD_PUBLIC_URL",
+                "must start with http:// or https://",
+            ));
         }
         let public_url = public_url.trim_end_matches('/').to_string();
         let probe_url = var("HOSTD_PROBE_URL").unwrap_or_else(|| "http://127.0.0.1:80".into());
         if !probe_url.starts_with("http://127.") {
-            return Err(bad("HOSTD_PROBE_URL", "must be an http:// URL on 127.0.0.0/8 (the host nginx)"));
+            return Err(bad(
+                "HOSTD_PROBE_URL",
+                "must be an http:// URL on 127.0.0.0/8 (the host nginx)",
+            ));
         }
         let probe_url = probe_url.trim_end_matches('/').to_string();
         let range = |name: &'static str, default: &str| -> Result<PortRange, ConfigError> {
@@ -187,13 +210,23 @@ impl Config {
             }
             Some("kvm") => (DomainType::Kvm, "HOSTD_DOMAIN_TYPE=kvm".to_string()),
             Some("qemu") => (DomainType::Qemu, "HOSTD_DOMAIN_TYPE=qemu (TCG)".to_string()),
-            Some(o) => return Err(bad("HOSTD_DOMAIN_TYPE", format!("'{o}' is not kvm, qemu or auto"))),
+            Some(o) => {
+                return Err(bad(
+                    "HOSTD_DOMAIN_TYPE",
+                    format!("'{o}' is not kvm, qemu or auto"),
+                ))
+            }
         };
         let instance = var("HOSTD_INSTANCE").unwrap_or_else(|| "default".into());
         if !(1..=32).contains(&instance.len())
-            || !instance.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+            || !instance
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
         {
-            return Err(bad("HOSTD_INSTANCE", "must be 1-32 characters of a-z, 0-9 or '-'"));
+            return Err(bad(
+                "HOSTD_INSTANCE",
+                "must be 1-32 characters of a-z, 0-9 or '-'",
+            ));
         }
         let resync = Duration::from_secs(parse_num("HOSTD_RESYNC_SECS", 15u64)?.max(1));
         let concurrency = parse_num("HOSTD_RECONCILE_CONCURRENCY", 8usize)?.max(1);
@@ -241,7 +274,11 @@ impl Config {
         let rest = self.public_url.split("://").nth(1).unwrap_or("localhost");
         let host = rest.split('/').next().unwrap_or(rest);
         if host.starts_with('[') {
-            host.split(']').next().map(|h| &h[..]).unwrap_or(host).trim_start_matches('[')
+            host.split(']')
+                .next()
+                .map(|h| &h[..])
+                .unwrap_or(host)
+                .trim_start_matches('[')
         } else {
             host.split(':').next().unwrap_or(host)
         }

@@ -67,7 +67,11 @@ fn clean(v: &mut Value) {
                     m.insert("minimum".into(), json!(0));
                 }
             }
-            if m.get("format") == Some(&json!("int32")) && m.get("type") == Some(&json!("integer")) && m.get("maximum").is_none() && m.get("minimum") == Some(&json!(0)) {
+            if m.get("format") == Some(&json!("int32"))
+                && m.get("type") == Some(&json!("integer"))
+                && m.get("maximum").is_none()
+                && m.get("minimum") == Some(&json!(0))
+            {
                 m.insert("maximum".into(), json!(65535));
             }
             for (_, c) in m.iter_mut() {

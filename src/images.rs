@@ -75,8 +75,11 @@ impl Catalog {
         let mut cat = Catalog::builtin(state_dir);
         match std::fs::read_to_string(file) {
             Ok(text) => {
-                let parsed: CatalogFile = serde_norway::from_str(&text)
-                    .map_err(|e| ImageError::Catalog { path: file.display().to_string(), message: e.to_string() })?;
+                let parsed: CatalogFile =
+                    serde_norway::from_str(&text).map_err(|e| ImageError::Catalog {
+                        path: file.display().to_string(),
+                        message: e.to_string(),
+                    })?;
                 for (name, entry) in parsed.images {
                     ImageName::parse(&name).map_err(|e| ImageError::Catalog {
                         path: file.display().to_string(),
@@ -87,20 +90,31 @@ impl Catalog {
                 Ok(cat)
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(cat),
-            Err(e) => Err(ImageError::Catalog { path: file.display().to_string(), message: e.to_string() }),
+            Err(e) => Err(ImageError::Catalog {
+                path: file.display().to_string(),
+                message: e.to_string(),
+            }),
         }
     }
 
     pub fn get(&self, name: &ImageName) -> Result<&ImageEntry, ImageError> {
-        self.images.get(name.as_str()).ok_or_else(|| ImageError::Unknown(name.as_str().to_string()))
+        self.images
+            .get(name.as_str())
+            .ok_or_else(|| ImageError::Unknown(name.as_str().to_string()))
     }
 
     /// The entry, after checking its files exist.
     pub fn resolve(&self, name: &ImageName) -> Result<&ImageEntry, ImageError> {
         let e = self.get(name)?;
-        for p in [Some(&e.disk), e.kernel.as_ref(), e.initrd.as_ref()].into_iter().flatten() {
+        for p in [Some(&e.disk), e.kernel.as_ref(), e.initrd.as_ref()]
+            .into_iter()
+            .flatten()
+        {
             if !p.exists() {
-                return Err(ImageError::Missing { name: name.as_str().into(), path: p.display().to_string() });
+                return Err(ImageError::Missing {
+                    name: name.as_str().into(),
+                    path: p.display().to_string(),
+                });
             }
         }
         Ok(e)
@@ -119,11 +133,22 @@ mod tests {
     fn loads_operator_catalogue() {
         let dir = tempfile::tempdir().unwrap();
         let f = dir.path().join("catalog.yaml");
-        std::fs::write(&f, "images:\n  ubuntu-22.04:\n    disk: /srv/jammy.img\n    format: qcow2\n").unwrap();
+        std::fs::write(
+            &f,
+            "images:\n  ubuntu-22.04:\n    disk: /srv/jammy.img\n    format: qcow2\n",
+        )
+        .unwrap();
         let c = Catalog::load(&f, dir.path()).unwrap();
-        assert!(c.get(&ImageName::parse("ubuntu-22.04").unwrap()).unwrap().kernel.is_none());
+        assert!(c
+            .get(&ImageName::parse("ubuntu-22.04").unwrap())
+            .unwrap()
+            .kernel
+            .is_none());
         assert!(c.get(&ImageName::parse("debian-12").unwrap()).is_ok());
-        assert!(matches!(c.resolve(&ImageName::parse("debian-12").unwrap()), Err(ImageError::Missing { .. })));
+        assert!(matches!(
+            c.resolve(&ImageName::parse("debian-12").unwrap()),
+            Err(ImageError::Missing { .. })
+        ));
         std::fs::write(&f, "images:\n  ubuntu:\n    disk: /x\n    bogus: 1\n").unwrap();
         assert!(Catalog::load(&f, dir.path()).is_err());
     }

@@ -5,8 +5,18 @@ use tracing_subscriber::{fmt, EnvFilter};
 
 /// Installs the global subscriber. Safe to call more than once (later calls do nothing).
 pub fn init() {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn,tower_http=warn"));
-    let json = std::env::var("HOSTD_LOG_JSON").map(|v| v == "1").unwrap_or(false);
-    let builder = fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false);
-    let _ = if json { builder.json().try_init() } else { builder.try_init() };
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn,tower_http=warn"));
+    let json = std::env::var("HOSTD_LOG_JSON")
+        .map(|v| v == "1")
+        .unwrap_or(false);
+    let builder = fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false);
+    let _ = if json {
+        builder.json().try_init()
+    } else {
+        builder.try_init()
+    };
 }

@@ -135,6 +135,9 @@ mod tests {
         }
         .render()
         .unwrap();
-        assert!(x.contains("/a/&#60;b&#62;&#38;&#39;c") || x.contains("/a/&lt;b&gt;&amp;&#39;c"), "{x}");
+        assert!(
+            x.contains("/a/&#60;b&#62;&#38;&#39;c") || x.contains("/a/&lt;b&gt;&amp;&#39;c"),
+            "{x}"
+        );
     }
 }

@@ -7,7 +7,10 @@ use common::TestApp;
 use serde_json::{json, Value};
 
 async fn count(app: &TestApp, sql: &str) -> i64 {
-    let (n,): (i64,) = sqlx::query_as(sql).fetch_one(app.store.pool()).await.unwrap();
+    let (n,): (i64,) = sqlx::query_as(sql)
+        .fetch_one(app.store.pool())
+        .await
+        .unwrap();
     n
 }
 
@@ -17,7 +20,9 @@ async fn register_login_me_round_trip() {
     let r = app
         .client
         .post(app.url("/api/v1/auth/register"))
-        .json(&json!({"email": "Alice@Example.com", "username": "alice", "password": "s3cret-pass"}))
+        .json(
+            &json!({"email": "Alice@Example.com", "username": "alice", "password": "s3cret-pass"}),
+        )
         .send()
         .await
         .unwrap();
@@ -30,14 +35,28 @@ async fn register_login_me_round_trip() {
         assert!(u.get(k).is_some(), "missing {k}");
     }
     // Form login by username, JSON login by email (case-insensitive).
-    let form = app.client.post(app.url("/api/v1/auth/login")).form(&[("username", "alice"), ("password", "s3cret-pass")]).send().await.unwrap();
+    let form = app
+        .client
+        .post(app.url("/api/v1/auth/login"))
+        .form(&[("username", "alice"), ("password", "s3cret-pass")])
+        .send()
+        .await
+        .unwrap();
     assert_eq!(form.status(), 200);
     let t: Value = form.json().await.unwrap();
     assert_eq!(t["token_type"], "bearer");
     assert!(t["expires_in"].as_u64().unwrap() > 0);
-    let js = app.client.post(app.url("/api/v1/auth/login")).json(&json!({"username": "alice@example.com", "password": "s3cret-pass"})).send().await.unwrap();
+    let js = app
+        .client
+        .post(app.url("/api/v1/auth/login"))
+        .json(&json!({"username": "alice@example.com", "password": "s3cret-pass"}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(js.status(), 200);
-    let (s, me) = app.get_json(t["access_token"].as_str().unwrap(), "/api/v1/auth/me").await;
+    let (s, me) = app
+        .get_json(t["access_token"].as_str().unwrap(), "/api/v1/auth/me")
+        .await;
     assert_eq!(s, 200);
     assert_eq!(me["id"], u["id"]);
     app.stop().await;
@@ -52,7 +71,13 @@ async fn duplicates_conflict_and_bad_input_is_422() {
         json!({"email": "BOB@example.com", "username": "bob3", "password": "password1"}),
         json!({"email": "other@example.com", "username": "bob", "password": "password1"}),
     ] {
-        let r = app.client.post(app.url("/api/v1/auth/register")).json(&body).send().await.unwrap();
+        let r = app
+            .client
+            .post(app.url("/api/v1/auth/register"))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), 409);
         let e: Value = r.json().await.unwrap();
         assert_eq!(e["error"]["code"], "conflict");
@@ -63,7 +88,13 @@ async fn duplicates_conflict_and_bad_input_is_422() {
         json!({"email": "x@example.com", "username": "xavier", "password": "short"}),
         json!({"email": "x@example.com", "username": "1xavier", "password": "password1"}),
     ] {
-        let r = app.client.post(app.url("/api/v1/auth/register")).json(&body).send().await.unwrap();
+        let r = app
+            .client
+            .post(app.url("/api/v1/auth/register"))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), 422, "{body}");
     }
     assert_eq!(count(&app, "select count(*) from users").await, 1);
@@ -76,7 +107,13 @@ async fn wrong_password_and_unknown_user_are_alike() {
     app.user("carol").await;
     let mut bodies = vec![];
     for (u, p) in [("carol", "wrong password"), ("nobody", "correct horse")] {
-        let r = app.client.post(app.url("/api/v1/auth/login")).form(&[("username", u), ("password", p)]).send().await.unwrap();
+        let r = app
+            .client
+            .post(app.url("/api/v1/auth/login"))
+            .form(&[("username", u), ("password", p)])
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), 401);
         bodies.push(r.text().await.unwrap());
     }
@@ -91,20 +128,55 @@ async fn bad_tokens_are_401() {
     let (token, uid) = app.user("dave").await;
     let secret = &app.config.jwt_secret;
     let now = chrono::Utc::now().timestamp();
-    let expired = encode(&Header::default(), &json!({"sub": uid, "iat": now - 7200, "exp": now - 3600}), &EncodingKey::from_secret(secret)).unwrap();
-    let wrong_key = encode(&Header::default(), &json!({"sub": uid, "iat": now, "exp": now + 3600}), &EncodingKey::from_secret(b"another-secret-another-secret-xx")).unwrap();
+    let expired = encode(
+        &Header::default(),
+        &json!({"sub": uid, "iat": now - 7200, "exp": now - 3600}),
+        &EncodingKey::from_secret(secret),
+    )
+    .unwrap();
+    let wrong_key = encode(
+        &Header::default(),
+        &json!({"sub": uid, "iat": now, "exp": now + 3600}),
+        &EncodingKey::from_secret(b"another-secret-another-secret-xx"),
+    )
+    .unwrap();
     let mut tampered = token.clone();
     let last = tampered.pop().unwrap();
     tampered.push(if last == 'A' { 'B' } else { 'A' });
     use base64_shim::b64;
-    let none = format!("{}.{}.", b64(r#"{"alg":"none","typ":"JWT"}"#), b64(&format!(r#"{{"sub":"{uid}","iat":{now},"exp":{}}}"#, now + 3600)));
-    let hs512 = encode(&Header::new(jsonwebtoken::Algorithm::HS512), &json!({"sub": uid, "iat": now, "exp": now + 3600}), &EncodingKey::from_secret(secret)).unwrap();
-    for t in [expired, wrong_key, tampered, none, hs512, "garbage".into(), "".into()] {
+    let none = format!(
+        "{}.{}.",
+        b64(r#"{"alg":"none","typ":"JWT"}"#),
+        b64(&format!(
+            r#"{{"sub":"{uid}","iat":{now},"exp":{}}}"#,
+            now + 3600
+        ))
+    );
+    let hs512 = encode(
+        &Header::new(jsonwebtoken::Algorithm::HS512),
+        &json!({"sub": uid, "iat": now, "exp": now + 3600}),
+        &EncodingKey::from_secret(secret),
+    )
+    .unwrap();
+    for t in [
+        expired,
+        wrong_key,
+        tampered,
+        none,
+        hs512,
+        "garbage".into(),
+        "".into(),
+    ] {
         let (s, body) = app.get_json(&t, "/api/v1/auth/me").await;
         assert_eq!(s, 401, "token {t:?}");
         assert_eq!(body["error"]["code"], "unauthorized");
     }
-    let r = app.client.get(app.url("/api/v1/auth/me")).send().await.unwrap();
+    let r = app
+        .client
+        .get(app.url("/api/v1/auth/me"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 401);
     app.stop().await;
 }
@@ -115,7 +187,9 @@ mod base64_shim {
         let b = s.as_bytes();
         let mut o = String::new();
         for c in b.chunks(3) {
-            let n = (c[0] as u32) << 16 | (*c.get(1).unwrap_or(&0) as u32) << 8 | *c.get(2).unwrap_or(&0) as u32;
+            let n = (c[0] as u32) << 16
+                | (*c.get(1).unwrap_or(&0) as u32) << 8
+                | *c.get(2).unwrap_or(&0) as u32;
             for i in 0..=c.len() {
                 o.push(T[(n >> (18 - 6 * i) & 63) as usize] as char);
             }
@@ -130,54 +204,154 @@ async fn hosting_lifecycle_desired_state_only() {
     let (t, uid) = app.user("erin").await;
     let (s, _) = app.get_json(&t, "/api/v1/host/my").await;
     assert_eq!(s, 404);
-    let r = app.client.patch(app.url("/api/v1/host/my")).bearer_auth(&t).json(&json!({"memory_mib": 1024})).send().await.unwrap();
+    let r = app
+        .client
+        .patch(app.url("/api/v1/host/my"))
+        .bearer_auth(&t)
+        .json(&json!({"memory_mib": 1024}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 404);
-    let r = app.client.delete(app.url("/api/v1/host/my")).bearer_auth(&t).send().await.unwrap();
+    let r = app
+        .client
+        .delete(app.url("/api/v1/host/my"))
+        .bearer_auth(&t)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 404);
 
-    let r = app.client.post(app.url("/api/v1/host")).bearer_auth(&t).send().await.unwrap();
+    let r = app
+        .client
+        .post(app.url("/api/v1/host"))
+        .bearer_auth(&t)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 202);
     let h: Value = r.json().await.unwrap();
     assert_eq!(h["user_id"], uid.as_str());
     assert_eq!(h["generation"], 1);
-    assert_eq!(h["spec"], json!({"vcpus": 1, "memory_mib": 512, "disk_gib": 10, "image": "debian-12", "ssh_public_keys": [], "running": true}));
+    assert_eq!(
+        h["spec"],
+        json!({"vcpus": 1, "memory_mib": 512, "disk_gib": 10, "image": "debian-12", "ssh_public_keys": [], "running": true})
+    );
     assert_eq!(h["status"]["phase"], "Pending");
     assert_eq!(count(&app, "select count(*) from hostings").await, 1);
-    assert_eq!(count(&app, "select count(*) from hosting_status where phase = 'Pending'").await, 1);
+    assert_eq!(
+        count(
+            &app,
+            "select count(*) from hosting_status where phase = 'Pending'"
+        )
+        .await,
+        1
+    );
 
-    let r = app.client.post(app.url("/api/v1/host")).bearer_auth(&t).send().await.unwrap();
+    let r = app
+        .client
+        .post(app.url("/api/v1/host"))
+        .bearer_auth(&t)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 409);
 
     // PATCH bumps generation; a no-op PATCH does not; invalid values are 422.
     let key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl erin@laptop";
-    let r = app.client.patch(app.url("/api/v1/host/my")).bearer_auth(&t).json(&json!({"memory_mib": 1024, "ssh_public_keys": [key]})).send().await.unwrap();
+    let r = app
+        .client
+        .patch(app.url("/api/v1/host/my"))
+        .bearer_auth(&t)
+        .json(&json!({"memory_mib": 1024, "ssh_public_keys": [key]}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     let h: Value = r.json().await.unwrap();
     assert_eq!(h["generation"], 2);
     assert_eq!(h["spec"]["memory_mib"], 1024);
-    let r = app.client.patch(app.url("/api/v1/host/my")).bearer_auth(&t).json(&json!({"memory_mib": 1024})).send().await.unwrap();
+    let r = app
+        .client
+        .patch(app.url("/api/v1/host/my"))
+        .bearer_auth(&t)
+        .json(&json!({"memory_mib": 1024}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.json::<Value>().await.unwrap()["generation"], 2);
-    for bad in [json!({"memory_mib": 1}), json!({"vcpus": 0}), json!({"ssh_public_keys": ["not a key"]}), json!({"disk_gib": 20}), json!({"memory_mib": "lots"}), json!({"colour": "red"})] {
-        let r = app.client.patch(app.url("/api/v1/host/my")).bearer_auth(&t).json(&bad).send().await.unwrap();
+    for bad in [
+        json!({"memory_mib": 1}),
+        json!({"vcpus": 0}),
+        json!({"ssh_public_keys": ["not a key"]}),
+        json!({"disk_gib": 20}),
+        json!({"memory_mib": "lots"}),
+        json!({"colour": "red"}),
+    ] {
+        let r = app
+            .client
+            .patch(app.url("/api/v1/host/my"))
+            .bearer_auth(&t)
+            .json(&bad)
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), 422, "{bad}");
     }
-    let (gen,): (i64,) = sqlx::query_as("select generation from hostings").fetch_one(app.store.pool()).await.unwrap();
+    let (gen,): (i64,) = sqlx::query_as("select generation from hostings")
+        .fetch_one(app.store.pool())
+        .await
+        .unwrap();
     assert_eq!(gen, 2);
 
     // GET shows the contract shape, with events.
     let (_, h) = app.get_json(&t, "/api/v1/host/my").await;
-    for k in ["id", "user_id", "spec", "generation", "deletion_requested_at", "status", "web_url", "ssh_command", "events"] {
+    for k in [
+        "id",
+        "user_id",
+        "spec",
+        "generation",
+        "deletion_requested_at",
+        "status",
+        "web_url",
+        "ssh_command",
+        "events",
+    ] {
         assert!(h.get(k).is_some(), "missing {k}");
     }
-    for k in ["phase", "conditions", "observed_generation", "ssh_port", "http_port", "message"] {
+    for k in [
+        "phase",
+        "conditions",
+        "observed_generation",
+        "ssh_port",
+        "http_port",
+        "message",
+    ] {
         assert!(h["status"].get(k).is_some(), "missing status.{k}");
     }
-    assert!(h["events"].as_array().unwrap().iter().any(|e| e["reason"] == "Created"));
+    assert!(h["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|e| e["reason"] == "Created"));
 
     // DELETE marks deletion and keeps the row (finalizer semantics).
-    let r = app.client.delete(app.url("/api/v1/host/my")).bearer_auth(&t).send().await.unwrap();
+    let r = app
+        .client
+        .delete(app.url("/api/v1/host/my"))
+        .bearer_auth(&t)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 202);
-    assert_eq!(count(&app, "select count(*) from hostings where deletion_requested_at is not null").await, 1);
+    assert_eq!(
+        count(
+            &app,
+            "select count(*) from hostings where deletion_requested_at is not null"
+        )
+        .await,
+        1
+    );
     let (_, h) = app.get_json(&t, "/api/v1/host/my").await;
     assert!(h["deletion_requested_at"].is_string());
     app.stop().await;
@@ -190,7 +364,15 @@ async fn concurrent_creates_make_exactly_one() {
     let mut set = tokio::task::JoinSet::new();
     for _ in 0..20 {
         let (c, url, t) = (app.client.clone(), app.url("/api/v1/host"), t.clone());
-        set.spawn(async move { c.post(url).bearer_auth(t).send().await.unwrap().status().as_u16() });
+        set.spawn(async move {
+            c.post(url)
+                .bearer_auth(t)
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        });
     }
     let mut codes = vec![];
     while let Some(c) = set.join_next().await {
@@ -207,15 +389,39 @@ async fn users_only_see_their_own_hosting_and_admin_sees_all() {
     let app = TestApp::api().await;
     let (ta, _) = app.user("gina").await;
     let (tb, _) = app.user("hank").await;
-    app.client.post(app.url("/api/v1/host")).bearer_auth(&ta).send().await.unwrap();
+    app.client
+        .post(app.url("/api/v1/host"))
+        .bearer_auth(&ta)
+        .send()
+        .await
+        .unwrap();
     let (s, _) = app.get_json(&tb, "/api/v1/host/my").await;
     assert_eq!(s, 404);
-    let r = app.client.delete(app.url("/api/v1/host/my")).bearer_auth(&tb).send().await.unwrap();
+    let r = app
+        .client
+        .delete(app.url("/api/v1/host/my"))
+        .bearer_auth(&tb)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 404);
-    assert_eq!(count(&app, "select count(*) from hostings where deletion_requested_at is null").await, 1);
+    assert_eq!(
+        count(
+            &app,
+            "select count(*) from hostings where deletion_requested_at is null"
+        )
+        .await,
+        1
+    );
     let (s, _) = app.get_json(&tb, "/api/v1/admin/hostings").await;
     assert_eq!(s, 403);
-    app.store.set_role(&hostd::domain::Username::parse("hank").unwrap(), hostd::domain::Role::Admin).await.unwrap();
+    app.store
+        .set_role(
+            &hostd::domain::Username::parse("hank").unwrap(),
+            hostd::domain::Role::Admin,
+        )
+        .await
+        .unwrap();
     let (s, all) = app.get_json(&tb, "/api/v1/admin/hostings").await;
     assert_eq!(s, 200);
     assert_eq!(all.as_array().unwrap().len(), 1);
@@ -245,7 +451,12 @@ async fn oversized_and_malformed_bodies_change_nothing() {
     }
     assert_eq!(count(&app, "select count(*) from hostings").await, 0);
     assert_eq!(count(&app, "select count(*) from users").await, 1);
-    let r = app.client.get(app.url("/api/v1/nope")).send().await.unwrap();
+    let r = app
+        .client
+        .get(app.url("/api/v1/nope"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 404);
     app.stop().await;
 }
@@ -253,22 +464,56 @@ async fn oversized_and_malformed_bodies_change_nothing() {
 #[tokio::test]
 async fn health_version_and_metrics_answer() {
     let app = TestApp::api().await;
-    let r = app.client.get(app.url("/api/v1/health")).send().await.unwrap();
+    let r = app
+        .client
+        .get(app.url("/api/v1/health"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
-    let v: Value = app.client.get(app.url("/api/v1/version")).send().await.unwrap().json().await.unwrap();
+    let v: Value = app
+        .client
+        .get(app.url("/api/v1/version"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(v["name"], "hostd");
-    let d: Value = app.client.get(app.url("/api/v1/health/detailed")).send().await.unwrap().json().await.unwrap();
+    let d: Value = app
+        .client
+        .get(app.url("/api/v1/health/detailed"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(d["checks"]["database"]["status"], "ok");
     assert_eq!(d["checks"]["libvirt"]["status"], "ok", "{d}");
     // No reconciler runs in an API-only process: the missing heartbeat is reported.
     assert_eq!(d["checks"]["reconciler"]["status"], "error");
-    let m = app.client.get(app.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    let m = app
+        .client
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     assert!(m.contains("hostd_reconciles_total"));
     app.stop().await;
 }
 
 #[test]
 fn crd_file_matches_the_types() {
-    let on_disk = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/crds/hosting.yaml")).unwrap();
-    assert_eq!(on_disk, hostd::crd::hosting_crd_yaml(), "crds/hosting.yaml is stale: run `cargo run --bin hostd -- crds > crds/hosting.yaml`");
+    let on_disk =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/crds/hosting.yaml")).unwrap();
+    assert_eq!(
+        on_disk,
+        hostd::crd::hosting_crd_yaml(),
+        "crds/hosting.yaml is stale: run `cargo run --bin hostd -- crds > crds/hosting.yaml`"
+    );
 }

@@ -33,21 +33,33 @@ pub struct Jwt {
 
 impl Jwt {
     pub fn new(secret: &[u8], ttl: std::time::Duration) -> Jwt {
-        Jwt { enc: EncodingKey::from_secret(secret), dec: DecodingKey::from_secret(secret), ttl }
+        Jwt {
+            enc: EncodingKey::from_secret(secret),
+            dec: DecodingKey::from_secret(secret),
+            ttl,
+        }
     }
 
     pub fn issue(&self, user: UserId) -> Result<String, ApiError> {
         let now = chrono::Utc::now().timestamp();
-        let claims = Claims { sub: user.to_string(), iat: now, exp: now + self.ttl.as_secs() as i64 };
-        jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.enc).map_err(|e| ApiError::Internal(e.to_string()))
+        let claims = Claims {
+            sub: user.to_string(),
+            iat: now,
+            exp: now + self.ttl.as_secs() as i64,
+        };
+        jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.enc)
+            .map_err(|e| ApiError::Internal(e.to_string()))
     }
 
     pub fn verify(&self, token: &str) -> Result<UserId, ApiError> {
         let mut v = Validation::new(Algorithm::HS256);
         v.leeway = 0;
         v.set_required_spec_claims(&["exp", "sub", "iat"]);
-        let data = jsonwebtoken::decode::<Claims>(token, &self.dec, &v).map_err(|_| ApiError::Unauthorized("invalid or expired token"))?;
-        uuid::Uuid::parse_str(&data.claims.sub).map(UserId).map_err(|_| ApiError::Unauthorized("invalid or expired token"))
+        let data = jsonwebtoken::decode::<Claims>(token, &self.dec, &v)
+            .map_err(|_| ApiError::Unauthorized("invalid or expired token"))?;
+        uuid::Uuid::parse_str(&data.claims.sub)
+            .map(UserId)
+            .map_err(|_| ApiError::Unauthorized("invalid or expired token"))
     }
 
     pub fn ttl_secs(&self) -> u64 {
@@ -66,7 +78,10 @@ pub struct AuthUser {
 impl FromRequestParts<AppState> for AuthUser {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
         let value = parts
             .headers
             .get(header::AUTHORIZATION)
@@ -77,8 +92,17 @@ impl FromRequestParts<AppState> for AuthUser {
             .or_else(|| value.strip_prefix("bearer "))
             .ok_or(ApiError::Unauthorized("missing bearer token"))?;
         let id = state.jwt.verify(token.trim())?;
-        let user = state.store.get_user(id).await?.ok_or(ApiError::Unauthorized("invalid or expired token"))?;
-        Ok(AuthUser { id, role: user.role, username: Username::parse(&user.username).map_err(|_| ApiError::Unauthorized("invalid user"))? })
+        let user = state
+            .store
+            .get_user(id)
+            .await?
+            .ok_or(ApiError::Unauthorized("invalid or expired token"))?;
+        Ok(AuthUser {
+            id,
+            role: user.role,
+            username: Username::parse(&user.username)
+                .map_err(|_| ApiError::Unauthorized("invalid user"))?,
+        })
     }
 }
 
@@ -91,7 +115,10 @@ pub struct RegisterBody {
 }
 
 /// `POST /api/v1/auth/register`
-pub async fn register(State(st): State<AppState>, body: Result<Json<RegisterBody>, axum::extract::rejection::JsonRejection>) -> Result<impl IntoResponse, ApiError> {
+pub async fn register(
+    State(st): State<AppState>,
+    body: Result<Json<RegisterBody>, axum::extract::rejection::JsonRejection>,
+) -> Result<impl IntoResponse, ApiError> {
     let Json(body) = body?;
     let email = Email::parse(&body.email)?;
     let username = Username::parse(&body.username)?;
@@ -101,7 +128,10 @@ pub async fn register(State(st): State<AppState>, body: Result<Json<RegisterBody
         .await
         .map_err(|e| ApiError::Internal(e.to_string()))?
         .map_err(|e| ApiError::Internal(e.to_string()))?;
-    let user = st.store.create_user(&email, &username, &hash, Role::User).await?;
+    let user = st
+        .store
+        .create_user(&email, &username, &hash, Role::User)
+        .await?;
     tracing::info!(user = %user.id, username = %user.username, "user registered");
     Ok((StatusCode::CREATED, Json(user)))
 }
@@ -132,15 +162,26 @@ pub struct TokenResponse {
 }
 
 /// `POST /api/v1/auth/login`: form (`application/x-www-form-urlencoded`) or JSON.
-pub async fn login(State(st): State<AppState>, headers: HeaderMap, body: Result<Bytes, axum::extract::rejection::BytesRejection>) -> Result<Json<TokenResponse>, ApiError> {
+pub async fn login(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+) -> Result<Json<TokenResponse>, ApiError> {
     let body = body?;
-    let ctype = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let ctype = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
     let body: LoginBody = if ctype.starts_with("application/x-www-form-urlencoded") {
-        serde_urlencoded::from_bytes(&body).map_err(|e| ApiError::Unprocessable(format!("invalid form: {e}")))?
+        serde_urlencoded::from_bytes(&body)
+            .map_err(|e| ApiError::Unprocessable(format!("invalid form: {e}")))?
     } else if ctype.starts_with("application/json") {
-        serde_json::from_slice(&body).map_err(|e| ApiError::Unprocessable(format!("invalid JSON: {e}")))?
+        serde_json::from_slice(&body)
+            .map_err(|e| ApiError::Unprocessable(format!("invalid JSON: {e}")))?
     } else {
-        return Err(ApiError::UnsupportedMediaType("expected application/x-www-form-urlencoded or application/json".into()));
+        return Err(ApiError::UnsupportedMediaType(
+            "expected application/x-www-form-urlencoded or application/json".into(),
+        ));
     };
     const BAD: ApiError = ApiError::Unauthorized("incorrect username or password");
     if body.username.len() > 254 || body.password.len() > 1024 {
@@ -158,13 +199,21 @@ pub async fn login(State(st): State<AppState>, headers: HeaderMap, body: Result<
         .await
         .map_err(|e| ApiError::Internal(e.to_string()))?;
     match user {
-        Some(u) if ok => Ok(Json(TokenResponse { access_token: st.jwt.issue(u.id)?, token_type: "bearer", expires_in: st.jwt.ttl_secs() })),
+        Some(u) if ok => Ok(Json(TokenResponse {
+            access_token: st.jwt.issue(u.id)?,
+            token_type: "bearer",
+            expires_in: st.jwt.ttl_secs(),
+        })),
         _ => Err(BAD),
     }
 }
 
 /// `GET /api/v1/auth/me`
 pub async fn me(State(st): State<AppState>, auth: AuthUser) -> Result<impl IntoResponse, ApiError> {
-    let user = st.store.get_user(auth.id).await?.ok_or(ApiError::Unauthorized("invalid or expired token"))?;
+    let user = st
+        .store
+        .get_user(auth.id)
+        .await?
+        .ok_or(ApiError::Unauthorized("invalid or expired token"))?;
     Ok(Json(user))
 }

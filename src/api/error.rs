@@ -43,7 +43,9 @@ impl ApiError {
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             ApiError::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
-            ApiError::UnsupportedMediaType(_) => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type"),
+            ApiError::UnsupportedMediaType(_) => {
+                (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
+            }
             ApiError::Unprocessable(_) => (StatusCode::UNPROCESSABLE_ENTITY, "validation_failed"),
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
@@ -66,7 +68,11 @@ impl IntoResponse for ApiError {
             ApiError::Unauthorized(m) => m.to_string(),
             other => other.to_string(),
         };
-        (status, Json(json!({"error": {"code": code, "message": message}}))).into_response()
+        (
+            status,
+            Json(json!({"error": {"code": code, "message": message}})),
+        )
+            .into_response()
     }
 }
 
@@ -82,7 +88,9 @@ impl From<StoreError> for ApiError {
             StoreError::Conflict(what) => ApiError::Conflict(format!("{what} already exists")),
             StoreError::NotFound => ApiError::NotFound("not found"),
             StoreError::Invalid(v) => ApiError::Unprocessable(v.to_string()),
-            StoreError::Db(sqlx::Error::PoolTimedOut) | StoreError::Db(sqlx::Error::Io(_)) => ApiError::Unavailable(e.to_string()),
+            StoreError::Db(sqlx::Error::PoolTimedOut) | StoreError::Db(sqlx::Error::Io(_)) => {
+                ApiError::Unavailable(e.to_string())
+            }
             other => ApiError::Internal(other.to_string()),
         }
     }
@@ -95,7 +103,9 @@ impl From<axum::extract::rejection::JsonRejection> for ApiError {
         match r {
             JsonDataError(e) => ApiError::Unprocessable(e.body_text()),
             JsonSyntaxError(e) => ApiError::BadRequest(e.body_text()),
-            MissingJsonContentType(_) => ApiError::UnsupportedMediaType("expected Content-Type: application/json".into()),
+            MissingJsonContentType(_) => {
+                ApiError::UnsupportedMediaType("expected Content-Type: application/json".into())
+            }
             BytesRejection(e) => {
                 if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
                     ApiError::PayloadTooLarge("request body too large".into())

@@ -32,7 +32,14 @@ fn check(ok: Result<String, String>, started: Instant) -> serde_json::Value {
 /// `GET /api/v1/health/detailed`: database, libvirt, nginx, reconciler.
 pub async fn detailed(State(st): State<AppState>) -> impl IntoResponse {
     let t = Instant::now();
-    let db = check(st.store.ping().await.map(|_| "postgres reachable".to_string()).map_err(|e| e.to_string()), t);
+    let db = check(
+        st.store
+            .ping()
+            .await
+            .map(|_| "postgres reachable".to_string())
+            .map_err(|e| e.to_string()),
+        t,
+    );
     let t = Instant::now();
     let libvirt = match &st.vm {
         Some(vm) => check(vm.ping().await.map_err(|e| e.to_string()), t),
@@ -58,8 +65,14 @@ pub async fn detailed(State(st): State<AppState>) -> impl IntoResponse {
         Ok(None) => json!({"status": "error", "detail": "no reconciler heartbeat yet"}),
         Err(e) => json!({"status": "error", "detail": e.to_string()}),
     };
-    let all_ok = [&db, &libvirt, &nginx, &reconciler].iter().all(|c| c["status"] != "error");
-    let code = if all_ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let all_ok = [&db, &libvirt, &nginx, &reconciler]
+        .iter()
+        .all(|c| c["status"] != "error");
+    let code = if all_ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
     (
         code,
         Json(json!({
@@ -75,18 +88,64 @@ pub async fn detailed(State(st): State<AppState>) -> impl IntoResponse {
 pub async fn metrics(State(st): State<AppState>) -> impl IntoResponse {
     let m = &st.metrics;
     let hb = m.heartbeat_ms.load(Relaxed);
-    let age = if hb > 0 { (chrono::Utc::now().timestamp_millis() - hb) as f64 / 1000.0 } else { -1.0 };
+    let age = if hb > 0 {
+        (chrono::Utc::now().timestamp_millis() - hb) as f64 / 1000.0
+    } else {
+        -1.0
+    };
     let mut out = String::new();
     let mut metric = |name: &str, kind: &str, help: &str, v: String| {
-        out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}\n"));
+        out.push_str(&format!(
+            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}\n"
+        ));
     };
-    metric("hostd_reconciles_total", "counter", "Reconciles run.", m.reconciles.load(Relaxed).to_string());
-    metric("hostd_reconcile_errors_total", "counter", "Reconciles that failed.", m.errors.load(Relaxed).to_string());
-    metric("hostd_repairs_total", "counter", "Drift repairs and orphan removals.", m.repairs.load(Relaxed).to_string());
-    metric("hostd_resyncs_total", "counter", "Full resync passes.", m.resyncs.load(Relaxed).to_string());
-    metric("hostd_queue_depth", "gauge", "Hostings queued or being reconciled.", m.queue_depth.load(Relaxed).to_string());
-    metric("hostd_last_resync_duration_seconds", "gauge", "Duration of the last resync pass.", format!("{}", m.last_pass_ms.load(Relaxed) as f64 / 1000.0));
-    metric("hostd_heartbeat_age_seconds", "gauge", "Seconds since the last resync pass (-1: none).", format!("{age}"));
-    metric("hostd_reconciler_leader", "gauge", "1 if this process holds the leader lease.", (m.is_leader.load(Relaxed) as u8).to_string());
+    metric(
+        "hostd_reconciles_total",
+        "counter",
+        "Reconciles run.",
+        m.reconciles.load(Relaxed).to_string(),
+    );
+    metric(
+        "hostd_reconcile_errors_total",
+        "counter",
+        "Reconciles that failed.",
+        m.errors.load(Relaxed).to_string(),
+    );
+    metric(
+        "hostd_repairs_total",
+        "counter",
+        "Drift repairs and orphan removals.",
+        m.repairs.load(Relaxed).to_string(),
+    );
+    metric(
+        "hostd_resyncs_total",
+        "counter",
+        "Full resync passes.",
+        m.resyncs.load(Relaxed).to_string(),
+    );
+    metric(
+        "hostd_queue_depth",
+        "gauge",
+        "Hostings queued or being reconciled.",
+        m.queue_depth.load(Relaxed).to_string(),
+    );
+    metric(
+        "hostd_last_resync_duration_seconds",
+        "gauge",
+        "Duration of the last resync pass.",
+        format!("{}", m.last_pass_ms.load(Relaxed) as f64 / 1000.0),
+    );
+    metric(
+        "hostd_heartbeat_age_seconds",
+        "gauge",
+        "Seconds since the last resync pass (-1: none).",
+        format!("{age}"),
+    );
+    metric(
+        "hostd_reconciler_leader",
+        "gauge",
+        "1 if this process holds the leader lease.",
+        (m.is_leader.load(Relaxed) as u8).to_string(),
+    );
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
 }

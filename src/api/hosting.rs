@@ -66,7 +66,9 @@ pub fn view(st: &AppState, r: &HostingRecord, events: Option<Vec<Event>>) -> Hos
             http_port: s.http_port,
             message: s.message.clone(),
         },
-        web_url: s.http_port.map(|_| web_url(&st.config.public_url, r.user_id)),
+        web_url: s
+            .http_port
+            .map(|_| web_url(&st.config.public_url, r.user_id)),
         ssh_command: s.ssh_port.map(|p| ssh_command(st.config.public_host(), p)),
         events,
     }
@@ -78,7 +80,11 @@ fn spec_view(s: &HostingSpec) -> SpecView {
         memory_mib: s.memory_mib,
         disk_gib: s.disk_gib,
         image: s.image.as_str().into(),
-        ssh_public_keys: s.ssh_public_keys.iter().map(|k| k.as_str().to_string()).collect(),
+        ssh_public_keys: s
+            .ssh_public_keys
+            .iter()
+            .map(|k| k.as_str().to_string())
+            .collect(),
         running: s.running,
     }
 }
@@ -98,22 +104,36 @@ fn require_json(headers: &axum::http::HeaderMap, body: &Bytes) -> Result<(), Api
     if body.iter().all(|b| b.is_ascii_whitespace()) {
         return Ok(());
     }
-    let ct = headers.get(axum::http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let ct = headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
     if ct.starts_with("application/json") {
         Ok(())
     } else {
-        Err(ApiError::UnsupportedMediaType("expected Content-Type: application/json".into()))
+        Err(ApiError::UnsupportedMediaType(
+            "expected Content-Type: application/json".into(),
+        ))
     }
 }
 
 /// `POST /api/v1/host`
-pub async fn create(State(st): State<AppState>, auth: AuthUser, headers: axum::http::HeaderMap, body: Result<Bytes, axum::extract::rejection::BytesRejection>) -> Result<impl IntoResponse, ApiError> {
+pub async fn create(
+    State(st): State<AppState>,
+    auth: AuthUser,
+    headers: axum::http::HeaderMap,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+) -> Result<impl IntoResponse, ApiError> {
     let body = body?;
     require_json(&headers, &body)?;
     let patch = parse_patch(&body)?;
     let spec = patch.apply(&HostingSpec::default(), true)?;
     if st.catalog_names.iter().all(|n| n != spec.image.as_str()) {
-        return Err(ApiError::Unprocessable(format!("image: unknown image '{}' (known: {})", spec.image.as_str(), st.catalog_names.join(", "))));
+        return Err(ApiError::Unprocessable(format!(
+            "image: unknown image '{}' (known: {})",
+            spec.image.as_str(),
+            st.catalog_names.join(", ")
+        )));
     }
     let rec = st.store.create_hosting(auth.id, &spec).await?;
     tracing::info!(hosting = %rec.id, user = %auth.id, "hosting requested");
@@ -122,14 +142,26 @@ pub async fn create(State(st): State<AppState>, auth: AuthUser, headers: axum::h
 }
 
 /// `GET /api/v1/host/my`
-pub async fn get_mine(State(st): State<AppState>, auth: AuthUser) -> Result<impl IntoResponse, ApiError> {
-    let rec = st.store.get_record_by_user(auth.id).await?.ok_or(ApiError::NotFound("you have no hosting"))?;
+pub async fn get_mine(
+    State(st): State<AppState>,
+    auth: AuthUser,
+) -> Result<impl IntoResponse, ApiError> {
+    let rec = st
+        .store
+        .get_record_by_user(auth.id)
+        .await?
+        .ok_or(ApiError::NotFound("you have no hosting"))?;
     let events = st.store.recent_events(rec.id, 20).await?;
     Ok(Json(view(&st, &rec, Some(events))))
 }
 
 /// `PATCH /api/v1/host/my`
-pub async fn patch_mine(State(st): State<AppState>, auth: AuthUser, headers: axum::http::HeaderMap, body: Result<Bytes, axum::extract::rejection::BytesRejection>) -> Result<impl IntoResponse, ApiError> {
+pub async fn patch_mine(
+    State(st): State<AppState>,
+    auth: AuthUser,
+    headers: axum::http::HeaderMap,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+) -> Result<impl IntoResponse, ApiError> {
     let body = body?;
     require_json(&headers, &body)?;
     let patch = parse_patch(&body)?;
@@ -139,7 +171,9 @@ pub async fn patch_mine(State(st): State<AppState>, auth: AuthUser, headers: axu
         .await
         .map_err(|e| match e {
             crate::store::StoreError::NotFound => ApiError::NotFound("you have no hosting"),
-            crate::store::StoreError::Conflict(_) => ApiError::Conflict("the hosting is being deleted".into()),
+            crate::store::StoreError::Conflict(_) => {
+                ApiError::Conflict("the hosting is being deleted".into())
+            }
             o => o.into(),
         })?;
     let events = st.store.recent_events(rec.id, 20).await?;
@@ -147,20 +181,32 @@ pub async fn patch_mine(State(st): State<AppState>, auth: AuthUser, headers: axu
 }
 
 /// `DELETE /api/v1/host/my`
-pub async fn delete_mine(State(st): State<AppState>, auth: AuthUser) -> Result<impl IntoResponse, ApiError> {
-    let rec = st.store.request_deletion(auth.id).await.map_err(|e| match e {
-        crate::store::StoreError::NotFound => ApiError::NotFound("you have no hosting"),
-        o => o.into(),
-    })?;
+pub async fn delete_mine(
+    State(st): State<AppState>,
+    auth: AuthUser,
+) -> Result<impl IntoResponse, ApiError> {
+    let rec = st
+        .store
+        .request_deletion(auth.id)
+        .await
+        .map_err(|e| match e {
+            crate::store::StoreError::NotFound => ApiError::NotFound("you have no hosting"),
+            o => o.into(),
+        })?;
     tracing::info!(hosting = %rec.id, "hosting deletion requested");
     Ok((StatusCode::ACCEPTED, Json(view(&st, &rec, None))))
 }
 
 /// `GET /api/v1/admin/hostings` (admins only)
-pub async fn admin_list(State(st): State<AppState>, auth: AuthUser) -> Result<impl IntoResponse, ApiError> {
+pub async fn admin_list(
+    State(st): State<AppState>,
+    auth: AuthUser,
+) -> Result<impl IntoResponse, ApiError> {
     if auth.role != Role::Admin {
         return Err(ApiError::Forbidden);
     }
     let all = st.store.list_records().await?;
-    Ok(Json(all.iter().map(|r| view(&st, r, None)).collect::<Vec<_>>()))
+    Ok(Json(
+        all.iter().map(|r| view(&st, r, None)).collect::<Vec<_>>(),
+    ))
 }

@@ -48,7 +48,12 @@ pub fn router(state: AppState) -> Router {
         .route("/auth/login", post(auth::login))
         .route("/auth/me", get(auth::me))
         .route("/host", post(hosting::create))
-        .route("/host/my", get(hosting::get_mine).patch(hosting::patch_mine).delete(hosting::delete_mine))
+        .route(
+            "/host/my",
+            get(hosting::get_mine)
+                .patch(hosting::patch_mine)
+                .delete(hosting::delete_mine),
+        )
         .route("/admin/hostings", get(hosting::admin_list))
         .route("/health", get(health::health))
         .route("/health/detailed", get(health::detailed))

@@ -16,7 +16,11 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Register a new user.
-    Register { email: String, username: String, password: String },
+    Register {
+        email: String,
+        username: String,
+        password: String,
+    },
     /// Log in and store the token.
     Login { username: String, password: String },
     /// Show your hosting.
@@ -33,22 +37,29 @@ enum Cmd {
 }
 
 fn token_file() -> std::path::PathBuf {
-    std::env::var_os("HOSTCTL_TOKEN_FILE").map(Into::into).unwrap_or_else(|| {
-        std::path::PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/root".into())).join(".config/hostd/token")
-    })
+    std::env::var_os("HOSTCTL_TOKEN_FILE")
+        .map(Into::into)
+        .unwrap_or_else(|| {
+            std::path::PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/root".into()))
+                .join(".config/hostd/token")
+        })
 }
 
 fn token() -> String {
-    std::fs::read_to_string(token_file()).map(|s| s.trim().to_string()).unwrap_or_else(|_| {
-        eprintln!("hostctl: not logged in (run `hostctl login`)");
-        std::process::exit(2)
-    })
+    std::fs::read_to_string(token_file())
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| {
+            eprintln!("hostctl: not logged in (run `hostctl login`)");
+            std::process::exit(2)
+        })
 }
 
 async fn show(r: reqwest::Response) -> i32 {
     let status = r.status();
     let text = r.text().await.unwrap_or_default();
-    let pretty = serde_json::from_str::<serde_json::Value>(&text).map(|v| serde_json::to_string_pretty(&v).unwrap()).unwrap_or(text);
+    let pretty = serde_json::from_str::<serde_json::Value>(&text)
+        .map(|v| serde_json::to_string_pretty(&v).unwrap())
+        .unwrap_or(text);
     println!("{pretty}");
     if status.is_success() {
         0
@@ -67,9 +78,21 @@ async fn main() {
         std::process::exit(1)
     };
     let code = match cli.cmd {
-        Cmd::Register { email, username, password } => {
-            let body = serde_json::json!({"email": email, "username": username, "password": password});
-            show(c.post(format!("{base}/api/v1/auth/register")).json(&body).send().await.unwrap_or_else(|e| fail(e))).await
+        Cmd::Register {
+            email,
+            username,
+            password,
+        } => {
+            let body =
+                serde_json::json!({"email": email, "username": username, "password": password});
+            show(
+                c.post(format!("{base}/api/v1/auth/register"))
+                    .json(&body)
+                    .send()
+                    .await
+                    .unwrap_or_else(|e| fail(e)),
+            )
+            .await
         }
         Cmd::Login { username, password } => {
             let r = c
@@ -92,8 +115,20 @@ async fn main() {
                 0
             }
         }
-        Cmd::Get => show(c.get(format!("{base}/api/v1/host/my")).bearer_auth(token()).send().await.unwrap_or_else(|e| fail(e))).await,
-        Cmd::Create { ssh_key, memory_mib } => {
+        Cmd::Get => {
+            show(
+                c.get(format!("{base}/api/v1/host/my"))
+                    .bearer_auth(token())
+                    .send()
+                    .await
+                    .unwrap_or_else(|e| fail(e)),
+            )
+            .await
+        }
+        Cmd::Create {
+            ssh_key,
+            memory_mib,
+        } => {
             let mut body = serde_json::Map::new();
             if let Some(p) = ssh_key {
                 let k = std::fs::read_to_string(&p).unwrap_or_else(|e| {
@@ -105,9 +140,26 @@ async fn main() {
             if let Some(m) = memory_mib {
                 body.insert("memory_mib".into(), m.into());
             }
-            show(c.post(format!("{base}/api/v1/host")).bearer_auth(token()).json(&body).send().await.unwrap_or_else(|e| fail(e))).await
+            show(
+                c.post(format!("{base}/api/v1/host"))
+                    .bearer_auth(token())
+                    .json(&body)
+                    .send()
+                    .await
+                    .unwrap_or_else(|e| fail(e)),
+            )
+            .await
         }
-        Cmd::Delete => show(c.delete(format!("{base}/api/v1/host/my")).bearer_auth(token()).send().await.unwrap_or_else(|e| fail(e))).await,
+        Cmd::Delete => {
+            show(
+                c.delete(format!("{base}/api/v1/host/my"))
+                    .bearer_auth(token())
+                    .send()
+                    .await
+                    .unwrap_or_else(|e| fail(e)),
+            )
+            .await
+        }
     };
     std::process::exit(code);
 }

@@ -6,7 +6,11 @@ use hostd::config::Config;
 use hostd::reconciler::Shutdown;
 
 #[derive(Parser)]
-#[command(name = "hostd", version, about = "Self-hosted web-hosting control plane")]
+#[command(
+    name = "hostd",
+    version,
+    about = "Self-hosted web-hosting control plane"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -39,7 +43,11 @@ enum Cmd {
         #[arg(long, default_value = "/var/lib/hostd/nginx")]
         prefix: String,
         /// The routes directory to include.
-        #[arg(long, env = "HOSTD_NGINX_ROUTES_DIR", default_value = "/var/lib/hostd/nginx-routes")]
+        #[arg(
+            long,
+            env = "HOSTD_NGINX_ROUTES_DIR",
+            default_value = "/var/lib/hostd/nginx-routes"
+        )]
         routes_dir: String,
     },
     /// Grant the admin role to a user.
@@ -95,10 +103,12 @@ async fn main() {
         Cmd::Reconciler => serve(config(true), Mode::Reconciler).await,
         Cmd::Migrate => {
             let c = config(true);
-            let store = hostd::store::Store::connect(&c.database_url, 2).await.unwrap_or_else(|e| {
-                eprintln!("hostd: {e}");
-                std::process::exit(1)
-            });
+            let store = hostd::store::Store::connect(&c.database_url, 2)
+                .await
+                .unwrap_or_else(|e| {
+                    eprintln!("hostd: {e}");
+                    std::process::exit(1)
+                });
             if let Err(e) = store.migrate().await {
                 eprintln!("hostd: {e}");
                 std::process::exit(1);
@@ -107,17 +117,26 @@ async fn main() {
         }
         Cmd::Doctor => std::process::exit(hostd::app::doctor::run(config(true)).await),
         Cmd::Crds => print!("{}", hostd::crd::hosting_crd_yaml()),
-        Cmd::NginxConf { listen, prefix, routes_dir } => print!("{}", hostd::app::nginx_main_conf(&listen, &prefix, &routes_dir)),
+        Cmd::NginxConf {
+            listen,
+            prefix,
+            routes_dir,
+        } => print!(
+            "{}",
+            hostd::app::nginx_main_conf(&listen, &prefix, &routes_dir)
+        ),
         Cmd::MakeAdmin { username } => {
             let c = config(true);
             let u = hostd::domain::Username::parse(&username).unwrap_or_else(|e| {
                 eprintln!("hostd: {e}");
                 std::process::exit(2)
             });
-            let store = hostd::store::Store::connect(&c.database_url, 2).await.unwrap_or_else(|e| {
-                eprintln!("hostd: {e}");
-                std::process::exit(1)
-            });
+            let store = hostd::store::Store::connect(&c.database_url, 2)
+                .await
+                .unwrap_or_else(|e| {
+                    eprintln!("hostd: {e}");
+                    std::process::exit(1)
+                });
             match store.set_role(&u, hostd::domain::Role::Admin).await {
                 Ok(()) => println!("{username} is now an admin"),
                 Err(e) => {

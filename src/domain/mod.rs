@@ -20,7 +20,10 @@ pub struct ValidationError {
 
 impl ValidationError {
     pub fn new(field: &'static str, message: impl Into<String>) -> Self {
-        Self { field, message: message.into() }
+        Self {
+            field,
+            message: message.into(),
+        }
     }
 }
 
@@ -41,11 +44,19 @@ impl Email {
         if local.is_empty() || local.len() > 64 || domain.contains('@') {
             return err("is not a valid address");
         }
-        if !domain.contains('.') || domain.starts_with('.') || domain.ends_with('.') || domain.contains("..") {
+        if !domain.contains('.')
+            || domain.starts_with('.')
+            || domain.ends_with('.')
+            || domain.contains("..")
+        {
             return err("domain part is not valid");
         }
-        let ok_local = local.chars().all(|c| c.is_ascii_alphanumeric() || "!#$%&'*+/=?^_`{|}~.-".contains(c));
-        let ok_domain = domain.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.');
+        let ok_local = local
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "!#$%&'*+/=?^_`{|}~.-".contains(c));
+        let ok_domain = domain
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.');
         if !ok_local || !ok_domain {
             return err("contains characters that are not allowed");
         }
@@ -65,7 +76,8 @@ impl Username {
     pub fn parse(s: &str) -> Result<Self, ValidationError> {
         let ok = (3..=32).contains(&s.len())
             && s.starts_with(|c: char| c.is_ascii_lowercase())
-            && s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-');
+            && s.chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-');
         if ok {
             Ok(Self(s.to_string()))
         } else {
@@ -99,7 +111,10 @@ impl Password {
         // bcrypt only looks at the first 72 bytes; refuse longer input rather than
         // silently ignoring part of it.
         if s.chars().count() < 8 {
-            return Err(ValidationError::new("password", "must be at least 8 characters"));
+            return Err(ValidationError::new(
+                "password",
+                "must be at least 8 characters",
+            ));
         }
         if s.len() > 72 {
             return Err(ValidationError::new("password", "must be at most 72 bytes"));
@@ -166,7 +181,11 @@ impl SshPublicKey {
         if !SSH_KEY_TYPES.contains(&kind) {
             return err("unsupported key type");
         }
-        if data.len() < 16 || !data.chars().all(|c| c.is_ascii_alphanumeric() || "+/=".contains(c)) {
+        if data.len() < 16
+            || !data
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "+/=".contains(c))
+        {
             return err("key data is not base64");
         }
         let comment = parts.next().unwrap_or("").trim();
@@ -193,12 +212,16 @@ impl ImageName {
     pub fn parse(s: &str) -> Result<Self, ValidationError> {
         let ok = (1..=64).contains(&s.len())
             && s.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
-            && s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "._-".contains(c))
+            && s.chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "._-".contains(c))
             && !s.contains("..");
         if ok {
             Ok(Self(s.to_string()))
         } else {
-            Err(ValidationError::new("image", "must be 1-64 characters of a-z, 0-9, '.', '_' or '-'"))
+            Err(ValidationError::new(
+                "image",
+                "must be 1-64 characters of a-z, 0-9, '.', '_' or '-'",
+            ))
         }
     }
     pub fn as_str(&self) -> &str {
@@ -240,7 +263,10 @@ impl Default for HostingSpec {
 
 fn in_range(field: &'static str, v: i64, (lo, hi): (i32, i32)) -> Result<i32, ValidationError> {
     if v < lo as i64 || v > hi as i64 {
-        Err(ValidationError::new(field, format!("must be between {lo} and {hi}")))
+        Err(ValidationError::new(
+            field,
+            format!("must be between {lo} and {hi}"),
+        ))
     } else {
         Ok(v as i32)
     }
@@ -261,7 +287,11 @@ pub struct SpecPatch {
 impl SpecPatch {
     /// Applies the patch on top of `base`, validating every field it sets.
     /// `allow_create_only` permits fields that cannot change after creation.
-    pub fn apply(&self, base: &HostingSpec, allow_create_only: bool) -> Result<HostingSpec, ValidationError> {
+    pub fn apply(
+        &self,
+        base: &HostingSpec,
+        allow_create_only: bool,
+    ) -> Result<HostingSpec, ValidationError> {
         let mut spec = base.clone();
         if let Some(v) = self.vcpus {
             spec.vcpus = in_range("vcpus", v, limits::VCPUS)?;
@@ -272,20 +302,29 @@ impl SpecPatch {
         if let Some(v) = self.disk_gib {
             let v = in_range("disk_gib", v, limits::DISK_GIB)?;
             if !allow_create_only && v != base.disk_gib {
-                return Err(ValidationError::new("disk_gib", "cannot be changed after creation"));
+                return Err(ValidationError::new(
+                    "disk_gib",
+                    "cannot be changed after creation",
+                ));
             }
             spec.disk_gib = v;
         }
         if let Some(img) = &self.image {
             let img = ImageName::parse(img)?;
             if !allow_create_only && img != base.image {
-                return Err(ValidationError::new("image", "cannot be changed after creation"));
+                return Err(ValidationError::new(
+                    "image",
+                    "cannot be changed after creation",
+                ));
             }
             spec.image = img;
         }
         if let Some(keys) = &self.ssh_public_keys {
             if keys.len() > limits::MAX_SSH_KEYS {
-                return Err(ValidationError::new("ssh_public_keys", "too many keys (at most 32)"));
+                return Err(ValidationError::new(
+                    "ssh_public_keys",
+                    "too many keys (at most 32)",
+                ));
             }
             let mut parsed = Vec::with_capacity(keys.len());
             for k in keys {
@@ -440,7 +479,15 @@ mod tests {
     fn usernames() {
         assert!(Username::parse("alice").is_ok());
         assert!(Username::parse("a_b-9").is_ok());
-        for bad in ["ab", "9abc", "Alice", "a b c", "al/../x", "a<script>", &"a".repeat(33)] {
+        for bad in [
+            "ab",
+            "9abc",
+            "Alice",
+            "a b c",
+            "al/../x",
+            "a<script>",
+            &"a".repeat(33),
+        ] {
             assert!(Username::parse(bad).is_err(), "{bad}");
         }
     }
@@ -448,7 +495,16 @@ mod tests {
     #[test]
     fn emails() {
         assert!(Email::parse("a@example.com").is_ok());
-        for bad in ["", "a", "a@b", "@b.com", "a@@b.com", "a@b..com", "a b@c.com", "a@b.com\n"] {
+        for bad in [
+            "",
+            "a",
+            "a@b",
+            "@b.com",
+            "a@@b.com",
+            "a@b..com",
+            "a b@c.com",
+            "a@b.com\n",
+        ] {
             assert!(Email::parse(bad).is_err() || bad.ends_with('\n'), "{bad:?}");
         }
     }
@@ -465,11 +521,20 @@ mod tests {
     #[test]
     fn spec_patch_validates_and_freezes_disk() {
         let base = HostingSpec::default();
-        let p = SpecPatch { memory_mib: Some(1024), ..Default::default() };
+        let p = SpecPatch {
+            memory_mib: Some(1024),
+            ..Default::default()
+        };
         assert_eq!(p.apply(&base, false).unwrap().memory_mib, 1024);
-        let p = SpecPatch { memory_mib: Some(1), ..Default::default() };
+        let p = SpecPatch {
+            memory_mib: Some(1),
+            ..Default::default()
+        };
         assert!(p.apply(&base, false).is_err());
-        let p = SpecPatch { disk_gib: Some(20), ..Default::default() };
+        let p = SpecPatch {
+            disk_gib: Some(20),
+            ..Default::default()
+        };
         assert!(p.apply(&base, false).is_err());
         assert_eq!(p.apply(&base, true).unwrap().disk_gib, 20);
     }

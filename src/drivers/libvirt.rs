@@ -68,6 +68,9 @@ pub fn parse_marker(xml: &str) -> Option<Marker> {
 
 impl LibvirtDriver {
     pub fn new(uri: &str, instance: &str, state_dir: &std::path::Path) -> Self {
+        // libvirt's default handler prints every error (even expected ones,
+        // like a domain without our metadata) to stderr; we report errors ourselves.
+        virt::error::clear_error_callback();
         Self {
             uri: uri.to_string(),
             instance: instance.to_string(),
@@ -88,11 +91,16 @@ impl LibvirtDriver {
         let uri = self.uri.clone();
         tokio::task::spawn_blocking(move || {
             let mut guard = conn.lock().unwrap_or_else(|p| p.into_inner());
-            if guard.as_ref().map(|c| !c.is_alive().unwrap_or(false)).unwrap_or(true) {
+            if guard
+                .as_ref()
+                .map(|c| !c.is_alive().unwrap_or(false))
+                .unwrap_or(true)
+            {
                 if let Some(old) = guard.take() {
                     drop(old);
                 }
-                let c = Connect::open(Some(&uri)).map_err(|e| DriverError::Connection(e.to_string()))?;
+                let c = Connect::open(Some(&uri))
+                    .map_err(|e| DriverError::Connection(e.to_string()))?;
                 *guard = Some(c);
             }
             let c = guard.as_ref().expect("connection just set");
@@ -112,13 +120,21 @@ impl LibvirtDriver {
 
     fn observe(dom: &Domain, instance: &str) -> Option<ObservedDomain> {
         let meta = dom
-            .metadata(virt::sys::VIR_DOMAIN_METADATA_ELEMENT as i32, Some(MARKER_NS), 0)
+            .metadata(
+                virt::sys::VIR_DOMAIN_METADATA_ELEMENT as i32,
+                Some(MARKER_NS),
+                0,
+            )
             .ok()?;
         let marker = parse_marker(&meta)?;
         if marker.instance != instance {
             return None;
         }
-        Some(ObservedDomain { name: dom.name().ok()?, marker, running: dom.is_active().unwrap_or(false) })
+        Some(ObservedDomain {
+            name: dom.name().ok()?,
+            marker,
+            running: dom.is_active().unwrap_or(false),
+        })
     }
 
     /// Looks up a domain and checks it is ours; `Ok(None)` when absent.
@@ -195,7 +211,10 @@ impl VmDriver for LibvirtDriver {
         let instance = self.instance.clone();
         self.with_conn(move |c| {
             let doms = c.list_all_domains(0).map_err(lv)?;
-            Ok(doms.iter().filter_map(|d| Self::observe(d, &instance)).collect())
+            Ok(doms
+                .iter()
+                .filter_map(|d| Self::observe(d, &instance))
+                .collect())
         })
         .await
     }
@@ -232,7 +251,7 @@ impl VmDriver for LibvirtDriver {
             match source {
                 VolumeSource::Overlay { backing, backing_format, capacity_gib } => {
                     let xml = format!(
-                        "<volume><name>{}</name><capacity unit='GiB'>{}</capacity><target><format type='qcow2'/></target>\
+                        "<volume><name>{}</name><capacity unit='GiB'>{}</capacity><allocation>0</allocation><target><format type='qcow2'/></target>\
                          <backingStore><path>{}</path><format type='{}'/></backingStore></volume>",
                         xml_escape(&name),
                         capacity_gib,
@@ -286,14 +305,18 @@ impl VmDriver for LibvirtDriver {
     }
 
     async fn define(&self, xml: &str) -> DriverResult<()> {
-        let marker = parse_marker(xml).ok_or_else(|| DriverError::Other("domain XML without hostd marker".into()))?;
+        let marker = parse_marker(xml)
+            .ok_or_else(|| DriverError::Other("domain XML without hostd marker".into()))?;
         if marker.instance != self.instance {
-            return Err(DriverError::Other("domain XML marker names another instance".into()));
+            return Err(DriverError::Other(
+                "domain XML marker names another instance".into(),
+            ));
         }
         let (xml, instance) = (xml.to_string(), self.instance.clone());
         self.with_conn(move |c| {
             // Redefining is only allowed over a domain that is already ours.
-            let name = xml_name(&xml).ok_or_else(|| DriverError::Other("domain XML without <name>".into()))?;
+            let name = xml_name(&xml)
+                .ok_or_else(|| DriverError::Other("domain XML without <name>".into()))?;
             Self::lookup_ours(c, &name, &instance)?;
             c.define_domain_xml(&xml).map_err(lv)?;
             Ok(())
@@ -311,7 +334,11 @@ impl VmDriver for LibvirtDriver {
             }
             match d.create() {
                 Ok(()) => Ok(()),
-                Err(e) if is(&e, ErrorNumber::OperationInvalid) && d.is_active().unwrap_or(false) => Ok(()),
+                Err(e)
+                    if is(&e, ErrorNumber::OperationInvalid) && d.is_active().unwrap_or(false) =>
+                {
+                    Ok(())
+                }
                 Err(e) => Err(lv(e)),
             }
         })
@@ -321,7 +348,9 @@ impl VmDriver for LibvirtDriver {
     async fn shutdown(&self, name: &str) -> DriverResult<()> {
         let (name, instance) = (name.to_string(), self.instance.clone());
         self.with_conn(move |c| {
-            let Some(d) = Self::lookup_ours(c, &name, &instance)? else { return Ok(()) };
+            let Some(d) = Self::lookup_ours(c, &name, &instance)? else {
+                return Ok(());
+            };
             if !d.is_active().map_err(lv)? {
                 return Ok(());
             }
@@ -337,7 +366,9 @@ impl VmDriver for LibvirtDriver {
     async fn destroy(&self, name: &str) -> DriverResult<()> {
         let (name, instance) = (name.to_string(), self.instance.clone());
         self.with_conn(move |c| {
-            let Some(d) = Self::lookup_ours(c, &name, &instance)? else { return Ok(()) };
+            let Some(d) = Self::lookup_ours(c, &name, &instance)? else {
+                return Ok(());
+            };
             if !d.is_active().map_err(lv)? {
                 return Ok(());
             }
@@ -353,7 +384,9 @@ impl VmDriver for LibvirtDriver {
     async fn undefine(&self, name: &str) -> DriverResult<()> {
         let (name, instance) = (name.to_string(), self.instance.clone());
         self.with_conn(move |c| {
-            let Some(d) = Self::lookup_ours(c, &name, &instance)? else { return Ok(()) };
+            let Some(d) = Self::lookup_ours(c, &name, &instance)? else {
+                return Ok(());
+            };
             if d.is_active().unwrap_or(false) {
                 let _ = d.destroy();
             }
@@ -371,9 +404,14 @@ impl VmDriver for LibvirtDriver {
 fn write_volume_file(vol: &StorageVol, bytes: &[u8]) -> DriverResult<()> {
     use std::io::Write;
     let path = std::path::PathBuf::from(vol.path().map_err(lv)?);
-    let dir = path.parent().ok_or_else(|| DriverError::Other("volume path has no parent".into()))?;
+    let dir = path
+        .parent()
+        .ok_or_else(|| DriverError::Other("volume path has no parent".into()))?;
     std::fs::create_dir_all(dir)?;
-    let tmp = dir.join(format!(".{}.tmp", path.file_name().unwrap_or_default().to_string_lossy()));
+    let tmp = dir.join(format!(
+        ".{}.tmp",
+        path.file_name().unwrap_or_default().to_string_lossy()
+    ));
     let mut f = std::fs::File::create(&tmp)?;
     f.write_all(bytes)?;
     f.sync_all()?;

@@ -54,7 +54,11 @@ pub struct ObservedDomain {
 #[derive(Debug, Clone)]
 pub enum VolumeSource {
     /// A qcow2 overlay of `capacity_gib` backed by a base image file.
-    Overlay { backing: std::path::PathBuf, backing_format: String, capacity_gib: i32 },
+    Overlay {
+        backing: std::path::PathBuf,
+        backing_format: String,
+        capacity_gib: i32,
+    },
     /// A raw volume holding exactly these bytes (cloud-init seed ISO).
     Bytes(Vec<u8>),
 }

@@ -35,9 +35,19 @@ impl NginxDriver {
     /// Creates the driver and spawns its batcher task (needs a tokio runtime).
     pub fn new(routes_dir: &Path, conf: &Path, bin: &Path) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
-        let batcher = Batcher { routes_dir: routes_dir.to_path_buf(), conf: conf.to_path_buf(), bin: bin.to_path_buf(), reload_pending: false };
+        let batcher = Batcher {
+            routes_dir: routes_dir.to_path_buf(),
+            conf: conf.to_path_buf(),
+            bin: bin.to_path_buf(),
+            reload_pending: false,
+        };
         tokio::spawn(batcher.run(rx));
-        Self { routes_dir: routes_dir.to_path_buf(), conf: conf.to_path_buf(), bin: bin.to_path_buf(), tx }
+        Self {
+            routes_dir: routes_dir.to_path_buf(),
+            conf: conf.to_path_buf(),
+            bin: bin.to_path_buf(),
+            tx,
+        }
     }
 
     fn file_for(&self, id: HostingId) -> PathBuf {
@@ -62,13 +72,20 @@ async fn nginx(bin: &Path, conf: &Path, args: &[&str]) -> Result<(), String> {
         Ok(())
     } else {
         let err = String::from_utf8_lossy(&out.stderr);
-        Err(err.lines().filter(|l| !l.contains("test is successful") && !l.contains("syntax is ok")).collect::<Vec<_>>().join("; "))
+        Err(err
+            .lines()
+            .filter(|l| !l.contains("test is successful") && !l.contains("syntax is ok"))
+            .collect::<Vec<_>>()
+            .join("; "))
     }
 }
 
 async fn write_atomic(path: &Path, content: &str) -> std::io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
-    let tmp = dir.join(format!(".{}.tmp", path.file_name().unwrap_or_default().to_string_lossy()));
+    let tmp = dir.join(format!(
+        ".{}.tmp",
+        path.file_name().unwrap_or_default().to_string_lossy()
+    ));
     let content = content.to_string();
     let (tmp2, path2) = (tmp.clone(), path.to_path_buf());
     tokio::task::spawn_blocking(move || {
@@ -128,7 +145,10 @@ impl Batcher {
     }
 
     /// Applies changes; returns the previous contents for rollback.
-    async fn write_all(&self, changes: &[(HostingId, Option<String>)]) -> std::io::Result<Vec<(PathBuf, Option<String>)>> {
+    async fn write_all(
+        &self,
+        changes: &[(HostingId, Option<String>)],
+    ) -> std::io::Result<Vec<(PathBuf, Option<String>)>> {
         let mut undo = Vec::with_capacity(changes.len());
         for (id, content) in changes {
             let path = route_path(&self.routes_dir, *id);
@@ -243,9 +263,13 @@ fn clone_err(e: &DriverError) -> DriverError {
 #[async_trait]
 impl ProxyDriver for NginxDriver {
     fn render(&self, route: &RouteSpec) -> String {
-        RouteConf { hosting_id: route.hosting_id.to_string(), user_id: route.user_id.to_string(), http_port: route.http_port }
-            .render()
-            .expect("route template renders")
+        RouteConf {
+            hosting_id: route.hosting_id.to_string(),
+            user_id: route.user_id.to_string(),
+            http_port: route.http_port,
+        }
+        .render()
+        .expect("route template renders")
     }
 
     async fn list_routes(&self) -> DriverResult<(Vec<(HostingId, String)>, Vec<String>)> {
@@ -262,10 +286,14 @@ impl ProxyDriver for NginxDriver {
                 stray.push(name);
                 continue;
             }
-            let id = name.strip_suffix(".conf").and_then(|s| uuid::Uuid::parse_str(s).ok());
+            let id = name
+                .strip_suffix(".conf")
+                .and_then(|s| uuid::Uuid::parse_str(s).ok());
             match id {
                 Some(id) if name == format!("{id}.conf") => {
-                    let content = tokio::fs::read_to_string(entry.path()).await.unwrap_or_default();
+                    let content = tokio::fs::read_to_string(entry.path())
+                        .await
+                        .unwrap_or_default();
                     routes.push((HostingId(id), content));
                 }
                 _ => stray.push(name),
@@ -278,8 +306,11 @@ impl ProxyDriver for NginxDriver {
         let content = route.as_ref().map(|r| self.render(r));
         let _ = self.file_for(id);
         let (tx, rx) = oneshot::channel();
-        self.tx.send((id, content, tx)).map_err(|_| DriverError::Other("nginx batcher stopped".into()))?;
-        rx.await.map_err(|_| DriverError::Other("nginx batcher dropped the request".into()))?
+        self.tx
+            .send((id, content, tx))
+            .map_err(|_| DriverError::Other("nginx batcher stopped".into()))?;
+        rx.await
+            .map_err(|_| DriverError::Other("nginx batcher dropped the request".into()))?
     }
 
     async fn remove_stray(&self, file_name: &str) -> DriverResult<()> {
@@ -291,7 +322,9 @@ impl ProxyDriver for NginxDriver {
     }
 
     async fn health(&self) -> DriverResult<String> {
-        nginx(&self.bin, &self.conf, &["-t", "-q"]).await.map_err(DriverError::NginxInvalid)?;
+        nginx(&self.bin, &self.conf, &["-t", "-q"])
+            .await
+            .map_err(DriverError::NginxInvalid)?;
         // nginx is up if the pid in its pid file is alive.
         let pid_file = pid_file_of(&self.conf).await;
         let running = match &pid_file {
@@ -306,7 +339,9 @@ impl ProxyDriver for NginxDriver {
         } else {
             Err(DriverError::NginxReload(format!(
                 "nginx is not running (pid file {})",
-                pid_file.map(|p| p.display().to_string()).unwrap_or_else(|| "unknown".into())
+                pid_file
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_else(|| "unknown".into())
             )))
         }
     }

@@ -21,11 +21,16 @@ pub async fn http_ok(client: &reqwest::Client, url: &str) -> Result<u16, String>
 /// Connects to `addr` and reads the SSH identification line.
 pub async fn ssh_banner(addr: SocketAddr) -> Result<String, String> {
     let fut = async {
-        let mut s = tokio::net::TcpStream::connect(addr).await.map_err(|e| format!("ssh port {addr}: {e}"))?;
+        let mut s = tokio::net::TcpStream::connect(addr)
+            .await
+            .map_err(|e| format!("ssh port {addr}: {e}"))?;
         let mut buf = vec![0u8; 256];
         let mut n = 0;
         while n < buf.len() {
-            let r = s.read(&mut buf[n..]).await.map_err(|e| format!("ssh port {addr}: {e}"))?;
+            let r = s
+                .read(&mut buf[n..])
+                .await
+                .map_err(|e| format!("ssh port {addr}: {e}"))?;
             if r == 0 {
                 break;
             }
@@ -34,12 +39,21 @@ pub async fn ssh_banner(addr: SocketAddr) -> Result<String, String> {
                 break;
             }
         }
-        let line = String::from_utf8_lossy(&buf[..n]).lines().next().unwrap_or("").to_string();
+        let line = String::from_utf8_lossy(&buf[..n])
+            .lines()
+            .next()
+            .unwrap_or("")
+            .to_string();
         if line.starts_with("SSH-2.0-") {
             Ok(line)
         } else {
-            Err(format!("ssh port {addr}: no SSH-2.0 banner (got {:?})", line.chars().take(40).collect::<String>()))
+            Err(format!(
+                "ssh port {addr}: no SSH-2.0 banner (got {:?})",
+                line.chars().take(40).collect::<String>()
+            ))
         }
     };
-    tokio::time::timeout(PROBE_TIMEOUT, fut).await.unwrap_or_else(|_| Err(format!("ssh port {addr}: timed out")))
+    tokio::time::timeout(PROBE_TIMEOUT, fut)
+        .await
+        .unwrap_or_else(|_| Err(format!("ssh port {addr}: timed out")))
 }

@@ -27,7 +27,16 @@ pub async fn build_iso(files: &SeedFiles) -> DriverResult<Vec<u8>> {
     let out = tokio::process::Command::new("genisoimage")
         .args(["-quiet", "-output"])
         .arg(&iso)
-        .args(["-volid", "cidata", "-joliet", "-rock", "user-data", "meta-data", "network-config", "authorized_keys"])
+        .args([
+            "-volid",
+            "cidata",
+            "-joliet",
+            "-rock",
+            "user-data",
+            "meta-data",
+            "network-config",
+            "authorized_keys",
+        ])
         .current_dir(&dir)
         .output()
         .await
@@ -35,7 +44,10 @@ pub async fn build_iso(files: &SeedFiles) -> DriverResult<Vec<u8>> {
     let result = if out.status.success() {
         std::fs::read(&iso).map_err(DriverError::from)
     } else {
-        Err(DriverError::Other(format!("genisoimage failed: {}", String::from_utf8_lossy(&out.stderr).trim())))
+        Err(DriverError::Other(format!(
+            "genisoimage failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )))
     };
     let _ = std::fs::remove_dir_all(&dir);
     result

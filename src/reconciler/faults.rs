@@ -45,16 +45,23 @@ impl Faults {
     pub fn parse(spec: &str) -> Result<Faults, String> {
         let mut points = HashMap::new();
         for item in spec.split(',').map(str::trim).filter(|s| !s.is_empty()) {
-            let (point, action) = item.split_once(':').ok_or_else(|| format!("'{item}': expected <point>:<action>"))?;
+            let (point, action) = item
+                .split_once(':')
+                .ok_or_else(|| format!("'{item}': expected <point>:<action>"))?;
             if !POINTS.contains(&point) {
-                return Err(format!("unknown fault point '{point}' (known: {})", POINTS.join(", ")));
+                return Err(format!(
+                    "unknown fault point '{point}' (known: {})",
+                    POINTS.join(", ")
+                ));
             }
             let action = match action {
                 "crash" => FaultAction::Crash,
                 "error" => FaultAction::Error,
                 a => match a.strip_prefix("delay:").and_then(|ms| ms.parse().ok()) {
                     Some(ms) => FaultAction::Delay(Duration::from_millis(ms)),
-                    None => return Err(format!("'{a}': action must be crash, error or delay:<ms>")),
+                    None => {
+                        return Err(format!("'{a}': action must be crash, error or delay:<ms>"))
+                    }
                 },
             };
             points.insert(point.to_string(), action);
@@ -90,8 +97,12 @@ mod tests {
 
     #[test]
     fn parses() {
-        let f = Faults::parse("after_define:crash, after_start:delay:20,after_route_write:error").unwrap();
-        assert_eq!(f.points["after_start"], FaultAction::Delay(Duration::from_millis(20)));
+        let f = Faults::parse("after_define:crash, after_start:delay:20,after_route_write:error")
+            .unwrap();
+        assert_eq!(
+            f.points["after_start"],
+            FaultAction::Delay(Duration::from_millis(20))
+        );
         assert!(Faults::parse("nope:crash").is_err());
         assert!(Faults::parse("after_define:boom").is_err());
         assert!(Faults::parse("").unwrap().is_empty());

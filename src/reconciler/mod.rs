@@ -43,7 +43,10 @@ pub mod tokio_util_shim {
     impl Default for CancellationToken {
         fn default() -> Self {
             let (tx, rx) = watch::channel(false);
-            Self { tx: Arc::new(tx), rx }
+            Self {
+                tx: Arc::new(tx),
+                rx,
+            }
         }
     }
 
@@ -80,7 +83,13 @@ pub struct Context {
 }
 
 impl Context {
-    pub fn new(store: Store, vm: Arc<dyn VmDriver>, proxy: Arc<dyn ProxyDriver>, config: Config, metrics: Arc<metrics::Metrics>) -> Result<Arc<Context>, crate::images::ImageError> {
+    pub fn new(
+        store: Store,
+        vm: Arc<dyn VmDriver>,
+        proxy: Arc<dyn ProxyDriver>,
+        config: Config,
+        metrics: Arc<metrics::Metrics>,
+    ) -> Result<Arc<Context>, crate::images::ImageError> {
         let catalog = Catalog::load(&config.images_file, &config.state_dir)?;
         let faults = faults::Faults::parse(&config.faults).unwrap_or_default();
         let http = reqwest::Client::builder()
@@ -117,7 +126,11 @@ impl Context {
             (b, 0)
         });
         entry.1 += 1;
-        let d = entry.0.next().unwrap_or(self.config.backoff_max).min(self.config.backoff_max);
+        let d = entry
+            .0
+            .next()
+            .unwrap_or(self.config.backoff_max)
+            .min(self.config.backoff_max);
         (d, entry.1)
     }
 
@@ -127,7 +140,12 @@ impl Context {
     }
 
     pub fn failures(&self, id: HostingId) -> u32 {
-        self.backoff.lock().unwrap().get(&id).map(|e| e.1).unwrap_or(0)
+        self.backoff
+            .lock()
+            .unwrap()
+            .get(&id)
+            .map(|e| e.1)
+            .unwrap_or(0)
     }
 }
 
@@ -139,7 +157,10 @@ pub struct Controller {
 
 impl Controller {
     pub fn new(ctx: Arc<Context>) -> Controller {
-        Controller { ctx, queue: Arc::new(queue::WorkQueue::default()) }
+        Controller {
+            ctx,
+            queue: Arc::new(queue::WorkQueue::default()),
+        }
     }
 
     /// Runs one reconcile of `id` and applies its outcome to the queue (requeue,
@@ -234,7 +255,10 @@ impl Controller {
             if stop.is_cancelled() {
                 break;
             }
-            self.ctx.metrics.queue_depth.store(self.queue.depth() as u64, Relaxed);
+            self.ctx
+                .metrics
+                .queue_depth
+                .store(self.queue.depth() as u64, Relaxed);
             let permit = tokio::select! {
                 p = sem.clone().acquire_owned() => p.expect("semaphore open"),
                 _ = stop.cancelled() => break,
@@ -250,7 +274,9 @@ impl Controller {
                 }
                 Err(next) => {
                     drop(permit);
-                    let wait = next.map(|n| n.saturating_duration_since(Instant::now())).unwrap_or(Duration::from_secs(3600));
+                    let wait = next
+                        .map(|n| n.saturating_duration_since(Instant::now()))
+                        .unwrap_or(Duration::from_secs(3600));
                     tokio::select! {
                         _ = self.queue.notified() => {}
                         _ = tokio::time::sleep(wait) => {}

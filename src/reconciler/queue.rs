@@ -29,7 +29,11 @@ impl WorkQueue {
     /// Queues `id` to run at `at` (or earlier, if already queued earlier).
     pub fn add_at(&self, id: HostingId, at: Instant) {
         let mut s = self.state.lock().unwrap();
-        let slot = if s.in_flight.contains(&id) { &mut s.deferred } else { &mut s.scheduled };
+        let slot = if s.in_flight.contains(&id) {
+            &mut s.deferred
+        } else {
+            &mut s.scheduled
+        };
         let e = slot.entry(id).or_insert(at);
         if at < *e {
             *e = at;

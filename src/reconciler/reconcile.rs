@@ -19,7 +19,10 @@ use crate::drivers::seed::{build_iso, SeedFiles};
 use crate::drivers::{probe, DriverError, ObservedDomain, RouteSpec, VolumeSource};
 use crate::images::{ImageEntry, ImageError};
 use crate::store::{HostingRecord, StoreError};
-use crate::templates::{yaml_quote, DomainXml, MetaData, NetworkConfig, NftablesConf, SshdConf, UserData, WelcomeHtml, MARKER_NS};
+use crate::templates::{
+    yaml_quote, DomainXml, MetaData, NetworkConfig, NftablesConf, SshdConf, UserData, WelcomeHtml,
+    MARKER_NS,
+};
 
 /// What the controller should do after a successful reconcile.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -91,7 +94,13 @@ fn short_hash(s: &str) -> String {
 
 /// Hash of everything that shapes the domain definition (a change needs a
 /// restart) and of everything in the seed (takes effect at next boot).
-pub fn desired_hashes(ctx: &Context, rec: &HostingRecord, image: &ImageEntry, ssh: u16, http: u16) -> (String, String) {
+pub fn desired_hashes(
+    ctx: &Context,
+    rec: &HostingRecord,
+    image: &ImageEntry,
+    ssh: u16,
+    http: u16,
+) -> (String, String) {
     let dom = format!(
         "{}|{}|{}|{}|{}|{:?}|{}|{:?}|{:?}|{:?}|{}|{}|{}|{}",
         include_str!("../../templates/domain.xml").len(),
@@ -109,7 +118,12 @@ pub fn desired_hashes(ctx: &Context, rec: &HostingRecord, image: &ImageEntry, ss
         http,
         ctx.vm.pool_name(),
     );
-    let keys: Vec<&str> = rec.spec.ssh_public_keys.iter().map(|k| k.as_str()).collect();
+    let keys: Vec<&str> = rec
+        .spec
+        .ssh_public_keys
+        .iter()
+        .map(|k| k.as_str())
+        .collect();
     let seed = format!(
         "{}|{}|{}|{}|{}|{}",
         short_hash(include_str!("../../templates/user-data.yaml")),
@@ -132,7 +146,13 @@ fn split_marker_hash(h: &str) -> (&str, &str) {
 }
 
 /// Sets a condition, keeping its transition time when its status is unchanged.
-pub fn set_condition(conds: &mut Vec<Condition>, type_: &str, status: bool, reason: &str, message: &str) {
+pub fn set_condition(
+    conds: &mut Vec<Condition>,
+    type_: &str,
+    status: bool,
+    reason: &str,
+    message: &str,
+) {
     let status_s = if status { "True" } else { "False" };
     let now = Utc::now();
     match conds.iter_mut().find(|c| c.type_ == type_) {
@@ -159,7 +179,11 @@ fn remove_condition(conds: &mut Vec<Condition>, type_: &str) {
 }
 
 fn ssh_probe_addr(ctx: &Context, port: u16) -> SocketAddr {
-    let ip = if ctx.config.ssh_bind.is_unspecified() { "127.0.0.1".parse().unwrap() } else { ctx.config.ssh_bind };
+    let ip = if ctx.config.ssh_bind.is_unspecified() {
+        "127.0.0.1".parse().unwrap()
+    } else {
+        ctx.config.ssh_bind
+    };
     SocketAddr::new(ip, port)
 }
 
@@ -177,10 +201,21 @@ pub fn render_seed(ctx: &Context, rec: &HostingRecord, ssh: u16) -> SeedFiles {
     let host = ctx.config.public_host().to_string();
     let cmd = ssh_command(&host, ssh);
     let url = web_url(&ctx.config.public_url, rec.user_id);
-    let welcome = WelcomeHtml { username: rec.username.as_str(), ssh_command: &cmd, web_url: &url, ssh_port: ssh, ssh_host: &host }
-        .render()
-        .expect("welcome template renders");
-    let keys: Vec<String> = rec.spec.ssh_public_keys.iter().map(|k| k.as_str().to_string()).collect();
+    let welcome = WelcomeHtml {
+        username: rec.username.as_str(),
+        ssh_command: &cmd,
+        web_url: &url,
+        ssh_port: ssh,
+        ssh_host: &host,
+    }
+    .render()
+    .expect("welcome template renders");
+    let keys: Vec<String> = rec
+        .spec
+        .ssh_public_keys
+        .iter()
+        .map(|k| k.as_str().to_string())
+        .collect();
     let user_data = UserData {
         hosting_id: rec.id.to_string(),
         hostname: yaml_quote(&rec.username.hostname()),
@@ -192,19 +227,38 @@ pub fn render_seed(ctx: &Context, rec: &HostingRecord, ssh: u16) -> SeedFiles {
     }
     .render()
     .expect("user-data template renders");
-    let meta_data = MetaData { instance_id: yaml_quote(&format!("hostd-{}", rec.id)), hostname: yaml_quote(&rec.username.hostname()) }
-        .render()
-        .expect("meta-data template renders");
+    let meta_data = MetaData {
+        instance_id: yaml_quote(&format!("hostd-{}", rec.id)),
+        hostname: yaml_quote(&rec.username.hostname()),
+    }
+    .render()
+    .expect("meta-data template renders");
     let mut authorized_keys = keys.join("\n");
     authorized_keys.push('\n');
-    SeedFiles { user_data, meta_data, network_config: NetworkConfig.render().expect("network template"), authorized_keys }
+    SeedFiles {
+        user_data,
+        meta_data,
+        network_config: NetworkConfig.render().expect("network template"),
+        authorized_keys,
+    }
 }
 
 /// Renders the domain XML of a hosting.
-pub fn render_domain(ctx: &Context, rec: &HostingRecord, image: &ImageEntry, ssh: u16, http: u16, hash: &str) -> String {
+pub fn render_domain(
+    ctx: &Context,
+    rec: &HostingRecord,
+    image: &ImageEntry,
+    ssh: u16,
+    http: u16,
+    hash: &str,
+) -> String {
     let name = domain_name(rec.id);
     let (disk, seed) = (disk_volume(rec.id), seed_volume(rec.id));
-    let console_log = ctx.config.state_dir.join("console").join(format!("{name}.log"));
+    let console_log = ctx
+        .config
+        .state_dir
+        .join("console")
+        .join(format!("{name}.log"));
     DomainXml {
         domain_type: ctx.config.domain_type.as_str(),
         name: &name,
@@ -230,7 +284,13 @@ pub fn render_domain(ctx: &Context, rec: &HostingRecord, image: &ImageEntry, ssh
     .expect("domain template renders")
 }
 
-async fn event(ctx: &Context, id: HostingId, t: EventType, reason: &str, message: &str) -> Result<(), ReconcileError> {
+async fn event(
+    ctx: &Context,
+    id: HostingId,
+    t: EventType,
+    reason: &str,
+    message: &str,
+) -> Result<(), ReconcileError> {
     match t {
         EventType::Normal => tracing::info!(reason, message, "event"),
         EventType::Warning => tracing::warn!(reason, message, "event"),
@@ -239,7 +299,12 @@ async fn event(ctx: &Context, id: HostingId, t: EventType, reason: &str, message
     Ok(())
 }
 
-async fn repair(ctx: &Context, id: HostingId, reason: &str, message: &str) -> Result<(), ReconcileError> {
+async fn repair(
+    ctx: &Context,
+    id: HostingId,
+    reason: &str,
+    message: &str,
+) -> Result<(), ReconcileError> {
     Metrics::inc(&ctx.metrics.repairs);
     event(ctx, id, EventType::Warning, reason, message).await
 }
@@ -271,8 +336,18 @@ async fn apply(ctx: &Context, rec: HostingRecord) -> Result<Action, ReconcileErr
     let (ssh, http) = match (st.ssh_port, st.http_port) {
         (Some(s), Some(h)) => (s, h),
         _ => {
-            let (s, h) = ctx.store.allocate_ports(id, ctx.config.ssh_ports, ctx.config.http_ports).await?;
-            event(ctx, id, EventType::Normal, "PortsAllocated", &format!("SSH port {s}, HTTP port {h}")).await?;
+            let (s, h) = ctx
+                .store
+                .allocate_ports(id, ctx.config.ssh_ports, ctx.config.http_ports)
+                .await?;
+            event(
+                ctx,
+                id,
+                EventType::Normal,
+                "PortsAllocated",
+                &format!("SSH port {s}, HTTP port {h}"),
+            )
+            .await?;
             ctx.faults.hit("after_port_allocation").await?;
             (s, h)
         }
@@ -284,7 +359,11 @@ async fn apply(ctx: &Context, rec: HostingRecord) -> Result<Action, ReconcileErr
             id,
             EventType::Normal,
             "Provisioning",
-            &format!("provisioning a {} VM ({})", ctx.config.domain_type.as_str(), ctx.config.domain_type_reason),
+            &format!(
+                "provisioning a {} VM ({})",
+                ctx.config.domain_type.as_str(),
+                ctx.config.domain_type_reason
+            ),
         )
         .await?;
     }
@@ -295,14 +374,35 @@ async fn apply(ctx: &Context, rec: HostingRecord) -> Result<Action, ReconcileErr
         .vm
         .create_volume(
             &disk_volume(id),
-            VolumeSource::Overlay { backing: image.disk.clone(), backing_format: image.format.clone(), capacity_gib: rec.spec.disk_gib },
+            VolumeSource::Overlay {
+                backing: image.disk.clone(),
+                backing_format: image.format.clone(),
+                capacity_gib: rec.spec.disk_gib,
+            },
         )
         .await?;
     if created {
         if st.disk_created {
-            repair(ctx, id, "DiskRecreated", "the disk volume was missing and was recreated empty: the hosting's data was lost").await?;
+            repair(
+                ctx,
+                id,
+                "DiskRecreated",
+                "the disk volume was missing and was recreated empty: the hosting's data was lost",
+            )
+            .await?;
         } else {
-            event(ctx, id, EventType::Normal, "DiskCreated", &format!("{} GiB disk from image {}", rec.spec.disk_gib, rec.spec.image.as_str())).await?;
+            event(
+                ctx,
+                id,
+                EventType::Normal,
+                "DiskCreated",
+                &format!(
+                    "{} GiB disk from image {}",
+                    rec.spec.disk_gib,
+                    rec.spec.image.as_str()
+                ),
+            )
+            .await?;
         }
         ctx.faults.hit("after_disk_create").await?;
     }
@@ -316,31 +416,72 @@ async fn apply(ctx: &Context, rec: HostingRecord) -> Result<Action, ReconcileErr
     let hash = marker_hash(&dom_hash, &seed_hash);
     let observed = ctx.vm.get_domain(&name).await?;
     let seed_missing = !ctx.vm.list_volumes().await?.contains(&seed_volume(id));
-    let (old_dom, old_seed) = observed.as_ref().map(|o| split_marker_hash(&o.marker.spec_hash)).unwrap_or(("", ""));
+    let (old_dom, old_seed) = observed
+        .as_ref()
+        .map(|o| split_marker_hash(&o.marker.spec_hash))
+        .unwrap_or(("", ""));
     let mut restart_needed = false;
     if seed_missing || old_seed != seed_hash {
         let iso = build_iso(&render_seed(ctx, &rec, ssh)).await?;
-        if !ctx.vm.create_volume(&seed_volume(id), VolumeSource::Bytes(iso.clone())).await? {
+        if !ctx
+            .vm
+            .create_volume(&seed_volume(id), VolumeSource::Bytes(iso.clone()))
+            .await?
+        {
             ctx.vm.replace_volume_bytes(&seed_volume(id), iso).await?;
         }
         if observed.is_some() && old_seed != seed_hash {
-            event(ctx, id, EventType::Normal, "SeedUpdated", "cloud-init seed regenerated; SSH key changes take effect at the next boot").await?;
+            event(
+                ctx,
+                id,
+                EventType::Normal,
+                "SeedUpdated",
+                "cloud-init seed regenerated; SSH key changes take effect at the next boot",
+            )
+            .await?;
         }
         ctx.faults.hit("after_seed_upload").await?;
     }
-    let needs_define = observed.as_ref().map(|o| o.marker.spec_hash != hash).unwrap_or(true);
+    let needs_define = observed
+        .as_ref()
+        .map(|o| o.marker.spec_hash != hash)
+        .unwrap_or(true);
     if needs_define {
         std::fs::create_dir_all(ctx.config.state_dir.join("console")).map_err(DriverError::from)?;
         let xml = render_domain(ctx, &rec, &image, ssh, http, &hash);
         ctx.vm.define(&xml).await?;
         match &observed {
-            None if st.vm_name.is_some() => repair(ctx, id, "DomainRecreated", "the domain was missing and was redefined on the existing disk").await?,
-            None => event(ctx, id, EventType::Normal, "Defined", &format!("domain {name} defined")).await?,
+            None if st.vm_name.is_some() => {
+                repair(
+                    ctx,
+                    id,
+                    "DomainRecreated",
+                    "the domain was missing and was redefined on the existing disk",
+                )
+                .await?
+            }
+            None => {
+                event(
+                    ctx,
+                    id,
+                    EventType::Normal,
+                    "Defined",
+                    &format!("domain {name} defined"),
+                )
+                .await?
+            }
             Some(o) => {
                 if o.running && old_dom != dom_hash {
                     restart_needed = true;
                 }
-                event(ctx, id, EventType::Normal, "Redefined", &format!("domain {name} redefined for generation {}", rec.generation)).await?;
+                event(
+                    ctx,
+                    id,
+                    EventType::Normal,
+                    "Redefined",
+                    &format!("domain {name} redefined for generation {}", rec.generation),
+                )
+                .await?;
             }
         }
         ctx.faults.hit("after_define").await?;
@@ -354,18 +495,44 @@ async fn apply(ctx: &Context, rec: HostingRecord) -> Result<Action, ReconcileErr
     }
     ctx.shutdowns.lock().unwrap().remove(&id);
     if restart_needed {
-        set_condition(&mut st.conditions, "RestartRequired", true, "SpecChanged", "memory/vCPU change: restarting the VM");
+        set_condition(
+            &mut st.conditions,
+            "RestartRequired",
+            true,
+            "SpecChanged",
+            "memory/vCPU change: restarting the VM",
+        );
         st.phase = Phase::Updating;
         ctx.store.write_status(id, &st).await?;
         ctx.vm.destroy(&name).await?;
-        event(ctx, id, EventType::Normal, "Restarting", "restarting the VM to apply the new memory/vCPU settings").await?;
+        event(
+            ctx,
+            id,
+            EventType::Normal,
+            "Restarting",
+            "restarting the VM to apply the new memory/vCPU settings",
+        )
+        .await?;
     }
     if !running_now || restart_needed {
         ctx.vm.start(&name).await?;
         if observed.is_some() && !restart_needed && matches!(rec.status.phase, Phase::Ready) {
-            repair(ctx, id, "DomainStarted", "the VM was found shut off while it should run; started it").await?;
+            repair(
+                ctx,
+                id,
+                "DomainStarted",
+                "the VM was found shut off while it should run; started it",
+            )
+            .await?;
         } else {
-            event(ctx, id, EventType::Normal, "Started", &format!("domain {name} started")).await?;
+            event(
+                ctx,
+                id,
+                EventType::Normal,
+                "Started",
+                &format!("domain {name} started"),
+            )
+            .await?;
         }
         if st.provisioning_since.is_none() || restart_needed {
             st.provisioning_since = Some(Utc::now());
@@ -373,9 +540,21 @@ async fn apply(ctx: &Context, rec: HostingRecord) -> Result<Action, ReconcileErr
         ctx.faults.hit("after_start").await?;
     }
     remove_condition(&mut st.conditions, "RestartRequired");
-    set_condition(&mut st.conditions, "VMRunning", true, "Running", &format!("domain {name} is running"));
+    set_condition(
+        &mut st.conditions,
+        "VMRunning",
+        true,
+        "Running",
+        &format!("domain {name} is running"),
+    );
     ensure_route(ctx, &rec, Some(http)).await?;
-    set_condition(&mut st.conditions, "RouteConfigured", true, "Configured", &format!("/{}/ proxied to 127.0.0.1:{http}", rec.user_id));
+    set_condition(
+        &mut st.conditions,
+        "RouteConfigured",
+        true,
+        "Configured",
+        &format!("/{}/ proxied to 127.0.0.1:{http}", rec.user_id),
+    );
 
     // 5. Readiness: through the host nginx, and the SSH banner.
     let url = format!("{}/{}/", ctx.config.probe_url, rec.user_id);
@@ -383,9 +562,16 @@ async fn apply(ctx: &Context, rec: HostingRecord) -> Result<Action, ReconcileErr
     let sshb = probe::ssh_banner(ssh_probe_addr(ctx, ssh)).await;
     match (&web, &sshb) {
         (Ok(_), Ok(_)) => {
-            set_condition(&mut st.conditions, "WebReady", true, "Serving", "site answers through nginx and SSH is up");
+            set_condition(
+                &mut st.conditions,
+                "WebReady",
+                true,
+                "Serving",
+                "site answers through nginx and SSH is up",
+            );
             remove_condition(&mut st.conditions, "Reconciled");
-            let was_ready = rec.status.phase == Phase::Ready && rec.status.observed_generation == rec.generation;
+            let was_ready = rec.status.phase == Phase::Ready
+                && rec.status.observed_generation == rec.generation;
             st.phase = Phase::Ready;
             st.observed_generation = rec.generation;
             st.message = None;
@@ -393,14 +579,31 @@ async fn apply(ctx: &Context, rec: HostingRecord) -> Result<Action, ReconcileErr
             ctx.faults.hit("before_status_write").await?;
             ctx.store.write_status(id, &st).await?;
             if !was_ready {
-                event(ctx, id, EventType::Normal, "Ready", &format!("site and SSH (port {ssh}) are up")).await?;
+                event(
+                    ctx,
+                    id,
+                    EventType::Normal,
+                    "Ready",
+                    &format!("site and SSH (port {ssh}) are up"),
+                )
+                .await?;
             }
             ctx.reset_backoff(id);
             Ok(Action::AwaitChange)
         }
         _ => {
-            let why = [web.err(), sshb.err()].into_iter().flatten().collect::<Vec<_>>().join("; ");
-            set_condition(&mut st.conditions, "WebReady", false, "Booting", &format!("waiting for the guest: {why}"));
+            let why = [web.err(), sshb.err()]
+                .into_iter()
+                .flatten()
+                .collect::<Vec<_>>()
+                .join("; ");
+            set_condition(
+                &mut st.conditions,
+                "WebReady",
+                false,
+                "Booting",
+                &format!("waiting for the guest: {why}"),
+            );
             if st.phase != Phase::Updating {
                 st.phase = Phase::Provisioning;
             }
@@ -410,7 +613,10 @@ async fn apply(ctx: &Context, rec: HostingRecord) -> Result<Action, ReconcileErr
             if waited > ctx.config.ready_timeout {
                 st.provisioning_since = Some(Utc::now());
                 ctx.store.write_status(id, &st).await?;
-                return Err(ReconcileError::ReadinessTimeout(ctx.config.ready_timeout, why));
+                return Err(ReconcileError::ReadinessTimeout(
+                    ctx.config.ready_timeout,
+                    why,
+                ));
             }
             ctx.faults.hit("before_status_write").await?;
             ctx.store.write_status(id, &st).await?;
@@ -431,26 +637,75 @@ async fn stop(
     let id = rec.id;
     let name = domain_name(id);
     ensure_route(ctx, rec, None).await?;
-    set_condition(&mut st.conditions, "RouteConfigured", true, "Stopped", "route answers 503 while the VM is stopped");
+    set_condition(
+        &mut st.conditions,
+        "RouteConfigured",
+        true,
+        "Stopped",
+        "route answers 503 while the VM is stopped",
+    );
     if running_now {
-        let asked = *ctx.shutdowns.lock().unwrap().get(&id).unwrap_or(&tokio::time::Instant::now());
+        let asked = *ctx
+            .shutdowns
+            .lock()
+            .unwrap()
+            .get(&id)
+            .unwrap_or(&tokio::time::Instant::now());
         if !ctx.shutdowns.lock().unwrap().contains_key(&id) {
             ctx.vm.shutdown(&name).await?;
             ctx.shutdowns.lock().unwrap().insert(id, asked);
-            event(ctx, id, EventType::Normal, "Stopping", "asked the guest to shut down").await?;
+            event(
+                ctx,
+                id,
+                EventType::Normal,
+                "Stopping",
+                "asked the guest to shut down",
+            )
+            .await?;
         } else if asked.elapsed() > Duration::from_secs(60) {
             ctx.vm.destroy(&name).await?;
-            event(ctx, id, EventType::Warning, "ForcedOff", "the guest did not shut down within 60 s; powered it off").await?;
+            event(
+                ctx,
+                id,
+                EventType::Warning,
+                "ForcedOff",
+                "the guest did not shut down within 60 s; powered it off",
+            )
+            .await?;
         }
-        if ctx.vm.get_domain(&name).await?.map(|d| d.running).unwrap_or(false) {
-            set_condition(&mut st.conditions, "VMRunning", true, "ShuttingDown", "waiting for the guest to shut down");
+        if ctx
+            .vm
+            .get_domain(&name)
+            .await?
+            .map(|d| d.running)
+            .unwrap_or(false)
+        {
+            set_condition(
+                &mut st.conditions,
+                "VMRunning",
+                true,
+                "ShuttingDown",
+                "waiting for the guest to shut down",
+            );
             ctx.store.write_status(id, &st).await?;
             return Ok(Action::Requeue(Duration::from_secs(2)));
         }
     }
     ctx.shutdowns.lock().unwrap().remove(&id);
-    set_condition(&mut st.conditions, "VMRunning", false, "Stopped", "the VM is stopped as requested");
-    set_condition(&mut st.conditions, "WebReady", false, "Stopped", "the VM is stopped");
+    set_condition(
+        &mut st.conditions,
+        "VMRunning",
+        false,
+        "Stopped",
+        "the VM is stopped as requested",
+    );
+    set_condition(
+        &mut st.conditions,
+        "WebReady",
+        false,
+        "Stopped",
+        "the VM is stopped",
+    );
     remove_condition(&mut st.conditions, "Reconciled");
     let was = rec.status.phase;
     st.phase = Phase::Stopped;
@@ -467,25 +722,67 @@ async fn stop(
 }
 
 /// Makes the route file match; repairs hand edits, with an event.
-async fn ensure_route(ctx: &Context, rec: &HostingRecord, http: Option<u16>) -> Result<(), ReconcileError> {
-    let spec = RouteSpec { hosting_id: rec.id, user_id: rec.user_id, http_port: http };
+async fn ensure_route(
+    ctx: &Context,
+    rec: &HostingRecord,
+    http: Option<u16>,
+) -> Result<(), ReconcileError> {
+    let spec = RouteSpec {
+        hosting_id: rec.id,
+        user_id: rec.user_id,
+        http_port: http,
+    };
     let want = ctx.proxy.render(&spec);
     let (routes, _) = ctx.proxy.list_routes().await?;
-    let have = routes.into_iter().find(|(i, _)| *i == rec.id).map(|(_, c)| c);
+    let have = routes
+        .into_iter()
+        .find(|(i, _)| *i == rec.id)
+        .map(|(_, c)| c);
     if have.as_deref() == Some(want.as_str()) {
         // Content right; still pass through the batcher so a pending reload is retried.
-        return ctx.proxy.apply(rec.id, Some(spec)).await.map_err(Into::into);
+        return ctx
+            .proxy
+            .apply(rec.id, Some(spec))
+            .await
+            .map_err(Into::into);
     }
     ctx.faults.hit("before_route_write").await?;
     ctx.proxy.apply(rec.id, Some(spec)).await?;
     ctx.faults.hit("after_route_write").await?;
-    let was_configured = rec.status.conditions.iter().any(|c| c.type_ == "RouteConfigured" && c.status == "True");
+    let was_configured = rec
+        .status
+        .conditions
+        .iter()
+        .any(|c| c.type_ == "RouteConfigured" && c.status == "True");
     match have {
-        Some(_) if was_configured => repair(ctx, rec.id, "RouteRepaired", "the route file had been changed by hand; rewrote it").await?,
-        None if was_configured && rec.status.phase == Phase::Ready => {
-            repair(ctx, rec.id, "RouteRepaired", "the route file was missing; rewrote it").await?
+        Some(_) if was_configured => {
+            repair(
+                ctx,
+                rec.id,
+                "RouteRepaired",
+                "the route file had been changed by hand; rewrote it",
+            )
+            .await?
         }
-        _ => event(ctx, rec.id, EventType::Normal, "RouteConfigured", &format!("/{}/ routed", rec.user_id)).await?,
+        None if was_configured && rec.status.phase == Phase::Ready => {
+            repair(
+                ctx,
+                rec.id,
+                "RouteRepaired",
+                "the route file was missing; rewrote it",
+            )
+            .await?
+        }
+        _ => {
+            event(
+                ctx,
+                rec.id,
+                EventType::Normal,
+                "RouteConfigured",
+                &format!("/{}/ routed", rec.user_id),
+            )
+            .await?
+        }
     }
     Ok(())
 }
@@ -513,7 +810,12 @@ async fn finalize(ctx: &Context, rec: &HostingRecord) -> Result<Action, Reconcil
     ctx.store.release_ports(id).await?;
     ctx.faults.hit("after_release_ports").await?;
     ctx.store.delete_hosting(id).await?;
-    let _ = std::fs::remove_file(ctx.config.state_dir.join("console").join(format!("{name}.log")));
+    let _ = std::fs::remove_file(
+        ctx.config
+            .state_dir
+            .join("console")
+            .join(format!("{name}.log")),
+    );
     ctx.shutdowns.lock().unwrap().remove(&id);
     ctx.reset_backoff(id);
     tracing::info!("hosting deleted; all resources released");
@@ -525,17 +827,28 @@ async fn finalize(ctx: &Context, rec: &HostingRecord) -> Result<Action, Reconcil
 pub async fn on_error(ctx: &Context, id: HostingId, err: &ReconcileError) -> Duration {
     let (delay, failures) = ctx.error_policy(id);
     tracing::warn!(hosting = %id, error = %err, failures, retry_in = ?delay, "reconcile failed");
-    let msg = format!("{err} (attempt {failures}, retrying in {:.1}s)", delay.as_secs_f64());
+    let msg = format!(
+        "{err} (attempt {failures}, retrying in {:.1}s)",
+        delay.as_secs_f64()
+    );
     if let Ok(Some(rec)) = ctx.store.get_record(id).await {
         let mut st = rec.status.clone();
-        set_condition(&mut st.conditions, "Reconciled", false, err.reason(), &err.to_string());
+        set_condition(
+            &mut st.conditions,
+            "Reconciled",
+            false,
+            err.reason(),
+            &err.to_string(),
+        );
         st.message = Some(msg.clone());
         if failures >= 5 && rec.deletion_requested_at.is_none() {
             st.phase = Phase::Failed;
         }
         let _ = ctx.store.write_status(id, &st).await;
-        let _ = ctx.store.add_event(id, EventType::Warning, err.reason(), &msg).await;
+        let _ = ctx
+            .store
+            .add_event(id, EventType::Warning, err.reason(), &msg)
+            .await;
     }
     delay
 }
-

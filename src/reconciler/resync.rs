@@ -9,7 +9,10 @@ use std::sync::atomic::Ordering::Relaxed;
 
 use super::metrics::Metrics;
 use super::queue::WorkQueue;
-use super::reconcile::{desired_hashes, disk_volume, domain_name, marker_hash, seed_volume, volume_owner, ReconcileError};
+use super::reconcile::{
+    desired_hashes, disk_volume, domain_name, marker_hash, seed_volume, volume_owner,
+    ReconcileError,
+};
 use super::Context;
 use crate::domain::{HostingId, Phase};
 use crate::drivers::RouteSpec;
@@ -28,7 +31,8 @@ pub async fn resync(ctx: &Context, queue: &WorkQueue) -> Result<(), ReconcileErr
     let by_id: HashMap<HostingId, &HostingRecord> = records.iter().map(|r| (r.id, r)).collect();
     let dom_by_name: HashMap<&str, _> = domains.iter().map(|d| (d.name.as_str(), d)).collect();
     let vol_set: HashSet<&str> = volumes.iter().map(|s| s.as_str()).collect();
-    let route_map: HashMap<HostingId, &str> = routes.iter().map(|(i, c)| (*i, c.as_str())).collect();
+    let route_map: HashMap<HostingId, &str> =
+        routes.iter().map(|(i, c)| (*i, c.as_str())).collect();
 
     let mut queued = 0usize;
     for rec in &records {
@@ -77,7 +81,11 @@ pub async fn resync(ctx: &Context, queue: &WorkQueue) -> Result<(), ReconcileErr
     ctx.metrics.heartbeat_ms.store(now, Relaxed);
     ctx.metrics.queue_depth.store(queue.depth() as u64, Relaxed);
     let holder = format!("{}:{}", hostname(), std::process::id());
-    if let Err(e) = ctx.store.heartbeat(&ctx.config.instance, &holder, &ctx.metrics.snapshot()).await {
+    if let Err(e) = ctx
+        .store
+        .heartbeat(&ctx.config.instance, &holder, &ctx.metrics.snapshot())
+        .await
+    {
         tracing::warn!(error = %e, "cannot write the reconciler heartbeat");
     }
     tracing::debug!(hostings = records.len(), queued, "resync pass done");
@@ -85,7 +93,9 @@ pub async fn resync(ctx: &Context, queue: &WorkQueue) -> Result<(), ReconcileErr
 }
 
 fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_string()).unwrap_or_else(|_| "unknown".into())
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "unknown".into())
 }
 
 /// Whether a hosting's observed state already matches its desired state.
@@ -102,14 +112,22 @@ fn converged(
     if !matches!(rec.status.phase, Phase::Ready | Phase::Stopped) {
         return false;
     }
-    let (Some(ssh), Some(http)) = (rec.status.ssh_port, rec.status.http_port) else { return false };
-    let Ok(image) = ctx.catalog.get(&rec.spec.image) else { return false };
-    let Some(dom) = domains.get(domain_name(rec.id).as_str()) else { return false };
+    let (Some(ssh), Some(http)) = (rec.status.ssh_port, rec.status.http_port) else {
+        return false;
+    };
+    let Ok(image) = ctx.catalog.get(&rec.spec.image) else {
+        return false;
+    };
+    let Some(dom) = domains.get(domain_name(rec.id).as_str()) else {
+        return false;
+    };
     let (d, s) = desired_hashes(ctx, rec, image, ssh, http);
     if dom.marker.spec_hash != marker_hash(&d, &s) || dom.running != rec.spec.running {
         return false;
     }
-    if !volumes.contains(disk_volume(rec.id).as_str()) || !volumes.contains(seed_volume(rec.id).as_str()) {
+    if !volumes.contains(disk_volume(rec.id).as_str())
+        || !volumes.contains(seed_volume(rec.id).as_str())
+    {
         return false;
     }
     let want = ctx.proxy.render(&RouteSpec {

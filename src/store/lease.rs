@@ -24,7 +24,10 @@ fn key_for(instance: &str) -> i64 {
 
 impl Lease {
     pub fn new(instance: &str) -> Lease {
-        Lease { key: key_for(instance), conn: None }
+        Lease {
+            key: key_for(instance),
+            conn: None,
+        }
     }
 
     /// Tries to take the lease; `true` if held after the call.
@@ -33,7 +36,10 @@ impl Lease {
             return self.check().await;
         }
         let mut conn = store.dedicated_connection().await?;
-        let (got,): (bool,) = sqlx::query_as("select pg_try_advisory_lock($1)").bind(self.key).fetch_one(&mut conn).await?;
+        let (got,): (bool,) = sqlx::query_as("select pg_try_advisory_lock($1)")
+            .bind(self.key)
+            .fetch_one(&mut conn)
+            .await?;
         if got {
             self.conn = Some(conn);
         } else {
@@ -44,7 +50,9 @@ impl Lease {
 
     /// Verifies the lease is still held (the connection is alive).
     pub async fn check(&mut self) -> Result<bool> {
-        let Some(conn) = self.conn.as_mut() else { return Ok(false) };
+        let Some(conn) = self.conn.as_mut() else {
+            return Ok(false);
+        };
         // A session-level advisory lock lives exactly as long as the session:
         // if the connection still answers, the lock is still ours.
         let held: Result<(i32,), sqlx::Error> = sqlx::query_as("select 1").fetch_one(conn).await;
@@ -64,7 +72,10 @@ impl Lease {
     /// Gives the lease up (clean shutdown).
     pub async fn release(&mut self) {
         if let Some(mut c) = self.conn.take() {
-            let _ = sqlx::query("select pg_advisory_unlock($1)").bind(self.key).execute(&mut c).await;
+            let _ = sqlx::query("select pg_advisory_unlock($1)")
+                .bind(self.key)
+                .execute(&mut c)
+                .await;
             let _ = c.close().await;
         }
     }

@@ -167,7 +167,11 @@ impl RecordRow {
             deletion_requested_at: self.deletion_requested_at,
             created_at: self.created_at,
             status: Status {
-                phase: self.phase.as_deref().map(Phase::from_db).unwrap_or(Phase::Pending),
+                phase: self
+                    .phase
+                    .as_deref()
+                    .map(Phase::from_db)
+                    .unwrap_or(Phase::Pending),
                 conditions: self.conditions.map(|j| j.0).unwrap_or_default(),
                 observed_generation: self.observed_generation.unwrap_or(0),
                 ssh_port: self.ssh_port.and_then(|p| u16::try_from(p).ok()),
@@ -184,7 +188,9 @@ impl RecordRow {
 
 fn is_unique_violation(e: &sqlx::Error) -> Option<String> {
     match e {
-        sqlx::Error::Database(d) if d.code().as_deref() == Some("23505") => Some(d.constraint().unwrap_or("").to_string()),
+        sqlx::Error::Database(d) if d.code().as_deref() == Some("23505") => {
+            Some(d.constraint().unwrap_or("").to_string())
+        }
         _ => None,
     }
 }
@@ -199,13 +205,17 @@ pub struct Store {
 impl Store {
     /// Connects lazily-retrying: start-up waits up to `wait` for Postgres.
     pub async fn connect(url: &str, max_connections: u32) -> Result<Store> {
-        let opts = PgConnectOptions::from_str(url)?.log_statements(tracing::log::LevelFilter::Debug);
+        let opts =
+            PgConnectOptions::from_str(url)?.log_statements(tracing::log::LevelFilter::Debug);
         let pool = PgPoolOptions::new()
             .max_connections(max_connections)
             .acquire_timeout(Duration::from_secs(10))
             .connect_with(opts)
             .await?;
-        Ok(Store { pool, url: url.to_string() })
+        Ok(Store {
+            pool,
+            url: url.to_string(),
+        })
     }
 
     pub fn pool(&self) -> &PgPool {
@@ -235,7 +245,13 @@ impl Store {
 
     // ---------------------------------------------------------------- users
 
-    pub async fn create_user(&self, email: &Email, username: &Username, password_hash: &str, role: Role) -> Result<User> {
+    pub async fn create_user(
+        &self,
+        email: &Email,
+        username: &Username,
+        password_hash: &str,
+        role: Role,
+    ) -> Result<User> {
         let row = sqlx::query_as::<_, UserRow>(
             "insert into users (id, email, username, password_hash, role) values ($1, $2, $3, $4, $5) \
              returning id, email, username, role, created_at, password_hash",
@@ -315,10 +331,22 @@ impl Store {
             Some(_) => StoreError::Conflict("a hosting for this user"),
             None => e.into(),
         })?;
-        sqlx::query("insert into hosting_status (hosting_id) values ($1)").bind(id).execute(&mut *tx).await?;
-        insert_event(&mut tx, HostingId(id), EventType::Normal, "Created", "hosting requested; waiting for the reconciler").await?;
+        sqlx::query("insert into hosting_status (hosting_id) values ($1)")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        insert_event(
+            &mut tx,
+            HostingId(id),
+            EventType::Normal,
+            "Created",
+            "hosting requested; waiting for the reconciler",
+        )
+        .await?;
         tx.commit().await?;
-        self.get_record(HostingId(id)).await?.ok_or(StoreError::NotFound)
+        self.get_record(HostingId(id))
+            .await?
+            .ok_or(StoreError::NotFound)
     }
 
     pub async fn get_record(&self, id: HostingId) -> Result<Option<HostingRecord>> {
@@ -339,9 +367,10 @@ impl Store {
 
     /// Every hosting with its status, in one query (the reconciler's resync and the admin list).
     pub async fn list_records(&self) -> Result<Vec<HostingRecord>> {
-        let rows = sqlx::query_as::<_, RecordRow>(&format!("{RECORD_SELECT} order by h.created_at"))
-            .fetch_all(&self.pool)
-            .await?;
+        let rows =
+            sqlx::query_as::<_, RecordRow>(&format!("{RECORD_SELECT} order by h.created_at"))
+                .fetch_all(&self.pool)
+                .await?;
         rows.into_iter().map(RecordRow::into_record).collect()
     }
 
@@ -352,11 +381,13 @@ impl Store {
         F: FnOnce(&HostingSpec) -> Result<HostingSpec, ValidationError>,
     {
         let mut tx = self.pool.begin().await?;
-        let row = sqlx::query_as::<_, RecordRow>(&format!("{RECORD_SELECT} where h.user_id = $1 for update of h"))
-            .bind(user.0)
-            .fetch_optional(&mut *tx)
-            .await?
-            .ok_or(StoreError::NotFound)?;
+        let row = sqlx::query_as::<_, RecordRow>(&format!(
+            "{RECORD_SELECT} where h.user_id = $1 for update of h"
+        ))
+        .bind(user.0)
+        .fetch_optional(&mut *tx)
+        .await?
+        .ok_or(StoreError::NotFound)?;
         let rec = row.into_record()?;
         if rec.deletion_requested_at.is_some() {
             return Err(StoreError::Conflict("a deletion request for this hosting"));
@@ -377,7 +408,14 @@ impl Store {
             .bind(new.running)
             .execute(&mut *tx)
             .await?;
-            insert_event(&mut tx, rec.id, EventType::Normal, "SpecChanged", &format!("spec changed (generation {})", rec.generation + 1)).await?;
+            insert_event(
+                &mut tx,
+                rec.id,
+                EventType::Normal,
+                "SpecChanged",
+                &format!("spec changed (generation {})", rec.generation + 1),
+            )
+            .await?;
         }
         tx.commit().await?;
         self.get_record(rec.id).await?.ok_or(StoreError::NotFound)
@@ -387,18 +425,31 @@ impl Store {
     /// reconciler has cleaned up.
     pub async fn request_deletion(&self, user: UserId) -> Result<HostingRecord> {
         let mut tx = self.pool.begin().await?;
-        let id: Option<(Uuid, Option<DateTime<Utc>>)> =
-            sqlx::query_as("select id, deletion_requested_at from hostings where user_id = $1 for update")
-                .bind(user.0)
-                .fetch_optional(&mut *tx)
-                .await?;
+        let id: Option<(Uuid, Option<DateTime<Utc>>)> = sqlx::query_as(
+            "select id, deletion_requested_at from hostings where user_id = $1 for update",
+        )
+        .bind(user.0)
+        .fetch_optional(&mut *tx)
+        .await?;
         let (id, already) = id.ok_or(StoreError::NotFound)?;
         if already.is_none() {
-            sqlx::query("update hostings set deletion_requested_at = now() where id = $1").bind(id).execute(&mut *tx).await?;
-            insert_event(&mut tx, HostingId(id), EventType::Normal, "DeletionRequested", "deletion requested; cleaning up").await?;
+            sqlx::query("update hostings set deletion_requested_at = now() where id = $1")
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+            insert_event(
+                &mut tx,
+                HostingId(id),
+                EventType::Normal,
+                "DeletionRequested",
+                "deletion requested; cleaning up",
+            )
+            .await?;
         }
         tx.commit().await?;
-        self.get_record(HostingId(id)).await?.ok_or(StoreError::NotFound)
+        self.get_record(HostingId(id))
+            .await?
+            .ok_or(StoreError::NotFound)
     }
 
     pub async fn recent_events(&self, id: HostingId, limit: i64) -> Result<Vec<Event>> {
@@ -416,7 +467,13 @@ impl Store {
 
     // ----------------------------------------------------------- reconciler
 
-    pub async fn add_event(&self, id: HostingId, t: EventType, reason: &str, message: &str) -> Result<()> {
+    pub async fn add_event(
+        &self,
+        id: HostingId,
+        t: EventType,
+        reason: &str,
+        message: &str,
+    ) -> Result<()> {
         let mut tx = self.pool.begin().await?;
         insert_event(&mut tx, id, t, reason, message).await?;
         tx.commit().await?;
@@ -448,7 +505,12 @@ impl Store {
     /// Allocates the hosting's SSH and HTTP ports if it has none yet, and records
     /// them in its status in the same transaction. The primary key on
     /// `port_allocations.port` decides races between concurrent allocators.
-    pub async fn allocate_ports(&self, id: HostingId, ssh: PortRange, http: PortRange) -> Result<(u16, u16)> {
+    pub async fn allocate_ports(
+        &self,
+        id: HostingId,
+        ssh: PortRange,
+        http: PortRange,
+    ) -> Result<(u16, u16)> {
         for _attempt in 0..16 {
             let mut tx = self.pool.begin().await?;
             let existing: Vec<(String, i32)> =
@@ -461,7 +523,10 @@ impl Store {
                 ports[(kind == "http") as usize] = Some(port as u16);
             }
             let mut raced = false;
-            for (i, (kind, range)) in [(PortKind::Ssh, ssh), (PortKind::Http, http)].into_iter().enumerate() {
+            for (i, (kind, range)) in [(PortKind::Ssh, ssh), (PortKind::Http, http)]
+                .into_iter()
+                .enumerate()
+            {
                 if ports[i].is_some() {
                     continue;
                 }
@@ -475,12 +540,14 @@ impl Store {
                 continue;
             }
             let (s, h) = (ports[0].unwrap(), ports[1].unwrap());
-            sqlx::query("update hosting_status set ssh_port = $2, http_port = $3 where hosting_id = $1")
-                .bind(id.0)
-                .bind(s as i32)
-                .bind(h as i32)
-                .execute(&mut *tx)
-                .await?;
+            sqlx::query(
+                "update hosting_status set ssh_port = $2, http_port = $3 where hosting_id = $1",
+            )
+            .bind(id.0)
+            .bind(s as i32)
+            .bind(h as i32)
+            .execute(&mut *tx)
+            .await?;
             tx.commit().await?;
             return Ok((s, h));
         }
@@ -490,11 +557,16 @@ impl Store {
     /// Releases the hosting's ports (idempotent).
     pub async fn release_ports(&self, id: HostingId) -> Result<()> {
         let mut tx = self.pool.begin().await?;
-        sqlx::query("update hosting_status set ssh_port = null, http_port = null where hosting_id = $1")
+        sqlx::query(
+            "update hosting_status set ssh_port = null, http_port = null where hosting_id = $1",
+        )
+        .bind(id.0)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("delete from port_allocations where hosting_id = $1")
             .bind(id.0)
             .execute(&mut *tx)
             .await?;
-        sqlx::query("delete from port_allocations where hosting_id = $1").bind(id.0).execute(&mut *tx).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -503,7 +575,10 @@ impl Store {
     /// Refuses while the deletion has not been requested.
     pub async fn delete_hosting(&self, id: HostingId) -> Result<()> {
         let mut tx = self.pool.begin().await?;
-        sqlx::query("delete from port_allocations where hosting_id = $1").bind(id.0).execute(&mut *tx).await?;
+        sqlx::query("delete from port_allocations where hosting_id = $1")
+            .bind(id.0)
+            .execute(&mut *tx)
+            .await?;
         sqlx::query("delete from hostings where id = $1 and deletion_requested_at is not null")
             .bind(id.0)
             .execute(&mut *tx)
@@ -514,16 +589,24 @@ impl Store {
 
     /// All port allocations: (port, kind, hosting id). For invariants checks.
     pub async fn list_ports(&self) -> Result<Vec<(u16, String, HostingId)>> {
-        Ok(sqlx::query_as::<_, (i32, String, Uuid)>("select port, kind, hosting_id from port_allocations order by port")
-            .fetch_all(&self.pool)
-            .await?
-            .into_iter()
-            .map(|(p, k, h)| (p as u16, k, HostingId(h)))
-            .collect())
+        Ok(sqlx::query_as::<_, (i32, String, Uuid)>(
+            "select port, kind, hosting_id from port_allocations order by port",
+        )
+        .fetch_all(&self.pool)
+        .await?
+        .into_iter()
+        .map(|(p, k, h)| (p as u16, k, HostingId(h)))
+        .collect())
     }
 }
 
-async fn insert_event(tx: &mut Transaction<'_, Postgres>, id: HostingId, t: EventType, reason: &str, message: &str) -> Result<()> {
+async fn insert_event(
+    tx: &mut Transaction<'_, Postgres>,
+    id: HostingId,
+    t: EventType,
+    reason: &str,
+    message: &str,
+) -> Result<()> {
     sqlx::query("insert into events (hosting_id, type, reason, message) values ($1, $2, $3, $4)")
         .bind(id.0)
         .bind(t.as_str())
@@ -536,7 +619,12 @@ async fn insert_event(tx: &mut Transaction<'_, Postgres>, id: HostingId, t: Even
 
 /// Tries to take one free port of `range`, starting at a random offset so that
 /// concurrent allocators rarely collide. `None` means another transaction won.
-async fn try_allocate(tx: &mut Transaction<'_, Postgres>, id: HostingId, kind: PortKind, range: PortRange) -> Result<Option<u16>> {
+async fn try_allocate(
+    tx: &mut Transaction<'_, Postgres>,
+    id: HostingId,
+    kind: PortKind,
+    range: PortRange,
+) -> Result<Option<u16>> {
     use rand::Rng;
     let offset = rand::thread_rng().gen_range(range.start..=range.end) as i32;
     let free: Option<(i32,)> = sqlx::query_as(
@@ -563,7 +651,12 @@ async fn try_allocate(tx: &mut Transaction<'_, Postgres>, id: HostingId, kind: P
 
 impl Store {
     /// Records the reconciler leader's heartbeat and counters.
-    pub async fn heartbeat(&self, instance: &str, holder: &str, stats: &crate::reconciler::metrics::Snapshot) -> Result<()> {
+    pub async fn heartbeat(
+        &self,
+        instance: &str,
+        holder: &str,
+        stats: &crate::reconciler::metrics::Snapshot,
+    ) -> Result<()> {
         sqlx::query(
             "insert into reconciler_heartbeat (instance, holder, at, stats) values ($1, $2, now(), $3) \
              on conflict (instance) do update set holder = $2, at = now(), stats = $3",
@@ -577,7 +670,10 @@ impl Store {
     }
 
     /// The last heartbeat: holder, age in seconds, counters.
-    pub async fn last_heartbeat(&self, instance: &str) -> Result<Option<(String, f64, crate::reconciler::metrics::Snapshot)>> {
+    pub async fn last_heartbeat(
+        &self,
+        instance: &str,
+    ) -> Result<Option<(String, f64, crate::reconciler::metrics::Snapshot)>> {
         let row: Option<(String, f64, sqlx::types::Json<crate::reconciler::metrics::Snapshot>)> = sqlx::query_as(
             "select holder, extract(epoch from now() - at)::float8, stats from reconciler_heartbeat where instance = $1",
         )

@@ -17,7 +17,8 @@ use hostd::store::Store;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 pub fn admin_url() -> String {
-    std::env::var("TEST_DATABASE_URL").unwrap_or_else(|_| "postgres://hostd:hostd@127.0.0.1:5432/postgres".into())
+    std::env::var("TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://hostd:hostd@127.0.0.1:5432/postgres".into())
 }
 
 /// Creates an empty database and returns its URL.
@@ -28,13 +29,20 @@ pub async fn fresh_database() -> String {
         .await
         .expect("TEST_DATABASE_URL must point at a running Postgres (scripts/test.sh starts one)");
     let name = format!("hostd_test_{}", uuid::Uuid::new_v4().simple());
-    sqlx::query(&format!("create database {name}")).execute(&mut c).await.unwrap();
+    sqlx::query(&format!("create database {name}"))
+        .execute(&mut c)
+        .await
+        .unwrap();
     let base = admin.rsplit_once('/').unwrap().0;
     format!("{base}/{name}")
 }
 
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// A private nginx master serving the routes directory on a free port.
@@ -53,11 +61,24 @@ impl TestNginx {
         std::fs::create_dir_all(dir.path().join("tmp")).unwrap();
         let port = free_port();
         let conf = dir.path().join("nginx.conf");
-        let text = hostd::app::nginx_main_conf(&format!("127.0.0.1:{port}"), &dir.path().display().to_string(), &routes_dir.display().to_string());
+        let text = hostd::app::nginx_main_conf(
+            &format!("127.0.0.1:{port}"),
+            &dir.path().display().to_string(),
+            &routes_dir.display().to_string(),
+        );
         std::fs::write(&conf, text).unwrap();
-        let st = std::process::Command::new("nginx").arg("-c").arg(&conf).status().expect("nginx binary (scripts/install-deps.sh installs it)");
+        let st = std::process::Command::new("nginx")
+            .arg("-c")
+            .arg(&conf)
+            .status()
+            .expect("nginx binary (scripts/install-deps.sh installs it)");
         assert!(st.success(), "nginx failed to start");
-        TestNginx { dir, conf, routes_dir, port }
+        TestNginx {
+            dir,
+            conf,
+            routes_dir,
+            port,
+        }
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -67,7 +88,11 @@ impl TestNginx {
 
 impl Drop for TestNginx {
     fn drop(&mut self) {
-        let _ = std::process::Command::new("nginx").arg("-c").arg(&self.conf).args(["-s", "stop"]).status();
+        let _ = std::process::Command::new("nginx")
+            .arg("-c")
+            .arg(&self.conf)
+            .args(["-s", "stop"])
+            .status();
     }
 }
 
@@ -87,13 +112,25 @@ pub fn test_config(db: &str, state: &std::path::Path, nginx: Option<&TestNginx>)
         bcrypt_cost: 4,
         libvirt_uri: "test:///default".into(),
         state_dir: state.to_path_buf(),
-        nginx_routes_dir: nginx.map(|n| n.routes_dir.clone()).unwrap_or_else(|| state.join("routes")),
-        nginx_conf: nginx.map(|n| n.conf.clone()).unwrap_or_else(|| state.join("nginx.conf")),
+        nginx_routes_dir: nginx
+            .map(|n| n.routes_dir.clone())
+            .unwrap_or_else(|| state.join("routes")),
+        nginx_conf: nginx
+            .map(|n| n.conf.clone())
+            .unwrap_or_else(|| state.join("nginx.conf")),
         nginx_bin: "/usr/sbin/nginx".into(),
         public_url: "http://localhost".into(),
-        probe_url: nginx.map(|n| format!("http://127.0.0.1:{}", n.port)).unwrap_or_else(|| "http://127.0.0.1:9".into()),
-        ssh_ports: PortRange { start: 10000, end: 20000 },
-        http_ports: PortRange { start: 30000, end: 40000 },
+        probe_url: nginx
+            .map(|n| format!("http://127.0.0.1:{}", n.port))
+            .unwrap_or_else(|| "http://127.0.0.1:9".into()),
+        ssh_ports: PortRange {
+            start: 10000,
+            end: 20000,
+        },
+        http_ports: PortRange {
+            start: 30000,
+            end: 40000,
+        },
         ssh_bind: "127.0.0.1".parse().unwrap(),
         domain_type: DomainType::Qemu,
         domain_type_reason: "tests".into(),
@@ -143,8 +180,16 @@ impl TestApp {
         Self::spawn_with(config, mode, run_loop, nginx, state).await
     }
 
-    pub async fn spawn_with(config: Config, mode: Mode, run_loop: bool, nginx: Option<TestNginx>, state: tempfile::TempDir) -> TestApp {
-        let app = Application::build(config.clone(), if run_loop { mode } else { Mode::Api }).await.expect("app builds");
+    pub async fn spawn_with(
+        config: Config,
+        mode: Mode,
+        run_loop: bool,
+        nginx: Option<TestNginx>,
+        state: tempfile::TempDir,
+    ) -> TestApp {
+        let app = Application::build(config.clone(), if run_loop { mode } else { Mode::Api })
+            .await
+            .expect("app builds");
         let addr = app.addr().unwrap();
         let store = app.state().store.clone();
         let shutdown = Shutdown::default();
@@ -152,7 +197,14 @@ impl TestApp {
             app.controller()
         } else if mode == Mode::All {
             let st = app.state();
-            let ctx = hostd::reconciler::Context::new(st.store.clone(), st.vm.clone().unwrap(), st.proxy.clone().unwrap(), config.clone(), st.metrics.clone()).unwrap();
+            let ctx = hostd::reconciler::Context::new(
+                st.store.clone(),
+                st.vm.clone().unwrap(),
+                st.proxy.clone().unwrap(),
+                config.clone(),
+                st.metrics.clone(),
+            )
+            .unwrap();
             ctx.vm.ensure_pool().await.unwrap();
             Some(Arc::new(Controller::new(ctx)))
         } else {
@@ -162,7 +214,17 @@ impl TestApp {
         let handle = tokio::spawn(async move {
             app.run_until_stopped(sd).await.unwrap();
         });
-        TestApp { addr, store, config, controller, shutdown, client: reqwest::Client::new(), state, nginx, handle: Some(handle) }
+        TestApp {
+            addr,
+            store,
+            config,
+            controller,
+            shutdown,
+            client: reqwest::Client::new(),
+            state,
+            nginx,
+            handle: Some(handle),
+        }
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -196,11 +258,20 @@ impl TestApp {
             .unwrap();
         assert_eq!(r.status(), 200);
         let t: serde_json::Value = r.json().await.unwrap();
-        (t["access_token"].as_str().unwrap().to_string(), u["id"].as_str().unwrap().to_string())
+        (
+            t["access_token"].as_str().unwrap().to_string(),
+            u["id"].as_str().unwrap().to_string(),
+        )
     }
 
     pub async fn get_json(&self, token: &str, path: &str) -> (u16, serde_json::Value) {
-        let r = self.client.get(self.url(path)).bearer_auth(token).send().await.unwrap();
+        let r = self
+            .client
+            .get(self.url(path))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap();
         let s = r.status().as_u16();
         (s, r.json().await.unwrap_or(serde_json::Value::Null))
     }
@@ -221,12 +292,18 @@ impl Drop for FakeGuest {
 }
 
 pub async fn fake_guest(ssh_port: u16, http_port: u16, body: &str) -> FakeGuest {
-    let http = tokio::net::TcpListener::bind(("127.0.0.1", http_port)).await.expect("bind stand-in http");
-    let ssh = tokio::net::TcpListener::bind(("127.0.0.1", ssh_port)).await.expect("bind stand-in ssh");
+    let http = tokio::net::TcpListener::bind(("127.0.0.1", http_port))
+        .await
+        .expect("bind stand-in http");
+    let ssh = tokio::net::TcpListener::bind(("127.0.0.1", ssh_port))
+        .await
+        .expect("bind stand-in ssh");
     let body = body.to_string();
     let t1 = tokio::spawn(async move {
         loop {
-            let Ok((mut s, _)) = http.accept().await else { return };
+            let Ok((mut s, _)) = http.accept().await else {
+                return;
+            };
             let body = body.clone();
             tokio::spawn(async move {
                 let mut buf = vec![0u8; 4096];
@@ -238,14 +315,18 @@ pub async fn fake_guest(ssh_port: u16, http_port: u16, body: &str) -> FakeGuest 
     });
     let t2 = tokio::spawn(async move {
         loop {
-            let Ok((mut s, _)) = ssh.accept().await else { return };
+            let Ok((mut s, _)) = ssh.accept().await else {
+                return;
+            };
             tokio::spawn(async move {
                 let _ = s.write_all(b"SSH-2.0-OpenSSH_9.2 stand-in\r\n").await;
                 tokio::time::sleep(Duration::from_millis(200)).await;
             });
         }
     });
-    FakeGuest { tasks: vec![t1, t2] }
+    FakeGuest {
+        tasks: vec![t1, t2],
+    }
 }
 
 /// Polls `f` until it returns Some or the timeout passes.

@@ -1,0 +1,605 @@
+//! Reconciler tests: real Postgres, a real nginx binary on a private port,
+//! libvirt's `test:///default` driver. Guests are played by stand-in servers on
+//! the forwarded ports (nothing answers there on the test driver).
+
+mod common;
+
+use std::time::Duration;
+
+use common::{eventually, fake_guest, TestApp};
+use hostd::domain::{HostingId, Phase};
+use hostd::drivers::VmDriver;
+use hostd::reconciler::reconcile::{disk_volume, domain_name, seed_volume};
+use hostd::reconciler::Action;
+use serde_json::Value;
+
+async fn create(app: &TestApp, name: &str) -> (String, String, HostingId) {
+    let (t, uid) = app.user(name).await;
+    let r = app
+        .client
+        .post(app.url("/api/v1/host"))
+        .bearer_auth(&t)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let h: Value = r.json().await.unwrap();
+    (
+        t,
+        uid,
+        HostingId(uuid::Uuid::parse_str(h["id"].as_str().unwrap()).unwrap()),
+    )
+}
+
+/// Drives reconciles of one hosting until it reports converged (or 20 tries).
+async fn settle(ctl: &hostd::reconciler::Controller, id: HostingId) -> Action {
+    let mut a = ctl.reconcile_once(id).await.unwrap();
+    for _ in 0..20 {
+        if a != Action::Requeue(Duration::from_secs(2)) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        a = ctl.reconcile_once(id).await.unwrap();
+    }
+    a
+}
+
+fn vm(app: &TestApp) -> std::sync::Arc<dyn VmDriver> {
+    app.controller.as_ref().unwrap().ctx.vm.clone()
+}
+
+#[tokio::test]
+async fn create_converges_to_ready_and_delete_cleans_everything() {
+    let app = TestApp::manual().await;
+    let ctl = app.controller.clone().unwrap();
+    let (t, uid, id) = create(&app, "alice").await;
+
+    // First step: ports, volumes, domain, route; no guest answers yet.
+    let a = ctl.reconcile_once(id).await.unwrap();
+    assert!(matches!(a, Action::Requeue(_)), "{a:?}");
+    let rec = app.store.get_record(id).await.unwrap().unwrap();
+    assert_eq!(rec.status.phase, Phase::Provisioning);
+    let (ssh, http) = (rec.status.ssh_port.unwrap(), rec.status.http_port.unwrap());
+    assert!((10000..=20000).contains(&ssh) && (30000..=40000).contains(&http));
+    let dom = vm(&app)
+        .get_domain(&domain_name(id))
+        .await
+        .unwrap()
+        .expect("domain defined");
+    assert_eq!(dom.marker.hosting_id, id);
+    assert!(dom.running);
+    let vols = vm(&app).list_volumes().await.unwrap();
+    assert!(
+        vols.contains(&disk_volume(id)) && vols.contains(&seed_volume(id)),
+        "{vols:?}"
+    );
+    let nginx = app.nginx.as_ref().unwrap();
+    let route = std::fs::read_to_string(nginx.routes_dir.join(format!("{id}.conf"))).unwrap();
+    assert!(
+        route.contains(&format!("location /{uid}/"))
+            && route.contains(&format!("127.0.0.1:{http}/"))
+    );
+    let st = std::process::Command::new("nginx")
+        .arg("-t")
+        .arg("-c")
+        .arg(&nginx.conf)
+        .output()
+        .unwrap();
+    assert!(st.status.success());
+
+    // The guest "boots": readiness goes through the real nginx.
+    let _guest = fake_guest(ssh, http, "<h1>Welcome, alice</h1>").await;
+    // nginx reloads asynchronously: the first probe may still meet old workers.
+    assert_eq!(settle(&ctl, id).await, Action::AwaitChange);
+    let (_, h) = app.get_json(&t, "/api/v1/host/my").await;
+    assert_eq!(h["status"]["phase"], "Ready", "{h}");
+    assert_eq!(h["status"]["observed_generation"], 1);
+    let types: Vec<&str> = h["status"]["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["status"] == "True")
+        .map(|c| c["type"].as_str().unwrap())
+        .collect();
+    for c in ["VMRunning", "WebReady", "RouteConfigured"] {
+        assert!(types.contains(&c), "{types:?}");
+    }
+    assert_eq!(h["ssh_command"], format!("ssh -p {ssh} ubuntu@localhost"));
+    let reasons: Vec<&str> = h["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["reason"].as_str().unwrap())
+        .collect();
+    for r in [
+        "Created",
+        "PortsAllocated",
+        "DiskCreated",
+        "Defined",
+        "Started",
+        "Ready",
+    ] {
+        assert!(reasons.contains(&r), "{reasons:?}");
+    }
+    let body = reqwest::get(nginx.url(&format!("/{uid}/"))).await.unwrap();
+    assert_eq!(body.status(), 200);
+    assert!(body.text().await.unwrap().contains("Welcome, alice"));
+    // Idempotent: another pass changes nothing.
+    assert_eq!(ctl.reconcile_once(id).await.unwrap(), Action::AwaitChange);
+
+    // Stop: shut off, route answers 503.
+    let r = app
+        .client
+        .patch(app.url("/api/v1/host/my"))
+        .bearer_auth(&t)
+        .json(&serde_json::json!({"running": false}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let mut a = ctl.reconcile_once(id).await.unwrap();
+    for _ in 0..5 {
+        if a == Action::AwaitChange {
+            break;
+        }
+        a = ctl.reconcile_once(id).await.unwrap();
+    }
+    assert_eq!(
+        app.store
+            .get_record(id)
+            .await
+            .unwrap()
+            .unwrap()
+            .status
+            .phase,
+        Phase::Stopped
+    );
+    assert!(
+        !vm(&app)
+            .get_domain(&domain_name(id))
+            .await
+            .unwrap()
+            .unwrap()
+            .running
+    );
+    let url = nginx.url(&format!("/{uid}/"));
+    let stopped = eventually(Duration::from_secs(5), || {
+        let url = url.clone();
+        async move { (reqwest::get(&url).await.ok()?.status() == 503).then_some(()) }
+    })
+    .await;
+    assert!(stopped.is_some(), "stopped site answers 503");
+
+    // Delete: everything goes.
+    app.client
+        .delete(app.url("/api/v1/host/my"))
+        .bearer_auth(&t)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ctl.reconcile_once(id).await.unwrap(), Action::Gone);
+    assert!(vm(&app)
+        .get_domain(&domain_name(id))
+        .await
+        .unwrap()
+        .is_none());
+    let vols = vm(&app).list_volumes().await.unwrap();
+    assert!(
+        !vols.iter().any(|v| v.contains(&id.to_string())),
+        "{vols:?}"
+    );
+    assert!(!nginx.routes_dir.join(format!("{id}.conf")).exists());
+    assert!(app.store.list_ports().await.unwrap().is_empty());
+    assert!(app.store.get_record(id).await.unwrap().is_none());
+    let url = nginx.url(&format!("/{uid}/"));
+    let gone = eventually(Duration::from_secs(5), || {
+        let url = url.clone();
+        async move { (reqwest::get(&url).await.ok()?.status() == 404).then_some(()) }
+    })
+    .await;
+    assert!(gone.is_some(), "deleted site answers 404");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn memory_change_redefines_and_restarts() {
+    let app = TestApp::manual().await;
+    let ctl = app.controller.clone().unwrap();
+    let (t, _, id) = create(&app, "mike").await;
+    ctl.reconcile_once(id).await.unwrap();
+    let rec = app.store.get_record(id).await.unwrap().unwrap();
+    let _g = fake_guest(
+        rec.status.ssh_port.unwrap(),
+        rec.status.http_port.unwrap(),
+        "ok",
+    )
+    .await;
+    assert_eq!(settle(&ctl, id).await, Action::AwaitChange);
+    let before = vm(&app)
+        .get_domain(&domain_name(id))
+        .await
+        .unwrap()
+        .unwrap();
+    app.client
+        .patch(app.url("/api/v1/host/my"))
+        .bearer_auth(&t)
+        .json(&serde_json::json!({"memory_mib": 1024}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ctl.reconcile_once(id).await.unwrap(), Action::AwaitChange);
+    let after = vm(&app)
+        .get_domain(&domain_name(id))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_ne!(before.marker.spec_hash, after.marker.spec_hash);
+    assert_eq!(after.marker.generation, 2);
+    let rec = app.store.get_record(id).await.unwrap().unwrap();
+    assert_eq!(rec.status.observed_generation, 2);
+    let evs = app.store.recent_events(id, 50).await.unwrap();
+    assert!(evs.iter().any(|e| e.reason == "Restarting"), "{evs:?}");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn drift_is_repaired_by_the_running_loop() {
+    let app = TestApp::running().await;
+    let (t, uid, id) = create(&app, "dora").await;
+    let store = app.store.clone();
+    let rec = eventually(Duration::from_secs(20), || {
+        let store = store.clone();
+        async move {
+            store
+                .get_record(id)
+                .await
+                .unwrap()
+                .filter(|r| r.status.http_port.is_some())
+        }
+    })
+    .await
+    .expect("ports allocated");
+    let _g = fake_guest(
+        rec.status.ssh_port.unwrap(),
+        rec.status.http_port.unwrap(),
+        "hello dora",
+    )
+    .await;
+    let ready = |store: hostd::store::Store| async move {
+        store
+            .get_record(id)
+            .await
+            .unwrap()
+            .filter(|r| r.status.phase == Phase::Ready)
+            .map(|_| ())
+    };
+    eventually(Duration::from_secs(30), || ready(store.clone()))
+        .await
+        .expect("Ready");
+    let vm = vm(&app);
+    let name = domain_name(id);
+    let nginx = app.nginx.as_ref().unwrap();
+    let route_file = nginx.routes_dir.join(format!("{id}.conf"));
+
+    // Destroyed behind hostd's back → started again.
+    vm.destroy(&name).await.unwrap();
+    let v = vm.clone();
+    let n = name.clone();
+    eventually(Duration::from_secs(20), || {
+        let (v, n) = (v.clone(), n.clone());
+        async move {
+            v.get_domain(&n)
+                .await
+                .unwrap()
+                .filter(|d| d.running)
+                .map(|_| ())
+        }
+    })
+    .await
+    .expect("restarted after destroy");
+
+    // Undefined → recreated (on the surviving disk volume).
+    vm.undefine(&name).await.unwrap();
+    eventually(Duration::from_secs(20), || {
+        let (v, n) = (v.clone(), n.clone());
+        async move {
+            v.get_domain(&n)
+                .await
+                .unwrap()
+                .filter(|d| d.running)
+                .map(|_| ())
+        }
+    })
+    .await
+    .expect("recreated after undefine");
+
+    // Route edited by hand, then deleted → rewritten each time.
+    let good = std::fs::read_to_string(&route_file).unwrap();
+    std::fs::write(&route_file, "# hand edit\n").unwrap();
+    let rf = route_file.clone();
+    let g = good.clone();
+    eventually(Duration::from_secs(20), || {
+        let (rf, g) = (rf.clone(), g.clone());
+        async move { (std::fs::read_to_string(&rf).ok()? == g).then_some(()) }
+    })
+    .await
+    .expect("route rewritten");
+    std::fs::remove_file(&route_file).unwrap();
+    eventually(Duration::from_secs(20), || {
+        let (rf, g) = (rf.clone(), g.clone());
+        async move { (std::fs::read_to_string(&rf).ok()? == g).then_some(()) }
+    })
+    .await
+    .expect("route recreated");
+    assert_eq!(
+        reqwest::get(nginx.url(&format!("/{uid}/")))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap(),
+        "hello dora"
+    );
+
+    // A stray file in the routes directory is removed.
+    let stray = nginx.routes_dir.join("stray.conf");
+    std::fs::write(&stray, "location /x/ { return 200; }\n").unwrap();
+    eventually(Duration::from_secs(20), || {
+        let s = stray.clone();
+        async move { (!s.exists()).then_some(()) }
+    })
+    .await
+    .expect("stray route removed");
+
+    let evs = app.store.recent_events(id, 100).await.unwrap();
+    let reasons: Vec<&str> = evs.iter().map(|e| e.reason.as_str()).collect();
+    assert!(
+        reasons.contains(&"DomainStarted")
+            && reasons.contains(&"DomainRecreated")
+            && reasons.contains(&"RouteRepaired"),
+        "{reasons:?}"
+    );
+    let (_, h) = app.get_json(&t, "/api/v1/host/my").await;
+    assert_eq!(h["status"]["phase"], "Ready");
+    let m = app
+        .client
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        m.lines()
+            .any(|l| l.starts_with("hostd_repairs_total ") && !l.ends_with(" 0")),
+        "{m}"
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn unmarked_domains_are_left_alone_and_marked_orphans_removed() {
+    let app = TestApp::manual().await;
+    let ctl = app.controller.clone().unwrap();
+    let vm = vm(&app);
+    // Keep our own connection open so the test driver's state survives between calls.
+    let conn = virt::connect::Connect::open(Some("test:///default")).unwrap();
+    let stranger = format!("stranger-{}", uuid::Uuid::new_v4().simple());
+    conn.define_domain_xml(&format!("<domain type='test'><name>{stranger}</name><memory>1024</memory><os><type>hvm</type></os></domain>")).unwrap();
+    // An orphan: carries our marker but no hosting row exists.
+    let ghost = HostingId(uuid::Uuid::new_v4());
+    let xml = format!(
+        "<domain type='test'><name>hostd-{ghost}</name><memory>1024</memory><metadata><hostd:hosting xmlns:hostd='{}' instance='{}' id='{ghost}' generation='1' spec-hash='x-y'/></metadata><os><type>hvm</type></os></domain>",
+        hostd::templates::MARKER_NS,
+        app.config.instance
+    );
+    conn.define_domain_xml(&xml).unwrap();
+    assert!(vm
+        .get_domain(&format!("hostd-{ghost}"))
+        .await
+        .unwrap()
+        .is_some());
+    // hostd refuses to touch the unmarked domain at all.
+    assert!(vm.destroy(&stranger).await.is_err());
+    hostd::reconciler::resync::resync(&ctl.ctx, &ctl.queue)
+        .await
+        .unwrap();
+    assert!(
+        vm.get_domain(&format!("hostd-{ghost}"))
+            .await
+            .unwrap()
+            .is_none(),
+        "orphan removed"
+    );
+    assert!(
+        conn.lookup_domain_by_name(&stranger).is_ok(),
+        "unmarked domain left alone"
+    );
+    conn.lookup_domain_by_name(&stranger)
+        .unwrap()
+        .undefine()
+        .unwrap();
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn failing_nginx_validation_backs_off_with_warnings_then_recovers() {
+    let app = TestApp::manual().await;
+    let ctl = app.controller.clone().unwrap();
+    let nginx = app.nginx.as_ref().unwrap();
+    let (_, _, id) = create(&app, "nora").await;
+    // Break the main config so every `nginx -t` fails.
+    let conf = std::fs::read_to_string(&nginx.conf).unwrap();
+    std::fs::write(
+        &nginx.conf,
+        conf.replace(
+            "server_tokens off;",
+            "server_tokens off; this_is_not_a_directive;",
+        ),
+    )
+    .unwrap();
+    let mut delays = vec![];
+    for _ in 0..4 {
+        let e = ctl.reconcile_once(id).await.unwrap_err();
+        assert_eq!(e.reason(), "RouteRejected", "{e}");
+        delays.push(ctl.ctx.failures(id));
+    }
+    assert_eq!(delays, vec![1, 2, 3, 4]);
+    assert!(
+        !nginx.routes_dir.join(format!("{id}.conf")).exists(),
+        "rejected route rolled back"
+    );
+    let evs = app.store.recent_events(id, 50).await.unwrap();
+    let warnings: Vec<_> = evs
+        .iter()
+        .filter(|e| e.type_ == "Warning" && e.reason == "RouteRejected")
+        .collect();
+    assert_eq!(warnings.len(), 4);
+    // Backoff grows: the retry delays printed in the messages increase.
+    let secs: Vec<f64> = warnings
+        .iter()
+        .rev()
+        .map(|e| {
+            e.message
+                .rsplit("retrying in ")
+                .next()
+                .unwrap()
+                .trim_end_matches("s)")
+                .parse()
+                .unwrap()
+        })
+        .collect();
+    assert!(secs[3] > secs[0], "{secs:?}");
+    let rec = app.store.get_record(id).await.unwrap().unwrap();
+    assert!(rec
+        .status
+        .conditions
+        .iter()
+        .any(|c| c.type_ == "Reconciled" && c.reason == "RouteRejected"));
+
+    // Fixed: converges, backoff reset.
+    std::fs::write(&nginx.conf, conf).unwrap();
+    assert!(matches!(
+        ctl.reconcile_once(id).await.unwrap(),
+        Action::Requeue(_)
+    ));
+    assert!(nginx.routes_dir.join(format!("{id}.conf")).exists());
+    assert_eq!(ctl.ctx.failures(id), 0);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn only_one_reconciler_leads_and_a_standby_takes_over() {
+    let db = common::fresh_database().await;
+    let n1 = common::TestNginx::start();
+    let s1 = tempfile::tempdir().unwrap();
+    let c1 = common::test_config(&db, s1.path(), Some(&n1));
+    let mut c2 = c1.clone();
+    c2.listen = "127.0.0.1:0".parse().unwrap();
+    let s2 = tempfile::tempdir().unwrap();
+    let a = TestApp::spawn_with(c1, hostd::app::Mode::All, true, Some(n1), s1).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let b = TestApp::spawn_with(c2, hostd::app::Mode::All, true, None, s2).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let la = a
+        .controller
+        .as_ref()
+        .unwrap()
+        .ctx
+        .metrics
+        .is_leader
+        .load(std::sync::atomic::Ordering::Relaxed);
+    let lb = b
+        .controller
+        .as_ref()
+        .unwrap()
+        .ctx
+        .metrics
+        .is_leader
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert!(la ^ lb, "exactly one leader (a={la}, b={lb})");
+    let (leader, standby) = if la { (a, b) } else { (b, a) };
+    let sm = standby.controller.as_ref().unwrap().ctx.metrics.clone();
+    assert_eq!(sm.reconciles.load(std::sync::atomic::Ordering::Relaxed), 0);
+    leader.stop().await;
+    let took = eventually(Duration::from_secs(10), || {
+        let sm = sm.clone();
+        async move {
+            sm.is_leader
+                .load(std::sync::atomic::Ordering::Relaxed)
+                .then_some(())
+        }
+    })
+    .await;
+    assert!(took.is_some(), "standby took over");
+    standby.stop().await;
+}
+
+#[tokio::test]
+async fn many_hostings_converge_with_unique_ports() {
+    let app = TestApp::running().await;
+    let n = 200;
+    let mut ids = vec![];
+    let mut set = tokio::task::JoinSet::new();
+    for i in 0..n {
+        let store = app.store.clone();
+        set.spawn(async move {
+            let u = store
+                .create_user(
+                    &hostd::domain::Email::parse(&format!("u{i}@example.com")).unwrap(),
+                    &hostd::domain::Username::parse(&format!("user{i}")).unwrap(),
+                    "x",
+                    hostd::domain::Role::User,
+                )
+                .await
+                .unwrap();
+            store
+                .create_hosting(u.id, &Default::default())
+                .await
+                .unwrap()
+                .id
+        });
+    }
+    while let Some(id) = set.join_next().await {
+        ids.push(id.unwrap());
+    }
+    // Every hosting gets ports, volumes, a domain and a route (nothing answers,
+    // so they stay Provisioning: the readiness part is covered above).
+    let store = app.store.clone();
+    let vmd = vm(&app);
+    let routes_dir = app.nginx.as_ref().unwrap().routes_dir.clone();
+    let done = eventually(Duration::from_secs(120), || {
+        let (store, vmd, rd) = (store.clone(), vmd.clone(), routes_dir.clone());
+        async move {
+            let recs = store.list_records().await.unwrap();
+            let doms = vmd.list_domains().await.unwrap();
+            let routes = std::fs::read_dir(&rd).unwrap().count();
+            let ok = recs
+                .iter()
+                .all(|r| r.status.http_port.is_some() && r.status.phase == Phase::Provisioning);
+            (ok && doms.len() == n && routes == n).then_some(())
+        }
+    })
+    .await;
+    assert!(done.is_some(), "200 hostings did not converge");
+    let ports = app.store.list_ports().await.unwrap();
+    assert_eq!(ports.len(), 2 * n);
+    let mut p: Vec<u16> = ports.iter().map(|p| p.0).collect();
+    p.dedup();
+    assert_eq!(p.len(), 2 * n, "ports are unique");
+    let routes = std::fs::read_dir(&app.nginx.as_ref().unwrap().routes_dir)
+        .unwrap()
+        .count();
+    assert_eq!(routes, n);
+    let errors = app
+        .controller
+        .as_ref()
+        .unwrap()
+        .ctx
+        .metrics
+        .errors
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(errors, 0, "no reconcile errors");
+    app.stop().await;
+}
