@@ -1,0 +1,75 @@
+#!/usr/bin/env bash
+# One command to a running hostd on a fresh Debian 12 machine (as root, no
+# systemd needed): installs packages, starts Postgres, libvirtd and the host
+# nginx, builds the guest image if absent, builds and starts `hostd all`.
+# Idempotent: run it again to restart hostd with a fresh build.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. scripts/lib.sh
+
+STATE_DIR="${HOSTD_STATE_DIR:-/var/lib/hostd}"
+HTTP_LISTEN="${HOSTD_HTTP_LISTEN:-0.0.0.0:80}"
+API_LISTEN="${HOSTD_LISTEN:-127.0.0.1:8000}"
+ROUTES_DIR="${HOSTD_NGINX_ROUTES_DIR:-$STATE_DIR/nginx-routes}"
+NGINX_PREFIX="$STATE_DIR/nginx"
+NGINX_CONF="${HOSTD_NGINX_CONF:-$NGINX_PREFIX/nginx.conf}"
+http_port="${HTTP_LISTEN##*:}"
+
+[ "$(id -u)" = 0 ] || die "run as root"
+log "installing packages (if missing)"
+./scripts/install-deps.sh
+ensure_cargo
+start_postgres
+start_libvirt
+
+log "building hostd"
+cargo build --release --locked --bins
+BIN=target/release/hostd
+
+mkdir -p "$STATE_DIR" "$ROUTES_DIR" "$NGINX_PREFIX/tmp"
+if [ ! -s "$STATE_DIR/jwt-secret" ]; then
+  head -c 48 /dev/urandom | base64 | tr -d '\n/+=' > "$STATE_DIR/jwt-secret"
+  chmod 600 "$STATE_DIR/jwt-secret"
+fi
+
+log "host nginx on $HTTP_LISTEN"
+"$BIN" nginx-conf --listen "$HTTP_LISTEN" --prefix "$NGINX_PREFIX" --routes-dir "$ROUTES_DIR" > "$NGINX_CONF"
+nginx -t -q -c "$NGINX_CONF"
+if [ -f "$NGINX_PREFIX/nginx.pid" ] && kill -0 "$(cat "$NGINX_PREFIX/nginx.pid")" 2>/dev/null; then
+  nginx -s reload -c "$NGINX_CONF"
+else
+  nginx -c "$NGINX_CONF"
+fi
+
+log "guest image"
+HOSTD_STATE_DIR="$STATE_DIR" ./scripts/build-image.sh
+
+export DATABASE_URL="${DATABASE_URL:-postgres://hostd:hostd@127.0.0.1:5432/hostd}"
+export HOSTD_JWT_SECRET="${HOSTD_JWT_SECRET:-$(cat "$STATE_DIR/jwt-secret")}"
+export HOSTD_LISTEN="$API_LISTEN" HOSTD_STATE_DIR="$STATE_DIR" HOSTD_NGINX_ROUTES_DIR="$ROUTES_DIR" HOSTD_NGINX_CONF="$NGINX_CONF"
+export HOSTD_PROBE_URL="${HOSTD_PROBE_URL:-http://127.0.0.1:$http_port}"
+export HOSTD_PUBLIC_URL="${HOSTD_PUBLIC_URL:-http://localhost$([ "$http_port" = 80 ] || echo ":$http_port")}"
+
+if [ -f "$STATE_DIR/hostd.pid" ] && kill -0 "$(cat "$STATE_DIR/hostd.pid")" 2>/dev/null; then
+  log "stopping the running hostd"
+  kill "$(cat "$STATE_DIR/hostd.pid")"; sleep 2
+fi
+"$BIN" migrate >/dev/null
+"$BIN" doctor || true
+log "starting hostd (log: $STATE_DIR/hostd.log)"
+nohup "$BIN" all >> "$STATE_DIR/hostd.log" 2>&1 &
+echo $! > "$STATE_DIR/hostd.pid"
+for _ in $(seq 1 30); do
+  curl -fsS "http://$API_LISTEN/api/v1/health" >/dev/null 2>&1 && break
+  sleep 1
+done
+curl -fsS "http://$API_LISTEN/api/v1/health" >/dev/null || die "hostd did not come up; see $STATE_DIR/hostd.log"
+
+cat <<MSG
+
+hostd is running.
+  API:    http://$API_LISTEN/api/v1   (health: /api/v1/health/detailed)
+  Sites:  $HOSTD_PUBLIC_URL/<user_id>/
+  Logs:   $STATE_DIR/hostd.log
+Try the walkthrough in README.md (register, login, create a hosting).
+MSG
