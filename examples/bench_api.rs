@@ -9,12 +9,16 @@ use hostd::reconciler::Shutdown;
 
 #[tokio::main]
 async fn main() {
-    let admin = std::env::var("TEST_DATABASE_URL").unwrap_or_else(|_| "postgres://hostd:hostd@127.0.0.1:5432/postgres".into());
+    let admin = std::env::var("TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://hostd:hostd@127.0.0.1:5432/postgres".into());
     let name = format!("hostd_bench_{}", uuid::Uuid::new_v4().simple());
     {
         use sqlx::Connection;
         let mut c = sqlx::PgConnection::connect(&admin).await.expect("postgres");
-        sqlx::query(&format!("create database {name}")).execute(&mut c).await.unwrap();
+        sqlx::query(&format!("create database {name}"))
+            .execute(&mut c)
+            .await
+            .unwrap();
     }
     let db = format!("{}/{name}", admin.rsplit_once('/').unwrap().0);
     let state = std::env::temp_dir().join(&name);
@@ -47,7 +51,12 @@ async fn main() {
             let mut lat = vec![];
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                 let t = Instant::now();
-                let r = c.post(format!("{base}/api/v1/auth/login")).form(&[("username", "bench"), ("password", "bench-password")]).send().await.unwrap();
+                let r = c
+                    .post(format!("{base}/api/v1/auth/login"))
+                    .form(&[("username", "bench"), ("password", "bench-password")])
+                    .send()
+                    .await
+                    .unwrap();
                 assert!(r.status().is_success());
                 lat.push(t.elapsed());
             }
@@ -71,14 +80,42 @@ async fn main() {
         v.sort();
         v[((v.len() as f64 - 1.0) * p) as usize].as_secs_f64() * 1000.0
     };
-    println!("bcrypt cost {cost}, 50 concurrent logins for 10 s on {} cores", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
-    println!("  GET /api/v1/health: n={} p50={:.2} ms p99={:.2} ms max={:.2} ms", health.len(), pct(&mut health, 0.5), pct(&mut health, 0.99), pct(&mut health, 1.0));
-    println!("  POST /api/v1/auth/login: n={} p50={:.0} ms p99={:.0} ms", login_lat.len(), pct(&mut login_lat, 0.5), pct(&mut login_lat, 0.99));
+    println!(
+        "bcrypt cost {cost}, 50 concurrent logins for 10 s on {} cores",
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    );
+    println!(
+        "  GET /api/v1/health: n={} p50={:.2} ms p99={:.2} ms max={:.2} ms",
+        health.len(),
+        pct(&mut health, 0.5),
+        pct(&mut health, 0.99),
+        pct(&mut health, 1.0)
+    );
+    println!(
+        "  POST /api/v1/auth/login: n={} p50={:.0} ms p99={:.0} ms",
+        login_lat.len(),
+        pct(&mut login_lat, 0.5),
+        pct(&mut login_lat, 0.99)
+    );
 
     // GET /host/my throughput with 16 concurrent clients.
-    let tok: serde_json::Value = c.post(format!("{base}/api/v1/auth/login")).form(&[("username", "bench"), ("password", "bench-password")]).send().await.unwrap().json().await.unwrap();
+    let tok: serde_json::Value = c
+        .post(format!("{base}/api/v1/auth/login"))
+        .form(&[("username", "bench"), ("password", "bench-password")])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     let tok = tok["access_token"].as_str().unwrap().to_string();
-    c.post(format!("{base}/api/v1/host")).bearer_auth(&tok).send().await.unwrap();
+    c.post(format!("{base}/api/v1/host"))
+        .bearer_auth(&tok)
+        .send()
+        .await
+        .unwrap();
     let mut set = tokio::task::JoinSet::new();
     let dur = Duration::from_secs(10);
     for _ in 0..16 {
@@ -87,7 +124,12 @@ async fn main() {
             let t = Instant::now();
             let mut n = 0u64;
             while t.elapsed() < dur {
-                let r = c.get(format!("{base}/api/v1/host/my")).bearer_auth(&tok).send().await.unwrap();
+                let r = c
+                    .get(format!("{base}/api/v1/host/my"))
+                    .bearer_auth(&tok)
+                    .send()
+                    .await
+                    .unwrap();
                 assert!(r.status().is_success());
                 n += 1;
             }
@@ -98,7 +140,10 @@ async fn main() {
     while let Some(n) = set.join_next().await {
         total += n.unwrap();
     }
-    println!("  GET /api/v1/host/my: {:.0} requests/s (16 clients, 10 s)", total as f64 / dur.as_secs_f64());
+    println!(
+        "  GET /api/v1/host/my: {:.0} requests/s (16 clients, 10 s)",
+        total as f64 / dur.as_secs_f64()
+    );
     sd.cancel();
     let _ = server.await;
     let _ = std::fs::remove_dir_all(&state);
