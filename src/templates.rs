@@ -93,9 +93,27 @@ pub struct NginxMainConf {
     pub routes_dir: String,
 }
 
-/// Quotes any string as a YAML double-quoted scalar.
+/// Quotes any string as a YAML double-quoted scalar. Everything outside
+/// printable ASCII-safe territory is escaped, including the characters YAML
+/// (unlike JSON) treats as line breaks: NEL (U+0085), LS (U+2028), PS (U+2029).
 pub fn yaml_quote(s: &str) -> String {
-    serde_json::to_string(s).expect("strings always serialize")
+    let mut o = String::with_capacity(s.len() + 2);
+    o.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => o.push_str("\\\""),
+            '\\' => o.push_str("\\\\"),
+            '\n' => o.push_str("\\n"),
+            '\t' => o.push_str("\\t"),
+            '\r' => o.push_str("\\r"),
+            c if c.is_control() || matches!(c, '\u{2028}' | '\u{2029}' | '\u{feff}') => {
+                o.push_str(&format!("\\u{:04x}", c as u32))
+            }
+            c => o.push(c),
+        }
+    }
+    o.push('"');
+    o
 }
 
 #[cfg(test)]
@@ -104,7 +122,7 @@ mod tests {
 
     #[test]
     fn yaml_quote_survives_hostile_input() {
-        let hostile = "a\"\n- evil: true\n#x: 'y' \u{2028}";
+        let hostile = "a\"\n- evil: true\n#x: 'y' \u{2028}\u{85}\t\\ \u{7} é";
         let doc = format!("k: {}\n", yaml_quote(hostile));
         let v: serde_norway::Value = serde_norway::from_str(&doc).unwrap();
         assert_eq!(v["k"].as_str().unwrap(), hostile);

@@ -44,6 +44,26 @@ async fn settle(ctl: &hostd::reconciler::Controller, id: HostingId) -> Action {
     a
 }
 
+/// Waits until the named domain exists and runs.
+async fn wait_running(vm: &std::sync::Arc<dyn VmDriver>, name: &str) -> Option<()> {
+    eventually(Duration::from_secs(20), || async {
+        vm.get_domain(name)
+            .await
+            .unwrap()
+            .filter(|d| d.running)
+            .map(|_| ())
+    })
+    .await
+}
+
+/// Waits until `path` holds exactly `content`.
+async fn wait_file(path: &std::path::Path, content: &str) -> Option<()> {
+    eventually(Duration::from_secs(20), || async {
+        (std::fs::read_to_string(path).ok()? == content).then_some(())
+    })
+    .await
+}
+
 fn vm(app: &TestApp) -> std::sync::Arc<dyn VmDriver> {
     app.controller.as_ref().unwrap().ctx.vm.clone()
 }
@@ -285,52 +305,22 @@ async fn drift_is_repaired_by_the_running_loop() {
     vm.destroy(&name).await.unwrap();
     let v = vm.clone();
     let n = name.clone();
-    eventually(Duration::from_secs(20), || {
-        let (v, n) = (v.clone(), n.clone());
-        async move {
-            v.get_domain(&n)
-                .await
-                .unwrap()
-                .filter(|d| d.running)
-                .map(|_| ())
-        }
-    })
-    .await
-    .expect("restarted after destroy");
+    wait_running(&v, &n).await.expect("restarted after destroy");
 
     // Undefined → recreated (on the surviving disk volume).
     vm.undefine(&name).await.unwrap();
-    eventually(Duration::from_secs(20), || {
-        let (v, n) = (v.clone(), n.clone());
-        async move {
-            v.get_domain(&n)
-                .await
-                .unwrap()
-                .filter(|d| d.running)
-                .map(|_| ())
-        }
-    })
-    .await
-    .expect("recreated after undefine");
+    wait_running(&v, &n)
+        .await
+        .expect("recreated after undefine");
 
     // Route edited by hand, then deleted → rewritten each time.
     let good = std::fs::read_to_string(&route_file).unwrap();
     std::fs::write(&route_file, "# hand edit\n").unwrap();
     let rf = route_file.clone();
     let g = good.clone();
-    eventually(Duration::from_secs(20), || {
-        let (rf, g) = (rf.clone(), g.clone());
-        async move { (std::fs::read_to_string(&rf).ok()? == g).then_some(()) }
-    })
-    .await
-    .expect("route rewritten");
+    wait_file(&rf, &g).await.expect("route rewritten");
     std::fs::remove_file(&route_file).unwrap();
-    eventually(Duration::from_secs(20), || {
-        let (rf, g) = (rf.clone(), g.clone());
-        async move { (std::fs::read_to_string(&rf).ok()? == g).then_some(()) }
-    })
-    .await
-    .expect("route recreated");
+    wait_file(&rf, &g).await.expect("route recreated");
     assert_eq!(
         reqwest::get(nginx.url(&format!("/{uid}/")))
             .await

@@ -93,59 +93,61 @@ pub async fn metrics(State(st): State<AppState>) -> impl IntoResponse {
     } else {
         -1.0
     };
-    let mut out = String::new();
-    let mut metric = |name: &str, kind: &str, help: &str, v: String| {
-        out.push_str(&format!(
-            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}\n"
-        ));
-    };
-    metric(
-        "hostd_reconciles_total",
-        "counter",
-        "Reconciles run.",
-        m.reconciles.load(Relaxed).to_string(),
-    );
-    metric(
-        "hostd_reconcile_errors_total",
-        "counter",
-        "Reconciles that failed.",
-        m.errors.load(Relaxed).to_string(),
-    );
-    metric(
-        "hostd_repairs_total",
-        "counter",
-        "Drift repairs and orphan removals.",
-        m.repairs.load(Relaxed).to_string(),
-    );
-    metric(
-        "hostd_resyncs_total",
-        "counter",
-        "Full resync passes.",
-        m.resyncs.load(Relaxed).to_string(),
-    );
-    metric(
-        "hostd_queue_depth",
-        "gauge",
-        "Hostings queued or being reconciled.",
-        m.queue_depth.load(Relaxed).to_string(),
-    );
-    metric(
-        "hostd_last_resync_duration_seconds",
-        "gauge",
-        "Duration of the last resync pass.",
-        format!("{}", m.last_pass_ms.load(Relaxed) as f64 / 1000.0),
-    );
-    metric(
-        "hostd_heartbeat_age_seconds",
-        "gauge",
-        "Seconds since the last resync pass (-1: none).",
-        format!("{age}"),
-    );
-    metric(
-        "hostd_reconciler_leader",
-        "gauge",
-        "1 if this process holds the leader lease.",
-        (m.is_leader.load(Relaxed) as u8).to_string(),
-    );
+    let rows: [(&str, &str, &str, String); 8] = [
+        (
+            "hostd_reconciles_total",
+            "counter",
+            "Reconciles run.",
+            m.reconciles.load(Relaxed).to_string(),
+        ),
+        (
+            "hostd_reconcile_errors_total",
+            "counter",
+            "Reconciles that failed.",
+            m.errors.load(Relaxed).to_string(),
+        ),
+        (
+            "hostd_repairs_total",
+            "counter",
+            "Drift repairs and orphan removals.",
+            m.repairs.load(Relaxed).to_string(),
+        ),
+        (
+            "hostd_resyncs_total",
+            "counter",
+            "Full resync passes.",
+            m.resyncs.load(Relaxed).to_string(),
+        ),
+        (
+            "hostd_queue_depth",
+            "gauge",
+            "Hostings queued or being reconciled.",
+            m.queue_depth.load(Relaxed).to_string(),
+        ),
+        (
+            "hostd_last_resync_duration_seconds",
+            "gauge",
+            "Duration of the last resync pass.",
+            (m.last_pass_ms.load(Relaxed) as f64 / 1000.0).to_string(),
+        ),
+        (
+            "hostd_heartbeat_age_seconds",
+            "gauge",
+            "Seconds since the last resync pass (-1: none).",
+            age.to_string(),
+        ),
+        (
+            "hostd_reconciler_leader",
+            "gauge",
+            "1 if this process holds the leader lease.",
+            (m.is_leader.load(Relaxed) as u8).to_string(),
+        ),
+    ];
+    let out: String = rows
+        .iter()
+        .map(|(name, kind, help, v)| {
+            format!("# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}\n")
+        })
+        .collect();
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
 }

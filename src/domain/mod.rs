@@ -503,9 +503,9 @@ mod tests {
             "a@@b.com",
             "a@b..com",
             "a b@c.com",
-            "a@b.com\n",
+            "a\"b@c.com",
         ] {
-            assert!(Email::parse(bad).is_err() || bad.ends_with('\n'), "{bad:?}");
+            assert!(Email::parse(bad).is_err(), "{bad:?}");
         }
     }
 

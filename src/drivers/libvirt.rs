@@ -239,6 +239,19 @@ impl VmDriver for LibvirtDriver {
         .await
     }
 
+    async fn volume_exists(&self, name: &str) -> DriverResult<bool> {
+        let (pool, name) = (self.pool.clone(), name.to_string());
+        self.with_conn(move |c| {
+            let p = Self::pool(c, &pool)?;
+            match p.lookup_storage_vol_by_name(&name) {
+                Ok(_) => Ok(true),
+                Err(e) if is(&e, ErrorNumber::NoStorageVolume) => Ok(false),
+                Err(e) => Err(lv(e)),
+            }
+        })
+        .await
+    }
+
     async fn create_volume(&self, name: &str, source: VolumeSource) -> DriverResult<bool> {
         let (pool, name) = (self.pool.clone(), name.to_string());
         self.with_conn(move |c| {

@@ -78,6 +78,8 @@ pub trait VmDriver: Send + Sync + 'static {
     async fn get_domain(&self, name: &str) -> DriverResult<Option<ObservedDomain>>;
     /// Names of all volumes in hostd's pool.
     async fn list_volumes(&self) -> DriverResult<Vec<String>>;
+    /// Whether one volume exists in hostd's pool.
+    async fn volume_exists(&self, name: &str) -> DriverResult<bool>;
     /// Creates a volume unless one of that name exists; `true` if it was created.
     async fn create_volume(&self, name: &str, source: VolumeSource) -> DriverResult<bool>;
     /// Replaces a raw volume's contents (seed regeneration).
@@ -113,6 +115,8 @@ pub trait ProxyDriver: Send + Sync + 'static {
     /// Every route file present: hosting id → content. Files that are not
     /// hostd route files are reported by name in the second list.
     async fn list_routes(&self) -> DriverResult<(Vec<(HostingId, String)>, Vec<String>)>;
+    /// The current content of one hosting's route file, if present.
+    async fn read_route(&self, id: HostingId) -> DriverResult<Option<String>>;
     /// Makes the route of `id` be `route` (or absent with `None`), validated and
     /// reloaded; batched with concurrent calls. On a validation failure the
     /// change is rolled back and the last good config keeps serving.

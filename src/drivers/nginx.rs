@@ -49,10 +49,6 @@ impl NginxDriver {
             tx,
         }
     }
-
-    fn file_for(&self, id: HostingId) -> PathBuf {
-        route_path(&self.routes_dir, id)
-    }
 }
 
 fn route_path(dir: &Path, id: HostingId) -> PathBuf {
@@ -302,9 +298,12 @@ impl ProxyDriver for NginxDriver {
         Ok((routes, stray))
     }
 
+    async fn read_route(&self, id: HostingId) -> DriverResult<Option<String>> {
+        Ok(read_opt(&route_path(&self.routes_dir, id)).await?)
+    }
+
     async fn apply(&self, id: HostingId, route: Option<RouteSpec>) -> DriverResult<()> {
         let content = route.as_ref().map(|r| self.render(r));
-        let _ = self.file_for(id);
         let (tx, rx) = oneshot::channel();
         self.tx
             .send((id, content, tx))

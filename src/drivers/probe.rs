@@ -8,6 +8,9 @@ use std::time::Duration;
 use tokio::io::AsyncReadExt;
 
 const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
+/// sshd forks per connection; a TCG guest under load can take several seconds
+/// to send its banner, which is not a failure.
+const BANNER_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// GETs `url`; `Ok(status)` when it answered 2xx.
 pub async fn http_ok(client: &reqwest::Client, url: &str) -> Result<u16, String> {
@@ -53,7 +56,7 @@ pub async fn ssh_banner(addr: SocketAddr) -> Result<String, String> {
             ))
         }
     };
-    tokio::time::timeout(PROBE_TIMEOUT, fut)
+    tokio::time::timeout(BANNER_TIMEOUT, fut)
         .await
         .unwrap_or_else(|_| Err(format!("ssh port {addr}: timed out")))
 }

@@ -16,7 +16,7 @@ use super::metrics::Metrics;
 use super::Context;
 use crate::domain::{Condition, EventType, HostingId, Phase};
 use crate::drivers::seed::{build_iso, SeedFiles};
-use crate::drivers::{probe, DriverError, ObservedDomain, RouteSpec, VolumeSource};
+use crate::drivers::{probe, DriverError, RouteSpec, VolumeSource};
 use crate::images::{ImageEntry, ImageError};
 use crate::store::{HostingRecord, StoreError};
 use crate::templates::{
@@ -415,7 +415,7 @@ async fn apply(ctx: &Context, rec: HostingRecord) -> Result<Action, ReconcileErr
     let (dom_hash, seed_hash) = desired_hashes(ctx, &rec, &image, ssh, http);
     let hash = marker_hash(&dom_hash, &seed_hash);
     let observed = ctx.vm.get_domain(&name).await?;
-    let seed_missing = !ctx.vm.list_volumes().await?.contains(&seed_volume(id));
+    let seed_missing = !ctx.vm.volume_exists(&seed_volume(id)).await?;
     let (old_dom, old_seed) = observed
         .as_ref()
         .map(|o| split_marker_hash(&o.marker.spec_hash))
@@ -491,7 +491,7 @@ async fn apply(ctx: &Context, rec: HostingRecord) -> Result<Action, ReconcileErr
     // 4. Power state and route.
     let running_now = observed.as_ref().map(|o| o.running).unwrap_or(false);
     if !rec.spec.running {
-        return stop(ctx, &rec, st, running_now, observed).await;
+        return stop(ctx, &rec, st, running_now).await;
     }
     ctx.shutdowns.lock().unwrap().remove(&id);
     if restart_needed {
@@ -632,7 +632,6 @@ async fn stop(
     rec: &HostingRecord,
     mut st: crate::store::Status,
     running_now: bool,
-    _observed: Option<ObservedDomain>,
 ) -> Result<Action, ReconcileError> {
     let id = rec.id;
     let name = domain_name(id);
@@ -733,11 +732,7 @@ async fn ensure_route(
         http_port: http,
     };
     let want = ctx.proxy.render(&spec);
-    let (routes, _) = ctx.proxy.list_routes().await?;
-    let have = routes
-        .into_iter()
-        .find(|(i, _)| *i == rec.id)
-        .map(|(_, c)| c);
+    let have = ctx.proxy.read_route(rec.id).await?;
     if have.as_deref() == Some(want.as_str()) {
         // Content right; still pass through the batcher so a pending reload is retried.
         return ctx
