@@ -2,7 +2,8 @@
 # Installs and starts what the tests need (Postgres, libvirt, nginx binary,
 # genisoimage), then runs the whole suite: unit tests, API and reconciler
 # integration tests against real Postgres, real nginx and libvirt's test
-# driver, and the lints of the deployment files.
+# driver, the lints of the deployment files, and the end-to-end test with a
+# real VM (scripts/e2e.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
@@ -20,5 +21,8 @@ cargo test --locked --all-targets -- --test-threads=4
 
 log "checking deployment files"
 ./scripts/lint-deploy.sh
+
+log "end-to-end test with a real guest (qemu:///system)"
+./scripts/e2e.sh
 
 log "all tests passed"

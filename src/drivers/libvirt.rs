@@ -75,7 +75,7 @@ impl LibvirtDriver {
             uri: uri.to_string(),
             instance: instance.to_string(),
             pool: format!("hostd-{instance}"),
-            pool_dir: state_dir.join("pool"),
+            pool_dir: state_dir.join("pools").join(instance),
             conn: Arc::new(Mutex::new(None)),
         }
     }

@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
 /// sshd forks per connection; a TCG guest under load can take several seconds
@@ -25,6 +25,12 @@ pub async fn http_ok(client: &reqwest::Client, url: &str) -> Result<u16, String>
 pub async fn ssh_banner(addr: SocketAddr) -> Result<String, String> {
     let fut = async {
         let mut s = tokio::net::TcpStream::connect(addr)
+            .await
+            .map_err(|e| format!("ssh port {addr}: {e}"))?;
+        // Send our identification first (RFC 4253 lets either side start): some
+        // user-mode network forwarders (passt) only relay the server's banner
+        // once the client has sent data.
+        s.write_all(b"SSH-2.0-hostd_probe\r\n")
             .await
             .map_err(|e| format!("ssh port {addr}: {e}"))?;
         let mut buf = vec![0u8; 256];

@@ -1,0 +1,138 @@
+//! Reconciler benchmark (run by `scripts/bench-reconcile.sh`): for N hostings
+//! created at once against libvirt's `test:///default`, real Postgres and a real
+//! nginx, the time until all are Ready (stand-in servers answer on every
+//! forwarded port), then the CPU time and database transactions of one idle
+//! full resync. Prints a table; asserts nothing.
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::time::{Duration, Instant};
+
+use hostd::app::Mode;
+use hostd::domain::{Email, HostingSpec, PortRange, Role, Username};
+
+/// CPU time (user + system) of this process, from /proc (10 ms resolution).
+fn cpu_time() -> Duration {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap();
+    Duration::from_millis(ticks * 10)
+}
+
+async fn xacts(pool: &sqlx::PgPool) -> i64 {
+    let (n,): (i64,) = sqlx::query_as("select xact_commit + xact_rollback from pg_stat_database where datname = current_database()")
+        .fetch_one(pool)
+        .await
+        .unwrap();
+    n
+}
+
+async fn run(n: usize) -> (Duration, Duration, f64, u64) {
+    let db = common::fresh_database().await;
+    let nginx = common::TestNginx::start();
+    let state = tempfile::tempdir().unwrap();
+    let mut config = common::test_config(&db, state.path(), Some(&nginx));
+    config.ssh_ports = PortRange {
+        start: 20000,
+        end: 20000 + n as u16 - 1,
+    };
+    config.http_ports = PortRange {
+        start: 40000,
+        end: 40000 + n as u16 - 1,
+    };
+    config.resync = Duration::from_secs(3600);
+    // Every port of both ranges answers like a booted guest.
+    let mut guests = Vec::with_capacity(n);
+    for i in 0..n as u16 {
+        guests.push(common::fake_guest(20000 + i, 40000 + i, "ok").await);
+    }
+    let app = common::TestApp::spawn_with(config, Mode::All, true, Some(nginx), state).await;
+    let store = app.store.clone();
+    let t0 = Instant::now();
+    let mut set = tokio::task::JoinSet::new();
+    for i in 0..n {
+        let store = store.clone();
+        set.spawn(async move {
+            let u = store
+                .create_user(
+                    &Email::parse(&format!("u{i}@example.com")).unwrap(),
+                    &Username::parse(&format!("user{i}")).unwrap(),
+                    "x",
+                    Role::User,
+                )
+                .await
+                .unwrap();
+            store
+                .create_hosting(u.id, &HostingSpec::default())
+                .await
+                .unwrap();
+        });
+        if set.len() >= 32 {
+            set.join_next().await;
+        }
+    }
+    while set.join_next().await.is_some() {}
+    loop {
+        let (ready,): (i64,) =
+            sqlx::query_as("select count(*) from hosting_status where phase = 'Ready'")
+                .fetch_one(store.pool())
+                .await
+                .unwrap();
+        if ready as usize == n {
+            break;
+        }
+        if t0.elapsed() > Duration::from_secs(1800) {
+            panic!("only {ready}/{n} Ready after 30 min");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let converge = t0.elapsed();
+    let ctl = app.controller.clone().unwrap();
+    let errors = ctl
+        .ctx
+        .metrics
+        .errors
+        .load(std::sync::atomic::Ordering::Relaxed);
+    // Idle resyncs: average CPU time and transactions per pass.
+    let passes = 5;
+    let x0 = xacts(store.pool()).await;
+    let c0 = cpu_time();
+    let w0 = Instant::now();
+    for _ in 0..passes {
+        hostd::reconciler::resync::resync(&ctl.ctx, &ctl.queue)
+            .await
+            .unwrap();
+    }
+    let cpu = (cpu_time() - c0) / passes;
+    let wall = w0.elapsed() / passes;
+    let tx = (xacts(store.pool()).await - x0 - 1) as f64 / passes as f64;
+    let _ = wall;
+    app.stop().await;
+    drop(guests);
+    (converge, cpu, tx, errors)
+}
+
+#[tokio::main]
+async fn main() {
+    let sizes: Vec<usize> = std::env::args()
+        .skip(1)
+        .map(|a| a.parse().expect("sizes are numbers"))
+        .collect();
+    let sizes = if sizes.is_empty() {
+        vec![100, 1000, 5000]
+    } else {
+        sizes
+    };
+    println!("| N | time to all Ready | idle resync CPU | DB transactions per idle resync | reconcile errors |");
+    println!("|---:|---:|---:|---:|---:|");
+    for n in sizes {
+        let (conv, cpu, tx, errors) = run(n).await;
+        println!(
+            "| {n} | {:.1} s | {:.0} ms | {tx:.1} | {errors} |",
+            conv.as_secs_f64(),
+            cpu.as_secs_f64() * 1000.0
+        );
+    }
+}
