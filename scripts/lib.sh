@@ -33,6 +33,14 @@ start_postgres() {
 
 start_libvirt() {
   mkdir -p /run/libvirt
+  # Without udev, /dev/kvm stays root-only (0600). libvirt then probes QEMU's
+  # capabilities as root (KVM usable) but checks /dev/kvm as libvirt-qemu (not
+  # usable), calls its cache stale and re-probes on every call: 6-8 s per
+  # define/start here, over a minute under load. Debian's udev rule gives
+  # root:kvm 0660; apply the same.
+  if [ -c /dev/kvm ] && getent group kvm >/dev/null; then
+    chgrp kvm /dev/kvm && chmod 0660 /dev/kvm
+  fi
   pgrep -x virtlogd >/dev/null || virtlogd -d
   if ! pgrep -x libvirtd >/dev/null; then
     log "starting libvirtd"

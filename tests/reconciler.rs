@@ -263,6 +263,55 @@ async fn memory_change_redefines_and_restarts() {
 }
 
 #[tokio::test]
+async fn ssh_key_change_regenerates_seed_without_restart_and_settles() {
+    let app = TestApp::manual().await;
+    let ctl = app.controller.clone().unwrap();
+    let (t, _, id) = create(&app, "kate").await;
+    ctl.reconcile_once(id).await.unwrap();
+    let rec = app.store.get_record(id).await.unwrap().unwrap();
+    let _g = fake_guest(
+        rec.status.ssh_port.unwrap(),
+        rec.status.http_port.unwrap(),
+        "ok",
+    )
+    .await;
+    assert_eq!(settle(&ctl, id).await, Action::AwaitChange);
+    let key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl kate@laptop";
+    app.client
+        .patch(app.url("/api/v1/host/my"))
+        .bearer_auth(&t)
+        .json(&serde_json::json!({"ssh_public_keys": [key]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(settle(&ctl, id).await, Action::AwaitChange);
+    // Converged: further passes change nothing (no redefine loop).
+    for _ in 0..3 {
+        assert_eq!(ctl.reconcile_once(id).await.unwrap(), Action::AwaitChange);
+    }
+    let evs = app.store.recent_events(id, 50).await.unwrap();
+    let count = |r: &str| evs.iter().filter(|e| e.reason == r).count();
+    assert_eq!(count("SeedUpdated"), 1, "{evs:?}");
+    assert_eq!(count("Redefined"), 1, "{evs:?}");
+    assert_eq!(
+        count("Restarting"),
+        0,
+        "a key change must not restart the VM"
+    );
+    assert!(
+        vm(&app)
+            .get_domain(&domain_name(id))
+            .await
+            .unwrap()
+            .unwrap()
+            .running
+    );
+    let rec = app.store.get_record(id).await.unwrap().unwrap();
+    assert_eq!(rec.status.observed_generation, 2);
+    app.stop().await;
+}
+
+#[tokio::test]
 async fn drift_is_repaired_by_the_running_loop() {
     let app = TestApp::running().await;
     let (t, uid, id) = create(&app, "dora").await;

@@ -119,12 +119,13 @@ impl LibvirtDriver {
     }
 
     fn observe(dom: &Domain, instance: &str) -> Option<ObservedDomain> {
+        // The persistent definition is what hostd last defined; a running
+        // domain's live definition keeps the marker it was started with until
+        // it restarts (e.g. after a seed-only change, which needs no restart).
+        let kind = virt::sys::VIR_DOMAIN_METADATA_ELEMENT as i32;
         let meta = dom
-            .metadata(
-                virt::sys::VIR_DOMAIN_METADATA_ELEMENT as i32,
-                Some(MARKER_NS),
-                0,
-            )
+            .metadata(kind, Some(MARKER_NS), virt::sys::VIR_DOMAIN_AFFECT_CONFIG)
+            .or_else(|_| dom.metadata(kind, Some(MARKER_NS), 0))
             .ok()?;
         let marker = parse_marker(&meta)?;
         if marker.instance != instance {
