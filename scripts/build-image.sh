@@ -31,7 +31,7 @@ mmdebstrap --variant=minbase --mode=root --aptopt='APT::Install-Recommends "fals
   --customize-hook='chroot "$1" systemctl enable systemd-networkd nginx ssh' \
   --customize-hook='chroot "$1" systemctl mask apt-daily.timer apt-daily-upgrade.timer e2scrub_all.timer fstrim.timer systemd-networkd-wait-online.service' \
   --customize-hook='printf "datasource_list: [NoCloud, None]\nnetwork: {config: disabled}\n" > "$1/etc/cloud/cloud.cfg.d/90-hostd.cfg"' \
-  --customize-hook='printf "cloud_init_modules: [seed_random, bootcmd, write_files, set_hostname, update_hostname, update_etc_hosts, users_groups, ssh]\ncloud_config_modules: [runcmd]\ncloud_final_modules: [scripts_per_once, scripts_per_boot, scripts_per_instance, scripts_user, final_message]\n" > "$1/etc/cloud/cloud.cfg.d/91-hostd-modules.cfg"' \
+  --customize-hook='printf "cloud_init_modules: [seed_random, write_files, set_hostname, update_hostname, update_etc_hosts, users_groups, ssh, bootcmd]\ncloud_config_modules: []\ncloud_final_modules: [final_message]\n" > "$1/etc/cloud/cloud.cfg.d/91-hostd-modules.cfg"' \
   --customize-hook=': > "$1/etc/machine-id"; rm -f "$1"/etc/ssh/ssh_host_*' \
   --customize-hook='printf "virtio_pci\nvirtio_blk\nvirtio_net\next4\nisofs\n" >> "$1/etc/initramfs-tools/modules"; sed -i "s/^MODULES=.*/MODULES=list/" "$1/etc/initramfs-tools/initramfs.conf"; chroot "$1" update-initramfs -u -k all' \
   --customize-hook='echo "/dev/vda / ext4 defaults 0 1" > "$1/etc/fstab"' \
