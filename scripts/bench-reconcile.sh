@@ -11,4 +11,9 @@ start_postgres
 start_libvirt
 export TEST_DATABASE_URL="${TEST_DATABASE_URL:-postgres://hostd:hostd@127.0.0.1:5432/postgres}"
 ulimit -n 65536 2>/dev/null || true
+# Log every statement of the hostd role while the benchmark runs, so it can
+# count the queries of an idle resync from the server's side.
+su postgres -c "psql -qc \"alter role hostd set log_statement = 'all'\""
+trap 'su postgres -c "psql -qc \"alter role hostd reset log_statement\""' EXIT
+export PG_LOG="${PG_LOG:-$(ls /var/log/postgresql/postgresql-*-main.log | tail -1)}"
 RUST_LOG=error cargo run --release --locked --example bench_reconcile -- "$@"

@@ -309,6 +309,13 @@ async fn listen(ctx: Arc<Context>, queue: Arc<queue::WorkQueue>, stop: Shutdown)
             tracing::warn!(error = %e, "LISTEN failed; retrying");
             tokio::select! { _ = stop.cancelled() => return, _ = tokio::time::sleep(Duration::from_secs(2)) => continue }
         }
+        // Changes made before LISTEN took effect sent notifications nobody
+        // heard: look at every hosting once now that we are listening.
+        if let Ok(records) = ctx.store.list_records().await {
+            for r in records {
+                queue.add_now(r.id);
+            }
+        }
         loop {
             tokio::select! {
                 _ = stop.cancelled() => return,
