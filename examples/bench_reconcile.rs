@@ -56,6 +56,8 @@ async fn statements_between(
     };
     let tag = format!("@{db} LOG:  ");
     let section = &text[from..from + to];
+    // Drop the partial line that holds the end marker.
+    let section = &section[..section.rfind('\n').unwrap_or(0)];
     // The line holding the start marker is not counted (it comes before `from`).
     // Statements appear as "LOG:  statement: …" (simple) or "LOG:  execute …"
     // (prepared). The lease keep-alive (`select 1`, every 2 s) is not resync work.
@@ -69,7 +71,17 @@ async fn statements_between(
         .count()
 }
 
-async fn run(n: usize) -> (Duration, Duration, usize, u64) {
+struct Row {
+    n: usize,
+    converge: Duration,
+    cpu: Duration,
+    wall: Duration,
+    stmts: usize,
+    queued: usize,
+    errors: u64,
+}
+
+async fn run(n: usize) -> Row {
     let db = common::fresh_database().await;
     let nginx = common::TestNginx::start();
     let state = tempfile::tempdir().unwrap();
@@ -135,15 +147,21 @@ async fn run(n: usize) -> (Duration, Duration, usize, u64) {
         .metrics
         .errors
         .load(std::sync::atomic::Ordering::Relaxed);
-    // Idle resyncs: average CPU time and transactions per pass.
-    let passes = 5;
+    // Quiesce: the queue must be empty (late requeues drained) before an idle pass.
+    while ctl.queue.depth() > 0 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
     let dbname = db.rsplit('/').next().unwrap().to_string();
-    let stmts = statements_between(store.pool(), &dbname, &format!("{n}"), async {
-        hostd::reconciler::resync::resync(&ctl.ctx, &ctl.queue)
+    let mut stats = Default::default();
+    let stmts = statements_between(store.pool(), &dbname, &dbname, async {
+        stats = hostd::reconciler::resync::resync(&ctl.ctx, &ctl.queue)
             .await
             .unwrap();
     })
     .await;
+    // Average CPU time of idle passes.
+    let passes = 5;
     let c0 = cpu_time();
     let w0 = Instant::now();
     for _ in 0..passes {
@@ -153,12 +171,19 @@ async fn run(n: usize) -> (Duration, Duration, usize, u64) {
     }
     let cpu = (cpu_time() - c0) / passes;
     let wall = w0.elapsed() / passes;
-    let _ = wall;
     app.stop().await;
     drop(guests);
     // Let the aborted stand-in tasks release their ports before the next run.
     tokio::time::sleep(Duration::from_secs(1)).await;
-    (converge, cpu, stmts, errors)
+    Row {
+        n,
+        converge,
+        cpu,
+        wall,
+        stmts,
+        queued: stats.queued,
+        errors,
+    }
 }
 
 #[tokio::main]
@@ -172,14 +197,19 @@ async fn main() {
     } else {
         sizes
     };
-    println!("| N | time to all Ready | idle resync CPU | SQL statements per idle resync | reconcile errors |");
-    println!("|---:|---:|---:|---:|---:|");
+    println!("| N | time to all Ready | idle resync: CPU | wall | SQL statements | hostings queued | reconcile errors |");
+    println!("|---:|---:|---:|---:|---:|---:|---:|");
     for n in sizes {
-        let (conv, cpu, tx, errors) = run(n).await;
+        let r = run(n).await;
         println!(
-            "| {n} | {:.1} s | {:.0} ms | {tx:.1} | {errors} |",
-            conv.as_secs_f64(),
-            cpu.as_secs_f64() * 1000.0
+            "| {} | {:.1} s | {:.0} ms | {:.0} ms | {} | {} | {} |",
+            r.n,
+            r.converge.as_secs_f64(),
+            r.cpu.as_secs_f64() * 1000.0,
+            r.wall.as_secs_f64() * 1000.0,
+            r.stmts,
+            r.queued,
+            r.errors
         );
     }
 }

@@ -3,15 +3,21 @@
 # mmdebstrap (minbase) -> ext4 made with `mkfs.ext4 -d` -> qcow2, plus the
 # kernel and initrd for direct kernel boot. Output: $HOSTD_STATE_DIR/images/debian-12/
 # with a manifest. Skipped when the recipe (this file) is unchanged.
+# Each build goes to its own directory <recipe hash>/ and disk.qcow2, vmlinuz,
+# initrd.img and manifest.json are symlinks to the newest one. Older versions
+# are kept: existing hostings' disks are overlays of the base they were created
+# from, and hostd pins each hosting to that version's kernel and initrd.
+# Remove an old version only when no disk under $HOSTD_STATE_DIR/pools uses it
+# (`qemu-img info <overlay>` shows the backing file).
 set -euo pipefail
 STATE_DIR="${HOSTD_STATE_DIR:-/var/lib/hostd}"
 OUT="$STATE_DIR/images/debian-12"
 MIRROR="${HOSTD_DEBIAN_MIRROR:-http://deb.debian.org/debian}"
 recipe_hash=$(sha256sum "$0" | cut -c1-16)
 
-if [ -f "$OUT/manifest.json" ] && grep -q "\"recipe\": \"$recipe_hash\"" "$OUT/manifest.json" \
-   && [ -f "$OUT/disk.qcow2" ] && [ -f "$OUT/vmlinuz" ] && [ -f "$OUT/initrd.img" ]; then
-  echo "build-image: debian-12 is up to date ($OUT)"
+VER="$OUT/$recipe_hash"
+if [ -f "$VER/manifest.json" ] && [ "$(readlink "$OUT/disk.qcow2" 2>/dev/null)" = "$recipe_hash/disk.qcow2" ]; then
+  echo "build-image: debian-12 is up to date ($VER)"
   exit 0
 fi
 command -v mmdebstrap >/dev/null || { echo "build-image: mmdebstrap missing (run scripts/install-deps.sh)" >&2; exit 1; }
@@ -42,12 +48,20 @@ initrd=$(ls "$work"/rootfs/boot/initrd.img-* | sort | tail -1)
 truncate -s 2G "$work/root.img"
 mkfs.ext4 -q -L root -d "$work/rootfs" "$work/root.img"
 mkdir -p "$OUT"
-qemu-img convert -q -f raw -O qcow2 "$work/root.img" "$OUT/disk.qcow2.new"
-cp "$kernel" "$OUT/vmlinuz.new"; cp "$initrd" "$OUT/initrd.img.new"
-for f in disk.qcow2 vmlinuz initrd.img; do mv "$OUT/$f.new" "$OUT/$f"; done
+rm -rf "$VER.new"; mkdir -p "$VER.new"
+qemu-img convert -q -f raw -O qcow2 "$work/root.img" "$VER.new/disk.qcow2"
+cp "$kernel" "$VER.new/vmlinuz"; cp "$initrd" "$VER.new/initrd.img"
 secs=$(( $(date +%s) - start ))
-cat > "$OUT/manifest.json" <<JSON
+cat > "$VER.new/manifest.json" <<JSON
 {"name": "debian-12", "recipe": "$recipe_hash", "built_at": "$(date -u +%FT%TZ)", "build_seconds": $secs,
- "disk_bytes": $(stat -c %s "$OUT/disk.qcow2"), "kernel": "$(basename "$kernel")", "initrd_bytes": $(stat -c %s "$OUT/initrd.img")}
+ "disk_bytes": $(stat -c %s "$VER.new/disk.qcow2"), "kernel": "$(basename "$kernel")", "initrd_bytes": $(stat -c %s "$VER.new/initrd.img")}
 JSON
-echo "build-image: done in ${secs}s: $(du -h "$OUT/disk.qcow2" | cut -f1) disk, $OUT"
+rm -rf "$VER"; mv "$VER.new" "$VER"
+for f in disk.qcow2 vmlinuz initrd.img manifest.json; do
+  if [ -e "$OUT/$f" ] && [ ! -L "$OUT/$f" ]; then
+    # A build from before versioned directories: keep it as its own version.
+    mkdir -p "$OUT/unversioned"; mv "$OUT/$f" "$OUT/unversioned/$f"
+  fi
+  ln -sfn "$recipe_hash/$f" "$OUT/.$f.new" && mv -T "$OUT/.$f.new" "$OUT/$f"
+done
+echo "build-image: done in ${secs}s: $(du -h "$VER/disk.qcow2" | cut -f1) disk, $VER"

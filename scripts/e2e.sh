@@ -9,71 +9,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
 
-READY_TIMEOUT="${E2E_READY_TIMEOUT:-600}"
-STATE_DIR="${HOSTD_STATE_DIR:-/var/lib/hostd}"
-[ "$(id -u)" = 0 ] || die "e2e: must run as root (libvirt qemu:///system)"
-for bin in virsh nginx curl jq ssh scp ssh-keygen psql genisoimage; do
-  command -v "$bin" >/dev/null || die "e2e: prerequisite '$bin' missing (run scripts/install-deps.sh)"
-done
-HOSTD_STATE_DIR="$STATE_DIR" ./scripts/build-image.sh
-cargo build --locked --bins -q
-BIN="$PWD/target/debug/hostd"
-
-run_id="$(date +%s)-$$"
-INSTANCE="e2e-${run_id: -12}"
-INSTANCE="${INSTANCE//[^a-z0-9-]/}"
-WORK=$(mktemp -d /tmp/hostd-e2e.XXXXXX)
-DB="hostd_e2e_$(echo "$run_id" | tr -c 'a-z0-9\n' '_')"
-NGINX_PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-API_PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-API="http://127.0.0.1:$API_PORT/api/v1"
-HOSTD_PID=""
-t_start=$(date +%s)
-step() { printf '\033[1m[e2e %4ss] %s\033[0m\n' "$(( $(date +%s) - t_start ))" "$*"; }
-fail() { printf '\033[31me2e FAILED: %s\033[0m\n' "$*" >&2; exit 1; }
-
-cleanup() {
-  local rc=$?
-  set +e
-  if [ $rc -ne 0 ] && [ -f "$WORK/hostd.log" ]; then
-    echo "---- last hostd log lines ----"; tail -n 40 "$WORK/hostd.log"
-    for f in "$STATE_DIR"/console/hostd-*.log; do [ -f "$f" ] && { echo "---- $f ----"; tail -n 20 "$f"; }; done
-  fi
-  [ -n "$HOSTD_PID" ] && kill "$HOSTD_PID" 2>/dev/null && wait "$HOSTD_PID" 2>/dev/null
-  # Remove anything this run's instance may have left in libvirt.
-  for d in $(virsh -c qemu:///system list --all --name | grep '^hostd-'); do
-    if virsh -c qemu:///system metadata "$d" https://hostd.dev/xmlns/hosting/v1 2>/dev/null | grep -q "instance=\"$INSTANCE\""; then
-      virsh -c qemu:///system destroy "$d" >/dev/null 2>&1; virsh -c qemu:///system undefine "$d" >/dev/null 2>&1
-    fi
-  done
-  if virsh -c qemu:///system pool-info "hostd-$INSTANCE" >/dev/null 2>&1; then
-    for v in $(virsh -c qemu:///system vol-list "hostd-$INSTANCE" --name 2>/dev/null); do virsh -c qemu:///system vol-delete "$v" --pool "hostd-$INSTANCE" >/dev/null 2>&1; done
-    virsh -c qemu:///system pool-destroy "hostd-$INSTANCE" >/dev/null 2>&1; virsh -c qemu:///system pool-undefine "hostd-$INSTANCE" >/dev/null 2>&1
-  fi
-  rm -rf "$STATE_DIR/pools/$INSTANCE"
-  nginx -c "$WORK/nginx/nginx.conf" -s stop 2>/dev/null
-  su postgres -c "psql -qc 'drop database if exists $DB'" >/dev/null 2>&1
-  rm -rf "$WORK"
-  exit $rc
-}
-trap cleanup EXIT
-
-step "private nginx on 127.0.0.1:$NGINX_PORT, database $DB, instance $INSTANCE"
-mkdir -p "$WORK/nginx/tmp" "$WORK/routes"
-"$BIN" nginx-conf --listen "127.0.0.1:$NGINX_PORT" --prefix "$WORK/nginx" --routes-dir "$WORK/routes" > "$WORK/nginx/nginx.conf"
-nginx -c "$WORK/nginx/nginx.conf"
-su postgres -c "psql -qc 'create database $DB owner hostd'"
-
-export DATABASE_URL="postgres://hostd:hostd@127.0.0.1:5432/$DB"
-export HOSTD_JWT_SECRET="e2e-$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')"
-export HOSTD_LISTEN="127.0.0.1:$API_PORT" HOSTD_LIBVIRT_URI=qemu:///system HOSTD_STATE_DIR="$STATE_DIR"
-export HOSTD_NGINX_ROUTES_DIR="$WORK/routes" HOSTD_NGINX_CONF="$WORK/nginx/nginx.conf"
-export HOSTD_PROBE_URL="http://127.0.0.1:$NGINX_PORT" HOSTD_PUBLIC_URL="http://127.0.0.1:$NGINX_PORT"
-export HOSTD_INSTANCE="$INSTANCE" HOSTD_BCRYPT_COST=4 HOSTD_RESYNC_SECS=5 RUST_LOG="${RUST_LOG:-info}"
-"$BIN" all > "$WORK/hostd.log" 2>&1 &
-HOSTD_PID=$!
-for _ in $(seq 1 30); do curl -fsS "$API/health" >/dev/null 2>&1 && break; sleep 1; done
-curl -fsS "$API/health" >/dev/null || fail "hostd did not start"
+LABEL=e2e
+. scripts/realenv.sh
+realenv_up
+start_hostd
 
 step "register, login, create a hosting"
 curl -fsS -X POST "$API/auth/register" -H 'content-type: application/json' \

@@ -6,12 +6,12 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::domain::ImageName;
 
 /// How to boot one image.
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct ImageEntry {
     /// Base disk; each hosting gets a qcow2 overlay of it.
@@ -50,6 +50,24 @@ pub enum ImageError {
     Missing { name: String, path: String },
     #[error("image catalogue {path}: {message}")]
     Catalog { path: String, message: String },
+}
+
+impl ImageEntry {
+    /// Checks that a pinned entry's files still exist.
+    pub fn check(&self, name: &ImageName) -> Result<(), ImageError> {
+        for p in [Some(&self.disk), self.kernel.as_ref(), self.initrd.as_ref()]
+            .into_iter()
+            .flatten()
+        {
+            if !p.exists() {
+                return Err(ImageError::Missing {
+                    name: name.as_str().into(),
+                    path: p.display().to_string(),
+                });
+            }
+        }
+        Ok(())
+    }
 }
 
 impl Catalog {
@@ -118,6 +136,27 @@ impl Catalog {
             }
         }
         Ok(e)
+    }
+
+    /// The entry with every path resolved (symlinks followed), i.e. pinned to
+    /// the image version installed now. `build-image.sh` installs each version
+    /// in its own directory and points `disk.qcow2` & co. at the newest, so a
+    /// pinned entry keeps naming the files an existing hosting was built from.
+    pub fn pin(&self, name: &ImageName) -> Result<ImageEntry, ImageError> {
+        let e = self.resolve(name)?;
+        let canon = |p: &PathBuf| {
+            std::fs::canonicalize(p).map_err(|err| ImageError::Missing {
+                name: name.as_str().into(),
+                path: format!("{}: {err}", p.display()),
+            })
+        };
+        Ok(ImageEntry {
+            disk: canon(&e.disk)?,
+            format: e.format.clone(),
+            kernel: e.kernel.as_ref().map(canon).transpose()?,
+            initrd: e.initrd.as_ref().map(canon).transpose()?,
+            cmdline: e.cmdline.clone(),
+        })
     }
 
     pub fn names(&self) -> impl Iterator<Item = &str> {

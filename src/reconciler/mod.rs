@@ -229,7 +229,7 @@ impl Controller {
                 _ = tokio::time::sleep_until(next_resync) => {
                     let started = std::time::Instant::now();
                     match resync::resync(&ctx, &self.queue).await {
-                        Ok(()) => {}
+                        Ok(_) => {}
                         Err(e) => tracing::warn!(error = %e, "resync failed; will retry"),
                     }
                     ctx.metrics.last_pass_ms.store(started.elapsed().as_millis() as u64, Relaxed);

@@ -369,7 +369,15 @@ async fn apply(ctx: &Context, rec: HostingRecord) -> Result<Action, ReconcileErr
     }
 
     // 2. Image and disk volume.
-    let image = ctx.catalog.resolve(&rec.spec.image)?.clone();
+    // The image version is pinned when the disk is first created: a rebuilt
+    // image must not change the kernel under an existing disk.
+    let image = match &st.image_pin {
+        Some(pin) => {
+            pin.check(&rec.spec.image)?;
+            pin.clone()
+        }
+        None => ctx.catalog.pin(&rec.spec.image)?,
+    };
     let created = ctx
         .vm
         .create_volume(
@@ -406,8 +414,9 @@ async fn apply(ctx: &Context, rec: HostingRecord) -> Result<Action, ReconcileErr
         }
         ctx.faults.hit("after_disk_create").await?;
     }
-    if !st.disk_created {
+    if !st.disk_created || st.image_pin.is_none() {
         st.disk_created = true;
+        st.image_pin = Some(image.clone());
         ctx.store.write_status(id, &st).await?;
     }
 

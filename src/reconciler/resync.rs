@@ -18,8 +18,19 @@ use crate::domain::{HostingId, Phase};
 use crate::drivers::RouteSpec;
 use crate::store::HostingRecord;
 
+/// What one resync pass found.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ResyncStats {
+    /// Hostings compared.
+    pub hostings: usize,
+    /// Hostings queued because observed state differed from desired state.
+    pub queued: usize,
+    /// Orphaned or stray resources removed.
+    pub orphans_removed: usize,
+}
+
 /// Runs one resync pass.
-pub async fn resync(ctx: &Context, queue: &WorkQueue) -> Result<(), ReconcileError> {
+pub async fn resync(ctx: &Context, queue: &WorkQueue) -> Result<ResyncStats, ReconcileError> {
     // Observe reality first, then read desired state: anything created for a
     // hosting after this point belongs to a row the query below will see, so
     // nothing in use can be mistaken for an orphan.
@@ -35,6 +46,7 @@ pub async fn resync(ctx: &Context, queue: &WorkQueue) -> Result<(), ReconcileErr
         routes.iter().map(|(i, c)| (*i, c.as_str())).collect();
 
     let mut queued = 0usize;
+    let mut orphans = 0usize;
     for rec in &records {
         if queue.is_queued_or_running(rec.id) {
             continue;
@@ -52,6 +64,7 @@ pub async fn resync(ctx: &Context, queue: &WorkQueue) -> Result<(), ReconcileErr
             ctx.vm.destroy(&d.name).await?;
             ctx.vm.undefine(&d.name).await?;
             Metrics::inc(&ctx.metrics.repairs);
+            orphans += 1;
         }
     }
     for v in &volumes {
@@ -60,6 +73,7 @@ pub async fn resync(ctx: &Context, queue: &WorkQueue) -> Result<(), ReconcileErr
                 tracing::warn!(volume = %v, "removing orphaned volume");
                 ctx.vm.delete_volume(v).await?;
                 Metrics::inc(&ctx.metrics.repairs);
+                orphans += 1;
             }
         }
     }
@@ -68,12 +82,14 @@ pub async fn resync(ctx: &Context, queue: &WorkQueue) -> Result<(), ReconcileErr
             tracing::warn!(hosting = %id, "removing orphaned route file");
             ctx.proxy.apply(*id, None).await?;
             Metrics::inc(&ctx.metrics.repairs);
+            orphans += 1;
         }
     }
     for name in &stray {
         tracing::warn!(file = %name, "removing stray file from the routes directory");
         ctx.proxy.remove_stray(name).await?;
         Metrics::inc(&ctx.metrics.repairs);
+        orphans += 1;
     }
 
     Metrics::inc(&ctx.metrics.resyncs);
@@ -88,8 +104,17 @@ pub async fn resync(ctx: &Context, queue: &WorkQueue) -> Result<(), ReconcileErr
     {
         tracing::warn!(error = %e, "cannot write the reconciler heartbeat");
     }
-    tracing::debug!(hostings = records.len(), queued, "resync pass done");
-    Ok(())
+    tracing::debug!(
+        hostings = records.len(),
+        queued,
+        orphans,
+        "resync pass done"
+    );
+    Ok(ResyncStats {
+        hostings: records.len(),
+        queued,
+        orphans_removed: orphans,
+    })
 }
 
 fn hostname() -> String {
@@ -115,7 +140,7 @@ fn converged(
     let (Some(ssh), Some(http)) = (rec.status.ssh_port, rec.status.http_port) else {
         return false;
     };
-    let Ok(image) = ctx.catalog.get(&rec.spec.image) else {
+    let Some(image) = rec.status.image_pin.as_ref() else {
         return false;
     };
     let Some(dom) = domains.get(domain_name(rec.id).as_str()) else {

@@ -83,6 +83,8 @@ pub struct Status {
     pub message: Option<String>,
     /// Whether a disk volume was ever created (so a missing one means data loss).
     pub disk_created: bool,
+    /// The image version (resolved paths) the disk was created from.
+    pub image_pin: Option<crate::images::ImageEntry>,
     /// When the current provisioning attempt started (readiness deadline).
     pub provisioning_since: Option<DateTime<Utc>>,
     pub last_reconciled_at: Option<DateTime<Utc>>,
@@ -133,6 +135,7 @@ struct RecordRow {
     vm_name: Option<String>,
     message: Option<String>,
     disk_created: Option<bool>,
+    image_pin: Option<sqlx::types::Json<crate::images::ImageEntry>>,
     provisioning_since: Option<DateTime<Utc>>,
     last_reconciled_at: Option<DateTime<Utc>>,
 }
@@ -140,7 +143,7 @@ struct RecordRow {
 const RECORD_SELECT: &str = "select h.id, h.user_id, u.username, h.vcpus, h.memory_mib, h.disk_gib, h.image, \
      h.ssh_public_keys, h.running, h.generation, h.deletion_requested_at, h.created_at, \
      s.phase, s.conditions, s.observed_generation, s.ssh_port, s.http_port, s.vm_name, s.message, \
-     s.disk_created, s.provisioning_since, s.last_reconciled_at \
+     s.disk_created, s.image_pin, s.provisioning_since, s.last_reconciled_at \
      from hostings h join users u on u.id = h.user_id left join hosting_status s on s.hosting_id = h.id";
 
 impl RecordRow {
@@ -179,6 +182,7 @@ impl RecordRow {
                 vm_name: self.vm_name,
                 message: self.message,
                 disk_created: self.disk_created.unwrap_or(false),
+                image_pin: self.image_pin.map(|j| j.0),
                 provisioning_since: self.provisioning_since,
                 last_reconciled_at: self.last_reconciled_at,
             },
@@ -485,9 +489,9 @@ impl Store {
     pub async fn write_status(&self, id: HostingId, s: &Status) -> Result<()> {
         sqlx::query(
             "insert into hosting_status (hosting_id, phase, conditions, observed_generation, vm_name, message, \
-               disk_created, provisioning_since, last_reconciled_at) values ($1, $2, $3, $4, $5, $6, $7, $8, now()) \
+               disk_created, provisioning_since, image_pin, last_reconciled_at) values ($1, $2, $3, $4, $5, $6, $7, $8, $9, now()) \
              on conflict (hosting_id) do update set phase = $2, conditions = $3, observed_generation = $4, \
-               vm_name = $5, message = $6, disk_created = $7, provisioning_since = $8, last_reconciled_at = now()",
+               vm_name = $5, message = $6, disk_created = $7, provisioning_since = $8, image_pin = $9, last_reconciled_at = now()",
         )
         .bind(id.0)
         .bind(s.phase.as_str())
@@ -497,6 +501,7 @@ impl Store {
         .bind(&s.message)
         .bind(s.disk_created)
         .bind(s.provisioning_since)
+        .bind(s.image_pin.as_ref().map(sqlx::types::Json))
         .execute(&self.pool)
         .await?;
         Ok(())

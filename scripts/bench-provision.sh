@@ -1,0 +1,131 @@
+#!/usr/bin/env bash
+# Provisioning benchmark with real guests: for 1 and for 4 concurrent hostings,
+# time from POST /api/v1/host to Ready (site answers through nginx and SSH
+# banner), and side by side in the same run the raw boot of the same image
+# (same domain XML and cloud-init seed that hostd rendered, fresh overlays)
+# started with `virsh create` until its first HTTP 200. Prints both and the
+# ratio (hostd's overhead over the raw guest boot).
+# Usage: scripts/bench-provision.sh [N ...]   (default: 1 4)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. scripts/lib.sh
+./scripts/install-deps.sh >/dev/null
+ensure_cargo
+start_postgres
+start_libvirt
+LABEL=bench-provision
+. scripts/realenv.sh
+SIZES=("$@"); [ ${#SIZES[@]} -gt 0 ] || SIZES=(1 4)
+RAW_PREFIX="raw-$INSTANCE"
+raw_cleanup() {
+  for d in $(virsh -c qemu:///system list --all --name | grep "^$RAW_PREFIX-" || true); do
+    virsh -c qemu:///system destroy "$d" >/dev/null 2>&1 || true
+  done
+}
+trap 'raw_cleanup; cleanup' EXIT
+realenv_up
+start_hostd
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+now() { date +%s.%N; }
+base=$(jq -r '"'"$STATE_DIR"'/images/debian-12/disk.qcow2"' <<< '{}')
+accel=$(curl -fsS "$API/health/detailed" | jq -r .domain_type)
+
+results=()
+for N in "${SIZES[@]}"; do
+  step "N=$N: hostd, POST -> Ready"
+  tokens=(); t0=()
+  for i in $(seq 1 "$N"); do
+    u="bench${N}x$i"
+    curl -fsS -X POST "$API/auth/register" -H 'content-type: application/json' \
+      -d "{\"email\":\"$u@example.com\",\"username\":\"$u\",\"password\":\"correct horse\"}" >/dev/null
+    tokens+=("$(curl -fsS -X POST "$API/auth/login" -d "username=$u&password=correct horse" | jq -r .access_token)")
+  done
+  for i in $(seq 0 $((N - 1))); do
+    t0+=("$(now)")
+    curl -fsS -X POST "$API/host" -H "Authorization: Bearer ${tokens[$i]}" >/dev/null
+  done
+  ready=(); ids=()
+  for i in $(seq 0 $((N - 1))); do ready+=(""); ids+=(""); done
+  deadline=$(( $(date +%s) + READY_TIMEOUT ))
+  while :; do
+    left=0
+    for i in $(seq 0 $((N - 1))); do
+      [ -n "${ready[$i]}" ] && continue
+      j=$(curl -fsS "$API/host/my" -H "Authorization: Bearer ${tokens[$i]}")
+      if [ "$(jq -r .status.phase <<< "$j")" = Ready ]; then
+        ready[$i]=$(python3 -c "print($(now) - ${t0[$i]})"); ids[$i]=$(jq -r .id <<< "$j")
+      else left=$((left + 1)); fi
+    done
+    [ $left -eq 0 ] && break
+    [ "$(date +%s)" -lt $deadline ] || fail "hostings not Ready after ${READY_TIMEOUT}s"
+    sleep 1
+  done
+  # Keep what hostd rendered, then delete the hostings.
+  mkdir -p "$WORK/raw$N"
+  for i in $(seq 0 $((N - 1))); do
+    virsh -c qemu:///system dumpxml --inactive "hostd-${ids[$i]}" > "$WORK/raw$N/$i.xml"
+    cp "$STATE_DIR/pools/$INSTANCE/hostd-${ids[$i]}-seed.iso" "$WORK/raw$N/$i.iso"
+    curl -fsS -X DELETE "$API/host/my" -H "Authorization: Bearer ${tokens[$i]}" >/dev/null
+  done
+  for i in $(seq 0 $((N - 1))); do
+    until [ "$(curl -s -o /dev/null -w '%{http_code}' "$API/host/my" -H "Authorization: Bearer ${tokens[$i]}")" = 404 ]; do sleep 1; done
+  done
+
+  step "N=$N: raw guests, virsh create -> first HTTP 200"
+  ports=(); rt0=(); rready=()
+  for i in $(seq 0 $((N - 1))); do
+    qemu-img create -q -f qcow2 -F qcow2 -b "$base" "$WORK/raw$N/$i.qcow2" 10G
+    hp=$(free_port); sp=$(free_port); ports+=("$hp"); rready+=("")
+    python3 - "$WORK/raw$N/$i.xml" "$RAW_PREFIX-$N-$i" "$WORK/raw$N/$i.qcow2" "$WORK/raw$N/$i.iso" "$sp" "$hp" <<'PY'
+import sys, xml.etree.ElementTree as ET
+path, name, disk, seed, ssh, http = sys.argv[1:]
+t = ET.parse(path); d = t.getroot()
+d.find('name').text = name
+for tag in ('uuid', 'metadata', 'title'):
+    e = d.find(tag)
+    if e is not None: d.remove(e)
+for disk_el in d.find('devices').findall('disk'):
+    src = disk_el.find('source')
+    disk_el.set('type', 'file')
+    dev = disk_el.find('target').get('dev')
+    for k in list(src.attrib): del src.attrib[k]
+    src.set('file', disk if dev == 'vda' else seed)
+iface = d.find('devices').find('interface')
+fwd = iface.findall('portForward')
+fwd[0].find('range').set('start', ssh); fwd[1].find('range').set('start', http)
+ser = d.find('devices').find('serial')
+if ser is not None: d.find('devices').remove(ser)
+t.write(path)
+PY
+  done
+  for i in $(seq 0 $((N - 1))); do
+    rt0+=("$(now)")
+    virsh -c qemu:///system create "$WORK/raw$N/$i.xml" >/dev/null
+  done
+  deadline=$(( $(date +%s) + READY_TIMEOUT ))
+  while :; do
+    left=0
+    for i in $(seq 0 $((N - 1))); do
+      [ -n "${rready[$i]}" ] && continue
+      if [ "$(curl -s -m 3 -o /dev/null -w '%{http_code}' "http://127.0.0.1:${ports[$i]}/")" = 200 ]; then
+        rready[$i]=$(python3 -c "print($(now) - ${rt0[$i]})")
+      else left=$((left + 1)); fi
+    done
+    [ $left -eq 0 ] && break
+    [ "$(date +%s)" -lt $deadline ] || fail "raw guests did not answer after ${READY_TIMEOUT}s"
+    sleep 0.5
+  done
+  raw_cleanup
+  results+=("$(python3 - "$N" "${ready[*]}" "${rready[*]}" <<'PY'
+import sys
+n = sys.argv[1]; h = [float(x) for x in sys.argv[2].split()]; r = [float(x) for x in sys.argv[3].split()]
+mh, mr = sum(h)/len(h), sum(r)/len(r)
+print(f"| {n} | {mh:.1f} s | {max(h):.1f} s | {mr:.1f} s | {max(r):.1f} s | {mh/mr:.2f} |")
+PY
+)")
+done
+echo
+echo "acceleration: $accel"
+echo "| N concurrent | hostd POST->Ready (mean) | (max) | raw virsh create->HTTP 200 (mean) | (max) | ratio (mean) |"
+echo "|---:|---:|---:|---:|---:|---:|"
+printf '%s\n' "${results[@]}"
