@@ -87,18 +87,18 @@ async fn run(n: usize) -> Row {
     let state = tempfile::tempdir().unwrap();
     let mut config = common::test_config(&db, state.path(), Some(&nginx));
     config.ssh_ports = PortRange {
-        start: 20000,
-        end: 20000 + n as u16 - 1,
+        start: 10000,
+        end: 10000 + n as u16 - 1,
     };
     config.http_ports = PortRange {
-        start: 40000,
-        end: 40000 + n as u16 - 1,
+        start: 20001,
+        end: 20001 + n as u16 - 1,
     };
     config.resync = Duration::from_secs(3600);
     // Every port of both ranges answers like a booted guest.
     let mut guests = Vec::with_capacity(n);
     for i in 0..n as u16 {
-        guests.push(common::fake_guest(20000 + i, 40000 + i, "ok").await);
+        guests.push(common::fake_guest(10000 + i, 20001 + i, "ok").await);
     }
     let app = common::TestApp::spawn_with(config, Mode::All, true, Some(nginx), state).await;
     let store = app.store.clone();

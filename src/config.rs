@@ -195,7 +195,9 @@ impl Config {
             PortRange::parse(&v).map_err(|e| bad(name, format!("'{v}': {e}")))
         };
         let ssh_ports = range("HOSTD_SSH_PORTS", "10000-20000")?;
-        let http_ports = range("HOSTD_HTTP_PORTS", "30000-40000")?;
+        // Below Linux's ephemeral range (32768-60999 by default), so a forward never
+        // collides with the source port of an outgoing connection.
+        let http_ports = range("HOSTD_HTTP_PORTS", "20001-30000")?;
         if ssh_ports.overlaps(&http_ports) {
             return Err(bad("HOSTD_HTTP_PORTS", "overlaps HOSTD_SSH_PORTS"));
         }

@@ -95,7 +95,7 @@ async fn create_converges_to_ready_and_delete_cleans_everything() {
     let rec = app.store.get_record(id).await.unwrap().unwrap();
     assert_eq!(rec.status.phase, Phase::Provisioning);
     let (ssh, http) = (rec.status.ssh_port.unwrap(), rec.status.http_port.unwrap());
-    assert!((10000..=20000).contains(&ssh) && (30000..=40000).contains(&http));
+    assert!((10000..=20000).contains(&ssh) && (20001..=30000).contains(&http));
     let dom = vm(&app)
         .get_domain(&domain_name(id))
         .await

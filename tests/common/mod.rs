@@ -128,8 +128,8 @@ pub fn test_config(db: &str, state: &std::path::Path, nginx: Option<&TestNginx>)
             end: 20000,
         },
         http_ports: PortRange {
-            start: 30000,
-            end: 40000,
+            start: 20001,
+            end: 30000,
         },
         ssh_bind: "127.0.0.1".parse().unwrap(),
         domain_type: DomainType::Qemu,
