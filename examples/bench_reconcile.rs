@@ -188,6 +188,7 @@ async fn run(n: usize) -> Row {
 
 #[tokio::main]
 async fn main() {
+    hostd::telemetry::init();
     let sizes: Vec<usize> = std::env::args()
         .skip(1)
         .map(|a| a.parse().expect("sizes are numbers"))

@@ -16,4 +16,4 @@ ulimit -n 65536 2>/dev/null || true
 su postgres -c "psql -qc \"alter role hostd set log_statement = 'all'\""
 trap 'su postgres -c "psql -qc \"alter role hostd reset log_statement\""' EXIT
 export PG_LOG="${PG_LOG:-$(ls /var/log/postgresql/postgresql-*-main.log | tail -1)}"
-RUST_LOG=error cargo run --release --locked --example bench_reconcile -- "$@"
+RUST_LOG="${RUST_LOG:-error}" cargo run --release --locked --example bench_reconcile -- "$@"

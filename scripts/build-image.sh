@@ -3,6 +3,10 @@
 # mmdebstrap (minbase) -> ext4 made with `mkfs.ext4 -d` -> qcow2, plus the
 # kernel and initrd for direct kernel boot. Output: $HOSTD_STATE_DIR/images/debian-12/
 # with a manifest. Skipped when the recipe (this file) is unchanged.
+# Also builds `tiny` (images/tiny/): the same kernel with a busybox initramfs
+# that brings up the network by DHCP, serves HTTP on 80 and answers an SSH
+# banner on 22 within seconds. It is for tests that need real, persistent
+# libvirt guests but not a real OS (the crash matrix); not for users.
 # Each build goes to its own directory <recipe hash>/ and disk.qcow2, vmlinuz,
 # initrd.img and manifest.json are symlinks to the newest one. Older versions
 # are kept: existing hostings' disks are overlays of the base they were created
@@ -16,7 +20,8 @@ MIRROR="${HOSTD_DEBIAN_MIRROR:-http://deb.debian.org/debian}"
 recipe_hash=$(sha256sum "$0" | cut -c1-16)
 
 VER="$OUT/$recipe_hash"
-if [ -f "$VER/manifest.json" ] && [ "$(readlink "$OUT/disk.qcow2" 2>/dev/null)" = "$recipe_hash/disk.qcow2" ]; then
+if [ -f "$VER/manifest.json" ] && [ "$(readlink "$OUT/disk.qcow2" 2>/dev/null)" = "$recipe_hash/disk.qcow2" ] \
+   && [ "$(readlink "$STATE_DIR/images/tiny/initrd.img" 2>/dev/null)" = "$recipe_hash/initrd.img" ]; then
   echo "build-image: debian-12 is up to date ($VER)"
   exit 0
 fi
@@ -65,3 +70,45 @@ for f in disk.qcow2 vmlinuz initrd.img manifest.json; do
   ln -sfn "$recipe_hash/$f" "$OUT/.$f.new" && mv -T "$OUT/.$f.new" "$OUT/$f"
 done
 echo "build-image: done in ${secs}s: $(du -h "$VER/disk.qcow2" | cut -f1) disk, $VER"
+
+# ---- tiny: kernel + busybox initramfs -------------------------------------
+TINY="$STATE_DIR/images/tiny/$recipe_hash"
+kver=$(basename "$kernel" | sed 's/^vmlinuz-//')
+t="$work/tiny"
+mkdir -p "$t"/{bin,dev,proc,sys,tmp,www,lib/modules/"$kver"/kernel}
+cp /bin/busybox "$t/bin/busybox"
+( cd "$work/rootfs/lib/modules/$kver" && find kernel -name 'virtio*.ko*' -o -name '*failover.ko*' | cpio -pdm --quiet "$t/lib/modules/$kver" )
+cp "$work/rootfs/lib/modules/$kver"/modules.{order,builtin,builtin.modinfo} "$t/lib/modules/$kver/" 2>/dev/null || true
+depmod -b "$t" "$kver"
+cat > "$t/bin/dhcp.sh" <<'SH'
+#!/bin/sh
+[ "$1" = bound ] || exit 0
+ip addr add "$ip/${mask:-24}" dev "$interface"
+[ -n "$router" ] && ip route add default via "${router%% *}"
+exit 0
+SH
+cat > "$t/init" <<'SH'
+#!/bin/busybox sh
+/bin/busybox --install -s /bin
+mount -t proc proc /proc; mount -t sysfs sysfs /sys; mount -t devtmpfs devtmpfs /dev
+modprobe virtio_pci; modprobe virtio_net
+ip link set lo up
+IF=$(ls /sys/class/net | grep -v '^lo$' | head -1)
+ip link set "$IF" up
+udhcpc -i "$IF" -s /bin/dhcp.sh -q -t 20 -T 1
+echo '<h1>hostd tiny test guest</h1>' > /www/index.html
+httpd -p 80 -h /www
+( while true; do printf 'SSH-2.0-hostd_tiny_guest\r\n' | nc -l -p 22 >/dev/null 2>&1; done ) &
+echo "tiny guest ready on $IF"
+while true; do sleep 3600; done
+SH
+chmod +x "$t/init" "$t/bin/dhcp.sh"
+rm -rf "$TINY.new"; mkdir -p "$TINY.new"
+( cd "$t" && find . | cpio -o -H newc --quiet | gzip -1 ) > "$TINY.new/initrd.img"
+cp "$kernel" "$TINY.new/vmlinuz"
+qemu-img create -q -f qcow2 "$TINY.new/disk.qcow2" 64M
+rm -rf "$TINY"; mv "$TINY.new" "$TINY"
+for f in disk.qcow2 vmlinuz initrd.img; do
+  ln -sfn "$recipe_hash/$f" "$STATE_DIR/images/tiny/.$f.new" && mv -T "$STATE_DIR/images/tiny/.$f.new" "$STATE_DIR/images/tiny/$f"
+done
+echo "build-image: tiny test image in $TINY"

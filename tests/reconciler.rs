@@ -642,3 +642,27 @@ async fn many_hostings_converge_with_unique_ports() {
     assert_eq!(errors, 0, "no reconcile errors");
     app.stop().await;
 }
+
+#[tokio::test]
+async fn volume_listing_is_not_capped() {
+    // The virt crate's `list_volumes` returns at most 1024 names; with more,
+    // resync took present volumes for missing ones.
+    let app = TestApp::manual().await;
+    let vm = vm(&app);
+    let backing = app.config.state_dir.join("images/debian-12/disk.qcow2");
+    for i in 0..1100 {
+        let id = HostingId(uuid::Uuid::from_u128(i));
+        vm.create_volume(
+            &disk_volume(id),
+            hostd::drivers::VolumeSource::Overlay {
+                backing: backing.clone(),
+                backing_format: "qcow2".into(),
+                capacity_gib: 1,
+            },
+        )
+        .await
+        .unwrap();
+    }
+    assert_eq!(vm.list_volumes().await.unwrap().len(), 1100);
+    app.stop().await;
+}

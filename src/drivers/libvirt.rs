@@ -235,7 +235,13 @@ impl VmDriver for LibvirtDriver {
         self.with_conn(move |c| {
             let p = Self::pool(c, &pool)?;
             let _ = p.refresh(0);
-            p.list_volumes().map_err(lv)
+            // Not `list_volumes()`: the virt crate caps that at 1024 names, which
+            // made volumes of hostings beyond the 512th look missing.
+            p.list_all_volumes(0)
+                .map_err(lv)?
+                .iter()
+                .map(|v| v.name().map_err(lv))
+                .collect()
         })
         .await
     }

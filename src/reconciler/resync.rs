@@ -51,7 +51,8 @@ pub async fn resync(ctx: &Context, queue: &WorkQueue) -> Result<ResyncStats, Rec
         if queue.is_queued_or_running(rec.id) {
             continue;
         }
-        if !converged(ctx, rec, &dom_by_name, &vol_set, &route_map) {
+        if let Some(why) = drift(ctx, rec, &dom_by_name, &vol_set, &route_map) {
+            tracing::debug!(hosting = %rec.id, why, "resync: not converged");
             queue.add_now(rec.id);
             queued += 1;
         }
@@ -123,42 +124,52 @@ fn hostname() -> String {
         .unwrap_or_else(|_| "unknown".into())
 }
 
-/// Whether a hosting's observed state already matches its desired state.
-fn converged(
+/// Why a hosting's observed state differs from its desired state (`None`:
+/// converged, nothing to do).
+fn drift(
     ctx: &Context,
     rec: &HostingRecord,
     domains: &HashMap<&str, &crate::drivers::ObservedDomain>,
     volumes: &HashSet<&str>,
     routes: &HashMap<HostingId, &str>,
-) -> bool {
-    if rec.deletion_requested_at.is_some() || rec.status.observed_generation != rec.generation {
-        return false;
+) -> Option<&'static str> {
+    if rec.deletion_requested_at.is_some() {
+        return Some("deletion requested");
+    }
+    if rec.status.observed_generation != rec.generation {
+        return Some("generation not observed yet");
     }
     if !matches!(rec.status.phase, Phase::Ready | Phase::Stopped) {
-        return false;
+        return Some("not Ready/Stopped");
     }
     let (Some(ssh), Some(http)) = (rec.status.ssh_port, rec.status.http_port) else {
-        return false;
+        return Some("no ports");
     };
     let Some(image) = rec.status.image_pin.as_ref() else {
-        return false;
+        return Some("no pinned image");
     };
     let Some(dom) = domains.get(domain_name(rec.id).as_str()) else {
-        return false;
+        return Some("domain missing");
     };
     let (d, s) = desired_hashes(ctx, rec, image, ssh, http);
-    if dom.marker.spec_hash != marker_hash(&d, &s) || dom.running != rec.spec.running {
-        return false;
+    if dom.marker.spec_hash != marker_hash(&d, &s) {
+        return Some("domain definition outdated");
+    }
+    if dom.running != rec.spec.running {
+        return Some("power state differs");
     }
     if !volumes.contains(disk_volume(rec.id).as_str())
         || !volumes.contains(seed_volume(rec.id).as_str())
     {
-        return false;
+        return Some("volume missing");
     }
     let want = ctx.proxy.render(&RouteSpec {
         hosting_id: rec.id,
         user_id: rec.user_id,
         http_port: rec.spec.running.then_some(http),
     });
-    routes.get(&rec.id).copied() == Some(want.as_str())
+    if routes.get(&rec.id).copied() != Some(want.as_str()) {
+        return Some("route differs");
+    }
+    None
 }
