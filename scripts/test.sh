@@ -3,7 +3,8 @@
 # genisoimage), then runs the whole suite: unit tests, API and reconciler
 # integration tests against real Postgres, real nginx and libvirt's test
 # driver, the lints of the deployment files, and the end-to-end test with a
-# real VM (scripts/e2e.sh).
+# real VM (scripts/e2e.sh), and the crash matrix (tests/crash_matrix.rs, real
+# hostd processes and qemu:///system guests from the tiny test image).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
@@ -24,5 +25,8 @@ log "checking deployment files"
 
 log "end-to-end test with a real guest (qemu:///system)"
 ./scripts/e2e.sh
+
+log "crash matrix: a real reconciler process aborted at every fault point"
+cargo test --locked --test crash_matrix -- --ignored --nocapture
 
 log "all tests passed"

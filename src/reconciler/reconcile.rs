@@ -567,8 +567,10 @@ async fn apply(ctx: &Context, rec: HostingRecord) -> Result<Action, ReconcileErr
 
     // 5. Readiness: through the host nginx, and the SSH banner.
     let url = format!("{}/{}/", ctx.config.probe_url, rec.user_id);
-    let web = probe::http_ok(&ctx.http, &url).await;
-    let sshb = probe::ssh_banner(ssh_probe_addr(ctx, ssh)).await;
+    let (web, sshb) = tokio::join!(
+        probe::http_ok(&ctx.http, &url),
+        probe::ssh_banner(ssh_probe_addr(ctx, ssh))
+    );
     match (&web, &sshb) {
         (Ok(_), Ok(_)) => {
             set_condition(
