@@ -666,3 +666,40 @@ async fn volume_listing_is_not_capped() {
     assert_eq!(vm.list_volumes().await.unwrap().len(), 1100);
     app.stop().await;
 }
+
+#[tokio::test]
+async fn deleted_disk_of_stopped_hosting_is_recreated_with_a_data_loss_warning() {
+    let app = TestApp::manual().await;
+    let ctl = app.controller.clone().unwrap();
+    let (t, _, id) = create(&app, "lena").await;
+    ctl.reconcile_once(id).await.unwrap();
+    app.client
+        .patch(app.url("/api/v1/host/my"))
+        .bearer_auth(&t)
+        .json(&serde_json::json!({"running": false}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(settle_stopped(&ctl, id).await, Phase::Stopped);
+    // Someone deletes the disk volume behind hostd's back.
+    vm(&app).delete_volume(&disk_volume(id)).await.unwrap();
+    hostd::reconciler::resync::resync(&ctl.ctx, &ctl.queue).await.unwrap();
+    assert!(ctl.queue.is_queued_or_running(id), "resync noticed the missing disk");
+    ctl.reconcile_once(id).await.unwrap();
+    assert!(vm(&app).list_volumes().await.unwrap().contains(&disk_volume(id)));
+    let evs = app.store.recent_events(id, 50).await.unwrap();
+    let lost = evs.iter().find(|e| e.reason == "DiskRecreated").expect("DiskRecreated event");
+    assert_eq!(lost.type_, "Warning");
+    assert!(lost.message.contains("data was lost"));
+    assert_eq!(app.store.get_record(id).await.unwrap().unwrap().status.phase, Phase::Stopped);
+    app.stop().await;
+}
+
+async fn settle_stopped(ctl: &hostd::reconciler::Controller, id: HostingId) -> Phase {
+    for _ in 0..10 {
+        if ctl.reconcile_once(id).await.unwrap() == Action::AwaitChange {
+            break;
+        }
+    }
+    ctl.ctx.store.get_record(id).await.unwrap().unwrap().status.phase
+}
