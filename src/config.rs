@@ -231,7 +231,7 @@ impl Config {
             ));
         }
         let resync = Duration::from_secs(parse_num("HOSTD_RESYNC_SECS", 15u64)?.max(1));
-        let concurrency = parse_num("HOSTD_RECONCILE_CONCURRENCY", 8usize)?.max(1);
+        let concurrency = parse_num("HOSTD_RECONCILE_CONCURRENCY", 32usize)?.max(1);
         let ready_timeout = Duration::from_secs(parse_num("HOSTD_READY_TIMEOUT_SECS", 300u64)?);
         let backoff_max = Duration::from_secs(parse_num("HOSTD_BACKOFF_MAX_SECS", 300u64)?.max(1));
         let images_file = var("HOSTD_IMAGES_FILE")

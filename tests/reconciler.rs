@@ -683,15 +683,36 @@ async fn deleted_disk_of_stopped_hosting_is_recreated_with_a_data_loss_warning()
     assert_eq!(settle_stopped(&ctl, id).await, Phase::Stopped);
     // Someone deletes the disk volume behind hostd's back.
     vm(&app).delete_volume(&disk_volume(id)).await.unwrap();
-    hostd::reconciler::resync::resync(&ctl.ctx, &ctl.queue).await.unwrap();
-    assert!(ctl.queue.is_queued_or_running(id), "resync noticed the missing disk");
+    hostd::reconciler::resync::resync(&ctl.ctx, &ctl.queue)
+        .await
+        .unwrap();
+    assert!(
+        ctl.queue.is_queued_or_running(id),
+        "resync noticed the missing disk"
+    );
     ctl.reconcile_once(id).await.unwrap();
-    assert!(vm(&app).list_volumes().await.unwrap().contains(&disk_volume(id)));
+    assert!(vm(&app)
+        .list_volumes()
+        .await
+        .unwrap()
+        .contains(&disk_volume(id)));
     let evs = app.store.recent_events(id, 50).await.unwrap();
-    let lost = evs.iter().find(|e| e.reason == "DiskRecreated").expect("DiskRecreated event");
+    let lost = evs
+        .iter()
+        .find(|e| e.reason == "DiskRecreated")
+        .expect("DiskRecreated event");
     assert_eq!(lost.type_, "Warning");
     assert!(lost.message.contains("data was lost"));
-    assert_eq!(app.store.get_record(id).await.unwrap().unwrap().status.phase, Phase::Stopped);
+    assert_eq!(
+        app.store
+            .get_record(id)
+            .await
+            .unwrap()
+            .unwrap()
+            .status
+            .phase,
+        Phase::Stopped
+    );
     app.stop().await;
 }
 
@@ -701,5 +722,94 @@ async fn settle_stopped(ctl: &hostd::reconciler::Controller, id: HostingId) -> P
             break;
         }
     }
-    ctl.ctx.store.get_record(id).await.unwrap().unwrap().status.phase
+    ctl.ctx
+        .store
+        .get_record(id)
+        .await
+        .unwrap()
+        .unwrap()
+        .status
+        .phase
+}
+
+#[tokio::test]
+async fn nginx_down_is_reported_and_recovered_from() {
+    let app = TestApp::running().await;
+    let nginx = app.nginx.as_ref().unwrap();
+    let (t, uid, id) = create(&app, "nick").await;
+    let store = app.store.clone();
+    let rec = eventually(Duration::from_secs(20), || {
+        let store = store.clone();
+        async move {
+            store
+                .get_record(id)
+                .await
+                .unwrap()
+                .filter(|r| r.status.http_port.is_some())
+        }
+    })
+    .await
+    .unwrap();
+    let _g = fake_guest(
+        rec.status.ssh_port.unwrap(),
+        rec.status.http_port.unwrap(),
+        "up",
+    )
+    .await;
+    get_until(&nginx.url(&format!("/{uid}/")), 200).await;
+
+    // nginx stops: health says so (503), and a route change fails with a Warning.
+    let st = std::process::Command::new("nginx")
+        .arg("-c")
+        .arg(&nginx.conf)
+        .args(["-s", "stop"])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let url = app.url("/api/v1/health/detailed");
+    let down = eventually(Duration::from_secs(10), || async {
+        let r = reqwest::get(&url).await.ok()?;
+        let code = r.status().as_u16();
+        let v: serde_json::Value = r.json().await.ok()?;
+        (code == 503 && v["checks"]["nginx"]["status"] == "error").then_some(v)
+    })
+    .await;
+    assert!(
+        down.is_some(),
+        "health must report nginx down: {}",
+        reqwest::get(&url).await.unwrap().text().await.unwrap()
+    );
+    app.client
+        .patch(app.url("/api/v1/host/my"))
+        .bearer_auth(&t)
+        .json(&serde_json::json!({"running": false}))
+        .send()
+        .await
+        .unwrap();
+    let warned = eventually(Duration::from_secs(20), || async {
+        let evs = app.store.recent_events(id, 50).await.unwrap();
+        evs.iter()
+            .any(|e| e.type_ == "Warning" && e.reason == "NginxReloadFailed")
+            .then_some(())
+    })
+    .await;
+    assert!(warned.is_some(), "a NginxReloadFailed warning is recorded");
+
+    // The operator starts nginx again: hostd converges (Stopped, 503 page).
+    let st = std::process::Command::new("nginx")
+        .arg("-c")
+        .arg(&nginx.conf)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let stopped = eventually(Duration::from_secs(30), || async {
+        let r = app.store.get_record(id).await.unwrap()?;
+        (r.status.phase == Phase::Stopped).then_some(())
+    })
+    .await;
+    assert!(stopped.is_some(), "converged after nginx came back");
+    assert!(get_until(&nginx.url(&format!("/{uid}/")), 503)
+        .await
+        .contains("stopped"));
+    app.stop().await;
 }

@@ -115,6 +115,9 @@ pub trait ProxyDriver: Send + Sync + 'static {
     /// Every route file present: hosting id → content. Files that are not
     /// hostd route files are reported by name in the second list.
     async fn list_routes(&self) -> DriverResult<(Vec<(HostingId, String)>, Vec<String>)>;
+    /// Whether route files on disk are newer than what the proxy serves (the
+    /// last reload failed); the next `apply` retries the reload.
+    fn reload_pending(&self) -> bool;
     /// The current content of one hosting's route file, if present.
     async fn read_route(&self, id: HostingId) -> DriverResult<Option<String>>;
     /// Makes the route of `id` be `route` (or absent with `None`), validated and

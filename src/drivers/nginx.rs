@@ -8,6 +8,8 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::Arc;
 use std::time::Duration;
 
 use askama::Template;
@@ -29,17 +31,20 @@ pub struct NginxDriver {
     conf: PathBuf,
     bin: PathBuf,
     tx: mpsc::UnboundedSender<Change>,
+    /// Set while the files on disk are newer than what nginx serves (a reload failed).
+    reload_pending: Arc<AtomicBool>,
 }
 
 impl NginxDriver {
     /// Creates the driver and spawns its batcher task (needs a tokio runtime).
     pub fn new(routes_dir: &Path, conf: &Path, bin: &Path) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
+        let reload_pending = Arc::new(AtomicBool::new(false));
         let batcher = Batcher {
             routes_dir: routes_dir.to_path_buf(),
             conf: conf.to_path_buf(),
             bin: bin.to_path_buf(),
-            reload_pending: false,
+            reload_pending: reload_pending.clone(),
         };
         tokio::spawn(batcher.run(rx));
         Self {
@@ -47,6 +52,7 @@ impl NginxDriver {
             conf: conf.to_path_buf(),
             bin: bin.to_path_buf(),
             tx,
+            reload_pending,
         }
     }
 }
@@ -122,7 +128,7 @@ struct Batcher {
     conf: PathBuf,
     bin: PathBuf,
     /// A previous reload failed: the files on disk are newer than what nginx serves.
-    reload_pending: bool,
+    reload_pending: Arc<AtomicBool>,
 }
 
 impl Batcher {
@@ -209,11 +215,11 @@ impl Batcher {
                 }
             },
         }
-        if changed || self.reload_pending {
+        if changed || self.reload_pending.load(Relaxed) {
             match nginx(&self.bin, &self.conf, &["-s", "reload"]).await {
-                Ok(()) => self.reload_pending = false,
+                Ok(()) => self.reload_pending.store(false, Relaxed),
                 Err(e) => {
-                    self.reload_pending = true;
+                    self.reload_pending.store(true, Relaxed);
                     for r in results.values_mut() {
                         if r.is_ok() {
                             *r = Err(DriverError::NginxReload(e.clone()));
@@ -298,6 +304,10 @@ impl ProxyDriver for NginxDriver {
         Ok((routes, stray))
     }
 
+    fn reload_pending(&self) -> bool {
+        self.reload_pending.load(Relaxed)
+    }
+
     async fn read_route(&self, id: HostingId) -> DriverResult<Option<String>> {
         Ok(read_opt(&route_path(&self.routes_dir, id)).await?)
     }
@@ -328,7 +338,7 @@ impl ProxyDriver for NginxDriver {
         let pid_file = pid_file_of(&self.conf).await;
         let running = match &pid_file {
             Some(p) => match tokio::fs::read_to_string(p).await {
-                Ok(pid) => Path::new(&format!("/proc/{}", pid.trim())).exists(),
+                Ok(pid) => process_is_nginx(pid.trim()),
                 Err(_) => false,
             },
             None => false,
@@ -344,6 +354,21 @@ impl ProxyDriver for NginxDriver {
             )))
         }
     }
+}
+
+/// Whether `pid` is a live (not zombie) nginx process: a stale pid file may
+/// name an exited master or a reused pid.
+fn process_is_nginx(pid: &str) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    // "<pid> (<comm>) <state> ..."
+    let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+        return false;
+    };
+    let comm = &stat[open + 1..close];
+    let state = stat[close + 1..].trim_start().chars().next().unwrap_or('?');
+    comm.starts_with("nginx") && state != 'Z' && state != 'X'
 }
 
 /// Finds the `pid` directive of a main nginx config (default /run/nginx.pid).

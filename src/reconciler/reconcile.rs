@@ -745,12 +745,11 @@ async fn ensure_route(
     let want = ctx.proxy.render(&spec);
     let have = ctx.proxy.read_route(rec.id).await?;
     if have.as_deref() == Some(want.as_str()) {
-        // Content right; still pass through the batcher so a pending reload is retried.
-        return ctx
-            .proxy
-            .apply(rec.id, Some(spec))
-            .await
-            .map_err(Into::into);
+        if ctx.proxy.reload_pending() {
+            // Content right but not yet served: the batcher retries the reload.
+            ctx.proxy.apply(rec.id, Some(spec)).await?;
+        }
+        return Ok(());
     }
     ctx.faults.hit("before_route_write").await?;
     ctx.proxy.apply(rec.id, Some(spec)).await?;

@@ -136,7 +136,7 @@ pub fn test_config(db: &str, state: &std::path::Path, nginx: Option<&TestNginx>)
         domain_type_reason: "tests".into(),
         instance,
         resync: Duration::from_secs(1),
-        concurrency: 8,
+        concurrency: 32,
         ready_timeout: Duration::from_secs(300),
         backoff_max: Duration::from_secs(5),
         images_file: state.join("images/catalog.yaml"),
