@@ -29,4 +29,7 @@ log "end-to-end test with a real guest (qemu:///system)"
 log "crash matrix: a real reconciler process aborted at every fault point"
 cargo test --locked --test crash_matrix -- --ignored --nocapture
 
+log "tampering with services under a running hostd (alone: restarts Postgres)"
+cargo test --locked --test tamper_services -- --ignored --test-threads=1
+
 log "all tests passed"
