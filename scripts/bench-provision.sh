@@ -61,7 +61,7 @@ for N in "${SIZES[@]}"; do
     sleep 1
   done
   # Keep what hostd rendered, then delete the hostings.
-  mkdir -p "$WORK/raw$N"
+  mkdir -p "$WORK/raw$N"; chmod 0755 "$WORK" "$WORK/raw$N"   # qemu runs as libvirt-qemu
   for i in $(seq 0 $((N - 1))); do
     virsh -c qemu:///system dumpxml --inactive "hostd-${ids[$i]}" > "$WORK/raw$N/$i.xml"
     cp "$STATE_DIR/pools/$INSTANCE/hostd-${ids[$i]}-seed.iso" "$WORK/raw$N/$i.iso"
@@ -75,6 +75,7 @@ for N in "${SIZES[@]}"; do
   ports=(); rt0=(); rready=()
   for i in $(seq 0 $((N - 1))); do
     qemu-img create -q -f qcow2 -F qcow2 -b "$base" "$WORK/raw$N/$i.qcow2" 10G
+    chmod 0666 "$WORK/raw$N/$i.qcow2" "$WORK/raw$N/$i.iso"
     hp=$(free_port); sp=$(free_port); ports+=("$hp"); rready+=("")
     python3 - "$WORK/raw$N/$i.xml" "$RAW_PREFIX-$N-$i" "$WORK/raw$N/$i.qcow2" "$WORK/raw$N/$i.iso" "$sp" "$hp" <<'PY'
 import sys, xml.etree.ElementTree as ET
