@@ -27,7 +27,10 @@ log "end-to-end test with a real guest (qemu:///system)"
 ./scripts/e2e.sh
 
 log "crash matrix: a real reconciler process aborted at every fault point"
-cargo test --locked --test crash_matrix -- --ignored --nocapture
+cargo test --locked --test crash_matrix crash_at_every_fault_point -- --ignored --nocapture
+
+log "short chaos soak (scripts/chaos.sh runs longer ones)"
+CHAOS_SECS=90 CHAOS_USERS=3 cargo test --locked --test crash_matrix chaos_soak -- --ignored --nocapture
 
 log "tampering with services under a running hostd (alone: restarts Postgres)"
 cargo test --locked --test tamper_services -- --ignored --test-threads=1

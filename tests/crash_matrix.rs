@@ -250,21 +250,48 @@ struct Row {
     disk_kept: Option<bool>,
 }
 
-#[tokio::test]
-#[ignore = "needs root, qemu:///system and the tiny image; run by scripts/test.sh"]
-async fn crash_at_every_fault_point_then_converge() {
-    let state =
-        PathBuf::from(std::env::var("HOSTD_STATE_DIR").unwrap_or_else(|_| "/var/lib/hostd".into()));
-    let tiny = state.join("images/tiny");
-    for f in ["disk.qcow2", "vmlinuz", "initrd.img"] {
-        assert!(
-            tiny.join(f).exists(),
-            "{} missing: run scripts/build-image.sh",
-            tiny.join(f).display()
-        );
+/// A private database, nginx and hostd instance against qemu:///system, a
+/// running `hostd api` process, and a poller counting API 5xx answers.
+struct Harness {
+    env: Env,
+    api: Child,
+    store: hostd::store::Store,
+    vm: LibvirtDriver,
+    poll: Poller,
+}
+
+/// Polls the API every 200 ms; the API must keep answering (no 5xx)
+/// whatever happens to the reconciler.
+struct Poller {
+    stop: Arc<AtomicBool>,
+    polls: Arc<AtomicU64>,
+    five_xx: Arc<AtomicU64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Poller {
+    async fn finish(self) -> (u64, u64) {
+        self.stop.store(true, Relaxed);
+        let _ = self.task.await;
+        (self.polls.load(Relaxed), self.five_xx.load(Relaxed))
     }
-    let work = tempfile::tempdir().unwrap();
-    std::fs::write(
+}
+
+impl Harness {
+    async fn start(tag: &str) -> Harness {
+        let state = PathBuf::from(
+            std::env::var("HOSTD_STATE_DIR").unwrap_or_else(|_| "/var/lib/hostd".into()),
+        );
+        let tiny = state.join("images/tiny");
+        for f in ["disk.qcow2", "vmlinuz", "initrd.img"] {
+            assert!(
+                tiny.join(f).exists(),
+                "{} missing: run scripts/build-image.sh",
+                tiny.join(f).display()
+            );
+        }
+        let work = tempfile::tempdir().unwrap();
+        std::fs::write(
         work.path().join("catalog.yaml"),
         format!(
             "images:\n  tiny:\n    disk: {t}/disk.qcow2\n    format: qcow2\n    kernel: {t}/vmlinuz\n    initrd: {t}/initrd.img\n    cmdline: \"console=ttyS0 quiet\"\n",
@@ -272,54 +299,79 @@ async fn crash_at_every_fault_point_then_converge() {
         ),
     )
     .unwrap();
-    let env = Env {
-        db: common::fresh_database().await,
-        nginx: common::TestNginx::start(),
-        work,
-        state: state.clone(),
-        instance: format!("crash-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]),
-        api_port: common::free_port(),
-        client: reqwest::Client::new(),
-    };
-    let api = env.spawn("api", "");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while env.client.get(env.url("/health")).send().await.is_err() {
-        assert!(Instant::now() < deadline, "hostd api did not start");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    let store = hostd::store::Store::connect(&env.db, 2).await.unwrap();
-    let vm = LibvirtDriver::new("qemu:///system", &env.instance, &state);
+        let env = Env {
+            db: common::fresh_database().await,
+            nginx: common::TestNginx::start(),
+            work,
+            state: state.clone(),
+            instance: format!("{tag}-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]),
+            api_port: common::free_port(),
+            client: reqwest::Client::new(),
+        };
+        let api = env.spawn("api", "");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while env.client.get(env.url("/health")).send().await.is_err() {
+            assert!(Instant::now() < deadline, "hostd api did not start");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let store = hostd::store::Store::connect(&env.db, 2).await.unwrap();
+        let vm = LibvirtDriver::new("qemu:///system", &env.instance, &state);
 
-    // The API must keep answering (no 5xx) whatever the reconciler does.
-    let stop_poll = Arc::new(AtomicBool::new(false));
-    let five_xx = Arc::new(AtomicU64::new(0));
-    let polls = Arc::new(AtomicU64::new(0));
-    let poller = {
-        let (c, url, stop_poll, five_xx, polls) = (
-            env.client.clone(),
-            env.url("/health"),
-            stop_poll.clone(),
-            five_xx.clone(),
-            polls.clone(),
-        );
-        let token = env.user("poller").await;
-        let my = env.url("/host/my");
-        tokio::spawn(async move {
-            while !stop_poll.load(Relaxed) {
-                for r in [
-                    c.get(&url).send().await,
-                    c.get(&my).bearer_auth(&token).send().await,
-                ] {
-                    polls.fetch_add(1, Relaxed);
-                    if r.map(|r| r.status().is_server_error()).unwrap_or(true) {
-                        five_xx.fetch_add(1, Relaxed);
+        let stop_poll = Arc::new(AtomicBool::new(false));
+        let five_xx = Arc::new(AtomicU64::new(0));
+        let polls = Arc::new(AtomicU64::new(0));
+        let poller = {
+            let (c, url, stop_poll, five_xx, polls) = (
+                env.client.clone(),
+                env.url("/health"),
+                stop_poll.clone(),
+                five_xx.clone(),
+                polls.clone(),
+            );
+            let token = env.user("poller").await;
+            let my = env.url("/host/my");
+            tokio::spawn(async move {
+                while !stop_poll.load(Relaxed) {
+                    for r in [
+                        c.get(&url).send().await,
+                        c.get(&my).bearer_auth(&token).send().await,
+                    ] {
+                        polls.fetch_add(1, Relaxed);
+                        if r.map(|r| r.status().is_server_error()).unwrap_or(true) {
+                            five_xx.fetch_add(1, Relaxed);
+                        }
                     }
+                    tokio::time::sleep(Duration::from_millis(200)).await;
                 }
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-        })
-    };
+            })
+        };
 
+        Harness {
+            env,
+            api,
+            store,
+            vm,
+            poll: Poller {
+                stop: stop_poll,
+                polls,
+                five_xx,
+                task: poller,
+            },
+        }
+    }
+}
+
+#[tokio::test]
+#[ignore = "needs root, qemu:///system and the tiny image; run by scripts/test.sh"]
+async fn crash_at_every_fault_point_then_converge() {
+    let Harness {
+        env,
+        api,
+        store,
+        vm,
+        poll,
+    } = Harness::start("crash").await;
+    let state = env.state.clone();
     let mut rows = vec![];
     let converge_timeout = Duration::from_secs(180);
     for (i, point) in CREATE_POINTS.iter().enumerate() {
@@ -423,8 +475,7 @@ async fn crash_at_every_fault_point_then_converge() {
             disk_kept: None,
         });
     }
-    stop_poll.store(true, Relaxed);
-    let _ = poller.await;
+    let (polls, five_xx) = poll.finish().await;
     stop(api);
     cleanup_pool(&env.instance, &state);
 
@@ -450,11 +501,7 @@ async fn crash_at_every_fault_point_then_converge() {
             }
         );
     }
-    println!(
-        "API polls during the matrix: {}, 5xx or errors: {}",
-        polls.load(Relaxed),
-        five_xx.load(Relaxed)
-    );
+    println!("API polls during the matrix: {polls}, 5xx or errors: {five_xx}");
     for r in &rows {
         assert!(
             r.crashed,
@@ -478,8 +525,7 @@ async fn crash_at_every_fault_point_then_converge() {
         );
     }
     assert_eq!(
-        five_xx.load(Relaxed),
-        0,
+        five_xx, 0,
         "the API answered 5xx (or failed) while the reconciler crashed"
     );
 }
@@ -497,4 +543,225 @@ fn cleanup_pool(instance: &str, state: &Path) {
             .status();
     }
     let _ = std::fs::remove_dir_all(state.join("pools").join(instance));
+}
+
+/// The chaos soak (`scripts/chaos.sh DURATION N`; a short run in test.sh):
+/// N users do random create/stop/start/resize/delete through the API while
+/// the reconciler process is killed with SIGKILL and restarted at random,
+/// managed domains are destroyed and route files deleted behind its back.
+/// Then it must converge, with no leaks and no API 5xx.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "needs root, qemu:///system and the tiny image; run by scripts/test.sh or scripts/chaos.sh"]
+async fn chaos_soak() {
+    use rand::Rng;
+    use std::sync::Mutex;
+    let secs: u64 = std::env::var("CHAOS_SECS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(120);
+    let users: usize = std::env::var("CHAOS_USERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(4);
+    let Harness {
+        env,
+        api,
+        store,
+        vm,
+        poll,
+    } = Harness::start("chaos").await;
+    let env = Arc::new(env);
+    let mut tokens = vec![];
+    for i in 0..users {
+        tokens.push(env.user(&format!("chaos{i}")).await);
+    }
+    let rec: Arc<Mutex<Option<Child>>> = Arc::new(Mutex::new(Some(env.spawn("reconciler", ""))));
+    let (ops, kills, tampers, bad_answers) = (
+        Arc::new(AtomicU64::new(0)),
+        Arc::new(AtomicU64::new(0)),
+        Arc::new(AtomicU64::new(0)),
+        Arc::new(AtomicU64::new(0)),
+    );
+    let deadline = Instant::now() + Duration::from_secs(secs);
+
+    // The killer: SIGKILL the reconciler every 5-15 s, restart it 0-2 s later.
+    let killer = {
+        let (env, rec, kills) = (env.clone(), rec.clone(), kills.clone());
+        tokio::spawn(async move {
+            while Instant::now() < deadline {
+                let wait = rand::thread_rng().gen_range(5000..15000);
+                tokio::time::sleep(Duration::from_millis(wait)).await;
+                if Instant::now() >= deadline {
+                    break;
+                }
+                if let Some(mut c) = rec.lock().unwrap().take() {
+                    let _ = c.kill();
+                    let _ = c.wait();
+                    kills.fetch_add(1, Relaxed);
+                }
+                let pause = rand::thread_rng().gen_range(0..2000);
+                tokio::time::sleep(Duration::from_millis(pause)).await;
+                *rec.lock().unwrap() = Some(env.spawn("reconciler", ""));
+            }
+        })
+    };
+    // The tamperer: destroy a managed domain or delete a route file every 7-20 s.
+    let tamperer = {
+        let (env, tampers) = (env.clone(), tampers.clone());
+        let vm = LibvirtDriver::new("qemu:///system", &env.instance, &env.state);
+        tokio::spawn(async move {
+            while Instant::now() < deadline {
+                let wait = rand::thread_rng().gen_range(7000..20000);
+                tokio::time::sleep(Duration::from_millis(wait)).await;
+                if rand::thread_rng().gen_bool(0.5) {
+                    let doms = vm.list_domains().await.unwrap_or_default();
+                    if !doms.is_empty() {
+                        let d = &doms[rand::thread_rng().gen_range(0..doms.len())];
+                        if vm.destroy(&d.name).await.is_ok() {
+                            tampers.fetch_add(1, Relaxed);
+                        }
+                    }
+                } else {
+                    let files: Vec<_> = std::fs::read_dir(&env.nginx.routes_dir)
+                        .unwrap()
+                        .map(|e| e.unwrap().path())
+                        .collect();
+                    if !files.is_empty()
+                        && std::fs::remove_file(
+                            &files[rand::thread_rng().gen_range(0..files.len())],
+                        )
+                        .is_ok()
+                    {
+                        tampers.fetch_add(1, Relaxed);
+                    }
+                }
+            }
+        })
+    };
+    // The users.
+    while Instant::now() < deadline {
+        let (u, op, mem) = {
+            let mut r = rand::thread_rng();
+            (
+                r.gen_range(0..users),
+                r.gen_range(0..6),
+                if r.gen_bool(0.5) { 256 } else { 320 },
+            )
+        };
+        let t = &tokens[u];
+        let req = match op {
+            0 | 1 => env
+                .client
+                .post(env.url("/host"))
+                .bearer_auth(t)
+                .json(&json!({"image": "tiny", "memory_mib": 256})),
+            2 => env
+                .client
+                .patch(env.url("/host/my"))
+                .bearer_auth(t)
+                .json(&json!({"running": false})),
+            3 => env
+                .client
+                .patch(env.url("/host/my"))
+                .bearer_auth(t)
+                .json(&json!({"running": true})),
+            4 => env
+                .client
+                .patch(env.url("/host/my"))
+                .bearer_auth(t)
+                .json(&json!({"memory_mib": mem})),
+            _ => env.client.delete(env.url("/host/my")).bearer_auth(t),
+        };
+        let status = req.send().await.map(|r| r.status().as_u16()).unwrap_or(0);
+        ops.fetch_add(1, Relaxed);
+        // 202/200 done, 404 no hosting, 409 exists or being deleted: all legitimate.
+        if ![200, 202, 404, 409].contains(&status) {
+            bad_answers.fetch_add(1, Relaxed);
+            eprintln!("chaos: unexpected HTTP {status} for op {op}");
+        }
+        let pause = rand::thread_rng().gen_range(300..1500);
+        tokio::time::sleep(Duration::from_millis(pause)).await;
+    }
+    let _ = killer.await;
+    let _ = tamperer.await;
+    if rec.lock().unwrap().is_none() {
+        *rec.lock().unwrap() = Some(env.spawn("reconciler", ""));
+    }
+
+    // Convergence: every hosting matches its spec (or is gone if deleted).
+    let t = Instant::now();
+    let mut converged = false;
+    while t.elapsed() < Duration::from_secs(300) {
+        let mut all = true;
+        for tok in &tokens {
+            let (s, v) = env.my(tok).await;
+            let ok = match s {
+                404 => true,
+                200 => {
+                    let want = if v["spec"]["running"] == true {
+                        "Ready"
+                    } else {
+                        "Stopped"
+                    };
+                    v["deletion_requested_at"].is_null()
+                        && v["status"]["phase"] == want
+                        && v["status"]["observed_generation"] == v["generation"]
+                }
+                _ => false,
+            };
+            all &= ok;
+        }
+        if all {
+            converged = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    let to_converge = t.elapsed().as_secs_f64();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let leaks = env.leaks(&store, &vm).await;
+    // Running hostings have running domains, stopped ones don't.
+    let mut power_mismatch = 0;
+    let doms = vm.list_domains().await.unwrap();
+    for r in store.list_records().await.unwrap() {
+        let d = doms.iter().find(|d| d.marker.hosting_id == r.id);
+        if d.map(|d| d.running) != Some(r.spec.running) {
+            power_mismatch += 1;
+        }
+    }
+    let (repairs,): (i64,) = sqlx::query_as("select count(*) from events where reason in ('DomainStarted', 'DomainRecreated', 'RouteRepaired', 'DiskRecreated')")
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+    let (polls, five_xx) = poll.finish().await;
+    println!(
+        "\nchaos soak: {secs} s, {users} users | operations {} | reconciler kills {} | tamperings {} | repair events still recorded {repairs} | time to final convergence {to_converge:.1} s | leaks {} | power mismatches {power_mismatch} | unexpected API answers {} | API polls {polls}, 5xx {five_xx}",
+        ops.load(Relaxed),
+        kills.load(Relaxed),
+        tampers.load(Relaxed),
+        leaks.len(),
+        bad_answers.load(Relaxed),
+    );
+    // Clean up through the normal path.
+    for tok in &tokens {
+        env.client
+            .delete(env.url("/host/my"))
+            .bearer_auth(tok)
+            .send()
+            .await
+            .unwrap();
+    }
+    for tok in &tokens {
+        env.wait_gone(tok, Duration::from_secs(120)).await;
+    }
+    if let Some(c) = rec.lock().unwrap().take() {
+        stop(c);
+    }
+    stop(api);
+    cleanup_pool(&env.instance, &env.state);
+    assert!(converged, "did not converge within 300 s after the chaos");
+    assert!(leaks.is_empty(), "leaks: {leaks:?}");
+    assert_eq!(power_mismatch, 0);
+    assert_eq!(bad_answers.load(Relaxed), 0, "unexpected API answers");
+    assert_eq!(five_xx, 0, "API 5xx during chaos");
 }
