@@ -31,6 +31,39 @@ async fn create(app: &TestApp, name: &str) -> (String, String, HostingId) {
     )
 }
 
+/// Creates a hosting for a new user, lets a stand-in guest answer on its
+/// ports and drives it to Ready; the guest lives as long as the returned handle.
+async fn ready_manual(
+    app: &TestApp,
+    ctl: &hostd::reconciler::Controller,
+    name: &str,
+) -> (String, HostingId, common::FakeGuest) {
+    let (t, _, id) = create(app, name).await;
+    ctl.reconcile_once(id).await.unwrap();
+    let rec = app.store.get_record(id).await.unwrap().unwrap();
+    let guest = fake_guest(
+        rec.status.ssh_port.unwrap(),
+        rec.status.http_port.unwrap(),
+        "ok",
+    )
+    .await;
+    assert_eq!(settle(ctl, id).await, Action::AwaitChange);
+    (t, id, guest)
+}
+
+/// Waits (under a running reconciler loop) until the hosting has its ports.
+async fn wait_ports(app: &TestApp, id: HostingId) -> hostd::store::HostingRecord {
+    eventually(Duration::from_secs(20), || async {
+        app.store
+            .get_record(id)
+            .await
+            .unwrap()
+            .filter(|r| r.status.http_port.is_some())
+    })
+    .await
+    .expect("ports allocated")
+}
+
 /// Drives reconciles of one hosting until it reports converged (or 20 tries).
 async fn settle(ctl: &hostd::reconciler::Controller, id: HostingId) -> Action {
     let mut a = ctl.reconcile_once(id).await.unwrap();
@@ -230,16 +263,7 @@ async fn create_converges_to_ready_and_delete_cleans_everything() {
 async fn memory_change_redefines_and_restarts() {
     let app = TestApp::manual().await;
     let ctl = app.controller.clone().unwrap();
-    let (t, _, id) = create(&app, "mike").await;
-    ctl.reconcile_once(id).await.unwrap();
-    let rec = app.store.get_record(id).await.unwrap().unwrap();
-    let _g = fake_guest(
-        rec.status.ssh_port.unwrap(),
-        rec.status.http_port.unwrap(),
-        "ok",
-    )
-    .await;
-    assert_eq!(settle(&ctl, id).await, Action::AwaitChange);
+    let (t, id, _g) = ready_manual(&app, &ctl, "mike").await;
     let before = vm(&app)
         .get_domain(&domain_name(id))
         .await
@@ -271,16 +295,7 @@ async fn memory_change_redefines_and_restarts() {
 async fn ssh_key_change_regenerates_seed_without_restart_and_settles() {
     let app = TestApp::manual().await;
     let ctl = app.controller.clone().unwrap();
-    let (t, _, id) = create(&app, "kate").await;
-    ctl.reconcile_once(id).await.unwrap();
-    let rec = app.store.get_record(id).await.unwrap().unwrap();
-    let _g = fake_guest(
-        rec.status.ssh_port.unwrap(),
-        rec.status.http_port.unwrap(),
-        "ok",
-    )
-    .await;
-    assert_eq!(settle(&ctl, id).await, Action::AwaitChange);
+    let (t, id, _g) = ready_manual(&app, &ctl, "kate").await;
     let key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl kate@laptop";
     app.client
         .patch(app.url("/api/v1/host/my"))
@@ -321,18 +336,7 @@ async fn drift_is_repaired_by_the_running_loop() {
     let app = TestApp::running().await;
     let (t, uid, id) = create(&app, "dora").await;
     let store = app.store.clone();
-    let rec = eventually(Duration::from_secs(20), || {
-        let store = store.clone();
-        async move {
-            store
-                .get_record(id)
-                .await
-                .unwrap()
-                .filter(|r| r.status.http_port.is_some())
-        }
-    })
-    .await
-    .expect("ports allocated");
+    let rec = wait_ports(&app, id).await;
     let _g = fake_guest(
         rec.status.ssh_port.unwrap(),
         rec.status.http_port.unwrap(),
@@ -737,19 +741,7 @@ async fn nginx_down_is_reported_and_recovered_from() {
     let app = TestApp::running().await;
     let nginx = app.nginx.as_ref().unwrap();
     let (t, uid, id) = create(&app, "nick").await;
-    let store = app.store.clone();
-    let rec = eventually(Duration::from_secs(20), || {
-        let store = store.clone();
-        async move {
-            store
-                .get_record(id)
-                .await
-                .unwrap()
-                .filter(|r| r.status.http_port.is_some())
-        }
-    })
-    .await
-    .unwrap();
+    let rec = wait_ports(&app, id).await;
     let _g = fake_guest(
         rec.status.ssh_port.unwrap(),
         rec.status.http_port.unwrap(),
