@@ -32,7 +32,8 @@ cargo test --locked --test crash_matrix crash_at_every_fault_point -- --ignored 
 log "short chaos soak (scripts/chaos.sh runs longer ones)"
 CHAOS_SECS=90 CHAOS_USERS=3 cargo test --locked --test crash_matrix chaos_soak -- --ignored --nocapture
 
-log "tampering with services under a running hostd (alone: restarts Postgres)"
+log "tampering with services under a running hostd (alone: restarts Postgres, stops libvirtd)"
 cargo test --locked --test tamper_services -- --ignored --test-threads=1
+cargo test --locked --test crash_matrix libvirtd_outage -- --ignored --nocapture
 
 log "all tests passed"
