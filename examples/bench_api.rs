@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use hostd::app::{Application, Mode};
-use hostd::reconciler::Shutdown;
+use hostd::shutdown::Shutdown;
 
 #[tokio::main]
 async fn main() {

@@ -142,11 +142,7 @@ async fn run(n: usize) -> Row {
     }
     let converge = t0.elapsed();
     let ctl = app.controller.clone().unwrap();
-    let errors = ctl
-        .ctx
-        .metrics
-        .errors
-        .load(std::sync::atomic::Ordering::Relaxed);
+    let errors = ctl.ctx.metrics.failures_total();
     // Quiesce: the queue must be empty (late requeues drained) before an idle pass.
     while ctl.queue.depth() > 0 {
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -188,7 +184,7 @@ async fn run(n: usize) -> Row {
 
 #[tokio::main]
 async fn main() {
-    hostd::telemetry::init();
+    hostd::telemetry::init(false);
     let sizes: Vec<usize> = std::env::args()
         .skip(1)
         .map(|a| a.parse().expect("sizes are numbers"))

@@ -11,8 +11,10 @@ use crate::drivers::libvirt::LibvirtDriver;
 use crate::drivers::nginx::NginxDriver;
 use crate::drivers::{ProxyDriver, VmDriver};
 use crate::images::Catalog;
-use crate::reconciler::{metrics::Metrics, Context, Controller, Shutdown};
+use crate::reconciler::{Context, Controller};
+use crate::shutdown::Shutdown;
 use crate::store::Store;
+use crate::telemetry::Metrics;
 
 /// Which parts run in this process.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -26,6 +28,8 @@ pub enum Mode {
 pub struct Application {
     listener: Option<tokio::net::TcpListener>,
     addr: Option<SocketAddr>,
+    /// The metrics-only listener (`HOSTD_METRICS_LISTEN`), in any mode.
+    metrics_listener: Option<tokio::net::TcpListener>,
     state: AppState,
     controller: Option<Arc<Controller>>,
 }
@@ -82,8 +86,8 @@ impl Application {
             jwt: api::auth::Jwt::new(&config.jwt_secret, config.jwt_ttl),
             dummy_hash,
             catalog_names: Arc::new(catalog.names().map(String::from).collect()),
-            vm: Some(vm.clone()),
-            proxy: Some(proxy.clone()),
+            vm: vm.clone(),
+            proxy: proxy.clone(),
             metrics: metrics.clone(),
         };
         let controller = if mode != Mode::Api {
@@ -93,22 +97,29 @@ impl Application {
             None
         };
         let (listener, addr) = if mode != Mode::Reconciler {
-            let l = tokio::net::TcpListener::bind(config.listen)
-                .await
-                .map_err(|e| AppError::Bind(config.listen, e))?;
-            let a = l
-                .local_addr()
-                .map_err(|e| AppError::Bind(config.listen, e))?;
+            let (l, a) = bind(config.listen).await?;
             (Some(l), Some(a))
         } else {
             (None, None)
         };
+        let metrics_listener = match config.metrics_listen {
+            Some(a) => Some(bind(a).await?.0),
+            None => None,
+        };
         Ok(Application {
             listener,
             addr,
+            metrics_listener,
             state,
             controller,
         })
+    }
+
+    /// The bound metrics-only address, if `HOSTD_METRICS_LISTEN` is set.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_listener
+            .as_ref()
+            .and_then(|l| l.local_addr().ok())
     }
 
     /// The bound API address (None for a reconciler-only process).
@@ -131,11 +142,21 @@ impl Application {
             .controller
             .clone()
             .map(|c| tokio::spawn(c.run(shutdown.clone())));
+        if let Some(l) = self.metrics_listener {
+            let router = api::metrics_router(self.state.clone());
+            let sd = shutdown.clone();
+            tokio::spawn(async move {
+                let serve = axum::serve(l, router).with_graceful_shutdown(sd.cancelled_owned());
+                if let Err(e) = serve.await {
+                    tracing::error!(error = %e, "metrics listener failed");
+                }
+            });
+        }
         if let Some(listener) = self.listener {
             let router = api::router(self.state.clone());
             let sd = shutdown.clone();
             axum::serve(listener, router)
-                .with_graceful_shutdown(async move { sd.cancelled().await })
+                .with_graceful_shutdown(sd.cancelled_owned())
                 .await
                 .map_err(|e| AppError::Other(format!("server: {e}")))?;
         } else {
@@ -162,15 +183,12 @@ async fn connect_with_retry(url: &str) -> Result<Store, crate::store::StoreError
     }
 }
 
-/// Resolves when SIGINT or SIGTERM arrives.
-pub async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("SIGTERM handler");
-    tokio::select! {
-        _ = ctrl_c => {},
-        _ = term.recv() => {},
-    }
+async fn bind(addr: SocketAddr) -> Result<(tokio::net::TcpListener, SocketAddr), AppError> {
+    let l = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| AppError::Bind(addr, e))?;
+    let a = l.local_addr().map_err(|e| AppError::Bind(addr, e))?;
+    Ok((l, a))
 }
 
 /// Renders the host nginx main config (used by start.sh and the tests).

@@ -1,12 +1,17 @@
-//! Typed configuration, read once from environment variables at start-up.
-//! Every variable name here is part of the operator contract (see README).
-//! A bad value fails start-up with one line naming the variable.
+//! Typed configuration. Every setting is declared once, below, as a clap
+//! argument with its environment variable and default, so `hostd --help` lists
+//! them all and the README table is checked against this list by a test.
+//! [`Settings`] is what clap parses; [`Config`] is the validated result the rest
+//! of hostd uses. A bad value stops start-up with one line naming the variable.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
+use clap::Parser;
+
 use crate::domain::PortRange;
+use crate::faults::Faults;
 
 /// A configuration problem, always naming the variable at fault.
 #[derive(Debug, thiserror::Error)]
@@ -14,6 +19,13 @@ use crate::domain::PortRange;
 pub struct ConfigError {
     pub var: &'static str,
     pub message: String,
+}
+
+fn bad(var: &'static str, message: impl Into<String>) -> ConfigError {
+    ConfigError {
+        var,
+        message: message.into(),
+    }
 }
 
 /// The libvirt domain type: `kvm` (hardware acceleration) or `qemu` (TCG).
@@ -47,13 +59,186 @@ impl DomainType {
     }
 }
 
-/// All of hostd's settings.
+/// Every setting as read from the environment (or the equivalent flag).
+/// Field docs are the `--help` text; the README table mirrors them.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Settings {
+    /// Postgres URL (required for every command that talks to the database).
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        value_name = "DATABASE_URL",
+        hide_env_values = true
+    )]
+    pub database_url: Option<String>,
+    /// API listen address.
+    #[arg(
+        long,
+        env = "HOSTD_LISTEN",
+        value_name = "HOSTD_LISTEN",
+        default_value = "127.0.0.1:8000"
+    )]
+    pub listen: SocketAddr,
+    /// Extra listener serving only /metrics (required to scrape `hostd reconciler`).
+    #[arg(
+        long,
+        env = "HOSTD_METRICS_LISTEN",
+        value_name = "HOSTD_METRICS_LISTEN"
+    )]
+    pub metrics_listen: Option<SocketAddr>,
+    /// HS256 secret, at least 32 bytes (`hostd all --dev` generates one and warns).
+    #[arg(
+        long,
+        env = "HOSTD_JWT_SECRET",
+        value_name = "HOSTD_JWT_SECRET",
+        hide_env_values = true
+    )]
+    pub jwt_secret: Option<String>,
+    /// Token lifetime in seconds.
+    #[arg(
+        long,
+        env = "HOSTD_JWT_TTL_SECS",
+        value_name = "HOSTD_JWT_TTL_SECS",
+        default_value = "3600"
+    )]
+    pub jwt_ttl_secs: u64,
+    /// bcrypt cost (4-31).
+    #[arg(long, env = "HOSTD_BCRYPT_COST", value_name = "HOSTD_BCRYPT_COST", default_value = "12",
+          value_parser = clap::value_parser!(u32).range(4..=31))]
+    pub bcrypt_cost: u32,
+    /// libvirt URI (`test:///default` for a simulated hypervisor).
+    #[arg(
+        long,
+        env = "HOSTD_LIBVIRT_URI",
+        value_name = "HOSTD_LIBVIRT_URI",
+        default_value = "qemu:///system"
+    )]
+    pub libvirt_uri: String,
+    /// State directory: storage pool, images, console logs.
+    #[arg(
+        long,
+        env = "HOSTD_STATE_DIR",
+        value_name = "HOSTD_STATE_DIR",
+        default_value = "/var/lib/hostd"
+    )]
+    pub state_dir: PathBuf,
+    /// Directory of per-hosting nginx route files [default: $HOSTD_STATE_DIR/nginx-routes].
+    #[arg(
+        long,
+        env = "HOSTD_NGINX_ROUTES_DIR",
+        value_name = "HOSTD_NGINX_ROUTES_DIR"
+    )]
+    pub nginx_routes_dir: Option<PathBuf>,
+    /// Main nginx config that includes the routes directory.
+    #[arg(
+        long,
+        env = "HOSTD_NGINX_CONF",
+        value_name = "HOSTD_NGINX_CONF",
+        default_value = "/etc/nginx/nginx.conf"
+    )]
+    pub nginx_conf: PathBuf,
+    /// nginx binary.
+    #[arg(
+        long,
+        env = "HOSTD_NGINX_BIN",
+        value_name = "HOSTD_NGINX_BIN",
+        default_value = "/usr/sbin/nginx"
+    )]
+    pub nginx_bin: PathBuf,
+    /// Base of `web_url` and host of `ssh_command`.
+    #[arg(
+        long,
+        env = "HOSTD_PUBLIC_URL",
+        value_name = "HOSTD_PUBLIC_URL",
+        default_value = "http://localhost"
+    )]
+    pub public_url: String,
+    /// The host nginx as the reconciler probes it (must be on 127.0.0.0/8).
+    #[arg(
+        long,
+        env = "HOSTD_PROBE_URL",
+        value_name = "HOSTD_PROBE_URL",
+        default_value = "http://127.0.0.1:80"
+    )]
+    pub probe_url: String,
+    /// SSH port range.
+    #[arg(long, env = "HOSTD_SSH_PORTS", value_name = "HOSTD_SSH_PORTS", default_value = "10000-20000",
+          value_parser = PortRange::parse)]
+    pub ssh_ports: PortRange,
+    /// Guest HTTP forward range (127.0.0.1 only; kept below the kernel's ephemeral ports).
+    #[arg(long, env = "HOSTD_HTTP_PORTS", value_name = "HOSTD_HTTP_PORTS", default_value = "20001-30000",
+          value_parser = PortRange::parse)]
+    pub http_ports: PortRange,
+    /// Address SSH forwards bind (`0.0.0.0` in production).
+    #[arg(
+        long,
+        env = "HOSTD_SSH_BIND",
+        value_name = "HOSTD_SSH_BIND",
+        default_value = "127.0.0.1"
+    )]
+    pub ssh_bind: IpAddr,
+    /// `kvm`, `qemu` (TCG) or `auto` (TCG when kvm_pvm is loaded or /dev/kvm is absent).
+    #[arg(long, env = "HOSTD_DOMAIN_TYPE", value_name = "HOSTD_DOMAIN_TYPE", default_value = "auto",
+          value_parser = ["auto", "kvm", "qemu"])]
+    pub domain_type: String,
+    /// Separates hostd installations sharing a libvirtd/Postgres server (a-z, 0-9, '-').
+    #[arg(
+        long,
+        env = "HOSTD_INSTANCE",
+        value_name = "HOSTD_INSTANCE",
+        default_value = "default"
+    )]
+    pub instance: String,
+    /// Full resync period in seconds.
+    #[arg(long, env = "HOSTD_RESYNC_SECS", value_name = "HOSTD_RESYNC_SECS", default_value = "15",
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub resync_secs: u64,
+    /// Parallel reconciles.
+    #[arg(long, env = "HOSTD_RECONCILE_CONCURRENCY", value_name = "HOSTD_RECONCILE_CONCURRENCY", default_value = "32",
+          value_parser = clap::value_parser!(u64).range(1..=4096))]
+    pub reconcile_concurrency: u64,
+    /// Guest readiness deadline in seconds, before a Warning and backoff.
+    #[arg(
+        long,
+        env = "HOSTD_READY_TIMEOUT_SECS",
+        value_name = "HOSTD_READY_TIMEOUT_SECS",
+        default_value = "300"
+    )]
+    pub ready_timeout_secs: u64,
+    /// Cap of the per-hosting error backoff, in seconds.
+    #[arg(long, env = "HOSTD_BACKOFF_MAX_SECS", value_name = "HOSTD_BACKOFF_MAX_SECS", default_value = "300",
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub backoff_max_secs: u64,
+    /// Image catalogue (optional) [default: $HOSTD_STATE_DIR/images/catalog.yaml].
+    #[arg(long, env = "HOSTD_IMAGES_FILE", value_name = "HOSTD_IMAGES_FILE")]
+    pub images_file: Option<PathBuf>,
+    /// Fault injection for tests, e.g. `after_define:crash`.
+    #[arg(long, env = "HOSTD_FAULTS", value_name = "HOSTD_FAULTS", default_value = "",
+          value_parser = Faults::parse)]
+    pub faults: Faults,
+    /// Log as JSON lines (`1`) instead of text.
+    #[arg(long, env = "HOSTD_LOG_JSON", value_name = "HOSTD_LOG_JSON", default_value = "0",
+          value_parser = ["0", "1"])]
+    pub log_json: String,
+}
+
+/// Parses the settings from the environment alone (no command line).
+#[derive(Parser)]
+#[command(no_binary_name = true)]
+struct EnvOnly {
+    #[command(flatten)]
+    settings: Settings,
+}
+
+/// All of hostd's settings, validated.
 #[derive(Debug, Clone)]
 pub struct Config {
     /// Postgres connection string (`DATABASE_URL`).
     pub database_url: String,
     /// Where the API listens (`HOSTD_LISTEN`).
     pub listen: SocketAddr,
+    /// Where /metrics alone is served, if anywhere (`HOSTD_METRICS_LISTEN`).
+    pub metrics_listen: Option<SocketAddr>,
     /// HS256 signing secret, at least 32 bytes (`HOSTD_JWT_SECRET`).
     pub jwt_secret: Vec<u8>,
     /// Lifetime of issued tokens (`HOSTD_JWT_TTL_SECS`).
@@ -70,7 +255,7 @@ pub struct Config {
     pub nginx_conf: PathBuf,
     /// nginx binary (`HOSTD_NGINX_BIN`).
     pub nginx_bin: PathBuf,
-    /// Base URL users reach hostings at (`HOSTD_PUBLIC_URL`).
+    /// Base URL users reach hostings at (`HOSTD_PUBLIC_URL`), without a trailing slash.
     pub public_url: String,
     /// Base URL the reconciler probes routes through, i.e. the host nginx (`HOSTD_PROBE_URL`).
     pub probe_url: String,
@@ -94,195 +279,244 @@ pub struct Config {
     pub ready_timeout: Duration,
     /// Cap of the per-hosting error backoff (`HOSTD_BACKOFF_MAX_SECS`).
     pub backoff_max: Duration,
-    /// Image catalogue file (`HOSTD_IMAGES_FILE`); default `<state>/images/catalog.yaml`.
+    /// Image catalogue file (`HOSTD_IMAGES_FILE`).
     pub images_file: PathBuf,
-    /// Fault injection spec (`HOSTD_FAULTS`), empty in production.
-    pub faults: String,
+    /// Fault injection (`HOSTD_FAULTS`), empty in production.
+    pub faults: Faults,
 }
 
-fn var(name: &'static str) -> Option<String> {
-    std::env::var(name).ok().filter(|v| !v.is_empty())
-}
-
-fn bad(var: &'static str, message: impl Into<String>) -> ConfigError {
-    ConfigError {
-        var,
-        message: message.into(),
+impl Settings {
+    /// Reads the settings from the environment only.
+    pub fn from_env() -> Result<Settings, ConfigError> {
+        EnvOnly::try_parse_from(std::iter::empty::<String>())
+            .map(|e| e.settings)
+            .map_err(|e| bad("environment", first_line(&e.to_string())))
     }
-}
 
-fn parse_num<T: std::str::FromStr>(name: &'static str, default: T) -> Result<T, ConfigError> {
-    match var(name) {
-        None => Ok(default),
-        Some(v) => v
-            .parse()
-            .map_err(|_| bad(name, format!("'{v}' is not a valid number"))),
+    /// The routes directory, with its default applied.
+    pub fn routes_dir(&self) -> PathBuf {
+        self.nginx_routes_dir
+            .clone()
+            .unwrap_or_else(|| self.state_dir.join("nginx-routes"))
     }
-}
 
-impl Config {
-    /// Reads the configuration from the environment. With `dev`, a missing JWT
-    /// secret is generated (and announced loudly by the caller).
-    pub fn from_env(dev: bool) -> Result<(Config, bool), ConfigError> {
-        let database_url = var("DATABASE_URL").ok_or_else(|| bad("DATABASE_URL", "is required"))?;
+    /// Validates the settings into a [`Config`]. With `dev`, a missing JWT
+    /// secret is generated; the returned flag says so (the caller warns).
+    pub fn into_config(self, dev: bool) -> Result<(Config, bool), ConfigError> {
+        let database_url = self
+            .database_url
+            .clone()
+            .ok_or_else(|| bad("DATABASE_URL", "is required"))?;
         if !database_url.starts_with("postgres://") && !database_url.starts_with("postgresql://") {
             return Err(bad(
                 "DATABASE_URL",
                 "must start with postgres:// or postgresql://",
             ));
         }
-        let listen = var("HOSTD_LISTEN").unwrap_or_else(|| "127.0.0.1:8000".into());
-        let listen: SocketAddr = listen
-            .parse()
-            .map_err(|_| bad("HOSTD_LISTEN", format!("'{listen}' is not host:port")))?;
-
-        let mut generated = false;
-        let jwt_secret = match var("HOSTD_JWT_SECRET") {
-            Some(s) if s.len() >= 32 => s.into_bytes(),
-            Some(_) => return Err(bad("HOSTD_JWT_SECRET", "must be at least 32 bytes")),
-            None if dev => {
-                generated = true;
-                use rand::RngCore;
-                let mut b = [0u8; 32];
-                rand::thread_rng().fill_bytes(&mut b);
-                hex::encode(b).into_bytes()
-            }
-            None => return Err(bad("HOSTD_JWT_SECRET", "is required (at least 32 bytes)")),
-        };
-        let jwt_ttl = Duration::from_secs(parse_num("HOSTD_JWT_TTL_SECS", 3600u64)?);
-        let bcrypt_cost = parse_num("HOSTD_BCRYPT_COST", 12u32)?;
-        if !(4..=31).contains(&bcrypt_cost) {
-            return Err(bad("HOSTD_BCRYPT_COST", "must be between 4 and 31"));
-        }
-        let libvirt_uri = var("HOSTD_LIBVIRT_URI").unwrap_or_else(|| "qemu:///system".into());
-        if !libvirt_uri.contains(":///") && !libvirt_uri.contains("://") {
+        let (jwt_secret, generated) = jwt_secret(self.jwt_secret.as_deref(), dev)?;
+        if !self.libvirt_uri.contains(":/") {
             return Err(bad("HOSTD_LIBVIRT_URI", "is not a libvirt URI"));
         }
-        let state_dir =
-            PathBuf::from(var("HOSTD_STATE_DIR").unwrap_or_else(|| "/var/lib/hostd".into()));
-        if !state_dir.is_absolute() {
-            return Err(bad("HOSTD_STATE_DIR", "must be an absolute path"));
+        let nginx_routes_dir = self.routes_dir();
+        for (var, p) in [
+            ("HOSTD_STATE_DIR", &self.state_dir),
+            ("HOSTD_NGINX_ROUTES_DIR", &nginx_routes_dir),
+        ] {
+            if !p.is_absolute() {
+                return Err(bad(var, "must be an absolute path"));
+            }
         }
-        let nginx_routes_dir = var("HOSTD_NGINX_ROUTES_DIR")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| state_dir.join("nginx-routes"));
-        if !nginx_routes_dir.is_absolute() {
-            return Err(bad("HOSTD_NGINX_ROUTES_DIR", "must be an absolute path"));
-        }
-        let nginx_conf = PathBuf::from(
-            var("HOSTD_NGINX_CONF").unwrap_or_else(|| "/etc/nginx/nginx.conf".into()),
-        );
-        let nginx_bin =
-            PathBuf::from(var("HOSTD_NGINX_BIN").unwrap_or_else(|| "/usr/sbin/nginx".into()));
-        let public_url = var("HOSTD_PUBLIC_URL").unwrap_or_else(|| "http://localhost".into());
-        if !(public_url.starts_with("http://") || public_url.starts_with("https://")) {
+        if !(self.public_url.starts_with("http://") || self.public_url.starts_with("https://")) {
             return Err(bad(
                 "HOSTD_PUBLIC_URL",
                 "must start with http:// or https://",
             ));
         }
-        let public_url = public_url.trim_end_matches('/').to_string();
-        let probe_url = var("HOSTD_PROBE_URL").unwrap_or_else(|| "http://127.0.0.1:80".into());
-        if !probe_url.starts_with("http://127.") {
+        if !self.probe_url.starts_with("http://127.") {
             return Err(bad(
                 "HOSTD_PROBE_URL",
                 "must be an http:// URL on 127.0.0.0/8 (the host nginx)",
             ));
         }
-        let probe_url = probe_url.trim_end_matches('/').to_string();
-        let range = |name: &'static str, default: &str| -> Result<PortRange, ConfigError> {
-            let v = var(name).unwrap_or_else(|| default.into());
-            PortRange::parse(&v).map_err(|e| bad(name, format!("'{v}': {e}")))
-        };
-        let ssh_ports = range("HOSTD_SSH_PORTS", "10000-20000")?;
-        // Below Linux's ephemeral range (32768-60999 by default), so a forward never
-        // collides with the source port of an outgoing connection.
-        let http_ports = range("HOSTD_HTTP_PORTS", "20001-30000")?;
-        if ssh_ports.overlaps(&http_ports) {
+        if self.ssh_ports.overlaps(&self.http_ports) {
             return Err(bad("HOSTD_HTTP_PORTS", "overlaps HOSTD_SSH_PORTS"));
         }
-        let ssh_bind: IpAddr = var("HOSTD_SSH_BIND")
-            .unwrap_or_else(|| "127.0.0.1".into())
-            .parse()
-            .map_err(|_| bad("HOSTD_SSH_BIND", "is not an IP address"))?;
-        let (domain_type, domain_type_reason) = match var("HOSTD_DOMAIN_TYPE").as_deref() {
-            None | Some("auto") => {
+        let (domain_type, domain_type_reason) = match self.domain_type.as_str() {
+            "kvm" => (DomainType::Kvm, "HOSTD_DOMAIN_TYPE=kvm".to_string()),
+            "qemu" => (DomainType::Qemu, "HOSTD_DOMAIN_TYPE=qemu (TCG)".to_string()),
+            _ => {
                 let (t, why) = DomainType::detect();
                 (t, why.to_string())
             }
-            Some("kvm") => (DomainType::Kvm, "HOSTD_DOMAIN_TYPE=kvm".to_string()),
-            Some("qemu") => (DomainType::Qemu, "HOSTD_DOMAIN_TYPE=qemu (TCG)".to_string()),
-            Some(o) => {
-                return Err(bad(
-                    "HOSTD_DOMAIN_TYPE",
-                    format!("'{o}' is not kvm, qemu or auto"),
-                ))
-            }
         };
-        let instance = var("HOSTD_INSTANCE").unwrap_or_else(|| "default".into());
-        if !(1..=32).contains(&instance.len())
-            || !instance
+        let valid_instance = (1..=32).contains(&self.instance.len())
+            && self
+                .instance
                 .chars()
-                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
-        {
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+        if !valid_instance {
             return Err(bad(
                 "HOSTD_INSTANCE",
                 "must be 1-32 characters of a-z, 0-9 or '-'",
             ));
         }
-        let resync = Duration::from_secs(parse_num("HOSTD_RESYNC_SECS", 15u64)?.max(1));
-        let concurrency = parse_num("HOSTD_RECONCILE_CONCURRENCY", 32usize)?.max(1);
-        let ready_timeout = Duration::from_secs(parse_num("HOSTD_READY_TIMEOUT_SECS", 300u64)?);
-        let backoff_max = Duration::from_secs(parse_num("HOSTD_BACKOFF_MAX_SECS", 300u64)?.max(1));
-        let images_file = var("HOSTD_IMAGES_FILE")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| state_dir.join("images/catalog.yaml"));
-        let faults = var("HOSTD_FAULTS").unwrap_or_default();
-        crate::reconciler::faults::Faults::parse(&faults).map_err(|e| bad("HOSTD_FAULTS", e))?;
+        let images_file = self
+            .images_file
+            .clone()
+            .unwrap_or_else(|| self.state_dir.join("images/catalog.yaml"));
+        let config = Config {
+            database_url,
+            listen: self.listen,
+            metrics_listen: self.metrics_listen,
+            jwt_secret,
+            jwt_ttl: Duration::from_secs(self.jwt_ttl_secs),
+            bcrypt_cost: self.bcrypt_cost,
+            libvirt_uri: self.libvirt_uri,
+            state_dir: self.state_dir,
+            nginx_routes_dir,
+            nginx_conf: self.nginx_conf,
+            nginx_bin: self.nginx_bin,
+            public_url: self.public_url.trim_end_matches('/').to_string(),
+            probe_url: self.probe_url.trim_end_matches('/').to_string(),
+            ssh_ports: self.ssh_ports,
+            http_ports: self.http_ports,
+            ssh_bind: self.ssh_bind,
+            domain_type,
+            domain_type_reason,
+            instance: self.instance,
+            resync: Duration::from_secs(self.resync_secs),
+            concurrency: self.reconcile_concurrency as usize,
+            ready_timeout: Duration::from_secs(self.ready_timeout_secs),
+            backoff_max: Duration::from_secs(self.backoff_max_secs),
+            images_file,
+            faults: self.faults,
+        };
+        Ok((config, generated))
+    }
+}
 
-        Ok((
-            Config {
-                database_url,
-                listen,
-                jwt_secret,
-                jwt_ttl,
-                bcrypt_cost,
-                libvirt_uri,
-                state_dir,
-                nginx_routes_dir,
-                nginx_conf,
-                nginx_bin,
-                public_url,
-                probe_url,
-                ssh_ports,
-                http_ports,
-                ssh_bind,
-                domain_type,
-                domain_type_reason,
-                instance,
-                resync,
-                concurrency,
-                ready_timeout,
-                backoff_max,
-                images_file,
-                faults,
-            },
-            generated,
-        ))
+/// The JWT secret: given (≥ 32 bytes), or generated in `dev` mode.
+fn jwt_secret(given: Option<&str>, dev: bool) -> Result<(Vec<u8>, bool), ConfigError> {
+    match given {
+        Some(s) if s.len() >= 32 => Ok((s.as_bytes().to_vec(), false)),
+        Some(_) => Err(bad("HOSTD_JWT_SECRET", "must be at least 32 bytes")),
+        None if dev => {
+            use rand::RngCore;
+            let mut b = [0u8; 32];
+            rand::thread_rng().fill_bytes(&mut b);
+            Ok((hex::encode(b).into_bytes(), true))
+        }
+        None => Err(bad("HOSTD_JWT_SECRET", "is required (at least 32 bytes)")),
+    }
+}
+
+/// The first line of a (clap) error message, which names the variable.
+pub fn first_line(s: &str) -> String {
+    s.lines()
+        .next()
+        .unwrap_or(s)
+        .trim_start_matches("error: ")
+        .to_string()
+}
+
+impl Config {
+    /// Reads and validates the configuration from the environment.
+    pub fn from_env(dev: bool) -> Result<(Config, bool), ConfigError> {
+        Settings::from_env()?.into_config(dev)
     }
 
     /// The host part of the public URL, for `ssh_command`.
     pub fn public_host(&self) -> &str {
         let rest = self.public_url.split("://").nth(1).unwrap_or("localhost");
         let host = rest.split('/').next().unwrap_or(rest);
-        if host.starts_with('[') {
-            host.split(']')
-                .next()
-                .map(|h| &h[..])
-                .unwrap_or(host)
-                .trim_start_matches('[')
+        if let Some(v6) = host.strip_prefix('[') {
+            v6.split(']').next().unwrap_or(v6)
         } else {
             host.split(':').next().unwrap_or(host)
+        }
+    }
+}
+
+/// `(variable, default)` of every setting, as clap declares them (for the
+/// README check and `--help`).
+pub fn documented_variables() -> Vec<(String, Option<String>)> {
+    use clap::CommandFactory;
+    EnvOnly::command()
+        .get_arguments()
+        .filter_map(|a| {
+            let env = a.get_env()?.to_string_lossy().to_string();
+            let default = a
+                .get_default_values()
+                .first()
+                .map(|v| v.to_string_lossy().to_string());
+            Some((env, default))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Settings, String> {
+        EnvOnly::try_parse_from(args.iter().copied())
+            .map(|e| e.settings)
+            .map_err(|e| first_line(&e.to_string()))
+    }
+
+    #[test]
+    fn bad_values_name_their_variable() {
+        let e = parse(&["--ssh-ports", "20-10"]).unwrap_err();
+        assert!(e.contains("HOSTD_SSH_PORTS"), "{e}");
+        let e = parse(&["--bcrypt-cost", "99"]).unwrap_err();
+        assert!(e.contains("HOSTD_BCRYPT_COST"), "{e}");
+        let e = parse(&["--faults", "nowhere:crash"]).unwrap_err();
+        assert!(e.contains("HOSTD_FAULTS"), "{e}");
+        let s = parse(&["--database-url", "postgres://x/y", "--instance", "Bad!"]).unwrap();
+        let e = s.into_config(true).unwrap_err();
+        assert_eq!(e.var, "HOSTD_INSTANCE");
+        let s = parse(&["--database-url", "postgres://x/y"]).unwrap();
+        assert_eq!(
+            s.clone().into_config(false).unwrap_err().var,
+            "HOSTD_JWT_SECRET"
+        );
+        let (c, generated) = s.into_config(true).unwrap();
+        assert!(generated);
+        assert_eq!(
+            c.nginx_routes_dir,
+            PathBuf::from("/var/lib/hostd/nginx-routes")
+        );
+    }
+
+    #[test]
+    fn readme_table_matches_the_declared_settings() {
+        let readme = include_str!("../README.md");
+        let rows: Vec<(String, String)> = readme
+            .lines()
+            .filter(|l| l.starts_with("| `"))
+            .filter_map(|l| {
+                let cells: Vec<&str> = l.split('|').map(str::trim).collect();
+                Some((
+                    cells.get(1)?.trim_matches('`').to_string(),
+                    cells.get(2)?.to_string(),
+                ))
+            })
+            .collect();
+        let declared = documented_variables();
+        for (var, default) in &declared {
+            let row = rows.iter().find(|(v, _)| v == var);
+            let Some((_, cell)) = row else {
+                panic!("{var} is declared in config.rs but missing from the README table");
+            };
+            if let Some(d) = default.as_deref().filter(|d| !d.is_empty()) {
+                assert_eq!(cell, &format!("`{d}`"), "README default of {var}");
+            }
+        }
+        for (var, _) in &rows {
+            assert!(
+                declared.iter().any(|(v, _)| v == var),
+                "README documents {var}, which config.rs does not declare"
+            );
         }
     }
 }

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use crate::domain::ImageName;
 
 /// How to boot one image.
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq, Hash)]
 #[serde(deny_unknown_fields)]
 pub struct ImageEntry {
     /// Base disk; each hosting gets a qcow2 overlay of it.

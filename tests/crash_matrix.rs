@@ -191,7 +191,7 @@ impl Env {
             }
         }
         for v in vm.list_volumes().await.unwrap() {
-            match hostd::reconciler::reconcile::volume_owner(&v) {
+            match hostd::reconciler::names::volume_owner(&v) {
                 Some(o) if live.contains(&o.to_string()) => {}
                 _ => leaks.push(format!("volume {v}")),
             }

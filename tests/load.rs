@@ -112,14 +112,7 @@ async fn five_hundred_users_through_two_apis() {
     let unique: std::collections::HashSet<u16> = ports.iter().map(|p| p.0).collect();
     assert_eq!(ports.len(), 2 * N as usize);
     assert_eq!(unique.len(), 2 * N as usize, "ports are unique");
-    let errors = a
-        .controller
-        .as_ref()
-        .unwrap()
-        .ctx
-        .metrics
-        .errors
-        .load(std::sync::atomic::Ordering::Relaxed);
+    let errors = a.controller.as_ref().unwrap().ctx.metrics.failures_total();
     assert_eq!(errors, 0);
     b.stop().await;
     a.stop().await;

@@ -7,9 +7,9 @@ mod common;
 use std::time::Duration;
 
 use common::{eventually, fake_guest, TestApp};
-use hostd::domain::{HostingId, Phase};
+use hostd::domain::{ConditionType, HostingId, Phase, Reason};
 use hostd::drivers::VmDriver;
-use hostd::reconciler::reconcile::{disk_volume, domain_name, seed_volume};
+use hostd::reconciler::names::{disk_volume, domain_name, seed_volume};
 use hostd::reconciler::Action;
 use serde_json::Value;
 
@@ -485,7 +485,7 @@ async fn failing_nginx_validation_backs_off_with_warnings_then_recovers() {
     let mut delays = vec![];
     for _ in 0..4 {
         let e = ctl.reconcile_once(id).await.unwrap_err();
-        assert_eq!(e.reason(), "RouteRejected", "{e}");
+        assert_eq!(e.reason(), Reason::RouteRejected, "{e}");
         delays.push(ctl.ctx.failures(id));
     }
     assert_eq!(delays, vec![1, 2, 3, 4]);
@@ -519,7 +519,7 @@ async fn failing_nginx_validation_backs_off_with_warnings_then_recovers() {
         .status
         .conditions
         .iter()
-        .any(|c| c.type_ == "Reconciled" && c.reason == "RouteRejected"));
+        .any(|c| c.type_ == ConditionType::Reconciled && c.reason == Reason::RouteRejected));
 
     // Fixed: converges, backoff reset.
     std::fs::write(&nginx.conf, conf).unwrap();
@@ -545,34 +545,16 @@ async fn only_one_reconciler_leads_and_a_standby_takes_over() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     let b = TestApp::spawn_with(c2, hostd::app::Mode::All, true, None, s2).await;
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let la = a
-        .controller
-        .as_ref()
-        .unwrap()
-        .ctx
-        .metrics
-        .is_leader
-        .load(std::sync::atomic::Ordering::Relaxed);
-    let lb = b
-        .controller
-        .as_ref()
-        .unwrap()
-        .ctx
-        .metrics
-        .is_leader
-        .load(std::sync::atomic::Ordering::Relaxed);
+    let la = a.controller.as_ref().unwrap().ctx.metrics.is_leader.get() == 1;
+    let lb = b.controller.as_ref().unwrap().ctx.metrics.is_leader.get() == 1;
     assert!(la ^ lb, "exactly one leader (a={la}, b={lb})");
     let (leader, standby) = if la { (a, b) } else { (b, a) };
     let sm = standby.controller.as_ref().unwrap().ctx.metrics.clone();
-    assert_eq!(sm.reconciles.load(std::sync::atomic::Ordering::Relaxed), 0);
+    assert_eq!(sm.reconciles.get(), 0);
     leader.stop().await;
     let took = eventually(Duration::from_secs(10), || {
         let sm = sm.clone();
-        async move {
-            sm.is_leader
-                .load(std::sync::atomic::Ordering::Relaxed)
-                .then_some(())
-        }
+        async move { (sm.is_leader.get() == 1).then_some(()) }
     })
     .await;
     assert!(took.is_some(), "standby took over");
@@ -641,8 +623,7 @@ async fn many_hostings_converge_with_unique_ports() {
         .unwrap()
         .ctx
         .metrics
-        .errors
-        .load(std::sync::atomic::Ordering::Relaxed);
+        .failures_total();
     assert_eq!(errors, 0, "no reconcile errors");
     app.stop().await;
 }

@@ -108,10 +108,7 @@ async fn postgres_restart_under_hostd() {
         "reconciler did not act after the Postgres restart"
     );
     let m = &app.controller.as_ref().unwrap().ctx.metrics;
-    assert!(
-        m.is_leader.load(std::sync::atomic::Ordering::Relaxed),
-        "leader lease re-acquired"
-    );
+    assert!(m.is_leader.get() == 1, "leader lease re-acquired");
     let evs = app.store.recent_events(id, 100).await.unwrap();
     assert_eq!(
         evs.iter().filter(|e| e.reason == "Stopped").count(),

@@ -1,6 +1,5 @@
 //! Health, version and Prometheus metrics endpoints.
 
-use std::sync::atomic::Ordering::Relaxed;
 use std::time::Instant;
 
 use axum::extract::State;
@@ -41,15 +40,9 @@ pub async fn detailed(State(st): State<AppState>) -> impl IntoResponse {
         t,
     );
     let t = Instant::now();
-    let libvirt = match &st.vm {
-        Some(vm) => check(vm.ping().await.map_err(|e| e.to_string()), t),
-        None => json!({"status": "unknown", "detail": "no libvirt driver in this process"}),
-    };
+    let libvirt = check(st.vm.ping().await.map_err(|e| e.to_string()), t);
     let t = Instant::now();
-    let nginx = match &st.proxy {
-        Some(p) => check(p.health().await.map_err(|e| e.to_string()), t),
-        None => json!({"status": "unknown", "detail": "no proxy driver in this process"}),
-    };
+    let nginx = check(st.proxy.health().await.map_err(|e| e.to_string()), t);
     let t = Instant::now();
     let reconciler = match st.store.last_heartbeat(&st.config.instance).await {
         Ok(Some((holder, age, stats))) => {
@@ -84,70 +77,13 @@ pub async fn detailed(State(st): State<AppState>) -> impl IntoResponse {
     )
 }
 
-/// `GET /metrics`: Prometheus text format.
+/// `GET /metrics`: Prometheus text format (OpenMetrics).
 pub async fn metrics(State(st): State<AppState>) -> impl IntoResponse {
-    let m = &st.metrics;
-    let hb = m.heartbeat_ms.load(Relaxed);
-    let age = if hb > 0 {
-        (chrono::Utc::now().timestamp_millis() - hb) as f64 / 1000.0
-    } else {
-        -1.0
-    };
-    let rows: [(&str, &str, &str, String); 8] = [
-        (
-            "hostd_reconciles_total",
-            "counter",
-            "Reconciles run.",
-            m.reconciles.load(Relaxed).to_string(),
-        ),
-        (
-            "hostd_reconcile_errors_total",
-            "counter",
-            "Reconciles that failed.",
-            m.errors.load(Relaxed).to_string(),
-        ),
-        (
-            "hostd_repairs_total",
-            "counter",
-            "Drift repairs and orphan removals.",
-            m.repairs.load(Relaxed).to_string(),
-        ),
-        (
-            "hostd_resyncs_total",
-            "counter",
-            "Full resync passes.",
-            m.resyncs.load(Relaxed).to_string(),
-        ),
-        (
-            "hostd_queue_depth",
-            "gauge",
-            "Hostings queued or being reconciled.",
-            m.queue_depth.load(Relaxed).to_string(),
-        ),
-        (
-            "hostd_last_resync_duration_seconds",
-            "gauge",
-            "Duration of the last resync pass.",
-            (m.last_pass_ms.load(Relaxed) as f64 / 1000.0).to_string(),
-        ),
-        (
-            "hostd_heartbeat_age_seconds",
-            "gauge",
-            "Seconds since the last resync pass (-1: none).",
-            age.to_string(),
-        ),
-        (
-            "hostd_reconciler_leader",
-            "gauge",
-            "1 if this process holds the leader lease.",
-            (m.is_leader.load(Relaxed) as u8).to_string(),
-        ),
-    ];
-    let out: String = rows
-        .iter()
-        .map(|(name, kind, help, v)| {
-            format!("# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}\n")
-        })
-        .collect();
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        st.metrics.encode(),
+    )
 }

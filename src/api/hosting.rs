@@ -11,8 +11,7 @@ use serde::Serialize;
 use super::auth::AuthUser;
 use super::error::ApiError;
 use super::AppState;
-use crate::domain::{Condition, HostingSpec, Role, SpecPatch};
-use crate::reconciler::reconcile::{ssh_command, web_url};
+use crate::domain::{ssh_command, web_url, Condition, HostingSpec, Role, SpecPatch};
 use crate::store::{Event, HostingRecord};
 
 #[derive(Serialize)]

@@ -9,8 +9,8 @@ use axum::Router;
 
 use crate::config::Config;
 use crate::drivers::{ProxyDriver, VmDriver};
-use crate::reconciler::metrics::Metrics;
 use crate::store::Store;
+use crate::telemetry::Metrics;
 
 pub mod auth;
 pub mod error;
@@ -31,14 +31,25 @@ pub struct AppState {
     pub dummy_hash: String,
     /// Image names the catalogue knows (validated at create).
     pub catalog_names: Arc<Vec<String>>,
-    /// Drivers, for health checks only (absent in an API-only process).
-    pub vm: Option<Arc<dyn VmDriver>>,
-    pub proxy: Option<Arc<dyn ProxyDriver>>,
+    /// The hypervisor driver, used read-only by `health/detailed` (every
+    /// process mode has one; the API never changes anything through it).
+    pub vm: Arc<dyn VmDriver>,
+    /// The nginx driver, likewise only for `health/detailed`.
+    pub proxy: Arc<dyn ProxyDriver>,
+    /// This process's Prometheus metrics (`/metrics`).
     pub metrics: Arc<Metrics>,
 }
 
 async fn fallback() -> error::ApiError {
     error::ApiError::NotFound("no such endpoint")
+}
+
+/// The router of the metrics-only listener (`HOSTD_METRICS_LISTEN`).
+pub fn metrics_router(state: AppState) -> Router {
+    Router::new()
+        .route("/metrics", get(health::metrics))
+        .fallback(fallback)
+        .with_state(state)
 }
 
 /// Builds the router.

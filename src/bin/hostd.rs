@@ -1,9 +1,9 @@
 //! The hostd server binary: a thin command-line shell over the library.
 
 use clap::{Parser, Subcommand};
-use hostd::app::{shutdown_signal, Application, Mode};
-use hostd::config::Config;
-use hostd::reconciler::Shutdown;
+use hostd::app::{Application, Mode};
+use hostd::config::{Config, Settings};
+use hostd::shutdown::Shutdown;
 
 #[derive(Parser)]
 #[command(
@@ -12,6 +12,9 @@ use hostd::reconciler::Shutdown;
     about = "Self-hosted web-hosting control plane"
 )]
 struct Cli {
+    /// Every setting; each is read from its environment variable.
+    #[command(flatten)]
+    settings: Settings,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -42,20 +45,13 @@ enum Cmd {
         /// Directory for pid, logs and temp files.
         #[arg(long, default_value = "/var/lib/hostd/nginx")]
         prefix: String,
-        /// The routes directory to include.
-        #[arg(
-            long,
-            env = "HOSTD_NGINX_ROUTES_DIR",
-            default_value = "/var/lib/hostd/nginx-routes"
-        )]
-        routes_dir: String,
     },
     /// Grant the admin role to a user.
     MakeAdmin { username: String },
 }
 
-fn config(dev: bool) -> Config {
-    match Config::from_env(dev) {
+fn config(settings: &Settings, dev: bool) -> Config {
+    match settings.clone().into_config(dev) {
         Ok((c, generated)) => {
             if generated {
                 eprintln!("WARNING: HOSTD_JWT_SECRET is not set: generated a random one for this run (--dev). Tokens will not survive a restart. Never do this in production.");
@@ -83,7 +79,7 @@ async fn serve(c: Config, mode: Mode) {
     let shutdown = Shutdown::default();
     let sd = shutdown.clone();
     tokio::spawn(async move {
-        shutdown_signal().await;
+        hostd::shutdown::signal().await;
         tracing::info!("shutdown requested");
         sd.cancel();
     });
@@ -95,14 +91,26 @@ async fn serve(c: Config, mode: Mode) {
 
 #[tokio::main]
 async fn main() {
-    let cli = Cli::parse();
-    hostd::telemetry::init();
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) if e.use_stderr() => {
+            // A bad setting: one line naming the variable.
+            eprintln!(
+                "hostd: invalid configuration: {}",
+                hostd::config::first_line(&e.to_string())
+            );
+            std::process::exit(2)
+        }
+        Err(e) => e.exit(),
+    };
+    let s = &cli.settings;
+    hostd::telemetry::init(s.log_json == "1");
     match cli.cmd {
-        Cmd::All { dev } => serve(config(dev), Mode::All).await,
-        Cmd::Api => serve(config(false), Mode::Api).await,
-        Cmd::Reconciler => serve(config(true), Mode::Reconciler).await,
+        Cmd::All { dev } => serve(config(s, dev), Mode::All).await,
+        Cmd::Api => serve(config(s, false), Mode::Api).await,
+        Cmd::Reconciler => serve(config(s, true), Mode::Reconciler).await,
         Cmd::Migrate => {
-            let c = config(true);
+            let c = config(s, true);
             let store = hostd::store::Store::connect(&c.database_url, 2)
                 .await
                 .unwrap_or_else(|e| {
@@ -115,18 +123,14 @@ async fn main() {
             }
             println!("migrations applied");
         }
-        Cmd::Doctor => std::process::exit(hostd::app::doctor::run(config(true)).await),
+        Cmd::Doctor => std::process::exit(hostd::app::doctor::run(config(s, true)).await),
         Cmd::Crds => print!("{}", hostd::crd::hosting_crd_yaml()),
-        Cmd::NginxConf {
-            listen,
-            prefix,
-            routes_dir,
-        } => print!(
+        Cmd::NginxConf { listen, prefix } => print!(
             "{}",
-            hostd::app::nginx_main_conf(&listen, &prefix, &routes_dir)
+            hostd::app::nginx_main_conf(&listen, &prefix, &s.routes_dir().display().to_string())
         ),
         Cmd::MakeAdmin { username } => {
-            let c = config(true);
+            let c = config(s, true);
             let u = hostd::domain::Username::parse(&username).unwrap_or_else(|e| {
                 eprintln!("hostd: {e}");
                 std::process::exit(2)

@@ -8,6 +8,9 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+mod status;
+pub use status::*;
+
 /// Why a piece of input was refused. The message is safe to show to the user.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{field}: {message}")]
@@ -69,7 +72,7 @@ impl Email {
 
 /// 3–32 characters of `[a-z0-9_-]`, starting with a letter. Safe in hostnames,
 /// HTML, YAML and file names by construction.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Username(String);
 
 impl Username {
@@ -238,7 +241,7 @@ pub mod limits {
 }
 
 /// The desired shape of a hosting, fully validated.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct HostingSpec {
     pub vcpus: i32,
     pub memory_mib: i32,
@@ -342,71 +345,6 @@ impl SpecPatch {
     }
 }
 
-/// Lifecycle phase of a hosting, as shown to users.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-pub enum Phase {
-    Pending,
-    Provisioning,
-    Ready,
-    Updating,
-    Stopped,
-    Deleting,
-    Failed,
-}
-
-impl Phase {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Phase::Pending => "Pending",
-            Phase::Provisioning => "Provisioning",
-            Phase::Ready => "Ready",
-            Phase::Updating => "Updating",
-            Phase::Stopped => "Stopped",
-            Phase::Deleting => "Deleting",
-            Phase::Failed => "Failed",
-        }
-    }
-    pub fn from_db(s: &str) -> Phase {
-        match s {
-            "Provisioning" => Phase::Provisioning,
-            "Ready" => Phase::Ready,
-            "Updating" => Phase::Updating,
-            "Stopped" => Phase::Stopped,
-            "Deleting" => Phase::Deleting,
-            "Failed" => Phase::Failed,
-            _ => Phase::Pending,
-        }
-    }
-}
-
-/// A Kubernetes-style status condition.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-pub struct Condition {
-    #[serde(rename = "type")]
-    pub type_: String,
-    /// "True", "False" or "Unknown".
-    pub status: String,
-    pub reason: String,
-    pub message: String,
-    pub last_transition_time: chrono::DateTime<chrono::Utc>,
-}
-
-/// Event severity.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum EventType {
-    Normal,
-    Warning,
-}
-
-impl EventType {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            EventType::Normal => "Normal",
-            EventType::Warning => "Warning",
-        }
-    }
-}
-
 /// Kind of a forwarded port.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PortKind {
@@ -469,6 +407,16 @@ impl fmt::Display for HostingId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         self.0.fmt(f)
     }
+}
+
+/// The SSH command a user runs to reach their hosting.
+pub fn ssh_command(public_host: &str, port: u16) -> String {
+    format!("ssh -p {port} ubuntu@{public_host}")
+}
+
+/// The address a user's site is served at (the path form: one shared origin).
+pub fn web_url(public_url: &str, user_id: UserId) -> String {
+    format!("{public_url}/{user_id}/")
 }
 
 #[cfg(test)]

@@ -1,7 +1,9 @@
 //! The libvirt VM driver (crate `virt`). One connection, opened lazily, shared
-//! by every call and reopened when it breaks. Every libvirt call runs on
-//! `spawn_blocking`. hostd only ever touches domains whose `<metadata>` carries
-//! its marker for this instance.
+//! by every call and reopened when it breaks. libvirt connections are
+//! thread-safe and `virt::Connect` is a reference-counted handle, so the lock
+//! only guards taking a handle: calls run concurrently, each on
+//! `spawn_blocking`. hostd only ever touches domains whose `<metadata>`
+//! carries its marker for this instance.
 
 use std::sync::{Arc, Mutex};
 
@@ -80,6 +82,23 @@ impl LibvirtDriver {
         }
     }
 
+    /// A handle on the shared connection, (re)opened when there is none or it
+    /// died. The lock is held only for this, never across a libvirt call.
+    fn handle(conn: &Mutex<Option<Connect>>, uri: &str) -> DriverResult<Connect> {
+        let mut guard = conn.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = guard.as_ref() {
+            if c.is_alive().unwrap_or(false) {
+                return Ok(c.clone());
+            }
+        }
+        // Dropping the old handle only releases our reference: calls still
+        // running on it keep theirs.
+        *guard = None;
+        let c = Connect::open(Some(uri)).map_err(|e| DriverError::Connection(e.to_string()))?;
+        *guard = Some(c.clone());
+        Ok(c)
+    }
+
     /// Runs `f` with the shared connection on a blocking thread. A connection
     /// that turns out to be dead is dropped, so the next call reconnects.
     async fn with_conn<T, F>(&self, f: F) -> DriverResult<T>
@@ -90,26 +109,16 @@ impl LibvirtDriver {
         let conn = self.conn.clone();
         let uri = self.uri.clone();
         tokio::task::spawn_blocking(move || {
-            let mut guard = conn.lock().unwrap_or_else(|p| p.into_inner());
-            if guard
-                .as_ref()
-                .map(|c| !c.is_alive().unwrap_or(false))
-                .unwrap_or(true)
-            {
-                if let Some(old) = guard.take() {
-                    drop(old);
-                }
-                let c = Connect::open(Some(&uri))
-                    .map_err(|e| DriverError::Connection(e.to_string()))?;
-                *guard = Some(c);
-            }
-            let c = guard.as_ref().expect("connection just set");
-            let r = f(c);
-            if let Err(DriverError::Libvirt(_)) = &r {
-                if !c.is_alive().unwrap_or(false) {
-                    if let Some(old) = guard.take() {
-                        drop(old);
-                    }
+            let c = Self::handle(&conn, &uri)?;
+            let r = f(&c);
+            if matches!(r, Err(DriverError::Libvirt(_))) && !c.is_alive().unwrap_or(false) {
+                let mut guard = conn.lock().unwrap_or_else(|p| p.into_inner());
+                // Unless another call has replaced it with a live one meanwhile.
+                if guard
+                    .as_ref()
+                    .is_some_and(|g| !g.is_alive().unwrap_or(false))
+                {
+                    *guard = None;
                 }
             }
             r
@@ -446,19 +455,8 @@ fn xml_name(xml: &str) -> Option<String> {
 }
 
 /// Escapes text for XML attribute or element content.
-pub fn xml_escape(s: &str) -> String {
-    let mut o = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '<' => o.push_str("&lt;"),
-            '>' => o.push_str("&gt;"),
-            '&' => o.push_str("&amp;"),
-            '\'' => o.push_str("&apos;"),
-            '"' => o.push_str("&quot;"),
-            c => o.push(c),
-        }
-    }
-    o
+fn xml_escape(s: &str) -> std::borrow::Cow<'_, str> {
+    quick_xml::escape::escape(s)
 }
 
 #[cfg(test)]

@@ -17,7 +17,8 @@ pub struct SeedFiles {
 
 /// Builds the ISO image bytes.
 pub async fn build_iso(files: &SeedFiles) -> DriverResult<Vec<u8>> {
-    let dir = tempfile_dir()?;
+    let tmp = tempfile::Builder::new().prefix("hostd-seed-").tempdir()?;
+    let dir = tmp.path();
     let write = |name: &str, content: &str| std::fs::write(dir.join(name), content);
     write("user-data", &files.user_data)?;
     write("meta-data", &files.meta_data)?;
@@ -37,26 +38,18 @@ pub async fn build_iso(files: &SeedFiles) -> DriverResult<Vec<u8>> {
             "network-config",
             "authorized_keys",
         ])
-        .current_dir(&dir)
+        .current_dir(dir)
         .output()
         .await
         .map_err(|e| DriverError::Other(format!("cannot run genisoimage: {e}")))?;
-    let result = if out.status.success() {
-        std::fs::read(&iso).map_err(DriverError::from)
-    } else {
-        Err(DriverError::Other(format!(
+    if !out.status.success() {
+        return Err(DriverError::Other(format!(
             "genisoimage failed: {}",
             String::from_utf8_lossy(&out.stderr).trim()
-        )))
-    };
-    let _ = std::fs::remove_dir_all(&dir);
-    result
-}
-
-fn tempfile_dir() -> DriverResult<std::path::PathBuf> {
-    let dir = std::env::temp_dir().join(format!("hostd-seed-{}", uuid::Uuid::new_v4()));
-    std::fs::create_dir_all(&dir)?;
-    Ok(dir)
+        )));
+    }
+    // The directory is removed when `tmp` drops, on every path.
+    Ok(std::fs::read(&iso)?)
 }
 
 /// Whether genisoimage is installed (for `hostd doctor`).

@@ -5,15 +5,11 @@
 //! removed here.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::Ordering::Relaxed;
 
-use super::metrics::Metrics;
+use super::names::{disk_volume, domain_name, seed_volume, volume_owner};
 use super::queue::WorkQueue;
-use super::reconcile::{
-    desired_hashes, disk_volume, domain_name, marker_hash, seed_volume, volume_owner,
-    ReconcileError,
-};
-use super::Context;
+use super::render::Inputs;
+use super::{Context, ReconcileError};
 use crate::domain::{HostingId, Phase};
 use crate::drivers::RouteSpec;
 use crate::store::HostingRecord;
@@ -64,7 +60,7 @@ pub async fn resync(ctx: &Context, queue: &WorkQueue) -> Result<ResyncStats, Rec
             tracing::warn!(domain = %d.name, hosting = %d.marker.hosting_id, "removing orphaned domain");
             ctx.vm.destroy(&d.name).await?;
             ctx.vm.undefine(&d.name).await?;
-            Metrics::inc(&ctx.metrics.repairs);
+            ctx.metrics.repairs.inc();
             orphans += 1;
         }
     }
@@ -73,7 +69,7 @@ pub async fn resync(ctx: &Context, queue: &WorkQueue) -> Result<ResyncStats, Rec
             if !by_id.contains_key(&owner) {
                 tracing::warn!(volume = %v, "removing orphaned volume");
                 ctx.vm.delete_volume(v).await?;
-                Metrics::inc(&ctx.metrics.repairs);
+                ctx.metrics.repairs.inc();
                 orphans += 1;
             }
         }
@@ -82,25 +78,33 @@ pub async fn resync(ctx: &Context, queue: &WorkQueue) -> Result<ResyncStats, Rec
         if !by_id.contains_key(id) {
             tracing::warn!(hosting = %id, "removing orphaned route file");
             ctx.proxy.apply(*id, None).await?;
-            Metrics::inc(&ctx.metrics.repairs);
+            ctx.metrics.repairs.inc();
             orphans += 1;
         }
     }
     for name in &stray {
         tracing::warn!(file = %name, "removing stray file from the routes directory");
         ctx.proxy.remove_stray(name).await?;
-        Metrics::inc(&ctx.metrics.repairs);
+        ctx.metrics.repairs.inc();
         orphans += 1;
     }
 
-    Metrics::inc(&ctx.metrics.resyncs);
-    let now = chrono::Utc::now().timestamp_millis();
-    ctx.metrics.heartbeat_ms.store(now, Relaxed);
-    ctx.metrics.queue_depth.store(queue.depth() as u64, Relaxed);
+    let m = &ctx.metrics;
+    m.resyncs.inc();
+    m.last_resync_timestamp.set(chrono::Utc::now().timestamp());
+    m.queue_depth.set(queue.depth() as i64);
+    let mut phases: Vec<(Phase, i64)> = Vec::new();
+    for r in &records {
+        match phases.iter_mut().find(|(p, _)| *p == r.status.phase) {
+            Some(e) => e.1 += 1,
+            None => phases.push((r.status.phase, 1)),
+        }
+    }
+    m.set_phases(&phases);
     let holder = format!("{}:{}", hostname(), std::process::id());
     if let Err(e) = ctx
         .store
-        .heartbeat(&ctx.config.instance, &holder, &ctx.metrics.snapshot())
+        .heartbeat(&ctx.config.instance, &holder, &ctx.stats())
         .await
     {
         tracing::warn!(error = %e, "cannot write the reconciler heartbeat");
@@ -151,8 +155,8 @@ fn drift(
     let Some(dom) = domains.get(domain_name(rec.id).as_str()) else {
         return Some("domain missing");
     };
-    let (d, s) = desired_hashes(ctx, rec, image, ssh, http);
-    if dom.marker.spec_hash != marker_hash(&d, &s) {
+    let inputs = Inputs::of(rec, image, (ssh, http));
+    if dom.marker.spec_hash != ctx.render.hashes(&inputs).marker() {
         return Some("domain definition outdated");
     }
     if dom.running != rec.spec.running {

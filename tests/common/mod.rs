@@ -12,7 +12,8 @@ use std::time::Duration;
 use hostd::app::{Application, Mode};
 use hostd::config::{Config, DomainType};
 use hostd::domain::PortRange;
-use hostd::reconciler::{Controller, Shutdown};
+use hostd::reconciler::Controller;
+use hostd::shutdown::Shutdown;
 use hostd::store::Store;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -140,7 +141,8 @@ pub fn test_config(db: &str, state: &std::path::Path, nginx: Option<&TestNginx>)
         ready_timeout: Duration::from_secs(300),
         backoff_max: Duration::from_secs(5),
         images_file: state.join("images/catalog.yaml"),
-        faults: String::new(),
+        faults: Default::default(),
+        metrics_listen: None,
     }
 }
 
@@ -199,8 +201,8 @@ impl TestApp {
             let st = app.state();
             let ctx = hostd::reconciler::Context::new(
                 st.store.clone(),
-                st.vm.clone().unwrap(),
-                st.proxy.clone().unwrap(),
+                st.vm.clone(),
+                st.proxy.clone(),
                 config.clone(),
                 st.metrics.clone(),
             )

@@ -2,6 +2,7 @@
 //! side-effecting step of reconcile and cleanup; they are compiled in but inert
 //! unless `HOSTD_FAULTS` names them, e.g. `after_define:crash,after_start:delay:500`.
 //! Actions: `crash` (abort at once, like `kill -9`), `error`, `delay:<ms>`.
+//! Parsed once, with the rest of the configuration.
 
 use std::collections::HashMap;
 use std::time::Duration;

@@ -1,0 +1,217 @@
+//! The control loop: the work queue and its workers, the wake-up sources
+//! (LISTEN/NOTIFY, periodic resync, requeues) and the leader lease. Only the
+//! lease holder acts.
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::{queue, reconcile, resync, Action, Context, ReconcileError};
+use crate::domain::HostingId;
+use crate::shutdown::Shutdown;
+use crate::store::lease::Lease;
+
+/// The controller: queue, workers, wake-up sources and the leader lease.
+pub struct Controller {
+    pub ctx: Arc<Context>,
+    pub queue: Arc<queue::WorkQueue>,
+}
+
+impl Controller {
+    pub fn new(ctx: Arc<Context>) -> Controller {
+        Controller {
+            ctx,
+            queue: Arc::new(queue::WorkQueue::default()),
+        }
+    }
+
+    /// Runs one reconcile of `id` and applies its outcome to the queue (requeue,
+    /// backoff). Exposed so tests can drive the reconciler one step at a time.
+    pub async fn reconcile_once(&self, id: HostingId) -> Result<Action, ReconcileError> {
+        let started = std::time::Instant::now();
+        let r = reconcile::reconcile(&self.ctx, id).await;
+        let m = &self.ctx.metrics;
+        m.reconciles.inc();
+        m.reconcile_duration
+            .observe(started.elapsed().as_secs_f64());
+        match &r {
+            Ok(Action::Requeue(d)) => self.queue.add_at(id, Instant::now() + *d),
+            Ok(Action::AwaitChange) | Ok(Action::Gone) => {}
+            Err(e) => {
+                m.failure(e.reason().as_str());
+                let delay = reconcile::on_error(&self.ctx, id, e).await;
+                self.queue.add_at(id, Instant::now() + delay);
+            }
+        }
+        r
+    }
+
+    /// Runs the control loop until `shutdown`: acquires the leader lease, then
+    /// listens, resyncs and works the queue while the lease is held.
+    pub async fn run(self: Arc<Self>, shutdown: Shutdown) {
+        let ctx = &self.ctx;
+        ctx.metrics.enabled.store(true, Relaxed);
+        let mut lease = Lease::new(&ctx.config.instance);
+        loop {
+            if shutdown.is_cancelled() {
+                break;
+            }
+            match lease.try_acquire(&ctx.store).await {
+                Ok(true) => {
+                    tracing::info!(instance = %ctx.config.instance, "acquired the reconciler leader lease");
+                    ctx.metrics.is_leader.set(1);
+                    self.clone().lead(&mut lease, &shutdown).await;
+                    ctx.metrics.is_leader.set(0);
+                    if !shutdown.is_cancelled() {
+                        tracing::warn!("lost the reconciler leader lease; standing by");
+                    }
+                }
+                Ok(false) => tracing::debug!("another reconciler holds the lease; standing by"),
+                Err(e) => tracing::warn!(error = %e, "cannot reach Postgres for the leader lease"),
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+            }
+        }
+        lease.release().await;
+        tracing::info!("reconciler stopped");
+    }
+
+    /// Acts as leader until the lease is lost or shutdown.
+    async fn lead(self: Arc<Self>, lease: &mut Lease, shutdown: &Shutdown) {
+        let ctx = self.ctx.clone();
+        if let Err(e) = ctx.vm.ensure_pool().await {
+            tracing::error!(error = %e, "cannot prepare the storage pool; will retry");
+        }
+        // Stops this term's tasks (lease lost) as well as on process shutdown.
+        let stop = shutdown.child_token();
+        let listener = tokio::spawn(listen(ctx.clone(), self.queue.clone(), stop.clone()));
+        let workers = tokio::spawn(self.clone().work(stop.clone()));
+        let mut next_resync = Instant::now();
+        let mut lease_check = tokio::time::interval(Duration::from_secs(2));
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = tokio::time::sleep_until(next_resync) => {
+                    let started = std::time::Instant::now();
+                    match resync::resync(&ctx, &self.queue).await {
+                        Ok(_) => {}
+                        Err(e) => tracing::warn!(error = %e, "resync failed; will retry"),
+                    }
+                    ctx.metrics.last_resync_seconds.set(started.elapsed().as_secs_f64());
+                    next_resync = Instant::now() + ctx.config.resync;
+                }
+                _ = lease_check.tick() => {
+                    if !lease.check().await.unwrap_or(false) {
+                        break;
+                    }
+                }
+            }
+        }
+        stop.cancel();
+        let _ = listener.await;
+        let _ = workers.await;
+    }
+
+    /// Works the queue with bounded concurrency until `stop`.
+    async fn work(self: Arc<Self>, stop: Shutdown) {
+        let sem = Arc::new(tokio::sync::Semaphore::new(self.ctx.config.concurrency));
+        let mut tasks = tokio::task::JoinSet::new();
+        loop {
+            if stop.is_cancelled() {
+                break;
+            }
+            self.ctx.metrics.queue_depth.set(self.queue.depth() as i64);
+            let permit = tokio::select! {
+                p = sem.clone().acquire_owned() => p.expect("semaphore open"),
+                _ = stop.cancelled() => break,
+            };
+            match self.queue.try_take() {
+                Ok(id) => {
+                    let me = self.clone();
+                    tasks.spawn(async move {
+                        let _ = me.reconcile_once(id).await;
+                        me.queue.done(id);
+                        drop(permit);
+                    });
+                }
+                Err(next) => {
+                    drop(permit);
+                    let wait = next
+                        .map(|n| n.saturating_duration_since(Instant::now()))
+                        .unwrap_or(Duration::from_secs(3600));
+                    tokio::select! {
+                        _ = self.queue.notified() => {}
+                        _ = tokio::time::sleep(wait) => {}
+                        _ = stop.cancelled() => break,
+                    }
+                }
+            }
+            while tasks.try_join_next().is_some() {}
+        }
+        // Cooperative shutdown: let in-flight reconciles finish their step.
+        while tasks.join_next().await.is_some() {}
+    }
+}
+
+/// Queues every hosting once: after (re)establishing LISTEN, when any
+/// notification may have been missed.
+async fn queue_all(ctx: &Context, queue: &queue::WorkQueue) {
+    if let Ok(records) = ctx.store.list_records().await {
+        for r in records {
+            queue.add_now(r.id);
+        }
+    }
+}
+
+/// Opens a listening connection; `None` (after a pause) when Postgres is away.
+async fn connect_listener(ctx: &Context) -> Option<sqlx::postgres::PgListener> {
+    let result = async {
+        let mut l = sqlx::postgres::PgListener::connect(ctx.store.url()).await?;
+        l.listen(crate::store::NOTIFY_CHANNEL).await?;
+        Ok::<_, sqlx::Error>(l)
+    }
+    .await;
+    match result {
+        Ok(l) => Some(l),
+        Err(e) => {
+            tracing::warn!(error = %e, "LISTEN failed; retrying");
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            None
+        }
+    }
+}
+
+/// Listens for desired-state changes and queues the changed hosting at once.
+/// Reconnects when Postgres goes away, and then looks at every hosting, since
+/// notifications sent meanwhile were lost.
+async fn listen(ctx: Arc<Context>, queue: Arc<queue::WorkQueue>, stop: Shutdown) {
+    loop {
+        let mut listener = tokio::select! {
+            _ = stop.cancelled() => return,
+            l = connect_listener(&ctx) => match l { Some(l) => l, None => continue },
+        };
+        queue_all(&ctx, &queue).await;
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                n = listener.try_recv() => match n {
+                    Ok(Some(n)) => {
+                        if let Ok(id) = uuid::Uuid::parse_str(n.payload()) {
+                            queue.add_now(HostingId(id));
+                        }
+                    }
+                    // The connection was lost and re-established.
+                    Ok(None) => queue_all(&ctx, &queue).await,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "LISTEN connection broke; reconnecting");
+                        break;
+                    }
+                }
+            }
+        }
+    }
+}

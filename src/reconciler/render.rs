@@ -1,0 +1,262 @@
+//! Rendering a hosting's files (domain XML, cloud-init seed) and the desired
+//! state hash stored in the domain's marker.
+//!
+//! The hash is computed from the *rendered* output, so whatever shapes a file
+//! (a template edit, a config value, a spec field) changes the hash by
+//! construction; nothing is listed by hand. Two hashes: the domain part (a
+//! change needs a restart) and the seed part (read by the guest at its next
+//! boot, so no restart). The marker's own fields (hash, generation) are left
+//! out of what is hashed.
+//!
+//! Rendering every hosting on every resync would cost CPU at scale, so the
+//! hashes are cached per hosting under a fingerprint of [`Inputs`]: the
+//! renderers read nothing but an `Inputs` and the per-process [`Renderer`]
+//! settings, so an unchanged fingerprint means unchanged output.
+
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use askama::Template;
+use sha2::{Digest, Sha256};
+
+use super::names::{console_log, disk_volume, domain_name, seed_volume};
+use crate::config::{Config, DomainType};
+use crate::domain::{ssh_command, web_url, HostingId, HostingSpec, UserId, Username};
+use crate::drivers::seed::SeedFiles;
+use crate::images::ImageEntry;
+use crate::store::HostingRecord;
+use crate::templates::{
+    yaml_quote, DomainXml, MetaData, NetworkConfig, NftablesConf, SshdConf, UserData, WelcomeHtml,
+    MARKER_NS,
+};
+
+/// Everything about one hosting that shapes its rendered files.
+#[derive(Debug, Hash)]
+pub struct Inputs<'a> {
+    pub id: HostingId,
+    pub user_id: UserId,
+    pub username: &'a Username,
+    pub spec: &'a HostingSpec,
+    pub image: &'a ImageEntry,
+    pub ssh_port: u16,
+    pub http_port: u16,
+}
+
+impl<'a> Inputs<'a> {
+    /// The inputs of a hosting record, its pinned image and its (SSH, HTTP) ports.
+    pub fn of(rec: &'a HostingRecord, image: &'a ImageEntry, ports: (u16, u16)) -> Inputs<'a> {
+        Inputs {
+            id: rec.id,
+            user_id: rec.user_id,
+            username: &rec.username,
+            spec: &rec.spec,
+            image,
+            ssh_port: ports.0,
+            http_port: ports.1,
+        }
+    }
+}
+
+/// The template files, for [`Renderer::set_edit`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TemplateFile {
+    Domain,
+    UserData,
+    MetaData,
+    NetworkConfig,
+    Sshd,
+    Nftables,
+    Welcome,
+}
+
+/// A change applied to one rendered template: how tests stand in for an edit
+/// of a template file (templates are compiled into the binary).
+pub type TemplateEdit = Arc<dyn Fn(TemplateFile, &mut String) + Send + Sync>;
+
+/// The desired-state hashes of one hosting.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hashes {
+    /// Of the domain XML (marker fields excluded): a change needs a restart.
+    pub domain: String,
+    /// Of every seed file: a change applies at the next boot.
+    pub seed: String,
+}
+
+impl Hashes {
+    /// The marker's `spec-hash` attribute: `<domain>-<seed>`.
+    pub fn marker(&self) -> String {
+        format!("{}-{}", self.domain, self.seed)
+    }
+
+    /// Splits a marker's `spec-hash` back into (domain, seed).
+    pub fn split(marker: &str) -> (&str, &str) {
+        marker.split_once('-').unwrap_or((marker, ""))
+    }
+}
+
+/// Renders files from [`Inputs`] and the settings fixed for this process.
+pub struct Renderer {
+    domain_type: DomainType,
+    instance: String,
+    pool: String,
+    console_dir: PathBuf,
+    ssh_bind: String,
+    public_url: String,
+    public_host: String,
+    edit: Mutex<Option<TemplateEdit>>,
+    /// Hosting → (fingerprint of its inputs, hashes).
+    cache: Mutex<HashMap<HostingId, (u64, Hashes)>>,
+}
+
+fn short_hash(parts: &[&str]) -> String {
+    let mut h = Sha256::new();
+    for p in parts {
+        // Length-prefixed, so moving bytes between parts changes the hash.
+        h.update((p.len() as u64).to_le_bytes());
+        h.update(p.as_bytes());
+    }
+    hex::encode(&h.finalize()[..8])
+}
+
+impl Renderer {
+    pub fn new(config: &Config, pool: &str) -> Renderer {
+        Renderer {
+            domain_type: config.domain_type,
+            instance: config.instance.clone(),
+            pool: pool.to_string(),
+            console_dir: config.state_dir.join("console"),
+            ssh_bind: config.ssh_bind.to_string(),
+            public_url: config.public_url.clone(),
+            public_host: config.public_host().to_string(),
+            edit: Mutex::new(None),
+            cache: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Directory of the guests' serial console logs.
+    pub fn console_dir(&self) -> &std::path::Path {
+        &self.console_dir
+    }
+
+    /// Installs (or clears) a template edit; every cached hash is dropped.
+    pub fn set_edit(&self, edit: Option<TemplateEdit>) {
+        *self.edit.lock().unwrap() = edit;
+        self.cache.lock().unwrap().clear();
+    }
+
+    fn finish(&self, file: TemplateFile, mut s: String) -> String {
+        if let Some(edit) = self.edit.lock().unwrap().as_ref() {
+            edit(file, &mut s);
+        }
+        s
+    }
+
+    /// The domain XML, with the marker carrying `generation` and `spec_hash`.
+    pub fn domain_xml(&self, i: &Inputs, generation: i64, spec_hash: &str) -> String {
+        let name = domain_name(i.id);
+        let xml = DomainXml {
+            domain_type: self.domain_type.as_str(),
+            name: &name,
+            ns: MARKER_NS,
+            instance: &self.instance,
+            hosting_id: i.id.to_string(),
+            generation,
+            spec_hash,
+            memory_mib: i.spec.memory_mib,
+            vcpus: i.spec.vcpus,
+            kernel: i.image.kernel.as_ref().map(|p| p.display().to_string()),
+            initrd: i.image.initrd.as_ref().map(|p| p.display().to_string()),
+            cmdline: i.image.cmdline.clone(),
+            pool: &self.pool,
+            disk_volume: &disk_volume(i.id),
+            seed_volume: &seed_volume(i.id),
+            ssh_bind: self.ssh_bind.clone(),
+            ssh_port: i.ssh_port,
+            http_port: i.http_port,
+            console_log: self
+                .console_dir
+                .join(console_log(i.id))
+                .display()
+                .to_string(),
+        }
+        .render()
+        .expect("domain template renders");
+        self.finish(TemplateFile::Domain, xml)
+    }
+
+    fn render<T: Template>(&self, file: TemplateFile, t: T) -> String {
+        let s = t
+            .render()
+            .unwrap_or_else(|e| panic!("{file:?} template renders: {e}"));
+        self.finish(file, s)
+    }
+
+    /// The cloud-init seed files.
+    pub fn seed(&self, i: &Inputs) -> SeedFiles {
+        let cmd = ssh_command(&self.public_host, i.ssh_port);
+        let url = web_url(&self.public_url, i.user_id);
+        let welcome = WelcomeHtml {
+            username: i.username.as_str(),
+            ssh_command: &cmd,
+            web_url: &url,
+            ssh_port: i.ssh_port,
+            ssh_host: &self.public_host,
+        };
+        let keys: Vec<&str> = i.spec.ssh_public_keys.iter().map(|k| k.as_str()).collect();
+        let user_data = UserData {
+            hosting_id: i.id.to_string(),
+            hostname: yaml_quote(&i.username.hostname()),
+            gecos: yaml_quote(&format!("hostd user {}", i.username.as_str())),
+            ssh_keys: keys.iter().map(|k| yaml_quote(k)).collect(),
+            sshd_config: yaml_quote(&self.render(TemplateFile::Sshd, SshdConf)),
+            nftables: yaml_quote(&self.render(TemplateFile::Nftables, NftablesConf)),
+            welcome_html: yaml_quote(&self.render(TemplateFile::Welcome, welcome)),
+        };
+        let meta_data = MetaData {
+            instance_id: yaml_quote(&format!("hostd-{}", i.id)),
+            hostname: yaml_quote(&i.username.hostname()),
+        };
+        SeedFiles {
+            user_data: self.render(TemplateFile::UserData, user_data),
+            meta_data: self.render(TemplateFile::MetaData, meta_data),
+            network_config: self.render(TemplateFile::NetworkConfig, NetworkConfig),
+            authorized_keys: keys.iter().map(|k| format!("{k}\n")).collect(),
+        }
+    }
+
+    /// The desired hashes of a hosting (cached while its inputs are unchanged).
+    pub fn hashes(&self, i: &Inputs) -> Hashes {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        i.hash(&mut h);
+        let fingerprint = h.finish();
+        if let Some((f, hashes)) = self.cache.lock().unwrap().get(&i.id) {
+            if *f == fingerprint {
+                return hashes.clone();
+            }
+        }
+        // The marker's own fields are fixed here so they never feed the hash.
+        let xml = self.domain_xml(i, 0, "");
+        let s = self.seed(i);
+        let hashes = Hashes {
+            domain: short_hash(&[&xml]),
+            seed: short_hash(&[
+                &s.user_data,
+                &s.meta_data,
+                &s.network_config,
+                &s.authorized_keys,
+            ]),
+        };
+        self.cache
+            .lock()
+            .unwrap()
+            .insert(i.id, (fingerprint, hashes.clone()));
+        hashes
+    }
+
+    /// Forgets a deleted hosting's cached hashes.
+    pub fn forget(&self, id: HostingId) {
+        self.cache.lock().unwrap().remove(&id);
+    }
+}

@@ -1,0 +1,499 @@
+//! The steps of converging one hosting, in order: ports, disk, seed,
+//! definition, power, route, readiness (and stop, when it should not run).
+//! Each step looks before it acts, changes one kind of resource, records what
+//! it did as an event, and ends at its fault point, so a pass cut short
+//! anywhere is finished by the next one.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use chrono::Utc;
+
+use super::names::{disk_volume, domain_name, seed_volume};
+use super::render::{Hashes, Inputs};
+use super::{Action, Context, ReconcileError};
+use crate::domain::{
+    has_true, remove_condition, set_condition, ConditionType as C, EventType, HostingId, Phase,
+    Reason,
+};
+use crate::drivers::seed::build_iso;
+use crate::drivers::{probe, DriverError, ObservedDomain, RouteSpec, VolumeSource};
+use crate::images::ImageEntry;
+use crate::store::{HostingRecord, Status};
+
+/// One pass over one hosting: its desired record, the status being built, and
+/// what earlier steps found.
+pub struct Pass<'a> {
+    pub ctx: &'a Context,
+    pub rec: &'a HostingRecord,
+    /// The status this pass will write.
+    pub st: Status,
+}
+
+/// What the definition step found and did.
+pub struct Definition {
+    /// The domain as observed before this pass (None: it did not exist).
+    pub observed: Option<ObservedDomain>,
+    /// A running domain's definition changed in a way that needs a restart.
+    pub restart: bool,
+}
+
+impl<'a> Pass<'a> {
+    pub fn new(ctx: &'a Context, rec: &'a HostingRecord) -> Pass<'a> {
+        let st = rec.status.clone();
+        Pass { ctx, rec, st }
+    }
+
+    fn id(&self) -> HostingId {
+        self.rec.id
+    }
+
+    /// Records an event (and logs it).
+    pub async fn event(
+        &self,
+        t: EventType,
+        reason: Reason,
+        msg: &str,
+    ) -> Result<(), ReconcileError> {
+        match t {
+            EventType::Normal => tracing::info!(%reason, message = msg, "event"),
+            EventType::Warning => tracing::warn!(%reason, message = msg, "event"),
+        }
+        self.ctx.store.add_event(self.id(), t, reason, msg).await?;
+        Ok(())
+    }
+
+    /// Records a drift repair: a Warning event and the repairs counter.
+    async fn repair(&self, reason: Reason, msg: &str) -> Result<(), ReconcileError> {
+        self.ctx.metrics.repairs.inc();
+        self.event(EventType::Warning, reason, msg).await
+    }
+
+    async fn fault(&self, point: &'static str) -> Result<(), ReconcileError> {
+        Ok(self.ctx.config.faults.hit(point).await?)
+    }
+
+    async fn write_status(&self) -> Result<(), ReconcileError> {
+        Ok(self.ctx.store.write_status(self.id(), &self.st).await?)
+    }
+
+    /// Step 1: the SSH and HTTP ports (allocated and recorded in one transaction).
+    pub async fn ports(&mut self) -> Result<(u16, u16), ReconcileError> {
+        if let (Some(s), Some(h)) = (self.st.ssh_port, self.st.http_port) {
+            return Ok((s, h));
+        }
+        let cfg = &self.ctx.config;
+        let (s, h) = self
+            .ctx
+            .store
+            .allocate_ports(self.id(), cfg.ssh_ports, cfg.http_ports)
+            .await?;
+        let msg = format!("SSH port {s}, HTTP port {h}");
+        self.event(EventType::Normal, Reason::PortsAllocated, &msg)
+            .await?;
+        self.fault("after_port_allocation").await?;
+        (self.st.ssh_port, self.st.http_port) = (Some(s), Some(h));
+        Ok((s, h))
+    }
+
+    /// Marks a new hosting as Provisioning.
+    pub async fn begin(&mut self) -> Result<(), ReconcileError> {
+        if self.st.phase != Phase::Pending {
+            return Ok(());
+        }
+        self.st.phase = Phase::Provisioning;
+        let cfg = &self.ctx.config;
+        let msg = format!(
+            "provisioning a {} VM ({})",
+            cfg.domain_type.as_str(),
+            cfg.domain_type_reason
+        );
+        self.event(EventType::Normal, Reason::Provisioning, &msg)
+            .await
+    }
+
+    /// Step 2: the image version (pinned when the disk is first created, so a
+    /// rebuilt image never changes the kernel under an existing disk) and the
+    /// disk volume.
+    pub async fn disk(&mut self) -> Result<ImageEntry, ReconcileError> {
+        let spec = &self.rec.spec;
+        let image = match &self.st.image_pin {
+            Some(pin) => {
+                pin.check(&spec.image)?;
+                pin.clone()
+            }
+            None => self.ctx.catalog.pin(&spec.image)?,
+        };
+        let source = VolumeSource::Overlay {
+            backing: image.disk.clone(),
+            backing_format: image.format.clone(),
+            capacity_gib: spec.disk_gib,
+        };
+        if self
+            .ctx
+            .vm
+            .create_volume(&disk_volume(self.id()), source)
+            .await?
+        {
+            if self.st.disk_created {
+                let msg = "the disk volume was missing and was recreated empty: the hosting's data was lost";
+                self.repair(Reason::DiskRecreated, msg).await?;
+            } else {
+                let msg = format!(
+                    "{} GiB disk from image {}",
+                    spec.disk_gib,
+                    spec.image.as_str()
+                );
+                self.event(EventType::Normal, Reason::DiskCreated, &msg)
+                    .await?;
+            }
+            self.fault("after_disk_create").await?;
+        }
+        if !self.st.disk_created || self.st.image_pin.is_none() {
+            self.st.disk_created = true;
+            self.st.image_pin = Some(image.clone());
+            self.write_status().await?;
+        }
+        Ok(image)
+    }
+
+    /// Step 3: the cloud-init seed volume, rebuilt when missing or outdated.
+    /// Returns the observed domain for the next step.
+    pub async fn seed(
+        &mut self,
+        inputs: &Inputs<'_>,
+        want: &Hashes,
+    ) -> Result<Option<ObservedDomain>, ReconcileError> {
+        let id = self.id();
+        let observed = self.ctx.vm.get_domain(&domain_name(id)).await?;
+        let have_seed = observed
+            .as_ref()
+            .map(|o| Hashes::split(&o.marker.spec_hash).1);
+        let seed_missing = !self.ctx.vm.volume_exists(&seed_volume(id)).await?;
+        if !seed_missing && have_seed == Some(want.seed.as_str()) {
+            return Ok(observed);
+        }
+        let iso = build_iso(&self.ctx.render.seed(inputs)).await?;
+        let vm = &self.ctx.vm;
+        if !vm
+            .create_volume(&seed_volume(id), VolumeSource::Bytes(iso.clone()))
+            .await?
+        {
+            vm.replace_volume_bytes(&seed_volume(id), iso).await?;
+        }
+        if observed.is_some() && have_seed != Some(want.seed.as_str()) {
+            let msg = "cloud-init seed regenerated; SSH key changes take effect at the next boot";
+            self.event(EventType::Normal, Reason::SeedUpdated, msg)
+                .await?;
+        }
+        self.fault("after_seed_upload").await?;
+        Ok(observed)
+    }
+
+    /// Step 4: the domain definition, (re)defined when its marker hash differs.
+    pub async fn definition(
+        &mut self,
+        inputs: &Inputs<'_>,
+        want: &Hashes,
+        observed: Option<ObservedDomain>,
+    ) -> Result<Definition, ReconcileError> {
+        let name = domain_name(self.id());
+        let marker = want.marker();
+        let mut restart = false;
+        if observed
+            .as_ref()
+            .map(|o| o.marker.spec_hash != marker)
+            .unwrap_or(true)
+        {
+            std::fs::create_dir_all(self.ctx.render.console_dir()).map_err(DriverError::from)?;
+            let xml = self
+                .ctx
+                .render
+                .domain_xml(inputs, self.rec.generation, &marker);
+            self.ctx.vm.define(&xml).await?;
+            match &observed {
+                None if self.st.vm_name.is_some() => {
+                    let msg = "the domain was missing and was redefined on the existing disk";
+                    self.repair(Reason::DomainRecreated, msg).await?
+                }
+                None => {
+                    let msg = format!("domain {name} defined");
+                    self.event(EventType::Normal, Reason::Defined, &msg).await?
+                }
+                Some(o) => {
+                    restart = o.running && Hashes::split(&o.marker.spec_hash).0 != want.domain;
+                    let msg = format!(
+                        "domain {name} redefined for generation {}",
+                        self.rec.generation
+                    );
+                    self.event(EventType::Normal, Reason::Redefined, &msg)
+                        .await?;
+                }
+            }
+            self.fault("after_define").await?;
+        }
+        self.st.vm_name = Some(name);
+        Ok(Definition { observed, restart })
+    }
+
+    /// Step 5: power. Restarts for a definition change, starts a stopped domain.
+    pub async fn power(&mut self, def: &Definition) -> Result<(), ReconcileError> {
+        let name = domain_name(self.id());
+        self.ctx.shutdowns.lock().unwrap().remove(&self.id());
+        let running_now = def.observed.as_ref().is_some_and(|o| o.running);
+        if def.restart {
+            let msg = "memory/vCPU change: restarting the VM";
+            set_condition(
+                &mut self.st.conditions,
+                C::RestartRequired,
+                true,
+                Reason::SpecChanged,
+                msg,
+            );
+            self.st.phase = Phase::Updating;
+            self.write_status().await?;
+            self.ctx.vm.destroy(&name).await?;
+            let msg = "restarting the VM to apply the new memory/vCPU settings";
+            self.event(EventType::Normal, Reason::Restarting, msg)
+                .await?;
+        }
+        if !running_now || def.restart {
+            self.ctx.vm.start(&name).await?;
+            let was_ready = matches!(self.rec.status.phase, Phase::Ready);
+            if def.observed.is_some() && !def.restart && was_ready {
+                let msg = "the VM was found shut off while it should run; started it";
+                self.repair(Reason::DomainStarted, msg).await?;
+            } else {
+                let msg = format!("domain {name} started");
+                self.event(EventType::Normal, Reason::Started, &msg).await?;
+            }
+            if self.st.provisioning_since.is_none() || def.restart {
+                self.st.provisioning_since = Some(Utc::now());
+            }
+            self.fault("after_start").await?;
+        }
+        remove_condition(&mut self.st.conditions, C::RestartRequired);
+        let msg = format!("domain {name} is running");
+        set_condition(
+            &mut self.st.conditions,
+            C::VMRunning,
+            true,
+            Reason::Running,
+            &msg,
+        );
+        Ok(())
+    }
+
+    /// Step 6: the nginx route (to the guest, or the 503 page when stopped);
+    /// repairs hand edits with an event.
+    pub async fn route(&mut self, http: Option<u16>) -> Result<(), ReconcileError> {
+        let rec = self.rec;
+        let spec = RouteSpec {
+            hosting_id: rec.id,
+            user_id: rec.user_id,
+            http_port: http,
+        };
+        let proxy = &self.ctx.proxy;
+        let want = proxy.render(&spec);
+        let have = proxy.read_route(rec.id).await?;
+        if have.as_deref() == Some(want.as_str()) {
+            if proxy.reload_pending() {
+                // Content right but not yet served: the batcher retries the reload.
+                proxy.apply(rec.id, Some(spec)).await?;
+            }
+        } else {
+            self.fault("before_route_write").await?;
+            proxy.apply(rec.id, Some(spec)).await?;
+            self.fault("after_route_write").await?;
+            let was_configured = has_true(&rec.status.conditions, C::RouteConfigured);
+            match have {
+                Some(_) if was_configured => {
+                    let msg = "the route file had been changed by hand; rewrote it";
+                    self.repair(Reason::RouteRepaired, msg).await?
+                }
+                None if was_configured && rec.status.phase == Phase::Ready => {
+                    let msg = "the route file was missing; rewrote it";
+                    self.repair(Reason::RouteRepaired, msg).await?
+                }
+                _ => {
+                    let msg = format!("/{}/ routed", rec.user_id);
+                    self.event(EventType::Normal, Reason::RouteConfigured, &msg)
+                        .await?
+                }
+            }
+        }
+        let (reason, msg) = match http {
+            Some(p) => (
+                Reason::Configured,
+                format!("/{}/ proxied to 127.0.0.1:{p}", rec.user_id),
+            ),
+            None => (
+                Reason::Stopped,
+                "route answers 503 while the VM is stopped".into(),
+            ),
+        };
+        set_condition(
+            &mut self.st.conditions,
+            C::RouteConfigured,
+            true,
+            reason,
+            &msg,
+        );
+        Ok(())
+    }
+
+    fn ssh_probe_addr(&self, port: u16) -> SocketAddr {
+        let bind = self.ctx.config.ssh_bind;
+        let ip = if bind.is_unspecified() {
+            std::net::Ipv4Addr::LOCALHOST.into()
+        } else {
+            bind
+        };
+        SocketAddr::new(ip, port)
+    }
+
+    /// Step 7: readiness, through the host nginx and the SSH banner. Ready
+    /// writes the final status; not yet ready requeues until the deadline.
+    pub async fn readiness(mut self, ssh: u16) -> Result<Action, ReconcileError> {
+        let url = format!("{}/{}/", self.ctx.config.probe_url, self.rec.user_id);
+        let (web, banner) = tokio::join!(
+            probe::http_ok(&self.ctx.http, &url),
+            probe::ssh_banner(self.ssh_probe_addr(ssh))
+        );
+        if web.is_ok() && banner.is_ok() {
+            let msg = "site answers through nginx and SSH is up";
+            set_condition(
+                &mut self.st.conditions,
+                C::WebReady,
+                true,
+                Reason::Serving,
+                msg,
+            );
+            let was_ready = self.rec.status.phase == Phase::Ready
+                && self.rec.status.observed_generation == self.rec.generation;
+            self.converged(Phase::Ready).await?;
+            if !was_ready {
+                let msg = format!("site and SSH (port {ssh}) are up");
+                self.event(EventType::Normal, Reason::Ready, &msg).await?;
+            }
+            return Ok(Action::AwaitChange);
+        }
+        let why = [web.err(), banner.err()]
+            .into_iter()
+            .flatten()
+            .collect::<Vec<_>>()
+            .join("; ");
+        let msg = format!("waiting for the guest: {why}");
+        set_condition(
+            &mut self.st.conditions,
+            C::WebReady,
+            false,
+            Reason::Booting,
+            &msg,
+        );
+        if self.st.phase != Phase::Updating {
+            self.st.phase = Phase::Provisioning;
+        }
+        self.st.message = Some("waiting for the guest to boot".into());
+        let since = *self.st.provisioning_since.get_or_insert_with(Utc::now);
+        let waited = (Utc::now() - since).to_std().unwrap_or_default();
+        let timeout = self.ctx.config.ready_timeout;
+        if waited > timeout {
+            self.st.provisioning_since = Some(Utc::now());
+            self.write_status().await?;
+            return Err(ReconcileError::ReadinessTimeout(timeout, why));
+        }
+        self.fault("before_status_write").await?;
+        self.write_status().await?;
+        self.ctx.reset_backoff(self.id());
+        Ok(Action::Requeue(Duration::from_secs(2)))
+    }
+
+    /// Writes the final status of a converged pass.
+    async fn converged(&mut self, phase: Phase) -> Result<(), ReconcileError> {
+        remove_condition(&mut self.st.conditions, C::Reconciled);
+        self.st.phase = phase;
+        self.st.observed_generation = self.rec.generation;
+        self.st.message = None;
+        self.st.provisioning_since = None;
+        self.fault("before_status_write").await?;
+        self.write_status().await?;
+        self.ctx.reset_backoff(self.id());
+        Ok(())
+    }
+
+    /// Desired `running: false`: the 503 route, then a graceful shutdown
+    /// (forced after 60 s).
+    pub async fn stop(mut self, def: &Definition) -> Result<Action, ReconcileError> {
+        self.route(None).await?;
+        let running_now = def.observed.as_ref().is_some_and(|o| o.running);
+        if running_now && self.shutting_down().await? {
+            let msg = "waiting for the guest to shut down";
+            set_condition(
+                &mut self.st.conditions,
+                C::VMRunning,
+                true,
+                Reason::ShuttingDown,
+                msg,
+            );
+            self.write_status().await?;
+            return Ok(Action::Requeue(Duration::from_secs(2)));
+        }
+        self.ctx.shutdowns.lock().unwrap().remove(&self.id());
+        let msg = "the VM is stopped as requested";
+        set_condition(
+            &mut self.st.conditions,
+            C::VMRunning,
+            false,
+            Reason::Stopped,
+            msg,
+        );
+        set_condition(
+            &mut self.st.conditions,
+            C::WebReady,
+            false,
+            Reason::Stopped,
+            "the VM is stopped",
+        );
+        let was = self.rec.status.phase;
+        self.converged(Phase::Stopped).await?;
+        if was != Phase::Stopped {
+            self.event(EventType::Normal, Reason::Stopped, "the VM is stopped")
+                .await?;
+        }
+        Ok(Action::AwaitChange)
+    }
+
+    /// Asks a running guest to shut down, forcing it off after 60 s; whether
+    /// it is still running.
+    async fn shutting_down(&mut self) -> Result<bool, ReconcileError> {
+        let (id, name) = (self.id(), domain_name(self.id()));
+        let asked = self.ctx.shutdowns.lock().unwrap().get(&id).copied();
+        match asked {
+            None => {
+                self.ctx.vm.shutdown(&name).await?;
+                let now = tokio::time::Instant::now();
+                self.ctx.shutdowns.lock().unwrap().insert(id, now);
+                self.event(
+                    EventType::Normal,
+                    Reason::Stopping,
+                    "asked the guest to shut down",
+                )
+                .await?;
+            }
+            Some(t) if t.elapsed() > Duration::from_secs(60) => {
+                self.ctx.vm.destroy(&name).await?;
+                let msg = "the guest did not shut down within 60 s; powered it off";
+                self.event(EventType::Warning, Reason::ForcedOff, msg)
+                    .await?;
+            }
+            Some(_) => {}
+        }
+        Ok(self
+            .ctx
+            .vm
+            .get_domain(&name)
+            .await?
+            .is_some_and(|d| d.running))
+    }
+}

@@ -1,0 +1,265 @@
+//! Desired state: hostings (spec, generation, deletion request) and the
+//! records the reconciler reads (desired spec joined with observed status).
+
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+use super::status::insert_event;
+use super::{is_unique_violation, Result, Store, StoreError};
+use crate::domain::*;
+
+/// Observed status of a hosting, written by the reconciler.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Status {
+    pub phase: Phase,
+    pub conditions: Vec<Condition>,
+    pub observed_generation: i64,
+    pub ssh_port: Option<u16>,
+    pub http_port: Option<u16>,
+    pub vm_name: Option<String>,
+    pub message: Option<String>,
+    /// Whether a disk volume was ever created (so a missing one means data loss).
+    pub disk_created: bool,
+    /// The image version (resolved paths) the disk was created from.
+    pub image_pin: Option<crate::images::ImageEntry>,
+    /// When the current provisioning attempt started (readiness deadline).
+    pub provisioning_since: Option<DateTime<Utc>>,
+    pub last_reconciled_at: Option<DateTime<Utc>>,
+}
+
+/// Desired state plus observed status of one hosting: the reconciler's input.
+#[derive(Debug, Clone)]
+pub struct HostingRecord {
+    pub id: HostingId,
+    pub user_id: UserId,
+    pub username: Username,
+    pub spec: HostingSpec,
+    pub generation: i64,
+    pub deletion_requested_at: Option<DateTime<Utc>>,
+    pub created_at: DateTime<Utc>,
+    pub status: Status,
+}
+
+#[derive(sqlx::FromRow)]
+struct RecordRow {
+    id: Uuid,
+    user_id: Uuid,
+    username: String,
+    vcpus: i32,
+    memory_mib: i32,
+    disk_gib: i32,
+    image: String,
+    ssh_public_keys: Vec<String>,
+    running: bool,
+    generation: i64,
+    deletion_requested_at: Option<DateTime<Utc>>,
+    created_at: DateTime<Utc>,
+    phase: Option<String>,
+    conditions: Option<sqlx::types::Json<Vec<Condition>>>,
+    observed_generation: Option<i64>,
+    ssh_port: Option<i32>,
+    http_port: Option<i32>,
+    vm_name: Option<String>,
+    message: Option<String>,
+    disk_created: Option<bool>,
+    image_pin: Option<sqlx::types::Json<crate::images::ImageEntry>>,
+    provisioning_since: Option<DateTime<Utc>>,
+    last_reconciled_at: Option<DateTime<Utc>>,
+}
+
+const RECORD_SELECT: &str = "select h.id, h.user_id, u.username, h.vcpus, h.memory_mib, h.disk_gib, h.image, \
+     h.ssh_public_keys, h.running, h.generation, h.deletion_requested_at, h.created_at, \
+     s.phase, s.conditions, s.observed_generation, s.ssh_port, s.http_port, s.vm_name, s.message, \
+     s.disk_created, s.image_pin, s.provisioning_since, s.last_reconciled_at \
+     from hostings h join users u on u.id = h.user_id left join hosting_status s on s.hosting_id = h.id";
+
+impl RecordRow {
+    /// Rows were validated on the way in; re-parsing guards against hand edits.
+    fn into_record(self) -> Result<HostingRecord> {
+        let ssh_public_keys = self
+            .ssh_public_keys
+            .iter()
+            .map(|k| SshPublicKey::parse(k))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(HostingRecord {
+            id: HostingId(self.id),
+            user_id: UserId(self.user_id),
+            username: Username::parse(&self.username)?,
+            spec: HostingSpec {
+                vcpus: self.vcpus,
+                memory_mib: self.memory_mib,
+                disk_gib: self.disk_gib,
+                image: ImageName::parse(&self.image)?,
+                ssh_public_keys,
+                running: self.running,
+            },
+            generation: self.generation,
+            deletion_requested_at: self.deletion_requested_at,
+            created_at: self.created_at,
+            status: Status {
+                phase: self
+                    .phase
+                    .as_deref()
+                    .map(Phase::from_db)
+                    .unwrap_or(Phase::Pending),
+                conditions: self.conditions.map(|j| j.0).unwrap_or_default(),
+                observed_generation: self.observed_generation.unwrap_or(0),
+                ssh_port: self.ssh_port.and_then(|p| u16::try_from(p).ok()),
+                http_port: self.http_port.and_then(|p| u16::try_from(p).ok()),
+                vm_name: self.vm_name,
+                message: self.message,
+                disk_created: self.disk_created.unwrap_or(false),
+                image_pin: self.image_pin.map(|j| j.0),
+                provisioning_since: self.provisioning_since,
+                last_reconciled_at: self.last_reconciled_at,
+            },
+        })
+    }
+}
+
+impl Store {
+    /// Creates the desired hosting, its Pending status and a first event, atomically.
+    /// A second hosting for the same user fails on the unique index: `Conflict`.
+    pub async fn create_hosting(&self, user: UserId, spec: &HostingSpec) -> Result<HostingRecord> {
+        let id = Uuid::new_v4();
+        let keys: Vec<&str> = spec.ssh_public_keys.iter().map(|k| k.as_str()).collect();
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "insert into hostings (id, user_id, vcpus, memory_mib, disk_gib, image, ssh_public_keys, running) \
+             values ($1, $2, $3, $4, $5, $6, $7, $8)",
+        )
+        .bind(id)
+        .bind(user.0)
+        .bind(spec.vcpus)
+        .bind(spec.memory_mib)
+        .bind(spec.disk_gib)
+        .bind(spec.image.as_str())
+        .bind(&keys)
+        .bind(spec.running)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| match is_unique_violation(&e) {
+            Some(_) => StoreError::Conflict("a hosting for this user"),
+            None => e.into(),
+        })?;
+        sqlx::query("insert into hosting_status (hosting_id) values ($1)")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        insert_event(
+            &mut tx,
+            HostingId(id),
+            EventType::Normal,
+            Reason::Created,
+            "hosting requested; waiting for the reconciler",
+        )
+        .await?;
+        tx.commit().await?;
+        self.get_record(HostingId(id))
+            .await?
+            .ok_or(StoreError::NotFound)
+    }
+
+    pub async fn get_record(&self, id: HostingId) -> Result<Option<HostingRecord>> {
+        let row = sqlx::query_as::<_, RecordRow>(&format!("{RECORD_SELECT} where h.id = $1"))
+            .bind(id.0)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(RecordRow::into_record).transpose()
+    }
+
+    pub async fn get_record_by_user(&self, user: UserId) -> Result<Option<HostingRecord>> {
+        let row = sqlx::query_as::<_, RecordRow>(&format!("{RECORD_SELECT} where h.user_id = $1"))
+            .bind(user.0)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(RecordRow::into_record).transpose()
+    }
+
+    /// Every hosting with its status, in one query (the reconciler's resync and the admin list).
+    pub async fn list_records(&self) -> Result<Vec<HostingRecord>> {
+        let rows =
+            sqlx::query_as::<_, RecordRow>(&format!("{RECORD_SELECT} order by h.created_at"))
+                .fetch_all(&self.pool)
+                .await?;
+        rows.into_iter().map(RecordRow::into_record).collect()
+    }
+
+    /// Applies `change` to the user's current spec under a row lock; bumps the
+    /// generation only if the spec actually changed.
+    pub async fn update_spec<F>(&self, user: UserId, change: F) -> Result<HostingRecord>
+    where
+        F: FnOnce(&HostingSpec) -> Result<HostingSpec, ValidationError>,
+    {
+        let mut tx = self.pool.begin().await?;
+        let row = sqlx::query_as::<_, RecordRow>(&format!(
+            "{RECORD_SELECT} where h.user_id = $1 for update of h"
+        ))
+        .bind(user.0)
+        .fetch_optional(&mut *tx)
+        .await?
+        .ok_or(StoreError::NotFound)?;
+        let rec = row.into_record()?;
+        if rec.deletion_requested_at.is_some() {
+            return Err(StoreError::Conflict("a deletion request for this hosting"));
+        }
+        let new = change(&rec.spec)?;
+        if new != rec.spec {
+            let keys: Vec<&str> = new.ssh_public_keys.iter().map(|k| k.as_str()).collect();
+            sqlx::query(
+                "update hostings set vcpus = $2, memory_mib = $3, disk_gib = $4, image = $5, ssh_public_keys = $6, \
+                 running = $7, generation = generation + 1 where id = $1",
+            )
+            .bind(rec.id.0)
+            .bind(new.vcpus)
+            .bind(new.memory_mib)
+            .bind(new.disk_gib)
+            .bind(new.image.as_str())
+            .bind(&keys)
+            .bind(new.running)
+            .execute(&mut *tx)
+            .await?;
+            insert_event(
+                &mut tx,
+                rec.id,
+                EventType::Normal,
+                Reason::SpecChanged,
+                &format!("spec changed (generation {})", rec.generation + 1),
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        self.get_record(rec.id).await?.ok_or(StoreError::NotFound)
+    }
+
+    /// Marks the user's hosting for deletion (idempotent). The row stays until the
+    /// reconciler has cleaned up.
+    pub async fn request_deletion(&self, user: UserId) -> Result<HostingRecord> {
+        let mut tx = self.pool.begin().await?;
+        let id: Option<(Uuid, Option<DateTime<Utc>>)> = sqlx::query_as(
+            "select id, deletion_requested_at from hostings where user_id = $1 for update",
+        )
+        .bind(user.0)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let (id, already) = id.ok_or(StoreError::NotFound)?;
+        if already.is_none() {
+            sqlx::query("update hostings set deletion_requested_at = now() where id = $1")
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+            insert_event(
+                &mut tx,
+                HostingId(id),
+                EventType::Normal,
+                Reason::DeletionRequested,
+                "deletion requested; cleaning up",
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        self.get_record(HostingId(id))
+            .await?
+            .ok_or(StoreError::NotFound)
+    }
+}

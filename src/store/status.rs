@@ -1,0 +1,272 @@
+//! Observed state, written by the reconciler: status, events, port
+//! allocations and the leader's heartbeat.
+
+use chrono::{DateTime, Utc};
+use sqlx::{Postgres, Transaction};
+use uuid::Uuid;
+
+use super::{Result, Status, Store, StoreError};
+use crate::domain::*;
+
+/// The reconciler leader's counters, stored with its heartbeat so an API-only
+/// process can show them in `/api/v1/health/detailed`.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, Default)]
+pub struct ReconcilerStats {
+    /// Reconciles run since the leader started.
+    pub reconciles: u64,
+    /// Reconciles that failed.
+    pub errors: u64,
+    /// Drift repairs and orphan removals.
+    pub repairs: u64,
+    /// Full resync passes.
+    pub resyncs: u64,
+    /// Hostings queued or being reconciled.
+    pub queue_depth: u64,
+    /// Duration of the last resync pass, in milliseconds.
+    pub last_pass_ms: u64,
+    /// Whether the writer held the leader lease.
+    pub is_leader: bool,
+}
+
+/// One event in a hosting's history.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Event {
+    pub at: DateTime<Utc>,
+    #[serde(rename = "type")]
+    pub type_: String,
+    pub reason: String,
+    pub message: String,
+}
+
+impl Store {
+    /// The latest events of a hosting, newest first.
+    pub async fn recent_events(&self, id: HostingId, limit: i64) -> Result<Vec<Event>> {
+        Ok(sqlx::query_as::<_, (DateTime<Utc>, String, String, String)>(
+            "select at, type, reason, message from events where hosting_id = $1 order by at desc, id desc limit $2",
+        )
+        .bind(id.0)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?
+        .into_iter()
+        .map(|(at, type_, reason, message)| Event { at, type_, reason, message })
+        .collect())
+    }
+
+    pub async fn add_event(
+        &self,
+        id: HostingId,
+        t: EventType,
+        reason: Reason,
+        message: &str,
+    ) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        insert_event(&mut tx, id, t, reason, message).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Writes the observed status (everything but ports, which only
+    /// [`Store::allocate_ports`] writes).
+    pub async fn write_status(&self, id: HostingId, s: &Status) -> Result<()> {
+        sqlx::query(
+            "insert into hosting_status (hosting_id, phase, conditions, observed_generation, vm_name, message, \
+               disk_created, provisioning_since, image_pin, last_reconciled_at) values ($1, $2, $3, $4, $5, $6, $7, $8, $9, now()) \
+             on conflict (hosting_id) do update set phase = $2, conditions = $3, observed_generation = $4, \
+               vm_name = $5, message = $6, disk_created = $7, provisioning_since = $8, image_pin = $9, last_reconciled_at = now()",
+        )
+        .bind(id.0)
+        .bind(s.phase.as_str())
+        .bind(sqlx::types::Json(&s.conditions))
+        .bind(s.observed_generation)
+        .bind(&s.vm_name)
+        .bind(&s.message)
+        .bind(s.disk_created)
+        .bind(s.provisioning_since)
+        .bind(s.image_pin.as_ref().map(sqlx::types::Json))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Allocates the hosting's SSH and HTTP ports if it has none yet, and records
+    /// them in its status in the same transaction. The primary key on
+    /// `port_allocations.port` decides races between concurrent allocators.
+    pub async fn allocate_ports(
+        &self,
+        id: HostingId,
+        ssh: PortRange,
+        http: PortRange,
+    ) -> Result<(u16, u16)> {
+        for _attempt in 0..16 {
+            let mut tx = self.pool.begin().await?;
+            let existing: Vec<(String, i32)> =
+                sqlx::query_as("select kind, port from port_allocations where hosting_id = $1")
+                    .bind(id.0)
+                    .fetch_all(&mut *tx)
+                    .await?;
+            let mut ports = [None, None];
+            for (kind, port) in existing {
+                ports[(kind == "http") as usize] = Some(port as u16);
+            }
+            let mut raced = false;
+            for (i, (kind, range)) in [(PortKind::Ssh, ssh), (PortKind::Http, http)]
+                .into_iter()
+                .enumerate()
+            {
+                if ports[i].is_some() {
+                    continue;
+                }
+                match try_allocate(&mut tx, id, kind, range).await? {
+                    Some(p) => ports[i] = Some(p),
+                    None => raced = true,
+                }
+            }
+            if raced {
+                tx.rollback().await?;
+                continue;
+            }
+            let (s, h) = (ports[0].unwrap(), ports[1].unwrap());
+            sqlx::query(
+                "update hosting_status set ssh_port = $2, http_port = $3 where hosting_id = $1",
+            )
+            .bind(id.0)
+            .bind(s as i32)
+            .bind(h as i32)
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            return Ok((s, h));
+        }
+        Err(StoreError::PortsExhausted("ssh/http (too much contention)"))
+    }
+
+    /// Releases the hosting's ports (idempotent).
+    pub async fn release_ports(&self, id: HostingId) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "update hosting_status set ssh_port = null, http_port = null where hosting_id = $1",
+        )
+        .bind(id.0)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("delete from port_allocations where hosting_id = $1")
+            .bind(id.0)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// The last step of the finalizer: removes the hosting row (status and events cascade).
+    /// Refuses while the deletion has not been requested.
+    pub async fn delete_hosting(&self, id: HostingId) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("delete from port_allocations where hosting_id = $1")
+            .bind(id.0)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("delete from hostings where id = $1 and deletion_requested_at is not null")
+            .bind(id.0)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// All port allocations: (port, kind, hosting id). For invariants checks.
+    pub async fn list_ports(&self) -> Result<Vec<(u16, String, HostingId)>> {
+        Ok(sqlx::query_as::<_, (i32, String, Uuid)>(
+            "select port, kind, hosting_id from port_allocations order by port",
+        )
+        .fetch_all(&self.pool)
+        .await?
+        .into_iter()
+        .map(|(p, k, h)| (p as u16, k, HostingId(h)))
+        .collect())
+    }
+}
+
+pub(super) async fn insert_event(
+    tx: &mut Transaction<'_, Postgres>,
+    id: HostingId,
+    t: EventType,
+    reason: Reason,
+    message: &str,
+) -> Result<()> {
+    sqlx::query("insert into events (hosting_id, type, reason, message) values ($1, $2, $3, $4)")
+        .bind(id.0)
+        .bind(t.as_str())
+        .bind(reason.as_str())
+        .bind(message)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+/// Tries to take one free port of `range`, starting at a random offset so that
+/// concurrent allocators rarely collide. `None` means another transaction won.
+async fn try_allocate(
+    tx: &mut Transaction<'_, Postgres>,
+    id: HostingId,
+    kind: PortKind,
+    range: PortRange,
+) -> Result<Option<u16>> {
+    use rand::Rng;
+    let offset = rand::thread_rng().gen_range(range.start..=range.end) as i32;
+    let free: Option<(i32,)> = sqlx::query_as(
+        "select p from (select generate_series($1::int, $2::int) as p) g \
+         where not exists (select 1 from port_allocations a where a.port = g.p) \
+         order by (g.p < $3), g.p limit 1",
+    )
+    .bind(range.start as i32)
+    .bind(range.end as i32)
+    .bind(offset)
+    .fetch_optional(&mut **tx)
+    .await?;
+    let Some((port,)) = free else {
+        return Err(StoreError::PortsExhausted(kind.as_str()));
+    };
+    let inserted = sqlx::query("insert into port_allocations (port, kind, hosting_id) values ($1, $2, $3) on conflict do nothing")
+        .bind(port)
+        .bind(kind.as_str())
+        .bind(id.0)
+        .execute(&mut **tx)
+        .await?;
+    Ok((inserted.rows_affected() == 1).then_some(port as u16))
+}
+
+impl Store {
+    /// Records the reconciler leader's heartbeat and counters.
+    pub async fn heartbeat(
+        &self,
+        instance: &str,
+        holder: &str,
+        stats: &ReconcilerStats,
+    ) -> Result<()> {
+        sqlx::query(
+            "insert into reconciler_heartbeat (instance, holder, at, stats) values ($1, $2, now(), $3) \
+             on conflict (instance) do update set holder = $2, at = now(), stats = $3",
+        )
+        .bind(instance)
+        .bind(holder)
+        .bind(sqlx::types::Json(stats))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// The last heartbeat: holder, age in seconds, counters.
+    pub async fn last_heartbeat(
+        &self,
+        instance: &str,
+    ) -> Result<Option<(String, f64, ReconcilerStats)>> {
+        let row: Option<(String, f64, sqlx::types::Json<ReconcilerStats>)> = sqlx::query_as(
+            "select holder, extract(epoch from now() - at)::float8, stats from reconciler_heartbeat where instance = $1",
+        )
+        .bind(instance)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(|(h, a, s)| (h, a, s.0)))
+    }
+}

@@ -1,0 +1,180 @@
+//! Prometheus metrics (crate `prometheus-client`): one registry per process,
+//! filled by the reconciler (if it runs here) and encoded by `/metrics` on the
+//! API listener or on `HOSTD_METRICS_LISTEN`.
+
+use std::sync::atomic::{AtomicBool, AtomicU64};
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+/// Label set of series broken down by a reason or outcome.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    /// A CamelCase reason, e.g. `LibvirtUnavailable`.
+    pub reason: String,
+}
+
+/// Label set of the hostings-by-phase gauge.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PhaseLabel {
+    /// The phase name, e.g. `Ready`.
+    pub phase: String,
+}
+
+/// The process's metrics. Cheap to update from any task.
+pub struct Metrics {
+    registry: Registry,
+    /// Reconciles run (successful or not).
+    pub reconciles: Counter,
+    /// Wall time of each reconcile, in seconds.
+    pub reconcile_duration: Histogram,
+    /// Failed reconciles by reason.
+    pub failures: Family<ReasonLabel, Counter>,
+    /// Drift repairs and orphan removals.
+    pub repairs: Counter,
+    /// Full resync passes.
+    pub resyncs: Counter,
+    /// Hostings queued or being reconciled.
+    pub queue_depth: Gauge,
+    /// Hostings by phase, as of the last resync.
+    pub hostings: Family<PhaseLabel, Gauge>,
+    /// Duration of the last resync pass, in seconds.
+    pub last_resync_seconds: Gauge<f64, AtomicU64>,
+    /// Unix time of the last completed resync pass.
+    pub last_resync_timestamp: Gauge,
+    /// 1 while this process holds the reconciler leader lease.
+    pub is_leader: Gauge,
+    /// Whether a reconciler runs in this process at all.
+    pub enabled: AtomicBool,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut m = Metrics {
+            registry: Registry::default(),
+            reconciles: Counter::default(),
+            reconcile_duration: Histogram::new(exponential_buckets(0.001, 2.5, 14)),
+            failures: Family::default(),
+            repairs: Counter::default(),
+            resyncs: Counter::default(),
+            queue_depth: Gauge::default(),
+            hostings: Family::default(),
+            last_resync_seconds: Gauge::default(),
+            last_resync_timestamp: Gauge::default(),
+            is_leader: Gauge::default(),
+            enabled: AtomicBool::new(false),
+        };
+        let r = &mut m.registry;
+        r.register("hostd_reconciles", "Reconciles run", m.reconciles.clone());
+        r.register(
+            "hostd_reconcile_duration_seconds",
+            "Wall time of one reconcile",
+            m.reconcile_duration.clone(),
+        );
+        r.register(
+            "hostd_reconcile_failures",
+            "Failed reconciles by reason",
+            m.failures.clone(),
+        );
+        r.register(
+            "hostd_repairs",
+            "Drift repairs and orphan removals",
+            m.repairs.clone(),
+        );
+        r.register("hostd_resyncs", "Full resync passes", m.resyncs.clone());
+        r.register(
+            "hostd_queue_depth",
+            "Hostings queued or being reconciled",
+            m.queue_depth.clone(),
+        );
+        r.register(
+            "hostd_hostings",
+            "Hostings by phase at the last resync",
+            m.hostings.clone(),
+        );
+        r.register(
+            "hostd_last_resync_duration_seconds",
+            "Duration of the last resync pass",
+            m.last_resync_seconds.clone(),
+        );
+        r.register(
+            "hostd_last_resync_timestamp_seconds",
+            "Unix time of the last completed resync pass",
+            m.last_resync_timestamp.clone(),
+        );
+        r.register(
+            "hostd_reconciler_leader",
+            "1 if this process holds the reconciler leader lease",
+            m.is_leader.clone(),
+        );
+        m
+    }
+}
+
+impl Metrics {
+    /// Counts a failed reconcile under its reason.
+    pub fn failure(&self, reason: &str) {
+        self.failures
+            .get_or_create(&ReasonLabel {
+                reason: reason.to_string(),
+            })
+            .inc();
+    }
+
+    /// Sum of failures over every reason.
+    pub fn failures_total(&self) -> u64 {
+        let mut sum = 0;
+        for r in crate::domain::Reason::ALL {
+            let label = ReasonLabel {
+                reason: r.as_str().to_string(),
+            };
+            sum += self.failures.get_or_create(&label).get();
+        }
+        sum
+    }
+
+    /// Replaces the hostings-by-phase gauge with `counts`.
+    pub fn set_phases(&self, counts: &[(crate::domain::Phase, i64)]) {
+        for p in crate::domain::Phase::ALL {
+            let n = counts.iter().find(|(q, _)| q == p).map_or(0, |c| c.1);
+            self.hostings
+                .get_or_create(&PhaseLabel {
+                    phase: p.as_str().to_string(),
+                })
+                .set(n);
+        }
+    }
+
+    /// The registry in Prometheus text format.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing to a String cannot fail");
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn encodes_labelled_series_and_histogram() {
+        let m = Metrics::default();
+        m.reconciles.inc();
+        m.reconcile_duration.observe(0.02);
+        m.failure("LibvirtUnavailable");
+        m.set_phases(&[(crate::domain::Phase::Ready, 3)]);
+        let text = m.encode();
+        assert!(text.contains("hostd_reconciles_total 1"), "{text}");
+        assert!(text.contains("hostd_reconcile_duration_seconds_bucket"));
+        assert!(text.contains("hostd_reconcile_failures_total{reason=\"LibvirtUnavailable\"} 1"));
+        assert!(text.contains("hostd_hostings{phase=\"Ready\"} 3"));
+        assert!(text.contains("hostd_hostings{phase=\"Failed\"} 0"));
+        assert_eq!(m.failures_total(), 1);
+    }
+}
