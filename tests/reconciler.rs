@@ -786,3 +786,102 @@ async fn nginx_down_is_reported_and_recovered_from() {
         .contains("stopped"));
     app.stop().await;
 }
+
+/// Edits every template in turn (cumulatively) under a converged hosting and
+/// checks that each edit reaches it exactly once: the resync notices the
+/// drift, the domain template is applied by a redefine and one restart, a seed
+/// template by a new seed and a redefine without restart, and afterwards the
+/// hosting settles (no loop, the resync finds nothing). Templates are compiled
+/// into the binary, so the edit is applied to the rendered output, which is
+/// exactly what the desired-state hash is computed from.
+#[tokio::test]
+async fn every_template_edit_reaches_an_existing_hosting_exactly_once() {
+    use hostd::reconciler::render::TemplateFile as F;
+    let app = TestApp::manual().await;
+    let ctl = app.controller.clone().unwrap();
+    let (_t, id, _g) = ready_manual(&app, &ctl, "tina").await;
+    let files = [
+        F::Domain,
+        F::UserData,
+        F::MetaData,
+        F::NetworkConfig,
+        F::Sshd,
+        F::Nftables,
+        F::Welcome,
+    ];
+    let count = |evs: &[hostd::store::Event], r: &str| evs.iter().filter(|e| e.reason == r).count();
+    for n in 0..files.len() {
+        let edited: Vec<F> = files[..=n].to_vec();
+        ctl.ctx
+            .render
+            .set_edit(Some(std::sync::Arc::new(move |f, s: &mut String| {
+                if !edited.contains(&f) {
+                    return;
+                }
+                match f {
+                    F::Domain => *s = s.replace("</domain>", "<!-- edited -->\n</domain>"),
+                    F::Welcome => s.push_str("<!-- edited -->\n"),
+                    _ => s.push_str("\n# edited\n"),
+                }
+            })));
+        let before = app.store.recent_events(id, 200).await.unwrap();
+        let marker_before = vm(&app)
+            .get_domain(&domain_name(id))
+            .await
+            .unwrap()
+            .unwrap()
+            .marker;
+
+        // A fresh queue: the controller's may still hold a delayed requeue.
+        let q = hostd::reconciler::queue::WorkQueue::default();
+        let stats = hostd::reconciler::resync::resync(&ctl.ctx, &q)
+            .await
+            .unwrap();
+        assert_eq!(stats.queued, 1, "resync must see the {:?} edit", files[n]);
+
+        assert_eq!(
+            settle(&ctl, id).await,
+            Action::AwaitChange,
+            "{:?}",
+            files[n]
+        );
+        for _ in 0..3 {
+            assert_eq!(ctl.reconcile_once(id).await.unwrap(), Action::AwaitChange);
+        }
+        let q = hostd::reconciler::queue::WorkQueue::default();
+        let stats = hostd::reconciler::resync::resync(&ctl.ctx, &q)
+            .await
+            .unwrap();
+        assert_eq!(stats.queued, 0, "settled after the {:?} edit", files[n]);
+
+        let after = app.store.recent_events(id, 200).await.unwrap();
+        let delta = |r: &str| count(&after, r) - count(&before, r);
+        let marker = vm(&app)
+            .get_domain(&domain_name(id))
+            .await
+            .unwrap()
+            .unwrap()
+            .marker;
+        let (dom_before, seed_before) = marker_before.spec_hash.split_once('-').unwrap();
+        let (dom_after, seed_after) = marker.spec_hash.split_once('-').unwrap();
+        assert_eq!(delta("Redefined"), 1, "{:?}: {after:?}", files[n]);
+        if files[n] == F::Domain {
+            assert_ne!(dom_before, dom_after);
+            assert_eq!(seed_before, seed_after);
+            assert_eq!(delta("Restarting"), 1, "domain edit restarts once");
+            assert_eq!(delta("SeedUpdated"), 0);
+        } else {
+            assert_eq!(
+                dom_before, dom_after,
+                "{:?} must not touch the domain",
+                files[n]
+            );
+            assert_ne!(seed_before, seed_after);
+            assert_eq!(delta("SeedUpdated"), 1, "{:?}", files[n]);
+            assert_eq!(delta("Restarting"), 0, "{:?} must not restart", files[n]);
+        }
+        let rec = app.store.get_record(id).await.unwrap().unwrap();
+        assert_eq!(rec.status.phase, Phase::Ready);
+    }
+    app.stop().await;
+}
