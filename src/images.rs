@@ -124,17 +124,7 @@ impl Catalog {
     /// The entry, after checking its files exist.
     pub fn resolve(&self, name: &ImageName) -> Result<&ImageEntry, ImageError> {
         let e = self.get(name)?;
-        for p in [Some(&e.disk), e.kernel.as_ref(), e.initrd.as_ref()]
-            .into_iter()
-            .flatten()
-        {
-            if !p.exists() {
-                return Err(ImageError::Missing {
-                    name: name.as_str().into(),
-                    path: p.display().to_string(),
-                });
-            }
-        }
+        e.check(name)?;
         Ok(e)
     }
 

@@ -517,3 +517,61 @@ fn crd_file_matches_the_types() {
         "crds/hosting.yaml is stale: run `cargo run --bin hostd -- crds > crds/hosting.yaml`"
     );
 }
+
+/// hostctl reads passwords from stdin (never argv) and keeps its token 0600.
+#[tokio::test]
+async fn hostctl_takes_passwords_on_stdin_and_keeps_the_token_private() {
+    use std::os::unix::fs::PermissionsExt;
+    use std::process::Stdio;
+    use tokio::io::AsyncWriteExt;
+    use tokio::process::Command;
+    let app = TestApp::api().await;
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("cfg/token");
+    // Async: the API under test runs on this test's runtime.
+    let run = |args: &[&str], stdin: &str| {
+        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        let (stdin, url, token_file) = (stdin.to_string(), app.url(""), token_file.clone());
+        async move {
+            let mut child = Command::new(env!("CARGO_BIN_EXE_hostctl"))
+                .args(["--api", &url])
+                .args(&args)
+                .env("HOSTCTL_TOKEN_FILE", &token_file)
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap();
+            let mut input = child.stdin.take().unwrap();
+            input.write_all(stdin.as_bytes()).await.unwrap();
+            drop(input);
+            child.wait_with_output().await.unwrap()
+        }
+    };
+    let out = run(
+        &["register", "cli@example.com", "cliuser"],
+        "correct horse\n",
+    )
+    .await;
+    assert!(out.status.success(), "{out:?}");
+    let out = run(&["login", "cliuser"], "wrong horse\n").await;
+    assert!(!out.status.success(), "a wrong password must fail");
+    assert!(!token_file.exists());
+    let out = run(&["login", "cliuser"], "correct horse\n").await;
+    assert!(out.status.success(), "{out:?}");
+    let mode = std::fs::metadata(&token_file).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "token file mode {mode:o}");
+    let dir_mode = std::fs::metadata(token_file.parent().unwrap())
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(dir_mode & 0o077, 0, "token dir mode {dir_mode:o}");
+    let out = run(&["get"], "").await;
+    // Logged in: the API answers 404 "you have no hosting", not 401.
+    let body = String::from_utf8_lossy(&out.stdout);
+    assert!(body.contains("you have no hosting"), "{body}");
+    // The old positional form is refused: a password never goes on the command line.
+    let out = run(&["login", "cliuser", "correct horse"], "").await;
+    assert!(!out.status.success());
+    app.stop().await;
+}

@@ -1,7 +1,7 @@
 //! The hosting API: desired state only. Handlers validate input into domain
 //! types and write to the store; they never touch libvirt or nginx.
 
-use axum::extract::State;
+use axum::extract::{FromRequest, Request, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::Json;
@@ -11,38 +11,19 @@ use serde::Serialize;
 use super::auth::AuthUser;
 use super::error::ApiError;
 use super::AppState;
-use crate::domain::{ssh_command, web_url, Condition, HostingSpec, Role, SpecPatch};
+use crate::crd::{HostingSpec as HostingSpecView, HostingStatus as HostingStatusView};
+use crate::domain::{ssh_command, web_url, HostingSpec, Role, SpecPatch};
 use crate::store::{Event, HostingRecord};
-
-#[derive(Serialize)]
-pub struct SpecView {
-    vcpus: i32,
-    memory_mib: i32,
-    disk_gib: i32,
-    image: String,
-    ssh_public_keys: Vec<String>,
-    running: bool,
-}
-
-#[derive(Serialize)]
-pub struct StatusView {
-    phase: String,
-    conditions: Vec<Condition>,
-    observed_generation: i64,
-    ssh_port: Option<u16>,
-    http_port: Option<u16>,
-    message: Option<String>,
-}
 
 /// The hosting as the API shows it (shape is a contract, see docs/api.md).
 #[derive(Serialize)]
 pub struct HostingView {
     id: String,
     user_id: String,
-    spec: SpecView,
+    spec: HostingSpecView,
     generation: i64,
     deletion_requested_at: Option<chrono::DateTime<chrono::Utc>>,
-    status: StatusView,
+    status: HostingStatusView,
     web_url: Option<String>,
     ssh_command: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -54,11 +35,11 @@ pub fn view(st: &AppState, r: &HostingRecord, events: Option<Vec<Event>>) -> Hos
     HostingView {
         id: r.id.to_string(),
         user_id: r.user_id.to_string(),
-        spec: spec_view(&r.spec),
+        spec: (&r.spec).into(),
         generation: r.generation,
         deletion_requested_at: r.deletion_requested_at,
-        status: StatusView {
-            phase: s.phase.as_str().into(),
+        status: HostingStatusView {
+            phase: s.phase,
             conditions: s.conditions.clone(),
             observed_generation: s.observed_generation,
             ssh_port: s.ssh_port,
@@ -73,59 +54,48 @@ pub fn view(st: &AppState, r: &HostingRecord, events: Option<Vec<Event>>) -> Hos
     }
 }
 
-fn spec_view(s: &HostingSpec) -> SpecView {
-    SpecView {
-        vcpus: s.vcpus,
-        memory_mib: s.memory_mib,
-        disk_gib: s.disk_gib,
-        image: s.image.as_str().into(),
-        ssh_public_keys: s
-            .ssh_public_keys
-            .iter()
-            .map(|k| k.as_str().to_string())
-            .collect(),
-        running: s.running,
+/// A hosting spec patch from an optional JSON body (empty means "no
+/// fields"); a non-empty body must say `Content-Type: application/json`.
+pub struct PatchBody(pub SpecPatch);
+
+impl<S: Send + Sync> FromRequest<S> for PatchBody {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        let is_json = req
+            .headers()
+            .get(axum::http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|ct| ct.starts_with("application/json"));
+        let body = Bytes::from_request(req, state).await?;
+        if body.iter().all(|b| b.is_ascii_whitespace()) {
+            return Ok(PatchBody(SpecPatch::default()));
+        }
+        if !is_json {
+            let msg = "expected Content-Type: application/json";
+            return Err(ApiError::UnsupportedMediaType(msg.into()));
+        }
+        serde_json::from_slice(&body)
+            .map(PatchBody)
+            .map_err(|e| match e.classify() {
+                serde_json::error::Category::Data => ApiError::Unprocessable(e.to_string()),
+                _ => ApiError::BadRequest(format!("malformed JSON: {e}")),
+            })
     }
 }
 
-/// Parses an optional JSON body (empty means "no fields").
-fn parse_patch(body: &Bytes) -> Result<SpecPatch, ApiError> {
-    if body.iter().all(|b| b.is_ascii_whitespace()) {
-        return Ok(SpecPatch::default());
-    }
-    serde_json::from_slice(body).map_err(|e| match e.classify() {
-        serde_json::error::Category::Data => ApiError::Unprocessable(e.to_string()),
-        _ => ApiError::BadRequest(format!("malformed JSON: {e}")),
-    })
-}
-
-fn require_json(headers: &axum::http::HeaderMap, body: &Bytes) -> Result<(), ApiError> {
-    if body.iter().all(|b| b.is_ascii_whitespace()) {
-        return Ok(());
-    }
-    let ct = headers
-        .get(axum::http::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    if ct.starts_with("application/json") {
-        Ok(())
-    } else {
-        Err(ApiError::UnsupportedMediaType(
-            "expected Content-Type: application/json".into(),
-        ))
-    }
+/// The hosting with its latest events, as single-hosting endpoints show it.
+async fn with_events(st: &AppState, rec: &HostingRecord) -> Result<HostingView, ApiError> {
+    let events = st.store.recent_events(rec.id, 20).await?;
+    Ok(view(st, rec, Some(events)))
 }
 
 /// `POST /api/v1/host`
 pub async fn create(
     State(st): State<AppState>,
     auth: AuthUser,
-    headers: axum::http::HeaderMap,
-    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+    PatchBody(patch): PatchBody,
 ) -> Result<impl IntoResponse, ApiError> {
-    let body = body?;
-    require_json(&headers, &body)?;
-    let patch = parse_patch(&body)?;
     let spec = patch.apply(&HostingSpec::default(), true)?;
     if st.catalog_names.iter().all(|n| n != spec.image.as_str()) {
         return Err(ApiError::Unprocessable(format!(
@@ -136,8 +106,7 @@ pub async fn create(
     }
     let rec = st.store.create_hosting(auth.id, &spec).await?;
     tracing::info!(hosting = %rec.id, user = %auth.id, "hosting requested");
-    let events = st.store.recent_events(rec.id, 20).await?;
-    Ok((StatusCode::ACCEPTED, Json(view(&st, &rec, Some(events)))))
+    Ok((StatusCode::ACCEPTED, Json(with_events(&st, &rec).await?)))
 }
 
 /// `GET /api/v1/host/my`
@@ -150,20 +119,15 @@ pub async fn get_mine(
         .get_record_by_user(auth.id)
         .await?
         .ok_or(ApiError::NotFound("you have no hosting"))?;
-    let events = st.store.recent_events(rec.id, 20).await?;
-    Ok(Json(view(&st, &rec, Some(events))))
+    Ok(Json(with_events(&st, &rec).await?))
 }
 
 /// `PATCH /api/v1/host/my`
 pub async fn patch_mine(
     State(st): State<AppState>,
     auth: AuthUser,
-    headers: axum::http::HeaderMap,
-    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+    PatchBody(patch): PatchBody,
 ) -> Result<impl IntoResponse, ApiError> {
-    let body = body?;
-    require_json(&headers, &body)?;
-    let patch = parse_patch(&body)?;
     let rec = st
         .store
         .update_spec(auth.id, |cur| patch.apply(cur, false))
@@ -175,8 +139,7 @@ pub async fn patch_mine(
             }
             o => o.into(),
         })?;
-    let events = st.store.recent_events(rec.id, 20).await?;
-    Ok(Json(view(&st, &rec, Some(events))))
+    Ok(Json(with_events(&st, &rec).await?))
 }
 
 /// `DELETE /api/v1/host/my`

@@ -1,7 +1,14 @@
-//! hostctl: a small client for the hostd API. The token is kept in
-//! `$HOSTCTL_TOKEN_FILE` (default `~/.config/hostd/token`).
+//! hostctl: a small client for the hostd API. Passwords are prompted for
+//! without echo (or read from standard input when it is not a terminal), never
+//! taken as arguments, which `ps` and shell history would show. The token is
+//! kept in `$HOSTCTL_TOKEN_FILE` (default `~/.config/hostd/token`), mode 0600.
+
+use std::io::{BufRead, IsTerminal, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
+use serde_json::{json, Value};
 
 #[derive(Parser)]
 #[command(name = "hostctl", version, about = "Client for the hostd API")]
@@ -15,20 +22,16 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Register a new user.
-    Register {
-        email: String,
-        username: String,
-        password: String,
-    },
-    /// Log in and store the token.
-    Login { username: String, password: String },
+    /// Register a new user (the password is prompted for, or read from stdin).
+    Register { email: String, username: String },
+    /// Log in and store the token (the password is prompted for, or read from stdin).
+    Login { username: String },
     /// Show your hosting.
     Get,
     /// Request a hosting (optionally with an SSH public key file).
     Create {
         #[arg(long)]
-        ssh_key: Option<std::path::PathBuf>,
+        ssh_key: Option<PathBuf>,
         #[arg(long)]
         memory_mib: Option<i64>,
     },
@@ -36,11 +39,16 @@ enum Cmd {
     Delete,
 }
 
-fn token_file() -> std::path::PathBuf {
+fn fail(msg: impl std::fmt::Display) -> ! {
+    eprintln!("hostctl: {msg}");
+    std::process::exit(1)
+}
+
+fn token_file() -> PathBuf {
     std::env::var_os("HOSTCTL_TOKEN_FILE")
         .map(Into::into)
         .unwrap_or_else(|| {
-            std::path::PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/root".into()))
+            PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/root".into()))
                 .join(".config/hostd/token")
         })
 }
@@ -54,112 +62,102 @@ fn token() -> String {
         })
 }
 
+/// Writes the token readable by its owner only (the directory too).
+fn save_token(t: &str) -> std::io::Result<PathBuf> {
+    let f = token_file();
+    if let Some(d) = f.parent() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(d)?;
+    }
+    // Replace, never reuse, a file that may have had looser permissions.
+    let _ = std::fs::remove_file(&f);
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&f)?;
+    file.write_all(t.as_bytes())?;
+    Ok(f)
+}
+
+/// The password: prompted for without echo on a terminal, else the first
+/// line of standard input.
+fn password() -> String {
+    let stdin = std::io::stdin();
+    let p = if stdin.is_terminal() {
+        rpassword::prompt_password("password: ").unwrap_or_else(|e| fail(e))
+    } else {
+        let mut line = String::new();
+        stdin
+            .lock()
+            .read_line(&mut line)
+            .unwrap_or_else(|e| fail(e));
+        line.trim_end_matches(['\n', '\r']).to_string()
+    };
+    if p.is_empty() {
+        fail("empty password");
+    }
+    p
+}
+
+/// Prints the response body (pretty JSON when it is JSON); the exit code.
 async fn show(r: reqwest::Response) -> i32 {
-    let status = r.status();
+    let ok = r.status().is_success();
     let text = r.text().await.unwrap_or_default();
-    let pretty = serde_json::from_str::<serde_json::Value>(&text)
-        .map(|v| serde_json::to_string_pretty(&v).unwrap())
+    let pretty = serde_json::from_str::<Value>(&text)
+        .map(|v| serde_json::to_string_pretty(&v).unwrap_or_default())
         .unwrap_or(text);
     println!("{pretty}");
-    if status.is_success() {
-        0
-    } else {
-        1
-    }
+    i32::from(!ok)
+}
+
+async fn send(req: reqwest::RequestBuilder) -> reqwest::Response {
+    req.send().await.unwrap_or_else(|e| fail(e))
 }
 
 #[tokio::main]
 async fn main() {
     let cli = Cli::parse();
     let c = reqwest::Client::new();
-    let base = cli.api.trim_end_matches('/').to_string();
-    let fail = |e: reqwest::Error| -> ! {
-        eprintln!("hostctl: {e}");
-        std::process::exit(1)
-    };
+    let url = |path: &str| format!("{}/api/v1{path}", cli.api.trim_end_matches('/'));
     let code = match cli.cmd {
-        Cmd::Register {
-            email,
-            username,
-            password,
-        } => {
-            let body =
-                serde_json::json!({"email": email, "username": username, "password": password});
-            show(
-                c.post(format!("{base}/api/v1/auth/register"))
-                    .json(&body)
-                    .send()
-                    .await
-                    .unwrap_or_else(|e| fail(e)),
-            )
-            .await
+        Cmd::Register { email, username } => {
+            let body = json!({"email": email, "username": username, "password": password()});
+            show(send(c.post(url("/auth/register")).json(&body)).await).await
         }
-        Cmd::Login { username, password } => {
-            let r = c
-                .post(format!("{base}/api/v1/auth/login"))
-                .form(&[("username", username), ("password", password)])
-                .send()
-                .await
-                .unwrap_or_else(|e| fail(e));
+        Cmd::Login { username } => {
+            let form = [("username", username), ("password", password())];
+            let r = send(c.post(url("/auth/login")).form(&form)).await;
             if !r.status().is_success() {
                 show(r).await
             } else {
-                let v: serde_json::Value = r.json().await.unwrap_or_else(|e| fail(e));
+                let v: Value = r.json().await.unwrap_or_else(|e| fail(e));
                 let t = v["access_token"].as_str().unwrap_or_default();
-                let f = token_file();
-                if let Some(d) = f.parent() {
-                    let _ = std::fs::create_dir_all(d);
-                }
-                std::fs::write(&f, t).expect("write token file");
+                let f = save_token(t).unwrap_or_else(|e| fail(format!("saving the token: {e}")));
                 println!("logged in; token saved to {}", f.display());
                 0
             }
         }
-        Cmd::Get => {
-            show(
-                c.get(format!("{base}/api/v1/host/my"))
-                    .bearer_auth(token())
-                    .send()
-                    .await
-                    .unwrap_or_else(|e| fail(e)),
-            )
-            .await
-        }
+        Cmd::Get => show(send(c.get(url("/host/my")).bearer_auth(token())).await).await,
         Cmd::Create {
             ssh_key,
             memory_mib,
         } => {
             let mut body = serde_json::Map::new();
             if let Some(p) = ssh_key {
-                let k = std::fs::read_to_string(&p).unwrap_or_else(|e| {
-                    eprintln!("hostctl: {}: {e}", p.display());
-                    std::process::exit(2)
-                });
-                body.insert("ssh_public_keys".into(), serde_json::json!([k.trim()]));
+                let k = std::fs::read_to_string(&p)
+                    .unwrap_or_else(|e| fail(format!("{}: {e}", p.display())));
+                body.insert("ssh_public_keys".into(), json!([k.trim()]));
             }
             if let Some(m) = memory_mib {
                 body.insert("memory_mib".into(), m.into());
             }
-            show(
-                c.post(format!("{base}/api/v1/host"))
-                    .bearer_auth(token())
-                    .json(&body)
-                    .send()
-                    .await
-                    .unwrap_or_else(|e| fail(e)),
-            )
-            .await
+            let req = c.post(url("/host")).bearer_auth(token()).json(&body);
+            show(send(req).await).await
         }
-        Cmd::Delete => {
-            show(
-                c.delete(format!("{base}/api/v1/host/my"))
-                    .bearer_auth(token())
-                    .send()
-                    .await
-                    .unwrap_or_else(|e| fail(e)),
-            )
-            .await
-        }
+        Cmd::Delete => show(send(c.delete(url("/host/my")).bearer_auth(token())).await).await,
     };
     std::process::exit(code);
 }

@@ -22,6 +22,15 @@ pub struct ValidationError {
 }
 
 impl ValidationError {
+    /// `Ok` when `ok`, otherwise the error for `field` breaking `rule`.
+    pub fn check(ok: bool, field: &'static str, rule: &str) -> Result<(), ValidationError> {
+        if ok {
+            Ok(())
+        } else {
+            Err(ValidationError::new(field, rule))
+        }
+    }
+
     pub fn new(field: &'static str, message: impl Into<String>) -> Self {
         Self {
             field,
@@ -81,14 +90,8 @@ impl Username {
             && s.starts_with(|c: char| c.is_ascii_lowercase())
             && s.chars()
                 .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-');
-        if ok {
-            Ok(Self(s.to_string()))
-        } else {
-            Err(ValidationError::new(
-                "username",
-                "must be 3-32 characters of a-z, 0-9, '_' or '-', starting with a letter",
-            ))
-        }
+        let rule = "must be 3-32 characters of a-z, 0-9, '_' or '-', starting with a letter";
+        ValidationError::check(ok, "username", rule).map(|_| Self(s.to_string()))
     }
     pub fn as_str(&self) -> &str {
         &self.0
@@ -218,21 +221,16 @@ impl ImageName {
             && s.chars()
                 .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "._-".contains(c))
             && !s.contains("..");
-        if ok {
-            Ok(Self(s.to_string()))
-        } else {
-            Err(ValidationError::new(
-                "image",
-                "must be 1-64 characters of a-z, 0-9, '.', '_' or '-'",
-            ))
-        }
+        let rule = "must be 1-64 characters of a-z, 0-9, '.', '_' or '-'";
+        ValidationError::check(ok, "image", rule).map(|_| Self(s.to_string()))
     }
     pub fn as_str(&self) -> &str {
         &self.0
     }
 }
 
-/// Limits of a hosting spec, shared by validation and the CRD schema.
+/// Limits of a hosting spec, used by validation and by the CRD/API schema
+/// (`crd.rs` refers to these constants).
 pub mod limits {
     pub const VCPUS: (i32, i32) = (1, 16);
     pub const MEMORY_MIB: (i32, i32) = (256, 65536);

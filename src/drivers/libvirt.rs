@@ -161,6 +161,28 @@ impl LibvirtDriver {
         }
     }
 
+    /// Runs `op` on one of our domains if it is running; absent or stopped
+    /// (also when it stopped meanwhile: `OperationInvalid`) is success.
+    async fn if_running<F>(&self, name: &str, op: F) -> DriverResult<()>
+    where
+        F: FnOnce(&Domain) -> Result<(), virt::error::Error> + Send + 'static,
+    {
+        let (name, instance) = (name.to_string(), self.instance.clone());
+        self.with_conn(move |c| {
+            let Some(d) = Self::lookup_ours(c, &name, &instance)? else {
+                return Ok(());
+            };
+            if !d.is_active().map_err(lv)? {
+                return Ok(());
+            }
+            match op(&d) {
+                Err(e) if !is(&e, ErrorNumber::OperationInvalid) => Err(lv(e)),
+                _ => Ok(()),
+            }
+        })
+        .await
+    }
+
     fn pool(c: &Connect, name: &str) -> DriverResult<StoragePool> {
         c.lookup_storage_pool_by_name(name).map_err(lv)
     }
@@ -375,39 +397,11 @@ impl VmDriver for LibvirtDriver {
     }
 
     async fn shutdown(&self, name: &str) -> DriverResult<()> {
-        let (name, instance) = (name.to_string(), self.instance.clone());
-        self.with_conn(move |c| {
-            let Some(d) = Self::lookup_ours(c, &name, &instance)? else {
-                return Ok(());
-            };
-            if !d.is_active().map_err(lv)? {
-                return Ok(());
-            }
-            match d.shutdown() {
-                Ok(()) => Ok(()),
-                Err(e) if is(&e, ErrorNumber::OperationInvalid) => Ok(()),
-                Err(e) => Err(lv(e)),
-            }
-        })
-        .await
+        self.if_running(name, |d| d.shutdown()).await
     }
 
     async fn destroy(&self, name: &str) -> DriverResult<()> {
-        let (name, instance) = (name.to_string(), self.instance.clone());
-        self.with_conn(move |c| {
-            let Some(d) = Self::lookup_ours(c, &name, &instance)? else {
-                return Ok(());
-            };
-            if !d.is_active().map_err(lv)? {
-                return Ok(());
-            }
-            match d.destroy() {
-                Ok(()) => Ok(()),
-                Err(e) if is(&e, ErrorNumber::OperationInvalid) => Ok(()),
-                Err(e) => Err(lv(e)),
-            }
-        })
-        .await
+        self.if_running(name, |d| d.destroy()).await
     }
 
     async fn undefine(&self, name: &str) -> DriverResult<()> {

@@ -69,6 +69,11 @@ impl<'a> Pass<'a> {
         self.event(EventType::Warning, reason, msg).await
     }
 
+    /// Sets one of the status's conditions.
+    fn condition(&mut self, type_: C, status: bool, reason: Reason, msg: &str) {
+        set_condition(&mut self.st.conditions, type_, status, reason, msg);
+    }
+
     async fn fault(&self, point: &'static str) -> Result<(), ReconcileError> {
         Ok(self.ctx.config.faults.hit(point).await?)
     }
@@ -243,13 +248,7 @@ impl<'a> Pass<'a> {
         let running_now = def.observed.as_ref().is_some_and(|o| o.running);
         if def.restart {
             let msg = "memory/vCPU change: restarting the VM";
-            set_condition(
-                &mut self.st.conditions,
-                C::RestartRequired,
-                true,
-                Reason::SpecChanged,
-                msg,
-            );
+            self.condition(C::RestartRequired, true, Reason::SpecChanged, msg);
             self.st.phase = Phase::Updating;
             self.write_status().await?;
             self.ctx.vm.destroy(&name).await?;
@@ -274,13 +273,7 @@ impl<'a> Pass<'a> {
         }
         remove_condition(&mut self.st.conditions, C::RestartRequired);
         let msg = format!("domain {name} is running");
-        set_condition(
-            &mut self.st.conditions,
-            C::VMRunning,
-            true,
-            Reason::Running,
-            &msg,
-        );
+        self.condition(C::VMRunning, true, Reason::Running, &msg);
         Ok(())
     }
 
@@ -332,13 +325,7 @@ impl<'a> Pass<'a> {
                 "route answers 503 while the VM is stopped".into(),
             ),
         };
-        set_condition(
-            &mut self.st.conditions,
-            C::RouteConfigured,
-            true,
-            reason,
-            &msg,
-        );
+        self.condition(C::RouteConfigured, true, reason, &msg);
         Ok(())
     }
 
@@ -362,13 +349,7 @@ impl<'a> Pass<'a> {
         );
         if web.is_ok() && banner.is_ok() {
             let msg = "site answers through nginx and SSH is up";
-            set_condition(
-                &mut self.st.conditions,
-                C::WebReady,
-                true,
-                Reason::Serving,
-                msg,
-            );
+            self.condition(C::WebReady, true, Reason::Serving, msg);
             let was_ready = self.rec.status.phase == Phase::Ready
                 && self.rec.status.observed_generation == self.rec.generation;
             self.converged(Phase::Ready).await?;
@@ -384,13 +365,7 @@ impl<'a> Pass<'a> {
             .collect::<Vec<_>>()
             .join("; ");
         let msg = format!("waiting for the guest: {why}");
-        set_condition(
-            &mut self.st.conditions,
-            C::WebReady,
-            false,
-            Reason::Booting,
-            &msg,
-        );
+        self.condition(C::WebReady, false, Reason::Booting, &msg);
         if self.st.phase != Phase::Updating {
             self.st.phase = Phase::Provisioning;
         }
@@ -429,32 +404,14 @@ impl<'a> Pass<'a> {
         let running_now = def.observed.as_ref().is_some_and(|o| o.running);
         if running_now && self.shutting_down().await? {
             let msg = "waiting for the guest to shut down";
-            set_condition(
-                &mut self.st.conditions,
-                C::VMRunning,
-                true,
-                Reason::ShuttingDown,
-                msg,
-            );
+            self.condition(C::VMRunning, true, Reason::ShuttingDown, msg);
             self.write_status().await?;
             return Ok(Action::Requeue(Duration::from_secs(2)));
         }
         self.ctx.shutdowns.lock().unwrap().remove(&self.id());
         let msg = "the VM is stopped as requested";
-        set_condition(
-            &mut self.st.conditions,
-            C::VMRunning,
-            false,
-            Reason::Stopped,
-            msg,
-        );
-        set_condition(
-            &mut self.st.conditions,
-            C::WebReady,
-            false,
-            Reason::Stopped,
-            "the VM is stopped",
-        );
+        self.condition(C::VMRunning, false, Reason::Stopped, msg);
+        self.condition(C::WebReady, false, Reason::Stopped, "the VM is stopped");
         let was = self.rec.status.phase;
         self.converged(Phase::Stopped).await?;
         if was != Phase::Stopped {

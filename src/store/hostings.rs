@@ -122,42 +122,35 @@ impl Store {
     /// A second hosting for the same user fails on the unique index: `Conflict`.
     pub async fn create_hosting(&self, user: UserId, spec: &HostingSpec) -> Result<HostingRecord> {
         let id = Uuid::new_v4();
-        let keys: Vec<&str> = spec.ssh_public_keys.iter().map(|k| k.as_str()).collect();
         let mut tx = self.pool.begin().await?;
-        sqlx::query(
+        let q = sqlx::query(
             "insert into hostings (id, user_id, vcpus, memory_mib, disk_gib, image, ssh_public_keys, running) \
              values ($1, $2, $3, $4, $5, $6, $7, $8)",
         )
         .bind(id)
-        .bind(user.0)
-        .bind(spec.vcpus)
-        .bind(spec.memory_mib)
-        .bind(spec.disk_gib)
-        .bind(spec.image.as_str())
-        .bind(&keys)
-        .bind(spec.running)
-        .execute(&mut *tx)
-        .await
-        .map_err(|e| match is_unique_violation(&e) {
-            Some(_) => StoreError::Conflict("a hosting for this user"),
-            None => e.into(),
-        })?;
+        .bind(user.0);
+        bind_spec(q, spec)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| match is_unique_violation(&e) {
+                Some(_) => StoreError::Conflict("a hosting for this user"),
+                None => e.into(),
+            })?;
         sqlx::query("insert into hosting_status (hosting_id) values ($1)")
             .bind(id)
             .execute(&mut *tx)
             .await?;
+        let msg = "hosting requested; waiting for the reconciler";
         insert_event(
             &mut tx,
             HostingId(id),
             EventType::Normal,
             Reason::Created,
-            "hosting requested; waiting for the reconciler",
+            msg,
         )
         .await?;
         tx.commit().await?;
-        self.get_record(HostingId(id))
-            .await?
-            .ok_or(StoreError::NotFound)
+        self.must_get(HostingId(id)).await
     }
 
     pub async fn get_record(&self, id: HostingId) -> Result<Option<HostingRecord>> {
@@ -166,6 +159,11 @@ impl Store {
             .fetch_optional(&self.pool)
             .await?;
         row.map(RecordRow::into_record).transpose()
+    }
+
+    /// A record that must exist (just written in this call).
+    async fn must_get(&self, id: HostingId) -> Result<HostingRecord> {
+        self.get_record(id).await?.ok_or(StoreError::NotFound)
     }
 
     pub async fn get_record_by_user(&self, user: UserId) -> Result<Option<HostingRecord>> {
@@ -205,20 +203,12 @@ impl Store {
         }
         let new = change(&rec.spec)?;
         if new != rec.spec {
-            let keys: Vec<&str> = new.ssh_public_keys.iter().map(|k| k.as_str()).collect();
-            sqlx::query(
+            let q = sqlx::query(
                 "update hostings set vcpus = $2, memory_mib = $3, disk_gib = $4, image = $5, ssh_public_keys = $6, \
                  running = $7, generation = generation + 1 where id = $1",
             )
-            .bind(rec.id.0)
-            .bind(new.vcpus)
-            .bind(new.memory_mib)
-            .bind(new.disk_gib)
-            .bind(new.image.as_str())
-            .bind(&keys)
-            .bind(new.running)
-            .execute(&mut *tx)
-            .await?;
+            .bind(rec.id.0);
+            bind_spec(q, &new).execute(&mut *tx).await?;
             insert_event(
                 &mut tx,
                 rec.id,
@@ -229,7 +219,7 @@ impl Store {
             .await?;
         }
         tx.commit().await?;
-        self.get_record(rec.id).await?.ok_or(StoreError::NotFound)
+        self.must_get(rec.id).await
     }
 
     /// Marks the user's hosting for deletion (idempotent). The row stays until the
@@ -248,18 +238,24 @@ impl Store {
                 .bind(id)
                 .execute(&mut *tx)
                 .await?;
-            insert_event(
-                &mut tx,
-                HostingId(id),
-                EventType::Normal,
-                Reason::DeletionRequested,
-                "deletion requested; cleaning up",
-            )
-            .await?;
+            let (reason, msg) = (Reason::DeletionRequested, "deletion requested; cleaning up");
+            insert_event(&mut tx, HostingId(id), EventType::Normal, reason, msg).await?;
         }
         tx.commit().await?;
-        self.get_record(HostingId(id))
-            .await?
-            .ok_or(StoreError::NotFound)
+        self.must_get(HostingId(id)).await
     }
+}
+
+type PgQuery<'q> = sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>;
+
+/// Binds a spec's columns in table order: vcpus, memory_mib, disk_gib, image,
+/// ssh_public_keys, running.
+fn bind_spec<'q>(q: PgQuery<'q>, spec: &'q HostingSpec) -> PgQuery<'q> {
+    let keys: Vec<&str> = spec.ssh_public_keys.iter().map(|k| k.as_str()).collect();
+    q.bind(spec.vcpus)
+        .bind(spec.memory_mib)
+        .bind(spec.disk_gib)
+        .bind(spec.image.as_str())
+        .bind(keys)
+        .bind(spec.running)
 }

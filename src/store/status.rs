@@ -150,10 +150,7 @@ impl Store {
         .bind(id.0)
         .execute(&mut *tx)
         .await?;
-        sqlx::query("delete from port_allocations where hosting_id = $1")
-            .bind(id.0)
-            .execute(&mut *tx)
-            .await?;
+        delete_ports(&mut tx, id).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -162,10 +159,7 @@ impl Store {
     /// Refuses while the deletion has not been requested.
     pub async fn delete_hosting(&self, id: HostingId) -> Result<()> {
         let mut tx = self.pool.begin().await?;
-        sqlx::query("delete from port_allocations where hosting_id = $1")
-            .bind(id.0)
-            .execute(&mut *tx)
-            .await?;
+        delete_ports(&mut tx, id).await?;
         sqlx::query("delete from hostings where id = $1 and deletion_requested_at is not null")
             .bind(id.0)
             .execute(&mut *tx)
@@ -185,6 +179,14 @@ impl Store {
         .map(|(p, k, h)| (p as u16, k, HostingId(h)))
         .collect())
     }
+}
+
+async fn delete_ports(tx: &mut Transaction<'_, Postgres>, id: HostingId) -> Result<()> {
+    sqlx::query("delete from port_allocations where hosting_id = $1")
+        .bind(id.0)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
 }
 
 pub(super) async fn insert_event(

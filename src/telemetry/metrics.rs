@@ -69,48 +69,23 @@ impl Default for Metrics {
             enabled: AtomicBool::new(false),
         };
         let r = &mut m.registry;
-        r.register("hostd_reconciles", "Reconciles run", m.reconciles.clone());
-        r.register(
-            "hostd_reconcile_duration_seconds",
-            "Wall time of one reconcile",
-            m.reconcile_duration.clone(),
-        );
-        r.register(
-            "hostd_reconcile_failures",
-            "Failed reconciles by reason",
-            m.failures.clone(),
-        );
-        r.register(
-            "hostd_repairs",
-            "Drift repairs and orphan removals",
-            m.repairs.clone(),
-        );
-        r.register("hostd_resyncs", "Full resync passes", m.resyncs.clone());
-        r.register(
-            "hostd_queue_depth",
-            "Hostings queued or being reconciled",
-            m.queue_depth.clone(),
-        );
-        r.register(
-            "hostd_hostings",
-            "Hostings by phase at the last resync",
-            m.hostings.clone(),
-        );
-        r.register(
-            "hostd_last_resync_duration_seconds",
-            "Duration of the last resync pass",
-            m.last_resync_seconds.clone(),
-        );
-        r.register(
-            "hostd_last_resync_timestamp_seconds",
-            "Unix time of the last completed resync pass",
-            m.last_resync_timestamp.clone(),
-        );
-        r.register(
-            "hostd_reconciler_leader",
-            "1 if this process holds the reconciler leader lease",
-            m.is_leader.clone(),
-        );
+        macro_rules! register {
+            ($($name:literal, $help:literal, $metric:expr;)+) => {
+                $(r.register($name, $help, $metric.clone());)+
+            };
+        }
+        register! {
+            "hostd_reconciles", "Reconciles run", m.reconciles;
+            "hostd_reconcile_duration_seconds", "Wall time of one reconcile", m.reconcile_duration;
+            "hostd_reconcile_failures", "Failed reconciles by reason", m.failures;
+            "hostd_repairs", "Drift repairs and orphan removals", m.repairs;
+            "hostd_resyncs", "Full resync passes", m.resyncs;
+            "hostd_queue_depth", "Hostings queued or being reconciled", m.queue_depth;
+            "hostd_hostings", "Hostings by phase at the last resync", m.hostings;
+            "hostd_last_resync_duration_seconds", "Duration of the last resync", m.last_resync_seconds;
+            "hostd_last_resync_timestamp_seconds", "Unix time of the last resync", m.last_resync_timestamp;
+            "hostd_reconciler_leader", "1 if this process holds the leader lease", m.is_leader;
+        }
         m
     }
 }
