@@ -9,10 +9,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
-./scripts/install-deps.sh >/dev/null
-ensure_cargo
-start_postgres
-start_libvirt
+prepare_host
 LABEL=bench-provision
 . scripts/realenv.sh
 SIZES=("$@"); [ ${#SIZES[@]} -gt 0 ] || SIZES=(1 4)
@@ -22,10 +19,9 @@ raw_cleanup() {
     virsh -c qemu:///system destroy "$d" >/dev/null 2>&1 || true
   done
 }
-trap 'raw_cleanup; cleanup' EXIT
+CLEANUP_HOOKS=(raw_cleanup)
 realenv_up
 start_hostd
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 now() { date +%s.%N; }
 base=$(jq -r '"'"$STATE_DIR"'/images/debian-12/disk.qcow2"' <<< '{}')
 accel=$(curl -fsS "$API/health/detailed" | jq -r .domain_type)
@@ -46,9 +42,9 @@ for N in "${SIZES[@]}"; do
   done
   ready=(); ids=()
   for i in $(seq 0 $((N - 1))); do ready+=(""); ids+=(""); done
-  deadline=$(( $(date +%s) + READY_TIMEOUT ))
-  while :; do
-    left=0
+  # Records each hosting's time to Ready; succeeds once all are.
+  all_ready() {
+    local i j left=0
     for i in $(seq 0 $((N - 1))); do
       [ -n "${ready[$i]}" ] && continue
       j=$(curl -fsS "$API/host/my" -H "Authorization: Bearer ${tokens[$i]}")
@@ -56,10 +52,9 @@ for N in "${SIZES[@]}"; do
         ready[$i]=$(python3 -c "print($(now) - ${t0[$i]})"); ids[$i]=$(jq -r .id <<< "$j")
       else left=$((left + 1)); fi
     done
-    [ $left -eq 0 ] && break
-    [ "$(date +%s)" -lt $deadline ] || fail "hostings not Ready after ${READY_TIMEOUT}s"
-    sleep 1
-  done
+    [ $left -eq 0 ]
+  }
+  wait_until "$READY_TIMEOUT" 1 all_ready || fail "hostings not Ready after ${READY_TIMEOUT}s"
   # Keep what hostd rendered, then delete the hostings.
   mkdir -p "$WORK/raw$N"; chmod 0755 "$WORK" "$WORK/raw$N"   # qemu runs as libvirt-qemu
   for i in $(seq 0 $((N - 1))); do
@@ -68,7 +63,8 @@ for N in "${SIZES[@]}"; do
     curl -fsS -X DELETE "$API/host/my" -H "Authorization: Bearer ${tokens[$i]}" >/dev/null
   done
   for i in $(seq 0 $((N - 1))); do
-    until [ "$(curl -s -o /dev/null -w '%{http_code}' "$API/host/my" -H "Authorization: Bearer ${tokens[$i]}")" = 404 ]; do sleep 1; done
+    gone() { [ "$(curl -s -o /dev/null -w '%{http_code}' "$API/host/my" -H "Authorization: Bearer ${tokens[$i]}")" = 404 ]; }
+    wait_until 120 1 gone || fail "hosting $i not deleted"
   done
 
   step "N=$N: raw guests, virsh create -> first HTTP 200"
@@ -103,19 +99,18 @@ PY
     rt0+=("$(now)")
     virsh -c qemu:///system create "$WORK/raw$N/$i.xml" >/dev/null
   done
-  deadline=$(( $(date +%s) + READY_TIMEOUT ))
-  while :; do
-    left=0
+  # Records each raw guest's time to its first HTTP 200; succeeds once all answered.
+  all_raw_up() {
+    local i left=0
     for i in $(seq 0 $((N - 1))); do
       [ -n "${rready[$i]}" ] && continue
       if [ "$(curl -s -m 3 -o /dev/null -w '%{http_code}' "http://127.0.0.1:${ports[$i]}/")" = 200 ]; then
         rready[$i]=$(python3 -c "print($(now) - ${rt0[$i]})")
       else left=$((left + 1)); fi
     done
-    [ $left -eq 0 ] && break
-    [ "$(date +%s)" -lt $deadline ] || fail "raw guests did not answer after ${READY_TIMEOUT}s"
-    sleep 0.5
-  done
+    [ $left -eq 0 ]
+  }
+  wait_until "$READY_TIMEOUT" 0.5 all_raw_up || fail "raw guests did not answer after ${READY_TIMEOUT}s"
   raw_cleanup
   results+=("$(python3 - "$N" "${ready[*]}" "${rready[*]}" <<'PY'
 import sys

@@ -5,11 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
-./scripts/install-deps.sh >/dev/null
-ensure_cargo
-start_postgres
-start_libvirt
-export TEST_DATABASE_URL="${TEST_DATABASE_URL:-postgres://hostd:hostd@127.0.0.1:5432/postgres}"
+prepare_host
 ulimit -n 65536 2>/dev/null || true
 # Log every statement of the hostd role while the benchmark runs, so it can
 # count the queries of an idle resync from the server's side.

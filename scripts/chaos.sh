@@ -9,10 +9,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
 DURATION="${1:-120}"; USERS="${2:-4}"
-./scripts/install-deps.sh >/dev/null
-ensure_cargo
-start_postgres
-start_libvirt
+prepare_host
 ./scripts/build-image.sh
-export TEST_DATABASE_URL="${TEST_DATABASE_URL:-postgres://hostd:hostd@127.0.0.1:5432/postgres}"
 CHAOS_SECS="$DURATION" CHAOS_USERS="$USERS" cargo test --locked --test crash_matrix chaos_soak -- --ignored --nocapture

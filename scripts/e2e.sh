@@ -25,18 +25,12 @@ t_post=$(date +%s.%N)
 code=$(curl -sS -o "$WORK/host.json" -w '%{http_code}' -X POST "$API/host" -H "Authorization: Bearer $TOKEN" -H 'content-type: application/json' -d "$body")
 [ "$code" = 202 ] || fail "POST /host answered $code: $(cat "$WORK/host.json")"
 
-wait_ready() {
-  local deadline=$(( $(date +%s) + READY_TIMEOUT )) phase=""
-  while [ "$(date +%s)" -lt $deadline ]; do
-    curl -fsS "$API/host/my" -H "Authorization: Bearer $TOKEN" > "$WORK/my.json" || true
-    phase=$(jq -r .status.phase "$WORK/my.json" 2>/dev/null)
-    [ "$phase" = Ready ] && return 0
-    sleep 3
-  done
-  jq . "$WORK/my.json"; fail "not Ready after ${READY_TIMEOUT}s (phase $phase)"
+is_ready() {
+  curl -fsS "$API/host/my" -H "Authorization: Bearer $TOKEN" > "$WORK/my.json" || return 1
+  [ "$(jq -r .status.phase "$WORK/my.json")" = Ready ]
 }
 step "waiting for Ready (TCG boots take about a minute)"
-wait_ready
+wait_until "$READY_TIMEOUT" 3 is_ready || { jq . "$WORK/my.json"; fail "not Ready after ${READY_TIMEOUT}s"; }
 t_ready=$(date +%s.%N)
 python3 -c "print('e2e: POST -> Ready in %.1f s' % ($t_ready - $t_post))"
 SSH_PORT=$(jq -r .status.ssh_port "$WORK/my.json")
@@ -69,23 +63,18 @@ scp -q -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o BatchMode=
 step "virsh destroy: hostd restarts the VM and the upload survives"
 DOMAIN="hostd-$(jq -r .id "$WORK/my.json")"
 virsh -c qemu:///system destroy "$DOMAIN" >/dev/null
-deadline=$(( $(date +%s) + READY_TIMEOUT ))
-until [ "$(curl -fsS "${SITE}upload.txt" 2>/dev/null)" = "uploaded-$run_id" ]; do
-  [ "$(date +%s)" -lt $deadline ] || fail "site did not come back after virsh destroy"
-  sleep 3
-done
+upload_served() { [ "$(curl -fsS "${SITE}upload.txt" 2>/dev/null)" = "uploaded-$run_id" ]; }
+wait_until "$READY_TIMEOUT" 3 upload_served || fail "site did not come back after virsh destroy"
 curl -fsS "$API/host/my" -H "Authorization: Bearer $TOKEN" | jq -e '.events | map(.reason) | index("DomainStarted")' >/dev/null || fail "no DomainStarted repair event"
 
 step "DELETE: everything goes"
 code=$(curl -sS -o /dev/null -w '%{http_code}' -X DELETE "$API/host/my" -H "Authorization: Bearer $TOKEN")
 [ "$code" = 202 ] || fail "DELETE answered $code"
-deadline=$(( $(date +%s) + 120 ))
-until [ "$(curl -s -o /dev/null -w '%{http_code}' "$API/host/my" -H "Authorization: Bearer $TOKEN")" = 404 ]; do
-  [ "$(date +%s)" -lt $deadline ] || fail "hosting row not removed"
-  sleep 2
-done
+hosting_gone() { [ "$(curl -s -o /dev/null -w '%{http_code}' "$API/host/my" -H "Authorization: Bearer $TOKEN")" = 404 ]; }
+wait_until 120 2 hosting_gone || fail "hosting row not removed"
 virsh -c qemu:///system dominfo "$DOMAIN" >/dev/null 2>&1 && fail "domain $DOMAIN still exists"
-[ -z "$(virsh -c qemu:///system vol-list "hostd-$INSTANCE" --name 2>/dev/null | grep .)" ] || fail "volumes left behind"
+vols=$(pool_volumes "hostd-$INSTANCE") || fail "cannot list the volumes of pool hostd-$INSTANCE"
+[ -z "$vols" ] || fail "volumes left behind: $vols"
 [ -z "$(ls "$WORK/routes")" ] || fail "route file left behind"
 [ "$(psql "$DATABASE_URL" -tAc 'select count(*) from port_allocations')" = 0 ] || fail "ports not released"
 [ "$(curl -s -o /dev/null -w '%{http_code}' "$SITE")" = 404 ] || fail "site still answers"

@@ -20,10 +20,8 @@ start_postgres() {
     log "starting PostgreSQL $ver"
     pg_ctlcluster "$ver" main start
   fi
-  for _ in $(seq 1 30); do
-    su postgres -c "psql -qtAc 'select 1'" >/dev/null 2>&1 && break
-    sleep 1
-  done
+  wait_until 30 1 su postgres -c "psql -qtAc 'select 1'" >/dev/null 2>&1 ||
+    die "PostgreSQL did not come up"
   # Role used by hostd and its tests (password auth over TCP on loopback).
   su postgres -c "psql -qtAc \"select 1 from pg_roles where rolname='hostd'\"" | grep -q 1 ||
     su postgres -c "psql -qc \"create role hostd login createdb password 'hostd'\""
@@ -46,9 +44,40 @@ start_libvirt() {
     log "starting libvirtd"
     libvirtd -d
   fi
-  for _ in $(seq 1 30); do
-    virsh -c qemu:///system version >/dev/null 2>&1 && return 0
-    sleep 1
+  wait_until 30 1 virsh -c qemu:///system version >/dev/null 2>&1 ||
+    die "libvirtd did not come up (virsh -c qemu:///system version fails)"
+}
+
+# The common preamble of every script that needs the host ready: packages,
+# the Rust toolchain, Postgres and libvirtd.
+prepare_host() {
+  ./scripts/install-deps.sh >/dev/null
+  ensure_cargo
+  start_postgres
+  start_libvirt
+  export TEST_DATABASE_URL="${TEST_DATABASE_URL:-postgres://hostd:hostd@127.0.0.1:5432/postgres}"
+}
+
+# A free TCP port on 127.0.0.1.
+free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
+
+# wait_until SECONDS INTERVAL CMD...: runs CMD until it succeeds; fails (status
+# 1) when SECONDS pass first.
+wait_until() {
+  local deadline=$(( $(date +%s) + $1 )) interval=$2
+  shift 2
+  until "$@"; do
+    [ "$(date +%s)" -lt "$deadline" ] || return 1
+    sleep "$interval"
   done
-  die "libvirtd did not come up (virsh -c qemu:///system version fails)"
+}
+
+# The volume names of a libvirt storage pool, one per line. Fails when the
+# pool cannot be listed (this virsh has no `vol-list --name`).
+pool_volumes() {
+  local out
+  out=$(virsh -c qemu:///system vol-list "$1") || return 1
+  awk 'NR > 2 && NF { print $1 }' <<< "$out"
 }

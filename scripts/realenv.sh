@@ -19,8 +19,9 @@ INSTANCE="e2e-${run_id: -12}"
 INSTANCE="${INSTANCE//[^a-z0-9-]/}"
 WORK=$(mktemp -d /tmp/hostd-e2e.XXXXXX)
 DB="hostd_e2e_$(echo "$run_id" | tr -c 'a-z0-9\n' '_')"
-NGINX_PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-API_PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+NGINX_PORT=$(free_port)
+API_PORT=$(free_port)
+CLEANUP_HOOKS=()
 API="http://127.0.0.1:$API_PORT/api/v1"
 HOSTD_PID=""
 t_start=$(date +%s)
@@ -28,9 +29,12 @@ LABEL="${LABEL:-e2e}"
 step() { printf '\033[1m[%s %4ss] %s\033[0m\n' "$LABEL" "$(( $(date +%s) - t_start ))" "$*"; }
 fail() { printf '\033[31m%s FAILED: %s\033[0m\n' "$LABEL" "$*" >&2; exit 1; }
 
+# Runs on exit, keeping the script's exit status: the CLEANUP_HOOKS a
+# script added, then everything this run created.
 cleanup() {
-  local rc=$?
+  local rc=$? hook
   set +e
+  for hook in "${CLEANUP_HOOKS[@]}"; do "$hook"; done
   if [ $rc -ne 0 ] && [ -f "$WORK/hostd.log" ]; then
     echo "---- last hostd log lines ----"; tail -n 40 "$WORK/hostd.log"
     for f in "$STATE_DIR"/console/hostd-*.log; do [ -f "$f" ] && { echo "---- $f ----"; tail -n 20 "$f"; }; done
@@ -43,7 +47,7 @@ cleanup() {
     fi
   done
   if virsh -c qemu:///system pool-info "hostd-$INSTANCE" >/dev/null 2>&1; then
-    for v in $(virsh -c qemu:///system vol-list "hostd-$INSTANCE" --name 2>/dev/null); do virsh -c qemu:///system vol-delete "$v" --pool "hostd-$INSTANCE" >/dev/null 2>&1; done
+    for v in $(pool_volumes "hostd-$INSTANCE"); do virsh -c qemu:///system vol-delete "$v" --pool "hostd-$INSTANCE" >/dev/null 2>&1; done
     virsh -c qemu:///system pool-destroy "hostd-$INSTANCE" >/dev/null 2>&1; virsh -c qemu:///system pool-undefine "hostd-$INSTANCE" >/dev/null 2>&1
   fi
   rm -rf "$STATE_DIR/pools/$INSTANCE"
@@ -73,7 +77,6 @@ export HOSTD_INSTANCE="$INSTANCE" HOSTD_BCRYPT_COST=4 HOSTD_RESYNC_SECS=5 RUST_L
 start_hostd() {
   env "$@" "$BIN" all >> "$WORK/hostd.log" 2>&1 &
   HOSTD_PID=$!
-  for _ in $(seq 1 30); do curl -fsS "$API/health" >/dev/null 2>&1 && return 0; sleep 1; done
-  fail "hostd did not start"
+  wait_until 30 1 curl -fsS -o /dev/null "$API/health" || fail "hostd did not start"
 }
 

@@ -17,10 +17,7 @@ http_port="${HTTP_LISTEN##*:}"
 
 [ "$(id -u)" = 0 ] || die "run as root"
 log "installing packages (if missing)"
-./scripts/install-deps.sh
-ensure_cargo
-start_postgres
-start_libvirt
+prepare_host
 
 log "building hostd"
 cargo build --release --locked --bins
@@ -59,11 +56,8 @@ fi
 log "starting hostd (log: $STATE_DIR/hostd.log)"
 nohup "$BIN" all >> "$STATE_DIR/hostd.log" 2>&1 &
 echo $! > "$STATE_DIR/hostd.pid"
-for _ in $(seq 1 30); do
-  curl -fsS "http://$API_LISTEN/api/v1/health" >/dev/null 2>&1 && break
-  sleep 1
-done
-curl -fsS "http://$API_LISTEN/api/v1/health" >/dev/null || die "hostd did not come up; see $STATE_DIR/hostd.log"
+wait_until 30 1 curl -fsS -o /dev/null "http://$API_LISTEN/api/v1/health" ||
+  die "hostd did not come up; see $STATE_DIR/hostd.log"
 
 cat <<MSG
 

@@ -9,13 +9,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
 
-./scripts/install-deps.sh
-ensure_cargo
-start_postgres
-start_libvirt
-
-export TEST_DATABASE_URL="postgres://hostd:hostd@127.0.0.1:5432/postgres"
+prepare_host
 export RUST_LOG="${RUST_LOG:-warn}"
+
+log "formatting and lints (cargo fmt --check, cargo clippy -D warnings)"
+cargo fmt --check
+cargo clippy --locked --all-targets -- -D warnings
 
 log "cargo test"
 cargo test --locked --all-targets -- --test-threads=4

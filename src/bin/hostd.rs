@@ -45,6 +45,9 @@ enum Cmd {
         /// Directory for pid, logs and temp files.
         #[arg(long, default_value = "/var/lib/hostd/nginx")]
         prefix: String,
+        /// The routes directory to include [default: HOSTD_NGINX_ROUTES_DIR's value].
+        #[arg(long)]
+        routes_dir: Option<std::path::PathBuf>,
     },
     /// Grant the admin role to a user.
     MakeAdmin { username: String },
@@ -125,10 +128,15 @@ async fn main() {
         }
         Cmd::Doctor => std::process::exit(hostd::app::doctor::run(config(s, true)).await),
         Cmd::Crds => print!("{}", hostd::crd::hosting_crd_yaml()),
-        Cmd::NginxConf { listen, prefix } => print!(
-            "{}",
-            hostd::app::nginx_main_conf(&listen, &prefix, &s.routes_dir().display().to_string())
-        ),
+        Cmd::NginxConf {
+            listen,
+            prefix,
+            routes_dir,
+        } => {
+            let routes = routes_dir.unwrap_or_else(|| s.routes_dir());
+            let conf = hostd::app::nginx_main_conf(&listen, &prefix, &routes.display().to_string());
+            print!("{conf}")
+        }
         Cmd::MakeAdmin { username } => {
             let c = config(s, true);
             let u = hostd::domain::Username::parse(&username).unwrap_or_else(|e| {
