@@ -300,27 +300,22 @@ impl Settings {
             .unwrap_or_else(|| self.state_dir.join("nginx-routes"))
     }
 
-    /// Validates the settings into a [`Config`]. With `dev`, a missing JWT
-    /// secret is generated; the returned flag says so (the caller warns).
-    pub fn into_config(self, dev: bool) -> Result<(Config, bool), ConfigError> {
-        let database_url = self
-            .database_url
-            .clone()
-            .ok_or_else(|| bad("DATABASE_URL", "is required"))?;
-        if !database_url.starts_with("postgres://") && !database_url.starts_with("postgresql://") {
+    /// Checks the values no parser can: formats, relations, absolute paths.
+    fn validate(&self) -> Result<(), ConfigError> {
+        let db = self.database_url.as_deref().unwrap_or_default();
+        if !db.starts_with("postgres://") && !db.starts_with("postgresql://") {
             return Err(bad(
                 "DATABASE_URL",
                 "must start with postgres:// or postgresql://",
             ));
         }
-        let (jwt_secret, generated) = jwt_secret(self.jwt_secret.as_deref(), dev)?;
         if !self.libvirt_uri.contains(":/") {
             return Err(bad("HOSTD_LIBVIRT_URI", "is not a libvirt URI"));
         }
-        let nginx_routes_dir = self.routes_dir();
+        let routes = self.routes_dir();
         for (var, p) in [
             ("HOSTD_STATE_DIR", &self.state_dir),
-            ("HOSTD_NGINX_ROUTES_DIR", &nginx_routes_dir),
+            ("HOSTD_NGINX_ROUTES_DIR", &routes),
         ] {
             if !p.is_absolute() {
                 return Err(bad(var, "must be an absolute path"));
@@ -333,22 +328,12 @@ impl Settings {
             ));
         }
         if !self.probe_url.starts_with("http://127.") {
-            return Err(bad(
-                "HOSTD_PROBE_URL",
-                "must be an http:// URL on 127.0.0.0/8 (the host nginx)",
-            ));
+            let msg = "must be an http:// URL on 127.0.0.0/8 (the host nginx)";
+            return Err(bad("HOSTD_PROBE_URL", msg));
         }
         if self.ssh_ports.overlaps(&self.http_ports) {
             return Err(bad("HOSTD_HTTP_PORTS", "overlaps HOSTD_SSH_PORTS"));
         }
-        let (domain_type, domain_type_reason) = match self.domain_type.as_str() {
-            "kvm" => (DomainType::Kvm, "HOSTD_DOMAIN_TYPE=kvm".to_string()),
-            "qemu" => (DomainType::Qemu, "HOSTD_DOMAIN_TYPE=qemu (TCG)".to_string()),
-            _ => {
-                let (t, why) = DomainType::detect();
-                (t, why.to_string())
-            }
-        };
         let valid_instance = (1..=32).contains(&self.instance.len())
             && self
                 .instance
@@ -360,6 +345,32 @@ impl Settings {
                 "must be 1-32 characters of a-z, 0-9 or '-'",
             ));
         }
+        Ok(())
+    }
+
+    /// The domain type to use, and why.
+    fn domain_type(&self) -> (DomainType, String) {
+        match self.domain_type.as_str() {
+            "kvm" => (DomainType::Kvm, "HOSTD_DOMAIN_TYPE=kvm".to_string()),
+            "qemu" => (DomainType::Qemu, "HOSTD_DOMAIN_TYPE=qemu (TCG)".to_string()),
+            _ => {
+                let (t, why) = DomainType::detect();
+                (t, why.to_string())
+            }
+        }
+    }
+
+    /// Validates the settings into a [`Config`]. With `dev`, a missing JWT
+    /// secret is generated; the returned flag says so (the caller warns).
+    pub fn into_config(self, dev: bool) -> Result<(Config, bool), ConfigError> {
+        let database_url = self
+            .database_url
+            .clone()
+            .ok_or_else(|| bad("DATABASE_URL", "is required"))?;
+        self.validate()?;
+        let (jwt_secret, generated) = jwt_secret(self.jwt_secret.as_deref(), dev)?;
+        let nginx_routes_dir = self.routes_dir();
+        let (domain_type, domain_type_reason) = self.domain_type();
         let images_file = self
             .images_file
             .clone()

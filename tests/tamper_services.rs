@@ -1,7 +1,8 @@
-//! Tampering with the services under a running hostd: Postgres restarted and
-//! libvirtd stopped for 30 s. Both disturb every other test on the machine,
-//! so these are `#[ignore]`d and run alone by `scripts/test.sh`
-//! (`--ignored --test-threads=1`).
+//! Tampering with a service under a running hostd: Postgres restarted. It
+//! disturbs every other test on the machine, so it is `#[ignore]`d and run
+//! alone by `scripts/test.sh` (`--ignored --test-threads=1`). The libvirtd
+//! outage test lives in `tests/crash_matrix.rs` (`libvirtd_outage`), beside
+//! the real-guest harness it needs.
 
 mod common;
 

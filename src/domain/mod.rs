@@ -229,6 +229,9 @@ impl ImageName {
     }
 }
 
+/// Why a create-only field was refused in an update.
+const CREATE_ONLY: &str = "cannot be changed after creation";
+
 /// Limits of a hosting spec, used by validation and by the CRD/API schema
 /// (`crd.rs` refers to these constants).
 pub mod limits {
@@ -302,22 +305,14 @@ impl SpecPatch {
         }
         if let Some(v) = self.disk_gib {
             let v = in_range("disk_gib", v, limits::DISK_GIB)?;
-            if !allow_create_only && v != base.disk_gib {
-                return Err(ValidationError::new(
-                    "disk_gib",
-                    "cannot be changed after creation",
-                ));
-            }
+            let frozen = !allow_create_only && v != base.disk_gib;
+            ValidationError::check(!frozen, "disk_gib", CREATE_ONLY)?;
             spec.disk_gib = v;
         }
         if let Some(img) = &self.image {
             let img = ImageName::parse(img)?;
-            if !allow_create_only && img != base.image {
-                return Err(ValidationError::new(
-                    "image",
-                    "cannot be changed after creation",
-                ));
-            }
+            let frozen = !allow_create_only && img != base.image;
+            ValidationError::check(!frozen, "image", CREATE_ONLY)?;
             spec.image = img;
         }
         if let Some(keys) = &self.ssh_public_keys {

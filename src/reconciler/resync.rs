@@ -11,7 +11,7 @@ use super::queue::WorkQueue;
 use super::render::Inputs;
 use super::{Context, ReconcileError};
 use crate::domain::{HostingId, Phase};
-use crate::drivers::RouteSpec;
+use crate::drivers::{ObservedDomain, RouteSpec};
 use crate::store::HostingRecord;
 
 /// What one resync pass found.
@@ -25,90 +25,31 @@ pub struct ResyncStats {
     pub orphans_removed: usize,
 }
 
+/// Reality, as one resync pass lists it.
+struct Observed {
+    domains: Vec<ObservedDomain>,
+    volumes: Vec<String>,
+    routes: Vec<(HostingId, String)>,
+    /// Files in the routes directory that are not hostd routes.
+    stray: Vec<String>,
+}
+
 /// Runs one resync pass.
 pub async fn resync(ctx: &Context, queue: &WorkQueue) -> Result<ResyncStats, ReconcileError> {
     // Observe reality first, then read desired state: anything created for a
     // hosting after this point belongs to a row the query below will see, so
     // nothing in use can be mistaken for an orphan.
-    let domains = ctx.vm.list_domains().await?;
-    let volumes = ctx.vm.list_volumes().await?;
     let (routes, stray) = ctx.proxy.list_routes().await?;
+    let seen = Observed {
+        domains: ctx.vm.list_domains().await?,
+        volumes: ctx.vm.list_volumes().await?,
+        routes,
+        stray,
+    };
     let records = ctx.store.list_records().await?;
-
-    let by_id: HashMap<HostingId, &HostingRecord> = records.iter().map(|r| (r.id, r)).collect();
-    let dom_by_name: HashMap<&str, _> = domains.iter().map(|d| (d.name.as_str(), d)).collect();
-    let vol_set: HashSet<&str> = volumes.iter().map(|s| s.as_str()).collect();
-    let route_map: HashMap<HostingId, &str> =
-        routes.iter().map(|(i, c)| (*i, c.as_str())).collect();
-
-    let mut queued = 0usize;
-    let mut orphans = 0usize;
-    for rec in &records {
-        if queue.is_queued_or_running(rec.id) {
-            continue;
-        }
-        if let Some(why) = drift(ctx, rec, &dom_by_name, &vol_set, &route_map) {
-            tracing::debug!(hosting = %rec.id, why, "resync: not converged");
-            queue.add_now(rec.id);
-            queued += 1;
-        }
-    }
-
-    // Orphans: marked domains, volumes and routes whose hosting no longer exists.
-    for d in &domains {
-        if !by_id.contains_key(&d.marker.hosting_id) {
-            tracing::warn!(domain = %d.name, hosting = %d.marker.hosting_id, "removing orphaned domain");
-            ctx.vm.destroy(&d.name).await?;
-            ctx.vm.undefine(&d.name).await?;
-            ctx.metrics.repairs.inc();
-            orphans += 1;
-        }
-    }
-    for v in &volumes {
-        if let Some(owner) = volume_owner(v) {
-            if !by_id.contains_key(&owner) {
-                tracing::warn!(volume = %v, "removing orphaned volume");
-                ctx.vm.delete_volume(v).await?;
-                ctx.metrics.repairs.inc();
-                orphans += 1;
-            }
-        }
-    }
-    for (id, _) in &routes {
-        if !by_id.contains_key(id) {
-            tracing::warn!(hosting = %id, "removing orphaned route file");
-            ctx.proxy.apply(*id, None).await?;
-            ctx.metrics.repairs.inc();
-            orphans += 1;
-        }
-    }
-    for name in &stray {
-        tracing::warn!(file = %name, "removing stray file from the routes directory");
-        ctx.proxy.remove_stray(name).await?;
-        ctx.metrics.repairs.inc();
-        orphans += 1;
-    }
-
-    let m = &ctx.metrics;
-    m.resyncs.inc();
-    m.last_resync_timestamp.set(chrono::Utc::now().timestamp());
-    m.queue_depth.set(queue.depth() as i64);
-    let mut phases: Vec<(Phase, i64)> = Vec::new();
-    for r in &records {
-        match phases.iter_mut().find(|(p, _)| *p == r.status.phase) {
-            Some(e) => e.1 += 1,
-            None => phases.push((r.status.phase, 1)),
-        }
-    }
-    m.set_phases(&phases);
-    let holder = format!("{}:{}", hostname(), std::process::id());
-    if let Err(e) = ctx
-        .store
-        .heartbeat(&ctx.config.instance, &holder, &ctx.stats())
-        .await
-    {
-        tracing::warn!(error = %e, "cannot write the reconciler heartbeat");
-    }
+    let queued = queue_drifted(ctx, queue, &records, &seen);
+    let orphans = collect_orphans(ctx, &records, &seen).await?;
+    publish(ctx, queue, &records).await;
     tracing::debug!(
         hostings = records.len(),
         queued,
@@ -122,6 +63,96 @@ pub async fn resync(ctx: &Context, queue: &WorkQueue) -> Result<ResyncStats, Rec
     })
 }
 
+/// Queues every hosting whose observed state differs from its desired state.
+fn queue_drifted(
+    ctx: &Context,
+    queue: &WorkQueue,
+    records: &[HostingRecord],
+    seen: &Observed,
+) -> usize {
+    let domains: HashMap<&str, _> = seen.domains.iter().map(|d| (d.name.as_str(), d)).collect();
+    let volumes: HashSet<&str> = seen.volumes.iter().map(|s| s.as_str()).collect();
+    let routes: HashMap<HostingId, &str> =
+        seen.routes.iter().map(|(i, c)| (*i, c.as_str())).collect();
+    let mut queued = 0;
+    for rec in records {
+        if queue.is_queued_or_running(rec.id) {
+            continue;
+        }
+        if let Some(why) = drift(ctx, rec, &domains, &volumes, &routes) {
+            tracing::debug!(hosting = %rec.id, why, "resync: not converged");
+            queue.add_now(rec.id);
+            queued += 1;
+        }
+    }
+    queued
+}
+
+/// Removes marked domains, volumes and routes whose hosting no longer exists,
+/// and stray files in the routes directory; how many.
+async fn collect_orphans(
+    ctx: &Context,
+    records: &[HostingRecord],
+    seen: &Observed,
+) -> Result<usize, ReconcileError> {
+    let ids: HashSet<HostingId> = records.iter().map(|r| r.id).collect();
+    let mut orphans = 0;
+    for d in seen
+        .domains
+        .iter()
+        .filter(|d| !ids.contains(&d.marker.hosting_id))
+    {
+        tracing::warn!(domain = %d.name, hosting = %d.marker.hosting_id, "removing orphaned domain");
+        ctx.vm.destroy(&d.name).await?;
+        ctx.vm.undefine(&d.name).await?;
+        orphans += 1;
+    }
+    for v in &seen.volumes {
+        if volume_owner(v).is_some_and(|owner| !ids.contains(&owner)) {
+            tracing::warn!(volume = %v, "removing orphaned volume");
+            ctx.vm.delete_volume(v).await?;
+            orphans += 1;
+        }
+    }
+    for (id, _) in seen.routes.iter().filter(|(id, _)| !ids.contains(id)) {
+        tracing::warn!(hosting = %id, "removing orphaned route file");
+        ctx.proxy.apply(*id, None).await?;
+        orphans += 1;
+    }
+    for name in &seen.stray {
+        tracing::warn!(file = %name, "removing stray file from the routes directory");
+        ctx.proxy.remove_stray(name).await?;
+        orphans += 1;
+    }
+    ctx.metrics.repairs.inc_by(orphans as u64);
+    Ok(orphans)
+}
+
+/// Updates the metrics and writes the leader's heartbeat.
+async fn publish(ctx: &Context, queue: &WorkQueue, records: &[HostingRecord]) {
+    let m = &ctx.metrics;
+    m.resyncs.inc();
+    m.last_resync_timestamp.set(chrono::Utc::now().timestamp());
+    m.queue_depth.set(queue.depth() as i64);
+    let mut phases: Vec<(Phase, i64)> = Vec::new();
+    for r in records {
+        match phases.iter_mut().find(|(p, _)| *p == r.status.phase) {
+            Some(e) => e.1 += 1,
+            None => phases.push((r.status.phase, 1)),
+        }
+    }
+    m.set_phases(&phases);
+    let holder = format!("{}:{}", hostname(), std::process::id());
+    let stats = ctx.stats();
+    if let Err(e) = ctx
+        .store
+        .heartbeat(&ctx.config.instance, &holder, &stats)
+        .await
+    {
+        tracing::warn!(error = %e, "cannot write the reconciler heartbeat");
+    }
+}
+
 fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|s| s.trim().to_string())
@@ -133,7 +164,7 @@ fn hostname() -> String {
 fn drift(
     ctx: &Context,
     rec: &HostingRecord,
-    domains: &HashMap<&str, &crate::drivers::ObservedDomain>,
+    domains: &HashMap<&str, &ObservedDomain>,
     volumes: &HashSet<&str>,
     routes: &HashMap<HostingId, &str>,
 ) -> Option<&'static str> {

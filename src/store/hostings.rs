@@ -153,9 +153,16 @@ impl Store {
         self.must_get(HostingId(id)).await
     }
 
+    /// One hosting by id.
     pub async fn get_record(&self, id: HostingId) -> Result<Option<HostingRecord>> {
-        let row = sqlx::query_as::<_, RecordRow>(&format!("{RECORD_SELECT} where h.id = $1"))
-            .bind(id.0)
+        self.record_where("h.id = $1", id.0).await
+    }
+
+    /// One record selected by `cond` on its `$1`.
+    async fn record_where(&self, cond: &str, arg: Uuid) -> Result<Option<HostingRecord>> {
+        let sql = format!("{RECORD_SELECT} where {cond}");
+        let row = sqlx::query_as::<_, RecordRow>(&sql)
+            .bind(arg)
             .fetch_optional(&self.pool)
             .await?;
         row.map(RecordRow::into_record).transpose()
@@ -166,12 +173,9 @@ impl Store {
         self.get_record(id).await?.ok_or(StoreError::NotFound)
     }
 
+    /// The hosting of a user (there is at most one).
     pub async fn get_record_by_user(&self, user: UserId) -> Result<Option<HostingRecord>> {
-        let row = sqlx::query_as::<_, RecordRow>(&format!("{RECORD_SELECT} where h.user_id = $1"))
-            .bind(user.0)
-            .fetch_optional(&self.pool)
-            .await?;
-        row.map(RecordRow::into_record).transpose()
+        self.record_where("h.user_id = $1", user.0).await
     }
 
     /// Every hosting with its status, in one query (the reconciler's resync and the admin list).

@@ -58,7 +58,8 @@ pub struct Store {
 }
 
 impl Store {
-    /// Connects lazily-retrying: start-up waits up to `wait` for Postgres.
+    /// Connects a pool of at most `max_connections` (fails at once if
+    /// Postgres is unreachable; `app` retries start-up for 30 s).
     pub async fn connect(url: &str, max_connections: u32) -> Result<Store> {
         let opts =
             PgConnectOptions::from_str(url)?.log_statements(tracing::log::LevelFilter::Debug);
