@@ -885,3 +885,90 @@ async fn every_template_edit_reaches_an_existing_hosting_exactly_once() {
     }
     app.stop().await;
 }
+
+/// A hostile upstream behind the real host nginx: tenant A's guest sends a
+/// cookie for the whole origin, `Service-Worker-Allowed: /` and an
+/// `X-Accel-Redirect` to tenant B's site. What reaches the client: the cookie
+/// scoped to A's prefix, no Service-Worker-Allowed, A's own body (no internal
+/// redirect), and the trailing-slash redirect never echoes a client's Host.
+#[tokio::test]
+async fn a_hostile_upstream_cannot_steer_nginx_or_reach_other_tenants() {
+    let app = TestApp::manual().await;
+    let ctl = app.controller.clone().unwrap();
+    let (_tb, id_b, _gb) = ready_manual(&app, &ctl, "bella").await;
+    let uid_b = app.store.get_record(id_b).await.unwrap().unwrap().user_id;
+    let (_ta, uid_a, id_a) = create(&app, "attila").await;
+    ctl.reconcile_once(id_a).await.unwrap();
+    let rec = app.store.get_record(id_a).await.unwrap().unwrap();
+    let accel = format!("X-Accel-Redirect: /{uid_b}/");
+    let _ga = common::fake_guest_with_headers(
+        rec.status.ssh_port.unwrap(),
+        rec.status.http_port.unwrap(),
+        "tenant A",
+        &[
+            "Set-Cookie: sid=a; Path=/; HttpOnly",
+            "Set-Cookie: pref=1; Path=/elsewhere",
+            "Service-Worker-Allowed: /",
+            &accel,
+        ],
+    )
+    .await;
+    assert_eq!(settle(&ctl, id_a).await, Action::AwaitChange);
+
+    let nginx = app.nginx.as_ref().unwrap();
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let r = client
+        .get(nginx.url(&format!("/{uid_a}/")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let h = r.headers().clone();
+    let cookies: Vec<&str> = h
+        .get_all("set-cookie")
+        .iter()
+        .map(|v| v.to_str().unwrap())
+        .collect();
+    assert!(
+        cookies.contains(&format!("sid=a; Path=/{uid_a}/; HttpOnly").as_str()),
+        "{cookies:?}"
+    );
+    assert!(
+        cookies.contains(&format!("pref=1; Path=/{uid_a}/elsewhere").as_str()),
+        "{cookies:?}"
+    );
+    assert!(h.get("service-worker-allowed").is_none(), "{h:?}");
+    assert!(h.get("x-accel-redirect").is_none(), "{h:?}");
+    assert_eq!(
+        r.text().await.unwrap(),
+        "tenant A",
+        "no internal redirect to tenant B"
+    );
+
+    // The trailing-slash redirect is relative: a forged Host goes nowhere.
+    let r = client
+        .get(nginx.url(&format!("/{uid_a}")))
+        .header("Host", "evil.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 301);
+    assert_eq!(r.headers()["location"], format!("/{uid_a}/").as_str());
+
+    // Dot segments resolve before routing: A's upstream only ever sees A's
+    // paths, and B's site answers with B's content.
+    let r = client
+        .get(nginx.url(&format!("/{uid_a}/..%2F{uid_b}/")))
+        .send()
+        .await
+        .unwrap();
+    let body = r.text().await.unwrap();
+    assert_ne!(
+        body, "ok",
+        "an encoded ../ must not cross into tenant B: {body}"
+    );
+    app.stop().await;
+}

@@ -57,6 +57,9 @@ pub struct TestNginx {
 impl TestNginx {
     pub fn start() -> TestNginx {
         let dir = tempfile::tempdir().unwrap();
+        // nginx workers run as www-data (see templates/nginx-main.conf).
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
         let routes_dir = dir.path().join("routes");
         std::fs::create_dir_all(&routes_dir).unwrap();
         std::fs::create_dir_all(dir.path().join("tmp")).unwrap();
@@ -294,6 +297,18 @@ impl Drop for FakeGuest {
 }
 
 pub async fn fake_guest(ssh_port: u16, http_port: u16, body: &str) -> FakeGuest {
+    fake_guest_with_headers(ssh_port, http_port, body, &[]).await
+}
+
+/// A stand-in guest whose HTTP answers also carry `headers` (a hostile
+/// upstream, for the edge-hardening tests).
+pub async fn fake_guest_with_headers(
+    ssh_port: u16,
+    http_port: u16,
+    body: &str,
+    headers: &[&str],
+) -> FakeGuest {
+    let extra: String = headers.iter().map(|h| format!("{h}\r\n")).collect();
     let http = tokio::net::TcpListener::bind(("127.0.0.1", http_port))
         .await
         .expect("bind stand-in http");
@@ -306,11 +321,11 @@ pub async fn fake_guest(ssh_port: u16, http_port: u16, body: &str) -> FakeGuest 
             let Ok((mut s, _)) = http.accept().await else {
                 return;
             };
-            let body = body.clone();
+            let (body, extra) = (body.clone(), extra.clone());
             tokio::spawn(async move {
                 let mut buf = vec![0u8; 4096];
                 let _ = s.read(&mut buf).await;
-                let resp = format!("HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{}", body.len(), body);
+                let resp = format!("HTTP/1.1 200 OK\r\nContent-Type: text/html\r\n{extra}Content-Length: {}\r\nConnection: close\r\n\r\n{}", body.len(), body);
                 let _ = s.write_all(resp.as_bytes()).await;
             });
         }
