@@ -216,6 +216,42 @@ pub struct Settings {
     #[arg(long, env = "HOSTD_FAULTS", value_name = "HOSTD_FAULTS", default_value = "",
           value_parser = Faults::parse)]
     pub faults: Faults,
+    /// Largest vCPU count one hosting may ask for.
+    #[arg(long, env = "HOSTD_MAX_VCPUS", value_name = "HOSTD_MAX_VCPUS", default_value = "2",
+          value_parser = clap::value_parser!(i32).range(1..=16))]
+    pub max_vcpus: i32,
+    /// Largest memory (MiB) one hosting may ask for.
+    #[arg(long, env = "HOSTD_MAX_MEMORY_MIB", value_name = "HOSTD_MAX_MEMORY_MIB", default_value = "2048",
+          value_parser = clap::value_parser!(i32).range(256..=65536))]
+    pub max_memory_mib: i32,
+    /// Largest disk (GiB) one hosting may ask for.
+    #[arg(long, env = "HOSTD_MAX_DISK_GIB", value_name = "HOSTD_MAX_DISK_GIB", default_value = "20",
+          value_parser = clap::value_parser!(i32).range(1..=1024))]
+    pub max_disk_gib: i32,
+    /// Host memory (MiB) kept back from guests when admitting hostings.
+    #[arg(
+        long,
+        env = "HOSTD_HOST_RESERVED_MIB",
+        value_name = "HOSTD_HOST_RESERVED_MIB",
+        default_value = "1024"
+    )]
+    pub host_reserved_mib: u64,
+    /// Factor on the memory left for guests (1.0: no overcommit).
+    #[arg(
+        long,
+        env = "HOSTD_MEMORY_OVERCOMMIT",
+        value_name = "HOSTD_MEMORY_OVERCOMMIT",
+        default_value = "1.0"
+    )]
+    pub memory_overcommit: f64,
+    /// Factor on the host's CPUs for guests' vCPUs.
+    #[arg(
+        long,
+        env = "HOSTD_CPU_OVERCOMMIT",
+        value_name = "HOSTD_CPU_OVERCOMMIT",
+        default_value = "4.0"
+    )]
+    pub cpu_overcommit: f64,
     /// Log as JSON lines (`1`) instead of text.
     #[arg(long, env = "HOSTD_LOG_JSON", value_name = "HOSTD_LOG_JSON", default_value = "0",
           value_parser = ["0", "1"])]
@@ -283,6 +319,31 @@ pub struct Config {
     pub images_file: PathBuf,
     /// Fault injection (`HOSTD_FAULTS`), empty in production.
     pub faults: Faults,
+    /// Per-hosting maximums (`HOSTD_MAX_VCPUS`, `HOSTD_MAX_MEMORY_MIB`, `HOSTD_MAX_DISK_GIB`).
+    pub quota: crate::domain::Quota,
+    /// Host capacity policy (`HOSTD_HOST_RESERVED_MIB`, `HOSTD_*_OVERCOMMIT`).
+    pub capacity: CapacityPolicy,
+}
+
+/// How much of the host the reconciler lets guests take.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct CapacityPolicy {
+    /// Host memory (MiB) kept back from guests.
+    pub reserved_mib: u64,
+    /// Factor on (host memory - reserved).
+    pub memory_overcommit: f64,
+    /// Factor on the host's CPUs.
+    pub cpu_overcommit: f64,
+}
+
+impl Default for CapacityPolicy {
+    fn default() -> Self {
+        CapacityPolicy {
+            reserved_mib: 1024,
+            memory_overcommit: 1.0,
+            cpu_overcommit: 4.0,
+        }
+    }
 }
 
 impl Settings {
@@ -330,6 +391,14 @@ impl Settings {
         if !self.probe_url.starts_with("http://127.") {
             let msg = "must be an http:// URL on 127.0.0.0/8 (the host nginx)";
             return Err(bad("HOSTD_PROBE_URL", msg));
+        }
+        for (var, f) in [
+            ("HOSTD_MEMORY_OVERCOMMIT", self.memory_overcommit),
+            ("HOSTD_CPU_OVERCOMMIT", self.cpu_overcommit),
+        ] {
+            if !(f.is_finite() && f > 0.0) {
+                return Err(bad(var, "must be a positive number"));
+            }
         }
         if self.ssh_ports.overlaps(&self.http_ports) {
             return Err(bad("HOSTD_HTTP_PORTS", "overlaps HOSTD_SSH_PORTS"));
@@ -401,6 +470,16 @@ impl Settings {
             backoff_max: Duration::from_secs(self.backoff_max_secs),
             images_file,
             faults: self.faults,
+            quota: crate::domain::Quota {
+                vcpus: self.max_vcpus,
+                memory_mib: self.max_memory_mib,
+                disk_gib: self.max_disk_gib,
+            },
+            capacity: CapacityPolicy {
+                reserved_mib: self.host_reserved_mib,
+                memory_overcommit: self.memory_overcommit,
+                cpu_overcommit: self.cpu_overcommit,
+            },
         };
         Ok((config, generated))
     }

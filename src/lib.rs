@@ -18,6 +18,7 @@
 
 pub mod api;
 pub mod app;
+pub mod capacity;
 pub mod config;
 pub mod crd;
 pub mod domain;

@@ -575,3 +575,69 @@ async fn hostctl_takes_passwords_on_stdin_and_keeps_the_token_private() {
     assert!(!out.status.success());
     app.stop().await;
 }
+
+/// Requests above this installation's per-hosting maximums get 422 naming the
+/// field and its limit, and change nothing; a change that does not grow a
+/// field is accepted even above a (since lowered) maximum.
+#[tokio::test]
+async fn oversized_hostings_are_refused_with_the_limit() {
+    let app = TestApp::api().await;
+    let (t, _) = app.user("quinn").await;
+    for (body, field, limit) in [
+        (json!({"vcpus": 16}), "vcpus", "at most 2"),
+        (
+            json!({"memory_mib": 65536}),
+            "memory_mib",
+            "at most 2048 MiB",
+        ),
+        (json!({"disk_gib": 1024}), "disk_gib", "at most 20 GiB"),
+    ] {
+        let r = app
+            .client
+            .post(app.url("/api/v1/host"))
+            .bearer_auth(&t)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 422, "{body}");
+        let e: Value = r.json().await.unwrap();
+        let msg = e["error"]["message"].as_str().unwrap();
+        assert!(msg.contains(field) && msg.contains(limit), "{msg}");
+    }
+    assert_eq!(count(&app, "select count(*) from hostings").await, 0);
+    // Within the limits: accepted; then growing past them is refused too.
+    let r = app
+        .client
+        .post(app.url("/api/v1/host"))
+        .bearer_auth(&t)
+        .json(&json!({"vcpus": 2, "memory_mib": 2048, "disk_gib": 20}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let r = app
+        .client
+        .patch(app.url("/api/v1/host/my"))
+        .bearer_auth(&t)
+        .json(&json!({"memory_mib": 4096}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 422);
+    // An existing hosting above a lowered maximum may still change other fields.
+    sqlx::query("update hostings set memory_mib = 4096")
+        .execute(app.store.pool())
+        .await
+        .unwrap();
+    let r = app
+        .client
+        .patch(app.url("/api/v1/host/my"))
+        .bearer_auth(&t)
+        .json(&json!({"running": false}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    app.stop().await;
+}

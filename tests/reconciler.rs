@@ -972,3 +972,92 @@ async fn a_hostile_upstream_cannot_steer_nginx_or_reach_other_tenants() {
     );
     app.stop().await;
 }
+
+/// With room for two 512 MiB guests (the test driver's 3 GiB host, 2 GiB
+/// reserved), a third hosting waits `Pending` with `Scheduled=False`
+/// (`InsufficientMemory`) and is admitted on its own once one is deleted.
+#[tokio::test]
+async fn a_hosting_that_does_not_fit_waits_and_is_admitted_when_room_frees() {
+    let db = common::fresh_database().await;
+    let state = tempfile::tempdir().unwrap();
+    let nginx = common::TestNginx::start();
+    let mut config = common::test_config(&db, state.path(), Some(&nginx));
+    config.capacity = hostd::config::CapacityPolicy {
+        reserved_mib: 2048,
+        memory_overcommit: 1.0,
+        cpu_overcommit: 4.0,
+    };
+    let app = TestApp::spawn_with(config, hostd::app::Mode::All, true, Some(nginx), state).await;
+    let mut guests = Vec::new();
+    let mut hostings = Vec::new();
+    for name in ["cap_one", "cap_two", "cap_three"] {
+        hostings.push(create(&app, name).await);
+        tokio::time::sleep(Duration::from_millis(50)).await; // distinct created_at
+    }
+    for (_, _, id) in &hostings[..2] {
+        let rec = wait_ports(&app, *id).await;
+        let (s, h) = (rec.status.ssh_port.unwrap(), rec.status.http_port.unwrap());
+        guests.push(fake_guest(s, h, "ok").await);
+    }
+    let phase_of = |id: HostingId| {
+        let store = app.store.clone();
+        async move { store.get_record(id).await.unwrap().unwrap() }
+    };
+    for (_, _, id) in &hostings[..2] {
+        let ready = eventually(Duration::from_secs(20), || async {
+            (phase_of(*id).await.status.phase == Phase::Ready).then_some(())
+        })
+        .await;
+        assert!(ready.is_some(), "the first two fit");
+    }
+    let third = hostings[2].2;
+    let waiting = eventually(Duration::from_secs(20), || async {
+        let r = phase_of(third).await;
+        r.status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == ConditionType::Scheduled && !c.is_true())
+            .map(|c| (r.status.phase, c.reason, r.status.ssh_port))
+    })
+    .await;
+    assert_eq!(
+        waiting,
+        Some((Phase::Pending, Reason::InsufficientMemory, None)),
+        "the third waits, holding nothing"
+    );
+    let r: Value = app
+        .client
+        .get(app.url("/api/v1/health/detailed"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(r["capacity"]["budget"]["memory_mib"], 1024, "{r}");
+    assert_eq!(r["capacity"]["allocated"]["memory_mib"], 1024, "{r}");
+    assert_eq!(r["capacity"]["waiting"], 1, "{r}");
+
+    // Deleting the first makes room: the third is admitted with no other action.
+    let r = app
+        .client
+        .delete(app.url("/api/v1/host/my"))
+        .bearer_auth(&hostings[0].0)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let rec = wait_ports(&app, third).await;
+    let _g3 = fake_guest(
+        rec.status.ssh_port.unwrap(),
+        rec.status.http_port.unwrap(),
+        "three",
+    )
+    .await;
+    let ready = eventually(Duration::from_secs(30), || async {
+        (phase_of(third).await.status.phase == Phase::Ready).then_some(())
+    })
+    .await;
+    assert!(ready.is_some(), "the third became Ready once room freed");
+    app.stop().await;
+}

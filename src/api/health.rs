@@ -58,6 +58,11 @@ pub async fn detailed(State(st): State<AppState>) -> impl IntoResponse {
         Ok(None) => json!({"status": "error", "detail": "no reconciler heartbeat yet"}),
         Err(e) => json!({"status": "error", "detail": e.to_string()}),
     };
+    let capacity = match (st.store.capacity_usage(None).await, st.vm.resources().await) {
+        (Ok(usage), Ok(host)) => json!(crate::capacity::report(&usage, host, &st.config.capacity)),
+        (Err(e), _) => json!({"status": "error", "detail": e.to_string()}),
+        (_, Err(e)) => json!({"status": "error", "detail": e.to_string()}),
+    };
     let all_ok = [&db, &libvirt, &nginx, &reconciler]
         .iter()
         .all(|c| c["status"] != "error");
@@ -73,6 +78,7 @@ pub async fn detailed(State(st): State<AppState>) -> impl IntoResponse {
             "domain_type": st.config.domain_type.as_str(),
             "domain_type_reason": st.config.domain_type_reason,
             "checks": {"database": db, "libvirt": libvirt, "nginx": nginx, "reconciler": reconciler},
+            "capacity": capacity,
         })),
     )
 }

@@ -97,6 +97,7 @@ pub async fn create(
     PatchBody(patch): PatchBody,
 ) -> Result<impl IntoResponse, ApiError> {
     let spec = patch.apply(&HostingSpec::default(), true)?;
+    st.config.quota.check(None, &spec)?;
     if st.catalog_names.iter().all(|n| n != spec.image.as_str()) {
         return Err(ApiError::Unprocessable(format!(
             "image: unknown image '{}' (known: {})",
@@ -130,7 +131,11 @@ pub async fn patch_mine(
 ) -> Result<impl IntoResponse, ApiError> {
     let rec = st
         .store
-        .update_spec(auth.id, |cur| patch.apply(cur, false))
+        .update_spec(auth.id, |cur| {
+            let new = patch.apply(cur, false)?;
+            st.config.quota.check(Some(cur), &new)?;
+            Ok(new)
+        })
         .await
         .map_err(|e| match e {
             crate::store::StoreError::NotFound => ApiError::NotFound("you have no hosting"),

@@ -402,6 +402,58 @@ impl fmt::Display for HostingId {
     }
 }
 
+/// This installation's per-hosting maximums (tighter than [`limits`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Quota {
+    pub vcpus: i32,
+    pub memory_mib: i32,
+    pub disk_gib: i32,
+}
+
+impl Default for Quota {
+    fn default() -> Self {
+        Quota {
+            vcpus: 2,
+            memory_mib: 2048,
+            disk_gib: 20,
+        }
+    }
+}
+
+impl Quota {
+    /// Refuses a spec above any maximum, naming the field and its limit. In
+    /// an update (`before`), a value that does not grow is always accepted,
+    /// so lowering a maximum never blocks other changes to existing hostings.
+    pub fn check(
+        &self,
+        before: Option<&HostingSpec>,
+        spec: &HostingSpec,
+    ) -> Result<(), ValidationError> {
+        let old = |f: fn(&HostingSpec) -> i32| before.map(f).unwrap_or(0);
+        for (field, value, was, max, unit) in [
+            ("vcpus", spec.vcpus, old(|s| s.vcpus), self.vcpus, ""),
+            (
+                "memory_mib",
+                spec.memory_mib,
+                old(|s| s.memory_mib),
+                self.memory_mib,
+                " MiB",
+            ),
+            (
+                "disk_gib",
+                spec.disk_gib,
+                old(|s| s.disk_gib),
+                self.disk_gib,
+                " GiB",
+            ),
+        ] {
+            let rule = format!("must be at most {max}{unit} on this installation");
+            ValidationError::check(value <= max || value <= was, field, &rule)?;
+        }
+        Ok(())
+    }
+}
+
 /// The SSH command a user runs to reach their hosting.
 pub fn ssh_command(public_host: &str, port: u16) -> String {
     format!("ssh -p {port} ubuntu@{public_host}")

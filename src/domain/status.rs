@@ -80,6 +80,8 @@ named_enum! {
         RestartRequired,
         /// The last reconcile failed (present only while failing).
         Reconciled,
+        /// The hosting has (or waits for) room on the host.
+        Scheduled,
     }
 }
 
@@ -108,6 +110,11 @@ named_enum! {
         Stopping,
         ShuttingDown,
         Stopped,
+        // Scheduling.
+        Admitted,
+        InsufficientMemory,
+        InsufficientCpu,
+        InsufficientDisk,
         // Drift repairs (Warning events).
         DiskRecreated,
         DomainRecreated,

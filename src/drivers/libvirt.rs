@@ -208,6 +208,22 @@ impl VmDriver for LibvirtDriver {
         .await
     }
 
+    async fn resources(&self) -> DriverResult<super::HostResources> {
+        let pool = self.pool.clone();
+        self.with_conn(move |c| {
+            let node = c.node_info().map_err(lv)?;
+            let p = Self::pool(c, &pool)?;
+            let _ = p.refresh(0);
+            let info = p.info().map_err(lv)?;
+            Ok(super::HostResources {
+                memory_mib: node.memory / 1024,
+                cpus: node.cpus,
+                disk_available_bytes: info.available,
+            })
+        })
+        .await
+    }
+
     fn pool_name(&self) -> &str {
         &self.pool
     }

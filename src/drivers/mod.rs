@@ -50,6 +50,17 @@ pub struct ObservedDomain {
     pub running: bool,
 }
 
+/// What the host offers guests, as libvirt reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct HostResources {
+    /// Physical memory, MiB.
+    pub memory_mib: u64,
+    /// Active CPUs.
+    pub cpus: u32,
+    /// Free space in hostd's storage pool, bytes.
+    pub disk_available_bytes: u64,
+}
+
 /// A volume to create in hostd's storage pool.
 #[derive(Debug, Clone)]
 pub enum VolumeSource {
@@ -70,6 +81,8 @@ pub trait VmDriver: Send + Sync + 'static {
     async fn ping(&self) -> DriverResult<String>;
     /// Creates (or starts) hostd's storage pool; idempotent.
     async fn ensure_pool(&self) -> DriverResult<()>;
+    /// The host's memory and CPUs and the pool's free space.
+    async fn resources(&self) -> DriverResult<HostResources>;
     /// Name of the storage pool (for domain XML).
     fn pool_name(&self) -> &str;
     /// All domains carrying this instance's marker.

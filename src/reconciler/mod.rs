@@ -49,6 +49,8 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     /// HTTP client of the readiness probe (no proxy, no redirects).
     pub http: reqwest::Client,
+    /// Serializes admission decisions (see `steps::Pass::schedule`).
+    pub(crate) scheduler: tokio::sync::Mutex<()>,
     /// Per-hosting error backoff state (reset on success).
     backoff: Mutex<HashMap<HostingId, (ExponentialBackoff, u32)>>,
     /// When a graceful shutdown was requested, per hosting.
@@ -79,6 +81,7 @@ impl Context {
             render,
             metrics,
             http,
+            scheduler: tokio::sync::Mutex::new(()),
             backoff: Mutex::new(HashMap::new()),
             shutdowns: Mutex::new(HashMap::new()),
         }))

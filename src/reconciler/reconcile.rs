@@ -81,6 +81,9 @@ pub async fn reconcile(ctx: &Context, id: HostingId) -> Result<Action, Reconcile
 /// Converges an existing hosting towards its spec: the steps, in order.
 async fn apply(ctx: &Context, rec: HostingRecord) -> Result<Action, ReconcileError> {
     let mut pass = Pass::new(ctx, &rec);
+    if let Some(wait) = pass.schedule().await? {
+        return Ok(wait);
+    }
     let ports = pass.ports().await?;
     pass.begin().await?;
     let image = pass.disk().await?;

@@ -82,6 +82,49 @@ impl<'a> Pass<'a> {
         Ok(self.ctx.store.write_status(self.id(), &self.st).await?)
     }
 
+    /// Step 0: scheduling. A new hosting is admitted (and given its ports,
+    /// under the scheduler lock, so the next decision sees it) only if it
+    /// fits the host, oldest first; so is a stopped one being started again.
+    /// One that does not fit waits with `Scheduled=False`: `Some(requeue)`.
+    pub async fn schedule(&mut self) -> Result<Option<Action>, ReconcileError> {
+        let new = self.st.ssh_port.is_none();
+        let starting = self.rec.spec.running
+            && (self.rec.status.phase == Phase::Stopped || crate::capacity::waiting(self.rec));
+        if !new && !starting {
+            return Ok(None);
+        }
+        let _turn = self.ctx.scheduler.lock().await;
+        let me = Some((self.id(), self.rec.created_at));
+        let usage = self.ctx.store.capacity_usage(me).await?;
+        let host = self.ctx.vm.resources().await?;
+        let policy = &self.ctx.config.capacity;
+        match crate::capacity::admit(&usage, self.rec, &host, policy, new) {
+            Ok(()) => {
+                if new {
+                    self.ports().await?;
+                }
+                let msg = "the host has room for this hosting";
+                self.condition(C::Scheduled, true, Reason::Admitted, msg);
+                self.write_status().await?;
+                Ok(None)
+            }
+            Err((reason, msg)) => {
+                let first = !crate::capacity::waiting(self.rec);
+                self.condition(C::Scheduled, false, reason, &msg);
+                self.st.message = Some(msg.clone());
+                if self.st.phase != Phase::Stopped {
+                    self.st.phase = Phase::Pending;
+                }
+                self.write_status().await?;
+                if first {
+                    self.event(EventType::Warning, reason, &msg).await?;
+                }
+                self.ctx.reset_backoff(self.id());
+                Ok(Some(Action::Requeue(Duration::from_secs(5))))
+            }
+        }
+    }
+
     /// Step 1: the SSH and HTTP ports (allocated and recorded in one transaction).
     pub async fn ports(&mut self) -> Result<(u16, u16), ReconcileError> {
         if let (Some(s), Some(h)) = (self.st.ssh_port, self.st.http_port) {

@@ -15,7 +15,7 @@ pub mod status;
 pub mod users;
 
 pub use hostings::{HostingRecord, Status};
-pub use status::{Event, ReconcilerStats};
+pub use status::{CapacityUsage, Event, ReconcilerStats};
 pub use users::User;
 
 /// Store-layer errors. The API maps these to HTTP codes; nothing here knows HTTP.

@@ -272,3 +272,59 @@ impl Store {
         Ok(row.map(|(h, a, s)| (h, a, s.0)))
     }
 }
+
+/// Memory, vCPUs and disk that hostings hold or wait for, summed in SQL so an
+/// admission decision costs one query whatever the number of hostings.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CapacityUsage {
+    /// Held by running hostings: admitted (ports allocated), `running`, not
+    /// being deleted, not waiting. A stopped hosting holds only its disk.
+    pub memory_mib: i64,
+    pub vcpus: i64,
+    /// Wanted by hostings created before the one being decided that wait to
+    /// run (not yet admitted, or admitted but waiting to be started again).
+    pub queued_memory_mib: i64,
+    pub queued_vcpus: i64,
+    /// Disk wanted by the older waiting hostings that have none yet.
+    pub queued_disk_gib: i64,
+    /// Hostings with `Scheduled=False`.
+    pub waiting: i64,
+}
+
+impl Store {
+    /// Capacity held and queued by every hosting but `me` (the hosting being
+    /// decided, with its creation time; `None` for the totals).
+    pub async fn capacity_usage(
+        &self,
+        me: Option<(HostingId, DateTime<Utc>)>,
+    ) -> Result<CapacityUsage> {
+        // For the totals nobody is older than the epoch: nothing is queued.
+        let (id, older_bound) = me.map_or((Uuid::nil(), DateTime::UNIX_EPOCH), |(i, c)| (i.0, c));
+        let row: (i64, i64, i64, i64, i64, i64) = sqlx::query_as(
+            "with h as ( \
+               select h.memory_mib, h.vcpus, h.disk_gib, h.created_at, s.ssh_port, \
+                 s.conditions @> '[{\"type\":\"Scheduled\",\"status\":\"False\"}]' as waiting, \
+                 h.running and h.deletion_requested_at is null as wants_to_run \
+               from hostings h join hosting_status s on s.hosting_id = h.id where h.id <> $1), \
+             c as (select *, wants_to_run and ssh_port is not null and not waiting as holds from h) \
+             select coalesce(sum(memory_mib) filter (where holds), 0)::int8, \
+               coalesce(sum(vcpus) filter (where holds), 0)::int8, \
+               coalesce(sum(memory_mib) filter (where wants_to_run and not holds and created_at < $2), 0)::int8, \
+               coalesce(sum(vcpus) filter (where wants_to_run and not holds and created_at < $2), 0)::int8, \
+               coalesce(sum(disk_gib) filter (where wants_to_run and ssh_port is null and created_at < $2), 0)::int8, \
+               count(*) filter (where waiting) from c",
+        )
+        .bind(id)
+        .bind(older_bound)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(CapacityUsage {
+            memory_mib: row.0,
+            vcpus: row.1,
+            queued_memory_mib: row.2,
+            queued_vcpus: row.3,
+            queued_disk_gib: row.4,
+            waiting: row.5,
+        })
+    }
+}

@@ -146,6 +146,14 @@ pub fn test_config(db: &str, state: &std::path::Path, nginx: Option<&TestNginx>)
         images_file: state.join("images/catalog.yaml"),
         faults: Default::default(),
         metrics_listen: None,
+        quota: Default::default(),
+        // The test driver reports a 3 GiB, 16-CPU host: room for hundreds of
+        // stand-in guests unless a test narrows it.
+        capacity: hostd::config::CapacityPolicy {
+            reserved_mib: 0,
+            memory_overcommit: 1000.0,
+            cpu_overcommit: 1000.0,
+        },
     }
 }
 
