@@ -25,6 +25,13 @@ t_post=$(date +%s.%N)
 code=$(curl -sS -o "$WORK/host.json" -w '%{http_code}' -X POST "$API/host" -H "Authorization: Bearer $TOKEN" -H 'content-type: application/json' -d "$body")
 [ "$code" = 202 ] || fail "POST /host answered $code: $(cat "$WORK/host.json")"
 
+# A second tenant, booting alongside: its forwarded HTTP port is one of the
+# things the first guest must not reach.
+curl -fsS -X POST "$API/auth/register" -H 'content-type: application/json' \
+  -d '{"email":"e2e2@example.com","username":"e2e_other","password":"correct horse"}' >/dev/null
+TOKEN2=$(curl -fsS -X POST "$API/auth/login" -d 'username=e2e_other&password=correct horse' | jq -r .access_token)
+curl -fsS -X POST "$API/host" -H "Authorization: Bearer $TOKEN2" >/dev/null
+
 is_ready() {
   curl -fsS "$API/host/my" -H "Authorization: Bearer $TOKEN" > "$WORK/my.json" || return 1
   [ "$(jq -r .status.phase "$WORK/my.json")" = Ready ]
@@ -46,6 +53,28 @@ out=$("${SSH[@]}" ubuntu@127.0.0.1 'cat /etc/hostname; sudo nft list ruleset')
 echo "$out" | head -1 | grep -qx "e2e-user" || fail "unexpected hostname: $(echo "$out" | head -1)"
 echo "$out" | grep -q "table inet hostd" || fail "firewall not loaded"
 echo "$out" | grep -q "tcp dport { 22, 80 } accept" || fail "firewall does not allow exactly 22 and 80"
+
+step "guest isolation: root in the guest reaches no host service and no other tenant"
+other_ready() {
+  curl -fsS "$API/host/my" -H "Authorization: Bearer $TOKEN2" > "$WORK/other.json" || return 1
+  [ "$(jq -r .status.phase "$WORK/other.json")" = Ready ]
+}
+wait_until "$READY_TIMEOUT" 3 other_ready || fail "second hosting not Ready"
+OTHER_HTTP=$(jq -r .status.http_port "$WORK/other.json")
+curl -fsS -o /dev/null "http://127.0.0.1:$OTHER_HTTP/" || fail "the other tenant's forward does not answer the host"
+curl -fsS "$API/health/detailed" | jq -e '.checks.guest_isolation.status == "ok"' >/dev/null ||
+  fail "health/detailed does not report guest isolation in force"
+# As a hostile tenant: drop the guest's own firewall first, then try the
+# gateway address (passt maps it to the host's loopback) on each port.
+probe=$("${SSH[@]}" ubuntu@127.0.0.1 "sudo nft flush ruleset; gw=\$(ip route | awk '/^default/ {print \$3; exit}'); echo gw=\$gw;
+  for p in 5432 $API_PORT $NGINX_PORT $OTHER_HTTP; do
+    if timeout 5 bash -c \"exec 3<>/dev/tcp/\$gw/\$p\" 2>/dev/null; then echo open:\$p; else echo refused:\$p; fi
+  done")
+echo "$probe"
+echo "$probe" | grep -q '^gw=.' || fail "the guest has no default gateway: $probe"
+for p in 5432 "$API_PORT" "$NGINX_PORT" "$OTHER_HTTP"; do
+  echo "$probe" | grep -qx "refused:$p" || fail "the guest reached host port $p through the gateway: $probe"
+done
 
 step "password login is refused"
 if ssh -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o BatchMode=yes -o PubkeyAuthentication=no \
@@ -70,8 +99,10 @@ curl -fsS "$API/host/my" -H "Authorization: Bearer $TOKEN" | jq -e '.events | ma
 step "DELETE: everything goes"
 code=$(curl -sS -o /dev/null -w '%{http_code}' -X DELETE "$API/host/my" -H "Authorization: Bearer $TOKEN")
 [ "$code" = 202 ] || fail "DELETE answered $code"
-hosting_gone() { [ "$(curl -s -o /dev/null -w '%{http_code}' "$API/host/my" -H "Authorization: Bearer $TOKEN")" = 404 ]; }
-wait_until 120 2 hosting_gone || fail "hosting row not removed"
+curl -fsS -o /dev/null -X DELETE "$API/host/my" -H "Authorization: Bearer $TOKEN2"
+hosting_gone() { [ "$(curl -s -o /dev/null -w '%{http_code}' "$API/host/my" -H "Authorization: Bearer $1")" = 404 ]; }
+wait_until 120 2 hosting_gone "$TOKEN" || fail "hosting row not removed"
+wait_until 120 2 hosting_gone "$TOKEN2" || fail "second hosting row not removed"
 virsh -c qemu:///system dominfo "$DOMAIN" >/dev/null 2>&1 && fail "domain $DOMAIN still exists"
 vols=$(pool_volumes "hostd-$INSTANCE") || fail "cannot list the volumes of pool hostd-$INSTANCE"
 [ -z "$vols" ] || fail "volumes left behind: $vols"

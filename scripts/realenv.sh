@@ -18,6 +18,7 @@ run_id="$(date +%s)-$$"
 INSTANCE="e2e-${run_id: -12}"
 INSTANCE="${INSTANCE//[^a-z0-9-]/}"
 WORK=$(mktemp -d /tmp/hostd-e2e.XXXXXX)
+chmod 0711 "$WORK"   # the host nginx workers (www-data) reach their temp dirs below it
 DB="hostd_e2e_$(echo "$run_id" | tr -c 'a-z0-9\n' '_')"
 NGINX_PORT=$(free_port)
 API_PORT=$(free_port)

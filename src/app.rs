@@ -90,6 +90,9 @@ impl Application {
             proxy: proxy.clone(),
             metrics: metrics.clone(),
         };
+        if mode != Mode::Api {
+            guest_isolation(&config).await?;
+        }
         let controller = if mode != Mode::Api {
             let ctx = Context::new(store, vm, proxy, config.clone(), metrics)?;
             Some(Arc::new(Controller::new(ctx)))
@@ -183,6 +186,27 @@ async fn connect_with_retry(url: &str) -> Result<Store, crate::store::StoreError
     }
 }
 
+/// Puts the host-side guest isolation in place before any guest runs;
+/// refuses to start without it unless `HOSTD_ALLOW_UNISOLATED_GUESTS=1`.
+async fn guest_isolation(config: &Config) -> Result<(), AppError> {
+    if !config.real_guests() {
+        return Ok(());
+    }
+    match crate::drivers::isolation::Isolation::default().ensure().await {
+        Ok(detail) => {
+            tracing::info!(%detail, "guest isolation in force");
+            Ok(())
+        }
+        Err(e) if config.allow_unisolated_guests => {
+            tracing::error!(error = %e, "guest isolation NOT in force (HOSTD_ALLOW_UNISOLATED_GUESTS=1): guests can reach host services");
+            Ok(())
+        }
+        Err(e) => Err(AppError::Other(format!(
+            "guest isolation cannot be put in place ({e}); refusing to run guests that could reach host services. Install nftables and run as root, or set HOSTD_ALLOW_UNISOLATED_GUESTS=1 to run without it"
+        ))),
+    }
+}
+
 async fn bind(addr: SocketAddr) -> Result<(tokio::net::TcpListener, SocketAddr), AppError> {
     let l = tokio::net::TcpListener::bind(addr)
         .await
@@ -252,6 +276,16 @@ pub mod doctor {
         match proxy.health().await {
             Ok(v) => line(true, "nginx", v),
             Err(e) => line(false, "nginx", e.to_string()),
+        }
+        let iso = crate::drivers::isolation::Isolation::default();
+        match (c.real_guests(), iso.check().await) {
+            (false, _) => line(
+                true,
+                "guest isolation",
+                "not needed: simulated hypervisor".into(),
+            ),
+            (true, Ok(d)) => line(true, "guest isolation", d),
+            (true, Err(e)) => line(false, "guest isolation", format!("NOT in force: {e}")),
         }
         line(
             crate::drivers::seed::available(),

@@ -252,6 +252,11 @@ pub struct Settings {
         default_value = "4.0"
     )]
     pub cpu_overcommit: f64,
+    /// `1`: run real guests even when the host-side guest isolation (nftables)
+    /// cannot be put in place. Never in production.
+    #[arg(long, env = "HOSTD_ALLOW_UNISOLATED_GUESTS", value_name = "HOSTD_ALLOW_UNISOLATED_GUESTS",
+          default_value = "0", value_parser = ["0", "1"])]
+    pub allow_unisolated_guests: String,
     /// Log as JSON lines (`1`) instead of text.
     #[arg(long, env = "HOSTD_LOG_JSON", value_name = "HOSTD_LOG_JSON", default_value = "0",
           value_parser = ["0", "1"])]
@@ -323,6 +328,8 @@ pub struct Config {
     pub quota: crate::domain::Quota,
     /// Host capacity policy (`HOSTD_HOST_RESERVED_MIB`, `HOSTD_*_OVERCOMMIT`).
     pub capacity: CapacityPolicy,
+    /// Run real guests without host-side isolation (`HOSTD_ALLOW_UNISOLATED_GUESTS`).
+    pub allow_unisolated_guests: bool,
 }
 
 /// How much of the host the reconciler lets guests take.
@@ -475,6 +482,7 @@ impl Settings {
                 memory_mib: self.max_memory_mib,
                 disk_gib: self.max_disk_gib,
             },
+            allow_unisolated_guests: self.allow_unisolated_guests == "1",
             capacity: CapacityPolicy {
                 reserved_mib: self.host_reserved_mib,
                 memory_overcommit: self.memory_overcommit,
@@ -513,6 +521,12 @@ impl Config {
     /// Reads and validates the configuration from the environment.
     pub fn from_env(dev: bool) -> Result<(Config, bool), ConfigError> {
         Settings::from_env()?.into_config(dev)
+    }
+
+    /// Whether hostd runs real guests (not libvirt's simulated `test:` driver),
+    /// so guest isolation applies.
+    pub fn real_guests(&self) -> bool {
+        !self.libvirt_uri.starts_with("test:")
     }
 
     /// The host part of the public URL, for `ssh_command`.

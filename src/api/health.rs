@@ -63,7 +63,17 @@ pub async fn detailed(State(st): State<AppState>) -> impl IntoResponse {
         (Err(e), _) => json!({"status": "error", "detail": e.to_string()}),
         (_, Err(e)) => json!({"status": "error", "detail": e.to_string()}),
     };
-    let all_ok = [&db, &libvirt, &nginx, &reconciler]
+    let t = Instant::now();
+    let isolation = if st.config.real_guests() {
+        let iso = crate::drivers::isolation::Isolation::default();
+        check(
+            iso.check().await.map_err(|e| format!("NOT in force: {e}")),
+            t,
+        )
+    } else {
+        json!({"status": "ok", "detail": "not needed: simulated hypervisor"})
+    };
+    let all_ok = [&db, &libvirt, &nginx, &reconciler, &isolation]
         .iter()
         .all(|c| c["status"] != "error");
     let code = if all_ok {
@@ -77,7 +87,7 @@ pub async fn detailed(State(st): State<AppState>) -> impl IntoResponse {
             "status": if all_ok { "ok" } else { "degraded" },
             "domain_type": st.config.domain_type.as_str(),
             "domain_type_reason": st.config.domain_type_reason,
-            "checks": {"database": db, "libvirt": libvirt, "nginx": nginx, "reconciler": reconciler},
+            "checks": {"database": db, "libvirt": libvirt, "nginx": nginx, "reconciler": reconciler, "guest_isolation": isolation},
             "capacity": capacity,
         })),
     )

@@ -7,6 +7,7 @@ use async_trait::async_trait;
 
 use crate::domain::HostingId;
 
+pub mod isolation;
 pub mod libvirt;
 pub mod nginx;
 pub mod probe;

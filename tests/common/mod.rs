@@ -147,6 +147,7 @@ pub fn test_config(db: &str, state: &std::path::Path, nginx: Option<&TestNginx>)
         faults: Default::default(),
         metrics_listen: None,
         quota: Default::default(),
+        allow_unisolated_guests: false,
         // The test driver reports a 3 GiB, 16-CPU host: room for hundreds of
         // stand-in guests unless a test narrows it.
         capacity: hostd::config::CapacityPolicy {
