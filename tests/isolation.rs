@@ -65,6 +65,7 @@ async fn guest_users_cannot_open_connections_to_host_services() {
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
     let _ = listener.kill();
+    let _ = listener.wait();
     assert_eq!(got, "hello from the guest side");
     // Installing again is idempotent.
     iso.ensure().await.unwrap();
