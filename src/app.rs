@@ -216,7 +216,12 @@ async fn bind(addr: SocketAddr) -> Result<(tokio::net::TcpListener, SocketAddr),
 }
 
 /// Renders the host nginx main config (used by start.sh and the tests).
-pub fn nginx_main_conf(listen: &str, prefix: &str, routes_dir: &str) -> String {
+pub fn nginx_main_conf(
+    listen: &str,
+    prefix: &str,
+    routes_dir: &str,
+    sites_domain: Option<&str>,
+) -> String {
     use askama::Template;
     crate::templates::NginxMainConf {
         pid_file: format!("{prefix}/nginx.pid"),
@@ -225,6 +230,8 @@ pub fn nginx_main_conf(listen: &str, prefix: &str, routes_dir: &str) -> String {
         temp_dir: format!("{prefix}/tmp"),
         listen: listen.to_string(),
         routes_dir: routes_dir.to_string(),
+        // A validated DNS name: only its dots need escaping in a regex.
+        sites_domain_regex: sites_domain.map(|d| d.replace('.', "\\.")),
     }
     .render()
     .expect("nginx template renders")

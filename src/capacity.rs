@@ -87,8 +87,8 @@ pub fn admit(
         );
         return Err((Reason::InsufficientCpu, msg));
     }
-    let disk = rec.spec.disk_gib as u64 + usage.queued_disk_gib.max(0) as u64;
-    if new && disk > b.disk_available_gib {
+    // Disks are thin overlays: a new one must fit the pool's free space now.
+    if new && rec.spec.disk_gib as u64 > b.disk_available_gib {
         let msg = format!(
             "waiting for disk: {} GiB needed, {} GiB free in the storage pool",
             rec.spec.disk_gib, b.disk_available_gib

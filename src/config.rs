@@ -153,6 +153,11 @@ pub struct Settings {
         default_value = "http://localhost"
     )]
     pub public_url: String,
+    /// With a domain (e.g. `sites.example.com`), each site is also served at
+    /// `<user>.<domain>`: one origin per tenant (the path form stays).
+    #[arg(long, env = "HOSTD_SITES_DOMAIN", value_name = "HOSTD_SITES_DOMAIN",
+          value_parser = crate::domain::SiteAddress::parse_domain)]
+    pub sites_domain: Option<String>,
     /// The host nginx as the reconciler probes it (must be on 127.0.0.0/8).
     #[arg(
         long,
@@ -298,6 +303,8 @@ pub struct Config {
     pub nginx_bin: PathBuf,
     /// Base URL users reach hostings at (`HOSTD_PUBLIC_URL`), without a trailing slash.
     pub public_url: String,
+    /// Where sites are served (`HOSTD_PUBLIC_URL`, `HOSTD_SITES_DOMAIN`).
+    pub sites: crate::domain::SiteAddress,
     /// Base URL the reconciler probes routes through, i.e. the host nginx (`HOSTD_PROBE_URL`).
     pub probe_url: String,
     /// SSH port range (`HOSTD_SSH_PORTS`).
@@ -464,6 +471,10 @@ impl Settings {
             nginx_conf: self.nginx_conf,
             nginx_bin: self.nginx_bin,
             public_url: self.public_url.trim_end_matches('/').to_string(),
+            sites: crate::domain::SiteAddress {
+                public_url: self.public_url.trim_end_matches('/').to_string(),
+                sites_domain: self.sites_domain.clone(),
+            },
             probe_url: self.probe_url.trim_end_matches('/').to_string(),
             ssh_ports: self.ssh_ports,
             http_ports: self.http_ports,

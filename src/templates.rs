@@ -80,6 +80,8 @@ pub struct RouteConf {
     pub user_id: String,
     /// `None` renders the 503 "stopped" page.
     pub http_port: Option<u16>,
+    /// The tenant's own host name (a validated DNS name), if host routing is on.
+    pub vhost: Option<String>,
 }
 
 #[derive(Template)]
@@ -91,6 +93,8 @@ pub struct NginxMainConf {
     pub temp_dir: String,
     pub listen: String,
     pub routes_dir: String,
+    /// `HOSTD_SITES_DOMAIN` as a regex, to answer 404 for unknown names under it.
+    pub sites_domain_regex: Option<String>,
 }
 
 /// Quotes any string as a YAML double-quoted scalar. Everything outside

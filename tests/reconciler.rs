@@ -1061,3 +1061,76 @@ async fn a_hosting_that_does_not_fit_waits_and_is_admitted_when_room_frees() {
     assert!(ready.is_some(), "the third became Ready once room freed");
     app.stop().await;
 }
+
+/// With `HOSTD_SITES_DOMAIN`, each tenant's site is also served on its own
+/// host name (its own origin), `web_url` says so, the path form keeps
+/// working, and an unknown name under the domain gets 404.
+#[tokio::test]
+async fn sites_domain_serves_each_tenant_on_its_own_host_name() {
+    let db = common::fresh_database().await;
+    let state = tempfile::tempdir().unwrap();
+    let nginx = common::TestNginx::start_with(Some("sites.example.test"));
+    let mut config = common::test_config(&db, state.path(), Some(&nginx));
+    config.sites.sites_domain = Some("sites.example.test".into());
+    let app = TestApp::spawn_with(config, hostd::app::Mode::All, false, Some(nginx), state).await;
+    let ctl = app.controller.clone().unwrap();
+    let (ta, id_a, _ga) = ready_manual(&app, &ctl, "vera_v").await;
+    let (_tb, id_b, _gb) = ready_manual(&app, &ctl, "walt").await;
+    let uid_a = app.store.get_record(id_a).await.unwrap().unwrap().user_id;
+    let _ = id_b;
+    let my: Value = app
+        .client
+        .get(app.url("/api/v1/host/my"))
+        .bearer_auth(&ta)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(my["web_url"], "http://vera-v.sites.example.test/");
+    let nginx = app.nginx.as_ref().unwrap();
+    let get = |host: &'static str, path: String| {
+        let url = nginx.url(&path);
+        async move {
+            let r = reqwest::Client::new()
+                .get(url)
+                .header("Host", host)
+                .send()
+                .await
+                .unwrap();
+            (r.status().as_u16(), r.text().await.unwrap())
+        }
+    };
+    assert_eq!(
+        get("vera-v.sites.example.test", "/".into()).await,
+        (200, "ok".into())
+    );
+    assert_eq!(get("VERA-V.sites.example.test", "/x/y".into()).await.0, 200);
+    assert_eq!(
+        get("walt.sites.example.test", "/".into()).await,
+        (200, "ok".into())
+    );
+    assert_eq!(get("nobody.sites.example.test", "/".into()).await.0, 404);
+    // The internal prefix cannot be reached from outside (on another tenant's
+    // host name any path simply goes to that tenant's own guest).
+    assert_eq!(
+        get("localhost", format!("/.hostd-vhost/{uid_a}/")).await.0,
+        404
+    );
+    // The path form keeps working.
+    assert_eq!(
+        get("localhost", format!("/{uid_a}/")).await,
+        (200, "ok".into())
+    );
+    // Usernames that would share a host name are one name.
+    let r = app
+        .client
+        .post(app.url("/api/v1/auth/register"))
+        .json(&serde_json::json!({"email": "v2@example.com", "username": "vera-v", "password": "correct horse"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 409);
+    app.stop().await;
+}

@@ -12,7 +12,7 @@ use super::auth::AuthUser;
 use super::error::ApiError;
 use super::AppState;
 use crate::crd::{HostingSpec as HostingSpecView, HostingStatus as HostingStatusView};
-use crate::domain::{ssh_command, web_url, HostingSpec, Role, SpecPatch};
+use crate::domain::{ssh_command, HostingSpec, Role, SpecPatch};
 use crate::store::{Event, HostingRecord};
 
 /// The hosting as the API shows it (shape is a contract, see docs/api.md).
@@ -48,7 +48,7 @@ pub fn view(st: &AppState, r: &HostingRecord, events: Option<Vec<Event>>) -> Hos
         },
         web_url: s
             .http_port
-            .map(|_| web_url(&st.config.public_url, r.user_id)),
+            .map(|_| st.config.sites.web_url(&r.username, r.user_id)),
         ssh_command: s.ssh_port.map(|p| ssh_command(st.config.public_host(), p)),
         events,
     }

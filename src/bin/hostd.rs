@@ -134,7 +134,9 @@ async fn main() {
             routes_dir,
         } => {
             let routes = routes_dir.unwrap_or_else(|| s.routes_dir());
-            let conf = hostd::app::nginx_main_conf(&listen, &prefix, &routes.display().to_string());
+            let routes = routes.display().to_string();
+            let domain = s.sites_domain.as_deref();
+            let conf = hostd::app::nginx_main_conf(&listen, &prefix, &routes, domain);
             print!("{conf}")
         }
         Cmd::MakeAdmin { username } => {

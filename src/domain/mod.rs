@@ -459,9 +459,59 @@ pub fn ssh_command(public_host: &str, port: u16) -> String {
     format!("ssh -p {port} ubuntu@{public_host}")
 }
 
-/// The address a user's site is served at (the path form: one shared origin).
-pub fn web_url(public_url: &str, user_id: UserId) -> String {
-    format!("{public_url}/{user_id}/")
+/// Where sites are served: always the path form `<public url>/<user id>/`
+/// (one origin shared by every tenant), and, with a sites domain, the host
+/// form `<scheme>://<user>.<sites domain>[:port]/` (one origin per tenant).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SiteAddress {
+    /// `HOSTD_PUBLIC_URL`, without a trailing slash.
+    pub public_url: String,
+    /// `HOSTD_SITES_DOMAIN`, validated as a lowercase DNS name.
+    pub sites_domain: Option<String>,
+}
+
+impl SiteAddress {
+    /// The host name of a tenant's own origin, if host routing is on.
+    pub fn vhost(&self, user: &Username) -> Option<String> {
+        let d = self.sites_domain.as_ref()?;
+        Some(format!("{}.{d}", user.hostname()))
+    }
+
+    /// The address shown to the user: the host form when enabled.
+    pub fn web_url(&self, user: &Username, user_id: UserId) -> String {
+        match self.vhost(user) {
+            Some(host) => {
+                let (scheme, rest) = self.public_url.split_once("://").unwrap_or(("http", ""));
+                let authority = rest.split('/').next().unwrap_or("");
+                let port = authority
+                    .rsplit_once(':')
+                    .filter(|(h, _)| !h.ends_with(']') || authority.starts_with('['))
+                    .map(|(_, p)| format!(":{p}"))
+                    .filter(|p| p[1..].chars().all(|c| c.is_ascii_digit()))
+                    .unwrap_or_default();
+                format!("{scheme}://{host}{port}/")
+            }
+            None => format!("{}/{user_id}/", self.public_url),
+        }
+    }
+
+    /// Validates a sites domain: lowercase DNS labels of a-z, 0-9 and '-'.
+    pub fn parse_domain(s: &str) -> Result<String, String> {
+        let ok = !s.is_empty()
+            && s.len() <= 200
+            && s.split('.').all(|l| {
+                (1..=63).contains(&l.len())
+                    && !l.starts_with('-')
+                    && !l.ends_with('-')
+                    && l.chars()
+                        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+            });
+        if ok {
+            Ok(s.to_string())
+        } else {
+            Err("must be a lowercase DNS name such as sites.example.com".into())
+        }
+    }
 }
 
 #[cfg(test)]

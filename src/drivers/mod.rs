@@ -119,6 +119,8 @@ pub struct RouteSpec {
     pub user_id: crate::domain::UserId,
     /// `Some(port)`: proxy to the guest; `None`: serve the "stopped" 503 page.
     pub http_port: Option<u16>,
+    /// The tenant's own host name (`HOSTD_SITES_DOMAIN`), routed as well.
+    pub vhost: Option<String>,
 }
 
 /// The HTTP front proxy (host nginx).

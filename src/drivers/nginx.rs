@@ -269,6 +269,7 @@ impl ProxyDriver for NginxDriver {
             hosting_id: route.hosting_id.to_string(),
             user_id: route.user_id.to_string(),
             http_port: route.http_port,
+            vhost: route.vhost.clone(),
         }
         .render()
         .expect("route template renders")

@@ -15,7 +15,7 @@ use tokio::time::Instant;
 
 use crate::config::Config;
 use crate::domain::HostingId;
-use crate::drivers::{ProxyDriver, VmDriver};
+use crate::drivers::{ProxyDriver, RouteSpec, VmDriver};
 use crate::images::Catalog;
 use crate::store::{ReconcilerStats, Store};
 use crate::telemetry::Metrics;
@@ -113,6 +113,17 @@ impl Context {
     /// Resets backoff after a successful reconcile.
     pub fn reset_backoff(&self, id: HostingId) {
         self.backoff.lock().unwrap().remove(&id);
+    }
+
+    /// The route a hosting should have: to its guest on `http`, or the 503
+    /// page (`None`); on its own host name too when host routing is on.
+    pub fn route_spec(&self, rec: &crate::store::HostingRecord, http: Option<u16>) -> RouteSpec {
+        RouteSpec {
+            hosting_id: rec.id,
+            user_id: rec.user_id,
+            http_port: http,
+            vhost: self.config.sites.vhost(&rec.username),
+        }
     }
 
     /// The leader's counters, as stored with its heartbeat.

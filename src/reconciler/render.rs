@@ -23,7 +23,7 @@ use sha2::{Digest, Sha256};
 
 use super::names::{console_log, disk_volume, domain_name, seed_volume};
 use crate::config::{Config, DomainType};
-use crate::domain::{ssh_command, web_url, HostingId, HostingSpec, UserId, Username};
+use crate::domain::{ssh_command, HostingId, HostingSpec, SiteAddress, UserId, Username};
 use crate::drivers::seed::SeedFiles;
 use crate::images::ImageEntry;
 use crate::store::HostingRecord;
@@ -103,7 +103,7 @@ pub struct Renderer {
     pool: String,
     console_dir: PathBuf,
     ssh_bind: String,
-    public_url: String,
+    sites: SiteAddress,
     public_host: String,
     edit: Mutex<Option<TemplateEdit>>,
     /// Hosting → (fingerprint of its inputs, hashes).
@@ -128,7 +128,7 @@ impl Renderer {
             pool: pool.to_string(),
             console_dir: config.state_dir.join("console"),
             ssh_bind: config.ssh_bind.to_string(),
-            public_url: config.public_url.clone(),
+            sites: config.sites.clone(),
             public_host: config.public_host().to_string(),
             edit: Mutex::new(None),
             cache: Mutex::new(HashMap::new()),
@@ -196,7 +196,7 @@ impl Renderer {
     /// The cloud-init seed files.
     pub fn seed(&self, i: &Inputs) -> SeedFiles {
         let cmd = ssh_command(&self.public_host, i.ssh_port);
-        let url = web_url(&self.public_url, i.user_id);
+        let url = self.sites.web_url(i.username, i.user_id);
         let welcome = WelcomeHtml {
             username: i.username.as_str(),
             ssh_command: &cmd,

@@ -11,7 +11,7 @@ use super::queue::WorkQueue;
 use super::render::Inputs;
 use super::{Context, ReconcileError};
 use crate::domain::{HostingId, Phase};
-use crate::drivers::{ObservedDomain, RouteSpec};
+use crate::drivers::ObservedDomain;
 use crate::store::HostingRecord;
 
 /// What one resync pass found.
@@ -198,11 +198,9 @@ fn drift(
     {
         return Some("volume missing");
     }
-    let want = ctx.proxy.render(&RouteSpec {
-        hosting_id: rec.id,
-        user_id: rec.user_id,
-        http_port: rec.spec.running.then_some(http),
-    });
+    let want = ctx
+        .proxy
+        .render(&ctx.route_spec(rec, rec.spec.running.then_some(http)));
     if routes.get(&rec.id).copied() != Some(want.as_str()) {
         return Some("route differs");
     }

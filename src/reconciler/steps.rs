@@ -17,7 +17,7 @@ use crate::domain::{
     Reason,
 };
 use crate::drivers::seed::build_iso;
-use crate::drivers::{probe, DriverError, ObservedDomain, RouteSpec, VolumeSource};
+use crate::drivers::{probe, DriverError, ObservedDomain, VolumeSource};
 use crate::images::ImageEntry;
 use crate::store::{HostingRecord, Status};
 
@@ -324,11 +324,7 @@ impl<'a> Pass<'a> {
     /// repairs hand edits with an event.
     pub async fn route(&mut self, http: Option<u16>) -> Result<(), ReconcileError> {
         let rec = self.rec;
-        let spec = RouteSpec {
-            hosting_id: rec.id,
-            user_id: rec.user_id,
-            http_port: http,
-        };
+        let spec = self.ctx.route_spec(rec, http);
         let proxy = &self.ctx.proxy;
         let want = proxy.render(&spec);
         let have = proxy.read_route(rec.id).await?;

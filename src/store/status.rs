@@ -285,8 +285,6 @@ pub struct CapacityUsage {
     /// run (not yet admitted, or admitted but waiting to be started again).
     pub queued_memory_mib: i64,
     pub queued_vcpus: i64,
-    /// Disk wanted by the older waiting hostings that have none yet.
-    pub queued_disk_gib: i64,
     /// Hostings with `Scheduled=False`.
     pub waiting: i64,
 }
@@ -300,9 +298,9 @@ impl Store {
     ) -> Result<CapacityUsage> {
         // For the totals nobody is older than the epoch: nothing is queued.
         let (id, older_bound) = me.map_or((Uuid::nil(), DateTime::UNIX_EPOCH), |(i, c)| (i.0, c));
-        let row: (i64, i64, i64, i64, i64, i64) = sqlx::query_as(
+        let row: (i64, i64, i64, i64, i64) = sqlx::query_as(
             "with h as ( \
-               select h.memory_mib, h.vcpus, h.disk_gib, h.created_at, s.ssh_port, \
+               select h.memory_mib, h.vcpus, h.created_at, s.ssh_port, \
                  s.conditions @> '[{\"type\":\"Scheduled\",\"status\":\"False\"}]' as waiting, \
                  h.running and h.deletion_requested_at is null as wants_to_run \
                from hostings h join hosting_status s on s.hosting_id = h.id where h.id <> $1), \
@@ -311,7 +309,6 @@ impl Store {
                coalesce(sum(vcpus) filter (where holds), 0)::int8, \
                coalesce(sum(memory_mib) filter (where wants_to_run and not holds and created_at < $2), 0)::int8, \
                coalesce(sum(vcpus) filter (where wants_to_run and not holds and created_at < $2), 0)::int8, \
-               coalesce(sum(disk_gib) filter (where wants_to_run and ssh_port is null and created_at < $2), 0)::int8, \
                count(*) filter (where waiting) from c",
         )
         .bind(id)
@@ -323,8 +320,7 @@ impl Store {
             vcpus: row.1,
             queued_memory_mib: row.2,
             queued_vcpus: row.3,
-            queued_disk_gib: row.4,
-            waiting: row.5,
+            waiting: row.4,
         })
     }
 }

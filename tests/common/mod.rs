@@ -56,6 +56,11 @@ pub struct TestNginx {
 
 impl TestNginx {
     pub fn start() -> TestNginx {
+        Self::start_with(None)
+    }
+
+    /// With host routing for `sites_domain` (`HOSTD_SITES_DOMAIN`).
+    pub fn start_with(sites_domain: Option<&str>) -> TestNginx {
         let dir = tempfile::tempdir().unwrap();
         // nginx workers run as www-data (see templates/nginx-main.conf).
         use std::os::unix::fs::PermissionsExt;
@@ -69,6 +74,7 @@ impl TestNginx {
             &format!("127.0.0.1:{port}"),
             &dir.path().display().to_string(),
             &routes_dir.display().to_string(),
+            sites_domain,
         );
         std::fs::write(&conf, text).unwrap();
         let st = std::process::Command::new("nginx")
@@ -124,6 +130,10 @@ pub fn test_config(db: &str, state: &std::path::Path, nginx: Option<&TestNginx>)
             .unwrap_or_else(|| state.join("nginx.conf")),
         nginx_bin: "/usr/sbin/nginx".into(),
         public_url: "http://localhost".into(),
+        sites: hostd::domain::SiteAddress {
+            public_url: "http://localhost".into(),
+            sites_domain: None,
+        },
         probe_url: nginx
             .map(|n| format!("http://127.0.0.1:{}", n.port))
             .unwrap_or_else(|| "http://127.0.0.1:9".into()),
