@@ -10,6 +10,7 @@
 //!   status, ports, events, leader lease, heartbeat.
 //! - [`drivers`]: libvirt (VMs, volumes) and nginx (routes), behind traits.
 //! - [`templates`]: askama templates for domain XML, cloud-init and nginx.
+//! - [`capacity`]: host capacity accounting (admission, health report).
 //! - [`images`]: the guest image catalogue.
 //! - [`crd`]: the Hosting CustomResourceDefinition, generated from types.
 //! - [`domain`]: validated domain types; raw input never gets past the edge.
