@@ -641,3 +641,47 @@ async fn oversized_hostings_are_refused_with_the_limit() {
     assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
     app.stop().await;
 }
+
+/// A reconciler-only process serves Prometheus metrics on
+/// `HOSTD_METRICS_LISTEN`: counters, the reconcile-duration histogram and
+/// hostings by phase, once it leads and has resynced.
+#[tokio::test]
+async fn reconciler_only_process_serves_metrics_on_its_own_listener() {
+    let db = common::fresh_database().await;
+    let state = tempfile::tempdir().unwrap();
+    let mut config = common::test_config(&db, state.path(), None);
+    config.metrics_listen = Some("127.0.0.1:0".parse().unwrap());
+    let app = hostd::app::Application::build(config, hostd::app::Mode::Reconciler)
+        .await
+        .unwrap();
+    assert!(app.addr().is_none(), "no API listener in reconciler mode");
+    let addr = app.metrics_addr().expect("metrics listener bound");
+    let shutdown = hostd::shutdown::Shutdown::new();
+    let run = tokio::spawn(app.run_until_stopped(shutdown.clone()));
+    let text = common::eventually(std::time::Duration::from_secs(15), || async {
+        let t = reqwest::get(format!("http://{addr}/metrics"))
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()?;
+        let resynced = !t.contains("hostd_resyncs_total 0");
+        (t.contains("hostd_reconciler_leader 1") && resynced).then_some(t)
+    })
+    .await
+    .expect("metrics show the leader");
+    for series in [
+        "hostd_resyncs_total",
+        "hostd_reconcile_duration_seconds_bucket",
+        "hostd_hostings{phase=\"Ready\"}",
+        "hostd_queue_depth",
+    ] {
+        assert!(text.contains(series), "{series} missing:\n{text}");
+    }
+    let r = reqwest::get(format!("http://{addr}/api/v1/health"))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404, "the metrics listener serves nothing else");
+    shutdown.cancel();
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(10), run).await;
+}
