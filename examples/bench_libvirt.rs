@@ -16,7 +16,12 @@ async fn main() {
     let uri = std::env::var("BENCH_LIBVIRT_URI").unwrap_or_else(|_| "qemu:///system".into());
     let state = tempfile::tempdir().unwrap();
     let instance = format!("bench-{}", std::process::id());
-    let vm = Arc::new(LibvirtDriver::new(&uri, &instance, state.path()));
+    let vm = Arc::new(LibvirtDriver::new(
+        &uri,
+        &instance,
+        uuid::Uuid::new_v4(),
+        state.path(),
+    ));
     vm.ensure_pool().await.expect("storage pool");
     println!("{}", vm.ping().await.unwrap());
     println!("| concurrency | calls | wall | calls/s |");

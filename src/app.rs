@@ -53,12 +53,14 @@ impl Application {
     pub async fn build(config: Config, mode: Mode) -> Result<Application, AppError> {
         let store = connect_with_retry(&config.database_url).await?;
         store.migrate().await?;
+        let installation = store.installation_id().await?;
         let metrics = Arc::new(Metrics::default());
         let catalog = Catalog::load(&config.images_file, &config.state_dir)?;
         let (vm, proxy): (Arc<dyn VmDriver>, Arc<dyn ProxyDriver>) = (
             Arc::new(LibvirtDriver::new(
                 &config.libvirt_uri,
                 &config.instance,
+                installation,
                 &config.state_dir,
             )),
             Arc::new(NginxDriver::new(
@@ -91,10 +93,11 @@ impl Application {
             metrics: metrics.clone(),
         };
         if mode != Mode::Api {
+            claim_state(&config, installation, vm.as_ref()).await?;
             guest_isolation(&config).await?;
         }
         let controller = if mode != Mode::Api {
-            let ctx = Context::new(store, vm, proxy, config.clone(), metrics)?;
+            let ctx = Context::new(store, vm, proxy, config.clone(), installation, metrics)?;
             Some(Arc::new(Controller::new(ctx)))
         } else {
             None
@@ -186,6 +189,32 @@ async fn connect_with_retry(url: &str) -> Result<Store, crate::store::StoreError
     }
 }
 
+/// Before reconciling, makes sure the storage pool and the routes directory
+/// are this installation's (claiming them if unclaimed); refuses to start
+/// against another installation's, naming both ids.
+async fn claim_state(
+    config: &Config,
+    installation: uuid::Uuid,
+    vm: &dyn VmDriver,
+) -> Result<(), AppError> {
+    use crate::drivers::{ownership, DriverError};
+    let foreign = |e: DriverError| match e {
+        DriverError::Foreign(m) => AppError::Other(m),
+        e => AppError::Other(format!("cannot check the state's ownership: {e}")),
+    };
+    ownership::claim(&config.nginx_routes_dir, installation, "routes directory")
+        .map_err(foreign)?;
+    match vm.ensure_pool().await {
+        Err(e @ DriverError::Foreign(_)) => Err(foreign(e)),
+        // libvirtd may be down: the reconciler retries the pool later.
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot prepare the storage pool yet");
+            Ok(())
+        }
+        Ok(()) => Ok(()),
+    }
+}
+
 /// Puts the host-side guest isolation in place before any guest runs;
 /// refuses to start without it unless `HOSTD_ALLOW_UNISOLATED_GUESTS=1`.
 async fn guest_isolation(config: &Config) -> Result<(), AppError> {
@@ -257,13 +286,48 @@ pub mod doctor {
                 failed += 1;
             }
         };
-        match crate::store::Store::connect(&c.database_url, 1).await {
-            Ok(s) => line(s.ping().await.is_ok(), "postgres", "reachable".into()),
-            Err(e) => line(false, "postgres", e.to_string()),
+        let installation = match crate::store::Store::connect(&c.database_url, 1).await {
+            Ok(s) => match s.installation_id().await {
+                Ok(id) => {
+                    line(true, "postgres", format!("reachable; installation {id}"));
+                    id
+                }
+                Err(e) => {
+                    line(
+                        false,
+                        "postgres",
+                        format!("no installation id (run `hostd migrate`): {e}"),
+                    );
+                    uuid::Uuid::nil()
+                }
+            },
+            Err(e) => {
+                line(false, "postgres", e.to_string());
+                uuid::Uuid::nil()
+            }
+        };
+        let pool_dir = c.state_dir.join("pools").join(&c.instance);
+        for (what, dir) in [
+            ("routes directory", &c.nginx_routes_dir),
+            ("storage pool", &pool_dir),
+        ] {
+            match crate::drivers::ownership::owner(dir) {
+                Ok(Some(o)) if o == installation => {
+                    line(true, what, format!("{} is ours", dir.display()))
+                }
+                Ok(Some(o)) => line(
+                    false,
+                    what,
+                    format!("{} belongs to installation {o}", dir.display()),
+                ),
+                Ok(None) => line(true, what, format!("{} not claimed yet", dir.display())),
+                Err(e) => line(false, what, e.to_string()),
+            }
         }
         let vm: Arc<dyn VmDriver> = Arc::new(LibvirtDriver::new(
             &c.libvirt_uri,
             &c.instance,
+            installation,
             &c.state_dir,
         ));
         match vm.ping().await {

@@ -262,6 +262,14 @@ pub struct Settings {
     #[arg(long, env = "HOSTD_ALLOW_UNISOLATED_GUESTS", value_name = "HOSTD_ALLOW_UNISOLATED_GUESTS",
           default_value = "0", value_parser = ["0", "1"])]
     pub allow_unisolated_guests: String,
+    /// Days a volume without a hosting is kept in $HOSTD_STATE_DIR/quarantine.
+    #[arg(
+        long,
+        env = "HOSTD_QUARANTINE_DAYS",
+        value_name = "HOSTD_QUARANTINE_DAYS",
+        default_value = "7"
+    )]
+    pub quarantine_days: u64,
     /// Log as JSON lines (`1`) instead of text.
     #[arg(long, env = "HOSTD_LOG_JSON", value_name = "HOSTD_LOG_JSON", default_value = "0",
           value_parser = ["0", "1"])]
@@ -337,6 +345,8 @@ pub struct Config {
     pub capacity: CapacityPolicy,
     /// Run real guests without host-side isolation (`HOSTD_ALLOW_UNISOLATED_GUESTS`).
     pub allow_unisolated_guests: bool,
+    /// How long quarantined volumes are kept (`HOSTD_QUARANTINE_DAYS`).
+    pub quarantine: Duration,
 }
 
 /// How much of the host the reconciler lets guests take.
@@ -494,6 +504,7 @@ impl Settings {
                 disk_gib: self.max_disk_gib,
             },
             allow_unisolated_guests: self.allow_unisolated_guests == "1",
+            quarantine: Duration::from_secs(self.quarantine_days * 86400),
             capacity: CapacityPolicy {
                 reserved_mib: self.host_reserved_mib,
                 memory_overcommit: self.memory_overcommit,

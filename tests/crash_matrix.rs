@@ -196,8 +196,8 @@ impl Env {
                 _ => leaks.push(format!("volume {v}")),
             }
         }
-        for e in std::fs::read_dir(&self.nginx.routes_dir).unwrap() {
-            let name = e.unwrap().file_name().to_string_lossy().to_string();
+        for path in common::route_files(&self.nginx.routes_dir) {
+            let name = path.file_name().unwrap().to_string_lossy().to_string();
             if !live.contains(name.trim_end_matches(".conf")) {
                 leaks.push(format!("route {name}"));
             }
@@ -315,7 +315,9 @@ impl Harness {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
         let store = hostd::store::Store::connect(&env.db, 2).await.unwrap();
-        let vm = LibvirtDriver::new("qemu:///system", &env.instance, &state);
+        store.migrate().await.unwrap(); // idempotent: the id exists from here on
+        let installation = store.installation_id().await.unwrap();
+        let vm = LibvirtDriver::new("qemu:///system", &env.instance, installation, &state);
 
         let stop_poll = Arc::new(AtomicBool::new(false));
         let five_xx = Arc::new(AtomicU64::new(0));
@@ -608,7 +610,10 @@ async fn chaos_soak() {
     // The tamperer: destroy a managed domain or delete a route file every 7-20 s.
     let tamperer = {
         let (env, tampers) = (env.clone(), tampers.clone());
-        let vm = LibvirtDriver::new("qemu:///system", &env.instance, &env.state);
+        let store = hostd::store::Store::connect(&env.db, 1).await.unwrap();
+        store.migrate().await.unwrap(); // idempotent: the id exists from here on
+        let installation = store.installation_id().await.unwrap();
+        let vm = LibvirtDriver::new("qemu:///system", &env.instance, installation, &env.state);
         tokio::spawn(async move {
             while Instant::now() < deadline {
                 let wait = rand::thread_rng().gen_range(7000..20000);
@@ -622,10 +627,7 @@ async fn chaos_soak() {
                         }
                     }
                 } else {
-                    let files: Vec<_> = std::fs::read_dir(&env.nginx.routes_dir)
-                        .unwrap()
-                        .map(|e| e.unwrap().path())
-                        .collect();
+                    let files = common::route_files(&env.nginx.routes_dir);
                     if !files.is_empty()
                         && std::fs::remove_file(
                             &files[rand::thread_rng().gen_range(0..files.len())],

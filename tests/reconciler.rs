@@ -430,14 +430,23 @@ async fn unmarked_domains_are_left_alone_and_marked_orphans_removed() {
     let conn = virt::connect::Connect::open(Some("test:///default")).unwrap();
     let stranger = format!("stranger-{}", uuid::Uuid::new_v4().simple());
     conn.define_domain_xml(&format!("<domain type='test'><name>{stranger}</name><memory>1024</memory><os><type>hvm</type></os></domain>")).unwrap();
-    // An orphan: carries our marker but no hosting row exists.
+    // An orphan: carries our marker (this installation) but no hosting row exists.
+    let ours = app.store.installation_id().await.unwrap();
+    let marked = |id: HostingId, installation: uuid::Uuid| {
+        format!(
+            "<domain type='test'><name>hostd-{id}</name><memory>1024</memory><metadata><hostd:hosting xmlns:hostd='{}' instance='{}' installation='{installation}' id='{id}' generation='1' spec-hash='x-y'/></metadata><os><type>hvm</type></os></domain>",
+            hostd::templates::MARKER_NS,
+            app.config.instance
+        )
+    };
     let ghost = HostingId(uuid::Uuid::new_v4());
-    let xml = format!(
-        "<domain type='test'><name>hostd-{ghost}</name><memory>1024</memory><metadata><hostd:hosting xmlns:hostd='{}' instance='{}' id='{ghost}' generation='1' spec-hash='x-y'/></metadata><os><type>hvm</type></os></domain>",
-        hostd::templates::MARKER_NS,
-        app.config.instance
-    );
-    conn.define_domain_xml(&xml).unwrap();
+    conn.define_domain_xml(&marked(ghost, ours)).unwrap();
+    // Another installation's domain under the same instance name (a second
+    // hostd with another database): never touched, only reported.
+    let theirs = HostingId(uuid::Uuid::new_v4());
+    conn.define_domain_xml(&marked(theirs, uuid::Uuid::new_v4()))
+        .unwrap();
+    assert!(vm.destroy(&format!("hostd-{theirs}")).await.is_err());
     assert!(vm
         .get_domain(&format!("hostd-{ghost}"))
         .await
@@ -459,10 +468,18 @@ async fn unmarked_domains_are_left_alone_and_marked_orphans_removed() {
         conn.lookup_domain_by_name(&stranger).is_ok(),
         "unmarked domain left alone"
     );
-    conn.lookup_domain_by_name(&stranger)
-        .unwrap()
-        .undefine()
-        .unwrap();
+    assert!(
+        conn.lookup_domain_by_name(&format!("hostd-{theirs}"))
+            .is_ok(),
+        "another installation's domain left alone"
+    );
+    assert_eq!(ctl.ctx.metrics.foreign_domains.get(), 1, "and counted");
+    for name in [stranger, format!("hostd-{theirs}")] {
+        conn.lookup_domain_by_name(&name)
+            .unwrap()
+            .undefine()
+            .unwrap();
+    }
     app.stop().await;
 }
 
@@ -599,7 +616,7 @@ async fn many_hostings_converge_with_unique_ports() {
         async move {
             let recs = store.list_records().await.unwrap();
             let doms = vmd.list_domains().await.unwrap();
-            let routes = std::fs::read_dir(&rd).unwrap().count();
+            let routes = common::route_files(&rd).len();
             let ok = recs
                 .iter()
                 .all(|r| r.status.http_port.is_some() && r.status.phase == Phase::Provisioning);
@@ -613,9 +630,7 @@ async fn many_hostings_converge_with_unique_ports() {
     let mut p: Vec<u16> = ports.iter().map(|p| p.0).collect();
     p.dedup();
     assert_eq!(p.len(), 2 * n, "ports are unique");
-    let routes = std::fs::read_dir(&app.nginx.as_ref().unwrap().routes_dir)
-        .unwrap()
-        .count();
+    let routes = common::route_files(&app.nginx.as_ref().unwrap().routes_dir).len();
     assert_eq!(routes, n);
     let errors = app
         .controller

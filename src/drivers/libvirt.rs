@@ -3,7 +3,7 @@
 //! thread-safe and `virt::Connect` is a reference-counted handle, so the lock
 //! only guards taking a handle: calls run concurrently, each on
 //! `spawn_blocking`. hostd only ever touches domains whose `<metadata>`
-//! carries its marker for this instance.
+//! carries its marker for this instance and installation.
 
 use std::sync::{Arc, Mutex};
 
@@ -21,10 +21,24 @@ use crate::templates::MARKER_NS;
 /// The libvirt-backed [`VmDriver`].
 pub struct LibvirtDriver {
     uri: String,
-    instance: String,
+    owner: Owner,
     pool: String,
     pool_dir: std::path::PathBuf,
     conn: Arc<Mutex<Option<Connect>>>,
+}
+
+/// Whose domains this driver may touch: its instance's, written by its
+/// installation (or by a hostd from before installation ids: adoptable).
+#[derive(Debug, Clone)]
+struct Owner {
+    instance: String,
+    installation: uuid::Uuid,
+}
+
+impl Owner {
+    fn may_touch(&self, m: &Marker) -> bool {
+        m.instance == self.instance && m.installation.is_none_or(|i| i == self.installation)
+    }
 }
 
 fn is(e: &virt::error::Error, n: ErrorNumber) -> bool {
@@ -45,6 +59,7 @@ pub fn parse_marker(xml: &str) -> Option<Marker> {
                     continue;
                 }
                 let mut m = (None, None, None, None);
+                let mut installation = None;
                 for a in e.attributes().flatten() {
                     let v = a.unescape_value().ok()?.to_string();
                     match a.key.local_name().as_ref() {
@@ -52,11 +67,13 @@ pub fn parse_marker(xml: &str) -> Option<Marker> {
                         b"id" => m.1 = uuid::Uuid::parse_str(&v).ok(),
                         b"generation" => m.2 = v.parse().ok(),
                         b"spec-hash" => m.3 = Some(v),
+                        b"installation" => installation = uuid::Uuid::parse_str(&v).ok(),
                         _ => {}
                     }
                 }
                 return Some(Marker {
                     instance: m.0?,
+                    installation,
                     hosting_id: HostingId(m.1?),
                     generation: m.2?,
                     spec_hash: m.3?,
@@ -69,13 +86,21 @@ pub fn parse_marker(xml: &str) -> Option<Marker> {
 }
 
 impl LibvirtDriver {
-    pub fn new(uri: &str, instance: &str, state_dir: &std::path::Path) -> Self {
+    pub fn new(
+        uri: &str,
+        instance: &str,
+        installation: uuid::Uuid,
+        state_dir: &std::path::Path,
+    ) -> Self {
         // libvirt's default handler prints every error (even expected ones,
         // like a domain without our metadata) to stderr; we report errors ourselves.
         virt::error::clear_error_callback();
         Self {
             uri: uri.to_string(),
-            instance: instance.to_string(),
+            owner: Owner {
+                instance: instance.to_string(),
+                installation,
+            },
             pool: format!("hostd-{instance}"),
             pool_dir: state_dir.join("pools").join(instance),
             conn: Arc::new(Mutex::new(None)),
@@ -127,7 +152,7 @@ impl LibvirtDriver {
         .map_err(|e| DriverError::Other(format!("libvirt task panicked: {e}")))?
     }
 
-    fn observe(dom: &Domain, instance: &str) -> Option<ObservedDomain> {
+    fn observe(dom: &Domain, owner: &Owner) -> Option<ObservedDomain> {
         // The persistent definition is what hostd last defined; a running
         // domain's live definition keeps the marker it was started with until
         // it restarts (e.g. after a seed-only change, which needs no restart).
@@ -137,7 +162,7 @@ impl LibvirtDriver {
             .or_else(|_| dom.metadata(kind, Some(MARKER_NS), 0))
             .ok()?;
         let marker = parse_marker(&meta)?;
-        if marker.instance != instance {
+        if marker.instance != owner.instance {
             return None;
         }
         Some(ObservedDomain {
@@ -148,14 +173,12 @@ impl LibvirtDriver {
     }
 
     /// Looks up a domain and checks it is ours; `Ok(None)` when absent.
-    fn lookup_ours(c: &Connect, name: &str, instance: &str) -> DriverResult<Option<Domain>> {
+    fn lookup_ours(c: &Connect, name: &str, owner: &Owner) -> DriverResult<Option<Domain>> {
         match c.lookup_domain_by_name(name) {
-            Ok(d) => {
-                if Self::observe(&d, instance).is_none() {
-                    return Err(DriverError::NotOurs(name.to_string()));
-                }
-                Ok(Some(d))
-            }
+            Ok(d) => match Self::observe(&d, owner) {
+                Some(o) if owner.may_touch(&o.marker) => Ok(Some(d)),
+                _ => Err(DriverError::NotOurs(name.to_string())),
+            },
             Err(e) if is(&e, ErrorNumber::NoDomain) => Ok(None),
             Err(e) => Err(lv(e)),
         }
@@ -167,9 +190,9 @@ impl LibvirtDriver {
     where
         F: FnOnce(&Domain) -> Result<(), virt::error::Error> + Send + 'static,
     {
-        let (name, instance) = (name.to_string(), self.instance.clone());
+        let (name, owner) = (name.to_string(), self.owner.clone());
         self.with_conn(move |c| {
-            let Some(d) = Self::lookup_ours(c, &name, &instance)? else {
+            let Some(d) = Self::lookup_ours(c, &name, &owner)? else {
                 return Ok(());
             };
             if !d.is_active().map_err(lv)? {
@@ -229,12 +252,25 @@ impl VmDriver for LibvirtDriver {
     }
 
     async fn ensure_pool(&self) -> DriverResult<()> {
-        std::fs::create_dir_all(&self.pool_dir)?;
+        let what = "storage pool directory";
+        super::ownership::claim(&self.pool_dir, self.owner.installation, what)?;
         let name = self.pool.clone();
         let dir = self.pool_dir.clone();
         self.with_conn(move |c| {
             let pool = match c.lookup_storage_pool_by_name(&name) {
-                Ok(p) => p,
+                Ok(p) => {
+                    // Same name, other directory: another hostd's pool.
+                    let xml = p.xml_desc(0).map_err(lv)?;
+                    let path = pool_path(&xml).unwrap_or_default();
+                    if std::path::Path::new(&path) != dir {
+                        return Err(DriverError::Foreign(format!(
+                            "the libvirt storage pool {name} holds {path}, not this hostd's {}: it belongs to \
+                             another hostd with the same HOSTD_INSTANCE; give this one its own HOSTD_INSTANCE",
+                            dir.display()
+                        )));
+                    }
+                    p
+                }
                 Err(e) if is(&e, ErrorNumber::NoStoragePool) => {
                     let xml = format!(
                         "<pool type='dir'><name>{}</name><target><path>{}</path></target></pool>",
@@ -256,21 +292,24 @@ impl VmDriver for LibvirtDriver {
     }
 
     async fn list_domains(&self) -> DriverResult<Vec<ObservedDomain>> {
-        let instance = self.instance.clone();
+        let owner = self.owner.clone();
         self.with_conn(move |c| {
             let doms = c.list_all_domains(0).map_err(lv)?;
             Ok(doms
                 .iter()
-                .filter_map(|d| Self::observe(d, &instance))
+                .filter_map(|d| Self::observe(d, &owner))
                 .collect())
         })
         .await
     }
 
     async fn get_domain(&self, name: &str) -> DriverResult<Option<ObservedDomain>> {
-        let (name, instance) = (name.to_string(), self.instance.clone());
+        let (name, owner) = (name.to_string(), self.owner.clone());
         self.with_conn(move |c| match c.lookup_domain_by_name(&name) {
-            Ok(d) => Ok(Self::observe(&d, &instance)),
+            Ok(d) => match Self::observe(&d, &owner) {
+                Some(o) if !owner.may_touch(&o.marker) => Err(DriverError::NotOurs(name.clone())),
+                o => Ok(o),
+            },
             Err(e) if is(&e, ErrorNumber::NoDomain) => Ok(None),
             Err(e) => Err(lv(e)),
         })
@@ -284,11 +323,17 @@ impl VmDriver for LibvirtDriver {
             let _ = p.refresh(0);
             // Not `list_volumes()`: the virt crate caps that at 1024 names, which
             // made volumes of hostings beyond the 512th look missing.
-            p.list_all_volumes(0)
+            let names: DriverResult<Vec<String>> = p
+                .list_all_volumes(0)
                 .map_err(lv)?
                 .iter()
                 .map(|v| v.name().map_err(lv))
-                .collect()
+                .collect();
+            // The ownership marker file is not a volume.
+            Ok(names?
+                .into_iter()
+                .filter(|n| n != super::ownership::MARKER_FILE)
+                .collect())
         })
         .await
     }
@@ -354,6 +399,35 @@ impl VmDriver for LibvirtDriver {
         .await
     }
 
+    async fn quarantine_volume(
+        &self,
+        name: &str,
+        dir: &std::path::Path,
+    ) -> DriverResult<Option<std::path::PathBuf>> {
+        let (pool, name, dir) = (self.pool.clone(), name.to_string(), dir.to_path_buf());
+        self.with_conn(move |c| {
+            let p = Self::pool(c, &pool)?;
+            let vol = match p.lookup_storage_vol_by_name(&name) {
+                Ok(v) => v,
+                Err(e) if is(&e, ErrorNumber::NoStorageVolume) => return Ok(None),
+                Err(e) => return Err(lv(e)),
+            };
+            let from = std::path::PathBuf::from(vol.path().map_err(lv)?);
+            if !from.exists() {
+                // A simulated hypervisor's volume has no file: nothing to keep,
+                // and nothing is deleted either.
+                return Ok(None);
+            }
+            std::fs::create_dir_all(&dir)?;
+            let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%SZ");
+            let to = dir.join(format!("{stamp}-{name}"));
+            std::fs::rename(&from, &to)?;
+            let _ = p.refresh(0);
+            Ok(Some(to))
+        })
+        .await
+    }
+
     async fn delete_volume(&self, name: &str) -> DriverResult<()> {
         let (pool, name) = (self.pool.clone(), name.to_string());
         self.with_conn(move |c| {
@@ -374,17 +448,17 @@ impl VmDriver for LibvirtDriver {
     async fn define(&self, xml: &str) -> DriverResult<()> {
         let marker = parse_marker(xml)
             .ok_or_else(|| DriverError::Other("domain XML without hostd marker".into()))?;
-        if marker.instance != self.instance {
+        if marker.installation != Some(self.owner.installation) || !self.owner.may_touch(&marker) {
             return Err(DriverError::Other(
-                "domain XML marker names another instance".into(),
+                "domain XML marker names another instance or installation".into(),
             ));
         }
-        let (xml, instance) = (xml.to_string(), self.instance.clone());
+        let (xml, owner) = (xml.to_string(), self.owner.clone());
         self.with_conn(move |c| {
             // Redefining is only allowed over a domain that is already ours.
             let name = xml_name(&xml)
                 .ok_or_else(|| DriverError::Other("domain XML without <name>".into()))?;
-            Self::lookup_ours(c, &name, &instance)?;
+            Self::lookup_ours(c, &name, &owner)?;
             c.define_domain_xml(&xml).map_err(lv)?;
             Ok(())
         })
@@ -392,9 +466,9 @@ impl VmDriver for LibvirtDriver {
     }
 
     async fn start(&self, name: &str) -> DriverResult<()> {
-        let (name, instance) = (name.to_string(), self.instance.clone());
+        let (name, owner) = (name.to_string(), self.owner.clone());
         self.with_conn(move |c| {
-            let d = Self::lookup_ours(c, &name, &instance)?
+            let d = Self::lookup_ours(c, &name, &owner)?
                 .ok_or_else(|| DriverError::Libvirt(format!("domain {name} is not defined")))?;
             if d.is_active().map_err(lv)? {
                 return Ok(());
@@ -421,9 +495,9 @@ impl VmDriver for LibvirtDriver {
     }
 
     async fn undefine(&self, name: &str) -> DriverResult<()> {
-        let (name, instance) = (name.to_string(), self.instance.clone());
+        let (name, owner) = (name.to_string(), self.owner.clone());
         self.with_conn(move |c| {
-            let Some(d) = Self::lookup_ours(c, &name, &instance)? else {
+            let Some(d) = Self::lookup_ours(c, &name, &owner)? else {
                 return Ok(());
             };
             if d.is_active().unwrap_or(false) {
@@ -456,6 +530,14 @@ fn write_volume_file(vol: &StorageVol, bytes: &[u8]) -> DriverResult<()> {
     f.sync_all()?;
     std::fs::rename(&tmp, &path)?;
     Ok(())
+}
+
+/// The `<target><path>` of a storage pool's XML.
+fn pool_path(xml: &str) -> Option<String> {
+    let target = &xml[xml.find("<target>")?..];
+    let start = target.find("<path>")? + 6;
+    let end = target[start..].find("</path>")? + start;
+    Some(target[start..end].trim().to_string())
 }
 
 fn xml_name(xml: &str) -> Option<String> {

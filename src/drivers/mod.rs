@@ -10,6 +10,7 @@ use crate::domain::HostingId;
 pub mod isolation;
 pub mod libvirt;
 pub mod nginx;
+pub mod ownership;
 pub mod probe;
 pub mod seed;
 
@@ -22,6 +23,9 @@ pub enum DriverError {
     Connection(String),
     #[error("refusing to touch domain {0}: it carries no hostd marker of this instance")]
     NotOurs(String),
+    /// The object belongs to another hostd installation.
+    #[error("{0}")]
+    Foreign(String),
     #[error("nginx configuration rejected: {0}")]
     NginxInvalid(String),
     #[error("nginx reload failed: {0}")]
@@ -38,12 +42,16 @@ pub type DriverResult<T> = Result<T, DriverError>;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Marker {
     pub instance: String,
+    /// The installation that wrote it (absent in markers written before
+    /// installation ids existed: adoptable, never garbage-collected).
+    pub installation: Option<uuid::Uuid>,
     pub hosting_id: HostingId,
     pub generation: i64,
     pub spec_hash: String,
 }
 
-/// A domain as observed in libvirt (only domains carrying this instance's marker).
+/// A domain as observed in libvirt (domains carrying this instance's marker,
+/// of any installation: the caller tells its own from foreign ones).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ObservedDomain {
     pub name: String,
@@ -98,6 +106,14 @@ pub trait VmDriver: Send + Sync + 'static {
     async fn create_volume(&self, name: &str, source: VolumeSource) -> DriverResult<bool>;
     /// Replaces a raw volume's contents (seed regeneration).
     async fn replace_volume_bytes(&self, name: &str, bytes: Vec<u8>) -> DriverResult<()>;
+    /// Moves a volume's file out of the pool into `dir` (same filesystem),
+    /// where it is kept rather than deleted; `None` if there was nothing to
+    /// move (absent, or a simulated volume without a file).
+    async fn quarantine_volume(
+        &self,
+        name: &str,
+        dir: &std::path::Path,
+    ) -> DriverResult<Option<std::path::PathBuf>>;
     /// Deletes a volume; absent is fine.
     async fn delete_volume(&self, name: &str) -> DriverResult<()>;
     /// Defines (or redefines) a domain from XML that carries the marker.

@@ -285,6 +285,9 @@ impl ProxyDriver for NginxDriver {
         };
         while let Some(entry) = rd.next_entry().await? {
             let name = entry.file_name().to_string_lossy().to_string();
+            if name == super::ownership::MARKER_FILE {
+                continue;
+            }
             if name.starts_with('.') && name.ends_with(".tmp") {
                 stray.push(name);
                 continue;

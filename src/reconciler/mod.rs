@@ -41,6 +41,8 @@ pub struct Context {
     pub proxy: Arc<dyn ProxyDriver>,
     /// Validated settings (fault injection included).
     pub config: Config,
+    /// This installation's id (in every marker it writes).
+    pub installation: uuid::Uuid,
     /// The image catalogue (names → boot files).
     pub catalog: Catalog,
     /// Renders domain XML and seeds; computes desired-state hashes.
@@ -63,10 +65,11 @@ impl Context {
         vm: Arc<dyn VmDriver>,
         proxy: Arc<dyn ProxyDriver>,
         config: Config,
+        installation: uuid::Uuid,
         metrics: Arc<Metrics>,
     ) -> Result<Arc<Context>, crate::images::ImageError> {
         let catalog = Catalog::load(&config.images_file, &config.state_dir)?;
-        let render = render::Renderer::new(&config, vm.pool_name());
+        let render = render::Renderer::new(&config, vm.pool_name(), installation);
         let http = reqwest::Client::builder()
             .no_proxy()
             .redirect(reqwest::redirect::Policy::none())
@@ -77,6 +80,7 @@ impl Context {
             vm,
             proxy,
             config,
+            installation,
             catalog,
             render,
             metrics,

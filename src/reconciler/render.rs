@@ -5,8 +5,8 @@
 //! (a template edit, a config value, a spec field) changes the hash by
 //! construction; nothing is listed by hand. Two hashes: the domain part (a
 //! change needs a restart) and the seed part (read by the guest at its next
-//! boot, so no restart). The marker's own fields (hash, generation) are left
-//! out of what is hashed.
+//! boot, so no restart). The marker's own fields (hash, generation,
+//! installation) are left out of what is hashed.
 //!
 //! Rendering every hosting on every resync would cost CPU at scale, so the
 //! hashes are cached per hosting under a fingerprint of [`Inputs`]: the
@@ -100,6 +100,7 @@ impl Hashes {
 pub struct Renderer {
     domain_type: DomainType,
     instance: String,
+    installation: String,
     pool: String,
     console_dir: PathBuf,
     ssh_bind: String,
@@ -121,10 +122,11 @@ fn short_hash(parts: &[&str]) -> String {
 }
 
 impl Renderer {
-    pub fn new(config: &Config, pool: &str) -> Renderer {
+    pub fn new(config: &Config, pool: &str, installation: uuid::Uuid) -> Renderer {
         Renderer {
             domain_type: config.domain_type,
             instance: config.instance.clone(),
+            installation: installation.to_string(),
             pool: pool.to_string(),
             console_dir: config.state_dir.join("console"),
             ssh_bind: config.ssh_bind.to_string(),
@@ -155,12 +157,23 @@ impl Renderer {
 
     /// The domain XML, with the marker carrying `generation` and `spec_hash`.
     pub fn domain_xml(&self, i: &Inputs, generation: i64, spec_hash: &str) -> String {
+        self.domain_xml_marked(i, &self.installation, generation, spec_hash)
+    }
+
+    fn domain_xml_marked(
+        &self,
+        i: &Inputs,
+        installation: &str,
+        generation: i64,
+        spec_hash: &str,
+    ) -> String {
         let name = domain_name(i.id);
         let xml = DomainXml {
             domain_type: self.domain_type.as_str(),
             name: &name,
             ns: MARKER_NS,
             instance: &self.instance,
+            installation,
             hosting_id: i.id.to_string(),
             generation,
             spec_hash,
@@ -237,7 +250,7 @@ impl Renderer {
             }
         }
         // The marker's own fields are fixed here so they never feed the hash.
-        let xml = self.domain_xml(i, 0, "");
+        let xml = self.domain_xml_marked(i, "", 0, "");
         let s = self.seed(i);
         let hashes = Hashes {
             domain: short_hash(&[&xml]),

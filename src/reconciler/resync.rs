@@ -88,31 +88,55 @@ fn queue_drifted(
     queued
 }
 
-/// Removes marked domains, volumes and routes whose hosting no longer exists,
-/// and stray files in the routes directory; how many.
+/// Collects what no hosting owns any more: domains of this installation
+/// whose hosting row is gone (the definition only), their volumes (deleted
+/// when the hosting's deletion completed here, a tombstone; otherwise moved
+/// to quarantine, never deleted), routes and stray files. Domains of another
+/// installation are left alone and counted. Returns how many were collected.
 async fn collect_orphans(
     ctx: &Context,
     records: &[HostingRecord],
     seen: &Observed,
 ) -> Result<usize, ReconcileError> {
     let ids: HashSet<HostingId> = records.iter().map(|r| r.id).collect();
-    let mut orphans = 0;
-    for d in seen
+    let ours = Some(ctx.installation);
+    let foreign = seen
         .domains
         .iter()
-        .filter(|d| !ids.contains(&d.marker.hosting_id))
-    {
-        tracing::warn!(domain = %d.name, hosting = %d.marker.hosting_id, "removing orphaned domain");
+        .filter(|d| d.marker.installation.is_some_and(|i| Some(i) != ours));
+    let foreign: Vec<&ObservedDomain> = foreign.collect();
+    let before = ctx.metrics.foreign_domains.set(foreign.len() as i64);
+    if before != foreign.len() as i64 {
+        for d in &foreign {
+            tracing::warn!(domain = %d.name, installation = ?d.marker.installation,
+                "a domain of this instance name belongs to another hostd installation: leaving it alone");
+        }
+    }
+    let mut orphans = 0;
+    let gone =
+        |d: &&ObservedDomain| d.marker.installation == ours && !ids.contains(&d.marker.hosting_id);
+    for d in seen.domains.iter().filter(gone) {
+        tracing::warn!(domain = %d.name, hosting = %d.marker.hosting_id, "removing orphaned domain (its disk is kept)");
         ctx.vm.destroy(&d.name).await?;
         ctx.vm.undefine(&d.name).await?;
         orphans += 1;
     }
     for v in &seen.volumes {
-        if volume_owner(v).is_some_and(|owner| !ids.contains(&owner)) {
-            tracing::warn!(volume = %v, "removing orphaned volume");
+        let Some(owner) = volume_owner(v).filter(|o| !ids.contains(o)) else {
+            continue;
+        };
+        if ctx.store.has_tombstone(owner).await? {
+            tracing::warn!(volume = %v, "removing a leftover volume of a deleted hosting");
             ctx.vm.delete_volume(v).await?;
-            orphans += 1;
+        } else {
+            let dir = ctx.config.state_dir.join("quarantine");
+            match ctx.vm.quarantine_volume(v, &dir).await? {
+                Some(to) => tracing::warn!(volume = %v, to = %to.display(),
+                    "a volume without a hosting was moved to quarantine, not deleted"),
+                None => continue,
+            }
         }
+        orphans += 1;
     }
     for (id, _) in seen.routes.iter().filter(|(id, _)| !ids.contains(id)) {
         tracing::warn!(hosting = %id, "removing orphaned route file");
@@ -125,7 +149,28 @@ async fn collect_orphans(
         orphans += 1;
     }
     ctx.metrics.repairs.inc_by(orphans as u64);
+    expire_quarantine(ctx);
     Ok(orphans)
+}
+
+/// Deletes quarantined files older than `HOSTD_QUARANTINE_DAYS`.
+fn expire_quarantine(ctx: &Context) {
+    let dir = ctx.config.state_dir.join("quarantine");
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+        return;
+    };
+    let keep = ctx.config.quarantine;
+    for e in entries.flatten() {
+        let age = e
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok());
+        if age.is_some_and(|a| a > keep) {
+            tracing::warn!(file = %e.path().display(), "quarantine period over: deleting");
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
 }
 
 /// Updates the metrics and writes the leader's heartbeat.

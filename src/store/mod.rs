@@ -99,3 +99,23 @@ impl Store {
         Ok(PgConnection::connect(&self.url).await?)
     }
 }
+
+impl Store {
+    /// This installation's identity (created once by the migrations).
+    pub async fn installation_id(&self) -> Result<uuid::Uuid> {
+        let (id,): (uuid::Uuid,) = sqlx::query_as("select id from installation")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(id)
+    }
+
+    /// Whether the hosting's deletion completed here (its row is gone by design).
+    pub async fn has_tombstone(&self, id: crate::domain::HostingId) -> Result<bool> {
+        let row: Option<(uuid::Uuid,)> =
+            sqlx::query_as("select hosting_id from hosting_tombstones where hosting_id = $1")
+                .bind(id.0)
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(row.is_some())
+    }
+}

@@ -160,6 +160,13 @@ impl Store {
     pub async fn delete_hosting(&self, id: HostingId) -> Result<()> {
         let mut tx = self.pool.begin().await?;
         delete_ports(&mut tx, id).await?;
+        sqlx::query(
+            "insert into hosting_tombstones (hosting_id) select id from hostings \
+             where id = $1 and deletion_requested_at is not null on conflict do nothing",
+        )
+        .bind(id.0)
+        .execute(&mut *tx)
+        .await?;
         sqlx::query("delete from hostings where id = $1 and deletion_requested_at is not null")
             .bind(id.0)
             .execute(&mut *tx)

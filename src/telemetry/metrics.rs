@@ -48,6 +48,8 @@ pub struct Metrics {
     pub last_resync_timestamp: Gauge,
     /// 1 while this process holds the reconciler leader lease.
     pub is_leader: Gauge,
+    /// Domains of this instance name written by another installation (left alone).
+    pub foreign_domains: Gauge,
     /// Whether a reconciler runs in this process at all.
     pub enabled: AtomicBool,
 }
@@ -66,6 +68,7 @@ impl Default for Metrics {
             last_resync_seconds: Gauge::default(),
             last_resync_timestamp: Gauge::default(),
             is_leader: Gauge::default(),
+            foreign_domains: Gauge::default(),
             enabled: AtomicBool::new(false),
         };
         let r = &mut m.registry;
@@ -85,6 +88,7 @@ impl Default for Metrics {
             "hostd_last_resync_duration_seconds", "Duration of the last resync", m.last_resync_seconds;
             "hostd_last_resync_timestamp_seconds", "Unix time of the last resync", m.last_resync_timestamp;
             "hostd_reconciler_leader", "1 if this process holds the leader lease", m.is_leader;
+            "hostd_foreign_domains", "Domains of another installation, left alone", m.foreign_domains;
         }
         m
     }

@@ -158,6 +158,7 @@ pub fn test_config(db: &str, state: &std::path::Path, nginx: Option<&TestNginx>)
         metrics_listen: None,
         quota: Default::default(),
         allow_unisolated_guests: false,
+        quarantine: Duration::from_secs(7 * 86400),
         // The test driver reports a 3 GiB, 16-CPU host: room for hundreds of
         // stand-in guests unless a test narrows it.
         capacity: hostd::config::CapacityPolicy {
@@ -226,6 +227,7 @@ impl TestApp {
                 st.vm.clone(),
                 st.proxy.clone(),
                 config.clone(),
+                st.store.installation_id().await.unwrap(),
                 st.metrics.clone(),
             )
             .unwrap();
@@ -381,4 +383,13 @@ where
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// The route files (`*.conf`) of a routes directory; not the ownership marker.
+pub fn route_files(dir: &std::path::Path) -> Vec<PathBuf> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "conf"))
+        .collect()
 }
