@@ -13,7 +13,7 @@ use super::error::ApiError;
 use super::AppState;
 use crate::crd::{HostingSpec as HostingSpecView, HostingStatus as HostingStatusView};
 use crate::domain::{ssh_command, HostingSpec, Role, SpecPatch};
-use crate::store::{Event, HostingRecord};
+use crate::store::{Event, HostingRecord, StoreError};
 
 /// The hosting as the API shows it (shape is a contract, see docs/api.md).
 #[derive(Serialize)]
@@ -147,21 +147,38 @@ pub async fn patch_mine(
     Ok(Json(with_events(&st, &rec).await?))
 }
 
-/// `DELETE /api/v1/host/my`
+/// 202 and the hosting, for a request the reconciler will carry out.
+fn accepted(
+    st: &AppState,
+    r: Result<HostingRecord, StoreError>,
+    what: &str,
+) -> Result<(StatusCode, Json<HostingView>), ApiError> {
+    let rec = r.map_err(|e| match e {
+        StoreError::NotFound => ApiError::NotFound("you have no hosting"),
+        o => o.into(),
+    })?;
+    tracing::info!(hosting = %rec.id, "{what}");
+    Ok((StatusCode::ACCEPTED, Json(view(st, &rec, None))))
+}
+
+/// `POST /api/v1/host/my/reset`: the owner's consent to replace a lost disk
+/// (or the current one) with a fresh, empty disk. The reconciler quarantines
+/// the old disk, if any, and boots the hosting on a new one.
+pub async fn reset_mine(
+    State(st): State<AppState>,
+    auth: AuthUser,
+) -> Result<impl IntoResponse, ApiError> {
+    let r = st.store.request_disk_reset(auth.id).await;
+    accepted(&st, r, "disk reset requested")
+}
+
+/// `DELETE /api/v1/host/my`: the row stays until the reconciler has cleaned up.
 pub async fn delete_mine(
     State(st): State<AppState>,
     auth: AuthUser,
 ) -> Result<impl IntoResponse, ApiError> {
-    let rec = st
-        .store
-        .request_deletion(auth.id)
-        .await
-        .map_err(|e| match e {
-            crate::store::StoreError::NotFound => ApiError::NotFound("you have no hosting"),
-            o => o.into(),
-        })?;
-    tracing::info!(hosting = %rec.id, "hosting deletion requested");
-    Ok((StatusCode::ACCEPTED, Json(view(&st, &rec, None))))
+    let r = st.store.request_deletion(auth.id).await;
+    accepted(&st, r, "hosting deletion requested")
 }
 
 /// `GET /api/v1/admin/hostings` (admins only)

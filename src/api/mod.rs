@@ -65,6 +65,7 @@ pub fn router(state: AppState) -> Router {
                 .patch(hosting::patch_mine)
                 .delete(hosting::delete_mine),
         )
+        .route("/host/my/reset", post(hosting::reset_mine))
         .route("/admin/hostings", get(hosting::admin_list))
         .route("/health", get(health::health))
         .route("/health/detailed", get(health::detailed))

@@ -82,6 +82,8 @@ named_enum! {
         Reconciled,
         /// The hosting has (or waits for) room on the host.
         Scheduled,
+        /// The disk vanished and no backup could restore it: the owner decides.
+        DiskLost,
     }
 }
 
@@ -115,8 +117,12 @@ named_enum! {
         InsufficientMemory,
         InsufficientCpu,
         InsufficientDisk,
+        // Disk safety.
+        DiskLost,
+        DiskMissing,
+        DiskResetRequested,
+        DiskReset,
         // Drift repairs (Warning events).
-        DiskRecreated,
         DomainRecreated,
         DomainStarted,
         RouteRepaired,

@@ -86,7 +86,9 @@ async fn apply(ctx: &Context, rec: HostingRecord) -> Result<Action, ReconcileErr
     }
     let ports = pass.ports().await?;
     pass.begin().await?;
-    let image = pass.disk().await?;
+    let Some(image) = pass.disk().await? else {
+        return Ok(Action::AwaitChange);
+    };
     let inputs = Inputs::of(&rec, &image, ports);
     let want = ctx.render.hashes(&inputs);
     let observed = pass.seed(&inputs, &want).await?;

@@ -162,8 +162,11 @@ impl<'a> Pass<'a> {
 
     /// Step 2: the image version (pinned when the disk is first created, so a
     /// rebuilt image never changes the kernel under an existing disk) and the
-    /// disk volume.
-    pub async fn disk(&mut self) -> Result<ImageEntry, ReconcileError> {
+    /// disk volume. A disk that vanished is never silently recreated empty:
+    /// the hosting goes `Failed` with `DiskLost` until its owner consents to a
+    /// fresh disk (a newer desired disk epoch); then the old one, if any, is
+    /// quarantined. `None`: stop here and wait for the owner.
+    pub async fn disk(&mut self) -> Result<Option<ImageEntry>, ReconcileError> {
         let spec = &self.rec.spec;
         let image = match &self.st.image_pin {
             Some(pin) => {
@@ -172,37 +175,75 @@ impl<'a> Pass<'a> {
             }
             None => self.ctx.catalog.pin(&spec.image)?,
         };
+        let name = disk_volume(self.id());
+        let exists = self.ctx.vm.volume_exists(&name).await?;
+        let reset = self.st.disk_created && self.st.disk_epoch < self.rec.disk_epoch;
+        if reset {
+            self.replace_disk(exists).await?;
+        } else if !exists && self.st.disk_created {
+            self.disk_lost().await?;
+            return Ok(None);
+        }
         let source = VolumeSource::Overlay {
             backing: image.disk.clone(),
             backing_format: image.format.clone(),
             capacity_gib: spec.disk_gib,
         };
-        if self
-            .ctx
-            .vm
-            .create_volume(&disk_volume(self.id()), source)
-            .await?
-        {
-            if self.st.disk_created {
-                let msg = "the disk volume was missing and was recreated empty: the hosting's data was lost";
-                self.repair(Reason::DiskRecreated, msg).await?;
+        if !exists || reset {
+            self.ctx.vm.create_volume(&name, source).await?;
+            let msg = format!(
+                "{} GiB disk from image {}",
+                spec.disk_gib,
+                spec.image.as_str()
+            );
+            let reason = if reset {
+                Reason::DiskReset
             } else {
-                let msg = format!(
-                    "{} GiB disk from image {}",
-                    spec.disk_gib,
-                    spec.image.as_str()
-                );
-                self.event(EventType::Normal, Reason::DiskCreated, &msg)
-                    .await?;
-            }
+                Reason::DiskCreated
+            };
+            self.event(EventType::Normal, reason, &msg).await?;
             self.fault("after_disk_create").await?;
         }
-        if !self.st.disk_created || self.st.image_pin.is_none() {
+        if !self.st.disk_created || self.st.image_pin.is_none() || reset {
             self.st.disk_created = true;
+            self.st.disk_epoch = self.rec.disk_epoch;
             self.st.image_pin = Some(image.clone());
+            remove_condition(&mut self.st.conditions, C::DiskLost);
             self.write_status().await?;
         }
-        Ok(image)
+        Ok(Some(image))
+    }
+
+    /// Records a vanished disk: `Failed`, `DiskLost`, a Warning event once.
+    async fn disk_lost(&mut self) -> Result<(), ReconcileError> {
+        let first = !has_true(&self.st.conditions, C::DiskLost);
+        let msg = "the disk volume vanished and there is no backup to restore it from; \
+                   POST /api/v1/host/my/reset gives the hosting a fresh, empty disk";
+        self.condition(C::DiskLost, true, Reason::DiskMissing, msg);
+        self.st.phase = Phase::Failed;
+        self.st.message = Some(msg.into());
+        self.write_status().await?;
+        if first {
+            self.ctx.metrics.repairs.inc();
+            self.event(EventType::Warning, Reason::DiskLost, msg)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Before a consented reset: stops the guest and moves the old disk (if
+    /// any) to quarantine instead of deleting it.
+    async fn replace_disk(&mut self, exists: bool) -> Result<(), ReconcileError> {
+        self.ctx.vm.destroy(&domain_name(self.id())).await?;
+        if exists {
+            let name = disk_volume(self.id());
+            let dir = self.ctx.config.state_dir.join("quarantine");
+            if self.ctx.vm.quarantine_volume(&name, &dir).await?.is_none() {
+                // A simulated volume has no file to keep.
+                self.ctx.vm.delete_volume(&name).await?;
+            }
+        }
+        Ok(())
     }
 
     /// Step 3: the cloud-init seed volume, rebuilt when missing or outdated.

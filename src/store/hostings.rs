@@ -24,6 +24,8 @@ pub struct Status {
     pub image_pin: Option<crate::images::ImageEntry>,
     /// When the current provisioning attempt started (readiness deadline).
     pub provisioning_since: Option<DateTime<Utc>>,
+    /// The disk epoch of the disk that exists (see `HostingRecord::disk_epoch`).
+    pub disk_epoch: i32,
     pub last_reconciled_at: Option<DateTime<Utc>>,
 }
 
@@ -37,6 +39,8 @@ pub struct HostingRecord {
     pub generation: i64,
     pub deletion_requested_at: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
+    /// Desired disk epoch: bumped by the owner's reset (consent to an empty disk).
+    pub disk_epoch: i32,
     pub status: Status,
 }
 
@@ -65,12 +69,15 @@ struct RecordRow {
     image_pin: Option<sqlx::types::Json<crate::images::ImageEntry>>,
     provisioning_since: Option<DateTime<Utc>>,
     last_reconciled_at: Option<DateTime<Utc>>,
+    disk_epoch: i32,
+    observed_disk_epoch: Option<i32>,
 }
 
 const RECORD_SELECT: &str = "select h.id, h.user_id, u.username, h.vcpus, h.memory_mib, h.disk_gib, h.image, \
      h.ssh_public_keys, h.running, h.generation, h.deletion_requested_at, h.created_at, \
      s.phase, s.conditions, s.observed_generation, s.ssh_port, s.http_port, s.vm_name, s.message, \
-     s.disk_created, s.image_pin, s.provisioning_since, s.last_reconciled_at \
+     s.disk_created, s.image_pin, s.provisioning_since, s.last_reconciled_at, \
+     h.disk_epoch, s.disk_epoch as observed_disk_epoch \
      from hostings h join users u on u.id = h.user_id left join hosting_status s on s.hosting_id = h.id";
 
 impl RecordRow {
@@ -96,6 +103,7 @@ impl RecordRow {
             generation: self.generation,
             deletion_requested_at: self.deletion_requested_at,
             created_at: self.created_at,
+            disk_epoch: self.disk_epoch,
             status: Status {
                 phase: self
                     .phase
@@ -112,6 +120,7 @@ impl RecordRow {
                 image_pin: self.image_pin.map(|j| j.0),
                 provisioning_since: self.provisioning_since,
                 last_reconciled_at: self.last_reconciled_at,
+                disk_epoch: self.observed_disk_epoch.unwrap_or(0),
             },
         })
     }
@@ -224,6 +233,31 @@ impl Store {
         }
         tx.commit().await?;
         self.must_get(rec.id).await
+    }
+
+    /// Records the owner's consent to replace a lost disk with a fresh, empty
+    /// one: bumps the desired disk epoch (and the generation).
+    pub async fn request_disk_reset(&self, user: UserId) -> Result<HostingRecord> {
+        let mut tx = self.pool.begin().await?;
+        let row: Option<(Uuid,)> = sqlx::query_as(
+            "update hostings set disk_epoch = disk_epoch + 1, generation = generation + 1 \
+             where user_id = $1 and deletion_requested_at is null returning id",
+        )
+        .bind(user.0)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let (id,) = row.ok_or(StoreError::NotFound)?;
+        let msg = "the owner asked for a fresh, empty disk";
+        insert_event(
+            &mut tx,
+            HostingId(id),
+            EventType::Normal,
+            Reason::DiskResetRequested,
+            msg,
+        )
+        .await?;
+        tx.commit().await?;
+        self.must_get(HostingId(id)).await
     }
 
     /// Marks the user's hosting for deletion (idempotent). The row stays until the
