@@ -269,117 +269,113 @@ pub fn nginx_main_conf(
 pub mod doctor {
     //! `hostd doctor`: checks every dependency and prints one line per check.
 
-    use std::sync::Arc;
-
     use crate::config::Config;
     use crate::drivers::libvirt::LibvirtDriver;
     use crate::drivers::nginx::NginxDriver;
     use crate::drivers::{ProxyDriver, VmDriver};
     use crate::images::Catalog;
 
-    /// Runs the checks; returns the exit code (0 all good, 1 otherwise).
-    pub async fn run(c: Config) -> i32 {
-        let mut failed = 0;
-        let mut line = |ok: bool, what: &str, detail: String| {
+    /// The printed report: one line per check, and how many failed.
+    #[derive(Default)]
+    struct Report {
+        failed: usize,
+    }
+
+    impl Report {
+        fn line(&mut self, ok: bool, what: &str, detail: impl std::fmt::Display) {
             println!("[{}] {what}: {detail}", if ok { " ok " } else { "FAIL" });
-            if !ok {
-                failed += 1;
+            self.failed += usize::from(!ok);
+        }
+
+        fn result<E: std::fmt::Display>(&mut self, what: &str, r: Result<String, E>) {
+            match r {
+                Ok(d) => self.line(true, what, d),
+                Err(e) => self.line(false, what, e),
             }
+        }
+    }
+
+    /// Postgres and the installation id (nil when unknown).
+    async fn installation(c: &Config, out: &mut Report) -> uuid::Uuid {
+        let id = match crate::store::Store::connect(&c.database_url, 1).await {
+            Ok(s) => s
+                .installation_id()
+                .await
+                .map_err(|e| format!("no installation id (run `hostd migrate`): {e}")),
+            Err(e) => Err(e.to_string()),
         };
-        let installation = match crate::store::Store::connect(&c.database_url, 1).await {
-            Ok(s) => match s.installation_id().await {
-                Ok(id) => {
-                    line(true, "postgres", format!("reachable; installation {id}"));
-                    id
-                }
-                Err(e) => {
-                    line(
-                        false,
-                        "postgres",
-                        format!("no installation id (run `hostd migrate`): {e}"),
-                    );
-                    uuid::Uuid::nil()
-                }
-            },
-            Err(e) => {
-                line(false, "postgres", e.to_string());
-                uuid::Uuid::nil()
-            }
-        };
+        out.result(
+            "postgres",
+            id.as_ref().map(|i| format!("reachable; installation {i}")),
+        );
+        id.unwrap_or_default()
+    }
+
+    /// Whether the routes and pool directories are this installation's.
+    fn ownership(c: &Config, installation: uuid::Uuid, out: &mut Report) {
         let pool_dir = c.state_dir.join("pools").join(&c.instance);
         for (what, dir) in [
             ("routes directory", &c.nginx_routes_dir),
             ("storage pool", &pool_dir),
         ] {
+            let shown = dir.display();
             match crate::drivers::ownership::owner(dir) {
                 Ok(Some(o)) if o == installation => {
-                    line(true, what, format!("{} is ours", dir.display()))
+                    out.line(true, what, format!("{shown} is ours"))
                 }
-                Ok(Some(o)) => line(
-                    false,
-                    what,
-                    format!("{} belongs to installation {o}", dir.display()),
-                ),
-                Ok(None) => line(true, what, format!("{} not claimed yet", dir.display())),
-                Err(e) => line(false, what, e.to_string()),
+                Ok(Some(o)) => {
+                    out.line(false, what, format!("{shown} belongs to installation {o}"))
+                }
+                Ok(None) => out.line(true, what, format!("{shown} not claimed yet")),
+                Err(e) => out.line(false, what, e),
             }
         }
-        let vm: Arc<dyn VmDriver> = Arc::new(LibvirtDriver::new(
-            &c.libvirt_uri,
-            &c.instance,
-            installation,
-            &c.state_dir,
-        ));
-        match vm.ping().await {
-            Ok(v) => line(true, "libvirt", v),
-            Err(e) => line(false, "libvirt", e.to_string()),
-        }
-        line(
-            true,
-            "acceleration",
-            format!(
-                "domain type '{}': {}",
-                c.domain_type.as_str(),
-                c.domain_type_reason
-            ),
+    }
+
+    /// libvirt, acceleration, nginx, guest isolation, genisoimage.
+    async fn services(c: &Config, installation: uuid::Uuid, out: &mut Report) {
+        let vm = LibvirtDriver::new(&c.libvirt_uri, &c.instance, installation, &c.state_dir);
+        out.result("libvirt", vm.ping().await);
+        let accel = format!(
+            "domain type '{}': {}",
+            c.domain_type.as_str(),
+            c.domain_type_reason
         );
+        out.line(true, "acceleration", accel);
         let proxy = NginxDriver::new(&c.nginx_routes_dir, &c.nginx_conf, &c.nginx_bin);
-        match proxy.health().await {
-            Ok(v) => line(true, "nginx", v),
-            Err(e) => line(false, "nginx", e.to_string()),
-        }
+        out.result("nginx", proxy.health().await);
         let iso = crate::drivers::isolation::Isolation::default();
         match (c.real_guests(), iso.check().await) {
-            (false, _) => line(
-                true,
+            (false, _) => out.line(true, "guest isolation", "not needed: simulated hypervisor"),
+            (true, r) => out.result(
                 "guest isolation",
-                "not needed: simulated hypervisor".into(),
+                r.map_err(|e| format!("NOT in force: {e}")),
             ),
-            (true, Ok(d)) => line(true, "guest isolation", d),
-            (true, Err(e)) => line(false, "guest isolation", format!("NOT in force: {e}")),
         }
-        line(
-            crate::drivers::seed::available(),
-            "genisoimage",
-            "needed for cloud-init seeds".into(),
-        );
-        match Catalog::load(&c.images_file, &c.state_dir) {
-            Ok(cat) => {
-                for name in cat.names().map(String::from).collect::<Vec<_>>() {
-                    let n =
-                        crate::domain::ImageName::parse(&name).expect("catalogue names are valid");
-                    match cat.resolve(&n) {
-                        Ok(e) => line(true, &format!("image {name}"), e.disk.display().to_string()),
-                        Err(e) => line(false, &format!("image {name}"), e.to_string()),
-                    }
-                }
-            }
-            Err(e) => line(false, "image catalogue", e.to_string()),
+        let iso_tool = crate::drivers::seed::available();
+        out.line(iso_tool, "genisoimage", "needed for cloud-init seeds");
+    }
+
+    /// Every image of the catalogue, with its files.
+    fn images(c: &Config, out: &mut Report) {
+        let cat = match Catalog::load(&c.images_file, &c.state_dir) {
+            Ok(cat) => cat,
+            Err(e) => return out.line(false, "image catalogue", e),
+        };
+        for name in cat.names().map(String::from).collect::<Vec<_>>() {
+            let n = crate::domain::ImageName::parse(&name).expect("catalogue names are valid");
+            let r = cat.resolve(&n).map(|e| e.disk.display().to_string());
+            out.result(&format!("image {name}"), r);
         }
-        if failed > 0 {
-            1
-        } else {
-            0
-        }
+    }
+
+    /// Runs the checks; returns the exit code (0 all good, 1 otherwise).
+    pub async fn run(c: Config) -> i32 {
+        let mut out = Report::default();
+        let id = installation(&c, &mut out).await;
+        ownership(&c, id, &mut out);
+        services(&c, id, &mut out).await;
+        images(&c, &mut out);
+        i32::from(out.failed > 0)
     }
 }
