@@ -309,9 +309,8 @@ pub struct Config {
     pub nginx_conf: PathBuf,
     /// nginx binary (`HOSTD_NGINX_BIN`).
     pub nginx_bin: PathBuf,
-    /// Base URL users reach hostings at (`HOSTD_PUBLIC_URL`), without a trailing slash.
-    pub public_url: String,
-    /// Where sites are served (`HOSTD_PUBLIC_URL`, `HOSTD_SITES_DOMAIN`).
+    /// Where sites are served: `HOSTD_PUBLIC_URL` (without a trailing slash)
+    /// and `HOSTD_SITES_DOMAIN`.
     pub sites: crate::domain::SiteAddress,
     /// Base URL the reconciler probes routes through, i.e. the host nginx (`HOSTD_PROBE_URL`).
     pub probe_url: String,
@@ -480,7 +479,6 @@ impl Settings {
             nginx_routes_dir,
             nginx_conf: self.nginx_conf,
             nginx_bin: self.nginx_bin,
-            public_url: self.public_url.trim_end_matches('/').to_string(),
             sites: crate::domain::SiteAddress {
                 public_url: self.public_url.trim_end_matches('/').to_string(),
                 sites_domain: self.sites_domain.clone(),
@@ -553,7 +551,12 @@ impl Config {
 
     /// The host part of the public URL, for `ssh_command`.
     pub fn public_host(&self) -> &str {
-        let rest = self.public_url.split("://").nth(1).unwrap_or("localhost");
+        let rest = self
+            .sites
+            .public_url
+            .split("://")
+            .nth(1)
+            .unwrap_or("localhost");
         let host = rest.split('/').next().unwrap_or(rest);
         if let Some(v6) = host.strip_prefix('[') {
             v6.split(']').next().unwrap_or(v6)

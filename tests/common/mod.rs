@@ -129,7 +129,6 @@ pub fn test_config(db: &str, state: &std::path::Path, nginx: Option<&TestNginx>)
             .map(|n| n.conf.clone())
             .unwrap_or_else(|| state.join("nginx.conf")),
         nginx_bin: "/usr/sbin/nginx".into(),
-        public_url: "http://localhost".into(),
         sites: hostd::domain::SiteAddress {
             public_url: "http://localhost".into(),
             sites_domain: None,
