@@ -270,6 +270,22 @@ pub struct Settings {
         default_value = "7"
     )]
     pub quarantine_days: u64,
+    /// Hours between scheduled backups of each hosting (`0`: no schedule).
+    #[arg(
+        long,
+        env = "HOSTD_BACKUP_INTERVAL_HOURS",
+        value_name = "HOSTD_BACKUP_INTERVAL_HOURS",
+        default_value = "24"
+    )]
+    pub backup_interval_hours: f64,
+    /// Completed backups kept per hosting (older ones are deleted).
+    #[arg(long, env = "HOSTD_BACKUP_KEEP", value_name = "HOSTD_BACKUP_KEEP", default_value = "7",
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub backup_keep: u32,
+    /// Backups taken at the same time (each reads a whole disk and compresses it).
+    #[arg(long, env = "HOSTD_BACKUP_CONCURRENCY", value_name = "HOSTD_BACKUP_CONCURRENCY",
+          default_value = "1", value_parser = clap::value_parser!(u32).range(1..))]
+    pub backup_concurrency: u32,
     /// Log as JSON lines (`1`) instead of text.
     #[arg(long, env = "HOSTD_LOG_JSON", value_name = "HOSTD_LOG_JSON", default_value = "0",
           value_parser = ["0", "1"])]
@@ -346,6 +362,19 @@ pub struct Config {
     pub allow_unisolated_guests: bool,
     /// How long quarantined volumes are kept (`HOSTD_QUARANTINE_DAYS`).
     pub quarantine: Duration,
+    /// Backup schedule and retention.
+    pub backups: BackupPolicy,
+}
+
+/// When backups are taken and how many are kept.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct BackupPolicy {
+    /// Time between scheduled backups of a hosting (`None`: no schedule).
+    pub interval: Option<Duration>,
+    /// Completed backups kept per hosting.
+    pub keep: u32,
+    /// Backups running at the same time.
+    pub concurrency: u32,
 }
 
 /// How much of the host the reconciler lets guests take.
@@ -422,6 +451,11 @@ impl Settings {
             if !(f.is_finite() && f > 0.0) {
                 return Err(bad(var, "must be a positive number"));
             }
+        }
+        let h = self.backup_interval_hours;
+        if !(h.is_finite() && (h == 0.0 || (1.0 / 60.0..=24.0 * 366.0).contains(&h))) {
+            let msg = "must be 0 (no schedule) or between 1/60 (a minute) and 8784 (a year)";
+            return Err(bad("HOSTD_BACKUP_INTERVAL_HOURS", msg));
         }
         if self.ssh_ports.overlaps(&self.http_ports) {
             return Err(bad("HOSTD_HTTP_PORTS", "overlaps HOSTD_SSH_PORTS"));
@@ -503,6 +537,12 @@ impl Settings {
             },
             allow_unisolated_guests: self.allow_unisolated_guests == "1",
             quarantine: Duration::from_secs(self.quarantine_days * 86400),
+            backups: BackupPolicy {
+                interval: (self.backup_interval_hours > 0.0)
+                    .then(|| Duration::from_secs_f64(self.backup_interval_hours * 3600.0)),
+                keep: self.backup_keep,
+                concurrency: self.backup_concurrency,
+            },
             capacity: CapacityPolicy {
                 reserved_mib: self.host_reserved_mib,
                 memory_overcommit: self.memory_overcommit,

@@ -22,6 +22,11 @@ pub const POINTS: &[&str] = &[
     "after_domain_undefine",
     "after_volume_delete",
     "after_release_ports",
+    "after_backup_start",
+    "after_backup_copy",
+    "after_backup_file",
+    "after_restore_quarantine",
+    "after_restore_disk",
 ];
 
 #[derive(Debug, Clone, PartialEq, Eq)]

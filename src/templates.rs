@@ -6,6 +6,11 @@
 use askama::Template;
 
 /// XML namespace of hostd's ownership marker in domain `<metadata>`.
+/// The target device of a hosting's disk in `templates/domain.xml`.
+pub const DISK_DEV: &str = "vda";
+/// The target device of its cloud-init seed in `templates/domain.xml`.
+pub const SEED_DEV: &str = "vdb";
+
 pub const MARKER_NS: &str = "https://hostd.dev/xmlns/hosting/v1";
 
 #[derive(Template)]

@@ -6,30 +6,12 @@ mod common;
 
 use std::time::Duration;
 
-use common::{eventually, fake_guest, TestApp};
+use common::{create_hosting as create, eventually, fake_guest, settle, settle_stopped, TestApp};
 use hostd::domain::{ConditionType, HostingId, Phase, Reason};
 use hostd::drivers::VmDriver;
 use hostd::reconciler::names::{disk_volume, domain_name, seed_volume};
 use hostd::reconciler::Action;
 use serde_json::Value;
-
-async fn create(app: &TestApp, name: &str) -> (String, String, HostingId) {
-    let (t, uid) = app.user(name).await;
-    let r = app
-        .client
-        .post(app.url("/api/v1/host"))
-        .bearer_auth(&t)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 202);
-    let h: Value = r.json().await.unwrap();
-    (
-        t,
-        uid,
-        HostingId(uuid::Uuid::parse_str(h["id"].as_str().unwrap()).unwrap()),
-    )
-}
 
 /// Creates a hosting for a new user, lets a stand-in guest answer on its
 /// ports and drives it to Ready; the guest lives as long as the returned handle.
@@ -62,19 +44,6 @@ async fn wait_ports(app: &TestApp, id: HostingId) -> hostd::store::HostingRecord
     })
     .await
     .expect("ports allocated")
-}
-
-/// Drives reconciles of one hosting until it reports converged (or 20 tries).
-async fn settle(ctl: &hostd::reconciler::Controller, id: HostingId) -> Action {
-    let mut a = ctl.reconcile_once(id).await.unwrap();
-    for _ in 0..20 {
-        if a != Action::Requeue(Duration::from_secs(2)) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        a = ctl.reconcile_once(id).await.unwrap();
-    }
-    a
 }
 
 /// GETs `url` until it answers `status` (nginx reloads are asynchronous);
@@ -747,22 +716,6 @@ async fn a_vanished_disk_is_never_recreated_silently_and_a_reset_needs_consent()
     let evs = app.store.recent_events(id, 50).await.unwrap();
     assert!(evs.iter().any(|e| e.reason == "DiskReset"), "{evs:?}");
     app.stop().await;
-}
-
-async fn settle_stopped(ctl: &hostd::reconciler::Controller, id: HostingId) -> Phase {
-    for _ in 0..10 {
-        if ctl.reconcile_once(id).await.unwrap() == Action::AwaitChange {
-            break;
-        }
-    }
-    ctl.ctx
-        .store
-        .get_record(id)
-        .await
-        .unwrap()
-        .unwrap()
-        .status
-        .phase
 }
 
 #[tokio::test]

@@ -12,8 +12,8 @@ use super::auth::AuthUser;
 use super::error::ApiError;
 use super::AppState;
 use crate::crd::{HostingSpec as HostingSpecView, HostingStatus as HostingStatusView};
-use crate::domain::{ssh_command, HostingSpec, Role, SpecPatch};
-use crate::store::{Event, HostingRecord, StoreError};
+use crate::domain::{ssh_command, BackupId, HostingSpec, Role, SpecPatch};
+use crate::store::{Event, HostingRecord, RestoreRefusal, StoreError};
 
 /// The hosting as the API shows it (shape is a contract, see docs/api.md).
 #[derive(Serialize)]
@@ -115,11 +115,7 @@ pub async fn get_mine(
     State(st): State<AppState>,
     auth: AuthUser,
 ) -> Result<impl IntoResponse, ApiError> {
-    let rec = st
-        .store
-        .get_record_by_user(auth.id)
-        .await?
-        .ok_or(ApiError::NotFound("you have no hosting"))?;
+    let rec = my_hosting(&st, &auth).await?;
     Ok(Json(with_events(&st, &rec).await?))
 }
 
@@ -193,4 +189,69 @@ pub async fn admin_list(
     Ok(Json(
         all.iter().map(|r| view(&st, r, None)).collect::<Vec<_>>(),
     ))
+}
+
+/// The caller's hosting, or 404.
+async fn my_hosting(st: &AppState, auth: &AuthUser) -> Result<HostingRecord, ApiError> {
+    st.store
+        .get_record_by_user(auth.id)
+        .await?
+        .ok_or(ApiError::NotFound("you have no hosting"))
+}
+
+/// `POST /api/v1/host/my/backups`: a backup request the reconciler carries
+/// out (202 and the Pending backup); 409 while one is pending or running.
+pub async fn create_backup(
+    State(st): State<AppState>,
+    auth: AuthUser,
+) -> Result<impl IntoResponse, ApiError> {
+    let b = st
+        .store
+        .request_backup(auth.id)
+        .await
+        .map_err(|e| match e {
+            StoreError::NotFound => ApiError::NotFound("you have no hosting"),
+            StoreError::Conflict(what) => ApiError::Conflict(format!("{what} exists")),
+            o => o.into(),
+        })?;
+    tracing::info!(hosting = %b.hosting_id, backup = %b.id, "backup requested");
+    Ok((StatusCode::ACCEPTED, Json(b)))
+}
+
+/// `GET /api/v1/host/my/backups`: the hosting's backups, newest first.
+pub async fn list_backups(
+    State(st): State<AppState>,
+    auth: AuthUser,
+) -> Result<impl IntoResponse, ApiError> {
+    let rec = my_hosting(&st, &auth).await?;
+    Ok(Json(st.store.list_backups(rec.id).await?))
+}
+
+/// The body of `POST /api/v1/host/my/restore`.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RestoreBody {
+    backup_id: BackupId,
+}
+
+/// `POST /api/v1/host/my/restore {"backup_id": …}`: the owner's request to
+/// replace the disk with a completed backup (202 and the hosting).
+pub async fn restore_mine(
+    State(st): State<AppState>,
+    auth: AuthUser,
+    body: Result<Json<RestoreBody>, axum::extract::rejection::JsonRejection>,
+) -> Result<impl IntoResponse, ApiError> {
+    let Json(body) = body?;
+    let rec = st
+        .store
+        .request_restore(auth.id, body.backup_id)
+        .await?
+        .map_err(|r| match r {
+            RestoreRefusal::NoHosting => ApiError::NotFound("you have no hosting"),
+            RestoreRefusal::NoSuchBackup => {
+                ApiError::NotFound("your hosting has no backup with that id")
+            }
+            o => ApiError::Conflict(o.to_string()),
+        })?;
+    accepted(&st, Ok(rec), "restore requested")
 }

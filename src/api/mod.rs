@@ -66,6 +66,11 @@ pub fn router(state: AppState) -> Router {
                 .delete(hosting::delete_mine),
         )
         .route("/host/my/reset", post(hosting::reset_mine))
+        .route(
+            "/host/my/backups",
+            get(hosting::list_backups).post(hosting::create_backup),
+        )
+        .route("/host/my/restore", post(hosting::restore_mine))
         .route("/admin/hostings", get(hosting::admin_list))
         .route("/health", get(health::health))
         .route("/health/detailed", get(health::detailed))

@@ -37,6 +37,18 @@ enum Cmd {
     },
     /// Delete your hosting.
     Delete,
+    /// Ask for a backup of your hosting's disk (taken while it runs).
+    Backup,
+    /// List your hosting's backups, newest first.
+    Backups,
+    /// Replace your hosting's disk with a completed backup (the guest restarts;
+    /// the current disk is kept in quarantine).
+    Restore {
+        /// The backup's id (see `hostctl backups`).
+        backup_id: String,
+    },
+    /// Replace a lost (or the current) disk with a fresh, empty one.
+    Reset,
 }
 
 fn fail(msg: impl std::fmt::Display) -> ! {
@@ -158,6 +170,23 @@ async fn main() {
             show(send(req).await).await
         }
         Cmd::Delete => show(send(c.delete(url("/host/my")).bearer_auth(token())).await).await,
+        Cmd::Backup => {
+            let req = c.post(url("/host/my/backups")).bearer_auth(token());
+            show(send(req).await).await
+        }
+        Cmd::Backups => {
+            let req = c.get(url("/host/my/backups")).bearer_auth(token());
+            show(send(req).await).await
+        }
+        Cmd::Restore { backup_id } => {
+            let body = json!({ "backup_id": backup_id });
+            let req = c.post(url("/host/my/restore")).bearer_auth(token());
+            show(send(req.json(&body)).await).await
+        }
+        Cmd::Reset => {
+            let req = c.post(url("/host/my/reset")).bearer_auth(token());
+            show(send(req).await).await
+        }
     };
     std::process::exit(code);
 }

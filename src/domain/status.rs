@@ -60,6 +60,30 @@ impl Phase {
 }
 
 named_enum! {
+    /// Where a backup stands.
+    pub enum BackupState {
+        /// Requested; the reconciler has not started it.
+        Pending,
+        /// Being taken (also one interrupted by a crash, until it is redone).
+        Running,
+        /// Stored, with its size and checksum.
+        Completed,
+        /// Could not be taken; the message says why.
+        Failed,
+    }
+}
+
+named_enum! {
+    /// Who asked for a backup.
+    pub enum BackupTrigger {
+        /// The owner, through the API.
+        Manual,
+        /// The schedule (`HOSTD_BACKUP_INTERVAL_HOURS`).
+        Scheduled,
+    }
+}
+
+named_enum! {
     /// Event severity.
     pub enum EventType {
         Normal,
@@ -122,6 +146,18 @@ named_enum! {
         DiskMissing,
         DiskResetRequested,
         DiskReset,
+        DiskQuarantined,
+        // Backups and restores.
+        BackupRequested,
+        BackupStarted,
+        BackupResumed,
+        BackupCompleted,
+        BackupFailed,
+        BackupsExpired,
+        RestoreRequested,
+        Restoring,
+        DiskRestored,
+        RestoreFailed,
         // Drift repairs (Warning events).
         DomainRecreated,
         DomainStarted,

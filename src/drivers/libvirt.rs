@@ -423,7 +423,60 @@ impl VmDriver for LibvirtDriver {
             let to = dir.join(format!("{stamp}-{name}"));
             std::fs::rename(&from, &to)?;
             let _ = p.refresh(0);
+            forget_volume(&p, &name);
             Ok(Some(to))
+        })
+        .await
+    }
+
+    async fn disk_image(
+        &self,
+        domain: &str,
+        volume: &str,
+        staging: &std::path::Path,
+    ) -> DriverResult<std::path::PathBuf> {
+        let (pool, owner) = (self.pool.clone(), self.owner.clone());
+        let (domain, volume) = (domain.to_string(), volume.to_string());
+        let staging = staging.to_path_buf();
+        self.with_conn(move |c| {
+            let dom = Self::lookup_ours(c, &domain, &owner)?;
+            if let Some(d) = dom.filter(|d| d.is_active().unwrap_or(false)) {
+                backup_job(&d, &staging)?;
+                return Ok(staging);
+            }
+            let p = Self::pool(c, &pool)?;
+            let vol = p.lookup_storage_vol_by_name(&volume).map_err(lv)?;
+            let path = std::path::PathBuf::from(vol.path().map_err(lv)?);
+            if !path.exists() {
+                return Err(DriverError::Other(format!(
+                    "volume {volume} has no file to back up (a simulated hypervisor)"
+                )));
+            }
+            Ok(path)
+        })
+        .await
+    }
+
+    async fn restore_volume(&self, name: &str, from: &std::path::Path) -> DriverResult<()> {
+        let (pool, name, from) = (self.pool.clone(), name.to_string(), from.to_path_buf());
+        self.with_conn(move |c| {
+            use std::os::unix::fs::PermissionsExt;
+            let p = Self::pool(c, &pool)?;
+            // Create the volume through libvirt (so a simulated pool knows it
+            // too), then put the image file in its place.
+            let xml = format!(
+                "<volume><name>{}</name><capacity unit='bytes'>0</capacity><target><format type='raw'/></target></volume>",
+                xml_escape(&name)
+            );
+            let vol = StorageVol::create_xml(&p, &xml, 0).map_err(lv)?;
+            let path = std::path::PathBuf::from(vol.path().map_err(lv)?);
+            std::fs::set_permissions(&from, std::fs::Permissions::from_mode(0o600))?;
+            std::fs::rename(&from, &path)?;
+            if let Some(dir) = path.parent() {
+                std::fs::File::open(dir)?.sync_all()?;
+            }
+            let _ = p.refresh(0);
+            Ok(())
         })
         .await
     }
@@ -511,6 +564,72 @@ impl VmDriver for LibvirtDriver {
         })
         .await
     }
+}
+
+/// After a volume's file was moved away: a real pool's refresh has dropped
+/// the volume; a simulated pool still lists it, so it is deleted there
+/// (deleting a real volume whose file is gone only fails, harmlessly).
+fn forget_volume(p: &StoragePool, name: &str) {
+    if let Ok(v) = p.lookup_storage_vol_by_name(name) {
+        let _ = v.delete(0);
+    }
+}
+
+/// Runs a push-mode libvirt backup job of the domain's disk into `target`
+/// (a full, standalone qcow2; the guest keeps running) and waits for it.
+fn backup_job(d: &Domain, target: &std::path::Path) -> DriverResult<()> {
+    use std::time::{Duration, Instant};
+    use virt::sys;
+    let none = sys::VIR_DOMAIN_JOB_NONE as i32;
+    let job = |d: &Domain| d.job_info().map(|j| j.r#type).map_err(lv);
+    if job(d)? != none {
+        // A job an earlier hostd started (it crashed meanwhile): start over.
+        // SAFETY: the pointer is a live domain handle owned by `d`.
+        unsafe { sys::virDomainAbortJob(d.as_ptr()) };
+        let since = Instant::now();
+        while job(d)? != none {
+            if since.elapsed() > Duration::from_secs(60) {
+                return Err(DriverError::Libvirt(
+                    "an earlier job on the domain did not end within 60 s".into(),
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+    match std::fs::remove_file(target) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
+        _ => {}
+    }
+    let xml = format!(
+        "<domainbackup mode='push'><disks>\
+         <disk name='{}' type='file'><target file='{}'/><driver type='qcow2'/></disk>\
+         <disk name='{}' backup='no'/></disks></domainbackup>",
+        crate::templates::DISK_DEV,
+        xml_escape(&target.to_string_lossy()),
+        crate::templates::SEED_DEV,
+    );
+    let xml = std::ffi::CString::new(xml)
+        .map_err(|_| DriverError::Other("backup target path contains NUL".into()))?;
+    // SAFETY: a live domain handle and a NUL-terminated string that outlive
+    // the call; a null checkpoint XML is allowed (no checkpoint).
+    let r = unsafe { sys::virDomainBackupBegin(d.as_ptr(), xml.as_ptr(), std::ptr::null(), 0) };
+    if r < 0 {
+        return Err(lv(virt::error::Error::last_error()));
+    }
+    while job(d)? != none {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let done = d
+        .job_stats(sys::VIR_DOMAIN_JOB_STATS_COMPLETED)
+        .map_err(lv)?;
+    if done.r#type != sys::VIR_DOMAIN_JOB_COMPLETED as i32 {
+        return Err(DriverError::Libvirt(format!(
+            "the backup job did not complete (job type {}): {}",
+            done.r#type,
+            done.error_message.as_deref().unwrap_or("no message")
+        )));
+    }
+    Ok(())
 }
 
 /// Writes a raw volume's bytes at its path in the directory pool, atomically.

@@ -12,6 +12,7 @@ pub mod libvirt;
 pub mod nginx;
 pub mod ownership;
 pub mod probe;
+pub mod qemu_img;
 pub mod seed;
 
 /// Driver-layer errors.
@@ -114,6 +115,22 @@ pub trait VmDriver: Send + Sync + 'static {
         name: &str,
         dir: &std::path::Path,
     ) -> DriverResult<Option<std::path::PathBuf>>;
+    /// A crash-consistent image of a domain's disk volume, for a backup.
+    /// While the domain runs, libvirt's backup job (push mode) writes a full,
+    /// standalone qcow2 copy to `staging` and the guest keeps running (a
+    /// backup job an earlier, crashed hostd left running is aborted first).
+    /// While it is stopped (or undefined), nothing writes the volume, so its
+    /// own file is the image. Returns the path of the image to read.
+    async fn disk_image(
+        &self,
+        domain: &str,
+        volume: &str,
+        staging: &std::path::Path,
+    ) -> DriverResult<std::path::PathBuf>;
+    /// Makes `name` a volume holding the qcow2 image file `from` (moved into
+    /// the pool, so `from` must be on the pool's filesystem). The volume must
+    /// not exist.
+    async fn restore_volume(&self, name: &str, from: &std::path::Path) -> DriverResult<()>;
     /// Deletes a volume; absent is fine.
     async fn delete_volume(&self, name: &str) -> DriverResult<()>;
     /// Defines (or redefines) a domain from XML that carries the marker.

@@ -20,6 +20,7 @@ use crate::images::Catalog;
 use crate::store::{ReconcilerStats, Store};
 use crate::telemetry::Metrics;
 
+pub mod backup;
 pub mod controller;
 pub mod names;
 pub mod queue;
@@ -53,6 +54,8 @@ pub struct Context {
     pub http: reqwest::Client,
     /// Serializes admission decisions (see `steps::Pass::schedule`).
     pub(crate) scheduler: tokio::sync::Mutex<()>,
+    /// Backups allowed to run at once (`HOSTD_BACKUP_CONCURRENCY`).
+    pub(crate) backup_slots: Arc<tokio::sync::Semaphore>,
     /// Per-hosting error backoff state (reset on success).
     backoff: Mutex<HashMap<HostingId, (ExponentialBackoff, u32)>>,
     /// When a graceful shutdown was requested, per hosting.
@@ -70,6 +73,7 @@ impl Context {
     ) -> Result<Arc<Context>, crate::images::ImageError> {
         let catalog = Catalog::load(&config.images_file, &config.state_dir)?;
         let render = render::Renderer::new(&config, vm.pool_name(), installation);
+        let slots = config.backups.concurrency as usize;
         let http = reqwest::Client::builder()
             .no_proxy()
             .redirect(reqwest::redirect::Policy::none())
@@ -86,6 +90,7 @@ impl Context {
             metrics,
             http,
             scheduler: tokio::sync::Mutex::new(()),
+            backup_slots: Arc::new(tokio::sync::Semaphore::new(slots)),
             backoff: Mutex::new(HashMap::new()),
             shutdowns: Mutex::new(HashMap::new()),
         }))

@@ -93,12 +93,19 @@ async fn apply(ctx: &Context, rec: HostingRecord) -> Result<Action, ReconcileErr
     let want = ctx.render.hashes(&inputs);
     let observed = pass.seed(&inputs, &want).await?;
     let def = pass.definition(&inputs, &want, observed).await?;
-    if !rec.spec.running {
-        return pass.stop(&def).await;
+    let action = if !rec.spec.running {
+        pass.stop(&def).await?
+    } else {
+        pass.power(&def).await?;
+        pass.route(Some(ports.1)).await?;
+        pass.readiness(ports.0).await?
+    };
+    if action != Action::AwaitChange {
+        return Ok(action);
     }
-    pass.power(&def).await?;
-    pass.route(Some(ports.1)).await?;
-    pass.readiness(ports.0).await
+    // Converged: now the hosting's pending backup, if any.
+    let rec = ctx.store.get_record(rec.id).await?.unwrap_or(rec);
+    Ok(Pass::new(ctx, &rec).backups().await?.unwrap_or(action))
 }
 
 /// The finalizer: route → reload → domain → volumes → ports → row. Every step
@@ -122,6 +129,7 @@ async fn finalize(ctx: &Context, rec: &HostingRecord) -> Result<Action, Reconcil
     ctx.vm.delete_volume(&disk_volume(id)).await?;
     ctx.vm.delete_volume(&seed_volume(id)).await?;
     faults.hit("after_volume_delete").await?;
+    quarantine_backups(ctx, id)?;
     ctx.store.release_ports(id).await?;
     faults.hit("after_release_ports").await?;
     ctx.store.delete_hosting(id).await?;
@@ -131,6 +139,24 @@ async fn finalize(ctx: &Context, rec: &HostingRecord) -> Result<Action, Reconcil
     ctx.reset_backoff(id);
     tracing::info!("hosting deleted; all resources released");
     Ok(Action::Gone)
+}
+
+/// A deleted hosting's backups are kept in quarantine (for
+/// `HOSTD_QUARANTINE_DAYS`), not deleted: an operator can still restore a
+/// hosting deleted by mistake.
+fn quarantine_backups(ctx: &Context, id: HostingId) -> Result<(), ReconcileError> {
+    let files = super::backup::BackupFiles::new(&ctx.config.state_dir);
+    files.discard_staging(id);
+    let dir = files.dir(id);
+    if dir.exists() {
+        let q = ctx.config.state_dir.join("quarantine");
+        std::fs::create_dir_all(&q).map_err(DriverError::from)?;
+        let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%SZ");
+        let to = q.join(format!("{stamp}-backups-{id}"));
+        std::fs::rename(&dir, &to).map_err(DriverError::from)?;
+        tracing::info!(to = %to.display(), "the hosting's backups were moved to quarantine");
+    }
+    Ok(())
 }
 
 /// The error policy: record the error on the hosting (condition + Warning

@@ -47,7 +47,8 @@ pub async fn resync(ctx: &Context, queue: &WorkQueue) -> Result<ResyncStats, Rec
         stray,
     };
     let records = ctx.store.list_records().await?;
-    let queued = queue_drifted(ctx, queue, &records, &seen);
+    let mut queued = queue_drifted(ctx, queue, &records, &seen);
+    queued += queue_backups(ctx, queue).await?;
     let orphans = collect_orphans(ctx, &records, &seen).await?;
     publish(ctx, queue, &records).await;
     tracing::debug!(
@@ -86,6 +87,23 @@ fn queue_drifted(
         }
     }
     queued
+}
+
+/// Schedules backups that are due and queues every hosting with a backup
+/// to take (requested, scheduled, or interrupted by a crash).
+async fn queue_backups(ctx: &Context, queue: &WorkQueue) -> Result<usize, ReconcileError> {
+    let ids = ctx
+        .store
+        .schedule_backups(ctx.config.backups.interval)
+        .await?;
+    let mut queued = 0;
+    for id in ids {
+        if !queue.is_queued_or_running(id) {
+            queue.add_now(id);
+            queued += 1;
+        }
+    }
+    Ok(queued)
 }
 
 /// Collects what no hosting owns any more: domains of this installation
@@ -168,7 +186,12 @@ fn expire_quarantine(ctx: &Context) {
             .and_then(|t| t.elapsed().ok());
         if age.is_some_and(|a| a > keep) {
             tracing::warn!(file = %e.path().display(), "quarantine period over: deleting");
-            let _ = std::fs::remove_file(e.path());
+            let is_dir = e.file_type().is_ok_and(|t| t.is_dir());
+            let _ = if is_dir {
+                std::fs::remove_dir_all(e.path())
+            } else {
+                std::fs::remove_file(e.path())
+            };
         }
     }
 }

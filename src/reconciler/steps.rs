@@ -28,6 +28,9 @@ pub struct Pass<'a> {
     pub rec: &'a HostingRecord,
     /// The status this pass will write.
     pub st: Status,
+    /// The disk step replaced the disk (a restore): the guest was stopped on
+    /// purpose, so starting it again is no drift repair.
+    pub disk_replaced: bool,
 }
 
 /// What the definition step found and did.
@@ -41,7 +44,12 @@ pub struct Definition {
 impl<'a> Pass<'a> {
     pub fn new(ctx: &'a Context, rec: &'a HostingRecord) -> Pass<'a> {
         let st = rec.status.clone();
-        Pass { ctx, rec, st }
+        Pass {
+            ctx,
+            rec,
+            st,
+            disk_replaced: false,
+        }
     }
 
     fn id(&self) -> HostingId {
@@ -74,11 +82,11 @@ impl<'a> Pass<'a> {
         set_condition(&mut self.st.conditions, type_, status, reason, msg);
     }
 
-    async fn fault(&self, point: &'static str) -> Result<(), ReconcileError> {
+    pub(super) async fn fault(&self, point: &'static str) -> Result<(), ReconcileError> {
         Ok(self.ctx.config.faults.hit(point).await?)
     }
 
-    async fn write_status(&self) -> Result<(), ReconcileError> {
+    pub(super) async fn write_status(&self) -> Result<(), ReconcileError> {
         Ok(self.ctx.store.write_status(self.id(), &self.st).await?)
     }
 
@@ -162,10 +170,12 @@ impl<'a> Pass<'a> {
 
     /// Step 2: the image version (pinned when the disk is first created, so a
     /// rebuilt image never changes the kernel under an existing disk) and the
-    /// disk volume. A disk that vanished is never silently recreated empty:
-    /// the hosting goes `Failed` with `DiskLost` until its owner consents to a
-    /// fresh disk (a newer desired disk epoch); then the old one, if any, is
-    /// quarantined. `None`: stop here and wait for the owner.
+    /// disk volume. A newer desired disk epoch replaces the disk: by the
+    /// backup it names (a restore) or by an empty one (a reset); the old disk
+    /// is quarantined. A disk that vanished is restored from the newest
+    /// backup that verifies, and never silently recreated empty: without a
+    /// backup the hosting goes `Failed` with `DiskLost` until its owner
+    /// decides. `None`: stop here and wait for the owner.
     pub async fn disk(&mut self) -> Result<Option<ImageEntry>, ReconcileError> {
         let spec = &self.rec.spec;
         let image = match &self.st.image_pin {
@@ -176,11 +186,28 @@ impl<'a> Pass<'a> {
             None => self.ctx.catalog.pin(&spec.image)?,
         };
         let name = disk_volume(self.id());
-        let exists = self.ctx.vm.volume_exists(&name).await?;
-        let reset = self.st.disk_created && self.st.disk_epoch < self.rec.disk_epoch;
-        if reset {
-            self.replace_disk(exists).await?;
+        let mut exists = self.ctx.vm.volume_exists(&name).await?;
+        let new_epoch = self.st.disk_created && self.st.disk_epoch < self.rec.disk_epoch;
+        let mut reset = false;
+        if new_epoch {
+            match self.rec.restore_from {
+                Some(b) => {
+                    exists = self.restore_requested(b, exists).await? || exists;
+                }
+                None => {
+                    self.replace_disk(exists).await?;
+                    reset = true;
+                }
+            }
         } else if !exists && self.st.disk_created {
+            if !self.restore_latest().await? {
+                self.disk_lost().await?;
+                return Ok(None);
+            }
+            exists = true;
+        }
+        if !exists && self.st.disk_created && !reset {
+            // A requested restore that could not be used, and no disk either.
             self.disk_lost().await?;
             return Ok(None);
         }
@@ -220,6 +247,8 @@ impl<'a> Pass<'a> {
         let msg = "the disk volume vanished and there is no backup to restore it from; \
                    POST /api/v1/host/my/reset gives the hosting a fresh, empty disk";
         self.condition(C::DiskLost, true, Reason::DiskMissing, msg);
+        self.fail_pending_backup("the hosting has no disk (DiskLost)")
+            .await?;
         self.st.phase = Phase::Failed;
         self.st.message = Some(msg.into());
         self.write_status().await?;
@@ -343,7 +372,7 @@ impl<'a> Pass<'a> {
         if !running_now || def.restart {
             self.ctx.vm.start(&name).await?;
             let was_ready = matches!(self.rec.status.phase, Phase::Ready);
-            if def.observed.is_some() && !def.restart && was_ready {
+            if def.observed.is_some() && !def.restart && was_ready && !self.disk_replaced {
                 let msg = "the VM was found shut off while it should run; started it";
                 self.repair(Reason::DomainStarted, msg).await?;
             } else {

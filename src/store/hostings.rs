@@ -41,6 +41,8 @@ pub struct HostingRecord {
     pub created_at: DateTime<Utc>,
     /// Desired disk epoch: bumped by the owner's reset (consent to an empty disk).
     pub disk_epoch: i32,
+    /// The backup the disk of the desired epoch comes from (`None`: empty).
+    pub restore_from: Option<BackupId>,
     pub status: Status,
 }
 
@@ -71,13 +73,14 @@ struct RecordRow {
     last_reconciled_at: Option<DateTime<Utc>>,
     disk_epoch: i32,
     observed_disk_epoch: Option<i32>,
+    restore_backup_id: Option<Uuid>,
 }
 
 const RECORD_SELECT: &str = "select h.id, h.user_id, u.username, h.vcpus, h.memory_mib, h.disk_gib, h.image, \
      h.ssh_public_keys, h.running, h.generation, h.deletion_requested_at, h.created_at, \
      s.phase, s.conditions, s.observed_generation, s.ssh_port, s.http_port, s.vm_name, s.message, \
      s.disk_created, s.image_pin, s.provisioning_since, s.last_reconciled_at, \
-     h.disk_epoch, s.disk_epoch as observed_disk_epoch \
+     h.disk_epoch, s.disk_epoch as observed_disk_epoch, h.restore_backup_id \
      from hostings h join users u on u.id = h.user_id left join hosting_status s on s.hosting_id = h.id";
 
 impl RecordRow {
@@ -104,6 +107,7 @@ impl RecordRow {
             deletion_requested_at: self.deletion_requested_at,
             created_at: self.created_at,
             disk_epoch: self.disk_epoch,
+            restore_from: self.restore_backup_id.map(BackupId),
             status: Status {
                 phase: self
                     .phase
@@ -178,7 +182,7 @@ impl Store {
     }
 
     /// A record that must exist (just written in this call).
-    async fn must_get(&self, id: HostingId) -> Result<HostingRecord> {
+    pub(super) async fn must_get(&self, id: HostingId) -> Result<HostingRecord> {
         self.get_record(id).await?.ok_or(StoreError::NotFound)
     }
 
@@ -240,8 +244,8 @@ impl Store {
     pub async fn request_disk_reset(&self, user: UserId) -> Result<HostingRecord> {
         let mut tx = self.pool.begin().await?;
         let row: Option<(Uuid,)> = sqlx::query_as(
-            "update hostings set disk_epoch = disk_epoch + 1, generation = generation + 1 \
-             where user_id = $1 and deletion_requested_at is null returning id",
+            "update hostings set disk_epoch = disk_epoch + 1, generation = generation + 1, \
+             restore_backup_id = null where user_id = $1 and deletion_requested_at is null returning id",
         )
         .bind(user.0)
         .fetch_optional(&mut *tx)

@@ -9,11 +9,13 @@ use std::time::Duration;
 
 use crate::domain::*;
 
+pub mod backups;
 pub mod hostings;
 pub mod lease;
 pub mod status;
 pub mod users;
 
+pub use backups::{Backup, RestoreRefusal};
 pub use hostings::{HostingRecord, Status};
 pub use status::{CapacityUsage, Event, ReconcilerStats};
 pub use users::User;

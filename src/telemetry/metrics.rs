@@ -50,6 +50,16 @@ pub struct Metrics {
     pub is_leader: Gauge,
     /// Domains of this instance name written by another installation (left alone).
     pub foreign_domains: Gauge,
+    /// Backups completed.
+    pub backups_completed: Counter,
+    /// Backups failed.
+    pub backups_failed: Counter,
+    /// Wall time of each completed backup (copy, compression, checksum), seconds.
+    pub backup_duration: Histogram,
+    /// Size of the last completed backup file, bytes.
+    pub last_backup_bytes: Gauge,
+    /// Disks replaced by a backup (requested restores and vanished disks).
+    pub restores: Counter,
     /// Whether a reconciler runs in this process at all.
     pub enabled: AtomicBool,
     /// Sum of `failures` over every reason (for the heartbeat's counters).
@@ -71,6 +81,11 @@ impl Default for Metrics {
             last_resync_timestamp: Gauge::default(),
             is_leader: Gauge::default(),
             foreign_domains: Gauge::default(),
+            backups_completed: Counter::default(),
+            backups_failed: Counter::default(),
+            backup_duration: Histogram::new(exponential_buckets(0.5, 2.0, 12)),
+            last_backup_bytes: Gauge::default(),
+            restores: Counter::default(),
             enabled: AtomicBool::new(false),
             failures_sum: AtomicU64::new(0),
         };
@@ -92,6 +107,11 @@ impl Default for Metrics {
             "hostd_last_resync_timestamp_seconds", "Unix time of the last resync", m.last_resync_timestamp;
             "hostd_reconciler_leader", "1 if this process holds the leader lease", m.is_leader;
             "hostd_foreign_domains", "Domains of another installation, left alone", m.foreign_domains;
+            "hostd_backups_completed", "Backups completed", m.backups_completed;
+            "hostd_backups_failed", "Backups failed", m.backups_failed;
+            "hostd_backup_duration_seconds", "Wall time of one backup", m.backup_duration;
+            "hostd_last_backup_bytes", "Size of the last backup file", m.last_backup_bytes;
+            "hostd_restores", "Disks replaced by a backup", m.restores;
         }
         m
     }
@@ -107,6 +127,19 @@ impl Metrics {
             .inc();
         self.failures_sum
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Records a completed backup.
+    pub fn backup_completed(&self, bytes: u64, took: std::time::Duration) {
+        self.backups_completed.inc();
+        self.backup_duration.observe(took.as_secs_f64());
+        self.last_backup_bytes
+            .set(i64::try_from(bytes).unwrap_or(i64::MAX));
+    }
+
+    /// Records a failed backup.
+    pub fn backup_failed(&self) {
+        self.backups_failed.inc();
     }
 
     /// Sum of failures over every reason.

@@ -158,6 +158,11 @@ pub fn test_config(db: &str, state: &std::path::Path, nginx: Option<&TestNginx>)
         quota: Default::default(),
         allow_unisolated_guests: false,
         quarantine: Duration::from_secs(7 * 86400),
+        backups: hostd::config::BackupPolicy {
+            interval: None,
+            keep: 7,
+            concurrency: 1,
+        },
         // The test driver reports a 3 GiB, 16-CPU host: room for hundreds of
         // stand-in guests unless a test narrows it.
         capacity: hostd::config::CapacityPolicy {
@@ -391,4 +396,62 @@ pub fn route_files(dir: &std::path::Path) -> Vec<PathBuf> {
         .map(|e| e.unwrap().path())
         .filter(|p| p.extension().is_some_and(|e| e == "conf"))
         .collect()
+}
+
+/// Registers a user and requests a default hosting; (token, user id, hosting id).
+pub async fn create_hosting(
+    app: &TestApp,
+    name: &str,
+) -> (String, String, hostd::domain::HostingId) {
+    let (t, uid) = app.user(name).await;
+    let r = app
+        .client
+        .post(app.url("/api/v1/host"))
+        .bearer_auth(&t)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let h: serde_json::Value = r.json().await.unwrap();
+    (
+        t,
+        uid,
+        hostd::domain::HostingId(uuid::Uuid::parse_str(h["id"].as_str().unwrap()).unwrap()),
+    )
+}
+
+/// Drives reconciles of a hosting until one reports converged (10 at most); its phase.
+pub async fn settle_stopped(
+    ctl: &hostd::reconciler::Controller,
+    id: hostd::domain::HostingId,
+) -> hostd::domain::Phase {
+    for _ in 0..10 {
+        if ctl.reconcile_once(id).await.unwrap() == hostd::reconciler::Action::AwaitChange {
+            break;
+        }
+    }
+    ctl.ctx
+        .store
+        .get_record(id)
+        .await
+        .unwrap()
+        .unwrap()
+        .status
+        .phase
+}
+
+/// Drives reconciles of one hosting until it reports converged (or 20 tries).
+pub async fn settle(
+    ctl: &hostd::reconciler::Controller,
+    id: hostd::domain::HostingId,
+) -> hostd::reconciler::Action {
+    let mut a = ctl.reconcile_once(id).await.unwrap();
+    for _ in 0..20 {
+        if a != hostd::reconciler::Action::Requeue(Duration::from_secs(2)) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        a = ctl.reconcile_once(id).await.unwrap();
+    }
+    a
 }
