@@ -96,6 +96,65 @@ upload_served() { [ "$(curl -fsS "${SITE}upload.txt" 2>/dev/null)" = "uploaded-$
 wait_until "$READY_TIMEOUT" 3 upload_served || fail "site did not come back after virsh destroy"
 curl -fsS "$API/host/my" -H "Authorization: Bearer $TOKEN" | jq -e '.events | map(.reason) | index("DomainStarted")' >/dev/null || fail "no DomainStarted repair event"
 
+step "backup while the guest serves: time, size and HTTP availability"
+HID=$(jq -r .id "$WORK/my.json")
+# The state directory is shared: this run's backups and quarantined disks go with it.
+backup_cleanup() { rm -rf "$STATE_DIR/backups/$HID" "$STATE_DIR"/backup-staging/"$HID"-* "$STATE_DIR"/quarantine/*"$HID"*; }
+CLEANUP_HOOKS+=(backup_cleanup)
+HOSTCTL=(env HOSTCTL_TOKEN_FILE="$WORK/token" "$PWD/target/debug/hostctl" --api "http://127.0.0.1:$API_PORT")
+printf '%s\n' "$TOKEN" > "$WORK/token"
+backup_state() {
+  curl -fsS "$API/host/my/backups" -H "Authorization: Bearer $TOKEN" > "$WORK/backups.json" || return 1
+  [ "$(jq -r --arg id "$1" '.[] | select(.id == $id) | .state' "$WORK/backups.json")" = "$2" ]
+}
+take_backup() {  # prints the new backup's id once it is Completed
+  local id
+  id=$("${HOSTCTL[@]}" backup | jq -r .id) || return 1
+  wait_until 600 1 backup_state "$id" Completed || { jq . "$WORK/backups.json" >&2; return 1; }
+  echo "$id"
+}
+: > "$WORK/avail.log"
+( while [ ! -e "$WORK/stop-poll" ]; do
+    curl -s -o /dev/null -m 2 -w '%{http_code}\n' "${SITE}upload.txt" >> "$WORK/avail.log" || true
+    sleep 0.1
+  done ) &
+poller=$!
+t0=$(date +%s.%N)
+B1=$(take_backup) || fail "the first backup did not complete"
+t1=$(date +%s.%N)
+touch "$WORK/stop-poll"; wait "$poller" || true
+total=$(wc -l < "$WORK/avail.log"); served=$(grep -cx 200 "$WORK/avail.log" || true)
+size=$(jq -r --arg id "$B1" '.[] | select(.id == $id) | .size_bytes' "$WORK/backups.json")
+took=$(curl -fsS "$API/host/my" -H "Authorization: Bearer $TOKEN" | jq -r '[.events[] | select(.reason == "BackupCompleted")][0].message')
+python3 -c "print('e2e: backup of a running debian-12 guest: request -> Completed %.1f s; %s; %.1f MiB; site answered 200 to %s of %s requests during it' % ($t1 - $t0, '$took', $size / 1048576, $served, $total))"
+[ "$total" -gt 0 ] && [ $((served * 100)) -ge $((total * 95)) ] || fail "the site was unavailable during the backup: $served of $total"
+"${HOSTCTL[@]}" backups | jq -e --arg id "$B1" 'map(.id) | index($id)' >/dev/null || fail "hostctl backups does not list $B1"
+
+step "the disk volume vanishes behind hostd's back: restored from the backup"
+# Changed after the backup, so the content tells which disk serves.
+"${SSH[@]}" ubuntu@127.0.0.1 "echo changed-$run_id > /var/www/html/upload.txt; sync"
+[ "$(curl -fsS "${SITE}upload.txt")" = "changed-$run_id" ] || fail "the changed file is not served"
+virsh -c qemu:///system vol-delete --pool "hostd-$INSTANCE" "hostd-$HID-disk.qcow2" >/dev/null
+wait_until "$READY_TIMEOUT" 3 upload_served || fail "the site did not come back with the backup's content"
+wait_until "$READY_TIMEOUT" 3 is_ready || fail "not Ready after the restore: $(jq -c .status "$WORK/my.json")"
+jq -e --arg id "$B1" '.events | map(select(.reason == "DiskRestored" and (.message | contains($id)))) | length > 0' "$WORK/my.json" >/dev/null ||
+  fail "no DiskRestored event naming $B1: $(jq -c '.events' "$WORK/my.json")"
+
+step "restore of an older backup serves that backup's content"
+write_second() { "${SSH[@]}" ubuntu@127.0.0.1 "echo second-$run_id > /var/www/html/upload.txt; sync"; }
+wait_until 60 3 write_second || fail "cannot change the site over SSH after the restore"
+[ "$(curl -fsS "${SITE}upload.txt")" = "second-$run_id" ] || fail "the second version is not served"
+B2=$(take_backup) || fail "the second backup did not complete"
+"${HOSTCTL[@]}" restore "$B1" > "$WORK/restore.json" || fail "hostctl restore: $(cat "$WORK/restore.json")"
+gen=$(jq -r .generation "$WORK/restore.json")
+restored_b1() {
+  curl -fsS "$API/host/my" -H "Authorization: Bearer $TOKEN" > "$WORK/my.json" || return 1
+  [ "$(jq -r .status.observed_generation "$WORK/my.json")" = "$gen" ] && [ "$(jq -r .status.phase "$WORK/my.json")" = Ready ] && upload_served
+}
+wait_until "$READY_TIMEOUT" 3 restored_b1 || fail "restore of $B1 did not serve its content (phase $(jq -r .status.phase "$WORK/my.json"))"
+ls "$STATE_DIR/quarantine" | grep -q "hostd-$HID-disk.qcow2" || fail "the replaced disk is not in quarantine"
+echo "e2e: backups $B1 and $B2; restore of the older one served its content"
+
 step "DELETE: everything goes"
 code=$(curl -sS -o /dev/null -w '%{http_code}' -X DELETE "$API/host/my" -H "Authorization: Bearer $TOKEN")
 [ "$code" = 202 ] || fail "DELETE answered $code"

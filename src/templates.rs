@@ -168,5 +168,11 @@ mod tests {
             x.contains("/a/&#60;b&#62;&#38;&#39;c") || x.contains("/a/&lt;b&gt;&amp;&#39;c"),
             "{x}"
         );
+        // The backup job names the disks by these targets.
+        for (dev, volume) in [(DISK_DEV, "'d'"), (SEED_DEV, "'s'")] {
+            let at = x.find(&format!("volume={volume}")).expect("volume");
+            let target = &x[at..x[at..].find("</disk>").unwrap() + at];
+            assert!(target.contains(&format!("<target dev='{dev}'")), "{target}");
+        }
     }
 }

@@ -32,6 +32,12 @@ const CREATE_POINTS: &[&str] = &[
     "after_route_write",
     "before_status_write",
 ];
+const BACKUP_POINTS: &[&str] = &[
+    "after_backup_start",
+    "after_backup_copy",
+    "after_backup_file",
+];
+const RESTORE_POINTS: &[&str] = &["after_restore_quarantine", "after_restore_disk"];
 const DELETE_POINTS: &[&str] = &[
     "after_route_remove",
     "after_domain_destroy",
@@ -168,6 +174,81 @@ impl Env {
             .join(&self.instance)
             .join(format!("hostd-{id}-disk.qcow2"));
         std::fs::metadata(p).ok().map(|m| m.ino())
+    }
+
+    async fn backups(&self, token: &str) -> Vec<Value> {
+        let r = self
+            .client
+            .get(self.url("/host/my/backups"))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap();
+        r.json::<Value>()
+            .await
+            .unwrap()
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// Waits until backup `id` is in `state`.
+    async fn wait_backup(&self, token: &str, id: &str, state: &str, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if self
+                .backups(token)
+                .await
+                .iter()
+                .any(|b| b["id"] == id && b["state"] == state)
+            {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        false
+    }
+
+    /// Backup files of hosting `id` that no completed backup accounts for
+    /// (partial files, staging copies, files of unfinished backups), and
+    /// completed backups whose file is missing or does not match.
+    async fn backup_leftovers(&self, token: &str, id: &str) -> Vec<String> {
+        let done: Vec<Value> = self
+            .backups(token)
+            .await
+            .into_iter()
+            .filter(|b| b["state"] == "Completed")
+            .collect();
+        let mut left = vec![];
+        if let Ok(d) = std::fs::read_dir(self.state.join("backup-staging")) {
+            for e in d.flatten() {
+                let n = e.file_name().to_string_lossy().to_string();
+                if n.starts_with(id) {
+                    left.push(format!("staging {n}"));
+                }
+            }
+        }
+        let dir = self.state.join("backups").join(id);
+        for e in std::fs::read_dir(&dir).unwrap().flatten() {
+            let n = e.file_name().to_string_lossy().to_string();
+            let known = done
+                .iter()
+                .any(|b| n == format!("{}.qcow2", b["id"].as_str().unwrap()));
+            if !known && n != "manifest.json" {
+                left.push(format!("backup file {n}"));
+            }
+        }
+        for b in &done {
+            let f = dir.join(format!("{}.qcow2", b["id"].as_str().unwrap()));
+            let ok = std::fs::read(&f).is_ok_and(|bytes| {
+                use sha2::Digest;
+                Some(hex::encode(sha2::Sha256::digest(bytes)).as_str()) == b["sha256"].as_str()
+            });
+            if !ok {
+                left.push(format!("completed backup {} has no valid file", b["id"]));
+            }
+        }
+        left
     }
 
     /// Every managed domain, volume, route file and port row belongs to a live
@@ -477,6 +558,7 @@ async fn crash_at_every_fault_point_then_converge() {
             disk_kept: None,
         });
     }
+    rows.extend(backup_and_restore_rows(&env, &store, &vm, converge_timeout).await);
     let (polls, five_xx) = poll.finish().await;
     stop(api);
     cleanup_pool(&env.instance, &state);
@@ -521,7 +603,7 @@ async fn crash_at_every_fault_point_then_converge() {
         assert_ne!(
             r.disk_kept,
             Some(false),
-            "{} ({}): the disk volume was replaced",
+            "{} ({}): the disk volume was replaced (or, for a restore, is missing)",
             r.point,
             r.path
         );
@@ -530,6 +612,142 @@ async fn crash_at_every_fault_point_then_converge() {
         five_xx, 0,
         "the API answered 5xx (or failed) while the reconciler crashed"
     );
+}
+
+/// The backup and restore points, on one Ready hosting: each backup (and
+/// then each restore) is crashed at its point, the reconciler restarted, and
+/// the backup must complete (the restore reach Ready) with no stray file, no
+/// lost disk and nothing leaked.
+async fn backup_and_restore_rows(
+    env: &Env,
+    store: &hostd::store::Store,
+    vm: &LibvirtDriver,
+    timeout: Duration,
+) -> Vec<Row> {
+    let token = env.user("backups").await;
+    let rec = env.spawn("reconciler", "");
+    let r = env
+        .client
+        .post(env.url("/host"))
+        .bearer_auth(&token)
+        .json(&json!({"image": "tiny", "memory_mib": 256}))
+        .send()
+        .await
+        .unwrap();
+    let id = r.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let ready = env.wait_phase(&token, "Ready", timeout).await;
+    stop(rec);
+    assert!(ready.is_some(), "setup for the backup points: never Ready");
+    let mut rows = vec![];
+    for point in BACKUP_POINTS {
+        let inode_before = env.disk_inode(&id);
+        let mut rec = env.spawn("reconciler", &format!("{point}:crash"));
+        let r = env
+            .client
+            .post(env.url("/host/my/backups"))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 202, "{point}: backup request");
+        let b = r.json::<Value>().await.unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let crashed = wait_exit(&mut rec, Duration::from_secs(120)).is_some_and(|s| !s.success());
+        if !crashed {
+            stop(rec);
+        }
+        let t = Instant::now();
+        let rec = env.spawn("reconciler", "");
+        let converged = env.wait_backup(&token, &b, "Completed", timeout).await;
+        let secs = t.elapsed().as_secs_f64();
+        let mut leaks = env.leaks(store, vm).await;
+        leaks.extend(env.backup_leftovers(&token, &id).await);
+        stop(rec);
+        rows.push(Row {
+            point,
+            path: "backup",
+            crashed,
+            converged,
+            secs,
+            leaks,
+            disk_kept: Some(inode_before.is_some() && env.disk_inode(&id) == inode_before),
+        });
+    }
+    for point in RESTORE_POINTS {
+        let b = env
+            .backups(&token)
+            .await
+            .iter()
+            .find(|b| b["state"] == "Completed")
+            .map(|b| b["id"].clone())
+            .expect("a completed backup to restore");
+        let mut rec = env.spawn("reconciler", &format!("{point}:crash"));
+        let r = env
+            .client
+            .post(env.url("/host/my/restore"))
+            .bearer_auth(&token)
+            .json(&json!({ "backup_id": b }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 202, "{point}: restore request");
+        let generation = r.json::<Value>().await.unwrap()["generation"].clone();
+        let crashed = wait_exit(&mut rec, Duration::from_secs(120)).is_some_and(|s| !s.success());
+        if !crashed {
+            stop(rec);
+        }
+        let t = Instant::now();
+        let rec = env.spawn("reconciler", "");
+        let deadline = Instant::now() + timeout;
+        let mut converged = false;
+        while Instant::now() < deadline && !converged {
+            let (_, v) = env.my(&token).await;
+            converged =
+                v["status"]["phase"] == "Ready" && v["status"]["observed_generation"] == generation;
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        let secs = t.elapsed().as_secs_f64();
+        let mut leaks = env.leaks(store, vm).await;
+        leaks.extend(env.backup_leftovers(&token, &id).await);
+        stop(rec);
+        rows.push(Row {
+            point,
+            path: "restore",
+            crashed,
+            converged,
+            secs,
+            leaks,
+            // A restore replaces the disk on purpose; it must never be left without one.
+            disk_kept: Some(env.disk_inode(&id).is_some()),
+        });
+    }
+    let rec = env.spawn("reconciler", "");
+    env.client
+        .delete(env.url("/host/my"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        env.wait_gone(&token, timeout).await,
+        "cleanup of the backup hosting"
+    );
+    stop(rec);
+    // This run's quarantined disks and backups (the state directory is shared).
+    if let Ok(d) = std::fs::read_dir(env.state.join("quarantine")) {
+        for e in d.flatten() {
+            if e.file_name().to_string_lossy().contains(&id) {
+                let _ =
+                    std::fs::remove_dir_all(e.path()).or_else(|_| std::fs::remove_file(e.path()));
+            }
+        }
+    }
+    rows
 }
 
 /// Removes this run's (by then empty) storage pool.

@@ -418,7 +418,7 @@ impl VmDriver for LibvirtDriver {
                 // and nothing is deleted either.
                 return Ok(None);
             }
-            std::fs::create_dir_all(&dir)?;
+            super::private_dir(&dir)?;
             let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%SZ");
             let to = dir.join(format!("{stamp}-{name}"));
             std::fs::rename(&from, &to)?;

@@ -39,6 +39,16 @@ pub enum DriverError {
 
 pub type DriverResult<T> = Result<T, DriverError>;
 
+/// Creates `dir` readable by root only (quarantine holds tenants' disks).
+pub fn private_dir(dir: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+}
+
 /// What hostd's marker in a domain's `<metadata>` says.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Marker {

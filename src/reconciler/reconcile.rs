@@ -150,7 +150,7 @@ fn quarantine_backups(ctx: &Context, id: HostingId) -> Result<(), ReconcileError
     let dir = files.dir(id);
     if dir.exists() {
         let q = ctx.config.state_dir.join("quarantine");
-        std::fs::create_dir_all(&q).map_err(DriverError::from)?;
+        crate::drivers::private_dir(&q).map_err(DriverError::from)?;
         let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%SZ");
         let to = q.join(format!("{stamp}-backups-{id}"));
         std::fs::rename(&dir, &to).map_err(DriverError::from)?;

@@ -1,5 +1,6 @@
 //! The steps of converging one hosting, in order: ports, disk, seed,
-//! definition, power, route, readiness (and stop, when it should not run).
+//! definition, power, route, readiness (and stop, when it should not run);
+//! the backup and restore steps are in `backup.rs`.
 //! Each step looks before it acts, changes one kind of resource, records what
 //! it did as an event, and ends at its fault point, so a pass cut short
 //! anywhere is finished by the next one.
