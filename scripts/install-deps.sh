@@ -12,7 +12,7 @@ export DEBIAN_FRONTEND=noninteractive
 
 BASE_PKGS=(postgresql postgresql-client nginx-light curl jq openssh-client pkg-config
            genisoimage passt ca-certificates python3 python3-venv e2fsprogs procps netcat-openbsd
-           busybox-static cpio kmod nftables)
+           busybox-static cpio kmod nftables redis-server redis-tools)
 BPO_PKGS=(libvirt-daemon libvirt-daemon-driver-qemu libvirt-daemon-driver-storage-disk libvirt-clients libvirt-dev
           qemu-system-x86 qemu-utils mmdebstrap)
 

@@ -50,11 +50,23 @@ start_libvirt() {
 
 # The common preamble of every script that needs the host ready: packages,
 # the Rust toolchain, Postgres and libvirtd.
+# Redis on 127.0.0.1:6379 (rate limits, revocations); no persistence needed.
+start_redis() {
+  if redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1; then return 0; fi
+  log "starting redis"
+  mkdir -p /var/log/redis
+  redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save '' --appendonly no \
+    --logfile /var/log/redis/hostd-redis.log >/dev/null
+  wait_until 10 0.2 redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null ||
+    { echo "redis did not start: see /var/log/redis/hostd-redis.log" >&2; return 1; }
+}
+
 prepare_host() {
   ./scripts/install-deps.sh >/dev/null
   ensure_cargo
   start_postgres
   start_libvirt
+  start_redis
   export TEST_DATABASE_URL="${TEST_DATABASE_URL:-postgres://hostd:hostd@127.0.0.1:5432/postgres}"
 }
 

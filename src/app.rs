@@ -82,7 +82,13 @@ impl Application {
         .await
         .map_err(|e| AppError::Other(e.to_string()))?
         .map_err(|e| AppError::Other(e.to_string()))?;
+        let kv =
+            crate::drivers::kv::Kv::new(&config.redis_url, &format!("hostd:{}:", config.instance))
+                .map_err(|e| AppError::Other(format!("HOSTD_REDIS_URL: {e}")))?;
+        let guard = api::limits::Guard::new(kv, store.clone(), config.limits, metrics.clone());
         let state = AppState {
+            guard: Arc::new(guard),
+            health_cache: Arc::new(tokio::sync::Mutex::new(None)),
             store: store.clone(),
             config: Arc::new(config.clone()),
             jwt: api::auth::Jwt::new(&config.jwt_secret, config.jwt_ttl),
@@ -161,7 +167,8 @@ impl Application {
         if let Some(listener) = self.listener {
             let router = api::router(self.state.clone());
             let sd = shutdown.clone();
-            axum::serve(listener, router)
+            let service = router.into_make_service_with_connect_info::<SocketAddr>();
+            axum::serve(listener, service)
                 .with_graceful_shutdown(sd.cancelled_owned())
                 .await
                 .map_err(|e| AppError::Other(format!("server: {e}")))?;

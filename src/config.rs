@@ -286,6 +286,43 @@ pub struct Settings {
     #[arg(long, env = "HOSTD_BACKUP_CONCURRENCY", value_name = "HOSTD_BACKUP_CONCURRENCY",
           default_value = "1", value_parser = clap::value_parser!(u32).range(1..))]
     pub backup_concurrency: u32,
+    /// Redis (rate limits and token revocations shared by API processes).
+    #[arg(
+        long,
+        env = "HOSTD_REDIS_URL",
+        value_name = "HOSTD_REDIS_URL",
+        default_value = "redis://127.0.0.1:6379"
+    )]
+    pub redis_url: String,
+    /// Failed logins per account within HOSTD_LOGIN_WINDOW_SECS before 429.
+    #[arg(long, env = "HOSTD_LOGIN_MAX_FAILURES", value_name = "HOSTD_LOGIN_MAX_FAILURES",
+          default_value = "5", value_parser = clap::value_parser!(u32).range(1..))]
+    pub login_max_failures: u32,
+    /// Failed logins per client address within HOSTD_LOGIN_WINDOW_SECS before 429.
+    #[arg(long, env = "HOSTD_LOGIN_MAX_FAILURES_PER_ADDRESS",
+          value_name = "HOSTD_LOGIN_MAX_FAILURES_PER_ADDRESS", default_value = "30",
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub login_max_failures_per_address: u32,
+    /// The window of the login limits, seconds.
+    #[arg(long, env = "HOSTD_LOGIN_WINDOW_SECS", value_name = "HOSTD_LOGIN_WINDOW_SECS",
+          default_value = "60", value_parser = clap::value_parser!(u64).range(1..))]
+    pub login_window_secs: u64,
+    /// Registrations per client address per hour.
+    #[arg(long, env = "HOSTD_REGISTER_PER_HOUR", value_name = "HOSTD_REGISTER_PER_HOUR",
+          default_value = "20", value_parser = clap::value_parser!(u32).range(1..))]
+    pub register_per_hour: u32,
+    /// Hosting writes (create, change, delete, reset, backup, restore) per user per minute.
+    #[arg(long, env = "HOSTD_HOST_OPS_PER_MIN", value_name = "HOSTD_HOST_OPS_PER_MIN",
+          default_value = "10", value_parser = clap::value_parser!(u32).range(1..))]
+    pub host_ops_per_min: u32,
+    /// bcrypt computations at once (`0`: one per CPU core).
+    #[arg(
+        long,
+        env = "HOSTD_BCRYPT_CONCURRENCY",
+        value_name = "HOSTD_BCRYPT_CONCURRENCY",
+        default_value = "0"
+    )]
+    pub bcrypt_concurrency: usize,
     /// Log as JSON lines (`1`) instead of text.
     #[arg(long, env = "HOSTD_LOG_JSON", value_name = "HOSTD_LOG_JSON", default_value = "0",
           value_parser = ["0", "1"])]
@@ -364,6 +401,22 @@ pub struct Config {
     pub quarantine: Duration,
     /// Backup schedule and retention.
     pub backups: BackupPolicy,
+    /// Redis URL (`HOSTD_REDIS_URL`).
+    pub redis_url: String,
+    /// Rate limits and the bcrypt bound.
+    pub limits: RateLimits,
+}
+
+/// The API's rate limits (see `api::limits`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateLimits {
+    pub login_max_failures: u32,
+    pub login_max_failures_per_address: u32,
+    pub login_window: Duration,
+    pub register_per_hour: u32,
+    pub host_ops_per_min: u32,
+    /// bcrypt computations at once.
+    pub bcrypt_concurrency: usize,
 }
 
 /// When backups are taken and how many are kept.
@@ -457,6 +510,13 @@ impl Settings {
             let msg = "must be 0 (no schedule) or between 1/60 (a minute) and 8784 (a year)";
             return Err(bad("HOSTD_BACKUP_INTERVAL_HOURS", msg));
         }
+        if !(self.redis_url.starts_with("redis://")
+            || self.redis_url.starts_with("rediss://")
+            || self.redis_url.starts_with("redis+unix://")
+            || self.redis_url.starts_with("unix://"))
+        {
+            return Err(bad("HOSTD_REDIS_URL", "must be a redis:// URL"));
+        }
         if self.ssh_ports.overlaps(&self.http_ports) {
             return Err(bad("HOSTD_HTTP_PORTS", "overlaps HOSTD_SSH_PORTS"));
         }
@@ -537,6 +597,18 @@ impl Settings {
             },
             allow_unisolated_guests: self.allow_unisolated_guests == "1",
             quarantine: Duration::from_secs(self.quarantine_days * 86400),
+            redis_url: self.redis_url.clone(),
+            limits: RateLimits {
+                login_max_failures: self.login_max_failures,
+                login_max_failures_per_address: self.login_max_failures_per_address,
+                login_window: Duration::from_secs(self.login_window_secs),
+                register_per_hour: self.register_per_hour,
+                host_ops_per_min: self.host_ops_per_min,
+                bcrypt_concurrency: match self.bcrypt_concurrency {
+                    0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+                    n => n,
+                },
+            },
             backups: BackupPolicy {
                 interval: (self.backup_interval_hours > 0.0)
                     .then(|| Duration::from_secs_f64(self.backup_interval_hours * 3600.0)),

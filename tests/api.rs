@@ -494,9 +494,14 @@ async fn health_version_and_metrics_answer() {
     assert_eq!(d["checks"]["libvirt"]["status"], "ok", "{d}");
     // No reconciler runs in an API-only process: the missing heartbeat is reported.
     assert_eq!(d["checks"]["reconciler"]["status"], "error");
+    // /metrics on the API listener: admins only.
+    let r = app.client.get(app.url("/metrics")).send().await.unwrap();
+    assert_eq!(r.status(), 403);
+    let admin = app.admin("metrics_admin").await;
     let m = app
         .client
         .get(app.url("/metrics"))
+        .bearer_auth(&admin)
         .send()
         .await
         .unwrap()

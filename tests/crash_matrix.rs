@@ -85,6 +85,9 @@ impl Env {
             v("HOSTD_BCRYPT_COST", "4".into()),
             v("HOSTD_RESYNC_SECS", "3".into()),
             v("HOSTD_BACKOFF_MAX_SECS", "5".into()),
+            // The matrix and the chaos soak act faster than any tenant may.
+            v("HOSTD_HOST_OPS_PER_MIN", "100000".into()),
+            v("HOSTD_REGISTER_PER_HOUR", "100000".into()),
             v("RUST_LOG", "warn".into()),
         ]
     }

@@ -1,6 +1,7 @@
 //! Concurrency under load: two API processes' worth of servers and one
 //! reconciler on one database; 500 users register and create hostings at
-//! once through both APIs. Exactly 500 hostings, unique ports, all Ready.
+//! once through both APIs (retrying after `Retry-After` when an API sheds
+//! bcrypt work with 503). Exactly 500 hostings, unique ports, all Ready.
 //! (libvirt `test:///default`, real nginx; stand-in guests answer on every
 //! port of the configured ranges.)
 
@@ -12,6 +13,23 @@ use common::TestApp;
 use hostd::app::Mode;
 use hostd::domain::PortRange;
 use serde_json::json;
+
+/// Sends a request again after `Retry-After` while the API sheds load
+/// (503: more bcrypt work queued than it accepts), as a client should.
+async fn retrying(req: impl Fn() -> reqwest::RequestBuilder) -> reqwest::Response {
+    loop {
+        let r = req().send().await.unwrap();
+        if r.status() != 503 {
+            return r;
+        }
+        let secs: u64 = r.headers()["retry-after"]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        tokio::time::sleep(Duration::from_secs(secs)).await;
+    }
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn five_hundred_users_through_two_apis() {
@@ -59,19 +77,12 @@ async fn five_hundred_users_through_two_apis() {
         );
         set.spawn(async move {
             let name = format!("load{i}");
-            let r = c
-                .post(format!("{base}/api/v1/auth/register"))
-                .json(&json!({"email": format!("{name}@example.com"), "username": name, "password": "correct horse"}))
-                .send()
-                .await
-                .unwrap();
+            let body = json!({"email": format!("{name}@example.com"), "username": name, "password": "correct horse"});
+            let r = retrying(|| c.post(format!("{base}/api/v1/auth/register")).json(&body)).await;
             assert_eq!(r.status(), 201);
-            let t: serde_json::Value = c
-                .post(format!("{base}/api/v1/auth/login"))
-                .form(&[("username", name.as_str()), ("password", "correct horse")])
-                .send()
+            let form = [("username", name.as_str()), ("password", "correct horse")];
+            let t: serde_json::Value = retrying(|| c.post(format!("{base}/api/v1/auth/login")).form(&form))
                 .await
-                .unwrap()
                 .json()
                 .await
                 .unwrap();

@@ -373,9 +373,11 @@ async fn drift_is_repaired_by_the_running_loop() {
     );
     let (_, h) = app.get_json(&t, "/api/v1/host/my").await;
     assert_eq!(h["status"]["phase"], "Ready");
+    let admin = app.admin("drift_admin").await;
     let m = app
         .client
         .get(app.url("/metrics"))
+        .bearer_auth(&admin)
         .send()
         .await
         .unwrap()
@@ -1026,9 +1028,11 @@ async fn a_hosting_that_does_not_fit_waits_and_is_admitted_when_room_frees() {
         Some((Phase::Pending, Reason::InsufficientMemory, None)),
         "the third waits, holding nothing"
     );
+    let admin = app.admin("capacity_admin").await;
     let r: Value = app
         .client
         .get(app.url("/api/v1/health/detailed"))
+        .bearer_auth(&admin)
         .send()
         .await
         .unwrap()

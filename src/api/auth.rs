@@ -1,6 +1,9 @@
 //! Authentication: registration, login (OAuth2 password form or JSON), JWT
 //! issuing and the `AuthUser` extractor. HS256 only (the algorithm is pinned);
-//! bcrypt runs on the blocking pool so logins never stall other requests.
+//! bcrypt runs on the blocking pool, a bounded number at a time
+//! (`limits::Guard::bcrypt`), so logins never stall other requests. Tokens
+//! carry a `jti` (for logout) and the user's token epoch (bumped by a
+//! password change); failed logins are rate-limited and audited.
 
 use axum::extract::{FromRequestParts, State};
 use axum::http::request::Parts;
@@ -12,15 +15,31 @@ use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 
 use super::error::ApiError;
+use super::limits::{client_key, Rule};
 use super::AppState;
 use crate::domain::{Email, Password, Role, UserId, Username};
 
-/// JWT claims.
+/// JWT claims. `tep` is the user's token epoch when the token was issued.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct Claims {
     pub sub: String,
     pub exp: i64,
     pub iat: i64,
+    pub nbf: i64,
+    pub jti: String,
+    pub tep: i32,
+}
+
+/// Clock skew tolerated on `exp`, `nbf` and `iat`, seconds.
+const LEEWAY: u64 = 5;
+
+/// What a valid token says.
+#[derive(Debug, Clone)]
+pub struct TokenInfo {
+    pub user: UserId,
+    pub jti: uuid::Uuid,
+    pub expires_at: chrono::DateTime<chrono::Utc>,
+    pub epoch: i32,
 }
 
 /// Issues and checks tokens.
@@ -40,30 +59,62 @@ impl Jwt {
         }
     }
 
-    pub fn issue(&self, user: UserId) -> Result<String, ApiError> {
+    /// A token for `user` at token epoch `epoch`, valid from now for the TTL.
+    pub fn issue(&self, user: UserId, epoch: i32) -> Result<String, ApiError> {
         let now = chrono::Utc::now().timestamp();
         let claims = Claims {
             sub: user.to_string(),
             iat: now,
+            nbf: now,
             exp: now + self.ttl.as_secs() as i64,
+            jti: uuid::Uuid::new_v4().to_string(),
+            tep: epoch,
         };
         jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.enc)
             .map_err(|e| ApiError::Internal(e.to_string()))
     }
 
-    pub fn verify(&self, token: &str) -> Result<UserId, ApiError> {
+    /// Checks signature (HS256 only), `exp` and `nbf` (with a small leeway),
+    /// `iat` not in the future, a lifetime no longer than the TTL, and a `jti`.
+    pub fn verify(&self, token: &str) -> Result<TokenInfo, ApiError> {
+        const BAD: ApiError = ApiError::Unauthorized("invalid or expired token");
         let mut v = Validation::new(Algorithm::HS256);
-        v.leeway = 0;
-        v.set_required_spec_claims(&["exp", "sub", "iat"]);
-        let data = jsonwebtoken::decode::<Claims>(token, &self.dec, &v)
-            .map_err(|_| ApiError::Unauthorized("invalid or expired token"))?;
-        uuid::Uuid::parse_str(&data.claims.sub)
-            .map(UserId)
-            .map_err(|_| ApiError::Unauthorized("invalid or expired token"))
+        v.leeway = LEEWAY;
+        v.validate_nbf = true;
+        v.set_required_spec_claims(&["exp", "sub", "iat", "nbf"]);
+        let c = jsonwebtoken::decode::<Claims>(token, &self.dec, &v)
+            .map_err(|_| BAD)?
+            .claims;
+        let now = chrono::Utc::now().timestamp();
+        let leeway = LEEWAY as i64;
+        if c.iat > now + leeway || c.exp - c.iat > self.ttl.as_secs() as i64 + leeway {
+            return Err(BAD);
+        }
+        Ok(TokenInfo {
+            user: uuid::Uuid::parse_str(&c.sub).map(UserId).map_err(|_| BAD)?,
+            jti: uuid::Uuid::parse_str(&c.jti).map_err(|_| BAD)?,
+            expires_at: chrono::DateTime::from_timestamp(c.exp, 0).ok_or(BAD)?,
+            epoch: c.tep,
+        })
     }
 
     pub fn ttl_secs(&self) -> u64 {
         self.ttl.as_secs()
+    }
+}
+
+/// The client's address (the TCP peer), for per-address limits.
+pub struct ClientAddr(pub Option<std::net::IpAddr>);
+
+impl<S: Send + Sync> FromRequestParts<S> for ClientAddr {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        let peer = parts
+            .extensions
+            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+            .map(|c| c.0.ip());
+        Ok(ClientAddr(peer))
     }
 }
 
@@ -73,6 +124,35 @@ pub struct AuthUser {
     pub id: UserId,
     pub role: Role,
     pub username: Username,
+    /// The presented token (for logout).
+    pub token: TokenInfo,
+}
+
+/// Checks a bearer token fully: signature and claims, the user's token
+/// epoch (a password change voids older tokens), and revocation.
+async fn authenticate(parts: &Parts, state: &AppState) -> Result<AuthUser, ApiError> {
+    const BAD: ApiError = ApiError::Unauthorized("invalid or expired token");
+    let value = parts
+        .headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .ok_or(ApiError::Unauthorized("missing bearer token"))?;
+    let token = value
+        .strip_prefix("Bearer ")
+        .or_else(|| value.strip_prefix("bearer "))
+        .ok_or(ApiError::Unauthorized("missing bearer token"))?;
+    let info = state.jwt.verify(token.trim())?;
+    let user = state.store.get_user(info.user).await?.ok_or(BAD)?;
+    if user.token_epoch != info.epoch || state.guard.is_revoked(info.jti).await? {
+        return Err(BAD);
+    }
+    Ok(AuthUser {
+        id: info.user,
+        role: user.role,
+        username: Username::parse(&user.username)
+            .map_err(|_| ApiError::Unauthorized("invalid user"))?,
+        token: info,
+    })
 }
 
 impl FromRequestParts<AppState> for AuthUser {
@@ -82,27 +162,28 @@ impl FromRequestParts<AppState> for AuthUser {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
-        let value = parts
-            .headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .ok_or(ApiError::Unauthorized("missing bearer token"))?;
-        let token = value
-            .strip_prefix("Bearer ")
-            .or_else(|| value.strip_prefix("bearer "))
-            .ok_or(ApiError::Unauthorized("missing bearer token"))?;
-        let id = state.jwt.verify(token.trim())?;
-        let user = state
-            .store
-            .get_user(id)
-            .await?
-            .ok_or(ApiError::Unauthorized("invalid or expired token"))?;
-        Ok(AuthUser {
-            id,
-            role: user.role,
-            username: Username::parse(&user.username)
-                .map_err(|_| ApiError::Unauthorized("invalid user"))?,
-        })
+        authenticate(parts, state).await
+    }
+}
+
+/// Whether the caller presented a valid admin token (anything else, a bad
+/// token included, is simply not an admin).
+pub struct IsAdmin(pub bool);
+
+impl FromRequestParts<AppState> for IsAdmin {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        if !parts.headers.contains_key(header::AUTHORIZATION) {
+            return Ok(IsAdmin(false));
+        }
+        let admin = authenticate(parts, state)
+            .await
+            .is_ok_and(|u| u.role == Role::Admin);
+        Ok(IsAdmin(admin))
     }
 }
 
@@ -117,16 +198,19 @@ pub struct RegisterBody {
 /// `POST /api/v1/auth/register`
 pub async fn register(
     State(st): State<AppState>,
+    ClientAddr(addr): ClientAddr,
     body: Result<Json<RegisterBody>, axum::extract::rejection::JsonRejection>,
 ) -> Result<impl IntoResponse, ApiError> {
+    st.guard.hit(Rule::Register, &client_key(addr)).await?;
     let Json(body) = body?;
     let email = Email::parse(&body.email)?;
     let username = Username::parse(&body.username)?;
     let password = Password::parse(&body.password)?;
     let cost = st.config.bcrypt_cost;
-    let hash = tokio::task::spawn_blocking(move || bcrypt::hash(password.expose(), cost))
-        .await
-        .map_err(|e| ApiError::Internal(e.to_string()))?
+    let hash = st
+        .guard
+        .bcrypt(move || bcrypt::hash(password.expose(), cost))
+        .await?
         .map_err(|e| ApiError::Internal(e.to_string()))?;
     let user = st
         .store
@@ -161,51 +245,146 @@ pub struct TokenResponse {
     expires_in: u64,
 }
 
-/// `POST /api/v1/auth/login`: form (`application/x-www-form-urlencoded`) or JSON.
-pub async fn login(
-    State(st): State<AppState>,
-    headers: HeaderMap,
-    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
-) -> Result<Json<TokenResponse>, ApiError> {
-    let body = body?;
+/// Parses a login body: form (`application/x-www-form-urlencoded`) or JSON.
+fn login_body(headers: &HeaderMap, body: &[u8]) -> Result<LoginBody, ApiError> {
     let ctype = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
-    let body: LoginBody = if ctype.starts_with("application/x-www-form-urlencoded") {
-        serde_urlencoded::from_bytes(&body)
-            .map_err(|e| ApiError::Unprocessable(format!("invalid form: {e}")))?
+    if ctype.starts_with("application/x-www-form-urlencoded") {
+        serde_urlencoded::from_bytes(body)
+            .map_err(|e| ApiError::Unprocessable(format!("invalid form: {e}")))
     } else if ctype.starts_with("application/json") {
-        serde_json::from_slice(&body)
-            .map_err(|e| ApiError::Unprocessable(format!("invalid JSON: {e}")))?
+        serde_json::from_slice(body)
+            .map_err(|e| ApiError::Unprocessable(format!("invalid JSON: {e}")))
     } else {
-        return Err(ApiError::UnsupportedMediaType(
+        Err(ApiError::UnsupportedMediaType(
             "expected application/x-www-form-urlencoded or application/json".into(),
-        ));
-    };
-    const BAD: ApiError = ApiError::Unauthorized("incorrect username or password");
-    if body.username.len() > 254 || body.password.len() > 1024 {
-        return Err(BAD);
+        ))
     }
-    let found = st.store.find_user_for_login(body.username.trim()).await?;
-    // Always run one bcrypt verification, against a dummy hash when the user
+}
+
+/// Whether `password` matches `hash`. The password as given must be valid
+/// (8-72 bytes, no control characters: anything else is simply wrong, never
+/// truncated); it is compared in NFC, and, for hashes made before passwords
+/// were normalised, as typed.
+async fn password_matches(st: &AppState, password: &str, hash: String) -> Result<bool, ApiError> {
+    let Ok(p) = Password::parse(password) else {
+        return Ok(false);
+    };
+    let raw = (p.expose() != password).then(|| password.to_string());
+    st.guard
+        .bcrypt(move || {
+            bcrypt::verify(p.expose(), &hash).unwrap_or(false)
+                || raw.is_some_and(|r| bcrypt::verify(r, &hash).unwrap_or(false))
+        })
+        .await
+}
+
+/// A failed login: counted against the account and the address, logged.
+async fn login_failed(st: &AppState, account: &str, addr: &str) -> ApiError {
+    st.guard.record(Rule::LoginAccount, account).await;
+    st.guard.record(Rule::LoginAddress, addr).await;
+    st.metrics.login_failures.inc();
+    tracing::warn!(target: "audit", account, addr, "login failed");
+    ApiError::Unauthorized("incorrect username or password")
+}
+
+/// `POST /api/v1/auth/login`: form (`application/x-www-form-urlencoded`) or
+/// JSON. Past `HOSTD_LOGIN_MAX_FAILURES` failures for the account (or the
+/// per-address limit) within the window: 429 with `Retry-After`.
+pub async fn login(
+    State(st): State<AppState>,
+    ClientAddr(addr): ClientAddr,
+    headers: HeaderMap,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+) -> Result<Json<TokenResponse>, ApiError> {
+    let body = login_body(&headers, &body?)?;
+    let addr = client_key(addr);
+    st.guard.check(Rule::LoginAddress, &addr).await?;
+    let login = body.username.trim();
+    let found = if login.len() > 254 {
+        None
+    } else {
+        st.store.find_user_for_login(login).await?
+    };
+    // The account key: the user id when the account exists (so its email
+    // and username share one budget), else the name as typed.
+    let account = match &found {
+        Some((u, _)) => u.id.to_string(),
+        None => login.to_lowercase(),
+    };
+    st.guard.check(Rule::LoginAccount, &account).await?;
+    // Always one bcrypt verification, against a dummy hash when the user
     // does not exist, so both failures take the same time.
     let (user, hash) = match found {
         Some((u, h)) => (Some(u), h),
         None => (None, st.dummy_hash.clone()),
     };
-    let password = body.password;
-    let ok = tokio::task::spawn_blocking(move || bcrypt::verify(password, &hash).unwrap_or(false))
-        .await
-        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    let ok = password_matches(&st, &body.password, hash).await?;
     match user {
         Some(u) if ok => Ok(Json(TokenResponse {
-            access_token: st.jwt.issue(u.id)?,
+            access_token: st.jwt.issue(u.id, u.token_epoch)?,
             token_type: "bearer",
             expires_in: st.jwt.ttl_secs(),
         })),
-        _ => Err(BAD),
+        _ => Err(login_failed(&st, &account, &addr).await),
     }
+}
+
+/// `POST /api/v1/auth/logout`: revokes the presented token.
+pub async fn logout(State(st): State<AppState>, auth: AuthUser) -> Result<StatusCode, ApiError> {
+    st.guard
+        .revoke(auth.token.jti, auth.id, auth.token.expires_at)
+        .await?;
+    tracing::info!(target: "audit", user = %auth.id, "token revoked (logout)");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PasswordBody {
+    old_password: String,
+    new_password: String,
+}
+
+/// `PUT /api/v1/auth/password`: checks the old password (failures count
+/// against the account's login limit), sets the new one and revokes every
+/// token of the user; answers with a fresh token.
+pub async fn change_password(
+    State(st): State<AppState>,
+    ClientAddr(addr): ClientAddr,
+    auth: AuthUser,
+    body: Result<Json<PasswordBody>, axum::extract::rejection::JsonRejection>,
+) -> Result<Json<TokenResponse>, ApiError> {
+    let Json(body) = body?;
+    let (account, addr) = (auth.id.to_string(), client_key(addr));
+    st.guard.check(Rule::LoginAccount, &account).await?;
+    let new = Password::parse(&body.new_password).map_err(|e| {
+        ApiError::Unprocessable(e.to_string().replacen("password", "new_password", 1))
+    })?;
+    let hash = st
+        .store
+        .password_hash(auth.id)
+        .await?
+        .ok_or(ApiError::Unauthorized("invalid user"))?;
+    if !password_matches(&st, &body.old_password, hash).await? {
+        return Err(login_failed(&st, &account, &addr).await);
+    }
+    let cost = st.config.bcrypt_cost;
+    let hash = st
+        .guard
+        .bcrypt(move || bcrypt::hash(new.expose(), cost))
+        .await?
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    let epoch = st.store.change_password(auth.id, &hash).await?;
+    st.metrics.password_changes.inc();
+    tracing::info!(target: "audit", user = %auth.id, "password changed; every earlier token revoked");
+    Ok(Json(TokenResponse {
+        access_token: st.jwt.issue(auth.id, epoch)?,
+        token_type: "bearer",
+        expires_in: st.jwt.ttl_secs(),
+    }))
 }
 
 /// `GET /api/v1/auth/me`

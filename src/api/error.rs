@@ -30,6 +30,12 @@ pub enum ApiError {
     Unprocessable(String),
     #[error("service unavailable: {0}")]
     Unavailable(String),
+    /// A rate limit: 429 with `Retry-After`.
+    #[error("too many requests: retry in {} s", retry_secs(.0))]
+    TooManyRequests(std::time::Duration),
+    /// Too much work queued (bcrypt): 503 with `Retry-After`.
+    #[error("the server is busy: retry in {} s", retry_secs(.0))]
+    Busy(std::time::Duration),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -48,6 +54,8 @@ impl ApiError {
             }
             ApiError::Unprocessable(_) => (StatusCode::UNPROCESSABLE_ENTITY, "validation_failed"),
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            ApiError::TooManyRequests(_) => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
+            ApiError::Busy(_) => (StatusCode::SERVICE_UNAVAILABLE, "busy"),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
     }
@@ -68,12 +76,22 @@ impl IntoResponse for ApiError {
             ApiError::Unauthorized(m) => m.to_string(),
             other => other.to_string(),
         };
-        (
-            status,
-            Json(json!({"error": {"code": code, "message": message}})),
-        )
-            .into_response()
+        let body = Json(json!({"error": {"code": code, "message": message}}));
+        match self {
+            ApiError::TooManyRequests(d) | ApiError::Busy(d) => (
+                status,
+                [(axum::http::header::RETRY_AFTER, retry_secs(&d).to_string())],
+                body,
+            )
+                .into_response(),
+            _ => (status, body).into_response(),
+        }
     }
+}
+
+/// Whole seconds to wait, at least 1 (`Retry-After` has no fractions).
+fn retry_secs(d: &std::time::Duration) -> u64 {
+    d.as_secs() + u64::from(d.subsec_nanos() > 0).max(u64::from(d.is_zero()))
 }
 
 impl From<ValidationError> for ApiError {

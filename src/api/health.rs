@@ -1,6 +1,11 @@
-//! Health, version and Prometheus metrics endpoints.
+//! Health, version and Prometheus metrics endpoints. `health/detailed`
+//! computes its dependency checks at most once per [`CACHE_FOR`], whoever
+//! asks and however often (one `nginx -t` per period); version strings and
+//! host names in it, and `/metrics` on the API listener, are for admins only
+//! (the `HOSTD_METRICS_LISTEN` listener serves `/metrics` to anyone who can
+//! reach it).
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::extract::State;
 use axum::http::{header, StatusCode};
@@ -8,7 +13,20 @@ use axum::response::IntoResponse;
 use axum::Json;
 use serde_json::json;
 
+use super::auth::IsAdmin;
+use super::error::ApiError;
 use super::AppState;
+
+/// How long a `health/detailed` answer is reused.
+pub const CACHE_FOR: Duration = Duration::from_secs(5);
+
+/// A computed `health/detailed` answer.
+#[derive(Clone)]
+pub struct Cached {
+    at: Instant,
+    code: StatusCode,
+    body: serde_json::Value,
+}
 
 /// `GET /api/v1/health`: cheap liveness.
 pub async fn health() -> impl IntoResponse {
@@ -28,8 +46,51 @@ fn check(ok: Result<String, String>, started: Instant) -> serde_json::Value {
     }
 }
 
-/// `GET /api/v1/health/detailed`: database, libvirt, nginx, reconciler.
-pub async fn detailed(State(st): State<AppState>) -> impl IntoResponse {
+/// `GET /api/v1/health/detailed`: database, libvirt, nginx, reconciler,
+/// guest isolation, Redis, capacity. Anyone sees each check's status; an
+/// admin also sees the details (versions, the leader's host name).
+pub async fn detailed(State(st): State<AppState>, IsAdmin(admin): IsAdmin) -> impl IntoResponse {
+    let cached = {
+        // Held while computing: concurrent callers wait for this one answer.
+        let mut slot = st.health_cache.lock().await;
+        match slot.as_ref() {
+            Some(c) if c.at.elapsed() < CACHE_FOR => c.clone(),
+            _ => {
+                let (code, body) = compute(&st).await;
+                let c = Cached {
+                    at: Instant::now(),
+                    code,
+                    body,
+                };
+                *slot = Some(c.clone());
+                c
+            }
+        }
+    };
+    let body = if admin {
+        cached.body
+    } else {
+        redact(cached.body)
+    };
+    (cached.code, Json(body))
+}
+
+/// Only each check's status, for callers who are not admins.
+fn redact(mut body: serde_json::Value) -> serde_json::Value {
+    if let Some(checks) = body["checks"].as_object_mut() {
+        for c in checks.values_mut() {
+            *c = json!({"status": c["status"].clone()});
+        }
+    }
+    if let Some(o) = body.as_object_mut() {
+        o.remove("domain_type_reason");
+        o.remove("capacity");
+    }
+    body
+}
+
+async fn compute(st: &AppState) -> (StatusCode, serde_json::Value) {
+    st.metrics.health_checks.inc();
     let t = Instant::now();
     let db = check(
         st.store
@@ -73,6 +134,16 @@ pub async fn detailed(State(st): State<AppState>) -> impl IntoResponse {
     } else {
         json!({"status": "ok", "detail": "not needed: simulated hypervisor"})
     };
+    let t = Instant::now();
+    // Redis down is not fatal (limits fall back to per-process memory):
+    // degraded, but still 200.
+    let redis = match st.guard.ping_redis().await {
+        Ok(p) => {
+            json!({"status": "ok", "latency_ms": t.elapsed().as_secs_f64() * 1000.0, "detail": p})
+        }
+        Err(e) => json!({"status": "degraded", "latency_ms": t.elapsed().as_secs_f64() * 1000.0,
+            "detail": format!("{e}; rate limits are per process, revocations checked in postgres")}),
+    };
     let all_ok = [&db, &libvirt, &nginx, &reconciler, &isolation]
         .iter()
         .all(|c| c["status"] != "error");
@@ -81,16 +152,32 @@ pub async fn detailed(State(st): State<AppState>) -> impl IntoResponse {
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
+    let status = match (all_ok, redis["status"] == "ok") {
+        (true, true) => "ok",
+        _ => "degraded",
+    };
     (
         code,
-        Json(json!({
-            "status": if all_ok { "ok" } else { "degraded" },
+        json!({
+            "status": status,
             "domain_type": st.config.domain_type.as_str(),
             "domain_type_reason": st.config.domain_type_reason,
-            "checks": {"database": db, "libvirt": libvirt, "nginx": nginx, "reconciler": reconciler, "guest_isolation": isolation},
+            "checks": {"database": db, "libvirt": libvirt, "nginx": nginx, "reconciler": reconciler,
+                       "guest_isolation": isolation, "redis": redis},
             "capacity": capacity,
-        })),
+        }),
     )
+}
+
+/// `GET /metrics` on the API listener: admins only.
+pub async fn metrics_admin(
+    State(st): State<AppState>,
+    IsAdmin(admin): IsAdmin,
+) -> Result<impl IntoResponse, ApiError> {
+    if !admin {
+        return Err(ApiError::Forbidden);
+    }
+    Ok(metrics(State(st)).await)
 }
 
 /// `GET /metrics`: Prometheus text format (OpenMetrics).

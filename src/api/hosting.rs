@@ -84,6 +84,13 @@ impl<S: Send + Sync> FromRequest<S> for PatchBody {
     }
 }
 
+/// Counts one hosting write of the caller against `HOSTD_HOST_OPS_PER_MIN`.
+async fn host_op(st: &AppState, auth: &AuthUser) -> Result<(), ApiError> {
+    st.guard
+        .hit(super::limits::Rule::HostOps, &auth.id.to_string())
+        .await
+}
+
 /// The hosting with its latest events, as single-hosting endpoints show it.
 async fn with_events(st: &AppState, rec: &HostingRecord) -> Result<HostingView, ApiError> {
     let events = st.store.recent_events(rec.id, 20).await?;
@@ -96,6 +103,7 @@ pub async fn create(
     auth: AuthUser,
     PatchBody(patch): PatchBody,
 ) -> Result<impl IntoResponse, ApiError> {
+    host_op(&st, &auth).await?;
     let spec = patch.apply(&HostingSpec::default(), true)?;
     st.config.quota.check(None, &spec)?;
     if st.catalog_names.iter().all(|n| n != spec.image.as_str()) {
@@ -125,6 +133,7 @@ pub async fn patch_mine(
     auth: AuthUser,
     PatchBody(patch): PatchBody,
 ) -> Result<impl IntoResponse, ApiError> {
+    host_op(&st, &auth).await?;
     let rec = st
         .store
         .update_spec(auth.id, |cur| {
@@ -164,6 +173,7 @@ pub async fn reset_mine(
     State(st): State<AppState>,
     auth: AuthUser,
 ) -> Result<impl IntoResponse, ApiError> {
+    host_op(&st, &auth).await?;
     let r = st.store.request_disk_reset(auth.id).await;
     accepted(&st, r, "disk reset requested")
 }
@@ -173,6 +183,7 @@ pub async fn delete_mine(
     State(st): State<AppState>,
     auth: AuthUser,
 ) -> Result<impl IntoResponse, ApiError> {
+    host_op(&st, &auth).await?;
     let r = st.store.request_deletion(auth.id).await;
     accepted(&st, r, "hosting deletion requested")
 }
@@ -205,6 +216,7 @@ pub async fn create_backup(
     State(st): State<AppState>,
     auth: AuthUser,
 ) -> Result<impl IntoResponse, ApiError> {
+    host_op(&st, &auth).await?;
     let b = st
         .store
         .request_backup(auth.id)
@@ -241,6 +253,7 @@ pub async fn restore_mine(
     auth: AuthUser,
     body: Result<Json<RestoreBody>, axum::extract::rejection::JsonRejection>,
 ) -> Result<impl IntoResponse, ApiError> {
+    host_op(&st, &auth).await?;
     let Json(body) = body?;
     let rec = st
         .store

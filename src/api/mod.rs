@@ -16,6 +16,7 @@ pub mod auth;
 pub mod error;
 pub mod health;
 pub mod hosting;
+pub mod limits;
 
 /// Largest accepted request body.
 pub const BODY_LIMIT: usize = 64 * 1024;
@@ -38,6 +39,10 @@ pub struct AppState {
     pub proxy: Arc<dyn ProxyDriver>,
     /// This process's Prometheus metrics (`/metrics`).
     pub metrics: Arc<Metrics>,
+    /// Rate limits, token revocations, the bcrypt bound.
+    pub guard: Arc<limits::Guard>,
+    /// The last `health/detailed` answer and when it was computed.
+    pub health_cache: Arc<tokio::sync::Mutex<Option<health::Cached>>>,
 }
 
 async fn fallback() -> error::ApiError {
@@ -58,6 +63,8 @@ pub fn router(state: AppState) -> Router {
         .route("/auth/register", post(auth::register))
         .route("/auth/login", post(auth::login))
         .route("/auth/me", get(auth::me))
+        .route("/auth/logout", post(auth::logout))
+        .route("/auth/password", axum::routing::put(auth::change_password))
         .route("/host", post(hosting::create))
         .route(
             "/host/my",
@@ -77,7 +84,7 @@ pub fn router(state: AppState) -> Router {
         .route("/version", get(health::version));
     Router::new()
         .nest("/api/v1", api)
-        .route("/metrics", get(health::metrics))
+        .route("/metrics", get(health::metrics_admin))
         .fallback(fallback)
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .layer(tower_http::trace::TraceLayer::new_for_http())

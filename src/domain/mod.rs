@@ -113,9 +113,19 @@ impl fmt::Debug for Password {
 }
 
 impl Password {
+    /// Normalises to NFC (so the same password typed on two systems is the
+    /// same bytes) and checks: at least 8 characters, at most 72 bytes
+    /// (bcrypt ignores the rest: longer input is refused, never truncated),
+    /// no NUL or other control characters.
     pub fn parse(s: &str) -> Result<Self, ValidationError> {
-        // bcrypt only looks at the first 72 bytes; refuse longer input rather than
-        // silently ignoring part of it.
+        use unicode_normalization::UnicodeNormalization;
+        if s.chars().any(char::is_control) {
+            return Err(ValidationError::new(
+                "password",
+                "must not contain control characters (NUL, tab, newline, ...)",
+            ));
+        }
+        let s: String = s.nfc().collect();
         if s.chars().count() < 8 {
             return Err(ValidationError::new(
                 "password",
@@ -125,7 +135,7 @@ impl Password {
         if s.len() > 72 {
             return Err(ValidationError::new("password", "must be at most 72 bytes"));
         }
-        Ok(Self(s.to_string()))
+        Ok(Self(s))
     }
     pub fn expose(&self) -> &str {
         &self.0

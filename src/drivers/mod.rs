@@ -8,6 +8,7 @@ use async_trait::async_trait;
 use crate::domain::HostingId;
 
 pub mod isolation;
+pub mod kv;
 pub mod libvirt;
 pub mod nginx;
 pub mod ownership;

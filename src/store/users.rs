@@ -14,6 +14,9 @@ pub struct User {
     pub username: String,
     pub role: Role,
     pub created_at: DateTime<Utc>,
+    /// Bumped by a password change: tokens of an older epoch are void.
+    #[serde(skip)]
+    pub token_epoch: i32,
 }
 
 #[derive(sqlx::FromRow)]
@@ -24,6 +27,7 @@ struct UserRow {
     role: String,
     created_at: DateTime<Utc>,
     password_hash: String,
+    token_epoch: i32,
 }
 
 impl UserRow {
@@ -35,6 +39,7 @@ impl UserRow {
                 username: self.username,
                 role: Role::from_db(&self.role),
                 created_at: self.created_at,
+                token_epoch: self.token_epoch,
             },
             self.password_hash,
         )
@@ -51,7 +56,7 @@ impl Store {
     ) -> Result<User> {
         let row = sqlx::query_as::<_, UserRow>(
             "insert into users (id, email, username, password_hash, role) values ($1, $2, $3, $4, $5) \
-             returning id, email, username, role, created_at, password_hash",
+             returning id, email, username, role, created_at, password_hash, token_epoch",
         )
         .bind(Uuid::new_v4())
         .bind(email.as_str())
@@ -61,8 +66,8 @@ impl Store {
         .fetch_one(&self.pool)
         .await
         .map_err(|e| match is_unique_violation(&e) {
-            Some(c) if c.contains("email") => StoreError::Conflict("a user with this email"),
-            Some(_) => StoreError::Conflict("a user with this username"),
+            // One message for both: which one exists is nobody's business.
+            Some(_) => StoreError::Conflict("a user with this email or username"),
             None => e.into(),
         })?;
         Ok(row.into_user().0)
@@ -71,7 +76,7 @@ impl Store {
     /// Finds a user by email (case-insensitive) or username, with the password hash.
     pub async fn find_user_for_login(&self, login: &str) -> Result<Option<(User, String)>> {
         let row = sqlx::query_as::<_, UserRow>(
-            "select id, email, username, role, created_at, password_hash from users \
+            "select id, email, username, role, created_at, password_hash, token_epoch from users \
              where lower(email) = lower($1) or username = $1 limit 1",
         )
         .bind(login)
@@ -82,7 +87,7 @@ impl Store {
 
     pub async fn get_user(&self, id: UserId) -> Result<Option<User>> {
         let row = sqlx::query_as::<_, UserRow>(
-            "select id, email, username, role, created_at, password_hash from users where id = $1",
+            "select id, email, username, role, created_at, password_hash, token_epoch from users where id = $1",
         )
         .bind(id.0)
         .fetch_optional(&self.pool)
@@ -100,5 +105,60 @@ impl Store {
             return Err(StoreError::NotFound);
         }
         Ok(())
+    }
+
+    /// The password hash of a user (for a password change).
+    pub async fn password_hash(&self, id: UserId) -> Result<Option<String>> {
+        let row: Option<(String,)> =
+            sqlx::query_as("select password_hash from users where id = $1")
+                .bind(id.0)
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(row.map(|r| r.0))
+    }
+
+    /// Sets a new password hash and bumps the token epoch (every earlier
+    /// token is void); returns the new epoch.
+    pub async fn change_password(&self, id: UserId, hash: &str) -> Result<i32> {
+        let row: Option<(i32,)> = sqlx::query_as(
+            "update users set password_hash = $2, token_epoch = token_epoch + 1 where id = $1 \
+             returning token_epoch",
+        )
+        .bind(id.0)
+        .bind(hash)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|r| r.0).ok_or(StoreError::NotFound)
+    }
+
+    /// Records a revoked token until its expiry (and purges expired rows).
+    pub async fn revoke_token(
+        &self,
+        jti: Uuid,
+        user: UserId,
+        expires_at: DateTime<Utc>,
+    ) -> Result<()> {
+        sqlx::query("delete from revoked_tokens where expires_at < now()")
+            .execute(&self.pool)
+            .await?;
+        sqlx::query(
+            "insert into revoked_tokens (jti, user_id, expires_at) values ($1, $2, $3) \
+             on conflict (jti) do nothing",
+        )
+        .bind(jti)
+        .bind(user.0)
+        .bind(expires_at)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Whether a token was revoked (the record Postgres keeps).
+    pub async fn is_token_revoked(&self, jti: Uuid) -> Result<bool> {
+        let row: Option<(Uuid,)> = sqlx::query_as("select jti from revoked_tokens where jti = $1")
+            .bind(jti)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.is_some())
     }
 }

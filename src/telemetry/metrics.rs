@@ -18,6 +18,13 @@ pub struct ReasonLabel {
     pub reason: String,
 }
 
+/// Label set of the rate-limit counter.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RuleLabel {
+    /// The rule, e.g. `login_account`.
+    pub rule: String,
+}
+
 /// Label set of the hostings-by-phase gauge.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PhaseLabel {
@@ -60,6 +67,16 @@ pub struct Metrics {
     pub last_backup_bytes: Gauge,
     /// Disks replaced by a backup (requested restores and vanished disks).
     pub restores: Counter,
+    /// Failed logins (wrong password or unknown account).
+    pub login_failures: Counter,
+    /// Requests refused by a rate limit, by rule.
+    pub rate_limited: Family<RuleLabel, Counter>,
+    /// Password changes.
+    pub password_changes: Counter,
+    /// Tokens revoked by logout.
+    pub revocations: Counter,
+    /// Dependency checks run by `health/detailed` (cached answers not counted).
+    pub health_checks: Counter,
     /// Whether a reconciler runs in this process at all.
     pub enabled: AtomicBool,
     /// Sum of `failures` over every reason (for the heartbeat's counters).
@@ -86,6 +103,11 @@ impl Default for Metrics {
             backup_duration: Histogram::new(exponential_buckets(0.5, 2.0, 12)),
             last_backup_bytes: Gauge::default(),
             restores: Counter::default(),
+            login_failures: Counter::default(),
+            rate_limited: Family::default(),
+            password_changes: Counter::default(),
+            revocations: Counter::default(),
+            health_checks: Counter::default(),
             enabled: AtomicBool::new(false),
             failures_sum: AtomicU64::new(0),
         };
@@ -112,6 +134,11 @@ impl Default for Metrics {
             "hostd_backup_duration_seconds", "Wall time of one backup", m.backup_duration;
             "hostd_last_backup_bytes", "Size of the last backup file", m.last_backup_bytes;
             "hostd_restores", "Disks replaced by a backup", m.restores;
+            "hostd_login_failures", "Failed logins", m.login_failures;
+            "hostd_rate_limited", "Requests refused by a rate limit, by rule", m.rate_limited;
+            "hostd_password_changes", "Password changes", m.password_changes;
+            "hostd_token_revocations", "Tokens revoked by logout", m.revocations;
+            "hostd_health_checks", "Dependency checks run by health/detailed", m.health_checks;
         }
         m
     }
@@ -127,6 +154,15 @@ impl Metrics {
             .inc();
         self.failures_sum
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Counts a request refused by rate-limit rule `rule`.
+    pub fn rate_limited(&self, rule: &str) {
+        self.rate_limited
+            .get_or_create(&RuleLabel {
+                rule: rule.to_string(),
+            })
+            .inc();
     }
 
     /// Records a completed backup.

@@ -163,6 +163,17 @@ pub fn test_config(db: &str, state: &std::path::Path, nginx: Option<&TestNginx>)
             keep: 7,
             concurrency: 1,
         },
+        redis_url: "redis://127.0.0.1:6379".into(),
+        // Generous: tests register and act quickly from one address; the
+        // abuse tests narrow these.
+        limits: hostd::config::RateLimits {
+            login_max_failures: 5,
+            login_max_failures_per_address: 1000,
+            login_window: Duration::from_secs(60),
+            register_per_hour: 10_000,
+            host_ops_per_min: 10_000,
+            bcrypt_concurrency: 2,
+        },
         // The test driver reports a 3 GiB, 16-CPU host: room for hundreds of
         // stand-in guests unless a test narrows it.
         capacity: hostd::config::CapacityPolicy {
@@ -266,6 +277,33 @@ impl TestApp {
         if let Some(h) = self.handle.take() {
             let _ = tokio::time::timeout(Duration::from_secs(10), h).await;
         }
+    }
+
+    /// Registers an admin and logs in; returns its token.
+    pub async fn admin(&self, name: &str) -> String {
+        let (_, _) = self.user(name).await;
+        self.store
+            .set_role(
+                &hostd::domain::Username::parse(name).unwrap(),
+                hostd::domain::Role::Admin,
+            )
+            .await
+            .unwrap();
+        self.login(name, "correct horse").await
+    }
+
+    /// Logs in; the token.
+    pub async fn login(&self, name: &str, password: &str) -> String {
+        let r = self
+            .client
+            .post(self.url("/api/v1/auth/login"))
+            .form(&[("username", name), ("password", password)])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        let t: serde_json::Value = r.json().await.unwrap();
+        t["access_token"].as_str().unwrap().to_string()
     }
 
     /// Registers and logs in a user; returns (token, user id).

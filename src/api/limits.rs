@@ -1,0 +1,281 @@
+//! Abuse resistance for the API: rate limits (sliding windows in Redis, shared
+//! by every API process), token revocations, and the gate that bounds bcrypt
+//! work. When Redis is unreachable the limits fall back to per-process
+//! windows in memory (never to no limit), revocations to Postgres, and
+//! `health/detailed` says `degraded`; logins keep working.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use super::error::ApiError;
+use crate::config::RateLimits;
+use crate::domain::UserId;
+use crate::drivers::kv::{Kv, Window};
+use crate::store::Store;
+use crate::telemetry::Metrics;
+
+/// The limited actions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rule {
+    /// Failed logins per account.
+    LoginAccount,
+    /// Failed logins per client address.
+    LoginAddress,
+    /// Registrations per client address.
+    Register,
+    /// Hosting writes (create, change, delete, backup, restore, reset) per user.
+    HostOps,
+}
+
+impl Rule {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Rule::LoginAccount => "login_account",
+            Rule::LoginAddress => "login_address",
+            Rule::Register => "register",
+            Rule::HostOps => "host_ops",
+        }
+    }
+}
+
+/// How long Redis is left alone after it failed, before it is tried again.
+const REDIS_COOLDOWN: Duration = Duration::from_secs(5);
+
+/// Rate limits, revocations and the bcrypt gate of one API process.
+pub struct Guard {
+    kv: Kv,
+    store: Store,
+    policy: RateLimits,
+    metrics: Arc<Metrics>,
+    /// Windows kept in this process while Redis is unreachable.
+    memory: Mutex<HashMap<String, VecDeque<Instant>>>,
+    /// Redis is not tried again before this instant (after a failure).
+    redis_down_until: Mutex<Option<Instant>>,
+    /// The last Redis error, for health and the transition log lines.
+    redis_error: Mutex<Option<String>>,
+    redis_ok: AtomicBool,
+    /// Concurrent bcrypt computations.
+    bcrypt: Arc<tokio::sync::Semaphore>,
+    /// How many bcrypt computations may wait for a turn before new ones are
+    /// refused (503) instead of queued.
+    bcrypt_queue: usize,
+    /// How many wait now (tokio's semaphore does not say).
+    bcrypt_waiting: std::sync::atomic::AtomicUsize,
+}
+
+impl Guard {
+    pub fn new(kv: Kv, store: Store, policy: RateLimits, metrics: Arc<Metrics>) -> Guard {
+        let permits = policy.bcrypt_concurrency.max(1);
+        Guard {
+            kv,
+            store,
+            policy,
+            metrics,
+            memory: Mutex::new(HashMap::new()),
+            redis_down_until: Mutex::new(None),
+            redis_error: Mutex::new(None),
+            redis_ok: AtomicBool::new(true),
+            bcrypt: Arc::new(tokio::sync::Semaphore::new(permits)),
+            bcrypt_queue: permits * 64,
+            bcrypt_waiting: std::sync::atomic::AtomicUsize::new(0),
+        }
+    }
+
+    fn limit(&self, rule: Rule) -> (u32, Duration) {
+        let p = &self.policy;
+        match rule {
+            Rule::LoginAccount => (p.login_max_failures, p.login_window),
+            Rule::LoginAddress => (p.login_max_failures_per_address, p.login_window),
+            Rule::Register => (p.register_per_hour, Duration::from_secs(3600)),
+            Rule::HostOps => (p.host_ops_per_min, Duration::from_secs(60)),
+        }
+    }
+
+    /// Redis, unless it failed within the cooldown.
+    fn redis(&self) -> Option<&Kv> {
+        let until = *self.redis_down_until.lock().unwrap();
+        match until {
+            Some(t) if Instant::now() < t => None,
+            _ => Some(&self.kv),
+        }
+    }
+
+    fn redis_failed(&self, e: &crate::drivers::DriverError) {
+        *self.redis_down_until.lock().unwrap() = Some(Instant::now() + REDIS_COOLDOWN);
+        *self.redis_error.lock().unwrap() = Some(e.to_string());
+        if self.redis_ok.swap(false, Ordering::Relaxed) {
+            tracing::warn!(target: "audit", error = %e,
+                "redis unreachable: rate limits are kept per process in memory, revocations checked in postgres");
+        }
+    }
+
+    fn redis_succeeded(&self) {
+        if !self.redis_ok.swap(true, Ordering::Relaxed) {
+            *self.redis_error.lock().unwrap() = None;
+            tracing::info!(target: "audit", "redis reachable again: shared rate limits restored");
+        }
+    }
+
+    /// Whether Redis answered last time; the last error otherwise.
+    pub fn redis_status(&self) -> Result<(), String> {
+        if self.redis_ok.load(Ordering::Relaxed) {
+            Ok(())
+        } else {
+            Err(self.redis_error.lock().unwrap().clone().unwrap_or_default())
+        }
+    }
+
+    /// A Redis round trip, for health checks (also updates the status).
+    pub async fn ping_redis(&self) -> Result<String, String> {
+        match self.kv.ping().await {
+            Ok(p) => {
+                self.redis_succeeded();
+                *self.redis_down_until.lock().unwrap() = None;
+                Ok(p)
+            }
+            Err(e) => {
+                self.redis_failed(&e);
+                Err(e.to_string())
+            }
+        }
+    }
+
+    fn memory_window(&self, key: &str, limit: u32, window: Duration, add: bool) -> Window {
+        let mut map = self.memory.lock().unwrap();
+        let now = Instant::now();
+        let log = map.entry(key.to_string()).or_default();
+        while log.front().is_some_and(|t| now.duration_since(*t) > window) {
+            log.pop_front();
+        }
+        if log.len() >= limit as usize {
+            let oldest = *log.front().expect("non-empty");
+            return Window::Limited(window.saturating_sub(now.duration_since(oldest)));
+        }
+        if add {
+            log.push_back(now);
+        }
+        // Bound the map: forget idle keys now and then.
+        if map.len() > 100_000 {
+            map.retain(|_, l| l.back().is_some_and(|t| now.duration_since(*t) < window));
+        }
+        Window::Allowed
+    }
+
+    async fn window(&self, rule: Rule, subject: &str, add: bool) -> Window {
+        let (limit, window) = self.limit(rule);
+        let key = format!("{}:{subject}", rule.as_str());
+        if let Some(kv) = self.redis() {
+            match kv.window(&key, limit, window, add).await {
+                Ok(w) => {
+                    self.redis_succeeded();
+                    return w;
+                }
+                Err(e) => self.redis_failed(&e),
+            }
+        }
+        self.memory_window(&key, limit, window, add)
+    }
+
+    fn limited(&self, rule: Rule, subject: &str, retry: Duration) -> ApiError {
+        self.metrics.rate_limited(rule.as_str());
+        tracing::warn!(target: "audit", rule = rule.as_str(), subject, retry_after_s = retry.as_secs_f64(),
+            "rate limit hit");
+        ApiError::TooManyRequests(retry)
+    }
+
+    /// Counts one action against `rule` for `subject`; 429 when over.
+    pub async fn hit(&self, rule: Rule, subject: &str) -> Result<(), ApiError> {
+        match self.window(rule, subject, true).await {
+            Window::Allowed => Ok(()),
+            Window::Limited(d) => Err(self.limited(rule, subject, d)),
+        }
+    }
+
+    /// 429 if `subject` is already over `rule` (counts nothing).
+    pub async fn check(&self, rule: Rule, subject: &str) -> Result<(), ApiError> {
+        match self.window(rule, subject, false).await {
+            Window::Allowed => Ok(()),
+            Window::Limited(d) => Err(self.limited(rule, subject, d)),
+        }
+    }
+
+    /// Records an event (a failed login) against `rule` without refusing.
+    pub async fn record(&self, rule: Rule, subject: &str) {
+        let _ = self.window(rule, subject, true).await;
+    }
+
+    /// Revokes one token until `expires_at`: in Redis (checked on every
+    /// request) and in Postgres (checked while Redis is unreachable).
+    pub async fn revoke(
+        &self,
+        jti: uuid::Uuid,
+        user: UserId,
+        expires_at: chrono::DateTime<chrono::Utc>,
+    ) -> Result<(), ApiError> {
+        self.store.revoke_token(jti, user, expires_at).await?;
+        let ttl = (expires_at - chrono::Utc::now())
+            .to_std()
+            .unwrap_or(Duration::from_secs(1));
+        if let Some(kv) = self.redis() {
+            match kv.revoke(&jti.to_string(), ttl).await {
+                Ok(()) => self.redis_succeeded(),
+                Err(e) => self.redis_failed(&e),
+            }
+        }
+        self.metrics.revocations.inc();
+        Ok(())
+    }
+
+    /// Whether a token was revoked: Redis, or Postgres while Redis is down.
+    pub async fn is_revoked(&self, jti: uuid::Uuid) -> Result<bool, ApiError> {
+        if let Some(kv) = self.redis() {
+            match kv.is_revoked(&jti.to_string()).await {
+                Ok(r) => {
+                    self.redis_succeeded();
+                    return Ok(r);
+                }
+                Err(e) => self.redis_failed(&e),
+            }
+        }
+        Ok(self.store.is_token_revoked(jti).await?)
+    }
+
+    /// Runs a bcrypt computation on the blocking pool, at most
+    /// `HOSTD_BCRYPT_CONCURRENCY` at a time; 503 when too many already wait.
+    pub async fn bcrypt<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, ApiError> {
+        let waiting = self.bcrypt_waiting.fetch_add(1, Ordering::Relaxed);
+        let permit = if waiting >= self.bcrypt_queue {
+            None
+        } else {
+            self.bcrypt.clone().acquire_owned().await.ok()
+        };
+        self.bcrypt_waiting.fetch_sub(1, Ordering::Relaxed);
+        let Some(_permit) = permit else {
+            self.metrics.rate_limited("bcrypt_queue");
+            tracing::warn!(target: "audit", waiting, "bcrypt queue full: refusing");
+            return Err(ApiError::Busy(Duration::from_secs(1)));
+        };
+        tokio::task::spawn_blocking(f)
+            .await
+            .map_err(|e| ApiError::Internal(e.to_string()))
+    }
+}
+
+/// The client's address as the API sees it (the TCP peer).
+pub fn client_key(addr: Option<IpAddr>) -> String {
+    match addr {
+        Some(IpAddr::V6(v6)) => {
+            // A /64 is one client for IPv6 (one host usually holds all of it).
+            let s = v6.segments();
+            format!("{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
+        }
+        Some(ip) => ip.to_string(),
+        None => "unknown".into(),
+    }
+}
