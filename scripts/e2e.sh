@@ -169,4 +169,12 @@ vols=$(grep -vx '.hostd-installation' <<< "$vols" || true)   # the ownership mar
 [ -z "$(ls "$WORK/routes")" ] || fail "route file left behind: $(ls "$WORK/routes")"
 [ "$(psql "$DATABASE_URL" -tAc 'select count(*) from port_allocations')" = 0 ] || fail "ports not released"
 [ "$(curl -s -o /dev/null -w '%{http_code}' "$SITE")" = 404 ] || fail "site still answers"
+step "hostctl password and logout revoke sessions"
+printf 'correct horse\nnew horse battery\n' | "${HOSTCTL[@]}" password >/dev/null || fail "hostctl password failed"
+[ "$(curl -s -o /dev/null -w '%{http_code}' "$API/auth/me" -H "Authorization: Bearer $TOKEN")" = 401 ] ||
+  fail "a token from before the password change still works"
+NEW_TOKEN=$(cat "$WORK/token")
+[ "$(curl -s -o /dev/null -w '%{http_code}' "$API/auth/me" -H "Authorization: Bearer $NEW_TOKEN")" = 200 ] || fail "the new token does not work"
+"${HOSTCTL[@]}" logout >/dev/null || fail "hostctl logout failed"
+[ "$(curl -s -o /dev/null -w '%{http_code}' "$API/auth/me" -H "Authorization: Bearer $NEW_TOKEN")" = 401 ] || fail "the token works after logout"
 step "end-to-end test passed"

@@ -249,21 +249,35 @@ impl Guard {
         &self,
         f: impl FnOnce() -> T + Send + 'static,
     ) -> Result<T, ApiError> {
+        /// Counts one waiter for as long as it lives (also when the request
+        /// is dropped while waiting).
+        struct Waiting<'a>(&'a std::sync::atomic::AtomicUsize);
+        impl Drop for Waiting<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
         let waiting = self.bcrypt_waiting.fetch_add(1, Ordering::Relaxed);
+        let counted = Waiting(&self.bcrypt_waiting);
         let permit = if waiting >= self.bcrypt_queue {
             None
         } else {
             self.bcrypt.clone().acquire_owned().await.ok()
         };
-        self.bcrypt_waiting.fetch_sub(1, Ordering::Relaxed);
-        let Some(_permit) = permit else {
+        drop(counted);
+        let Some(permit) = permit else {
             self.metrics.rate_limited("bcrypt_queue");
             tracing::warn!(target: "audit", waiting, "bcrypt queue full: refusing");
             return Err(ApiError::Busy(Duration::from_secs(1)));
         };
-        tokio::task::spawn_blocking(f)
-            .await
-            .map_err(|e| ApiError::Internal(e.to_string()))
+        // The permit lives as long as the computation, even if the request
+        // is dropped meanwhile.
+        tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            f()
+        })
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))
     }
 }
 

@@ -26,6 +26,11 @@ enum Cmd {
     Register { email: String, username: String },
     /// Log in and store the token (the password is prompted for, or read from stdin).
     Login { username: String },
+    /// Revoke the stored token and forget it.
+    Logout,
+    /// Change your password (old and new are prompted for, or read from two
+    /// lines of stdin); every other session is logged out.
+    Password,
     /// Show your hosting.
     Get,
     /// Request a hosting (optionally with an SSH public key file).
@@ -97,9 +102,14 @@ fn save_token(t: &str) -> std::io::Result<PathBuf> {
 /// The password: prompted for without echo on a terminal, else the first
 /// line of standard input.
 fn password() -> String {
+    password_as("password: ")
+}
+
+/// A password prompted for with `prompt` (or the next line of standard input).
+fn password_as(prompt: &str) -> String {
     let stdin = std::io::stdin();
     let p = if stdin.is_terminal() {
-        rpassword::prompt_password("password: ").unwrap_or_else(|e| fail(e))
+        rpassword::prompt_password(prompt).unwrap_or_else(|e| fail(e))
     } else {
         let mut line = String::new();
         stdin
@@ -149,6 +159,39 @@ async fn main() {
                 let t = v["access_token"].as_str().unwrap_or_default();
                 let f = save_token(t).unwrap_or_else(|e| fail(format!("saving the token: {e}")));
                 println!("logged in; token saved to {}", f.display());
+                0
+            }
+        }
+        Cmd::Logout => {
+            let r = send(c.post(url("/auth/logout")).bearer_auth(token())).await;
+            let ok = r.status().is_success();
+            let _ = std::fs::remove_file(token_file());
+            if ok {
+                println!("logged out; token revoked and removed");
+                0
+            } else {
+                show(r).await
+            }
+        }
+        Cmd::Password => {
+            let body = json!({"old_password": password_as("current password: "),
+                              "new_password": password_as("new password: ")});
+            let r = send(
+                c.put(url("/auth/password"))
+                    .bearer_auth(token())
+                    .json(&body),
+            )
+            .await;
+            if !r.status().is_success() {
+                show(r).await
+            } else {
+                let v: Value = r.json().await.unwrap_or_else(|e| fail(e));
+                let t = v["access_token"].as_str().unwrap_or_default();
+                let f = save_token(t).unwrap_or_else(|e| fail(format!("saving the token: {e}")));
+                println!(
+                    "password changed; other sessions revoked; new token saved to {}",
+                    f.display()
+                );
                 0
             }
         }
