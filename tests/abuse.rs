@@ -111,6 +111,43 @@ async fn the_sixth_wrong_login_is_refused_and_the_right_one_works_after_the_wind
 }
 
 #[tokio::test]
+async fn concurrent_guesses_cannot_overrun_the_limit() {
+    let app = app_with(|c| c.limits.login_max_failures_per_address = 8).await;
+    app.user("conc").await;
+    let mut set = tokio::task::JoinSet::new();
+    for i in 0..24 {
+        let (c, url) = (app.client.clone(), app.url("/api/v1/auth/login"));
+        // Half guess one account, half spray unknown names.
+        let name = if i % 2 == 0 {
+            "conc".to_string()
+        } else {
+            format!("ghost{i}")
+        };
+        set.spawn(async move {
+            let form = [("username", name.as_str()), ("password", "wrong password")];
+            c.post(url)
+                .form(&form)
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        });
+    }
+    let mut codes = vec![];
+    while let Some(c) = set.join_next().await {
+        codes.push(c.unwrap());
+    }
+    let failed = codes.iter().filter(|c| **c == 401).count();
+    assert_eq!(
+        failed, 8,
+        "exactly the address's budget reached bcrypt: {codes:?}"
+    );
+    assert_eq!(codes.iter().filter(|c| **c == 429).count(), 16, "{codes:?}");
+    app.stop().await;
+}
+
+#[tokio::test]
 async fn addresses_and_users_have_their_own_limits() {
     let app = app_with(|c| {
         c.limits.login_max_failures_per_address = 3;

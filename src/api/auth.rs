@@ -281,10 +281,8 @@ async fn password_matches(st: &AppState, password: &str, hash: String) -> Result
         .await
 }
 
-/// A failed login: counted against the account and the address, logged.
-async fn login_failed(st: &AppState, account: &str, addr: &str) -> ApiError {
-    st.guard.record(Rule::LoginAccount, account).await;
-    st.guard.record(Rule::LoginAddress, addr).await;
+/// A failed login (its attempts stay counted), logged.
+fn login_failed(st: &AppState, account: &str, addr: &str) -> ApiError {
     st.metrics.login_failures.inc();
     tracing::warn!(target: "audit", account, addr, "login failed");
     ApiError::Unauthorized("incorrect username or password")
@@ -301,7 +299,9 @@ pub async fn login(
 ) -> Result<Json<TokenResponse>, ApiError> {
     let body = login_body(&headers, &body?)?;
     let addr = client_key(addr);
-    st.guard.check(Rule::LoginAddress, &addr).await?;
+    // Attempts count before the outcome (a right password takes its count
+    // back), so concurrent guesses cannot overrun the limits.
+    let by_addr = st.guard.attempt(Rule::LoginAddress, &addr).await?;
     let login = body.username.trim();
     let found = if login.len() > 254 {
         None
@@ -314,7 +314,13 @@ pub async fn login(
         Some((u, _)) => u.id.to_string(),
         None => login.to_lowercase(),
     };
-    st.guard.check(Rule::LoginAccount, &account).await?;
+    let by_account = match st.guard.attempt(Rule::LoginAccount, &account).await {
+        Ok(t) => t,
+        Err(e) => {
+            st.guard.forgive(by_addr).await;
+            return Err(e);
+        }
+    };
     // Always one bcrypt verification, against a dummy hash when the user
     // does not exist, so both failures take the same time.
     let (user, hash) = match found {
@@ -323,12 +329,16 @@ pub async fn login(
     };
     let ok = password_matches(&st, &body.password, hash).await?;
     match user {
-        Some(u) if ok => Ok(Json(TokenResponse {
-            access_token: st.jwt.issue(u.id, u.token_epoch)?,
-            token_type: "bearer",
-            expires_in: st.jwt.ttl_secs(),
-        })),
-        _ => Err(login_failed(&st, &account, &addr).await),
+        Some(u) if ok => {
+            st.guard.forgive(by_account).await;
+            st.guard.forgive(by_addr).await;
+            Ok(Json(TokenResponse {
+                access_token: st.jwt.issue(u.id, u.token_epoch)?,
+                token_type: "bearer",
+                expires_in: st.jwt.ttl_secs(),
+            }))
+        }
+        _ => Err(login_failed(&st, &account, &addr)),
     }
 }
 
@@ -359,18 +369,20 @@ pub async fn change_password(
 ) -> Result<Json<TokenResponse>, ApiError> {
     let Json(body) = body?;
     let (account, addr) = (auth.id.to_string(), client_key(addr));
-    st.guard.check(Rule::LoginAccount, &account).await?;
     let new = Password::parse(&body.new_password).map_err(|e| {
         ApiError::Unprocessable(e.to_string().replacen("password", "new_password", 1))
     })?;
+    // Counted before the outcome, like a login attempt; taken back if right.
+    let attempt = st.guard.attempt(Rule::LoginAccount, &account).await?;
     let hash = st
         .store
         .password_hash(auth.id)
         .await?
         .ok_or(ApiError::Unauthorized("invalid user"))?;
     if !password_matches(&st, &body.old_password, hash).await? {
-        return Err(login_failed(&st, &account, &addr).await);
+        return Err(login_failed(&st, &account, &addr));
     }
+    st.guard.forgive(attempt).await;
     let cost = st.config.bcrypt_cost;
     let hash = st
         .guard

@@ -51,7 +51,7 @@ pub struct Guard {
     policy: RateLimits,
     metrics: Arc<Metrics>,
     /// Windows kept in this process while Redis is unreachable.
-    memory: Mutex<HashMap<String, VecDeque<Instant>>>,
+    memory: Mutex<HashMap<String, VecDeque<(Instant, u64)>>>,
     /// Redis is not tried again before this instant (after a failure).
     redis_down_until: Mutex<Option<Instant>>,
     /// The last Redis error, for health and the transition log lines.
@@ -143,32 +143,39 @@ impl Guard {
         }
     }
 
-    fn memory_window(&self, key: &str, limit: u32, window: Duration, add: bool) -> Window {
+    fn memory_window(&self, key: &str, limit: u32, window: Duration, add: Option<u64>) -> Window {
         let mut map = self.memory.lock().unwrap();
         let now = Instant::now();
         let log = map.entry(key.to_string()).or_default();
-        while log.front().is_some_and(|t| now.duration_since(*t) > window) {
+        while log
+            .front()
+            .is_some_and(|(t, _)| now.duration_since(*t) > window)
+        {
             log.pop_front();
         }
         if log.len() >= limit as usize {
-            let oldest = *log.front().expect("non-empty");
+            let (oldest, _) = *log.front().expect("non-empty");
             return Window::Limited(window.saturating_sub(now.duration_since(oldest)));
         }
-        if add {
-            log.push_back(now);
+        if let Some(id) = add {
+            log.push_back((now, id));
         }
         // Bound the map: forget idle keys now and then.
         if map.len() > 100_000 {
-            map.retain(|_, l| l.back().is_some_and(|t| now.duration_since(*t) < window));
+            map.retain(|_, l| {
+                l.back()
+                    .is_some_and(|(t, _)| now.duration_since(*t) < window)
+            });
         }
         Window::Allowed
     }
 
-    async fn window(&self, rule: Rule, subject: &str, add: bool) -> Window {
+    async fn window(&self, rule: Rule, subject: &str, add: Option<u64>) -> Window {
         let (limit, window) = self.limit(rule);
         let key = format!("{}:{subject}", rule.as_str());
         if let Some(kv) = self.redis() {
-            match kv.window(&key, limit, window, add).await {
+            let member = add.map(|id| format!("{id:x}"));
+            match kv.window(&key, limit, window, member.as_deref()).await {
                 Ok(w) => {
                     self.redis_succeeded();
                     return w;
@@ -186,25 +193,39 @@ impl Guard {
         ApiError::TooManyRequests(retry)
     }
 
+    /// Counts one action against `rule` for `subject`; 429 when over. The
+    /// ticket can take the action out of the count again ([`Guard::forgive`]),
+    /// e.g. a login attempt that turned out right: counting attempts before
+    /// their outcome keeps the limit exact however many run at once.
+    pub async fn attempt(&self, rule: Rule, subject: &str) -> Result<Ticket, ApiError> {
+        let id = rand_id();
+        match self.window(rule, subject, Some(id)).await {
+            Window::Allowed => Ok(Ticket {
+                rule,
+                subject: subject.to_string(),
+                id,
+            }),
+            Window::Limited(d) => Err(self.limited(rule, subject, d)),
+        }
+    }
+
     /// Counts one action against `rule` for `subject`; 429 when over.
     pub async fn hit(&self, rule: Rule, subject: &str) -> Result<(), ApiError> {
-        match self.window(rule, subject, true).await {
-            Window::Allowed => Ok(()),
-            Window::Limited(d) => Err(self.limited(rule, subject, d)),
-        }
+        self.attempt(rule, subject).await.map(|_| ())
     }
 
-    /// 429 if `subject` is already over `rule` (counts nothing).
-    pub async fn check(&self, rule: Rule, subject: &str) -> Result<(), ApiError> {
-        match self.window(rule, subject, false).await {
-            Window::Allowed => Ok(()),
-            Window::Limited(d) => Err(self.limited(rule, subject, d)),
+    /// Takes a counted action out of its window (it did not count after all).
+    pub async fn forgive(&self, t: Ticket) {
+        let key = format!("{}:{}", t.rule.as_str(), t.subject);
+        if let Some(kv) = self.redis() {
+            match kv.forget(&key, &format!("{:x}", t.id)).await {
+                Ok(()) => return self.redis_succeeded(),
+                Err(e) => self.redis_failed(&e),
+            }
         }
-    }
-
-    /// Records an event (a failed login) against `rule` without refusing.
-    pub async fn record(&self, rule: Rule, subject: &str) {
-        let _ = self.window(rule, subject, true).await;
+        if let Some(log) = self.memory.lock().unwrap().get_mut(&key) {
+            log.retain(|(_, id)| *id != t.id);
+        }
     }
 
     /// Revokes one token until `expires_at`: in Redis (checked on every
@@ -279,6 +300,19 @@ impl Guard {
         .await
         .map_err(|e| ApiError::Internal(e.to_string()))
     }
+}
+
+/// One counted action, which [`Guard::forgive`] can take back.
+#[derive(Debug)]
+pub struct Ticket {
+    rule: Rule,
+    subject: String,
+    id: u64,
+}
+
+fn rand_id() -> u64 {
+    let b = uuid::Uuid::new_v4();
+    u64::from_le_bytes(b.as_bytes()[..8].try_into().expect("8 bytes"))
 }
 
 /// The client's address as the API sees it (the TCP peer).

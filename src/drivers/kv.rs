@@ -79,28 +79,41 @@ impl Kv {
         }
     }
 
-    /// Counts an event in the window `key` (when `add`), unless `limit`
-    /// events are in it already.
+    /// Counts an event (named `add`, unique) in the window `key`, unless
+    /// `limit` events are in it already; `add: None` only looks.
     pub async fn window(
         &self,
         key: &str,
         limit: u32,
         window: Duration,
-        add: bool,
+        add: Option<&str>,
     ) -> DriverResult<Window> {
         let mut conn = self.conn.clone();
         let key = format!("{}rl:{key}", self.prefix);
         let mut inv = self.script.key(key);
         inv.arg(window.as_millis() as u64)
             .arg(limit)
-            .arg(if add { "1" } else { "0" })
-            .arg(uuid::Uuid::new_v4().to_string());
+            .arg(if add.is_some() { "1" } else { "0" })
+            .arg(add.unwrap_or(""));
         let (allowed, retry_ms): (i64, i64) = self.run(inv.invoke_async(&mut conn)).await?;
         Ok(if allowed == 1 {
             Window::Allowed
         } else {
             Window::Limited(Duration::from_millis(retry_ms.max(1) as u64))
         })
+    }
+
+    /// Takes a counted event (named `member`) out of the window `key` again.
+    pub async fn forget(&self, key: &str, member: &str) -> DriverResult<()> {
+        let mut conn = self.conn.clone();
+        let key = format!("{}rl:{key}", self.prefix);
+        self.run(
+            redis::cmd("ZREM")
+                .arg(key)
+                .arg(member)
+                .query_async::<()>(&mut conn),
+        )
+        .await
     }
 
     /// Marks a token id revoked for `ttl` (its remaining lifetime).
