@@ -1,5 +1,8 @@
-//! Builds the cloud-init NoCloud seed (ISO 9660, volume id `cidata`) from the
-//! rendered `user-data`, `meta-data` and `network-config`, with `genisoimage`.
+//! Builds the seed disk (ISO 9660, volume id `cidata`, with `genisoimage`):
+//! a cloud-init NoCloud seed (`user-data`, `meta-data`, `network-config`) for
+//! images that run cloud-init, and the same settings as plain files under
+//! `hostd/` for hostd's own image, whose boot unit applies them in well under
+//! a second instead of cloud-init's two Python stages.
 
 use std::path::Path;
 
@@ -13,6 +16,9 @@ pub struct SeedFiles {
     pub network_config: String,
     /// One key per line, read by the guest at every boot.
     pub authorized_keys: String,
+    /// Plain files under `hostd/` (name, content), applied at every boot by
+    /// hostd's image (`hostname`, `sshd.conf`, `nftables.conf`, `index.html`).
+    pub plain: Vec<(&'static str, String)>,
 }
 
 /// Builds the ISO image bytes.
@@ -24,6 +30,10 @@ pub async fn build_iso(files: &SeedFiles) -> DriverResult<Vec<u8>> {
     write("meta-data", &files.meta_data)?;
     write("network-config", &files.network_config)?;
     write("authorized_keys", &files.authorized_keys)?;
+    std::fs::create_dir(dir.join("hostd"))?;
+    for (name, content) in &files.plain {
+        write(&format!("hostd/{name}"), content)?;
+    }
     let iso = dir.join("seed.iso");
     let out = tokio::process::Command::new("genisoimage")
         .args(["-quiet", "-output"])
@@ -33,10 +43,12 @@ pub async fn build_iso(files: &SeedFiles) -> DriverResult<Vec<u8>> {
             "cidata",
             "-joliet",
             "-rock",
+            "-graft-points",
             "user-data",
             "meta-data",
             "network-config",
             "authorized_keys",
+            "hostd/=hostd",
         ])
         .current_dir(dir)
         .output()

@@ -218,14 +218,17 @@ impl Renderer {
             ssh_host: &self.public_host,
         };
         let keys: Vec<&str> = i.spec.ssh_public_keys.iter().map(|k| k.as_str()).collect();
+        let sshd = self.render(TemplateFile::Sshd, SshdConf);
+        let nft = self.render(TemplateFile::Nftables, NftablesConf);
+        let html = self.render(TemplateFile::Welcome, welcome);
         let user_data = UserData {
             hosting_id: i.id.to_string(),
             hostname: yaml_quote(&i.username.hostname()),
             gecos: yaml_quote(&format!("hostd user {}", i.username.as_str())),
             ssh_keys: keys.iter().map(|k| yaml_quote(k)).collect(),
-            sshd_config: yaml_quote(&self.render(TemplateFile::Sshd, SshdConf)),
-            nftables: yaml_quote(&self.render(TemplateFile::Nftables, NftablesConf)),
-            welcome_html: yaml_quote(&self.render(TemplateFile::Welcome, welcome)),
+            sshd_config: yaml_quote(&sshd),
+            nftables: yaml_quote(&nft),
+            welcome_html: yaml_quote(&html),
         };
         let meta_data = MetaData {
             instance_id: yaml_quote(&format!("hostd-{}", i.id)),
@@ -236,6 +239,14 @@ impl Renderer {
             meta_data: self.render(TemplateFile::MetaData, meta_data),
             network_config: self.render(TemplateFile::NetworkConfig, NetworkConfig),
             authorized_keys: keys.iter().map(|k| format!("{k}\n")).collect(),
+            // The username is validated ([a-z0-9_-]), so its host form is a
+            // plain label; the guest unit still treats it as data.
+            plain: vec![
+                ("hostname", format!("{}\n", i.username.hostname())),
+                ("sshd.conf", sshd),
+                ("nftables.conf", nft),
+                ("index.html", html),
+            ],
         }
     }
 
@@ -254,12 +265,19 @@ impl Renderer {
         let s = self.seed(i);
         let hashes = Hashes {
             domain: short_hash(&[&xml]),
-            seed: short_hash(&[
-                &s.user_data,
-                &s.meta_data,
-                &s.network_config,
-                &s.authorized_keys,
-            ]),
+            seed: {
+                let mut parts: Vec<&str> = vec![
+                    &s.user_data,
+                    &s.meta_data,
+                    &s.network_config,
+                    &s.authorized_keys,
+                ];
+                for (name, content) in &s.plain {
+                    parts.push(name);
+                    parts.push(content);
+                }
+                short_hash(&parts)
+            },
         };
         self.cache
             .lock()
