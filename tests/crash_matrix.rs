@@ -134,6 +134,23 @@ impl Env {
         t["access_token"].as_str().unwrap().to_string()
     }
 
+    /// Requests a small hosting of the `tiny` image; its id.
+    async fn create_tiny(&self, token: &str) -> String {
+        let r = self
+            .client
+            .post(self.url("/host"))
+            .bearer_auth(token)
+            .json(&json!({"image": "tiny", "memory_mib": 256}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 202);
+        r.json::<Value>().await.unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    }
+
     async fn my(&self, token: &str) -> (u16, Value) {
         let r = self
             .client
@@ -463,19 +480,7 @@ async fn crash_at_every_fault_point_then_converge() {
     for (i, point) in CREATE_POINTS.iter().enumerate() {
         let token = env.user(&format!("create{i}")).await;
         let mut rec = env.spawn("reconciler", &format!("{point}:crash"));
-        let r = env
-            .client
-            .post(env.url("/host"))
-            .bearer_auth(&token)
-            .json(&json!({"image": "tiny", "memory_mib": 256}))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 202);
-        let id = r.json::<Value>().await.unwrap()["id"]
-            .as_str()
-            .unwrap()
-            .to_string();
+        let id = env.create_tiny(&token).await;
         let crashed = wait_exit(&mut rec, Duration::from_secs(120))
             .map(|s| !s.success())
             .unwrap_or(false);
@@ -517,13 +522,7 @@ async fn crash_at_every_fault_point_then_converge() {
     for (i, point) in DELETE_POINTS.iter().enumerate() {
         let token = env.user(&format!("delete{i}")).await;
         let rec = env.spawn("reconciler", "");
-        env.client
-            .post(env.url("/host"))
-            .bearer_auth(&token)
-            .json(&json!({"image": "tiny", "memory_mib": 256}))
-            .send()
-            .await
-            .unwrap();
+        env.create_tiny(&token).await;
         let ready = env.wait_phase(&token, "Ready", converge_timeout).await;
         stop(rec);
         assert!(
@@ -629,18 +628,7 @@ async fn backup_and_restore_rows(
 ) -> Vec<Row> {
     let token = env.user("backups").await;
     let rec = env.spawn("reconciler", "");
-    let r = env
-        .client
-        .post(env.url("/host"))
-        .bearer_auth(&token)
-        .json(&json!({"image": "tiny", "memory_mib": 256}))
-        .send()
-        .await
-        .unwrap();
-    let id = r.json::<Value>().await.unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let id = env.create_tiny(&token).await;
     let ready = env.wait_phase(&token, "Ready", timeout).await;
     stop(rec);
     assert!(ready.is_some(), "setup for the backup points: never Ready");
@@ -1004,15 +992,7 @@ async fn libvirtd_outage_then_recovery() {
     } = Harness::start("lvstop").await;
     let token = env.user("outage").await;
     let mut rec = env.spawn("reconciler", "");
-    let r = env
-        .client
-        .post(env.url("/host"))
-        .bearer_auth(&token)
-        .json(&json!({"image": "tiny", "memory_mib": 256}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 202);
+    env.create_tiny(&token).await;
     assert!(env
         .wait_phase(&token, "Ready", Duration::from_secs(180))
         .await

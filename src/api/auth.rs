@@ -206,12 +206,7 @@ pub async fn register(
     let email = Email::parse(&body.email)?;
     let username = Username::parse(&body.username)?;
     let password = Password::parse(&body.password)?;
-    let cost = st.config.bcrypt_cost;
-    let hash = st
-        .guard
-        .bcrypt(move || bcrypt::hash(password.expose(), cost))
-        .await?
-        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    let hash = hash_password(&st, password).await?;
     let user = st
         .store
         .create_user(&email, &username, &hash, Role::User)
@@ -243,6 +238,28 @@ pub struct TokenResponse {
     access_token: String,
     token_type: &'static str,
     expires_in: u64,
+}
+
+/// A fresh token for `user` at token epoch `epoch`.
+fn token_response(
+    st: &AppState,
+    user: UserId,
+    epoch: i32,
+) -> Result<Json<TokenResponse>, ApiError> {
+    Ok(Json(TokenResponse {
+        access_token: st.jwt.issue(user, epoch)?,
+        token_type: "bearer",
+        expires_in: st.jwt.ttl_secs(),
+    }))
+}
+
+/// bcrypt of a valid password, through the bounded gate.
+async fn hash_password(st: &AppState, p: Password) -> Result<String, ApiError> {
+    let cost = st.config.bcrypt_cost;
+    st.guard
+        .bcrypt(move || bcrypt::hash(p.expose(), cost))
+        .await?
+        .map_err(|e| ApiError::Internal(e.to_string()))
 }
 
 /// Parses a login body: form (`application/x-www-form-urlencoded`) or JSON.
@@ -332,11 +349,7 @@ pub async fn login(
         Some(u) if ok => {
             st.guard.forgive(by_account).await;
             st.guard.forgive(by_addr).await;
-            Ok(Json(TokenResponse {
-                access_token: st.jwt.issue(u.id, u.token_epoch)?,
-                token_type: "bearer",
-                expires_in: st.jwt.ttl_secs(),
-            }))
+            token_response(&st, u.id, u.token_epoch)
         }
         _ => Err(login_failed(&st, &account, &addr)),
     }
@@ -383,20 +396,11 @@ pub async fn change_password(
         return Err(login_failed(&st, &account, &addr));
     }
     st.guard.forgive(attempt).await;
-    let cost = st.config.bcrypt_cost;
-    let hash = st
-        .guard
-        .bcrypt(move || bcrypt::hash(new.expose(), cost))
-        .await?
-        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    let hash = hash_password(&st, new).await?;
     let epoch = st.store.change_password(auth.id, &hash).await?;
     st.metrics.password_changes.inc();
     tracing::info!(target: "audit", user = %auth.id, "password changed; every earlier token revoked");
-    Ok(Json(TokenResponse {
-        access_token: st.jwt.issue(auth.id, epoch)?,
-        token_type: "bearer",
-        expires_in: st.jwt.ttl_secs(),
-    }))
+    token_response(&st, auth.id, epoch)
 }
 
 /// `GET /api/v1/auth/me`

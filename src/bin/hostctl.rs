@@ -124,6 +124,19 @@ fn password_as(prompt: &str) -> String {
     p
 }
 
+/// Saves the token of a successful token response (saying `what`), or
+/// shows the error; the exit code.
+async fn keep_token(r: reqwest::Response, what: &str) -> i32 {
+    if !r.status().is_success() {
+        return show(r).await;
+    }
+    let v: Value = r.json().await.unwrap_or_else(|e| fail(e));
+    let t = v["access_token"].as_str().unwrap_or_default();
+    let f = save_token(t).unwrap_or_else(|e| fail(format!("saving the token: {e}")));
+    println!("{what}; token saved to {}", f.display());
+    0
+}
+
 /// Prints the response body (pretty JSON when it is JSON); the exit code.
 async fn show(r: reqwest::Response) -> i32 {
     let ok = r.status().is_success();
@@ -152,15 +165,7 @@ async fn main() {
         Cmd::Login { username } => {
             let form = [("username", username), ("password", password())];
             let r = send(c.post(url("/auth/login")).form(&form)).await;
-            if !r.status().is_success() {
-                show(r).await
-            } else {
-                let v: Value = r.json().await.unwrap_or_else(|e| fail(e));
-                let t = v["access_token"].as_str().unwrap_or_default();
-                let f = save_token(t).unwrap_or_else(|e| fail(format!("saving the token: {e}")));
-                println!("logged in; token saved to {}", f.display());
-                0
-            }
+            keep_token(r, "logged in").await
         }
         Cmd::Logout => {
             let r = send(c.post(url("/auth/logout")).bearer_auth(token())).await;
@@ -182,18 +187,7 @@ async fn main() {
                     .json(&body),
             )
             .await;
-            if !r.status().is_success() {
-                show(r).await
-            } else {
-                let v: Value = r.json().await.unwrap_or_else(|e| fail(e));
-                let t = v["access_token"].as_str().unwrap_or_default();
-                let f = save_token(t).unwrap_or_else(|e| fail(format!("saving the token: {e}")));
-                println!(
-                    "password changed; other sessions revoked; new token saved to {}",
-                    f.display()
-                );
-                0
-            }
+            keep_token(r, "password changed; other sessions revoked").await
         }
         Cmd::Get => show(send(c.get(url("/host/my")).bearer_auth(token())).await).await,
         Cmd::Create {

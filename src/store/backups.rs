@@ -6,6 +6,7 @@
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
+use super::hostings::lock_hosting_of;
 use super::status::insert_event;
 use super::{is_unique_violation, HostingRecord, Result, Store, StoreError};
 use crate::domain::*;
@@ -81,13 +82,9 @@ impl Store {
     /// `Conflict` while another backup of it is Pending or Running.
     pub async fn request_backup(&self, user: UserId) -> Result<Backup> {
         let mut tx = self.pool.begin().await?;
-        let row: Option<(Uuid, Option<DateTime<Utc>>)> = sqlx::query_as(
-            "select id, deletion_requested_at from hostings where user_id = $1 for update",
-        )
-        .bind(user.0)
-        .fetch_optional(&mut *tx)
-        .await?;
-        let (hosting, deleting) = row.ok_or(StoreError::NotFound)?;
+        let (hosting, deleting) = lock_hosting_of(&mut tx, user)
+            .await?
+            .ok_or(StoreError::NotFound)?;
         if deleting.is_some() {
             return Err(StoreError::Conflict("a deletion of this hosting"));
         }
@@ -112,9 +109,13 @@ impl Store {
 
     /// Every backup of a hosting, newest first.
     pub async fn list_backups(&self, hosting: HostingId) -> Result<Vec<Backup>> {
-        let q = format!(
-            "select {COLUMNS} from backups where hosting_id = $1 order by created_at desc, id"
-        );
+        self.backups_where("true order by created_at desc, id", hosting)
+            .await
+    }
+
+    /// The hosting's backups matching `tail` (a condition and an order).
+    async fn backups_where(&self, tail: &str, hosting: HostingId) -> Result<Vec<Backup>> {
+        let q = format!("select {COLUMNS} from backups where hosting_id = $1 and {tail}");
         let rows: Vec<BackupRow> = sqlx::query_as(&q)
             .bind(hosting.0)
             .fetch_all(&self.pool)
@@ -186,15 +187,8 @@ impl Store {
 
     /// Completed backups of a hosting, newest first (restore candidates).
     pub async fn completed_backups(&self, hosting: HostingId) -> Result<Vec<Backup>> {
-        let q = format!(
-            "select {COLUMNS} from backups where hosting_id = $1 and state = 'Completed' \
-             order by completed_at desc, id"
-        );
-        let rows: Vec<BackupRow> = sqlx::query_as(&q)
-            .bind(hosting.0)
-            .fetch_all(&self.pool)
-            .await?;
-        Ok(rows.into_iter().map(Backup::from).collect())
+        let tail = "state = 'Completed' order by completed_at desc, id";
+        self.backups_where(tail, hosting).await
     }
 
     /// Removes backup records past retention: all but the newest `keep`
@@ -268,13 +262,7 @@ impl Store {
         backup: BackupId,
     ) -> Result<Result<HostingRecord, RestoreRefusal>> {
         let mut tx = self.pool.begin().await?;
-        let row: Option<(Uuid, Option<DateTime<Utc>>)> = sqlx::query_as(
-            "select id, deletion_requested_at from hostings where user_id = $1 for update",
-        )
-        .bind(user.0)
-        .fetch_optional(&mut *tx)
-        .await?;
-        let Some((hosting, deleting)) = row else {
+        let Some((hosting, deleting)) = lock_hosting_of(&mut tx, user).await? else {
             return Ok(Err(RestoreRefusal::NoHosting));
         };
         if deleting.is_some() {

@@ -268,13 +268,9 @@ impl Store {
     /// reconciler has cleaned up.
     pub async fn request_deletion(&self, user: UserId) -> Result<HostingRecord> {
         let mut tx = self.pool.begin().await?;
-        let id: Option<(Uuid, Option<DateTime<Utc>>)> = sqlx::query_as(
-            "select id, deletion_requested_at from hostings where user_id = $1 for update",
-        )
-        .bind(user.0)
-        .fetch_optional(&mut *tx)
-        .await?;
-        let (id, already) = id.ok_or(StoreError::NotFound)?;
+        let (id, already) = lock_hosting_of(&mut tx, user)
+            .await?
+            .ok_or(StoreError::NotFound)?;
         if already.is_none() {
             sqlx::query("update hostings set deletion_requested_at = now() where id = $1")
                 .bind(id)
@@ -286,6 +282,20 @@ impl Store {
         tx.commit().await?;
         self.must_get(HostingId(id)).await
     }
+}
+
+/// Locks a user's hosting row for the transaction: its id and whether its
+/// deletion was requested (when).
+pub(super) async fn lock_hosting_of(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    user: UserId,
+) -> Result<Option<(Uuid, Option<DateTime<Utc>>)>> {
+    Ok(sqlx::query_as(
+        "select id, deletion_requested_at from hostings where user_id = $1 for update",
+    )
+    .bind(user.0)
+    .fetch_optional(&mut **tx)
+    .await?)
 }
 
 type PgQuery<'q> = sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>;
