@@ -360,7 +360,26 @@ pub mod doctor {
             ),
         }
         let iso_tool = crate::drivers::seed::available();
-        out.line(iso_tool, "genisoimage", "needed for cloud-init seeds");
+        out.line(iso_tool, "genisoimage", "needed for the seed disks");
+        let prefix = format!("hostd:{}:", c.instance);
+        let redis = match crate::drivers::kv::Kv::new(&c.redis_url, &prefix) {
+            Ok(kv) => kv.ping().await.map(|p| format!("{}: {p}", c.redis_url)),
+            Err(e) => Err(e),
+        };
+        // Not fatal: without Redis the limits are per process (degraded).
+        match redis {
+            Ok(d) => out.line(true, "redis", d),
+            Err(e) => out.line(
+                false,
+                "redis",
+                format!("{e} (rate limits fall back to per-process memory)"),
+            ),
+        }
+        let qemu_img = std::process::Command::new("qemu-img")
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success());
+        out.line(qemu_img, "qemu-img", "needed to compress backups");
     }
 
     /// Every image of the catalogue, with its files.
