@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One command to a running hostd on a fresh Debian 12 machine (as root, no
-# systemd needed): installs packages, starts Postgres, libvirtd and the host
+# systemd needed): installs packages, starts Postgres, Redis, libvirtd and the host
 # nginx, builds the guest image if absent, builds and starts `hostd all`.
 # Idempotent: run it again to restart hostd with a fresh build.
 set -euo pipefail
