@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Lints what cannot be run here: docker-compose.yml against the Compose
+# Lints what cannot be run here: the systemd units in deploy/systemd, docker-compose.yml against the Compose
 # schema rules we rely on, and crds/hosting.yaml with kubernetes-validate.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -10,3 +10,4 @@ if [ ! -x "$venv/bin/kubernetes-validate" ]; then
 fi
 "$venv/bin/kubernetes-validate" --strict crds/hosting.yaml
 "$venv/bin/python" scripts/check_compose.py docker-compose.yml
+"$venv/bin/python" scripts/check_units.py deploy/systemd
