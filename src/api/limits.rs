@@ -54,8 +54,7 @@ pub struct Guard {
     memory: Mutex<HashMap<String, VecDeque<(Instant, u64)>>>,
     /// Redis is not tried again before this instant (after a failure).
     redis_down_until: Mutex<Option<Instant>>,
-    /// The last Redis error, for health and the transition log lines.
-    redis_error: Mutex<Option<String>>,
+    /// Whether Redis answered last time (for the transition log lines).
     redis_ok: AtomicBool,
     /// Concurrent bcrypt computations.
     bcrypt: Arc<tokio::sync::Semaphore>,
@@ -76,7 +75,6 @@ impl Guard {
             metrics,
             memory: Mutex::new(HashMap::new()),
             redis_down_until: Mutex::new(None),
-            redis_error: Mutex::new(None),
             redis_ok: AtomicBool::new(true),
             bcrypt: Arc::new(tokio::sync::Semaphore::new(permits)),
             bcrypt_queue: permits * 64,
@@ -105,7 +103,6 @@ impl Guard {
 
     fn redis_failed(&self, e: &crate::drivers::DriverError) {
         *self.redis_down_until.lock().unwrap() = Some(Instant::now() + REDIS_COOLDOWN);
-        *self.redis_error.lock().unwrap() = Some(e.to_string());
         if self.redis_ok.swap(false, Ordering::Relaxed) {
             tracing::warn!(target: "audit", error = %e,
                 "redis unreachable: rate limits are kept per process in memory, revocations checked in postgres");
@@ -114,17 +111,7 @@ impl Guard {
 
     fn redis_succeeded(&self) {
         if !self.redis_ok.swap(true, Ordering::Relaxed) {
-            *self.redis_error.lock().unwrap() = None;
             tracing::info!(target: "audit", "redis reachable again: shared rate limits restored");
-        }
-    }
-
-    /// Whether Redis answered last time; the last error otherwise.
-    pub fn redis_status(&self) -> Result<(), String> {
-        if self.redis_ok.load(Ordering::Relaxed) {
-            Ok(())
-        } else {
-            Err(self.redis_error.lock().unwrap().clone().unwrap_or_default())
         }
     }
 

@@ -146,6 +146,21 @@ fn commit_file(from: &Path, to: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
+/// After a converged pass: the hosting's next backup, if it has one (only
+/// then is its record read again, for the status the pass just wrote).
+pub async fn pending(
+    ctx: &super::Context,
+    id: HostingId,
+) -> Result<Option<Action>, ReconcileError> {
+    let Some(b) = ctx.store.next_backup(id).await? else {
+        return Ok(None);
+    };
+    let Some(rec) = ctx.store.get_record(id).await? else {
+        return Ok(None);
+    };
+    Pass::new(ctx, &rec).backup(b).await
+}
+
 /// What a restore found about a backup.
 enum Verified {
     Good(Backup),
@@ -157,14 +172,10 @@ impl Pass<'_> {
         BackupFiles::new(&self.ctx.config.state_dir)
     }
 
-    /// After a converged pass: takes the hosting's next backup (an
-    /// interrupted one again from the start), then applies retention.
-    /// `Some(requeue)` when every backup slot is busy.
-    pub async fn backups(&self) -> Result<Option<Action>, ReconcileError> {
+    /// Takes backup `b` (an interrupted one again from the start), then
+    /// applies retention. `Some(requeue)` when every backup slot is busy.
+    async fn backup(&self, b: Backup) -> Result<Option<Action>, ReconcileError> {
         let id = self.rec.id;
-        let Some(b) = self.ctx.store.next_backup(id).await? else {
-            return Ok(None);
-        };
         let Ok(_slot) = self.ctx.backup_slots.clone().try_acquire_owned() else {
             return Ok(Some(Action::Requeue(Duration::from_secs(5))));
         };

@@ -104,8 +104,7 @@ async fn apply(ctx: &Context, rec: HostingRecord) -> Result<Action, ReconcileErr
         return Ok(action);
     }
     // Converged: now the hosting's pending backup, if any.
-    let rec = ctx.store.get_record(rec.id).await?.unwrap_or(rec);
-    Ok(Pass::new(ctx, &rec).backups().await?.unwrap_or(action))
+    Ok(super::backup::pending(ctx, rec.id).await?.unwrap_or(action))
 }
 
 /// The finalizer: route → reload → domain → volumes → ports → row. Every step
