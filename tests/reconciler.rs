@@ -201,6 +201,12 @@ async fn create_converges_to_ready_and_delete_cleans_everything() {
     );
     let url = nginx.url(&format!("/{uid}/"));
     assert!(get_until(&url, 503).await.contains("This site is stopped"));
+    // Stopping rewrote the route hostd itself had written: not a hand edit.
+    let evs = app.store.recent_events(id, 100).await.unwrap();
+    assert!(
+        !evs.iter().any(|e| e.reason == "RouteRepaired"),
+        "stopping reported a repair: {evs:?}"
+    );
 
     // Delete: everything goes.
     app.client

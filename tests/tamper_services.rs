@@ -108,13 +108,31 @@ async fn postgres_restart_under_hostd() {
         ready(Phase::Stopped).await.is_some(),
         "reconciler did not act after the Postgres restart"
     );
+    // The old term may still have done that work: its lease connection died
+    // with Postgres and is noticed at the next 2-second check, after which the
+    // lease is taken again on a new connection.
     let m = &app.controller.as_ref().unwrap().ctx.metrics;
-    assert!(m.is_leader.get() == 1, "leader lease re-acquired");
-    let evs = app.store.recent_events(id, 100).await.unwrap();
+    let leader = eventually(Duration::from_secs(15), || async {
+        (m.is_leader.get() == 1).then_some(())
+    })
+    .await;
+    assert!(leader.is_some(), "leader lease not re-acquired");
+    // The phase is written before its event: wait for the event itself.
+    let store = app.store.clone();
+    let evs = eventually(Duration::from_secs(10), || async {
+        let evs = store.recent_events(id, 100).await.ok()?;
+        evs.iter().any(|e| e.reason == "Stopped").then_some(evs)
+    })
+    .await
+    .expect("a Stopped event");
     assert_eq!(
         evs.iter().filter(|e| e.reason == "Stopped").count(),
         1,
         "no duplicate work: {evs:?}"
+    );
+    assert!(
+        !evs.iter().any(|e| e.reason == "RouteRepaired"),
+        "stopping is not a hand edit of the route: {evs:?}"
     );
     assert_eq!(
         evs.iter().filter(|e| e.reason == "Defined").count(),

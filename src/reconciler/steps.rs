@@ -409,8 +409,15 @@ impl<'a> Pass<'a> {
             proxy.apply(rec.id, Some(spec)).await?;
             self.fault("after_route_write").await?;
             let was_configured = has_true(&rec.status.conditions, C::RouteConfigured);
+            // A file hostd itself wrote for the other state (serving ↔ the
+            // stopped page) is a transition, not a hand edit.
+            let ours = |h: &str| {
+                [rec.status.http_port, None]
+                    .into_iter()
+                    .any(|p| proxy.render(&self.ctx.route_spec(rec, p)) == h)
+            };
             match have {
-                Some(_) if was_configured => {
+                Some(h) if was_configured && !ours(&h) => {
                     let msg = "the route file had been changed by hand; rewrote it";
                     self.repair(Reason::RouteRepaired, msg).await?
                 }
