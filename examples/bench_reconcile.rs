@@ -117,7 +117,7 @@ async fn run(n: usize) -> Row {
                 .await
                 .unwrap();
             store
-                .create_hosting(u.id, &HostingSpec::default())
+                .create_hosting(u.id, &HostingSpec::default(), false)
                 .await
                 .unwrap();
         });

@@ -39,10 +39,16 @@ mkdir -p "$work/overlay"
 cat > "$work/overlay/hostd-boot" <<'SH'
 #!/bin/sh
 # Managed by hostd's image: apply the seed disk (label cidata), every boot.
+# With --live (run by hostd through the QEMU guest agent, e.g. when a
+# warm-pool guest is claimed) on a running system: the seed disk was
+# rewritten in place, so its cached blocks are dropped first, and sshd
+# reloads its configuration afterwards.
 set -eu
+live=0; [ "${1:-}" = "--live" ] && live=1
 seed=/run/hostd-seed
 dev=$(blkid -L cidata) || { echo "hostd-boot: no seed disk (label cidata)"; exit 0; }
 mkdir -p "$seed"
+[ "$live" = 1 ] && blockdev --flushbufs "$dev"
 mount -o ro "$dev" "$seed"
 trap 'umount "$seed"' EXIT
 if [ -d "$seed/hostd" ]; then
@@ -69,6 +75,10 @@ install -m 0644 "$seed/authorized_keys" /etc/ssh/hostd_authorized_keys/ubuntu
 for t in ed25519 ecdsa; do
   [ -e "/etc/ssh/ssh_host_${t}_key" ] || ssh-keygen -q -t "$t" -N '' -f "/etc/ssh/ssh_host_${t}_key"
 done
+if [ "$live" = 1 ]; then
+  systemctl reload ssh
+  echo "hostd-boot: seed applied live (instance ${iid:-?})"
+fi
 SH
 cat > "$work/overlay/hostd-boot.service" <<'UNIT'
 [Unit]
@@ -95,7 +105,7 @@ mmdebstrap --variant=minbase --mode=root --aptopt='APT::Install-Recommends "fals
   --dpkgopt='path-exclude=/usr/share/man/*' --dpkgopt='path-exclude=/usr/share/doc/*' \
   --dpkgopt='path-exclude=/usr/share/locale/*' --dpkgopt='path-include=/usr/share/locale/locale.alias' \
   --dpkgopt='path-exclude=/usr/share/info/*' \
-  --include=linux-image-cloud-amd64,initramfs-tools,systemd-sysv,udev,dbus,kmod,mount,iproute2,procps,openssh-server,sudo,nginx-light,nftables \
+  --include=linux-image-cloud-amd64,initramfs-tools,systemd-sysv,udev,dbus,kmod,mount,iproute2,procps,openssh-server,sudo,nginx-light,nftables,qemu-guest-agent \
   --customize-hook='mkdir -p "$1/etc/systemd/network"' \
   --customize-hook='printf "[Match]\nName=en* eth*\n\n[Network]\nDHCP=yes\n" > "$1/etc/systemd/network/10-dhcp.network"' \
   --customize-hook="copy-in $work/overlay/hostd-boot /usr/local/sbin" \
@@ -121,6 +131,7 @@ cp "$kernel" "$VER.new/vmlinuz"; cp "$initrd" "$VER.new/initrd.img"
 secs=$(( $(date +%s) - start ))
 cat > "$VER.new/manifest.json" <<JSON
 {"name": "debian-12", "recipe": "$recipe_hash", "built_at": "$(date -u +%FT%TZ)", "build_seconds": $secs,
+ "guest_agent": true,
  "disk_bytes": $(stat -c %s "$VER.new/disk.qcow2"), "kernel": "$(basename "$kernel")", "initrd_bytes": $(stat -c %s "$VER.new/initrd.img")}
 JSON
 rm -rf "$VER"; mv "$VER.new" "$VER"

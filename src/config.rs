@@ -286,6 +286,11 @@ pub struct Settings {
     #[arg(long, env = "HOSTD_BACKUP_CONCURRENCY", value_name = "HOSTD_BACKUP_CONCURRENCY",
           default_value = "1", value_parser = clap::value_parser!(u32).range(1..))]
     pub backup_concurrency: u32,
+    /// Generic guests kept booted and idle for new hostings of the default
+    /// size (`0`: no warm pool). Each holds memory like a running hosting.
+    #[arg(long, env = "HOSTD_WARM_POOL", value_name = "HOSTD_WARM_POOL", default_value = "0",
+          value_parser = clap::value_parser!(u32).range(0..=64))]
+    pub warm_pool: u32,
     /// Redis (rate limits and token revocations shared by API processes).
     #[arg(
         long,
@@ -397,6 +402,8 @@ pub struct Config {
     pub capacity: CapacityPolicy,
     /// Run real guests without host-side isolation (`HOSTD_ALLOW_UNISOLATED_GUESTS`).
     pub allow_unisolated_guests: bool,
+    /// Warm-pool guests to keep booted (HOSTD_WARM_POOL; 0 = none).
+    pub warm_pool: u32,
     /// How long quarantined volumes are kept (`HOSTD_QUARANTINE_DAYS`).
     pub quarantine: Duration,
     /// Backup schedule and retention.
@@ -596,6 +603,7 @@ impl Settings {
                 disk_gib: self.max_disk_gib,
             },
             allow_unisolated_guests: self.allow_unisolated_guests == "1",
+            warm_pool: self.warm_pool,
             quarantine: Duration::from_secs(self.quarantine_days * 86400),
             redis_url: self.redis_url.clone(),
             limits: RateLimits {

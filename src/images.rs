@@ -23,6 +23,12 @@ pub struct ImageEntry {
     pub kernel: Option<PathBuf>,
     pub initrd: Option<PathBuf>,
     pub cmdline: Option<String>,
+    /// The image runs the QEMU guest agent and hostd's `hostd-boot --live`,
+    /// so a running guest can apply a new seed without a reboot (the warm
+    /// pool's claim). Set by an operator's catalogue entry, or read from the
+    /// `manifest.json` beside a built image's disk when it is pinned.
+    #[serde(default)]
+    pub guest_agent: bool,
 }
 
 fn default_format() -> String {
@@ -83,6 +89,7 @@ impl Catalog {
                 kernel: Some(dir.join("vmlinuz")),
                 initrd: Some(dir.join("initrd.img")),
                 cmdline: Some("root=/dev/vda rw console=ttyS0 quiet".into()),
+                guest_agent: false,
             },
         );
         Catalog { images }
@@ -140,18 +147,34 @@ impl Catalog {
                 path: format!("{}: {err}", p.display()),
             })
         };
+        let disk = canon(&e.disk)?;
+        let guest_agent = e.guest_agent || manifest_says_agent(&disk);
         Ok(ImageEntry {
-            disk: canon(&e.disk)?,
+            disk,
             format: e.format.clone(),
             kernel: e.kernel.as_ref().map(canon).transpose()?,
             initrd: e.initrd.as_ref().map(canon).transpose()?,
             cmdline: e.cmdline.clone(),
+            guest_agent,
         })
     }
 
     pub fn names(&self) -> impl Iterator<Item = &str> {
         self.images.keys().map(|s| s.as_str())
     }
+}
+
+/// Whether the `manifest.json` beside a built image's disk declares the guest
+/// agent (`"guest_agent": true`, written by `scripts/build-image.sh`).
+fn manifest_says_agent(disk: &Path) -> bool {
+    let Some(dir) = disk.parent() else {
+        return false;
+    };
+    std::fs::read(dir.join("manifest.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+        .and_then(|v| v.get("guest_agent").and_then(|a| a.as_bool()))
+        .unwrap_or(false)
 }
 
 #[cfg(test)]

@@ -36,6 +36,8 @@ pub struct DomainXml<'a> {
     pub ssh_port: u16,
     pub http_port: u16,
     pub console_log: String,
+    /// A virtio-serial channel for the QEMU guest agent (images that run it).
+    pub guest_agent: bool,
 }
 
 #[derive(Template)]
@@ -161,9 +163,11 @@ mod tests {
             ssh_port: 10000,
             http_port: 30000,
             console_log: "/tmp/x.log".into(),
+            guest_agent: true,
         }
         .render()
         .unwrap();
+        assert!(x.contains("name='org.qemu.guest_agent.0'"), "{x}");
         assert!(
             x.contains("/a/&#60;b&#62;&#38;&#39;c") || x.contains("/a/&lt;b&gt;&amp;&#39;c"),
             "{x}"

@@ -574,7 +574,7 @@ async fn many_hostings_converge_with_unique_ports() {
                 .await
                 .unwrap();
             store
-                .create_hosting(u.id, &Default::default())
+                .create_hosting(u.id, &Default::default(), false)
                 .await
                 .unwrap()
                 .id

@@ -123,6 +123,8 @@ named_enum! {
         Provisioning,
         DiskCreated,
         SeedUpdated,
+        SeedApplied,
+        SeedApplyFailed,
         Defined,
         Redefined,
         Restarting,
@@ -158,6 +160,9 @@ named_enum! {
         Restoring,
         DiskRestored,
         RestoreFailed,
+        // Warm pool.
+        Personalised,
+        PersonaliseFallback,
         // Drift repairs (Warning events).
         DomainRecreated,
         DomainStarted,

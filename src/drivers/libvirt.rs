@@ -374,9 +374,9 @@ impl VmDriver for LibvirtDriver {
                 }
                 VolumeSource::Bytes(bytes) => {
                     let xml = format!(
-                        "<volume><name>{}</name><capacity unit='bytes'>{}</capacity><target><format type='raw'/></target></volume>",
+                        "<volume><name>{}</name><capacity unit='bytes'>{}</capacity><allocation>0</allocation><target><format type='raw'/></target></volume>",
                         xml_escape(&name),
-                        bytes.len()
+                        raw_volume_size(bytes.len())
                     );
                     let vol = StorageVol::create_xml(&p, &xml, 0).map_err(lv)?;
                     write_volume_file(&vol, &bytes)?;
@@ -547,6 +547,24 @@ impl VmDriver for LibvirtDriver {
         self.if_running(name, |d| d.destroy()).await
     }
 
+    async fn guest_exec(
+        &self,
+        name: &str,
+        path: &str,
+        args: &[&str],
+        timeout: std::time::Duration,
+    ) -> DriverResult<String> {
+        let (name, owner) = (name.to_string(), self.owner.clone());
+        let path = path.to_string();
+        let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        self.with_conn(move |c| {
+            let d = Self::lookup_ours(c, &name, &owner)?
+                .ok_or_else(|| DriverError::GuestAgent(format!("no domain {name}")))?;
+            agent_exec(&d, &path, &args, timeout)
+        })
+        .await
+    }
+
     async fn undefine(&self, name: &str) -> DriverResult<()> {
         let (name, owner) = (name.to_string(), self.owner.clone());
         self.with_conn(move |c| {
@@ -563,6 +581,60 @@ impl VmDriver for LibvirtDriver {
             }
         })
         .await
+    }
+}
+
+/// One guest-agent command; its `return` value. The answer comes from the
+/// guest (a tenant's root can replace the agent), so it is parsed as
+/// untrusted JSON and only the fields used here are read.
+fn agent_call(d: &Domain, cmd: &serde_json::Value) -> DriverResult<serde_json::Value> {
+    let out = d
+        .qemu_agent_command(&cmd.to_string(), 5, 0)
+        .map_err(|e| DriverError::GuestAgent(e.to_string()))?;
+    let mut v: serde_json::Value = serde_json::from_str(&out)
+        .map_err(|e| DriverError::GuestAgent(format!("unparsable answer: {e}")))?;
+    Ok(v["return"].take())
+}
+
+/// `guest-exec` and its `guest-exec-status` polls (see `VmDriver::guest_exec`).
+fn agent_exec(
+    d: &Domain,
+    path: &str,
+    args: &[String],
+    timeout: std::time::Duration,
+) -> DriverResult<String> {
+    use base64::Engine;
+    let started = std::time::Instant::now();
+    let cmd = serde_json::json!({"execute": "guest-exec",
+        "arguments": {"path": path, "arg": args, "capture-output": true}});
+    let pid = agent_call(d, &cmd)?["pid"]
+        .as_i64()
+        .ok_or_else(|| DriverError::GuestAgent("guest-exec returned no pid".into()))?;
+    let status = serde_json::json!({"execute": "guest-exec-status", "arguments": {"pid": pid}});
+    loop {
+        let st = agent_call(d, &status)?;
+        if st["exited"].as_bool() == Some(true) {
+            let text = |k: &str| {
+                let b = base64::engine::general_purpose::STANDARD
+                    .decode(st[k].as_str().unwrap_or(""))
+                    .unwrap_or_default();
+                let s = String::from_utf8_lossy(&b).into_owned();
+                s.chars().take(2000).collect::<String>()
+            };
+            return match st["exitcode"].as_i64() {
+                Some(0) => Ok(text("out-data")),
+                code => Err(DriverError::GuestAgent(format!(
+                    "{path} exited with {code:?}: {}",
+                    text("err-data").trim()
+                ))),
+            };
+        }
+        if started.elapsed() > timeout {
+            return Err(DriverError::GuestAgent(format!(
+                "{path} still running after {timeout:?}"
+            )));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
     }
 }
 
@@ -632,7 +704,11 @@ fn backup_job(d: &Domain, target: &std::path::Path) -> DriverResult<()> {
     Ok(())
 }
 
-/// Writes a raw volume's bytes at its path in the directory pool, atomically.
+/// Writes a raw volume's bytes at its path in the directory pool, in place:
+/// a running guest's QEMU keeps the file it opened at boot, so only an
+/// in-place write reaches it (the guest re-reads the seed at its next boot,
+/// even one from inside, or live through the guest agent). A write cut short
+/// is redone by the next pass: the domain marker still names the old seed.
 fn write_volume_file(vol: &StorageVol, bytes: &[u8]) -> DriverResult<()> {
     use std::io::Write;
     let path = std::path::PathBuf::from(vol.path().map_err(lv)?);
@@ -640,15 +716,26 @@ fn write_volume_file(vol: &StorageVol, bytes: &[u8]) -> DriverResult<()> {
         .parent()
         .ok_or_else(|| DriverError::Other("volume path has no parent".into()))?;
     std::fs::create_dir_all(dir)?;
-    let tmp = dir.join(format!(
-        ".{}.tmp",
-        path.file_name().unwrap_or_default().to_string_lossy()
-    ));
-    let mut f = std::fs::File::create(&tmp)?;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)?;
     f.write_all(bytes)?;
+    // Zeros (sparse) up to a fixed size: a running guest's disk keeps the
+    // size it had at boot, and a rewritten seed must fit it to be read live.
+    f.set_len(bytes.len() as u64)?;
+    f.set_len(raw_volume_size(bytes.len()))?;
     f.sync_all()?;
-    std::fs::rename(&tmp, &path)?;
     Ok(())
+}
+
+/// Raw (seed) volumes are sized in steps of 4 MiB, which holds any seed hostd
+/// writes (keys are limited in number and size); zeros after the ISO's end
+/// are ignored by the guest.
+fn raw_volume_size(len: usize) -> u64 {
+    const STEP: u64 = 4 << 20;
+    (len as u64).div_ceil(STEP).max(1) * STEP
 }
 
 /// The `<target><path>` of a storage pool's XML.

@@ -28,6 +28,9 @@ pub enum DriverError {
     /// The object belongs to another hostd installation.
     #[error("{0}")]
     Foreign(String),
+    /// The QEMU guest agent did not answer, or the command failed in the guest.
+    #[error("guest agent: {0}")]
+    GuestAgent(String),
     #[error("nginx configuration rejected: {0}")]
     NginxInvalid(String),
     #[error("nginx reload failed: {0}")]
@@ -154,6 +157,18 @@ pub trait VmDriver: Send + Sync + 'static {
     async fn destroy(&self, name: &str) -> DriverResult<()>;
     /// Removes a domain definition; absent is fine. Refuses unmarked domains.
     async fn undefine(&self, name: &str) -> DriverResult<()>;
+    /// Runs `path args…` as root inside a running guest through the QEMU
+    /// guest agent (a virtio-serial channel: no network to the guest) and
+    /// waits up to `timeout` for it to exit. A non-zero exit is an error
+    /// carrying its output. Only guests of images with `guest_agent` have
+    /// the channel; libvirt's test driver has no agent and always errs.
+    async fn guest_exec(
+        &self,
+        name: &str,
+        path: &str,
+        args: &[&str],
+        timeout: std::time::Duration,
+    ) -> DriverResult<String>;
 }
 
 /// A hosting's desired route.

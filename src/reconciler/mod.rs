@@ -23,6 +23,7 @@ use crate::telemetry::Metrics;
 pub mod backup;
 pub mod controller;
 pub mod names;
+pub mod pool;
 pub mod queue;
 pub mod reconcile;
 pub mod render;

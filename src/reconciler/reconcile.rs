@@ -96,12 +96,22 @@ async fn apply(ctx: &Context, rec: HostingRecord) -> Result<Action, ReconcileErr
     let action = if !rec.spec.running {
         pass.stop(&def).await?
     } else {
-        pass.power(&def).await?;
-        pass.route(Some(ports.1)).await?;
-        pass.readiness(ports.0).await?
+        pass.power(&def, &want.seed).await?;
+        pass.live_seed(&want, &image).await?;
+        if !rec.pool {
+            pass.route(Some(ports.1)).await?;
+        } else if ctx.proxy.read_route(rec.id).await?.is_some() {
+            // A pool guest is served by no route until it is claimed.
+            ctx.proxy.apply(rec.id, None).await?;
+        }
+        pass.readiness(ports).await?
     };
     if action != Action::AwaitChange {
         return Ok(action);
+    }
+    if rec.claimed_at.is_some() && rec.status.observed_generation < rec.generation {
+        // A claim just completed: refill the pool now, not at the next resync.
+        super::pool::maintain(ctx).await?;
     }
     // Converged: now the hosting's pending backup, if any.
     Ok(super::backup::pending(ctx, rec.id).await?.unwrap_or(action))

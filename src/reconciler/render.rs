@@ -42,6 +42,10 @@ pub struct Inputs<'a> {
     pub image: &'a ImageEntry,
     pub ssh_port: u16,
     pub http_port: u16,
+    /// Booted for the warm pool (still there, or claimed since): the guest's
+    /// instance id then names its owner, so a claim is a new instance to the
+    /// guest (its welcome page is written for the new owner).
+    pub pooled: bool,
 }
 
 impl<'a> Inputs<'a> {
@@ -55,6 +59,7 @@ impl<'a> Inputs<'a> {
             image,
             ssh_port: ports.0,
             http_port: ports.1,
+            pooled: rec.pool || rec.claimed_at.is_some(),
         }
     }
 }
@@ -193,6 +198,7 @@ impl Renderer {
                 .join(console_log(i.id))
                 .display()
                 .to_string(),
+            guest_agent: i.image.guest_agent,
         }
         .render()
         .expect("domain template renders");
@@ -231,7 +237,10 @@ impl Renderer {
             welcome_html: yaml_quote(&html),
         };
         let meta_data = MetaData {
-            instance_id: yaml_quote(&format!("hostd-{}", i.id)),
+            instance_id: yaml_quote(&match i.pooled {
+                true => format!("hostd-{}-{}", i.id, i.user_id),
+                false => format!("hostd-{}", i.id),
+            }),
             hostname: yaml_quote(&i.username.hostname()),
         };
         SeedFiles {

@@ -50,6 +50,9 @@ pub async fn resync(ctx: &Context, queue: &WorkQueue) -> Result<ResyncStats, Rec
     let mut queued = queue_drifted(ctx, queue, &records, &seen);
     queued += queue_backups(ctx, queue).await?;
     let orphans = collect_orphans(ctx, &records, &seen).await?;
+    if let Err(e) = super::pool::maintain(ctx).await {
+        tracing::warn!(error = %e, "warm pool: cannot converge its size; will retry");
+    }
     publish(ctx, queue, &records).await;
     tracing::debug!(
         hostings = records.len(),
@@ -265,6 +268,12 @@ fn drift(
         || !volumes.contains(seed_volume(rec.id).as_str())
     {
         return Some("volume missing");
+    }
+    if rec.pool {
+        // A pool guest has no route until it is claimed.
+        return routes
+            .contains_key(&rec.id)
+            .then_some("pool guest has a route");
     }
     let want = ctx
         .proxy

@@ -117,7 +117,17 @@ impl<'a> Pass<'a> {
                 self.write_status().await?;
                 Ok(None)
             }
-            Err((reason, msg)) => {
+            Err((_, msg)) if self.rec.pool => {
+                // A pool guest never waits for room: it is dropped.
+                tracing::info!(message = %msg, "warm pool: no room for this pool guest; dropping it");
+                self.ctx.store.drop_pool_guest(self.id()).await?;
+                Ok(Some(Action::AwaitChange))
+            }
+            Err((reason, mut msg)) => {
+                // Tenants come first: a warm-pool guest makes room.
+                if self.ctx.store.evict_pool_guest().await? {
+                    msg.push_str("; a warm-pool guest is being removed to make room");
+                }
                 let first = !crate::capacity::waiting(self.rec);
                 self.condition(C::Scheduled, false, reason, &msg);
                 self.st.message = Some(msg.clone());
@@ -301,7 +311,12 @@ impl<'a> Pass<'a> {
             vm.replace_volume_bytes(&seed_volume(id), iso).await?;
         }
         if observed.is_some() && have_seed != Some(want.seed.as_str()) {
-            let msg = "cloud-init seed regenerated; SSH key changes take effect at the next boot";
+            let msg = match inputs.image.guest_agent {
+                true => "seed regenerated; applying it to the running guest",
+                false => {
+                    "cloud-init seed regenerated; SSH key changes take effect at the next boot"
+                }
+            };
             self.event(EventType::Normal, Reason::SeedUpdated, msg)
                 .await?;
         }
@@ -356,7 +371,7 @@ impl<'a> Pass<'a> {
     }
 
     /// Step 5: power. Restarts for a definition change, starts a stopped domain.
-    pub async fn power(&mut self, def: &Definition) -> Result<(), ReconcileError> {
+    pub async fn power(&mut self, def: &Definition, seed: &str) -> Result<(), ReconcileError> {
         let name = domain_name(self.id());
         self.ctx.shutdowns.lock().unwrap().remove(&self.id());
         let running_now = def.observed.as_ref().is_some_and(|o| o.running);
@@ -383,11 +398,84 @@ impl<'a> Pass<'a> {
             if self.st.provisioning_since.is_none() || def.restart {
                 self.st.provisioning_since = Some(Utc::now());
             }
+            // The guest applies the seed on disk as it boots.
+            self.st.applied_seed = Some(seed.to_string());
             self.fault("after_start").await?;
         }
         remove_condition(&mut self.st.conditions, C::RestartRequired);
         let msg = format!("domain {name} is running");
         self.condition(C::VMRunning, true, Reason::Running, &msg);
+        Ok(())
+    }
+
+    /// Step 5b: a seed the running guest has not applied (a warm-pool claim,
+    /// or new SSH keys) is applied live: the guest agent runs
+    /// `hostd-boot --live`, which re-reads the seed disk (rewritten in place
+    /// by the seed step) exactly as at boot. For a claim this is the
+    /// personalisation; if the agent fails, the guest is restarted instead
+    /// and applies the owner's seed as it boots, so a claim always
+    /// completes. For other seed changes a failure leaves them for the next
+    /// boot, as on images without the agent.
+    pub async fn live_seed(
+        &mut self,
+        want: &Hashes,
+        image: &ImageEntry,
+    ) -> Result<(), ReconcileError> {
+        let applied = self.st.applied_seed.as_deref();
+        if applied == Some(want.seed.as_str()) {
+            return Ok(());
+        }
+        let claim = self.rec.claimed_at.is_some()
+            && self.rec.status.observed_generation < self.rec.generation;
+        if !image.guest_agent || (applied.is_none() && !claim) {
+            return Ok(());
+        }
+        let name = domain_name(self.id());
+        let started = std::time::Instant::now();
+        let timeout = Duration::from_secs(30);
+        let run = self
+            .ctx
+            .vm
+            .guest_exec(&name, "/usr/local/sbin/hostd-boot", &["--live"], timeout)
+            .await;
+        match run {
+            Ok(_) => {
+                self.st.applied_seed = Some(want.seed.clone());
+                self.fault("after_seed_apply").await?;
+                self.write_status().await?;
+                let ms = started.elapsed().as_millis();
+                if claim {
+                    self.ctx.metrics.pool_claims.inc();
+                    let msg = format!(
+                        "warm-pool guest personalised in {ms} ms: hostname, SSH keys, welcome page"
+                    );
+                    self.event(EventType::Normal, Reason::Personalised, &msg)
+                        .await?;
+                } else {
+                    let msg = format!("the new seed was applied to the running guest in {ms} ms");
+                    self.event(EventType::Normal, Reason::SeedApplied, &msg)
+                        .await?;
+                }
+            }
+            Err(e) if claim => {
+                self.ctx.vm.destroy(&name).await?;
+                self.ctx.vm.start(&name).await?;
+                self.ctx.metrics.pool_claim_fallbacks.inc();
+                self.st.applied_seed = Some(want.seed.clone());
+                self.st.provisioning_since = Some(Utc::now());
+                self.write_status().await?;
+                let msg = format!("{e}; restarted the guest, which applies your seed as it boots");
+                self.event(EventType::Warning, Reason::PersonaliseFallback, &msg)
+                    .await?;
+            }
+            Err(e) => {
+                self.st.applied_seed = None;
+                self.write_status().await?;
+                let msg = format!("{e}; the new seed applies at the next boot");
+                self.event(EventType::Warning, Reason::SeedApplyFailed, &msg)
+                    .await?;
+            }
+        }
         Ok(())
     }
 
@@ -458,14 +546,21 @@ impl<'a> Pass<'a> {
 
     /// Step 7: readiness, through the host nginx and the SSH banner. Ready
     /// writes the final status; not yet ready requeues until the deadline.
-    pub async fn readiness(mut self, ssh: u16) -> Result<Action, ReconcileError> {
-        let url = format!("{}/{}/", self.ctx.config.probe_url, self.rec.user_id);
+    pub async fn readiness(mut self, (ssh, http): (u16, u16)) -> Result<Action, ReconcileError> {
+        // A pool guest has no route (no owner yet): its port forward is probed.
+        let url = match self.rec.pool {
+            true => format!("http://127.0.0.1:{http}/"),
+            false => format!("{}/{}/", self.ctx.config.probe_url, self.rec.user_id),
+        };
         let (web, banner) = tokio::join!(
             probe::http_ok(&self.ctx.http, &url),
             probe::ssh_banner(self.ssh_probe_addr(ssh))
         );
         if web.is_ok() && banner.is_ok() {
-            let msg = "site answers through nginx and SSH is up";
+            let msg = match self.rec.pool {
+                true => "warm-pool guest answers HTTP and SSH; claimable",
+                false => "site answers through nginx and SSH is up",
+            };
             self.condition(C::WebReady, true, Reason::Serving, msg);
             let was_ready = self.rec.status.phase == Phase::Ready
                 && self.rec.status.observed_generation == self.rec.generation;

@@ -236,7 +236,7 @@ impl Store {
                 "insert into backups (id, hosting_id, trigger) \
                  select gen_random_uuid(), h.id, 'Scheduled' from hostings h \
                  join hosting_status s on s.hosting_id = h.id \
-                 where h.deletion_requested_at is null and s.disk_created \
+                 where h.deletion_requested_at is null and not h.pool and s.disk_created \
                    and s.phase in ('Ready', 'Stopped') \
                    and coalesce((select max(created_at) from backups b where b.hosting_id = h.id), \
                                 h.created_at) < now() - make_interval(secs => $1) \

@@ -27,6 +27,9 @@ pub struct Status {
     /// The disk epoch of the disk that exists (see `HostingRecord::disk_epoch`).
     pub disk_epoch: i32,
     pub last_reconciled_at: Option<DateTime<Utc>>,
+    /// The seed hash the running guest has applied (at boot, or live through
+    /// the guest agent); `None` when unknown.
+    pub applied_seed: Option<String>,
 }
 
 /// Desired state plus observed status of one hosting: the reconciler's input.
@@ -43,6 +46,10 @@ pub struct HostingRecord {
     pub disk_epoch: i32,
     /// The backup the disk of the desired epoch comes from (`None`: empty).
     pub restore_from: Option<BackupId>,
+    /// A warm-pool guest, owned by the internal pool account, not yet claimed.
+    pub pool: bool,
+    /// When this hosting was given a warm-pool guest (`None`: booted for it).
+    pub claimed_at: Option<DateTime<Utc>>,
     pub status: Status,
 }
 
@@ -74,13 +81,17 @@ struct RecordRow {
     disk_epoch: i32,
     observed_disk_epoch: Option<i32>,
     restore_backup_id: Option<Uuid>,
+    pool: bool,
+    claimed_at: Option<DateTime<Utc>>,
+    applied_seed: Option<String>,
 }
 
 const RECORD_SELECT: &str = "select h.id, h.user_id, u.username, h.vcpus, h.memory_mib, h.disk_gib, h.image, \
      h.ssh_public_keys, h.running, h.generation, h.deletion_requested_at, h.created_at, \
      s.phase, s.conditions, s.observed_generation, s.ssh_port, s.http_port, s.vm_name, s.message, \
      s.disk_created, s.image_pin, s.provisioning_since, s.last_reconciled_at, \
-     h.disk_epoch, s.disk_epoch as observed_disk_epoch, h.restore_backup_id \
+     h.disk_epoch, s.disk_epoch as observed_disk_epoch, h.restore_backup_id, h.pool, h.claimed_at, \
+     s.applied_seed \
      from hostings h join users u on u.id = h.user_id left join hosting_status s on s.hosting_id = h.id";
 
 impl RecordRow {
@@ -108,6 +119,8 @@ impl RecordRow {
             created_at: self.created_at,
             disk_epoch: self.disk_epoch,
             restore_from: self.restore_backup_id.map(BackupId),
+            pool: self.pool,
+            claimed_at: self.claimed_at,
             status: Status {
                 phase: self
                     .phase
@@ -125,6 +138,7 @@ impl RecordRow {
                 provisioning_since: self.provisioning_since,
                 last_reconciled_at: self.last_reconciled_at,
                 disk_epoch: self.observed_disk_epoch.unwrap_or(0),
+                applied_seed: self.applied_seed,
             },
         })
     }
@@ -133,7 +147,19 @@ impl RecordRow {
 impl Store {
     /// Creates the desired hosting, its Pending status and a first event, atomically.
     /// A second hosting for the same user fails on the unique index: `Conflict`.
-    pub async fn create_hosting(&self, user: UserId, spec: &HostingSpec) -> Result<HostingRecord> {
+    /// With `claim`, a Ready warm-pool guest of the spec's class is re-owned
+    /// instead when there is one (see `claim_pool_guest`).
+    pub async fn create_hosting(
+        &self,
+        user: UserId,
+        spec: &HostingSpec,
+        claim: bool,
+    ) -> Result<HostingRecord> {
+        if claim {
+            if let Some(id) = self.claim_pool_guest(user, spec).await? {
+                return self.must_get(id).await;
+            }
+        }
         let id = Uuid::new_v4();
         let mut tx = self.pool.begin().await?;
         let q = sqlx::query(
@@ -302,7 +328,7 @@ type PgQuery<'q> = sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArgu
 
 /// Binds a spec's columns in table order: vcpus, memory_mib, disk_gib, image,
 /// ssh_public_keys, running.
-fn bind_spec<'q>(q: PgQuery<'q>, spec: &'q HostingSpec) -> PgQuery<'q> {
+pub(super) fn bind_spec<'q>(q: PgQuery<'q>, spec: &'q HostingSpec) -> PgQuery<'q> {
     let keys: Vec<&str> = spec.ssh_public_keys.iter().map(|k| k.as_str()).collect();
     q.bind(spec.vcpus)
         .bind(spec.memory_mib)

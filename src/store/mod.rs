@@ -12,11 +12,13 @@ use crate::domain::*;
 pub mod backups;
 pub mod hostings;
 pub mod lease;
+pub mod pool;
 pub mod status;
 pub mod users;
 
 pub use backups::{Backup, RestoreRefusal};
 pub use hostings::{HostingRecord, Status};
+pub use pool::{PoolCounts, POOL_USER};
 pub use status::{CapacityUsage, Event, ReconcilerStats};
 pub use users::User;
 

@@ -71,11 +71,11 @@ impl Store {
     pub async fn write_status(&self, id: HostingId, s: &Status) -> Result<()> {
         sqlx::query(
             "insert into hosting_status (hosting_id, phase, conditions, observed_generation, vm_name, message, \
-               disk_created, provisioning_since, image_pin, disk_epoch, last_reconciled_at) \
-               values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, now()) \
+               disk_created, provisioning_since, image_pin, disk_epoch, applied_seed, last_reconciled_at) \
+               values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, now()) \
              on conflict (hosting_id) do update set phase = $2, conditions = $3, observed_generation = $4, \
                vm_name = $5, message = $6, disk_created = $7, provisioning_since = $8, image_pin = $9, \
-               disk_epoch = $10, last_reconciled_at = now()",
+               disk_epoch = $10, applied_seed = $11, last_reconciled_at = now()",
         )
         .bind(id.0)
         .bind(s.phase.as_str())
@@ -87,6 +87,7 @@ impl Store {
         .bind(s.provisioning_since)
         .bind(s.image_pin.as_ref().map(sqlx::types::Json))
         .bind(s.disk_epoch)
+        .bind(&s.applied_seed)
         .execute(&self.pool)
         .await?;
         Ok(())

@@ -77,7 +77,7 @@ impl Store {
     pub async fn find_user_for_login(&self, login: &str) -> Result<Option<(User, String)>> {
         let row = sqlx::query_as::<_, UserRow>(
             "select id, email, username, role, created_at, password_hash, token_epoch from users \
-             where lower(email) = lower($1) or username = $1 limit 1",
+             where (lower(email) = lower($1) or username = $1) and role <> 'system' limit 1",
         )
         .bind(login)
         .fetch_optional(&self.pool)
@@ -96,7 +96,7 @@ impl Store {
     }
 
     pub async fn set_role(&self, username: &Username, role: Role) -> Result<()> {
-        let r = sqlx::query("update users set role = $2 where username = $1")
+        let r = sqlx::query("update users set role = $2 where username = $1 and role <> 'system'")
             .bind(username.as_str())
             .bind(role.as_str())
             .execute(&self.pool)

@@ -157,6 +157,7 @@ pub fn test_config(db: &str, state: &std::path::Path, nginx: Option<&TestNginx>)
         metrics_listen: None,
         quota: Default::default(),
         allow_unisolated_guests: false,
+        warm_pool: 0,
         quarantine: Duration::from_secs(7 * 86400),
         backups: hostd::config::BackupPolicy {
             interval: None,

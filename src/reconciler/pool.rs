@@ -1,0 +1,77 @@
+//! The warm pool's size is desired state too: `HOSTD_WARM_POOL` guests of the
+//! default hosting size, booted and idle, so a new hosting of that size is
+//! served by a guest that only needs personalising (seconds) instead of a
+//! cold boot (tens of seconds under TCG). Pool guests are hosting rows owned
+//! by the internal pool account (`store::pool`); this module only converges
+//! their number. Booting, repairing and deleting them are the ordinary steps.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use super::{Context, ReconcileError};
+use crate::domain::HostingSpec;
+use crate::store::PoolCounts;
+
+/// Converges the pool towards `HOSTD_WARM_POOL` guests: adds rows while
+/// the host has room for one more guest of the class and nobody waits for
+/// room, removes extras (those not yet Ready first). Idempotent; called by
+/// every resync and after a claim. Returns the counts before any change.
+pub async fn maintain(ctx: &Context) -> Result<PoolCounts, ReconcileError> {
+    let class = HostingSpec::default();
+    let counts = ctx.store.pool_counts(&class).await?;
+    let mut want = i64::from(ctx.config.warm_pool);
+    if want > 0 && !live_personalisation(ctx, &class) {
+        want = 0;
+    }
+    ctx.metrics.pool_guests.set(counts.total);
+    ctx.metrics.pool_ready.set(counts.ready);
+    if counts.total > want {
+        let n = ctx.store.shrink_pool(&class, counts.total - want).await?;
+        tracing::info!(removed = n, want, "warm pool: shrinking");
+    } else if counts.total < want {
+        // Rows not yet admitted hold nothing, so they are counted here; one
+        // the scheduler still refuses is dropped, not left waiting.
+        let unadmitted = ctx.store.pool_unadmitted(&class).await?;
+        let fit = room_for(ctx, &class).await?.saturating_sub(unadmitted);
+        for _ in 0..(want - counts.total).min(fit) {
+            let id = ctx.store.add_pool_guest(&class).await?;
+            tracing::info!(pool_guest = %id, have = counts.total, want, "warm pool: adding a guest");
+        }
+    }
+    Ok(counts)
+}
+
+/// Whether the class's image can be personalised while running (guest agent
+/// and `hostd-boot --live`); without that a claim would cost a full boot, so
+/// no pool is kept. Warned about once per process.
+fn live_personalisation(ctx: &Context, class: &HostingSpec) -> bool {
+    static WARNED: AtomicBool = AtomicBool::new(false);
+    let ok = ctx
+        .catalog
+        .pin(&class.image)
+        .map(|e| e.guest_agent)
+        .unwrap_or(false);
+    if !ok && !WARNED.swap(true, Ordering::Relaxed) {
+        tracing::warn!(
+            image = class.image.as_str(),
+            "HOSTD_WARM_POOL is set but the image has no guest agent (rebuild it with \
+             scripts/build-image.sh, or set guest_agent in the catalogue): no warm pool"
+        );
+    }
+    ok
+}
+
+/// How many more guests of `class` fit now; none while a hosting waits for
+/// room (tenants come first: the scheduler also evicts pool guests for them).
+async fn room_for(ctx: &Context, class: &HostingSpec) -> Result<i64, ReconcileError> {
+    let usage = ctx.store.capacity_usage(None).await?;
+    if usage.waiting > 0 {
+        return Ok(0);
+    }
+    let host = ctx.vm.resources().await?;
+    let b = crate::capacity::budget(&host, &ctx.config.capacity);
+    let mem = b.memory_mib.saturating_sub(usage.memory_mib.max(0) as u64)
+        / class.memory_mib.max(1) as u64;
+    let cpu = b.vcpus.saturating_sub(usage.vcpus.max(0) as u64) / class.vcpus.max(1) as u64;
+    let disk = b.disk_available_gib / class.disk_gib.max(1) as u64;
+    Ok(mem.min(cpu).min(disk) as i64)
+}
