@@ -1,11 +1,15 @@
 #!/usr/bin/env bash
-# Provisioning benchmark with real guests: for 1 and for 4 concurrent hostings,
-# time from POST /api/v1/host to Ready (site answers through nginx and SSH
-# banner), and side by side in the same run the raw boot of the same image
-# (same domain XML and cloud-init seed that hostd rendered, fresh overlays)
-# started with `virsh create` until its first HTTP 200. Prints both and the
-# ratio (hostd's overhead over the raw guest boot).
-# Usage: scripts/bench-provision.sh [N ...]   (default: 1 4)
+# Provisioning benchmark with real guests, in one run:
+# - warm path: with a warm pool of 2 booted guests (HOSTD_WARM_POOL=2), time
+#   from POST /api/v1/host to Ready (this generation: personalised, site
+#   through nginx and SSH banner) for 1 hosting, then (pool refilled) for 2
+#   hostings in a row;
+# - cold path: for 1 and for 4 concurrent hostings (no pool), POST -> Ready,
+#   and side by side the raw boot of the same image (same domain XML and
+#   seed that hostd rendered, fresh overlays) started with `virsh create`
+#   until its first HTTP 200, and the ratio (hostd's overhead over the raw
+#   guest boot).
+# Usage: scripts/bench-provision.sh [N ...]   (cold sizes; default: 1 4)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
@@ -21,9 +25,53 @@ raw_cleanup() {
 }
 CLEANUP_HOOKS=(raw_cleanup)
 realenv_up
-start_hostd
 now() { date +%s.%N; }
 base=$(jq -r '"'"$STATE_DIR"'/images/debian-12/disk.qcow2"' <<< '{}')
+
+sql() { su postgres -c "psql -d $DB -tAc \"$1\""; }
+pool_ready_n() {  # succeeds when at least $1 pool guests are Ready
+  [ "$(sql "select count(*) from hostings h join hosting_status s on s.hosting_id = h.id
+            where h.pool and h.deletion_requested_at is null and s.phase = 'Ready'
+              and s.observed_generation = h.generation")" -ge "$1" ]
+}
+new_user() {  # name → token
+  curl -fsS -X POST "$API/auth/register" -H 'content-type: application/json' \
+    -d "{\"email\":\"$1@example.com\",\"username\":\"$1\",\"password\":\"correct horse\"}" >/dev/null
+  curl -fsS -X POST "$API/auth/login" -d "username=$1&password=correct horse" | jq -r .access_token
+}
+# POST -> Ready of this generation, for each token in turn (one POST right
+# after the other); prints the seconds of each, and fails if one was not a claim.
+warm_run() {
+  local t ts=() t0=() out=() j i
+  for t in "$@"; do t0+=("$(now)"); curl -fsS -X POST "$API/host" -H "Authorization: Bearer $t" > "$WORK/warm.json"
+    [ "$(jq -r .status.phase "$WORK/warm.json")" = Provisioning ] || fail "not a claim: $(cat "$WORK/warm.json")"; ts+=("$t"); done
+  for i in "${!ts[@]}"; do
+    until j=$(curl -fsS "$API/host/my" -H "Authorization: Bearer ${ts[$i]}") &&
+          jq -e '.status.phase == "Ready" and .status.observed_generation == .generation' <<< "$j" >/dev/null; do
+      sleep 0.1
+      python3 -c "import sys; sys.exit(0 if $(now) - ${t0[$i]} < 300 else 1)" || fail "warm hosting not Ready in 300 s"
+    done
+    out+=("$(python3 -c "print(round($(now) - ${t0[$i]}, 2))")")
+  done
+  echo "${out[*]}"
+}
+step "warm path: HOSTD_WARM_POOL=2, waiting for two Ready pool guests"
+start_hostd HOSTD_WARM_POOL=2
+wait_until "$READY_TIMEOUT" 1 pool_ready_n 2 || fail "the pool did not fill"
+w1=$(warm_run "$(new_user warm1)")
+step "warm path: 1 hosting: $w1 s; waiting for the pool to refill"
+wait_until "$READY_TIMEOUT" 1 pool_ready_n 2 || fail "the pool did not refill"
+w2=$(warm_run "$(new_user warm2a)" "$(new_user warm2b)")
+step "warm path: 2 hostings in a row: $w2 s"
+for u in warm1 warm2a warm2b; do
+  t=$(curl -fsS -X POST "$API/auth/login" -d "username=$u&password=correct horse" | jq -r .access_token)
+  curl -fsS -X DELETE "$API/host/my" -H "Authorization: Bearer $t" >/dev/null
+done
+kill "$HOSTD_PID"; wait "$HOSTD_PID" 2>/dev/null || true; HOSTD_PID=""
+step "cold path: no pool (HOSTD_WARM_POOL=0 shrinks it to nothing)"
+start_hostd HOSTD_WARM_POOL=0
+pool_gone() { [ "$(sql "select count(*) from hostings where pool or deletion_requested_at is not null")" = 0 ]; }
+wait_until 300 1 pool_gone || fail "the pool and the warm hostings were not removed"
 accel=$(curl -fsS "$API/health/detailed" | jq -r .domain_type)
 
 results=()
@@ -122,6 +170,17 @@ PY
 done
 echo
 echo "acceleration: $accel"
+python3 - "$w1" "$w2" <<'PY'
+import statistics, sys
+one = [float(x) for x in sys.argv[1].split()]; two = [float(x) for x in sys.argv[2].split()]
+allw = one + two
+print("| warm path (pool of 2) | POST->Ready |")
+print("|---|---:|")
+print(f"| 1 hosting | {one[0]:.2f} s |")
+print(f"| 2 hostings in a row | {two[0]:.2f} s, {two[1]:.2f} s |")
+print(f"| p50 of the 3 | {statistics.median(allw):.2f} s |")
+print()
+PY
 echo "| N concurrent | hostd POST->Ready (mean) | (max) | raw virsh create->HTTP 200 (mean) | (max) | ratio (mean) |"
 echo "|---:|---:|---:|---:|---:|---:|"
 printf '%s\n' "${results[@]}"

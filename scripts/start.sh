@@ -46,6 +46,9 @@ export HOSTD_JWT_SECRET="${HOSTD_JWT_SECRET:-$(cat "$STATE_DIR/jwt-secret")}"
 export HOSTD_LISTEN="$API_LISTEN" HOSTD_STATE_DIR="$STATE_DIR" HOSTD_NGINX_ROUTES_DIR="$ROUTES_DIR" HOSTD_NGINX_CONF="$NGINX_CONF"
 export HOSTD_PROBE_URL="${HOSTD_PROBE_URL:-http://127.0.0.1:$http_port}"
 export HOSTD_PUBLIC_URL="${HOSTD_PUBLIC_URL:-http://localhost$([ "$http_port" = 80 ] || echo ":$http_port")}"
+# Two booted guests wait for the next hostings of the default size (each holds
+# 512 MiB like a running hosting); HOSTD_WARM_POOL=0 turns the pool off.
+export HOSTD_WARM_POOL="${HOSTD_WARM_POOL:-2}"
 
 if [ -f "$STATE_DIR/hostd.pid" ] && kill -0 "$(cat "$STATE_DIR/hostd.pid")" 2>/dev/null; then
   log "stopping the running hostd"
@@ -65,5 +68,7 @@ hostd is running.
   API:    http://$API_LISTEN/api/v1   (health: /api/v1/health/detailed)
   Sites:  $HOSTD_PUBLIC_URL/<user_id>/
   Logs:   $STATE_DIR/hostd.log
+  Warm pool: $HOSTD_WARM_POOL booted guest(s) (ready about a minute after start;
+          a new default-size hosting then takes seconds instead of a boot)
 Try the walkthrough in README.md (register, login, create a hosting).
 MSG

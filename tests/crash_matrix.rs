@@ -38,6 +38,15 @@ const BACKUP_POINTS: &[&str] = &[
     "after_backup_file",
 ];
 const RESTORE_POINTS: &[&str] = &["after_restore_quarantine", "after_restore_disk"];
+/// The personalisation of a claimed warm-pool guest (the claim itself is one
+/// database transaction: it happens entirely or not at all).
+const CLAIM_POINTS: &[&str] = &[
+    "after_seed_upload",
+    "after_define",
+    "after_seed_apply",
+    "before_route_write",
+    "before_status_write",
+];
 const DELETE_POINTS: &[&str] = &[
     "after_route_remove",
     "after_domain_destroy",
@@ -93,6 +102,10 @@ impl Env {
     }
 
     fn spawn(&self, what: &str, faults: &str) -> Child {
+        self.spawn_with(what, faults, &[])
+    }
+
+    fn spawn_with(&self, what: &str, faults: &str, extra: &[(&str, &str)]) -> Child {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -102,6 +115,7 @@ impl Env {
             .arg(what)
             .envs(self.envs())
             .env("HOSTD_FAULTS", faults)
+            .envs(extra.iter().copied())
             .stdout(Stdio::null())
             .stderr(log.try_clone().unwrap())
             .spawn()
@@ -561,6 +575,7 @@ async fn crash_at_every_fault_point_then_converge() {
         });
     }
     rows.extend(backup_and_restore_rows(&env, &store, &vm, converge_timeout).await);
+    rows.extend(claim_rows(&env, &store, &vm, converge_timeout).await);
     let (polls, five_xx) = poll.finish().await;
     stop(api);
     cleanup_pool(&env.instance, &state);
@@ -614,6 +629,98 @@ async fn crash_at_every_fault_point_then_converge() {
         five_xx, 0,
         "the API answered 5xx (or failed) while the reconciler crashed"
     );
+}
+
+/// The claim points: for each, a reconciler with a pool of one boots a pool
+/// guest (debian-12, which runs the guest agent) to Ready and stops; a
+/// default-size create claims it; a reconciler crashes at the point while
+/// personalising it; a fresh one must bring it to Ready for its owner (the
+/// welcome page through nginx names them), on the pool guest's own disk,
+/// with nothing leaked. At the end the pool is shrunk to nothing.
+async fn claim_rows(
+    env: &Env,
+    store: &hostd::store::Store,
+    vm: &LibvirtDriver,
+    timeout: Duration,
+) -> Vec<Row> {
+    let class = hostd::domain::HostingSpec::default();
+    let pool_of = |n: &'static str| [("HOSTD_WARM_POOL", n)];
+    let mut rows = vec![];
+    for (i, point) in CLAIM_POINTS.iter().enumerate() {
+        let rec = env.spawn_with("reconciler", "", &pool_of("1"));
+        let ready = common::eventually(timeout, || async {
+            (store.pool_counts(&class).await.ok()?.ready >= 1).then_some(())
+        })
+        .await;
+        stop(rec);
+        assert!(ready.is_some(), "claim {point}: no pool guest became Ready");
+        let name = format!("claim{i}");
+        let token = env.user(&name).await;
+        let r = env
+            .client
+            .post(env.url("/host"))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 202);
+        let h: Value = r.json().await.unwrap();
+        let (id, uid) = (h["id"].as_str().unwrap().to_string(), h["user_id"].as_str().unwrap().to_string());
+        let hid = hostd::domain::HostingId(uuid::Uuid::parse_str(&id).unwrap());
+        let claimed = store.get_record(hid).await.unwrap().unwrap().claimed_at.is_some();
+        assert!(claimed, "claim {point}: the create did not claim the Ready pool guest");
+        let inode_before = env.disk_inode(&id);
+        let mut rec = env.spawn_with("reconciler", &format!("{point}:crash"), &pool_of("0"));
+        let crashed = wait_exit(&mut rec, Duration::from_secs(120))
+            .map(|s| !s.success())
+            .unwrap_or(false);
+        if !crashed {
+            stop(rec);
+        }
+        let t = Instant::now();
+        let rec = env.spawn_with("reconciler", "", &pool_of("1"));
+        let page = env.nginx.url(&format!("/{uid}/"));
+        let welcome = format!("Welcome, {name}");
+        let converged = common::eventually(timeout, || async {
+            let (_, v) = env.my(&token).await;
+            let done = v["status"]["phase"] == "Ready"
+                && v["status"]["observed_generation"] == v["generation"];
+            let body = reqwest::get(&page).await.ok()?.text().await.ok()?;
+            (done && body.contains(&welcome)).then_some(())
+        })
+        .await
+        .is_some();
+        let secs = t.elapsed().as_secs_f64();
+        let disk_kept = inode_before.map(|b| env.disk_inode(&id) == Some(b));
+        let leaks = env.leaks(store, vm).await;
+        env.client
+            .delete(env.url("/host/my"))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap();
+        assert!(env.wait_gone(&token, timeout).await, "cleanup of claim {point}");
+        stop(rec);
+        rows.push(Row {
+            point,
+            path: "claim",
+            crashed,
+            converged,
+            secs,
+            leaks,
+            disk_kept,
+        });
+    }
+    // Converge the pool to nothing: the guest the last reconciler refilled goes.
+    let rec = env.spawn_with("reconciler", "", &pool_of("0"));
+    let empty = common::eventually(timeout, || async {
+        let c = store.pool_counts(&class).await.ok()?;
+        (c.total == 0 && c.deleting == 0).then_some(())
+    })
+    .await;
+    stop(rec);
+    assert!(empty.is_some(), "the pool was not shrunk to nothing");
+    rows
 }
 
 /// The backup and restore points, on one Ready hosting: each backup (and

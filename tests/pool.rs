@@ -185,6 +185,23 @@ async fn a_new_hosting_claims_a_ready_pool_guest_and_the_pool_refills() {
     let rows = pool_rows(&app).await;
     assert_eq!(rows.len(), 1);
     assert_ne!(rows[0].id, pool_id);
+    // Visible to admins in health/detailed (booting: the new row) and /metrics.
+    let admin = app.admin("pool_admin").await;
+    let (_, h) = app.get_json(&admin, "/api/v1/health/detailed").await;
+    let p = &h["warm_pool"];
+    assert_eq!((p["desired"].as_i64(), p["guests"].as_i64(), p["ready"].as_i64()),
+               (Some(1), Some(1), Some(0)), "{h}");
+    let m = app
+        .client
+        .get(app.url("/metrics"))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(m.contains("hostd_warm_pool_claim_fallbacks_total 1"), "{m}");
     drop(guests);
     app.stop().await;
 }

@@ -85,6 +85,7 @@ fn redact(mut body: serde_json::Value) -> serde_json::Value {
     if let Some(o) = body.as_object_mut() {
         o.remove("domain_type_reason");
         o.remove("capacity");
+        o.remove("warm_pool");
     }
     body
 }
@@ -123,6 +124,15 @@ async fn compute(st: &AppState) -> (StatusCode, serde_json::Value) {
         (Ok(usage), Ok(host)) => json!(crate::capacity::report(&usage, host, &st.config.capacity)),
         (Err(e), _) => json!({"status": "error", "detail": e.to_string()}),
         (_, Err(e)) => json!({"status": "error", "detail": e.to_string()}),
+    };
+    // The warm pool, as the store sees it (admins only, like capacity).
+    let class = crate::domain::HostingSpec::default();
+    let warm_pool = match st.store.pool_counts(&class).await {
+        Ok(c) => json!({"desired": st.config.warm_pool, "guests": c.total, "ready": c.ready,
+                        "booting": c.total - c.ready, "leaving": c.deleting,
+                        "class": {"vcpus": class.vcpus, "memory_mib": class.memory_mib,
+                                  "disk_gib": class.disk_gib, "image": class.image.as_str()}}),
+        Err(e) => json!({"status": "error", "detail": e.to_string()}),
     };
     let t = Instant::now();
     let isolation = if st.config.real_guests() {
@@ -165,6 +175,7 @@ async fn compute(st: &AppState) -> (StatusCode, serde_json::Value) {
             "checks": {"database": db, "libvirt": libvirt, "nginx": nginx, "reconciler": reconciler,
                        "guest_isolation": isolation, "redis": redis},
             "capacity": capacity,
+            "warm_pool": warm_pool,
         }),
     )
 }

@@ -113,9 +113,10 @@ pub async fn create(
             st.catalog_names.join(", ")
         )));
     }
-    // A warm-pool guest can be claimed when the pool is on and the spec is
-    // the pool's class (the default size); otherwise the cold path.
-    let claim = st.config.warm_pool > 0 && crate::store::pool::fits(&spec, &HostingSpec::default());
+    // A spec of the pool's class (the default size) claims a Ready pool
+    // guest if there is one (the reconciler's HOSTD_WARM_POOL decides
+    // whether there are any); otherwise, or without one, the cold path.
+    let claim = crate::store::pool::fits(&spec, &HostingSpec::default());
     let rec = st.store.create_hosting(auth.id, &spec, claim).await?;
     tracing::info!(hosting = %rec.id, user = %auth.id, "hosting requested");
     Ok((StatusCode::ACCEPTED, Json(with_events(&st, &rec).await?)))
