@@ -37,6 +37,8 @@ cleanup() {
   set +e
   for hook in "${CLEANUP_HOOKS[@]}"; do "$hook"; done
   if [ $rc -ne 0 ] && [ -f "$WORK/hostd.log" ]; then
+    grep -A2 "panicked at" "$WORK/hostd.log" | head -n 12 | sed 's/^/PANIC: /'
+    grep -E "WARN|ERROR" "$WORK/hostd.log" | grep -v "^ " | tail -n 15 | cut -c1-400
     echo "---- last hostd log lines ----"; tail -n 40 "$WORK/hostd.log"
     for f in "$STATE_DIR"/console/hostd-*.log; do [ -f "$f" ] && { echo "---- $f ----"; tail -n 20 "$f"; }; done
   fi

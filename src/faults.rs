@@ -14,6 +14,7 @@ pub const POINTS: &[&str] = &[
     "after_seed_upload",
     "after_define",
     "after_start",
+    "after_seed_apply",
     "before_route_write",
     "after_route_write",
     "before_status_write",
