@@ -78,11 +78,31 @@ scp -q -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o BatchMode=
   -i "$WORK/key" -P "$SSH_PORT" "$WORK/upload.txt" ubuntu@127.0.0.1:/var/www/html/upload.txt
 [ "$(curl -fsS "${SITE}upload.txt")" = "uploaded-$run_id" ] || fail "uploaded file not served"
 
-step "a reboot from inside keeps the personalisation (the seed disk was rewritten in place)"
+step "a key change is applied live through the agent"
+ssh-keygen -q -t ed25519 -N '' -f "$WORK/key2"
+body=$(jq -nc --arg a "$(cat "$WORK/key.pub")" --arg b "$(cat "$WORK/key2.pub")" '{ssh_public_keys: [$a, $b]}')
+curl -fsS -X PATCH "$API/host/my" -H "Authorization: Bearer $TOKEN" -H 'content-type: application/json' -d "$body" >/dev/null
+wait_until 60 0.5 converged "$TOKEN" "$WORK/my.json" || fail "key change did not converge"
+jq -e '.events | map(.reason) | index("SeedApplied")' "$WORK/my.json" >/dev/null || fail "no SeedApplied event"
+$(ssh_as "$WORK/key2") true || fail "the added key does not work at once"
+
+step "attack: root in the guest disables the agent; a key change still converges, and applies at the next boot"
+$(ssh_as "$WORK/key") 'sudo systemctl mask --now qemu-guest-agent' >/dev/null 2>&1
+ssh-keygen -q -t ed25519 -N '' -f "$WORK/key3"
+body=$(jq -nc --arg a "$(cat "$WORK/key.pub")" --arg b "$(cat "$WORK/key3.pub")" '{ssh_public_keys: [$a, $b]}')
+t_patch=$(date +%s)
+curl -fsS -X PATCH "$API/host/my" -H "Authorization: Bearer $TOKEN" -H 'content-type: application/json' -d "$body" >/dev/null
+wait_until 90 0.5 converged "$TOKEN" "$WORK/my.json" || fail "key change with a dead agent did not converge"
+echo "e2e-pool: converged with a dead agent in $(( $(date +%s) - t_patch )) s"
+jq -e '.events | map(.reason) | index("SeedApplyFailed")' "$WORK/my.json" >/dev/null || fail "no SeedApplyFailed event"
+curl -fsS "${SITE}upload.txt" >/dev/null || fail "the site stopped serving"
+
+step "a reboot from inside applies the seed rewritten in place (key3 in, key2 out) and keeps the personalisation"
 $(ssh_as "$WORK/key") 'sudo systemctl reboot' || true
 sleep 5
-back() { [ "$($(ssh_as "$WORK/key") cat /etc/hostname 2>/dev/null)" = pool-user ]; }
-wait_until "$READY_TIMEOUT" 2 back || fail "after a guest reboot the user's key or hostname is gone"
+back() { [ "$($(ssh_as "$WORK/key3") cat /etc/hostname 2>/dev/null)" = pool-user ]; }
+wait_until "$READY_TIMEOUT" 2 back || fail "after a guest reboot key3 or the hostname is missing"
+if $(ssh_as "$WORK/key2") true 2>/dev/null; then fail "a removed key still works after the reboot"; fi
 [ "$(curl -fsS "${SITE}upload.txt")" = "uploaded-$run_id" ] || fail "upload not served after the reboot"
 
 step "the second hosting took the cold path and is Ready"

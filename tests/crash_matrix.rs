@@ -665,10 +665,22 @@ async fn claim_rows(
             .unwrap();
         assert_eq!(r.status(), 202);
         let h: Value = r.json().await.unwrap();
-        let (id, uid) = (h["id"].as_str().unwrap().to_string(), h["user_id"].as_str().unwrap().to_string());
+        let (id, uid) = (
+            h["id"].as_str().unwrap().to_string(),
+            h["user_id"].as_str().unwrap().to_string(),
+        );
         let hid = hostd::domain::HostingId(uuid::Uuid::parse_str(&id).unwrap());
-        let claimed = store.get_record(hid).await.unwrap().unwrap().claimed_at.is_some();
-        assert!(claimed, "claim {point}: the create did not claim the Ready pool guest");
+        let claimed = store
+            .get_record(hid)
+            .await
+            .unwrap()
+            .unwrap()
+            .claimed_at
+            .is_some();
+        assert!(
+            claimed,
+            "claim {point}: the create did not claim the Ready pool guest"
+        );
         let inode_before = env.disk_inode(&id);
         let mut rec = env.spawn_with("reconciler", &format!("{point}:crash"), &pool_of("0"));
         let crashed = wait_exit(&mut rec, Duration::from_secs(120))
@@ -699,7 +711,10 @@ async fn claim_rows(
             .send()
             .await
             .unwrap();
-        assert!(env.wait_gone(&token, timeout).await, "cleanup of claim {point}");
+        assert!(
+            env.wait_gone(&token, timeout).await,
+            "cleanup of claim {point}"
+        );
         stop(rec);
         rows.push(Row {
             point,

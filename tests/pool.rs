@@ -189,8 +189,15 @@ async fn a_new_hosting_claims_a_ready_pool_guest_and_the_pool_refills() {
     let admin = app.admin("pool_admin").await;
     let (_, h) = app.get_json(&admin, "/api/v1/health/detailed").await;
     let p = &h["warm_pool"];
-    assert_eq!((p["desired"].as_i64(), p["guests"].as_i64(), p["ready"].as_i64()),
-               (Some(1), Some(1), Some(0)), "{h}");
+    assert_eq!(
+        (
+            p["desired"].as_i64(),
+            p["guests"].as_i64(),
+            p["ready"].as_i64()
+        ),
+        (Some(1), Some(1), Some(0)),
+        "{h}"
+    );
     let m = app
         .client
         .get(app.url("/metrics"))

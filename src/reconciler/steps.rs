@@ -22,6 +22,10 @@ use crate::drivers::{probe, DriverError, ObservedDomain, VolumeSource};
 use crate::images::ImageEntry;
 use crate::store::{HostingRecord, Status};
 
+/// How soon a booting guest is probed again. Each look costs a few local
+/// calls; a long interval would add half of itself to every POST → Ready.
+pub const PROBE_INTERVAL: Duration = Duration::from_millis(500);
+
 /// One pass over one hosting: its desired record, the status being built, and
 /// what earlier steps found.
 pub struct Pass<'a> {
@@ -593,7 +597,7 @@ impl<'a> Pass<'a> {
         self.fault("before_status_write").await?;
         self.write_status().await?;
         self.ctx.reset_backoff(self.id());
-        Ok(Action::Requeue(Duration::from_secs(2)))
+        Ok(Action::Requeue(PROBE_INTERVAL))
     }
 
     /// Writes the final status of a converged pass.

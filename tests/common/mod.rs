@@ -486,7 +486,7 @@ pub async fn settle(
 ) -> hostd::reconciler::Action {
     let mut a = ctl.reconcile_once(id).await.unwrap();
     for _ in 0..20 {
-        if a != hostd::reconciler::Action::Requeue(Duration::from_secs(2)) {
+        if a != hostd::reconciler::Action::Requeue(hostd::reconciler::steps::PROBE_INTERVAL) {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
