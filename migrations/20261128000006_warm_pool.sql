@@ -13,6 +13,9 @@ on conflict do nothing;
 alter table hostings add column pool boolean not null default false;
 -- When a pool guest was handed to its owner (null: never pooled, or still in the pool).
 alter table hostings add column claimed_at timestamptz;
+-- The generation the claim set: the claim is being personalised while the
+-- observed generation is below it.
+alter table hostings add column claim_generation bigint;
 drop index hostings_user_id_key;
 create unique index hostings_user_id_key on hostings (user_id) where not pool;
 create index hostings_pool_idx on hostings (created_at) where pool;

@@ -83,7 +83,7 @@ ssh-keygen -q -t ed25519 -N '' -f "$WORK/key2"
 body=$(jq -nc --arg a "$(cat "$WORK/key.pub")" --arg b "$(cat "$WORK/key2.pub")" '{ssh_public_keys: [$a, $b]}')
 curl -fsS -X PATCH "$API/host/my" -H "Authorization: Bearer $TOKEN" -H 'content-type: application/json' -d "$body" >/dev/null
 wait_until 60 0.5 converged "$TOKEN" "$WORK/my.json" || fail "key change did not converge"
-jq -e '.events | map(.reason) | index("SeedApplied")' "$WORK/my.json" >/dev/null || fail "no SeedApplied event"
+jq -e '.events | map(.reason) | index("SeedApplied")' "$WORK/my.json" >/dev/null || { jq -c ".events[]" "$WORK/my.json"; fail "no SeedApplied event"; }
 $(ssh_as "$WORK/key2") true || fail "the added key does not work at once"
 
 step "attack: root in the guest disables the agent; a key change still converges, and applies at the next boot"

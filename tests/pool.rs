@@ -185,6 +185,22 @@ async fn a_new_hosting_claims_a_ready_pool_guest_and_the_pool_refills() {
     let rows = pool_rows(&app).await;
     assert_eq!(rows.len(), 1);
     assert_ne!(rows[0].id, pool_id);
+    // A later key change is no claim: without an agent it waits for the next
+    // boot (no restart, no second refill).
+    let r = app
+        .client
+        .patch(app.url("/api/v1/host/my"))
+        .bearer_auth(&t)
+        .json(&serde_json::json!({"ssh_public_keys": []}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(settle(&ctl, pool_id).await, Action::AwaitChange);
+    let evs = app.store.recent_events(pool_id, 50).await.unwrap();
+    assert_eq!(evs[1].reason.as_str(), "SeedApplyFailed", "{evs:?}");
+    assert_eq!(ctl.ctx.metrics.pool_claim_fallbacks.get(), 1, "no restart");
+    assert_eq!(pool_rows(&app).await.len(), 1);
     // Visible to admins in health/detailed (booting: the new row) and /metrics.
     let admin = app.admin("pool_admin").await;
     let (_, h) = app.get_json(&admin, "/api/v1/health/detailed").await;

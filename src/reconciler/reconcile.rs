@@ -109,7 +109,7 @@ async fn apply(ctx: &Context, rec: HostingRecord) -> Result<Action, ReconcileErr
     if action != Action::AwaitChange {
         return Ok(action);
     }
-    if rec.claimed_at.is_some() && rec.status.observed_generation < rec.generation {
+    if rec.claim_pending() {
         // A claim just completed: refill the pool now, not at the next resync.
         super::pool::maintain(ctx).await?;
     }

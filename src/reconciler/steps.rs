@@ -429,8 +429,7 @@ impl<'a> Pass<'a> {
         if applied == Some(want.seed.as_str()) {
             return Ok(());
         }
-        let claim = self.rec.claimed_at.is_some()
-            && self.rec.status.observed_generation < self.rec.generation;
+        let claim = self.rec.claim_pending();
         if !image.guest_agent || (applied.is_none() && !claim) {
             return Ok(());
         }

@@ -50,7 +50,18 @@ pub struct HostingRecord {
     pub pool: bool,
     /// When this hosting was given a warm-pool guest (`None`: booted for it).
     pub claimed_at: Option<DateTime<Utc>>,
+    /// The generation that claim set (see [`HostingRecord::claim_pending`]).
+    pub claim_generation: Option<i64>,
     pub status: Status,
+}
+
+impl HostingRecord {
+    /// A claimed warm-pool guest not yet personalised for its owner: the
+    /// generation the claim set has not been observed.
+    pub fn claim_pending(&self) -> bool {
+        self.claim_generation
+            .is_some_and(|g| self.status.observed_generation < g)
+    }
 }
 
 #[derive(sqlx::FromRow)]
@@ -83,6 +94,7 @@ struct RecordRow {
     restore_backup_id: Option<Uuid>,
     pool: bool,
     claimed_at: Option<DateTime<Utc>>,
+    claim_generation: Option<i64>,
     applied_seed: Option<String>,
 }
 
@@ -90,7 +102,7 @@ const RECORD_SELECT: &str = "select h.id, h.user_id, u.username, h.vcpus, h.memo
      h.ssh_public_keys, h.running, h.generation, h.deletion_requested_at, h.created_at, \
      s.phase, s.conditions, s.observed_generation, s.ssh_port, s.http_port, s.vm_name, s.message, \
      s.disk_created, s.image_pin, s.provisioning_since, s.last_reconciled_at, \
-     h.disk_epoch, s.disk_epoch as observed_disk_epoch, h.restore_backup_id, h.pool, h.claimed_at, \
+     h.disk_epoch, s.disk_epoch as observed_disk_epoch, h.restore_backup_id, h.pool, h.claimed_at, h.claim_generation, \
      s.applied_seed \
      from hostings h join users u on u.id = h.user_id left join hosting_status s on s.hosting_id = h.id";
 
@@ -121,6 +133,7 @@ impl RecordRow {
             restore_from: self.restore_backup_id.map(BackupId),
             pool: self.pool,
             claimed_at: self.claimed_at,
+            claim_generation: self.claim_generation,
             status: Status {
                 phase: self
                     .phase

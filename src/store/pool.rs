@@ -176,7 +176,7 @@ impl Store {
                  and h.vcpus = $2 and h.memory_mib = $3 and h.disk_gib = $4 and h.image = $5 \
                order by h.created_at limit 1 for update of h skip locked) \
              update hostings h set user_id = $1, pool = false, claimed_at = now(), created_at = now(), \
-               ssh_public_keys = $6, generation = h.generation + 1 \
+               ssh_public_keys = $6, generation = h.generation + 1, claim_generation = h.generation + 1 \
              from c where h.id = c.id returning h.id, c.created_at",
         )
         .bind(user.0)
