@@ -103,6 +103,12 @@ for N in "${SIZES[@]}"; do
     [ $left -eq 0 ]
   }
   wait_until "$READY_TIMEOUT" 1 all_ready || fail "hostings not Ready after ${READY_TIMEOUT}s"
+  # Where hostd's time went, from its events (seconds after Created).
+  for i in $(seq 0 $((N - 1))); do
+    sql "select string_agg(reason || ' +' || round(extract(epoch from at - (select min(at) from events e2
+           where e2.hosting_id = e.hosting_id))::numeric, 2), ', ' order by at)
+         from events e where hosting_id = '${ids[$i]}'" | sed "s/^/  hosting $i events: /"
+  done
   # Keep what hostd rendered, then delete the hostings.
   mkdir -p "$WORK/raw$N"; chmod 0755 "$WORK" "$WORK/raw$N"   # qemu runs as libvirt-qemu
   for i in $(seq 0 $((N - 1))); do
@@ -138,8 +144,12 @@ for disk_el in d.find('devices').findall('disk'):
 iface = d.find('devices').find('interface')
 fwd = iface.findall('portForward')
 fwd[0].find('range').set('start', ssh); fwd[1].find('range').set('start', http)
-ser = d.find('devices').find('serial')
-if ser is not None: d.find('devices').remove(ser)
+# The same serial console as hostd's guests (a log file), so both boots pay
+# for the same console output.
+for tag in ('serial', 'console'):
+    ser = d.find('devices').find(tag)
+    if ser is not None and ser.find('source') is not None:
+        ser.find('source').set('path', path[:-4] + '.console.log')
 t.write(path)
 PY
   done

@@ -116,7 +116,7 @@ mmdebstrap --variant=minbase --mode=root --aptopt='APT::Install-Recommends "fals
   --customize-hook='chroot "$1" systemctl enable systemd-networkd nginx ssh hostd-boot' \
   --customize-hook='chroot "$1" systemctl mask apt-daily.timer apt-daily-upgrade.timer e2scrub_all.timer e2scrub_reap.service fstrim.timer systemd-networkd-wait-online.service' \
   --customize-hook=': > "$1/etc/machine-id"; rm -f "$1"/etc/ssh/ssh_host_*' \
-  --customize-hook='printf "virtio_pci\nvirtio_blk\nvirtio_net\next4\nisofs\n" >> "$1/etc/initramfs-tools/modules"; sed -i "s/^MODULES=.*/MODULES=list/" "$1/etc/initramfs-tools/initramfs.conf"; chroot "$1" update-initramfs -u -k all' \
+  --customize-hook='printf "virtio_pci\nvirtio_blk\nvirtio_net\nvirtio_console\next4\nisofs\n" >> "$1/etc/initramfs-tools/modules"; sed -i "s/^MODULES=.*/MODULES=list/" "$1/etc/initramfs-tools/initramfs.conf"; chroot "$1" update-initramfs -u -k all' \
   --customize-hook='echo "/dev/vda / ext4 defaults 0 1" > "$1/etc/fstab"' \
   bookworm "$work/rootfs" "$MIRROR"
 

@@ -88,7 +88,8 @@ impl Catalog {
                 format: "qcow2".into(),
                 kernel: Some(dir.join("vmlinuz")),
                 initrd: Some(dir.join("initrd.img")),
-                cmdline: Some("root=/dev/vda rw console=ttyS0 quiet".into()),
+                // hvc0: a virtio console (see `templates::DomainXml`).
+                cmdline: Some("root=/dev/vda rw console=hvc0 quiet".into()),
                 guest_agent: false,
             },
         );

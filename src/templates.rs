@@ -38,6 +38,11 @@ pub struct DomainXml<'a> {
     pub console_log: String,
     /// A virtio-serial channel for the QEMU guest agent (images that run it).
     pub guest_agent: bool,
+    /// The console log on a virtio console (`hvc0`) instead of the emulated
+    /// UART, for kernels booted with `console=hvc0`: under TCG every byte
+    /// written to a 16550 costs an emulated I/O exit (measured: 3.6 s of a
+    /// 22 s boot).
+    pub virtio_console: bool,
 }
 
 #[derive(Template)]
@@ -164,6 +169,7 @@ mod tests {
             http_port: 30000,
             console_log: "/tmp/x.log".into(),
             guest_agent: true,
+            virtio_console: false,
         }
         .render()
         .unwrap();

@@ -199,6 +199,11 @@ impl Renderer {
                 .display()
                 .to_string(),
             guest_agent: i.image.guest_agent,
+            virtio_console: i
+                .image
+                .cmdline
+                .as_deref()
+                .is_some_and(|c| c.split_whitespace().any(|a| a == "console=hvc0")),
         }
         .render()
         .expect("domain template renders");
