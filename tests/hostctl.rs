@@ -1,0 +1,168 @@
+//! hostctl as a script uses it: `apply -f` creates and then patches, `get -w`
+//! follows the hosting to Ready, `get -o yaml|json|wide`, `describe`,
+//! `delete --wait`, `HOSTCTL_TOKEN`, and the exit codes (real API and
+//! reconciler on the test driver, a stand-in guest on the forwarded ports).
+
+mod common;
+
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use common::{eventually, fake_guest, TestApp};
+
+fn hostctl(app: &TestApp, token: Option<&str>, args: &[&str]) -> Output {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_hostctl"));
+    c.arg("--api")
+        .arg(format!("http://{}", app.addr))
+        .args(args)
+        .env_remove("HOSTCTL_TOKEN")
+        .env("HOSTCTL_TOKEN_FILE", "/nonexistent/hostctl-token");
+    if let Some(t) = token {
+        c.env("HOSTCTL_TOKEN", t);
+    }
+    c.output().expect("run hostctl")
+}
+
+fn out(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+const DOC: &str = "apiVersion: hostd.dev/v1\nkind: Hosting\nmetadata:\n  name: site\nspec:\n  memory_mib: MEM\n  running: true\n";
+
+// Multi-threaded: hostctl runs as a blocking child process while the API
+// serves it from another worker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn apply_get_watch_describe_delete() {
+    let app = TestApp::running().await;
+    let (t, _) = app.user("ctl_user").await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("hosting.yaml");
+    let f = file.to_str().unwrap();
+
+    // Not logged in: exit 2, nothing created.
+    let o = hostctl(&app, None, &["get"]);
+    assert_eq!(o.status.code(), Some(2));
+
+    std::fs::write(&file, DOC.replace("MEM", "512")).unwrap();
+    let o = hostctl(&app, Some(&t), &["apply", "-f", f]);
+    assert_eq!(o.status.code(), Some(0), "{o:?}");
+    assert!(out(&o).contains("hosting created"), "{}", out(&o));
+
+    let store = app.store.clone();
+    let user = store
+        .find_user_for_login("ctl_user")
+        .await
+        .unwrap()
+        .unwrap()
+        .0
+        .id;
+    let rec = eventually(Duration::from_secs(20), || async {
+        store
+            .get_record_by_user(user)
+            .await
+            .unwrap()
+            .filter(|r| r.status.http_port.is_some())
+    })
+    .await
+    .unwrap();
+    let _guest = fake_guest(
+        rec.status.ssh_port.unwrap(),
+        rec.status.http_port.unwrap(),
+        "ok",
+    )
+    .await;
+    // get -w follows it to Ready (a blocking child: run it off the runtime).
+    let (a, tk) = (app.addr, t.clone());
+    let o = tokio::task::spawn_blocking(move || {
+        Command::new(env!("CARGO_BIN_EXE_hostctl"))
+            .args([
+                "--api",
+                &format!("http://{a}"),
+                "get",
+                "-w",
+                "--timeout",
+                "60",
+            ])
+            .env("HOSTCTL_TOKEN", tk)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{o:?}");
+    let w = out(&o);
+    assert!(w.contains("[######] Ready"), "{w}");
+    assert!(w.lines().count() >= 2, "progress lines: {w}");
+
+    // A changed file patches only what differs; an unchanged one changes nothing.
+    std::fs::write(&file, DOC.replace("MEM", "1024")).unwrap();
+    let o = hostctl(&app, Some(&t), &["apply", "-f", f]);
+    assert_eq!(o.status.code(), Some(0), "{o:?}");
+    assert!(
+        out(&o).contains("hosting patched: memory_mib"),
+        "{}",
+        out(&o)
+    );
+    let r = store.get_record(rec.id).await.unwrap().unwrap();
+    assert_eq!((r.spec.memory_mib, r.generation), (1024, 2));
+    let o = hostctl(&app, Some(&t), &["apply", "-f", f]);
+    assert!(out(&o).contains("hosting unchanged"), "{}", out(&o));
+    assert_eq!(
+        store.get_record(rec.id).await.unwrap().unwrap().generation,
+        2
+    );
+
+    // Output formats.
+    let o = hostctl(&app, Some(&t), &["get", "-o", "yaml"]);
+    let y: serde_json::Value = serde_norway::from_str(&out(&o)).unwrap();
+    assert_eq!(y["spec"]["memory_mib"], 1024);
+    let o = hostctl(&app, Some(&t), &["get", "-o", "json"]);
+    let j: serde_json::Value = serde_json::from_str(&out(&o)).unwrap();
+    assert_eq!(j["id"], rec.id.to_string());
+    let o = hostctl(&app, Some(&t), &["get", "-o", "wide"]);
+    assert!(
+        out(&o).starts_with("ID") && out(&o).contains("1024Mi"),
+        "{}",
+        out(&o)
+    );
+    let o = hostctl(&app, Some(&t), &["describe"]);
+    let d = out(&o);
+    for want in [
+        "Conditions:",
+        "WebReady",
+        "Events (newest first):",
+        "PortsAllocated",
+    ] {
+        assert!(d.contains(want), "{want}: {d}");
+    }
+
+    // Refused documents: exit 2, nothing changes.
+    std::fs::write(&file, "apiVersion: v1\nkind: Pod\nspec: {}\n").unwrap();
+    assert_eq!(
+        hostctl(&app, Some(&t), &["apply", "-f", f]).status.code(),
+        Some(2)
+    );
+    std::fs::write(&file, DOC.replace("MEM", "\"lots\"")).unwrap();
+    let o = hostctl(&app, Some(&t), &["apply", "-f", f]);
+    assert_eq!(o.status.code(), Some(1), "the API's 422: {o:?}");
+    assert!(out(&o).contains("validation_failed"), "{}", out(&o));
+    assert_eq!(
+        store.get_record(rec.id).await.unwrap().unwrap().generation,
+        2
+    );
+
+    let (a, tk) = (app.addr, t.clone());
+    let o = tokio::task::spawn_blocking(move || {
+        Command::new(env!("CARGO_BIN_EXE_hostctl"))
+            .args(["--api", &format!("http://{a}"), "delete", "--wait"])
+            .env("HOSTCTL_TOKEN", tk)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{o:?}");
+    assert!(out(&o).contains("deleted"));
+    assert!(store.get_record(rec.id).await.unwrap().is_none());
+    app.stop().await;
+}
