@@ -158,7 +158,8 @@ PY
     virsh -c qemu:///system create "$WORK/raw$N/$i.xml" >/dev/null
   done
   # Records each raw guest's time to its first HTTP 200; succeeds once all answered.
-  # Also the first SSH banner (what hostd's Ready needs besides HTTP).
+  # Also the first SSH banner (what hostd's Ready needs besides HTTP), probed
+  # like hostd does: only once the site answers.
   all_raw_up() {
     local i left=0
     for i in $(seq 0 $((N - 1))); do
@@ -167,7 +168,7 @@ PY
           rready[$i]=$(python3 -c "print($(now) - ${rt0[$i]})")
         else left=$((left + 1)); fi
       fi
-      if [ -z "${rssh[$i]}" ]; then
+      if [ -z "${rssh[$i]}" ] && [ -n "${rready[$i]}" ]; then
         if python3 - "${sports[$i]}" <<'PY'
 import socket, sys
 try:

@@ -555,10 +555,13 @@ impl<'a> Pass<'a> {
             true => format!("http://127.0.0.1:{http}/"),
             false => format!("{}/{}/", self.ctx.config.probe_url, self.rec.user_id),
         };
-        let (web, banner) = tokio::join!(
-            probe::http_ok(&self.ctx.http, &url),
-            probe::ssh_banner(self.ssh_probe_addr(ssh))
-        );
+        // SSH only once the site answers: every probe of a port whose
+        // service is not up yet still costs the booting guest work.
+        let web = probe::http_ok(&self.ctx.http, &url).await;
+        let banner = match &web {
+            Ok(_) => probe::ssh_banner(self.ssh_probe_addr(ssh)).await,
+            Err(_) => Err("not probed before the site answers".to_string()),
+        };
         if web.is_ok() && banner.is_ok() {
             let msg = match self.rec.pool {
                 true => "warm-pool guest answers HTTP and SSH; claimable",
