@@ -75,11 +75,13 @@ wait_until 300 1 pool_gone || fail "the pool and the warm hostings were not remo
 accel=$(curl -fsS "$API/health/detailed" | jq -r .domain_type)
 
 results=()
+R=0
 for N in "${SIZES[@]}"; do
+  R=$((R + 1))   # a round number: sizes may repeat (`1 1 1`)
   step "N=$N: hostd, POST -> Ready"
   tokens=(); t0=()
   for i in $(seq 1 "$N"); do
-    u="bench${N}x$i"
+    u="bench${R}n${N}x$i"
     curl -fsS -X POST "$API/auth/register" -H 'content-type: application/json' \
       -d "{\"email\":\"$u@example.com\",\"username\":\"$u\",\"password\":\"correct horse\"}" >/dev/null
     tokens+=("$(curl -fsS -X POST "$API/auth/login" -d "username=$u&password=correct horse" | jq -r .access_token)")
@@ -110,10 +112,10 @@ for N in "${SIZES[@]}"; do
          from events e where hosting_id = '${ids[$i]}'" | sed "s/^/  hosting $i events: /"
   done
   # Keep what hostd rendered, then delete the hostings.
-  mkdir -p "$WORK/raw$N"; chmod 0755 "$WORK" "$WORK/raw$N"   # qemu runs as libvirt-qemu
+  mkdir -p "$WORK/raw$R"; chmod 0755 "$WORK" "$WORK/raw$R"   # qemu runs as libvirt-qemu
   for i in $(seq 0 $((N - 1))); do
-    virsh -c qemu:///system dumpxml --inactive "hostd-${ids[$i]}" > "$WORK/raw$N/$i.xml"
-    cp "$STATE_DIR/pools/$INSTANCE/hostd-${ids[$i]}-seed.iso" "$WORK/raw$N/$i.iso"
+    virsh -c qemu:///system dumpxml --inactive "hostd-${ids[$i]}" > "$WORK/raw$R/$i.xml"
+    cp "$STATE_DIR/pools/$INSTANCE/hostd-${ids[$i]}-seed.iso" "$WORK/raw$R/$i.iso"
     curl -fsS -X DELETE "$API/host/my" -H "Authorization: Bearer ${tokens[$i]}" >/dev/null
   done
   for i in $(seq 0 $((N - 1))); do
@@ -124,10 +126,10 @@ for N in "${SIZES[@]}"; do
   step "N=$N: raw guests, virsh create -> first HTTP 200"
   ports=(); sports=(); rt0=(); rready=(); rssh=()
   for i in $(seq 0 $((N - 1))); do
-    qemu-img create -q -f qcow2 -F qcow2 -b "$base" "$WORK/raw$N/$i.qcow2" 10G
-    chmod 0666 "$WORK/raw$N/$i.qcow2" "$WORK/raw$N/$i.iso"
+    qemu-img create -q -f qcow2 -F qcow2 -b "$base" "$WORK/raw$R/$i.qcow2" 10G
+    chmod 0666 "$WORK/raw$R/$i.qcow2" "$WORK/raw$R/$i.iso"
     hp=$(free_port); sp=$(free_port); ports+=("$hp"); sports+=("$sp"); rready+=(""); rssh+=("")
-    python3 - "$WORK/raw$N/$i.xml" "$RAW_PREFIX-$N-$i" "$WORK/raw$N/$i.qcow2" "$WORK/raw$N/$i.iso" "$sp" "$hp" <<'PY'
+    python3 - "$WORK/raw$R/$i.xml" "$RAW_PREFIX-$R-$i" "$WORK/raw$R/$i.qcow2" "$WORK/raw$R/$i.iso" "$sp" "$hp" <<'PY'
 import sys, xml.etree.ElementTree as ET
 path, name, disk, seed, ssh, http = sys.argv[1:]
 t = ET.parse(path); d = t.getroot()
@@ -155,7 +157,7 @@ PY
   done
   for i in $(seq 0 $((N - 1))); do
     rt0+=("$(now)")
-    virsh -c qemu:///system create "$WORK/raw$N/$i.xml" >/dev/null
+    virsh -c qemu:///system create "$WORK/raw$R/$i.xml" >/dev/null
   done
   # Records each raw guest's time to its first HTTP 200; succeeds once all answered.
   # Also the first SSH banner (what hostd's Ready needs besides HTTP), probed
