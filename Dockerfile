@@ -9,7 +9,7 @@ COPY . .
 RUN cargo build --release --locked --bins
 
 FROM debian:bookworm-slim
-RUN apt-get update && apt-get install -y --no-install-recommends libvirt0 nginx-light genisoimage nftables ca-certificates && rm -rf /var/lib/apt/lists/*
+RUN apt-get update && apt-get install -y --no-install-recommends libvirt0 nginx-light genisoimage nftables qemu-utils ca-certificates && rm -rf /var/lib/apt/lists/*
 COPY --from=build /src/target/release/hostd /src/target/release/hostctl /usr/local/bin/
 ENV HOSTD_LISTEN=0.0.0.0:8000
 EXPOSE 8000

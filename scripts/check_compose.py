@@ -23,6 +23,14 @@ for name, svc in services.items():
     for dep in (svc.get("depends_on") or {}):
         if dep not in services:
             errors.append(f"{name}: depends on unknown service {dep}")
+    hc = svc.get("healthcheck") or {}
+    test = hc.get("test")
+    if not test or hc.get("disable"):
+        errors.append(f"{name}: needs a healthcheck")
+    elif isinstance(test, list) and test[0] not in ("CMD", "CMD-SHELL"):
+        errors.append(f"{name}: healthcheck test must start with CMD or CMD-SHELL")
+    elif isinstance(test, list) and test[0] == "CMD" and test[1] == "hostd" and "build" not in svc:
+        errors.append(f"{name}: a 'hostd probe' healthcheck needs the hostd image")
     env = svc.get("environment") or {}
     if name.startswith("hostd-"):
         for var in ["DATABASE_URL", "HOSTD_JWT_SECRET"]:

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Lints what cannot be run here: the systemd units in deploy/systemd, docker-compose.yml against the Compose
-# schema rules we rely on, and crds/hosting.yaml with kubernetes-validate.
+# schema rules we rely on (every service has a health check), scripts/docker-start.sh (syntax; `docker
+# compose config` too where a Docker client with Compose exists), and crds/hosting.yaml with kubernetes-validate.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 venv=target/lint-venv
@@ -11,3 +12,8 @@ fi
 "$venv/bin/kubernetes-validate" --strict crds/hosting.yaml
 "$venv/bin/python" scripts/check_compose.py docker-compose.yml
 "$venv/bin/python" scripts/check_units.py deploy/systemd
+bash -n scripts/docker-start.sh
+if docker compose version >/dev/null 2>&1; then
+  HOSTD_JWT_SECRET=lint-only-secret-lint-only-secret-0000 docker compose config -q
+  echo "docker compose config: ok"
+fi

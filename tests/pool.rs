@@ -303,9 +303,30 @@ async fn pool_guests_make_room_for_tenants() {
     };
     let app = TestApp::spawn_with(config, hostd::app::Mode::All, false, Some(nginx), state).await;
     let ctl = app.controller.clone().unwrap();
+    // One pool guest boots at a time: the second is added once the first is Ready.
     pool::maintain(&ctl.ctx).await.unwrap();
-    let _guests = boot_pool(&app).await;
-    assert_eq!(pool_rows(&app).await.len(), 2);
+    pool::maintain(&ctl.ctx).await.unwrap();
+    assert_eq!(pool_rows(&app).await.len(), 1);
+    let mut _guests = boot_pool(&app).await;
+    pool::maintain(&ctl.ctx).await.unwrap();
+    let rows = pool_rows(&app).await;
+    assert_eq!(rows.len(), 2);
+    let second = rows
+        .iter()
+        .find(|r| r.status.ssh_port.is_none())
+        .unwrap()
+        .id;
+    ctl.reconcile_once(second).await.unwrap();
+    let rec = app.store.get_record(second).await.unwrap().unwrap();
+    _guests.push(
+        fake_guest(
+            rec.status.ssh_port.unwrap(),
+            rec.status.http_port.unwrap(),
+            "pool",
+        )
+        .await,
+    );
+    assert_eq!(settle(&ctl, second).await, Action::AwaitChange);
     let (t, _) = app.user("tenant").await;
     let r = app
         .client

@@ -51,6 +51,9 @@ enum Cmd {
     },
     /// Grant the admin role to a user.
     MakeAdmin { username: String },
+    /// GET a URL and exit 0 on a 2xx answer within 5 s, else 1: the
+    /// containers' health check (the runtime image has no curl).
+    Probe { url: String },
 }
 
 fn config(settings: &Settings, dev: bool) -> Config {
@@ -106,6 +109,24 @@ async fn main() {
         }
         Err(e) => e.exit(),
     };
+    if let Cmd::Probe { url } = &cli.cmd {
+        let c = reqwest::Client::builder()
+            .timeout(std::time::Duration::from_secs(5))
+            .no_proxy()
+            .build()
+            .expect("http client");
+        match c.get(url).send().await {
+            Ok(r) if r.status().is_success() => std::process::exit(0),
+            Ok(r) => {
+                eprintln!("hostd probe: {url} answered {}", r.status());
+                std::process::exit(1)
+            }
+            Err(e) => {
+                eprintln!("hostd probe: {url}: {e}");
+                std::process::exit(1)
+            }
+        }
+    }
     let s = &cli.settings;
     hostd::telemetry::init(s.log_json == "1");
     match cli.cmd {
@@ -139,6 +160,7 @@ async fn main() {
             let conf = hostd::app::nginx_main_conf(&listen, &prefix, &routes, domain);
             print!("{conf}")
         }
+        Cmd::Probe { .. } => unreachable!("handled before the settings"),
         Cmd::MakeAdmin { username } => {
             let c = config(s, true);
             let u = hostd::domain::Username::parse(&username).unwrap_or_else(|e| {

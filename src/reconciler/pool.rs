@@ -11,9 +11,9 @@ use super::{Context, ReconcileError};
 use crate::domain::HostingSpec;
 use crate::store::PoolCounts;
 
-/// Converges the pool towards `HOSTD_WARM_POOL` guests: adds rows while
-/// the host has room for one more guest of the class and nobody waits for
-/// room, removes extras (those not yet Ready first). Idempotent; called by
+/// Converges the pool towards `HOSTD_WARM_POOL` guests: adds a row when
+/// none is booting, the host has room for one more guest of the class and
+/// nobody waits for room; removes extras (those not yet Ready first). Idempotent; called by
 /// every resync and after a claim. Returns the counts before any change.
 pub async fn maintain(ctx: &Context) -> Result<PoolCounts, ReconcileError> {
     let class = HostingSpec::default();
@@ -27,15 +27,15 @@ pub async fn maintain(ctx: &Context) -> Result<PoolCounts, ReconcileError> {
     if counts.total > want {
         let n = ctx.store.shrink_pool(&class, counts.total - want).await?;
         tracing::info!(removed = n, want, "warm pool: shrinking");
-    } else if counts.total < want {
-        // Rows not yet admitted hold nothing, so they are counted here; one
-        // the scheduler still refuses is dropped, not left waiting.
-        let unadmitted = ctx.store.pool_unadmitted(&class).await?;
-        let fit = room_for(ctx, &class).await?.saturating_sub(unadmitted);
-        for _ in 0..(want - counts.total).min(fit) {
-            let id = ctx.store.add_pool_guest(&class).await?;
-            tracing::info!(pool_guest = %id, have = counts.total, want, "warm pool: adding a guest");
-        }
+    } else if counts.total < want
+        && counts.total == counts.ready
+        && room_for(ctx, &class).await? > 0
+    {
+        // One pool guest boots at a time: a boot under TCG takes a whole
+        // core for tens of seconds, and tenants' claims and boots come
+        // first. The next is added once this one is Ready.
+        let id = ctx.store.add_pool_guest(&class).await?;
+        tracing::info!(pool_guest = %id, have = counts.total, want, "warm pool: adding a guest");
     }
     Ok(counts)
 }

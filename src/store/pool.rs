@@ -60,20 +60,6 @@ impl Store {
         })
     }
 
-    /// Pool rows of `class` not yet admitted by the scheduler (no ports).
-    pub async fn pool_unadmitted(&self, class: &HostingSpec) -> Result<i64> {
-        let (n,): (i64,) = sqlx::query_as(
-            "select count(*) from hostings h join hosting_status s on s.hosting_id = h.id              where h.pool and h.deletion_requested_at is null and s.ssh_port is null                and h.vcpus = $1 and h.memory_mib = $2 and h.disk_gib = $3 and h.image = $4",
-        )
-        .bind(class.vcpus)
-        .bind(class.memory_mib)
-        .bind(class.disk_gib)
-        .bind(class.image.as_str())
-        .fetch_one(&self.pool)
-        .await?;
-        Ok(n)
-    }
-
     /// Adds one pool guest of `class` (desired state; the reconciler boots it).
     pub async fn add_pool_guest(&self, class: &HostingSpec) -> Result<HostingId> {
         let id = Uuid::new_v4();
