@@ -173,15 +173,31 @@ impl Store {
                 return self.must_get(id).await;
             }
         }
+        let msg = "hosting requested; waiting for the reconciler";
+        let id = self.insert_hosting(user, spec, false, msg).await?;
+        self.must_get(id).await
+    }
+
+    /// Inserts a desired hosting (a pool guest with `pool`), its Pending
+    /// status and a `Created` event saying `msg`, in one transaction. The
+    /// unique index on the user's hosting answers `Conflict`.
+    pub(super) async fn insert_hosting(
+        &self,
+        user: UserId,
+        spec: &HostingSpec,
+        pool: bool,
+        msg: &str,
+    ) -> Result<HostingId> {
         let id = Uuid::new_v4();
         let mut tx = self.pool.begin().await?;
         let q = sqlx::query(
-            "insert into hostings (id, user_id, vcpus, memory_mib, disk_gib, image, ssh_public_keys, running) \
-             values ($1, $2, $3, $4, $5, $6, $7, $8)",
+            "insert into hostings (id, user_id, vcpus, memory_mib, disk_gib, image, ssh_public_keys, running, pool) \
+             values ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
         )
         .bind(id)
         .bind(user.0);
         bind_spec(q, spec)
+            .bind(pool)
             .execute(&mut *tx)
             .await
             .map_err(|e| match is_unique_violation(&e) {
@@ -192,17 +208,10 @@ impl Store {
             .bind(id)
             .execute(&mut *tx)
             .await?;
-        let msg = "hosting requested; waiting for the reconciler";
-        insert_event(
-            &mut tx,
-            HostingId(id),
-            EventType::Normal,
-            Reason::Created,
-            msg,
-        )
-        .await?;
+        let id = HostingId(id);
+        insert_event(&mut tx, id, EventType::Normal, Reason::Created, msg).await?;
         tx.commit().await?;
-        self.must_get(HostingId(id)).await
+        Ok(id)
     }
 
     /// One hosting by id.
@@ -341,7 +350,7 @@ type PgQuery<'q> = sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArgu
 
 /// Binds a spec's columns in table order: vcpus, memory_mib, disk_gib, image,
 /// ssh_public_keys, running.
-pub(super) fn bind_spec<'q>(q: PgQuery<'q>, spec: &'q HostingSpec) -> PgQuery<'q> {
+fn bind_spec<'q>(q: PgQuery<'q>, spec: &'q HostingSpec) -> PgQuery<'q> {
     let keys: Vec<&str> = spec.ssh_public_keys.iter().map(|k| k.as_str()).collect();
     q.bind(spec.vcpus)
         .bind(spec.memory_mib)

@@ -7,7 +7,6 @@
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
-use super::hostings::bind_spec;
 use super::status::insert_event;
 use super::{is_unique_violation, Result, Store, StoreError};
 use crate::domain::*;
@@ -62,35 +61,13 @@ impl Store {
 
     /// Adds one pool guest of `class` (desired state; the reconciler boots it).
     pub async fn add_pool_guest(&self, class: &HostingSpec) -> Result<HostingId> {
-        let id = Uuid::new_v4();
-        let mut tx = self.pool.begin().await?;
-        let q = sqlx::query(
-            "insert into hostings (id, user_id, vcpus, memory_mib, disk_gib, image, ssh_public_keys, running, pool) \
-             values ($1, $2, $3, $4, $5, $6, $7, $8, true)",
-        )
-        .bind(id)
-        .bind(POOL_USER.0);
         let class = HostingSpec {
             ssh_public_keys: vec![],
             running: true,
             ..class.clone()
         };
-        bind_spec(q, &class).execute(&mut *tx).await?;
-        sqlx::query("insert into hosting_status (hosting_id) values ($1)")
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
-        let msg = "warm-pool guest requested";
-        insert_event(
-            &mut tx,
-            HostingId(id),
-            EventType::Normal,
-            Reason::Created,
-            msg,
-        )
-        .await?;
-        tx.commit().await?;
-        Ok(HostingId(id))
+        self.insert_hosting(POOL_USER, &class, true, "warm-pool guest requested")
+            .await
     }
 
     /// Asks for `n` pool guests of `class` to be deleted, those not yet
