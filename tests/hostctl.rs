@@ -71,24 +71,8 @@ async fn apply_get_watch_describe_delete() {
         "ok",
     )
     .await;
-    // get -w follows it to Ready (a blocking child: run it off the runtime).
-    let (a, tk) = (app.addr, t.clone());
-    let o = tokio::task::spawn_blocking(move || {
-        Command::new(env!("CARGO_BIN_EXE_hostctl"))
-            .args([
-                "--api",
-                &format!("http://{a}"),
-                "get",
-                "-w",
-                "--timeout",
-                "60",
-            ])
-            .env("HOSTCTL_TOKEN", tk)
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
+    // get -w follows it to Ready.
+    let o = hostctl(&app, Some(&t), &["get", "-w", "--timeout", "60"]);
     assert_eq!(o.status.code(), Some(0), "{o:?}");
     let w = out(&o);
     assert!(w.contains("[######] Ready"), "{w}");
@@ -151,16 +135,7 @@ async fn apply_get_watch_describe_delete() {
         2
     );
 
-    let (a, tk) = (app.addr, t.clone());
-    let o = tokio::task::spawn_blocking(move || {
-        Command::new(env!("CARGO_BIN_EXE_hostctl"))
-            .args(["--api", &format!("http://{a}"), "delete", "--wait"])
-            .env("HOSTCTL_TOKEN", tk)
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
+    let o = hostctl(&app, Some(&t), &["delete", "--wait"]);
     assert_eq!(o.status.code(), Some(0), "{o:?}");
     assert!(out(&o).contains("deleted"));
     assert!(store.get_record(rec.id).await.unwrap().is_none());

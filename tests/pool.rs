@@ -64,13 +64,11 @@ async fn boot_pool(app: &TestApp) -> Vec<common::FakeGuest> {
 }
 
 fn seed_bytes(app: &TestApp, id: HostingId) -> Vec<u8> {
-    let ctl = app.controller.clone().unwrap();
     let dir = app
         .config
         .state_dir
         .join("pools")
         .join(&app.config.instance);
-    let _ = ctl;
     std::fs::read(dir.join(seed_volume(id))).expect("seed volume file")
 }
 
