@@ -10,17 +10,20 @@ use serde_json::{json, Value};
 use crate::domain::{Condition, Phase};
 
 /// Desired state of a Hosting: the API's `spec` and the CRD's, one type.
-#[derive(Debug, Serialize, JsonSchema)]
+#[derive(Debug, Serialize, JsonSchema, utoipa::ToSchema)]
 pub struct HostingSpec {
     // schemars takes literals only: a test checks them against `limits`.
     /// Virtual CPUs.
     #[schemars(range(min = 1, max = 16))]
+    #[schema(minimum = 1, maximum = 16)]
     pub vcpus: i32,
     /// Memory in MiB.
     #[schemars(range(min = 256, max = 65536))]
+    #[schema(minimum = 256, maximum = 65536)]
     pub memory_mib: i32,
     /// Disk size in GiB; fixed after creation.
     #[schemars(range(min = 1, max = 1024))]
+    #[schema(minimum = 1, maximum = 1024)]
     pub disk_gib: i32,
     /// Image name from the image catalogue, e.g. `debian-12`.
     #[schemars(regex(pattern = r"^[a-z0-9][a-z0-9._-]{0,63}$"))]
@@ -49,7 +52,7 @@ impl From<&crate::domain::HostingSpec> for HostingSpec {
 }
 
 /// Observed state of a Hosting: the API's `status` and the CRD's, one type.
-#[derive(Debug, Serialize, JsonSchema)]
+#[derive(Debug, Serialize, JsonSchema, utoipa::ToSchema)]
 pub struct HostingStatus {
     pub phase: Phase,
     pub conditions: Vec<Condition>,

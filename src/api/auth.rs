@@ -14,7 +14,7 @@ use bytes::Bytes;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 
-use super::error::ApiError;
+use super::error::{ApiError, ErrorBody};
 use super::limits::{client_key, Rule};
 use super::AppState;
 use crate::domain::{Email, Password, Role, UserId, Username};
@@ -187,15 +187,29 @@ impl FromRequestParts<AppState> for IsAdmin {
     }
 }
 
-#[derive(Deserialize)]
+/// The body of `POST /auth/register`.
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RegisterBody {
+    /// A valid email address (unique, compared case-insensitively).
+    #[schema(max_length = 254)]
     email: String,
+    /// 8 to 72 bytes, no control characters.
+    #[schema(min_length = 8, max_length = 72)]
     password: String,
+    /// 3 to 32 of a-z, 0-9, `-`, `_`, starting with a letter (unique).
+    #[schema(pattern = "^[a-z][a-z0-9_-]{2,31}$")]
     username: String,
 }
 
 /// `POST /api/v1/auth/register`
+#[utoipa::path(post, path = "/api/v1/auth/register", tag = "auth",
+    request_body = RegisterBody,
+    responses(
+        (status = 201, description = "The new account", body = crate::store::User),
+        (status = 409, description = "Email or username taken", body = ErrorBody),
+        (status = 429, description = "Too many sign-ups from this address (`Retry-After`)", body = ErrorBody),
+    ))]
 pub async fn register(
     State(st): State<AppState>,
     ClientAddr(addr): ClientAddr,
@@ -215,8 +229,11 @@ pub async fn register(
     Ok((StatusCode::CREATED, Json(user)))
 }
 
-#[derive(Deserialize)]
+/// The body of `POST /auth/login` (OAuth2 password form or JSON); the
+/// OAuth2 form's extra fields are accepted and ignored.
+#[derive(Deserialize, utoipa::ToSchema)]
 struct LoginBody {
+    /// Username or email.
     username: String,
     password: String,
     #[serde(default)]
@@ -233,10 +250,14 @@ struct LoginBody {
     client_secret: Option<String>,
 }
 
-#[derive(Serialize)]
+/// A bearer token and its lifetime.
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct TokenResponse {
     access_token: String,
+    /// Always `bearer`.
+    #[schema(value_type = String)]
     token_type: &'static str,
+    /// Seconds until the token expires.
     expires_in: u64,
 }
 
@@ -308,6 +329,16 @@ fn login_failed(st: &AppState, account: &str, addr: &str) -> ApiError {
 /// `POST /api/v1/auth/login`: form (`application/x-www-form-urlencoded`) or
 /// JSON. Past `HOSTD_LOGIN_MAX_FAILURES` failures for the account (or the
 /// per-address limit) within the window: 429 with `Retry-After`.
+#[utoipa::path(post, path = "/api/v1/auth/login", tag = "auth",
+    request_body(content(
+        (LoginBody = "application/x-www-form-urlencoded"),
+        (LoginBody = "application/json"),
+    )),
+    responses(
+        (status = 200, description = "A bearer token", body = TokenResponse),
+        (status = 401, description = "Incorrect username or password", body = ErrorBody),
+        (status = 429, description = "Too many failed logins (`Retry-After`)", body = ErrorBody),
+    ))]
 pub async fn login(
     State(st): State<AppState>,
     ClientAddr(addr): ClientAddr,
@@ -356,6 +387,9 @@ pub async fn login(
 }
 
 /// `POST /api/v1/auth/logout`: revokes the presented token.
+#[utoipa::path(post, path = "/api/v1/auth/logout", tag = "auth",
+    security(("bearer" = [])),
+    responses((status = 204, description = "The presented token is revoked")))]
 pub async fn logout(State(st): State<AppState>, auth: AuthUser) -> Result<StatusCode, ApiError> {
     st.guard
         .revoke(auth.token.jti, auth.id, auth.token.expires_at)
@@ -364,7 +398,8 @@ pub async fn logout(State(st): State<AppState>, auth: AuthUser) -> Result<Status
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[derive(Deserialize)]
+/// The body of `PUT /auth/password`.
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PasswordBody {
     old_password: String,
@@ -374,6 +409,13 @@ pub struct PasswordBody {
 /// `PUT /api/v1/auth/password`: checks the old password (failures count
 /// against the account's login limit), sets the new one and revokes every
 /// token of the user; answers with a fresh token.
+#[utoipa::path(put, path = "/api/v1/auth/password", tag = "auth",
+    security(("bearer" = [])),
+    request_body = PasswordBody,
+    responses(
+        (status = 200, description = "Changed; every earlier token is void. A fresh token", body = TokenResponse),
+        (status = 429, description = "Too many failed attempts (`Retry-After`)", body = ErrorBody),
+    ))]
 pub async fn change_password(
     State(st): State<AppState>,
     ClientAddr(addr): ClientAddr,
@@ -404,6 +446,9 @@ pub async fn change_password(
 }
 
 /// `GET /api/v1/auth/me`
+#[utoipa::path(get, path = "/api/v1/auth/me", tag = "auth",
+    security(("bearer" = [])),
+    responses((status = 200, description = "The caller's account", body = crate::store::User)))]
 pub async fn me(State(st): State<AppState>, auth: AuthUser) -> Result<impl IntoResponse, ApiError> {
     let user = st
         .store

@@ -5,7 +5,6 @@
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde_json::json;
 
 use crate::domain::ValidationError;
 use crate::store::StoreError;
@@ -61,6 +60,23 @@ impl ApiError {
     }
 }
 
+/// The body of every error response.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+/// What went wrong: a stable machine-readable `code` and a human message.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct ErrorDetail {
+    /// One of: bad_request, unauthorized, forbidden, not_found, conflict,
+    /// payload_too_large, unsupported_media_type, validation_failed,
+    /// unavailable, rate_limited, busy, internal.
+    #[schema(value_type = String, pattern = "^(bad_request|unauthorized|forbidden|not_found|conflict|payload_too_large|unsupported_media_type|validation_failed|unavailable|rate_limited|busy|internal)$")]
+    pub code: &'static str,
+    pub message: String,
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, code) = self.status_code();
@@ -76,7 +92,9 @@ impl IntoResponse for ApiError {
             ApiError::Unauthorized(m) => m.to_string(),
             other => other.to_string(),
         };
-        let body = Json(json!({"error": {"code": code, "message": message}}));
+        let body = Json(ErrorBody {
+            error: ErrorDetail { code, message },
+        });
         match self {
             ApiError::TooManyRequests(d) | ApiError::Busy(d) => (
                 status,

@@ -29,11 +29,15 @@ pub struct Cached {
 }
 
 /// `GET /api/v1/health`: cheap liveness.
+#[utoipa::path(get, path = "/api/v1/health", tag = "meta",
+    responses((status = 200, description = "The process answers", body = Object, example = json!({"status": "ok"}))))]
 pub async fn health() -> impl IntoResponse {
     Json(json!({"status": "ok"}))
 }
 
 /// `GET /api/v1/version`
+#[utoipa::path(get, path = "/api/v1/version", tag = "meta",
+    responses((status = 200, description = "Name and version", body = Object)))]
 pub async fn version() -> impl IntoResponse {
     Json(json!({"name": "hostd", "version": env!("CARGO_PKG_VERSION")}))
 }
@@ -49,6 +53,12 @@ fn check(ok: Result<String, String>, started: Instant) -> serde_json::Value {
 /// `GET /api/v1/health/detailed`: database, libvirt, nginx, reconciler,
 /// guest isolation, Redis, capacity. Anyone sees each check's status; an
 /// admin also sees the details (versions, the leader's host name).
+#[utoipa::path(get, path = "/api/v1/health/detailed", tag = "meta",
+    security((), ("bearer" = [])),
+    responses(
+        (status = 200, description = "Every check passed (an admin token adds details)", body = Object),
+        (status = 503, description = "A check failed (same shape)", body = Object),
+    ))]
 pub async fn detailed(State(st): State<AppState>, IsAdmin(admin): IsAdmin) -> impl IntoResponse {
     let cached = {
         // Held while computing: concurrent callers wait for this one answer.

@@ -9,16 +9,18 @@ use bytes::Bytes;
 use serde::Serialize;
 
 use super::auth::AuthUser;
-use super::error::ApiError;
+use super::error::{ApiError, ErrorBody};
 use super::AppState;
 use crate::crd::{HostingSpec as HostingSpecView, HostingStatus as HostingStatusView};
 use crate::domain::{ssh_command, BackupId, HostingSpec, Role, SpecPatch};
 use crate::store::{Event, HostingRecord, RestoreRefusal, StoreError};
 
 /// The hosting as the API shows it (shape is a contract, see docs/api.md).
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct HostingView {
+    #[schema(format = Uuid)]
     id: String,
+    #[schema(format = Uuid)]
     user_id: String,
     spec: HostingSpecView,
     generation: i64,
@@ -26,7 +28,9 @@ pub struct HostingView {
     status: HostingStatusView,
     web_url: Option<String>,
     ssh_command: Option<String>,
+    /// Latest events, newest first (single-hosting answers only).
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     events: Option<Vec<Event>>,
 }
 
@@ -98,6 +102,14 @@ async fn with_events(st: &AppState, rec: &HostingRecord) -> Result<HostingView, 
 }
 
 /// `POST /api/v1/host`
+#[utoipa::path(post, path = "/api/v1/host", tag = "hosting",
+    security(("bearer" = [])),
+    request_body(content = SpecPatch, description = "Spec fields; omitted ones take defaults (1 vCPU, 512 MiB, 10 GiB, debian-12, running). An empty body is allowed."),
+    responses(
+        (status = 202, description = "Recorded; the reconciler provisions it", body = HostingView),
+        (status = 409, description = "The caller already has a hosting", body = ErrorBody),
+        (status = 429, description = "Too many hosting writes (`Retry-After`)", body = ErrorBody),
+    ))]
 pub async fn create(
     State(st): State<AppState>,
     auth: AuthUser,
@@ -123,6 +135,12 @@ pub async fn create(
 }
 
 /// `GET /api/v1/host/my`
+#[utoipa::path(get, path = "/api/v1/host/my", tag = "hosting",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The hosting with its latest 20 events", body = HostingView),
+        (status = 404, description = "The caller has no hosting", body = ErrorBody),
+    ))]
 pub async fn get_mine(
     State(st): State<AppState>,
     auth: AuthUser,
@@ -132,6 +150,15 @@ pub async fn get_mine(
 }
 
 /// `PATCH /api/v1/host/my`
+#[utoipa::path(patch, path = "/api/v1/host/my", tag = "hosting",
+    security(("bearer" = [])),
+    request_body(content = SpecPatch, description = "Fields to change; `disk_gib` and `image` only to their current values"),
+    responses(
+        (status = 200, description = "The new desired state (generation + 1 if it changed)", body = HostingView),
+        (status = 404, description = "The caller has no hosting", body = ErrorBody),
+        (status = 409, description = "The hosting is being deleted", body = ErrorBody),
+        (status = 429, description = "Too many hosting writes (`Retry-After`)", body = ErrorBody),
+    ))]
 pub async fn patch_mine(
     State(st): State<AppState>,
     auth: AuthUser,
@@ -173,6 +200,14 @@ fn accepted(
 /// `POST /api/v1/host/my/reset`: the owner's consent to replace a lost disk
 /// (or the current one) with a fresh, empty disk. The reconciler quarantines
 /// the old disk, if any, and boots the hosting on a new one.
+#[utoipa::path(post, path = "/api/v1/host/my/reset", tag = "hosting",
+    security(("bearer" = [])),
+    responses(
+        (status = 202, description = "Disk reset requested", body = HostingView),
+        (status = 404, description = "The caller has no hosting", body = ErrorBody),
+        (status = 409, description = "The hosting is being deleted", body = ErrorBody),
+        (status = 429, description = "Too many hosting writes (`Retry-After`)", body = ErrorBody),
+    ))]
 pub async fn reset_mine(
     State(st): State<AppState>,
     auth: AuthUser,
@@ -183,6 +218,13 @@ pub async fn reset_mine(
 }
 
 /// `DELETE /api/v1/host/my`: the row stays until the reconciler has cleaned up.
+#[utoipa::path(delete, path = "/api/v1/host/my", tag = "hosting",
+    security(("bearer" = [])),
+    responses(
+        (status = 202, description = "Deletion requested; the row goes when the reconciler has cleaned up", body = HostingView),
+        (status = 404, description = "The caller has no hosting", body = ErrorBody),
+        (status = 429, description = "Too many hosting writes (`Retry-After`)", body = ErrorBody),
+    ))]
 pub async fn delete_mine(
     State(st): State<AppState>,
     auth: AuthUser,
@@ -193,6 +235,12 @@ pub async fn delete_mine(
 }
 
 /// `GET /api/v1/admin/hostings` (admins only)
+#[utoipa::path(get, path = "/api/v1/admin/hostings", tag = "admin",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Every hosting (warm-pool guests included)", body = Vec<HostingView>),
+        (status = 403, description = "The caller is not an admin", body = ErrorBody),
+    ))]
 pub async fn admin_list(
     State(st): State<AppState>,
     auth: AuthUser,
@@ -216,6 +264,14 @@ async fn my_hosting(st: &AppState, auth: &AuthUser) -> Result<HostingRecord, Api
 
 /// `POST /api/v1/host/my/backups`: a backup request the reconciler carries
 /// out (202 and the Pending backup); 409 while one is pending or running.
+#[utoipa::path(post, path = "/api/v1/host/my/backups", tag = "hosting",
+    security(("bearer" = [])),
+    responses(
+        (status = 202, description = "Backup requested", body = crate::store::Backup),
+        (status = 404, description = "The caller has no hosting", body = ErrorBody),
+        (status = 409, description = "A backup or restore is pending or running", body = ErrorBody),
+        (status = 429, description = "Too many hosting writes (`Retry-After`)", body = ErrorBody),
+    ))]
 pub async fn create_backup(
     State(st): State<AppState>,
     auth: AuthUser,
@@ -235,6 +291,12 @@ pub async fn create_backup(
 }
 
 /// `GET /api/v1/host/my/backups`: the hosting's backups, newest first.
+#[utoipa::path(get, path = "/api/v1/host/my/backups", tag = "hosting",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Backups, newest first", body = Vec<crate::store::Backup>),
+        (status = 404, description = "The caller has no hosting", body = ErrorBody),
+    ))]
 pub async fn list_backups(
     State(st): State<AppState>,
     auth: AuthUser,
@@ -244,7 +306,7 @@ pub async fn list_backups(
 }
 
 /// The body of `POST /api/v1/host/my/restore`.
-#[derive(serde::Deserialize)]
+#[derive(serde::Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RestoreBody {
     backup_id: BackupId,
@@ -252,6 +314,15 @@ pub struct RestoreBody {
 
 /// `POST /api/v1/host/my/restore {"backup_id": …}`: the owner's request to
 /// replace the disk with a completed backup (202 and the hosting).
+#[utoipa::path(post, path = "/api/v1/host/my/restore", tag = "hosting",
+    security(("bearer" = [])),
+    request_body = RestoreBody,
+    responses(
+        (status = 202, description = "Restore requested", body = HostingView),
+        (status = 404, description = "No hosting, or no such backup", body = ErrorBody),
+        (status = 409, description = "The backup is not Completed, or the hosting is busy", body = ErrorBody),
+        (status = 429, description = "Too many hosting writes (`Retry-After`)", body = ErrorBody),
+    ))]
 pub async fn restore_mine(
     State(st): State<AppState>,
     auth: AuthUser,
@@ -271,4 +342,52 @@ pub async fn restore_mine(
             o => ApiError::Conflict(o.to_string()),
         })?;
     accepted(&st, Ok(rec), "restore requested")
+}
+
+/// The tail of the hosting's boot console log, as last copied by the
+/// reconciler. The text is the guest's (cleaned of control characters):
+/// untrusted, to be shown as text.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct ConsoleView {
+    /// When the reconciler copied it; absent before the first copy.
+    captured_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// Size of the whole log then, bytes.
+    log_size: i64,
+    /// Whether `text` is only the end of the log.
+    truncated: bool,
+    /// The last (at most 64 KiB of) log text.
+    text: String,
+}
+
+/// The console view of a hosting (shared with the dashboard).
+pub async fn console_of(st: &AppState, rec: &HostingRecord) -> Result<ConsoleView, ApiError> {
+    Ok(match st.store.console(rec.id).await? {
+        Some(c) => ConsoleView {
+            truncated: c.log_size as u64 > crate::reconciler::console::TAIL_BYTES,
+            captured_at: Some(c.captured_at),
+            log_size: c.log_size,
+            text: c.tail,
+        },
+        None => ConsoleView {
+            captured_at: None,
+            log_size: 0,
+            truncated: false,
+            text: String::new(),
+        },
+    })
+}
+
+#[utoipa::path(get, path = "/api/v1/host/my/console", tag = "hosting",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The console tail (empty before the first copy)", body = ConsoleView),
+        (status = 404, description = "The caller has no hosting", body = ErrorBody),
+    ))]
+/// `GET /api/v1/host/my/console`: the owner's boot console log tail.
+pub async fn console_mine(
+    State(st): State<AppState>,
+    auth: AuthUser,
+) -> Result<Json<ConsoleView>, ApiError> {
+    let rec = my_hosting(&st, &auth).await?;
+    Ok(Json(console_of(&st, &rec).await?))
 }

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use axum::extract::DefaultBodyLimit;
-use axum::routing::{get, post};
+use axum::routing::get;
 use axum::Router;
 
 use crate::config::Config;
@@ -17,6 +17,8 @@ pub mod error;
 pub mod health;
 pub mod hosting;
 pub mod limits;
+pub mod openapi;
+pub mod web;
 
 /// Largest accepted request body.
 pub const BODY_LIMIT: usize = 64 * 1024;
@@ -57,35 +59,63 @@ pub fn metrics_router(state: AppState) -> Router {
         .with_state(state)
 }
 
+/// The `/api/v1` routes and their OpenAPI document, from one list: each
+/// handler is routed at the path its `#[utoipa::path]` names.
+pub fn api_routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
+    use utoipa::OpenApi;
+    use utoipa_axum::{router::OpenApiRouter, routes};
+    let (router, doc) = OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
+        .routes(routes!(auth::register))
+        .routes(routes!(auth::login))
+        .routes(routes!(auth::me))
+        .routes(routes!(auth::logout))
+        .routes(routes!(auth::change_password))
+        .routes(routes!(hosting::create))
+        .routes(routes!(
+            hosting::get_mine,
+            hosting::patch_mine,
+            hosting::delete_mine
+        ))
+        .routes(routes!(hosting::reset_mine))
+        .routes(routes!(hosting::console_mine))
+        .routes(routes!(hosting::list_backups, hosting::create_backup))
+        .routes(routes!(hosting::restore_mine))
+        .routes(routes!(hosting::admin_list))
+        .routes(routes!(health::health))
+        .routes(routes!(health::detailed))
+        .routes(routes!(health::version))
+        .routes(routes!(openapi_json))
+        .split_for_parts();
+    (router, openapi::standard_errors(doc))
+}
+
+/// `GET /api/v1/openapi.json`: this API's contract.
+#[utoipa::path(get, path = "/api/v1/openapi.json", tag = "meta",
+    responses((status = 200, description = "The OpenAPI 3.1 document", body = Object)))]
+async fn openapi_json(
+    axum::Extension(OpenApiJson(doc)): axum::Extension<OpenApiJson>,
+) -> impl axum::response::IntoResponse {
+    ([(axum::http::header::CONTENT_TYPE, "application/json")], doc)
+}
+
+/// The serialized document, built once at start.
+#[derive(Clone)]
+struct OpenApiJson(bytes::Bytes);
+
 /// Builds the router.
 pub fn router(state: AppState) -> Router {
-    let api = Router::new()
-        .route("/auth/register", post(auth::register))
-        .route("/auth/login", post(auth::login))
-        .route("/auth/me", get(auth::me))
-        .route("/auth/logout", post(auth::logout))
-        .route("/auth/password", axum::routing::put(auth::change_password))
-        .route("/host", post(hosting::create))
-        .route(
-            "/host/my",
-            get(hosting::get_mine)
-                .patch(hosting::patch_mine)
-                .delete(hosting::delete_mine),
-        )
-        .route("/host/my/reset", post(hosting::reset_mine))
-        .route(
-            "/host/my/backups",
-            get(hosting::list_backups).post(hosting::create_backup),
-        )
-        .route("/host/my/restore", post(hosting::restore_mine))
-        .route("/admin/hostings", get(hosting::admin_list))
-        .route("/health", get(health::health))
-        .route("/health/detailed", get(health::detailed))
-        .route("/version", get(health::version));
+    let (api, doc) = api_routes();
+    let doc = OpenApiJson(
+        serde_json::to_vec(&doc)
+            .expect("the OpenAPI document serializes")
+            .into(),
+    );
     Router::new()
-        .nest("/api/v1", api)
+        .merge(api)
+        .merge(web::router())
         .route("/metrics", get(health::metrics_admin))
         .fallback(fallback)
+        .layer(axum::Extension(doc))
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .layer(tower_http::trace::TraceLayer::new_for_http())
         .with_state(state)

@@ -142,7 +142,7 @@ impl Password {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
     User,
@@ -286,15 +286,28 @@ fn in_range(field: &'static str, v: i64, (lo, hi): (i32, i32)) -> Result<i32, Va
     }
 }
 
-/// Raw, untrusted spec fields as they arrive from a client; every field optional.
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+/// Raw, untrusted spec fields as they arrive from a client; every field
+/// optional (the body of `POST /host` and `PATCH /host/my`). The schema's
+/// bounds are documentation; `apply` is what enforces them.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SpecPatch {
+    /// Virtual CPUs.
+    #[schema(minimum = 1, maximum = 16)]
     pub vcpus: Option<i64>,
+    /// Memory in MiB.
+    #[schema(minimum = 256, maximum = 65536)]
     pub memory_mib: Option<i64>,
+    /// Disk size in GiB (at creation only).
+    #[schema(minimum = 1, maximum = 1024)]
     pub disk_gib: Option<i64>,
+    /// Image from the catalogue (at creation only).
+    #[schema(pattern = r"^[a-z0-9][a-z0-9._-]{0,63}$")]
     pub image: Option<String>,
+    /// OpenSSH public keys for the `ubuntu` user (at most 32).
+    #[schema(max_items = 32)]
     pub ssh_public_keys: Option<Vec<String>>,
+    /// Whether the VM should run.
     pub running: Option<bool>,
 }
 
@@ -393,16 +406,16 @@ impl PortRange {
 }
 
 /// Identifier newtypes, so a user id is never passed where a hosting id belongs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(transparent)]
 pub struct UserId(pub Uuid);
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(transparent)]
 pub struct HostingId(pub Uuid);
 
 /// A backup of a hosting's disk.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(transparent)]
 pub struct BackupId(pub Uuid);
 

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 macro_rules! named_enum {
     ($(#[$meta:meta])* pub enum $name:ident { $($(#[$vmeta:meta])* $variant:ident,)+ }) => {
         $(#[$meta])*
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema, utoipa::ToSchema)]
         pub enum $name {
             $($(#[$vmeta])* $variant,)+
         }
@@ -182,11 +182,12 @@ named_enum! {
 }
 
 /// A Kubernetes-style status condition.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema, utoipa::ToSchema)]
 pub struct Condition {
     #[serde(rename = "type")]
     pub type_: ConditionType,
     /// "True" or "False".
+    #[schema(pattern = "^(True|False)$")]
     pub status: String,
     pub reason: Reason,
     pub message: String,

@@ -21,6 +21,7 @@ use crate::store::{ReconcilerStats, Store};
 use crate::telemetry::Metrics;
 
 pub mod backup;
+pub mod console;
 pub mod controller;
 pub mod names;
 pub mod pool;
@@ -61,6 +62,8 @@ pub struct Context {
     backoff: Mutex<HashMap<HostingId, (ExponentialBackoff, u32)>>,
     /// When a graceful shutdown was requested, per hosting.
     pub(crate) shutdowns: Mutex<HashMap<HostingId, Instant>>,
+    /// Console log size last copied to the store, and when (see `console`).
+    pub(crate) console_seen: Mutex<HashMap<HostingId, (u64, Instant)>>,
 }
 
 impl Context {
@@ -94,6 +97,7 @@ impl Context {
             backup_slots: Arc::new(tokio::sync::Semaphore::new(slots)),
             backoff: Mutex::new(HashMap::new()),
             shutdowns: Mutex::new(HashMap::new()),
+            console_seen: Mutex::new(HashMap::new()),
         }))
     }
 

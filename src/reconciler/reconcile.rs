@@ -64,6 +64,7 @@ impl ReconcileError {
 pub async fn reconcile(ctx: &Context, id: HostingId) -> Result<Action, ReconcileError> {
     let Some(rec) = ctx.store.get_record(id).await? else {
         ctx.render.forget(id);
+        super::console::forget(ctx, id);
         return Ok(Action::Gone);
     };
     let span = tracing::info_span!("reconcile", hosting = %id, generation = rec.generation);
@@ -93,6 +94,7 @@ async fn apply(ctx: &Context, rec: HostingRecord) -> Result<Action, ReconcileErr
     let want = ctx.render.hashes(&inputs);
     let observed = pass.seed(&inputs, &want).await?;
     let def = pass.definition(&inputs, &want, observed).await?;
+    super::console::capture(ctx, rec.id).await;
     let action = if !rec.spec.running {
         pass.stop(&def).await?
     } else {
@@ -145,6 +147,7 @@ async fn finalize(ctx: &Context, rec: &HostingRecord) -> Result<Action, Reconcil
     let _ = std::fs::remove_file(ctx.render.console_dir().join(console_log(id)));
     ctx.shutdowns.lock().unwrap().remove(&id);
     ctx.render.forget(id);
+    super::console::forget(ctx, id);
     ctx.reset_backoff(id);
     tracing::info!("hosting deleted; all resources released");
     Ok(Action::Gone)

@@ -12,7 +12,7 @@ use super::{is_unique_violation, HostingRecord, Result, Store, StoreError};
 use crate::domain::*;
 
 /// One backup of a hosting's disk.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 pub struct Backup {
     pub id: BackupId,
     pub hosting_id: HostingId,

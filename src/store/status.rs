@@ -29,7 +29,7 @@ pub struct ReconcilerStats {
 }
 
 /// One event in a hosting's history.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
 pub struct Event {
     pub at: DateTime<Utc>,
     #[serde(rename = "type")]
@@ -333,5 +333,45 @@ impl Store {
             queued_vcpus: row.3,
             waiting: row.4,
         })
+    }
+}
+
+/// The copied tail of a guest's console log.
+#[derive(Debug, Clone)]
+pub struct ConsoleTail {
+    pub captured_at: DateTime<Utc>,
+    pub log_size: i64,
+    pub tail: String,
+}
+
+impl Store {
+    /// Stores the console tail of a hosting (the reconciler's copy).
+    pub async fn save_console(&self, id: HostingId, log_size: i64, tail: &str) -> Result<()> {
+        sqlx::query(
+            "insert into hosting_console (hosting_id, captured_at, log_size, tail) \
+             values ($1, now(), $2, $3) \
+             on conflict (hosting_id) do update set captured_at = now(), log_size = $2, tail = $3",
+        )
+        .bind(id.0)
+        .bind(log_size)
+        .bind(tail)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// The last stored console tail of a hosting, if any.
+    pub async fn console(&self, id: HostingId) -> Result<Option<ConsoleTail>> {
+        Ok(sqlx::query_as::<_, (DateTime<Utc>, i64, String)>(
+            "select captured_at, log_size, tail from hosting_console where hosting_id = $1",
+        )
+        .bind(id.0)
+        .fetch_optional(&self.pool)
+        .await?
+        .map(|(captured_at, log_size, tail)| ConsoleTail {
+            captured_at,
+            log_size,
+            tail,
+        }))
     }
 }

@@ -7,7 +7,7 @@ use super::{is_unique_violation, Result, Store, StoreError};
 use crate::domain::*;
 
 /// A user as the API shows it (never with the hash).
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
 pub struct User {
     pub id: UserId,
     pub email: String,

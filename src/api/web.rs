@@ -1,0 +1,3 @@
+//! placeholder
+use axum::Router;
+pub fn router() -> Router<super::AppState> { Router::new() }
