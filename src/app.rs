@@ -89,6 +89,7 @@ impl Application {
         let state = AppState {
             guard: Arc::new(guard),
             health_cache: Arc::new(tokio::sync::Mutex::new(None)),
+            web: Default::default(),
             store: store.clone(),
             config: Arc::new(config.clone()),
             jwt: api::auth::Jwt::new(&config.jwt_secret, config.jwt_ttl),

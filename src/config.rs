@@ -291,6 +291,11 @@ pub struct Settings {
     #[arg(long, env = "HOSTD_WARM_POOL", value_name = "HOSTD_WARM_POOL", default_value = "0",
           value_parser = clap::value_parser!(u32).range(0..=64))]
     pub warm_pool: u32,
+    /// Mark the dashboard's cookies `Secure` (set when the API listener is
+    /// reached over HTTPS, e.g. behind a TLS-terminating proxy).
+    #[arg(long, env = "HOSTD_SECURE_COOKIES", value_name = "HOSTD_SECURE_COOKIES",
+          default_value = "false", action = clap::ArgAction::Set)]
+    pub secure_cookies: bool,
     /// Redis (rate limits and token revocations shared by API processes).
     #[arg(
         long,
@@ -404,6 +409,8 @@ pub struct Config {
     pub allow_unisolated_guests: bool,
     /// Warm-pool guests to keep booted (HOSTD_WARM_POOL; 0 = none).
     pub warm_pool: u32,
+    /// Dashboard cookies carry `Secure` (`HOSTD_SECURE_COOKIES`).
+    pub secure_cookies: bool,
     /// How long quarantined volumes are kept (`HOSTD_QUARANTINE_DAYS`).
     pub quarantine: Duration,
     /// Backup schedule and retention.
@@ -604,6 +611,7 @@ impl Settings {
             },
             allow_unisolated_guests: self.allow_unisolated_guests == "1",
             warm_pool: self.warm_pool,
+            secure_cookies: self.secure_cookies,
             quarantine: Duration::from_secs(self.quarantine_days * 86400),
             redis_url: self.redis_url.clone(),
             limits: RateLimits {

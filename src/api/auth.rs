@@ -192,7 +192,7 @@ impl FromRequestParts<AppState> for IsAdmin {
 #[serde(deny_unknown_fields)]
 pub struct RegisterBody {
     /// A valid email address (unique, compared case-insensitively).
-    #[schema(max_length = 254)]
+    #[schema(min_length = 3, max_length = 254)]
     email: String,
     /// 8 to 72 bytes, no control characters.
     #[schema(min_length = 8, max_length = 72)]
@@ -200,6 +200,26 @@ pub struct RegisterBody {
     /// 3 to 32 of a-z, 0-9, `-`, `_`, starting with a letter (unique).
     #[schema(pattern = "^[a-z][a-z0-9_-]{2,31}$")]
     username: String,
+}
+
+/// Creates an account from raw fields (the caller has counted the attempt
+/// against the sign-up limit).
+pub async fn register_account(
+    st: &AppState,
+    email: &str,
+    username: &str,
+    password: &str,
+) -> Result<crate::store::User, ApiError> {
+    let email = Email::parse(email)?;
+    let username = Username::parse(username)?;
+    let password = Password::parse(password)?;
+    let hash = hash_password(st, password).await?;
+    let user = st
+        .store
+        .create_user(&email, &username, &hash, Role::User)
+        .await?;
+    tracing::info!(user = %user.id, username = %user.username, "user registered");
+    Ok(user)
 }
 
 /// `POST /api/v1/auth/register`
@@ -217,15 +237,7 @@ pub async fn register(
 ) -> Result<impl IntoResponse, ApiError> {
     st.guard.hit(Rule::Register, &client_key(addr)).await?;
     let Json(body) = body?;
-    let email = Email::parse(&body.email)?;
-    let username = Username::parse(&body.username)?;
-    let password = Password::parse(&body.password)?;
-    let hash = hash_password(&st, password).await?;
-    let user = st
-        .store
-        .create_user(&email, &username, &hash, Role::User)
-        .await?;
-    tracing::info!(user = %user.id, username = %user.username, "user registered");
+    let user = register_account(&st, &body.email, &body.username, &body.password).await?;
     Ok((StatusCode::CREATED, Json(user)))
 }
 
@@ -346,12 +358,26 @@ pub async fn login(
     body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<Json<TokenResponse>, ApiError> {
     let body = login_body(&headers, &body?)?;
-    let addr = client_key(addr);
-    // Attempts count before the outcome (a right password takes its count
-    // back), so concurrent guesses cannot overrun the limits.
-    let by_addr = st.guard.attempt(Rule::LoginAddress, &addr).await?;
-    let login = body.username.trim();
-    let found = if login.len() > 254 {
+    let user = check_credentials(&st, &client_key(addr), &body.username, &body.password).await?;
+    token_response(&st, user.id, user.token_epoch)
+}
+
+/// The account `login` (username or email) names if `password` is right,
+/// with every login limit applied: attempts count before the outcome (a
+/// right password takes its count back), so concurrent guesses cannot
+/// overrun them; past `HOSTD_LOGIN_MAX_FAILURES` failures for the account
+/// (or the per-address limit) within the window: 429.
+pub async fn check_credentials(
+    st: &AppState,
+    addr: &str,
+    login: &str,
+    password: &str,
+) -> Result<crate::store::User, ApiError> {
+    let by_addr = st.guard.attempt(Rule::LoginAddress, addr).await?;
+    let login = login.trim();
+    // No account name is longer or holds a control character (and Postgres
+    // refuses NUL in text: such a name must not reach a query).
+    let found = if login.len() > 254 || login.chars().any(char::is_control) {
         None
     } else {
         st.store.find_user_for_login(login).await?
@@ -375,14 +401,14 @@ pub async fn login(
         Some((u, h)) => (Some(u), h),
         None => (None, st.dummy_hash.clone()),
     };
-    let ok = password_matches(&st, &body.password, hash).await?;
+    let ok = password_matches(st, password, hash).await?;
     match user {
         Some(u) if ok => {
             st.guard.forgive(by_account).await;
             st.guard.forgive(by_addr).await;
-            token_response(&st, u.id, u.token_epoch)
+            Ok(u)
         }
-        _ => Err(login_failed(&st, &account, &addr)),
+        _ => Err(login_failed(st, &account, addr)),
     }
 }
 

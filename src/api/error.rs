@@ -40,6 +40,28 @@ pub enum ApiError {
 }
 
 impl ApiError {
+    /// The HTTP status this error answers with.
+    pub fn status(&self) -> StatusCode {
+        self.status_code().0
+    }
+
+    /// What the client is told: internal details are logged here and
+    /// replaced by a generic message.
+    pub fn public_message(&self) -> String {
+        match self {
+            ApiError::Internal(detail) => {
+                tracing::error!(error = %detail, "internal error");
+                "internal server error".to_string()
+            }
+            ApiError::Unavailable(detail) => {
+                tracing::warn!(error = %detail, "dependency unavailable");
+                "service temporarily unavailable".to_string()
+            }
+            ApiError::Unauthorized(m) => m.to_string(),
+            other => other.to_string(),
+        }
+    }
+
     fn status_code(&self) -> (StatusCode, &'static str) {
         match self {
             ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
@@ -80,18 +102,7 @@ pub struct ErrorDetail {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, code) = self.status_code();
-        let message = match &self {
-            ApiError::Internal(detail) => {
-                tracing::error!(error = %detail, "internal error");
-                "internal server error".to_string()
-            }
-            ApiError::Unavailable(detail) => {
-                tracing::warn!(error = %detail, "dependency unavailable");
-                "service temporarily unavailable".to_string()
-            }
-            ApiError::Unauthorized(m) => m.to_string(),
-            other => other.to_string(),
-        };
+        let message = self.public_message();
         let body = Json(ErrorBody {
             error: ErrorDetail { code, message },
         });

@@ -12,7 +12,7 @@ use super::auth::AuthUser;
 use super::error::{ApiError, ErrorBody};
 use super::AppState;
 use crate::crd::{HostingSpec as HostingSpecView, HostingStatus as HostingStatusView};
-use crate::domain::{ssh_command, BackupId, HostingSpec, Role, SpecPatch};
+use crate::domain::{ssh_command, BackupId, HostingSpec, Role, SpecPatch, UserId};
 use crate::store::{Event, HostingRecord, RestoreRefusal, StoreError};
 
 /// The hosting as the API shows it (shape is a contract, see docs/api.md).
@@ -89,9 +89,9 @@ impl<S: Send + Sync> FromRequest<S> for PatchBody {
 }
 
 /// Counts one hosting write of the caller against `HOSTD_HOST_OPS_PER_MIN`.
-async fn host_op(st: &AppState, auth: &AuthUser) -> Result<(), ApiError> {
+pub async fn host_op(st: &AppState, user: UserId) -> Result<(), ApiError> {
     st.guard
-        .hit(super::limits::Rule::HostOps, &auth.id.to_string())
+        .hit(super::limits::Rule::HostOps, &user.to_string())
         .await
 }
 
@@ -99,6 +99,31 @@ async fn host_op(st: &AppState, auth: &AuthUser) -> Result<(), ApiError> {
 async fn with_events(st: &AppState, rec: &HostingRecord) -> Result<HostingView, ApiError> {
     let events = st.store.recent_events(rec.id, 20).await?;
     Ok(view(st, rec, Some(events)))
+}
+
+/// Validates a create request and records the hosting (shared with the
+/// dashboard; the caller has counted the write).
+pub async fn create_for(
+    st: &AppState,
+    user: UserId,
+    patch: &SpecPatch,
+) -> Result<HostingRecord, ApiError> {
+    let spec = patch.apply(&HostingSpec::default(), true)?;
+    st.config.quota.check(None, &spec)?;
+    if st.catalog_names.iter().all(|n| n != spec.image.as_str()) {
+        return Err(ApiError::Unprocessable(format!(
+            "image: unknown image '{}' (known: {})",
+            spec.image.as_str(),
+            st.catalog_names.join(", ")
+        )));
+    }
+    // A spec of the pool's class (the default size) claims a Ready pool
+    // guest if there is one (the reconciler's HOSTD_WARM_POOL decides
+    // whether there are any); otherwise, or without one, the cold path.
+    let claim = crate::store::pool::fits(&spec, &HostingSpec::default());
+    let rec = st.store.create_hosting(user, &spec, claim).await?;
+    tracing::info!(hosting = %rec.id, user = %user, "hosting requested");
+    Ok(rec)
 }
 
 /// `POST /api/v1/host`
@@ -115,22 +140,8 @@ pub async fn create(
     auth: AuthUser,
     PatchBody(patch): PatchBody,
 ) -> Result<impl IntoResponse, ApiError> {
-    host_op(&st, &auth).await?;
-    let spec = patch.apply(&HostingSpec::default(), true)?;
-    st.config.quota.check(None, &spec)?;
-    if st.catalog_names.iter().all(|n| n != spec.image.as_str()) {
-        return Err(ApiError::Unprocessable(format!(
-            "image: unknown image '{}' (known: {})",
-            spec.image.as_str(),
-            st.catalog_names.join(", ")
-        )));
-    }
-    // A spec of the pool's class (the default size) claims a Ready pool
-    // guest if there is one (the reconciler's HOSTD_WARM_POOL decides
-    // whether there are any); otherwise, or without one, the cold path.
-    let claim = crate::store::pool::fits(&spec, &HostingSpec::default());
-    let rec = st.store.create_hosting(auth.id, &spec, claim).await?;
-    tracing::info!(hosting = %rec.id, user = %auth.id, "hosting requested");
+    host_op(&st, auth.id).await?;
+    let rec = create_for(&st, auth.id, &patch).await?;
     Ok((StatusCode::ACCEPTED, Json(with_events(&st, &rec).await?)))
 }
 
@@ -149,6 +160,31 @@ pub async fn get_mine(
     Ok(Json(with_events(&st, &rec).await?))
 }
 
+/// Validates a spec change and records it (shared with the dashboard; the
+/// caller has counted the write).
+pub async fn patch_for(
+    st: &AppState,
+    user: UserId,
+    patch: &SpecPatch,
+) -> Result<HostingRecord, ApiError> {
+    let rec = st
+        .store
+        .update_spec(user, |cur| {
+            let new = patch.apply(cur, false)?;
+            st.config.quota.check(Some(cur), &new)?;
+            Ok(new)
+        })
+        .await
+        .map_err(|e| match e {
+            crate::store::StoreError::NotFound => ApiError::NotFound("you have no hosting"),
+            crate::store::StoreError::Conflict(_) => {
+                ApiError::Conflict("the hosting is being deleted".into())
+            }
+            o => o.into(),
+        })?;
+    Ok(rec)
+}
+
 /// `PATCH /api/v1/host/my`
 #[utoipa::path(patch, path = "/api/v1/host/my", tag = "hosting",
     security(("bearer" = [])),
@@ -164,22 +200,8 @@ pub async fn patch_mine(
     auth: AuthUser,
     PatchBody(patch): PatchBody,
 ) -> Result<impl IntoResponse, ApiError> {
-    host_op(&st, &auth).await?;
-    let rec = st
-        .store
-        .update_spec(auth.id, |cur| {
-            let new = patch.apply(cur, false)?;
-            st.config.quota.check(Some(cur), &new)?;
-            Ok(new)
-        })
-        .await
-        .map_err(|e| match e {
-            crate::store::StoreError::NotFound => ApiError::NotFound("you have no hosting"),
-            crate::store::StoreError::Conflict(_) => {
-                ApiError::Conflict("the hosting is being deleted".into())
-            }
-            o => o.into(),
-        })?;
+    host_op(&st, auth.id).await?;
+    let rec = patch_for(&st, auth.id, &patch).await?;
     Ok(Json(with_events(&st, &rec).await?))
 }
 
@@ -212,7 +234,7 @@ pub async fn reset_mine(
     State(st): State<AppState>,
     auth: AuthUser,
 ) -> Result<impl IntoResponse, ApiError> {
-    host_op(&st, &auth).await?;
+    host_op(&st, auth.id).await?;
     let r = st.store.request_disk_reset(auth.id).await;
     accepted(&st, r, "disk reset requested")
 }
@@ -229,7 +251,7 @@ pub async fn delete_mine(
     State(st): State<AppState>,
     auth: AuthUser,
 ) -> Result<impl IntoResponse, ApiError> {
-    host_op(&st, &auth).await?;
+    host_op(&st, auth.id).await?;
     let r = st.store.request_deletion(auth.id).await;
     accepted(&st, r, "hosting deletion requested")
 }
@@ -256,8 +278,13 @@ pub async fn admin_list(
 
 /// The caller's hosting, or 404.
 async fn my_hosting(st: &AppState, auth: &AuthUser) -> Result<HostingRecord, ApiError> {
+    hosting_of(st, auth.id).await
+}
+
+/// A user's hosting, or 404.
+pub async fn hosting_of(st: &AppState, user: UserId) -> Result<HostingRecord, ApiError> {
     st.store
-        .get_record_by_user(auth.id)
+        .get_record_by_user(user)
         .await?
         .ok_or(ApiError::NotFound("you have no hosting"))
 }
@@ -276,7 +303,7 @@ pub async fn create_backup(
     State(st): State<AppState>,
     auth: AuthUser,
 ) -> Result<impl IntoResponse, ApiError> {
-    host_op(&st, &auth).await?;
+    host_op(&st, auth.id).await?;
     let b = st
         .store
         .request_backup(auth.id)
@@ -328,7 +355,7 @@ pub async fn restore_mine(
     auth: AuthUser,
     body: Result<Json<RestoreBody>, axum::extract::rejection::JsonRejection>,
 ) -> Result<impl IntoResponse, ApiError> {
-    host_op(&st, &auth).await?;
+    host_op(&st, auth.id).await?;
     let Json(body) = body?;
     let rec = st
         .store
@@ -350,13 +377,13 @@ pub async fn restore_mine(
 #[derive(Serialize, utoipa::ToSchema)]
 pub struct ConsoleView {
     /// When the reconciler copied it; absent before the first copy.
-    captured_at: Option<chrono::DateTime<chrono::Utc>>,
+    pub(crate) captured_at: Option<chrono::DateTime<chrono::Utc>>,
     /// Size of the whole log then, bytes.
-    log_size: i64,
+    pub(crate) log_size: i64,
     /// Whether `text` is only the end of the log.
-    truncated: bool,
+    pub(crate) truncated: bool,
     /// The last (at most 64 KiB of) log text.
-    text: String,
+    pub(crate) text: String,
 }
 
 /// The console view of a hosting (shared with the dashboard).

@@ -45,6 +45,8 @@ pub struct AppState {
     pub guard: Arc<limits::Guard>,
     /// The last `health/detailed` answer and when it was computed.
     pub health_cache: Arc<tokio::sync::Mutex<Option<health::Cached>>>,
+    /// The dashboard's open live views.
+    pub web: Arc<web::WebState>,
 }
 
 async fn fallback() -> error::ApiError {

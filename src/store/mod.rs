@@ -13,6 +13,7 @@ pub mod backups;
 pub mod hostings;
 pub mod lease;
 pub mod pool;
+pub mod sessions;
 pub mod status;
 pub mod users;
 

@@ -20,7 +20,7 @@ pub struct User {
 }
 
 #[derive(sqlx::FromRow)]
-struct UserRow {
+pub(super) struct UserRow {
     id: Uuid,
     email: String,
     username: String,
@@ -31,7 +31,7 @@ struct UserRow {
 }
 
 impl UserRow {
-    fn into_user(self) -> (User, String) {
+    pub(super) fn into_user(self) -> (User, String) {
         (
             User {
                 id: UserId(self.id),

@@ -158,6 +158,7 @@ pub fn test_config(db: &str, state: &std::path::Path, nginx: Option<&TestNginx>)
         quota: Default::default(),
         allow_unisolated_guests: false,
         warm_pool: 0,
+        secure_cookies: false,
         quarantine: Duration::from_secs(7 * 86400),
         backups: hostd::config::BackupPolicy {
             interval: None,
