@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Installs and starts what the tests need (Postgres, libvirt, nginx binary,
-# genisoimage), then runs the whole suite: unit tests, API and reconciler
+# genisoimage; Chromium, Selenium and schemathesis for the browser and
+# OpenAPI tests), then runs the whole suite: unit tests, API and reconciler
 # integration tests against real Postgres, real nginx and libvirt's test
-# driver, the lints of the deployment files, and the end-to-end test with a
+# driver, the lints of the deployment files, the dashboard in a real
+# browser, schemathesis against the OpenAPI document, the end-to-end test with a
 # real VM (scripts/e2e.sh), and the crash matrix (tests/crash_matrix.rs, real
 # hostd processes and qemu:///system guests from the tiny test image).
 set -euo pipefail
@@ -21,6 +23,12 @@ cargo test --locked --all-targets -- --test-threads=4
 
 log "checking deployment files"
 ./scripts/lint-deploy.sh
+
+log "dashboard in a real browser (Chromium + Selenium; screenshots in target/artifacts/browser)"
+./scripts/browser-test.sh
+
+log "OpenAPI contract fuzzed by schemathesis (at least 1000 requests, no 5xx)"
+./scripts/schemathesis.sh
 
 log "end-to-end test with a real guest (qemu:///system)"
 ./scripts/e2e.sh

@@ -50,7 +50,10 @@ async fn console_tail_reaches_only_its_owner_cleaned() {
     ctl.reconcile_once(id).await.unwrap();
     let (_, v) = app.get_json(&token, "/api/v1/host/my/console").await;
     let text = v["text"].as_str().unwrap();
-    assert!(text.starts_with("[    0.000000] Linux version 6.1\nFAILED unit\n<script>"), "{text}");
+    assert!(
+        text.starts_with("[    0.000000] Linux version 6.1\nFAILED unit\n<script>"),
+        "{text}"
+    );
     assert_eq!(v["truncated"], false);
 
     // The other tenant sees its own (empty) console, not this one.
@@ -58,7 +61,12 @@ async fn console_tail_reaches_only_its_owner_cleaned() {
     assert_eq!(s, 200);
     assert_eq!(v["text"], "");
     // Without a token: 401.
-    let r = app.client.get(app.url("/api/v1/host/my/console")).send().await.unwrap();
+    let r = app
+        .client
+        .get(app.url("/api/v1/host/my/console"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 401);
     app.stop().await;
 }

@@ -55,9 +55,12 @@ async fn every_documented_operation_is_routed_and_answers_as_documented() {
         // alternative beside it, as `health/detailed` has).
         let secured = op["security"].as_array().is_some_and(|s| {
             s.iter().any(|r| r.get("bearer").is_some())
-                && s.iter().all(|r| r.as_object().is_some_and(|o| !o.is_empty()))
+                && s.iter()
+                    .all(|r| r.as_object().is_some_and(|o| !o.is_empty()))
         });
-        let mut req = app.client.request(method.to_uppercase().parse().unwrap(), app.url(path));
+        let mut req = app
+            .client
+            .request(method.to_uppercase().parse().unwrap(), app.url(path));
         if secured {
             req = req.bearer_auth(&admin);
         }
@@ -79,7 +82,10 @@ async fn every_documented_operation_is_routed_and_answers_as_documented() {
         );
         // Every operation documents the shared error shape.
         for code in ["500", "503"] {
-            assert!(documented.contains_key(code), "{method} {path} lacks {code}");
+            assert!(
+                documented.contains_key(code),
+                "{method} {path} lacks {code}"
+            );
         }
         if secured {
             assert!(documented.contains_key("401"), "{method} {path} lacks 401");
@@ -136,6 +142,10 @@ async fn source_annotations_and_routes_agree_with_the_document() {
             );
         }
     }
-    assert_eq!(annotated, ops.len(), "annotations and operations differ in number");
+    assert_eq!(
+        annotated,
+        ops.len(),
+        "annotations and operations differ in number"
+    );
     app.stop().await;
 }

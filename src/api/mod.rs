@@ -97,7 +97,10 @@ pub fn api_routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
 async fn openapi_json(
     axum::Extension(OpenApiJson(doc)): axum::Extension<OpenApiJson>,
 ) -> impl axum::response::IntoResponse {
-    ([(axum::http::header::CONTENT_TYPE, "application/json")], doc)
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        doc,
+    )
 }
 
 /// The serialized document, built once at start.

@@ -326,11 +326,7 @@ impl axum::extract::FromRequestParts<AppState> for WebUser {
         let sid = cookie(&parts.headers, SESSION_COOKIE)
             .and_then(unb64)
             .ok_or(WebError::Login)?;
-        let user = st
-            .store
-            .session_user(&sid)
-            .await?
-            .ok_or(WebError::Login)?;
+        let user = st.store.session_user(&sid).await?.ok_or(WebError::Login)?;
         let csrf = csrf_token(st, SESSION_KIND, &sid);
         Ok(WebUser { user, sid, csrf })
     }
@@ -762,9 +758,7 @@ async fn signup_submit(
             Ok(res)
         }
         Err(
-            e @ (ApiError::Unprocessable(_)
-            | ApiError::Conflict(_)
-            | ApiError::TooManyRequests(_)),
+            e @ (ApiError::Unprocessable(_) | ApiError::Conflict(_) | ApiError::TooManyRequests(_)),
         ) => {
             let status = e.status();
             let page = SignupPage {
@@ -1052,8 +1046,8 @@ async fn hosting_events(State(st): State<AppState>, u: WebUser) -> Result<Respon
             let Ok(evs) = l.st.store.recent_events(rec.id, 20).await else {
                 continue;
             };
-            let json = serde_json::to_string(&live_status(&l.st, &rec, &evs))
-                .expect("status serializes");
+            let json =
+                serde_json::to_string(&live_status(&l.st, &rec, &evs)).expect("status serializes");
             if l.last.as_deref() != Some(json.as_str()) {
                 l.last = Some(json.clone());
                 return Some((Ok(SseEvent::default().event("status").data(json)), l));
@@ -1074,7 +1068,7 @@ async fn console_page(State(st): State<AppState>, u: WebUser) -> Result<Response
         user: u.nav(),
         csrf: u.csrf.clone(),
         captured_at: c
-.captured_at
+            .captured_at
             .map(|t| t.format("%Y-%m-%d %H:%M:%S UTC").to_string()),
         truncated: c.truncated,
         text: c.text,
@@ -1104,11 +1098,7 @@ async fn admin_page(State(st): State<AppState>, u: WebUser) -> Result<Response, 
                 "{} vCPU, {} MiB, {} GiB",
                 r.spec.vcpus, r.spec.memory_mib, r.spec.disk_gib
             ),
-            ssh_port: r
-                .status
-                .ssh_port
-                .map(|p| p.to_string())
-                .unwrap_or_default(),
+            ssh_port: r.status.ssh_port.map(|p| p.to_string()).unwrap_or_default(),
             node: format!("{} ({})", st.config.instance, node),
         })
         .collect();

@@ -143,6 +143,9 @@ mod tests {
         let p = dir.path().join("c.log");
         std::fs::write(&p, b"first line\nsecond line\nthird\n").unwrap();
         assert_eq!(read_tail(&p, 15).unwrap(), b"third\n");
-        assert_eq!(read_tail(&p, 1000).unwrap(), b"first line\nsecond line\nthird\n");
+        assert_eq!(
+            read_tail(&p, 1000).unwrap(),
+            b"first line\nsecond line\nthird\n"
+        );
     }
 }

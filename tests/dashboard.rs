@@ -1,0 +1,254 @@
+//! The dashboard's security properties without a browser (the Chromium test,
+//! tests/browser/test_dashboard.py, drives the same pages for real): CSRF
+//! tokens and Origin checks on every form, sessions that a password change
+//! voids, bearer-only JSON API, security headers, escaped guest text.
+
+mod common;
+
+use common::TestApp;
+use reqwest::header::{COOKIE, LOCATION, ORIGIN, SET_COOKIE};
+use reqwest::redirect::Policy;
+
+fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(Policy::none())
+        .build()
+        .unwrap()
+}
+
+/// `name=value` of a Set-Cookie header named `name`.
+fn cookie_of(r: &reqwest::Response, name: &str) -> Option<String> {
+    r.headers()
+        .get_all(SET_COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find(|v| v.starts_with(&format!("{name}=")))
+        .map(|v| v.split(';').next().unwrap().to_string())
+}
+
+/// The hidden CSRF field of a page.
+fn csrf_in(html: &str) -> String {
+    let i = html.find("name=\"csrf\" value=\"").expect("a csrf field") + 19;
+    html[i..].split('"').next().unwrap().to_string()
+}
+
+/// Logs in through the login form; the session cookie (`name=value`).
+async fn web_login(app: &TestApp, c: &reqwest::Client, user: &str) -> String {
+    let r = c.get(app.url("/ui/login")).send().await.unwrap();
+    let pre = cookie_of(&r, "hostd_presession").unwrap();
+    let token = csrf_in(&r.text().await.unwrap());
+    let r = c
+        .post(app.url("/ui/login"))
+        .header(COOKIE, &pre)
+        .form(&[
+            ("csrf", token.as_str()),
+            ("username", user),
+            ("password", "correct horse"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 303);
+    let set = r
+        .headers()
+        .get_all(SET_COOKIE)
+        .iter()
+        .map(|v| v.to_str().unwrap().to_string())
+        .find(|v| v.starts_with("hostd_session="))
+        .unwrap();
+    for attr in ["HttpOnly", "SameSite=Strict", "Path=/ui"] {
+        assert!(set.contains(attr), "{set}");
+    }
+    cookie_of(&r, "hostd_session").unwrap()
+}
+
+async fn hostings(app: &TestApp) -> i64 {
+    let (n,): (i64,) = sqlx::query_as("select count(*) from hostings where not pool")
+        .fetch_one(app.store.pool())
+        .await
+        .unwrap();
+    n
+}
+
+#[tokio::test]
+async fn forms_need_the_session_token_and_this_origin() {
+    let app = TestApp::api().await;
+    let c = client();
+    app.user("web-alice").await;
+    // A login post without the pre-session token: refused, no session.
+    let r = c
+        .post(app.url("/ui/login"))
+        .form(&[("username", "web-alice"), ("password", "correct horse")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    assert!(cookie_of(&r, "hostd_session").is_none());
+
+    let session = web_login(&app, &c, "web-alice").await;
+    let r = c
+        .get(app.url("/ui/hosting"))
+        .header(COOKIE, &session)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let csp = r.headers()["content-security-policy"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert!(csp.contains("default-src 'none'") && csp.contains("script-src 'self'"));
+    assert!(!csp.contains("unsafe-inline"));
+    assert_eq!(r.headers()["x-frame-options"], "DENY");
+    let page = r.text().await.unwrap();
+    assert!(
+        !page.contains("<script>") && !page.contains(" style="),
+        "inline script or style"
+    );
+    let token = csrf_in(&page);
+    let create = [("csrf", token.as_str()), ("size", "1:512"), ("ssh_key", "")];
+
+    // No token; a wrong token; another session's token; the right token
+    // from another origin; the right token with Sec-Fetch-Site cross-site.
+    let other = {
+        app.user("web-mallory").await;
+        let s = web_login(&app, &c, "web-mallory").await;
+        let r = c
+            .get(app.url("/ui/hosting"))
+            .header(COOKIE, &s)
+            .send()
+            .await
+            .unwrap();
+        csrf_in(&r.text().await.unwrap())
+    };
+    type Attempt<'a> = (Vec<(&'a str, &'a str)>, Option<(&'a str, &'a str)>);
+    let attempts: Vec<Attempt> = vec![
+        (vec![("size", "1:512")], None),
+        (vec![("csrf", "AAAA"), ("size", "1:512")], None),
+        (vec![("csrf", other.as_str()), ("size", "1:512")], None),
+        (
+            create.to_vec(),
+            Some((ORIGIN.as_str(), "http://127.0.0.1:1")),
+        ),
+        (create.to_vec(), Some(("sec-fetch-site", "cross-site"))),
+    ];
+    for (form, header) in attempts {
+        let mut req = c
+            .post(app.url("/ui/hosting"))
+            .header(COOKIE, &session)
+            .form(&form);
+        if let Some((k, v)) = header {
+            req = req.header(k, v);
+        }
+        let r = req.send().await.unwrap();
+        assert_eq!(r.status(), 403, "{form:?} {header:?}");
+        assert_eq!(hostings(&app).await, 0, "a refused form created a hosting");
+    }
+    // The right token, same origin: created.
+    let origin = format!("http://{}", app.addr);
+    let r = c
+        .post(app.url("/ui/hosting"))
+        .header(COOKIE, &session)
+        .header(ORIGIN, &origin)
+        .form(&create)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 303);
+    assert_eq!(r.headers()[LOCATION], "/ui/hosting");
+    assert_eq!(hostings(&app).await, 1);
+
+    // The JSON API never takes the cookie.
+    let r = c
+        .get(app.url("/api/v1/auth/me"))
+        .header(COOKIE, &session)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_password_change_or_logout_ends_the_session() {
+    let app = TestApp::api().await;
+    let c = client();
+    let (token, _) = app.user("web-bob").await;
+    let session = web_login(&app, &c, "web-bob").await;
+    let page = |s: String| {
+        let c = c.clone();
+        let url = app.url("/ui/hosting");
+        async move { c.get(url).header(COOKIE, s).send().await.unwrap() }
+    };
+    assert_eq!(page(session.clone()).await.status(), 200);
+    let r = c
+        .put(app.url("/api/v1/auth/password"))
+        .bearer_auth(&token)
+        .json(&serde_json::json!({"old_password": "correct horse", "new_password": "correct horse 2"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let r = page(session).await;
+    assert_eq!(r.status(), 303);
+    assert_eq!(r.headers()[LOCATION], "/ui/login");
+
+    // Logout (with its token) deletes the session.
+    let r = c.get(app.url("/ui/login")).send().await.unwrap();
+    let pre = cookie_of(&r, "hostd_presession").unwrap();
+    let t = csrf_in(&r.text().await.unwrap());
+    let r = c
+        .post(app.url("/ui/login"))
+        .header(COOKIE, &pre)
+        .form(&[
+            ("csrf", t.as_str()),
+            ("username", "web-bob"),
+            ("password", "correct horse 2"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    let s2 = cookie_of(&r, "hostd_session").unwrap();
+    let t2 = csrf_in(&page(s2.clone()).await.text().await.unwrap());
+    let r = c
+        .post(app.url("/ui/logout"))
+        .header(COOKIE, &s2)
+        .form(&[("csrf", t2.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 303);
+    assert_eq!(page(s2).await.status(), 303);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn guest_console_text_is_escaped_on_the_page() {
+    let app = TestApp::api().await;
+    let c = client();
+    let (_, _, id) = common::create_hosting(&app, "web-carol").await;
+    app.store
+        .save_console(
+            id,
+            100,
+            "<script>alert(1)</script><img src=x onerror=alert(2)>",
+        )
+        .await
+        .unwrap();
+    let s = web_login(&app, &c, "web-carol").await;
+    let r = c
+        .get(app.url("/ui/hosting/console"))
+        .header(COOKIE, &s)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let html = r.text().await.unwrap();
+    assert!(
+        html.contains("&#60;script&#62;alert(1)&#60;/script&#62;")
+            || html.contains("&lt;script&gt;"),
+        "{html}"
+    );
+    assert!(!html.contains("<script>alert") && !html.contains("<img src=x"));
+    app.stop().await;
+}
