@@ -65,7 +65,9 @@ wait_until 30 1 curl -fsS -o /dev/null "http://$API_LISTEN/api/v1/health" ||
 cat <<MSG
 
 hostd is running.
-  API:    http://$API_LISTEN/api/v1   (health: /api/v1/health/detailed)
+  Dashboard: http://$API_LISTEN/ui/   (sign up, create a hosting, watch it boot)
+  API:    http://$API_LISTEN/api/v1   (health: /api/v1/health/detailed,
+          contract: /api/v1/openapi.json)
   Sites:  $HOSTD_PUBLIC_URL/<user_id>/
   Logs:   $STATE_DIR/hostd.log
   Warm pool: $HOSTD_WARM_POOL booted guest(s) (ready about a minute after start;

@@ -141,3 +141,81 @@ async fn apply_get_watch_describe_delete() {
     assert!(store.get_record(rec.id).await.unwrap().is_none());
     app.stop().await;
 }
+
+/// hostctl with a private HOME and nothing from the environment: the config
+/// file is all it knows (`stdin` answers a password prompt).
+fn hostctl_home(home: &std::path::Path, args: &[&str], stdin: &str) -> Output {
+    use std::io::Write;
+    let mut c = Command::new(env!("CARGO_BIN_EXE_hostctl"));
+    c.args(args)
+        .env("HOME", home)
+        .env_remove("HOSTCTL_TOKEN")
+        .env_remove("HOSTCTL_TOKEN_FILE")
+        .env_remove("HOSTCTL_CONFIG")
+        .env_remove("HOSTD_API")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = c.spawn().expect("run hostctl");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn login_keeps_server_and_token_in_a_private_config_file() {
+    use std::os::unix::fs::PermissionsExt;
+    let app = TestApp::api().await;
+    app.user("ctl_cfg").await;
+    let home = tempfile::tempdir().unwrap();
+    let api = format!("http://{}", app.addr);
+
+    // A wrong password: exit 1, nothing written.
+    let o = hostctl_home(home.path(), &["--api", &api, "login", "ctl_cfg"], "wrong password\n");
+    assert_eq!(o.status.code(), Some(1), "{o:?}");
+    let cfg = home.path().join(".config/hostd/config.yaml");
+    assert!(!cfg.exists());
+
+    let o = hostctl_home(home.path(), &["--api", &api, "login", "ctl_cfg"], "correct horse\n");
+    assert_eq!(o.status.code(), Some(0), "{o:?}");
+    let mode = std::fs::metadata(&cfg).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    let dir_mode = std::fs::metadata(cfg.parent().unwrap())
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(dir_mode, 0o700);
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    assert!(text.contains(&format!("server: {api}")), "{text}");
+    assert!(text.contains("token: "), "{text}");
+
+    // No --api, no environment: the config file's server and token.
+    let o = hostctl_home(home.path(), &["get"], "");
+    assert_eq!(o.status.code(), Some(1), "{o:?}");
+    assert!(out(&o).contains("you have no hosting"), "{}", out(&o));
+    let o = hostctl_home(home.path(), &["create"], "");
+    assert_eq!(o.status.code(), Some(0), "{o:?}");
+    let o = hostctl_home(home.path(), &["console"], "");
+    assert_eq!(o.status.code(), Some(0), "{o:?}");
+    assert!(String::from_utf8_lossy(&o.stderr).contains("no console output copied yet"));
+
+    // Logout revokes the token and removes it from the file (the server stays).
+    let o = hostctl_home(home.path(), &["logout"], "");
+    assert_eq!(o.status.code(), Some(0), "{o:?}");
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    assert!(!text.contains("token"), "{text}");
+    let o = hostctl_home(home.path(), &["get"], "");
+    assert_eq!(o.status.code(), Some(2), "{o:?}");
+
+    // A config file that is not YAML of that shape: exit 2 with its name.
+    std::fs::write(&cfg, "server: [unclosed").unwrap();
+    let o = hostctl_home(home.path(), &["get"], "");
+    assert_eq!(o.status.code(), Some(2), "{o:?}");
+    assert!(String::from_utf8_lossy(&o.stderr).contains("config.yaml"));
+    app.stop().await;
+}

@@ -1,8 +1,17 @@
 //! hostctl: a kubectl-like client for the hostd API. Passwords are prompted
 //! for without echo (or read from standard input when it is not a terminal),
-//! never taken as arguments, which `ps` and shell history would show. The
-//! token is `$HOSTCTL_TOKEN` (for scripts) or kept in `$HOSTCTL_TOKEN_FILE`
-//! (default `~/.config/hostd/token`), mode 0600.
+//! never taken as arguments, which `ps` and shell history would show.
+//!
+//! Where things come from, first match wins:
+//! - the server: `--api`, `$HOSTD_API`, the config file's `server`, then
+//!   `http://127.0.0.1:8000`;
+//! - the token: `$HOSTCTL_TOKEN` (for scripts), the file `$HOSTCTL_TOKEN_FILE`
+//!   names (when set), then the config file's `token`.
+//!
+//! The config file is `$HOSTCTL_CONFIG` (default `~/.config/hostd/config.yaml`),
+//! YAML with `server` and `token`, written mode 0600 in a 0700 directory by
+//! `login` and `password` (or the token alone to `$HOSTCTL_TOKEN_FILE` when
+//! that is set); `logout` removes the token.
 //!
 //! Exit codes a script can rely on: 0 success; 1 the API refused (its JSON
 //! error is printed); 2 not logged in, or a bad file or argument; 3 a watch
@@ -18,9 +27,10 @@ use serde_json::{json, Value};
 #[derive(Parser)]
 #[command(name = "hostctl", version, about = "Client for the hostd API")]
 struct Cli {
-    /// hostd API base URL.
-    #[arg(long, env = "HOSTD_API", default_value = "http://127.0.0.1:8000")]
-    api: String,
+    /// hostd API base URL (default: the config file's `server`, else
+    /// http://127.0.0.1:8000).
+    #[arg(long, env = "HOSTD_API")]
+    api: Option<String>,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -89,6 +99,43 @@ enum Cmd {
     },
     /// Replace a lost (or the current) disk with a fresh, empty one.
     Reset,
+    /// Print the tail of your hosting's boot console log (guest text).
+    Console,
+}
+
+/// The config file: server and token.
+#[derive(Default, serde::Serialize, serde::Deserialize)]
+struct CliConfig {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    server: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    token: Option<String>,
+}
+
+fn home() -> PathBuf {
+    PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/root".into()))
+}
+
+fn config_path() -> PathBuf {
+    std::env::var_os("HOSTCTL_CONFIG")
+        .map(Into::into)
+        .unwrap_or_else(|| home().join(".config/hostd/config.yaml"))
+}
+
+/// The config file (empty when there is none; exit 2 when it is unreadable).
+fn load_config() -> CliConfig {
+    let p = config_path();
+    match std::fs::read_to_string(&p) {
+        Ok(s) => serde_norway::from_str(&s).unwrap_or_else(|e| {
+            eprintln!("hostctl: {}: {e}", p.display());
+            std::process::exit(2)
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => CliConfig::default(),
+        Err(e) => {
+            eprintln!("hostctl: {}: {e}", p.display());
+            std::process::exit(2)
+        }
+    }
 }
 
 /// `get`'s output formats.
@@ -115,13 +162,9 @@ fn fail(msg: impl std::fmt::Display) -> ! {
     std::process::exit(1)
 }
 
-fn token_file() -> PathBuf {
-    std::env::var_os("HOSTCTL_TOKEN_FILE")
-        .map(Into::into)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/root".into()))
-                .join(".config/hostd/token")
-        })
+/// `$HOSTCTL_TOKEN_FILE`, when set.
+fn token_file() -> Option<PathBuf> {
+    std::env::var_os("HOSTCTL_TOKEN_FILE").map(Into::into)
 }
 
 fn token() -> String {
@@ -130,17 +173,51 @@ fn token() -> String {
             return t.trim().to_string();
         }
     }
-    std::fs::read_to_string(token_file())
-        .map(|s| s.trim().to_string())
-        .unwrap_or_else(|_| {
+    let t = match token_file() {
+        Some(f) => std::fs::read_to_string(f).ok(),
+        None => load_config().token,
+    };
+    t.map(|t| t.trim().to_string())
+        .filter(|t| !t.is_empty())
+        .unwrap_or_else(|| {
             eprintln!("hostctl: not logged in (run `hostctl login`)");
             std::process::exit(2)
         })
 }
 
-/// Writes the token readable by its owner only (the directory too).
-fn save_token(t: &str) -> std::io::Result<PathBuf> {
-    let f = token_file();
+/// Keeps a new token: in `$HOSTCTL_TOKEN_FILE` when set, else in the config
+/// file with the server it came from. Where it went.
+fn save_token(server: &str, t: &str) -> std::io::Result<PathBuf> {
+    if let Some(f) = token_file() {
+        write_private(&f, t)?;
+        return Ok(f);
+    }
+    let mut cfg = load_config();
+    cfg.server = Some(server.to_string());
+    cfg.token = Some(t.to_string());
+    let p = config_path();
+    write_private(&p, &serde_norway::to_string(&cfg).expect("config serializes"))?;
+    Ok(p)
+}
+
+/// Forgets the token (logout).
+fn forget_token() {
+    match token_file() {
+        Some(f) => {
+            let _ = std::fs::remove_file(f);
+        }
+        None => {
+            let mut cfg = load_config();
+            if cfg.token.take().is_some() {
+                let body = serde_norway::to_string(&cfg).expect("config serializes");
+                let _ = write_private(&config_path(), &body);
+            }
+        }
+    }
+}
+
+/// Writes `body` to `f` readable by its owner only (its directory too).
+fn write_private(f: &std::path::Path, body: &str) -> std::io::Result<()> {
     if let Some(d) = f.parent() {
         std::fs::DirBuilder::new()
             .recursive(true)
@@ -148,14 +225,13 @@ fn save_token(t: &str) -> std::io::Result<PathBuf> {
             .create(d)?;
     }
     // Replace, never reuse, a file that may have had looser permissions.
-    let _ = std::fs::remove_file(&f);
+    let _ = std::fs::remove_file(f);
     let mut file = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o600)
-        .open(&f)?;
-    file.write_all(t.as_bytes())?;
-    Ok(f)
+        .open(f)?;
+    file.write_all(body.as_bytes())
 }
 
 /// The password: prompted for without echo on a terminal, else the first
@@ -185,13 +261,13 @@ fn password_as(prompt: &str) -> String {
 
 /// Saves the token of a successful token response (saying `what`), or
 /// shows the error; the exit code.
-async fn keep_token(r: reqwest::Response, what: &str) -> i32 {
+async fn keep_token(server: &str, r: reqwest::Response, what: &str) -> i32 {
     if !r.status().is_success() {
         return show(r).await;
     }
     let v: Value = r.json().await.unwrap_or_else(|e| fail(e));
     let t = v["access_token"].as_str().unwrap_or_default();
-    let f = save_token(t).unwrap_or_else(|e| fail(format!("saving the token: {e}")));
+    let f = save_token(server, t).unwrap_or_else(|e| fail(format!("saving the token: {e}")));
     println!("{what}; token saved to {}", f.display());
     0
 }
@@ -215,7 +291,13 @@ async fn send(req: reqwest::RequestBuilder) -> reqwest::Response {
 async fn main() {
     let cli = Cli::parse();
     let c = reqwest::Client::new();
-    let url = |path: &str| format!("{}/api/v1{path}", cli.api.trim_end_matches('/'));
+    let server = cli
+        .api
+        .clone()
+        .or_else(|| load_config().server)
+        .unwrap_or_else(|| "http://127.0.0.1:8000".into());
+    let server = server.trim_end_matches('/').to_string();
+    let url = |path: &str| format!("{server}/api/v1{path}");
     let code = match cli.cmd {
         Cmd::Register { email, username } => {
             let body = json!({"email": email, "username": username, "password": password()});
@@ -224,12 +306,12 @@ async fn main() {
         Cmd::Login { username } => {
             let form = [("username", username), ("password", password())];
             let r = send(c.post(url("/auth/login")).form(&form)).await;
-            keep_token(r, "logged in").await
+            keep_token(&server, r, "logged in").await
         }
         Cmd::Logout => {
             let r = send(c.post(url("/auth/logout")).bearer_auth(token())).await;
             let ok = r.status().is_success();
-            let _ = std::fs::remove_file(token_file());
+            forget_token();
             if ok {
                 println!("logged out; token revoked and removed");
                 0
@@ -246,7 +328,7 @@ async fn main() {
                     .json(&body),
             )
             .await;
-            keep_token(r, "password changed; other sessions revoked").await
+            keep_token(&server, r, "password changed; other sessions revoked").await
         }
         Cmd::Get {
             output,
@@ -330,6 +412,27 @@ async fn main() {
         Cmd::Reset => {
             let req = c.post(url("/host/my/reset")).bearer_auth(token());
             show(send(req).await).await
+        }
+        Cmd::Console => {
+            let r = send(c.get(url("/host/my/console")).bearer_auth(token())).await;
+            if !r.status().is_success() {
+                show(r).await
+            } else {
+                let v: Value = r.json().await.unwrap_or_else(|e| fail(e));
+                match v["captured_at"].as_str() {
+                    None => eprintln!("hostctl: no console output copied yet"),
+                    Some(at) => {
+                        let cut = if v["truncated"] == true {
+                            " (the last 64 KiB)"
+                        } else {
+                            ""
+                        };
+                        eprintln!("# console log copied {at}{cut}");
+                    }
+                }
+                print!("{}", v["text"].as_str().unwrap_or_default());
+                0
+            }
         }
     };
     std::process::exit(code);
