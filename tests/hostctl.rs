@@ -175,12 +175,20 @@ async fn login_keeps_server_and_token_in_a_private_config_file() {
     let api = format!("http://{}", app.addr);
 
     // A wrong password: exit 1, nothing written.
-    let o = hostctl_home(home.path(), &["--api", &api, "login", "ctl_cfg"], "wrong password\n");
+    let o = hostctl_home(
+        home.path(),
+        &["--api", &api, "login", "ctl_cfg"],
+        "wrong password\n",
+    );
     assert_eq!(o.status.code(), Some(1), "{o:?}");
     let cfg = home.path().join(".config/hostd/config.yaml");
     assert!(!cfg.exists());
 
-    let o = hostctl_home(home.path(), &["--api", &api, "login", "ctl_cfg"], "correct horse\n");
+    let o = hostctl_home(
+        home.path(),
+        &["--api", &api, "login", "ctl_cfg"],
+        "correct horse\n",
+    );
     assert_eq!(o.status.code(), Some(0), "{o:?}");
     let mode = std::fs::metadata(&cfg).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600);

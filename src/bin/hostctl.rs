@@ -196,7 +196,10 @@ fn save_token(server: &str, t: &str) -> std::io::Result<PathBuf> {
     cfg.server = Some(server.to_string());
     cfg.token = Some(t.to_string());
     let p = config_path();
-    write_private(&p, &serde_norway::to_string(&cfg).expect("config serializes"))?;
+    write_private(
+        &p,
+        &serde_norway::to_string(&cfg).expect("config serializes"),
+    )?;
     Ok(p)
 }
 
