@@ -166,6 +166,8 @@ impl Application {
             });
         }
         if let Some(listener) = self.listener {
+            // Reads are served from the in-process view once it is live.
+            self.state.store.start_view(shutdown.clone());
             let router = api::router(self.state.clone());
             let sd = shutdown.clone();
             let service = router.into_make_service_with_connect_info::<SocketAddr>();

@@ -18,6 +18,7 @@ use super::error::{ApiError, ErrorBody};
 use super::limits::{client_key, Rule};
 use super::AppState;
 use crate::domain::{Email, Password, Role, UserId, Username};
+use crate::store::view::Cached;
 
 /// JWT claims. `tep` is the user's token epoch when the token was issued.
 #[derive(Debug, Serialize, Deserialize)]
@@ -142,6 +143,38 @@ async fn authenticate(parts: &Parts, state: &AppState) -> Result<AuthUser, ApiEr
         .or_else(|| value.strip_prefix("bearer "))
         .ok_or(ApiError::Unauthorized("missing bearer token"))?;
     let info = state.jwt.verify(token.trim())?;
+    // The read view answers without a round trip when it is live, knows
+    // the user, and has not been overtaken by this process's own writes.
+    // Anything it cannot vouch for goes to Postgres: a user it has not seen
+    // (new, or deleted: a deleted user's token is refused at once), a token
+    // newer than the epoch it holds (a password changed elsewhere).
+    if let Some(live) = state.store.view().and_then(|v| v.live()) {
+        if let Cached::Hit(user) = live.user(info.user) {
+            if info.epoch < user.token_epoch || live.is_revoked(info.jti) {
+                return Err(BAD);
+            }
+            let elsewhere = if info.epoch == user.token_epoch {
+                state
+                    .guard
+                    .refused_elsewhere(info.jti, info.user, info.epoch)
+                    .await
+            } else {
+                None
+            };
+            if elsewhere == Some(true) {
+                return Err(BAD);
+            }
+            if elsewhere == Some(false) {
+                return Ok(AuthUser {
+                    id: info.user,
+                    role: user.role,
+                    username: Username::parse(&user.username)
+                        .map_err(|_| ApiError::Unauthorized("invalid user"))?,
+                    token: info,
+                });
+            }
+        }
+    }
     let user = state.store.get_user(info.user).await?.ok_or(BAD)?;
     if user.token_epoch != info.epoch || state.guard.is_revoked(info.jti).await? {
         return Err(BAD);
@@ -466,9 +499,60 @@ pub async fn change_password(
     st.guard.forgive(attempt).await;
     let hash = hash_password(&st, new).await?;
     let epoch = st.store.change_password(auth.id, &hash).await?;
+    let ttl = std::time::Duration::from_secs(st.jwt.ttl_secs());
+    st.guard.mark_user(auth.id, &epoch.to_string(), ttl).await;
     st.metrics.password_changes.inc();
     tracing::info!(target: "audit", user = %auth.id, "password changed; every earlier token revoked");
     token_response(&st, auth.id, epoch)
+}
+
+/// The body of `DELETE /auth/me`.
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DeleteAccountBody {
+    /// The account's password, to confirm.
+    password: String,
+}
+
+#[utoipa::path(delete, path = "/api/v1/auth/me", tag = "auth",
+    security(("bearer" = [])),
+    request_body = DeleteAccountBody,
+    responses(
+        (status = 204, description = "The account is gone; every token and session of it is void at once, in every API process"),
+        (status = 401, description = "Wrong password (counts as a failed login)", body = ErrorBody),
+        (status = 409, description = "The account still has a hosting: delete it first", body = ErrorBody),
+        (status = 429, description = "Too many failed attempts (`Retry-After`)", body = ErrorBody),
+    ))]
+/// `DELETE /api/v1/auth/me {"password"}`: deletes the caller's account.
+pub async fn delete_me(
+    State(st): State<AppState>,
+    ClientAddr(addr): ClientAddr,
+    auth: AuthUser,
+    body: Result<Json<DeleteAccountBody>, axum::extract::rejection::JsonRejection>,
+) -> Result<StatusCode, ApiError> {
+    let Json(body) = body?;
+    let (account, addr) = (auth.id.to_string(), client_key(addr));
+    let attempt = st.guard.attempt(Rule::LoginAccount, &account).await?;
+    let hash = st
+        .store
+        .password_hash(auth.id)
+        .await?
+        .ok_or(ApiError::Unauthorized("invalid user"))?;
+    if !password_matches(&st, &body.password, hash).await? {
+        return Err(login_failed(&st, &account, &addr));
+    }
+    st.guard.forgive(attempt).await;
+    st.store.delete_user(auth.id).await.map_err(|e| match e {
+        crate::store::StoreError::Conflict(_) => {
+            ApiError::Conflict("the account still has a hosting: delete it first".into())
+        }
+        crate::store::StoreError::NotFound => ApiError::Unauthorized("invalid user"),
+        o => o.into(),
+    })?;
+    let ttl = std::time::Duration::from_secs(st.jwt.ttl_secs());
+    st.guard.mark_user(auth.id, "deleted", ttl).await;
+    tracing::info!(target: "audit", user = %auth.id, "account deleted by its owner");
+    Ok(StatusCode::NO_CONTENT)
 }
 
 /// `GET /api/v1/auth/me`
@@ -476,6 +560,11 @@ pub async fn change_password(
     security(("bearer" = [])),
     responses((status = 200, description = "The caller's account", body = crate::store::User)))]
 pub async fn me(State(st): State<AppState>, auth: AuthUser) -> Result<impl IntoResponse, ApiError> {
+    if let Some(live) = st.store.view().and_then(|v| v.live()) {
+        if let Cached::Hit(user) = live.user(auth.id) {
+            return Ok(Json((*user).clone()));
+        }
+    }
     let user = st
         .store
         .get_user(auth.id)

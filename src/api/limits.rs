@@ -237,6 +237,49 @@ impl Guard {
         Ok(())
     }
 
+    /// For a caller that has checked this process's read view: whether
+    /// another API process has just voided the token (Redis holds every
+    /// revocation, password change and account deletion at once; the view
+    /// learns of other processes' changes by notification, milliseconds
+    /// later). One round trip. `None` while Redis is down: then the caller
+    /// asks Postgres, which is exact too.
+    pub async fn refused_elsewhere(
+        &self,
+        jti: uuid::Uuid,
+        user: UserId,
+        epoch: i32,
+    ) -> Option<bool> {
+        let kv = self.redis()?;
+        match kv.token_state(&jti.to_string(), &user.to_string()).await {
+            Ok((revoked, mark)) => {
+                self.redis_succeeded();
+                let voided = match mark.as_deref() {
+                    None => false,
+                    Some("deleted") => true,
+                    Some(m) => m.parse::<i32>().map_or(true, |current| epoch < current),
+                };
+                Some(revoked || voided)
+            }
+            Err(e) => {
+                self.redis_failed(&e);
+                None
+            }
+        }
+    }
+
+    /// Tells every API process, through Redis, that the user's tokens below
+    /// `mark` (a token epoch) or all of them (`deleted`) are void, for `ttl`
+    /// (the token lifetime). Postgres holds the same fact; without Redis the
+    /// other processes fall back to it.
+    pub async fn mark_user(&self, user: UserId, mark: &str, ttl: Duration) {
+        if let Some(kv) = self.redis() {
+            match kv.mark_user(&user.to_string(), mark, ttl).await {
+                Ok(()) => self.redis_succeeded(),
+                Err(e) => self.redis_failed(&e),
+            }
+        }
+    }
+
     /// Whether a token was revoked: Redis, or Postgres while Redis is down.
     pub async fn is_revoked(&self, jti: uuid::Uuid) -> Result<bool, ApiError> {
         if let Some(kv) = self.redis() {

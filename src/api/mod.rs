@@ -69,7 +69,7 @@ pub fn api_routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
     let (router, doc) = OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
         .routes(routes!(auth::register))
         .routes(routes!(auth::login))
-        .routes(routes!(auth::me))
+        .routes(routes!(auth::me, auth::delete_me))
         .routes(routes!(auth::logout))
         .routes(routes!(auth::change_password))
         .routes(routes!(hosting::create))

@@ -142,6 +142,38 @@ impl Kv {
         Ok(n > 0)
     }
 
+    /// Records the state of a user's tokens for `ttl` (the token lifetime):
+    /// its current token epoch after a password change, or `deleted`.
+    pub async fn mark_user(&self, user: &str, mark: &str, ttl: Duration) -> DriverResult<()> {
+        let mut conn = self.conn.clone();
+        let key = format!("{}user:{user}", self.prefix);
+        self.run(
+            redis::cmd("SET")
+                .arg(key)
+                .arg(mark)
+                .arg("EX")
+                .arg(ttl.as_secs().max(1))
+                .query_async::<()>(&mut conn),
+        )
+        .await
+    }
+
+    /// In one round trip: whether the token id is revoked, and the user's
+    /// mark (see [`Kv::mark_user`]), if any.
+    pub async fn token_state(&self, jti: &str, user: &str) -> DriverResult<(bool, Option<String>)> {
+        let mut conn = self.conn.clone();
+        let (r, u) = (
+            format!("{}revoked:{jti}", self.prefix),
+            format!("{}user:{user}", self.prefix),
+        );
+        let v: Vec<Option<String>> = self
+            .run(redis::cmd("MGET").arg(r).arg(u).query_async(&mut conn))
+            .await?;
+        let mut it = v.into_iter();
+        let revoked = it.next().flatten().is_some();
+        Ok((revoked, it.next().flatten()))
+    }
+
     /// A round trip; the server's version.
     pub async fn ping(&self) -> DriverResult<String> {
         let mut conn = self.conn.clone();

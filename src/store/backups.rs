@@ -104,6 +104,7 @@ impl Store {
         let (t, r) = (EventType::Normal, Reason::BackupRequested);
         insert_event(&mut tx, HostingId(hosting), t, r, &msg).await?;
         tx.commit().await?;
+        self.touched_hosting(HostingId(hosting));
         Ok(row.into())
     }
 

@@ -168,6 +168,8 @@ impl Store {
         spec: &HostingSpec,
         claim: bool,
     ) -> Result<HostingRecord> {
+        // The user now has a hosting the read view has not seen.
+        self.touched_user(user);
         if claim {
             if let Some(id) = self.claim_pool_guest(user, spec).await? {
                 return self.must_get(id).await;
@@ -231,6 +233,8 @@ impl Store {
 
     /// A record that must exist (just written in this call).
     pub(super) async fn must_get(&self, id: HostingId) -> Result<HostingRecord> {
+        // Every caller has just written this hosting.
+        self.touched_hosting(id);
         self.get_record(id).await?.ok_or(StoreError::NotFound)
     }
 

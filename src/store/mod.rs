@@ -16,6 +16,7 @@ pub mod pool;
 pub mod sessions;
 pub mod status;
 pub mod users;
+pub mod view;
 
 pub use backups::{Backup, RestoreRefusal};
 pub use hostings::{HostingRecord, Status};
@@ -60,6 +61,8 @@ fn is_unique_violation(e: &sqlx::Error) -> Option<String> {
 pub struct Store {
     pool: PgPool,
     url: String,
+    /// The API's read view, when this process serves reads from one.
+    view: std::sync::Arc<std::sync::OnceLock<std::sync::Arc<view::ReadView>>>,
 }
 
 impl Store {
@@ -76,6 +79,7 @@ impl Store {
         Ok(Store {
             pool,
             url: url.to_string(),
+            view: Default::default(),
         })
     }
 

@@ -63,6 +63,7 @@ impl Store {
         let mut tx = self.pool.begin().await?;
         insert_event(&mut tx, id, t, reason, message).await?;
         tx.commit().await?;
+        self.touched_hosting(id);
         Ok(())
     }
 
@@ -90,6 +91,7 @@ impl Store {
         .bind(&s.applied_seed)
         .execute(&self.pool)
         .await?;
+        self.touched_hosting(id);
         Ok(())
     }
 
@@ -140,6 +142,7 @@ impl Store {
             .execute(&mut *tx)
             .await?;
             tx.commit().await?;
+            self.touched_hosting(id);
             return Ok((s, h));
         }
         Err(StoreError::PortsExhausted("ssh/http (too much contention)"))
@@ -156,6 +159,7 @@ impl Store {
         .await?;
         delete_ports(&mut tx, id).await?;
         tx.commit().await?;
+        self.touched_hosting(id);
         Ok(())
     }
 
@@ -176,6 +180,7 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
+        self.touched_hosting(id);
         Ok(())
     }
 

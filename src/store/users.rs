@@ -70,7 +70,39 @@ impl Store {
             Some(_) => StoreError::Conflict("a user with this email or username"),
             None => e.into(),
         })?;
-        Ok(row.into_user().0)
+        let user = row.into_user().0;
+        self.touched_user(user.id);
+        Ok(user)
+    }
+
+    /// Deletes an account that owns no hosting (`Conflict` if it does; its
+    /// sessions and revocation records go with it).
+    pub async fn delete_user(&self, id: UserId) -> Result<()> {
+        let r = sqlx::query("delete from users where id = $1 and role <> 'system'")
+            .bind(id.0)
+            .execute(&self.pool)
+            .await
+            .map_err(|e| match &e {
+                sqlx::Error::Database(d) if d.code().as_deref() == Some("23503") => {
+                    StoreError::Conflict("a hosting of this account (delete it first)")
+                }
+                _ => e.into(),
+            })?;
+        self.touched_user(id);
+        if r.rows_affected() == 0 {
+            return Err(StoreError::NotFound);
+        }
+        Ok(())
+    }
+
+    /// Every account (the read view's initial list).
+    pub async fn list_users(&self) -> Result<Vec<User>> {
+        let rows = sqlx::query_as::<_, UserRow>(
+            "select id, email, username, role, created_at, password_hash, token_epoch from users",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.into_iter().map(|r| r.into_user().0).collect())
     }
 
     /// Finds a user by email (case-insensitive) or username, with the password hash.
@@ -96,14 +128,15 @@ impl Store {
     }
 
     pub async fn set_role(&self, username: &Username, role: Role) -> Result<()> {
-        let r = sqlx::query("update users set role = $2 where username = $1 and role <> 'system'")
-            .bind(username.as_str())
-            .bind(role.as_str())
-            .execute(&self.pool)
-            .await?;
-        if r.rows_affected() == 0 {
-            return Err(StoreError::NotFound);
-        }
+        let r: Option<(Uuid,)> = sqlx::query_as(
+            "update users set role = $2 where username = $1 and role <> 'system' returning id",
+        )
+        .bind(username.as_str())
+        .bind(role.as_str())
+        .fetch_optional(&self.pool)
+        .await?;
+        let (id,) = r.ok_or(StoreError::NotFound)?;
+        self.touched_user(UserId(id));
         Ok(())
     }
 
@@ -128,6 +161,7 @@ impl Store {
         .bind(hash)
         .fetch_optional(&self.pool)
         .await?;
+        self.touched_user(id);
         row.map(|r| r.0).ok_or(StoreError::NotFound)
     }
 
@@ -150,6 +184,7 @@ impl Store {
         .bind(expires_at)
         .execute(&self.pool)
         .await?;
+        self.touched_revocation(jti, expires_at);
         Ok(())
     }
 
