@@ -64,11 +64,12 @@ ssh_as() {  # key → ssh argv prefix
     -o ConnectTimeout=20 -o LogLevel=ERROR -i "$1" -p "$SSH_PORT" ubuntu@127.0.0.1
 }
 step "the welcome page names the user"
-curl -fsS "$SITE" | grep -q "Welcome, pool_user" || fail "welcome page does not name the user: $(curl -s "$SITE" | head -c 300)"
+page=$(curl -fsS "$SITE") || fail "the site does not answer"
+grep -q "Welcome, pool_user" <<<"$page" || fail "welcome page does not name the user: $(curl -s "$SITE" | head -c 300)"
 
 step "SSH: the user's key works (hostname personalised), another key does not"
 [ "$($(ssh_as "$WORK/key") cat /etc/hostname)" = pool-user ] || fail "hostname not personalised"
-$(ssh_as "$WORK/key") 'stat -c %U /var/www/html /var/www/html/index.html' | sort -u | grep -qx ubuntu ||
+[ "$($(ssh_as "$WORK/key") 'stat -c %U /var/www/html /var/www/html/index.html' | sort -u)" = ubuntu ] ||
   fail "/var/www/html not owned by the user"
 if $(ssh_as "$WORK/stranger") true 2>/dev/null; then fail "a key that is not the user's was accepted"; fi
 

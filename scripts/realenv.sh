@@ -45,7 +45,8 @@ cleanup() {
   [ -n "$HOSTD_PID" ] && kill "$HOSTD_PID" 2>/dev/null && wait "$HOSTD_PID" 2>/dev/null
   # Remove anything this run's instance may have left in libvirt.
   for d in $(virsh -c qemu:///system list --all --name | grep '^hostd-'); do
-    if virsh -c qemu:///system metadata "$d" https://hostd.dev/xmlns/hosting/v1 2>/dev/null | grep -q "instance=\"$INSTANCE\""; then
+    meta=$(virsh -c qemu:///system metadata "$d" https://hostd.dev/xmlns/hosting/v1 2>/dev/null) || meta=""
+    if grep -q "instance=\"$INSTANCE\"" <<<"$meta"; then
       virsh -c qemu:///system destroy "$d" >/dev/null 2>&1; virsh -c qemu:///system undefine "$d" >/dev/null 2>&1
     fi
   done
