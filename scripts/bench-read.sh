@@ -40,13 +40,13 @@ http {
 CONF
 nginx -c "$WORK/nginx.conf"
 su postgres -c "psql -qc 'create database $DB owner hostd'"
-DATABASE_URL="postgres://hostd:hostd@127.0.0.1:5432/$DB" HOSTD_JWT_SECRET="bench-read-$(date +%s%N)" \
+DATABASE_URL="postgres://hostd:hostd@127.0.0.1:5432/$DB" HOSTD_JWT_SECRET="bench-read-$(head -c 32 /dev/urandom | od -An -tx1 | tr -d " \n")" \
   HOSTD_LISTEN="127.0.0.1:$API_PORT" HOSTD_LIBVIRT_URI=test:///default HOSTD_STATE_DIR="$WORK/state" \
   HOSTD_BCRYPT_COST=4 HOSTD_LOG_JSON=0 RUST_LOG=error \
   target/release/hostd api > "$WORK/hostd.log" 2>&1 &
 HOSTD_PID=$!
 API="http://127.0.0.1:$API_PORT/api/v1"
-wait_until 30 0.2 curl -fsS -o /dev/null "$API/health" || die "hostd did not start: $(tail -5 "$WORK/hostd.log")"
+wait_until 30 0.2 curl -fsS -o /dev/null "$API/health" 2>/dev/null || die "hostd did not start: $(tail -5 "$WORK/hostd.log")"
 curl -fsS -X POST "$API/auth/register" -H 'content-type: application/json' \
   -d '{"email":"reader@example.com","username":"reader","password":"correct horse"}' >/dev/null
 TOKEN=$(curl -fsS -X POST "$API/auth/login" -d 'username=reader&password=correct horse' | jq -r .access_token)
@@ -68,4 +68,3 @@ printf '  GET /api/v1/health:    %10.0f req/s\n' "$h"
 python3 -c "print('  ratio host/my / nginx: %.1f%%' % (100 * $m / $n))"
 read -r sent ok p50 p99 max < <(target/release/examples/load_rate "$API/host/my" 1000 "$SECS" 64 "Authorization: Bearer $TOKEN")
 echo "  GET /api/v1/host/my at 1000 req/s for ${SECS}s (open loop): sent $sent, ok $ok, p50 ${p50} ms, p99 ${p99} ms, max ${max} ms"
-curl -fsS "$API/health/detailed" >/dev/null || true

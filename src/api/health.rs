@@ -96,6 +96,7 @@ fn redact(mut body: serde_json::Value) -> serde_json::Value {
         o.remove("domain_type_reason");
         o.remove("capacity");
         o.remove("warm_pool");
+        o.remove("read_view");
     }
     body
 }
@@ -186,6 +187,9 @@ async fn compute(st: &AppState) -> (StatusCode, serde_json::Value) {
                        "guest_isolation": isolation, "redis": redis},
             "capacity": capacity,
             "warm_pool": warm_pool,
+            // This process's read view (admins only): live, sizes, and how
+            // stale it ran over the last changes it applied.
+            "read_view": st.store.view().map(|v| json!(v.stats())),
         }),
     )
 }
