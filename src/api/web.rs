@@ -61,6 +61,8 @@ pub const SESSION_COOKIE: &str = "hostd_session";
 pub const PRESESSION_COOKIE: &str = "hostd_presession";
 /// How often a live view looks for changes.
 pub const SSE_TICK: Duration = Duration::from_millis(500);
+/// A live view checks its session every this many ticks.
+const SESSION_EVERY: u32 = 10;
 /// Live views one user may hold open at once.
 pub const SSE_PER_USER: usize = 4;
 /// Live views the process holds open at once.
@@ -1006,6 +1008,7 @@ async fn hosting_events(State(st): State<AppState>, u: WebUser) -> Result<Respon
         last: Option<String>,
         first: bool,
         done: bool,
+        ticks: u32,
         _slot: StreamSlot,
     }
     let init = Loop {
@@ -1015,6 +1018,7 @@ async fn hosting_events(State(st): State<AppState>, u: WebUser) -> Result<Respon
         last: None,
         first: true,
         done: false,
+        ticks: 0,
         _slot: slot,
     };
     let stream = futures_util::stream::unfold(init, |mut l| async move {
@@ -1026,25 +1030,45 @@ async fn hosting_events(State(st): State<AppState>, u: WebUser) -> Result<Respon
                 tokio::time::sleep(SSE_TICK).await;
             }
             l.first = false;
-            match l.st.store.session_user(&l.sid).await {
-                Ok(Some(_)) => {}
-                Ok(None) => {
-                    l.done = true;
-                    let ev = SseEvent::default().event("ended").data("session ended");
-                    return Some((Ok::<_, std::convert::Infallible>(ev), l));
+            // The session is looked at every SESSION_EVERY ticks (a logout
+            // ends the stream within seconds).
+            l.ticks += 1;
+            if l.ticks % SESSION_EVERY == 1 {
+                match l.st.store.session_user(&l.sid).await {
+                    Ok(Some(_)) => {}
+                    Ok(None) => {
+                        l.done = true;
+                        let ev = SseEvent::default().event("ended").data("session ended");
+                        return Some((Ok::<_, std::convert::Infallible>(ev), l));
+                    }
+                    Err(_) => continue,
                 }
-                Err(_) => continue,
             }
-            let rec = match l.st.store.get_record_by_user(l.user).await {
-                Ok(r) => r,
-                Err(_) => continue,
-            };
-            let Some(rec) = rec else {
-                l.done = true;
-                return Some((Ok(SseEvent::default().event("gone").data("no hosting")), l));
-            };
-            let Ok(evs) = l.st.store.recent_events(rec.id, 20).await else {
-                continue;
+            // The read view when it vouches for the hosting (no query);
+            // Postgres otherwise.
+            let cached = l.st.store.view().and_then(|v| v.live()).and_then(|live| {
+                match live.hosting(l.user) {
+                    crate::store::view::Cached::Hit(h) => Some(h),
+                    _ => None,
+                }
+            });
+            let (rec, evs) = match cached {
+                Some(h) => (h.rec.clone(), h.events.clone()),
+                None => {
+                    let rec = match l.st.store.get_record_by_user(l.user).await {
+                        Ok(r) => r,
+                        Err(_) => continue,
+                    };
+                    let Some(rec) = rec else {
+                        l.done = true;
+                        let ev = SseEvent::default().event("gone").data("no hosting");
+                        return Some((Ok(ev), l));
+                    };
+                    let Ok(evs) = l.st.store.recent_events(rec.id, 20).await else {
+                        continue;
+                    };
+                    (rec, evs)
+                }
             };
             let json =
                 serde_json::to_string(&live_status(&l.st, &rec, &evs)).expect("status serializes");

@@ -183,6 +183,17 @@ pub struct RouteSpec {
 }
 
 /// The HTTP front proxy (host nginx).
+/// Where a submitted route change stands.
+#[derive(Debug)]
+pub enum RouteOutcome {
+    /// Waiting for, or in, a batch.
+    Pending,
+    /// Validated and served (nginx reloaded with it).
+    Applied,
+    /// Rejected or not reloaded; the change was rolled back.
+    Failed(DriverError),
+}
+
 #[async_trait]
 pub trait ProxyDriver: Send + Sync + 'static {
     /// The exact file content hostd wants for this route.
@@ -199,6 +210,16 @@ pub trait ProxyDriver: Send + Sync + 'static {
     /// reloaded; batched with concurrent calls. On a validation failure the
     /// change is rolled back and the last good config keeps serving.
     async fn apply(&self, id: HostingId, route: Option<RouteSpec>) -> DriverResult<()>;
+    /// Queues a route change without waiting for it: the batcher applies it
+    /// with everything else pending (one validation, one reload), then calls
+    /// `done`. [`ProxyDriver::outcome`] tells what became of it.
+    fn submit(&self, id: HostingId, route: Option<RouteSpec>, done: Box<dyn FnOnce() + Send>);
+    /// What became of the last change submitted for `id`, if its content is
+    /// `content` (`None`: no such change is known).
+    fn outcome(&self, id: HostingId, content: Option<&str>) -> Option<RouteOutcome>;
+    /// Forgets what was submitted for `id` (after a failure was reported, or
+    /// when the hosting is gone).
+    fn forget(&self, id: HostingId);
     /// Removes a stray file from the routes directory (not a hostd route).
     async fn remove_stray(&self, file_name: &str) -> DriverResult<()>;
     /// Whether nginx is running and its config valid.

@@ -21,10 +21,9 @@ pub struct Controller {
 
 impl Controller {
     pub fn new(ctx: Arc<Context>) -> Controller {
-        Controller {
-            ctx,
-            queue: Arc::new(queue::WorkQueue::default()),
-        }
+        let queue = Arc::new(queue::WorkQueue::default());
+        let _ = ctx.queue.set(queue.clone());
+        Controller { ctx, queue }
     }
 
     /// Runs one reconcile of `id` and applies its outcome to the queue (requeue,

@@ -64,9 +64,25 @@ pub struct Context {
     pub(crate) shutdowns: Mutex<HashMap<HostingId, Instant>>,
     /// Console log size last copied to the store, and when (see `console`).
     pub(crate) console_seen: Mutex<HashMap<HostingId, (u64, Instant)>>,
+    /// The controller's queue, so that a driver finishing work in the
+    /// background (a route batch) can wake the hosting it was for.
+    pub(crate) queue: std::sync::OnceLock<Arc<queue::WorkQueue>>,
+    /// What to record once a submitted route is served: a repair (Warning)
+    /// or a plain "routed", decided when the change was submitted.
+    pub(crate) route_notes: Mutex<HashMap<HostingId, (crate::domain::Reason, String)>>,
 }
 
 impl Context {
+    /// A waker for `id`: queues it now, if a controller runs this context.
+    pub(crate) fn waker(&self, id: HostingId) -> Box<dyn FnOnce() + Send> {
+        let q = self.queue.get().cloned();
+        Box::new(move || {
+            if let Some(q) = q {
+                q.add_now(id);
+            }
+        })
+    }
+
     pub fn new(
         store: Store,
         vm: Arc<dyn VmDriver>,
@@ -98,6 +114,8 @@ impl Context {
             backoff: Mutex::new(HashMap::new()),
             shutdowns: Mutex::new(HashMap::new()),
             console_seen: Mutex::new(HashMap::new()),
+            queue: std::sync::OnceLock::new(),
+            route_notes: Mutex::new(HashMap::new()),
         }))
     }
 

@@ -65,6 +65,8 @@ pub async fn reconcile(ctx: &Context, id: HostingId) -> Result<Action, Reconcile
     let Some(rec) = ctx.store.get_record(id).await? else {
         ctx.render.forget(id);
         super::console::forget(ctx, id);
+        ctx.proxy.forget(id);
+        ctx.route_notes.lock().unwrap().remove(&id);
         return Ok(Action::Gone);
     };
     let span = tracing::info_span!("reconcile", hosting = %id, generation = rec.generation);
@@ -101,7 +103,9 @@ async fn apply(ctx: &Context, rec: HostingRecord) -> Result<Action, ReconcileErr
         pass.power(&def, &want.seed).await?;
         pass.live_seed(&want, &image).await?;
         if !rec.pool {
-            pass.route(Some(ports.1)).await?;
+            if !pass.route(Some(ports.1)).await? {
+                return pass.route_pending().await;
+            }
         } else if ctx.proxy.read_route(rec.id).await?.is_some() {
             // A pool guest is served by no route until it is claimed.
             ctx.proxy.apply(rec.id, None).await?;
@@ -148,6 +152,8 @@ async fn finalize(ctx: &Context, rec: &HostingRecord) -> Result<Action, Reconcil
     ctx.shutdowns.lock().unwrap().remove(&id);
     ctx.render.forget(id);
     super::console::forget(ctx, id);
+    ctx.proxy.forget(id);
+    ctx.route_notes.lock().unwrap().remove(&id);
     ctx.reset_backoff(id);
     tracing::info!("hosting deleted; all resources released");
     Ok(Action::Gone)

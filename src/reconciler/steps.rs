@@ -18,13 +18,17 @@ use crate::domain::{
     Reason,
 };
 use crate::drivers::seed::build_iso;
-use crate::drivers::{probe, DriverError, ObservedDomain, VolumeSource};
+use crate::drivers::{probe, DriverError, ObservedDomain, RouteOutcome, VolumeSource};
 use crate::images::ImageEntry;
 use crate::store::{HostingRecord, Status};
 
 /// How soon a booting guest is probed again. Each look costs a few local
 /// calls; a long interval would add half of itself to every POST → Ready.
 pub const PROBE_INTERVAL: Duration = Duration::from_millis(500);
+
+/// How long a hosting whose route is in a batch waits before it looks again
+/// by itself; the batch's end normally wakes it long before.
+pub const ROUTE_WAIT: Duration = Duration::from_secs(5);
 
 /// One pass over one hosting: its desired record, the status being built, and
 /// what earlier steps found.
@@ -483,43 +487,50 @@ impl<'a> Pass<'a> {
     }
 
     /// Step 6: the nginx route (to the guest, or the 503 page when stopped);
-    /// repairs hand edits with an event.
-    pub async fn route(&mut self, http: Option<u16>) -> Result<(), ReconcileError> {
+    /// repairs hand edits with an event. A change is submitted to the nginx
+    /// batcher and not waited for (`Ok(false)`): the reconcile ends with
+    /// [`Pass::route_pending`], the worker moves on, and the batch (one
+    /// validation and one reload for every change pending) wakes the
+    /// hosting when it is done. `Ok(true)`: nginx serves the wanted route.
+    pub async fn route(&mut self, http: Option<u16>) -> Result<bool, ReconcileError> {
         let rec = self.rec;
         let spec = self.ctx.route_spec(rec, http);
         let proxy = &self.ctx.proxy;
         let want = proxy.render(&spec);
-        let have = proxy.read_route(rec.id).await?;
-        if have.as_deref() == Some(want.as_str()) {
-            if proxy.reload_pending() {
-                // Content right but not yet served: the batcher retries the reload.
-                proxy.apply(rec.id, Some(spec)).await?;
+        match proxy.outcome(rec.id, Some(&want)) {
+            // In a batch: the batch's end wakes this hosting.
+            Some(RouteOutcome::Pending) => return Ok(false),
+            Some(RouteOutcome::Failed(e)) => {
+                // Reported once; the next pass submits it again.
+                proxy.forget(rec.id);
+                self.ctx.route_notes.lock().unwrap().remove(&rec.id);
+                return Err(e.into());
             }
-        } else {
-            self.fault("before_route_write").await?;
-            proxy.apply(rec.id, Some(spec)).await?;
-            self.fault("after_route_write").await?;
-            let was_configured = has_true(&rec.status.conditions, C::RouteConfigured);
-            // A file hostd itself wrote for the other state (serving ↔ the
-            // stopped page) is a transition, not a hand edit.
-            let ours = |h: &str| {
-                [rec.status.http_port, None]
-                    .into_iter()
-                    .any(|p| proxy.render(&self.ctx.route_spec(rec, p)) == h)
-            };
-            match have {
-                Some(h) if was_configured && !ours(&h) => {
-                    let msg = "the route file had been changed by hand; rewrote it";
-                    self.repair(Reason::RouteRepaired, msg).await?
+            Some(RouteOutcome::Applied) => {
+                // Consumed: later passes compare the file again (drift).
+                proxy.forget(rec.id);
+                let note = self.ctx.route_notes.lock().unwrap().remove(&rec.id);
+                if let Some((reason, msg)) = note {
+                    self.fault("after_route_write").await?;
+                    if reason == Reason::RouteRepaired {
+                        self.repair(reason, &msg).await?;
+                    } else {
+                        self.event(EventType::Normal, reason, &msg).await?;
+                    }
                 }
-                None if was_configured && rec.status.phase == Phase::Ready => {
-                    let msg = "the route file was missing; rewrote it";
-                    self.repair(Reason::RouteRepaired, msg).await?
-                }
-                _ => {
-                    let msg = format!("/{}/ routed", rec.user_id);
-                    self.event(EventType::Normal, Reason::RouteConfigured, &msg)
-                        .await?
+            }
+            None => {
+                let have = proxy.read_route(rec.id).await?;
+                let current = have.as_deref() == Some(want.as_str());
+                if !current || proxy.reload_pending() {
+                    // Content right but not yet served: the batcher retries the reload.
+                    let note = (!current).then(|| self.route_note(have.as_deref()));
+                    self.fault("before_route_write").await?;
+                    if let Some(note) = note {
+                        self.ctx.route_notes.lock().unwrap().insert(rec.id, note);
+                    }
+                    proxy.submit(rec.id, Some(spec), self.ctx.waker(rec.id));
+                    return Ok(false);
                 }
             }
         }
@@ -534,7 +545,41 @@ impl<'a> Pass<'a> {
             ),
         };
         self.condition(C::RouteConfigured, true, reason, &msg);
-        Ok(())
+        Ok(true)
+    }
+
+    /// Ends a pass whose route is in a batch: the status so far is written,
+    /// and the hosting waits for the batch's wake-up (or [`ROUTE_WAIT`]).
+    pub async fn route_pending(self) -> Result<Action, ReconcileError> {
+        self.write_status().await?;
+        Ok(Action::Requeue(ROUTE_WAIT))
+    }
+
+    /// What to record once a new route for this hosting is served, given the
+    /// file found before: a repair when a configured route had been edited
+    /// by hand or removed, otherwise "routed".
+    fn route_note(&self, have: Option<&str>) -> (Reason, String) {
+        let rec = self.rec;
+        let proxy = &self.ctx.proxy;
+        let was_configured = has_true(&rec.status.conditions, C::RouteConfigured);
+        // A file hostd itself wrote for the other state (serving ↔ the
+        // stopped page) is a transition, not a hand edit.
+        let ours = |h: &str| {
+            [rec.status.http_port, None]
+                .into_iter()
+                .any(|p| proxy.render(&self.ctx.route_spec(rec, p)) == h)
+        };
+        match have {
+            Some(h) if was_configured && !ours(h) => (
+                Reason::RouteRepaired,
+                "the route file had been changed by hand; rewrote it".into(),
+            ),
+            None if was_configured && rec.status.phase == Phase::Ready => (
+                Reason::RouteRepaired,
+                "the route file was missing; rewrote it".into(),
+            ),
+            _ => (Reason::RouteConfigured, format!("/{}/ routed", rec.user_id)),
+        }
     }
 
     fn ssh_probe_addr(&self, port: u16) -> SocketAddr {
@@ -618,7 +663,9 @@ impl<'a> Pass<'a> {
     /// Desired `running: false`: the 503 route, then a graceful shutdown
     /// (forced after 60 s).
     pub async fn stop(mut self, def: &Definition) -> Result<Action, ReconcileError> {
-        self.route(None).await?;
+        if !self.route(None).await? {
+            return self.route_pending().await;
+        }
         let running_now = def.observed.as_ref().is_some_and(|o| o.running);
         if running_now && self.shutting_down().await? {
             let msg = "waiting for the guest to shut down";

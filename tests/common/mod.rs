@@ -465,9 +465,14 @@ pub async fn settle_stopped(
     ctl: &hostd::reconciler::Controller,
     id: hostd::domain::HostingId,
 ) -> hostd::domain::Phase {
-    for _ in 0..10 {
-        if ctl.reconcile_once(id).await.unwrap() == hostd::reconciler::Action::AwaitChange {
-            break;
+    for _ in 0..40 {
+        match ctl.reconcile_once(id).await.unwrap() {
+            hostd::reconciler::Action::AwaitChange => break,
+            // A route batch is being applied: give it a moment.
+            hostd::reconciler::Action::Requeue(d) if d == hostd::reconciler::steps::ROUTE_WAIT => {
+                tokio::time::sleep(Duration::from_millis(50)).await
+            }
+            _ => {}
         }
     }
     ctl.ctx
@@ -485,9 +490,13 @@ pub async fn settle(
     ctl: &hostd::reconciler::Controller,
     id: hostd::domain::HostingId,
 ) -> hostd::reconciler::Action {
+    use hostd::reconciler::steps::{PROBE_INTERVAL, ROUTE_WAIT};
     let mut a = ctl.reconcile_once(id).await.unwrap();
-    for _ in 0..20 {
-        if a != hostd::reconciler::Action::Requeue(hostd::reconciler::steps::PROBE_INTERVAL) {
+    for _ in 0..40 {
+        // Waiting for the guest, or for a route batch to finish.
+        let waiting = a == hostd::reconciler::Action::Requeue(PROBE_INTERVAL)
+            || a == hostd::reconciler::Action::Requeue(ROUTE_WAIT);
+        if !waiting {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
