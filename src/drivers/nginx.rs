@@ -27,10 +27,13 @@ const BATCH_WINDOW: Duration = Duration::from_millis(50);
 
 type Change = (HostingId, Option<String>, oneshot::Sender<DriverResult<()>>);
 
+/// Submitted changes by hosting: the content and where it stands.
+type Outcomes = HashMap<HostingId, (Option<String>, super::RouteOutcome)>;
+
 /// The nginx-backed [`ProxyDriver`].
 pub struct NginxDriver {
     /// Submitted changes by hosting: their content and where they stand.
-    outcomes: Arc<std::sync::Mutex<HashMap<HostingId, (Option<String>, super::RouteOutcome)>>>,
+    outcomes: Arc<std::sync::Mutex<Outcomes>>,
     routes_dir: PathBuf,
     conf: PathBuf,
     bin: PathBuf,
