@@ -150,7 +150,9 @@ impl Batcher {
                     break;
                 }
             }
+            let (n, t) = (batch.len(), std::time::Instant::now());
             self.process(batch).await;
+            tracing::debug!(changes = n, ms = t.elapsed().as_millis() as u64, "route batch applied");
         }
     }
 
@@ -309,6 +311,39 @@ impl Batcher {
     }
 }
 
+/// Every route file in `dir` (id → content) and the names of other files.
+fn scan_routes(dir: &Path) -> DriverResult<(Vec<(HostingId, String)>, Vec<String>)> {
+    let mut routes = Vec::new();
+    let mut stray = Vec::new();
+    let rd = match std::fs::read_dir(dir) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((routes, stray)),
+        Err(e) => return Err(e.into()),
+    };
+    for entry in rd {
+        let entry = entry?;
+        let name = entry.file_name().to_string_lossy().to_string();
+        if name == super::ownership::MARKER_FILE {
+            continue;
+        }
+        if name.starts_with('.') && name.ends_with(".tmp") {
+            stray.push(name);
+            continue;
+        }
+        let id = name
+            .strip_suffix(".conf")
+            .and_then(|s| uuid::Uuid::parse_str(s).ok());
+        match id {
+            Some(id) if name == format!("{id}.conf") => {
+                let content = std::fs::read_to_string(entry.path()).unwrap_or_default();
+                routes.push((HostingId(id), content));
+            }
+            _ => stray.push(name),
+        }
+    }
+    Ok((routes, stray))
+}
+
 fn clone_err(e: &DriverError) -> DriverError {
     match e {
         DriverError::NginxInvalid(s) => DriverError::NginxInvalid(s.clone()),
@@ -331,36 +366,12 @@ impl ProxyDriver for NginxDriver {
     }
 
     async fn list_routes(&self) -> DriverResult<(Vec<(HostingId, String)>, Vec<String>)> {
-        let mut routes = Vec::new();
-        let mut stray = Vec::new();
-        let mut rd = match tokio::fs::read_dir(&self.routes_dir).await {
-            Ok(rd) => rd,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((routes, stray)),
-            Err(e) => return Err(e.into()),
-        };
-        while let Some(entry) = rd.next_entry().await? {
-            let name = entry.file_name().to_string_lossy().to_string();
-            if name == super::ownership::MARKER_FILE {
-                continue;
-            }
-            if name.starts_with('.') && name.ends_with(".tmp") {
-                stray.push(name);
-                continue;
-            }
-            let id = name
-                .strip_suffix(".conf")
-                .and_then(|s| uuid::Uuid::parse_str(s).ok());
-            match id {
-                Some(id) if name == format!("{id}.conf") => {
-                    let content = tokio::fs::read_to_string(entry.path())
-                        .await
-                        .unwrap_or_default();
-                    routes.push((HostingId(id), content));
-                }
-                _ => stray.push(name),
-            }
-        }
-        Ok((routes, stray))
+        // One blocking task for the whole scan (tokio::fs would hand every
+        // read to the blocking pool separately: thousands of round trips).
+        let dir = self.routes_dir.clone();
+        tokio::task::spawn_blocking(move || scan_routes(&dir))
+            .await
+            .map_err(|e| DriverError::Other(format!("route scan: {e}")))?
     }
 
     fn reload_pending(&self) -> bool {
