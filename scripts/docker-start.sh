@@ -53,7 +53,9 @@ done
 cat <<MSG
 
 hostd is running (docker compose ps; docker compose logs -f hostd-reconciler).
-  API:    http://127.0.0.1:8000/api/v1   (health: /api/v1/health/detailed)
+  Dashboard: http://127.0.0.1:8000/ui/
+  API:    http://127.0.0.1:8000/api/v1   (health: /api/v1/health/detailed,
+          contract: /api/v1/openapi.json)
   Sites:  ${HOSTD_PUBLIC_URL:-http://localhost}/<user_id>/
   Walkthrough: README.md (register, login, create a hosting).
 MSG
