@@ -27,6 +27,9 @@ const BATCH_WINDOW: Duration = Duration::from_millis(50);
 
 type Change = (HostingId, Option<String>, oneshot::Sender<DriverResult<()>>);
 
+/// Route files (id → content) and the names of other files in the directory.
+type RouteScan = (Vec<(HostingId, String)>, Vec<String>);
+
 /// Submitted changes by hosting: the content and where it stands.
 type Outcomes = HashMap<HostingId, (Option<String>, super::RouteOutcome)>;
 
@@ -152,7 +155,11 @@ impl Batcher {
             }
             let (n, t) = (batch.len(), std::time::Instant::now());
             self.process(batch).await;
-            tracing::debug!(changes = n, ms = t.elapsed().as_millis() as u64, "route batch applied");
+            tracing::debug!(
+                changes = n,
+                ms = t.elapsed().as_millis() as u64,
+                "route batch applied"
+            );
         }
     }
 
@@ -312,7 +319,7 @@ impl Batcher {
 }
 
 /// Every route file in `dir` (id → content) and the names of other files.
-fn scan_routes(dir: &Path) -> DriverResult<(Vec<(HostingId, String)>, Vec<String>)> {
+fn scan_routes(dir: &Path) -> DriverResult<RouteScan> {
     let mut routes = Vec::new();
     let mut stray = Vec::new();
     let rd = match std::fs::read_dir(dir) {
@@ -327,7 +334,18 @@ fn scan_routes(dir: &Path) -> DriverResult<(Vec<(HostingId, String)>, Vec<String
             continue;
         }
         if name.starts_with('.') && name.ends_with(".tmp") {
-            stray.push(name);
+            // A temp file is stray only once no write can still be using it:
+            // one younger than a minute may be a batch's write in progress
+            // (removing it would fail that batch's rename).
+            let old = entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|age| age > Duration::from_secs(60));
+            if old {
+                stray.push(name);
+            }
             continue;
         }
         let id = name
