@@ -445,6 +445,29 @@ pub async fn check_credentials(
     }
 }
 
+/// Checks the caller's own password before a sensitive change. A wrong one
+/// counts against the account's login limit, like a failed login (counted
+/// before the outcome, taken back if right).
+async fn confirm_password(
+    st: &AppState,
+    auth: &AuthUser,
+    addr: Option<std::net::IpAddr>,
+    password: &str,
+) -> Result<(), ApiError> {
+    let (account, addr) = (auth.id.to_string(), client_key(addr));
+    let attempt = st.guard.attempt(Rule::LoginAccount, &account).await?;
+    let hash = st
+        .store
+        .password_hash(auth.id)
+        .await?
+        .ok_or(ApiError::Unauthorized("invalid user"))?;
+    if !password_matches(st, password, hash).await? {
+        return Err(login_failed(st, &account, &addr));
+    }
+    st.guard.forgive(attempt).await;
+    Ok(())
+}
+
 /// `POST /api/v1/auth/logout`: revokes the presented token.
 #[utoipa::path(post, path = "/api/v1/auth/logout", tag = "auth",
     security(("bearer" = [])),
@@ -482,21 +505,10 @@ pub async fn change_password(
     body: Result<Json<PasswordBody>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Json<TokenResponse>, ApiError> {
     let Json(body) = body?;
-    let (account, addr) = (auth.id.to_string(), client_key(addr));
     let new = Password::parse(&body.new_password).map_err(|e| {
         ApiError::Unprocessable(e.to_string().replacen("password", "new_password", 1))
     })?;
-    // Counted before the outcome, like a login attempt; taken back if right.
-    let attempt = st.guard.attempt(Rule::LoginAccount, &account).await?;
-    let hash = st
-        .store
-        .password_hash(auth.id)
-        .await?
-        .ok_or(ApiError::Unauthorized("invalid user"))?;
-    if !password_matches(&st, &body.old_password, hash).await? {
-        return Err(login_failed(&st, &account, &addr));
-    }
-    st.guard.forgive(attempt).await;
+    confirm_password(&st, &auth, addr, &body.old_password).await?;
     let hash = hash_password(&st, new).await?;
     let epoch = st.store.change_password(auth.id, &hash).await?;
     let ttl = std::time::Duration::from_secs(st.jwt.ttl_secs());
@@ -531,17 +543,7 @@ pub async fn delete_me(
     body: Result<Json<DeleteAccountBody>, axum::extract::rejection::JsonRejection>,
 ) -> Result<StatusCode, ApiError> {
     let Json(body) = body?;
-    let (account, addr) = (auth.id.to_string(), client_key(addr));
-    let attempt = st.guard.attempt(Rule::LoginAccount, &account).await?;
-    let hash = st
-        .store
-        .password_hash(auth.id)
-        .await?
-        .ok_or(ApiError::Unauthorized("invalid user"))?;
-    if !password_matches(&st, &body.password, hash).await? {
-        return Err(login_failed(&st, &account, &addr));
-    }
-    st.guard.forgive(attempt).await;
+    confirm_password(&st, &auth, addr, &body.password).await?;
     st.store.delete_user(auth.id).await.map_err(|e| match e {
         crate::store::StoreError::Conflict(_) => {
             ApiError::Conflict("the account still has a hosting: delete it first".into())

@@ -816,6 +816,19 @@ async fn form_error(st: &AppState, u: &WebUser, e: ApiError) -> Result<Response,
     }
 }
 
+/// A hosting form's answer: back to the hosting page, or the page again
+/// with the error.
+async fn after_form<T>(
+    st: &AppState,
+    u: &WebUser,
+    result: Result<T, ApiError>,
+) -> Result<Response, WebError> {
+    match result {
+        Ok(_) => Ok(to_hosting()),
+        Err(e) => form_error(st, u, e).await,
+    }
+}
+
 fn to_hosting() -> Response {
     Redirect::to("/ui/hosting").into_response()
 }
@@ -865,10 +878,7 @@ async fn hosting_create(
         create_for(&st, u.user.id, &patch).await
     }
     .await;
-    match result {
-        Ok(_) => Ok(to_hosting()),
-        Err(e) => form_error(&st, &u, e).await,
-    }
+    after_form(&st, &u, result).await
 }
 
 #[derive(Deserialize)]
@@ -900,10 +910,7 @@ async fn hosting_power(
         patch_for(&st, u.user.id, &patch).await
     }
     .await;
-    match result {
-        Ok(_) => Ok(to_hosting()),
-        Err(e) => form_error(&st, &u, e).await,
-    }
+    after_form(&st, &u, result).await
 }
 
 #[derive(Deserialize)]
@@ -932,10 +939,7 @@ async fn hosting_resize(
         patch_for(&st, u.user.id, &patch).await
     }
     .await;
-    match result {
-        Ok(_) => Ok(to_hosting()),
-        Err(e) => form_error(&st, &u, e).await,
-    }
+    after_form(&st, &u, result).await
 }
 
 async fn delete_confirm(State(st): State<AppState>, u: WebUser) -> Result<Response, WebError> {
