@@ -269,6 +269,11 @@ pub fn nginx_main_conf(
         temp_dir: format!("{prefix}/tmp"),
         listen: listen.to_string(),
         routes_dir: routes_dir.to_string(),
+        // Measured with nginx 1.22: 20,000 hostings (40,000 keys per map)
+        // validate in 0.07 s with these; the defaults (2048, 64) cannot
+        // build an optimal hash past a few thousand keys.
+        map_hash_max_size: 65536,
+        map_hash_bucket_size: 512,
         // A validated DNS name: only its dots need escaping in a regex.
         sites_domain_regex: sites_domain.map(|d| d.replace('.', "\\.")),
     }

@@ -6,9 +6,10 @@
 use serde::Serialize;
 
 use crate::config::CapacityPolicy;
+use crate::domain::HostingId;
 use crate::domain::{ConditionType, Reason};
 use crate::drivers::HostResources;
-use crate::store::{CapacityUsage, HostingRecord};
+use crate::store::{CapacityRow, CapacityUsage, HostingRecord};
 
 const GIB: u64 = 1 << 30;
 
@@ -96,6 +97,30 @@ pub fn admit(
         return Err((Reason::InsufficientDisk, msg));
     }
     Ok(())
+}
+
+/// What every hosting but `me` holds and (for `me`, created at the given
+/// time) what older hostings waiting to run want: the sums
+/// [`crate::store::Store::capacity_usage`] makes in SQL, over rows the
+/// reconciler keeps in memory between admissions.
+pub fn usage<'a>(
+    rows: impl IntoIterator<Item = &'a CapacityRow>,
+    me: Option<(HostingId, chrono::DateTime<chrono::Utc>)>,
+) -> CapacityUsage {
+    let (id, older_than) = me.map_or((None, chrono::DateTime::UNIX_EPOCH), |(i, c)| (Some(i), c));
+    let mut u = CapacityUsage::default();
+    for r in rows.into_iter().filter(|r| Some(r.id) != id) {
+        let holds = r.wants_to_run && r.admitted && !r.waiting;
+        if holds {
+            u.memory_mib += r.memory_mib;
+            u.vcpus += r.vcpus;
+        } else if r.wants_to_run && r.created_at < older_than {
+            u.queued_memory_mib += r.memory_mib;
+            u.queued_vcpus += r.vcpus;
+        }
+        u.waiting += r.waiting as i64;
+    }
+    u
 }
 
 /// The capacity section of `health/detailed`.

@@ -87,12 +87,13 @@ pub struct WelcomeHtml<'a> {
 }
 
 #[derive(Template)]
-#[template(path = "route.conf", escape = "none")]
-pub struct RouteConf {
+#[template(path = "route.map", escape = "none")]
+pub struct RouteMap {
     pub hosting_id: String,
     pub user_id: String,
-    /// `None` renders the 503 "stopped" page.
-    pub http_port: Option<u16>,
+    /// The guest's forwarded address (`127.0.0.1:<port>`), or `stopped` for
+    /// the 503 "stopped" page.
+    pub upstream: String,
     /// The tenant's own host name (a validated DNS name), if host routing is on.
     pub vhost: Option<String>,
 }
@@ -106,6 +107,10 @@ pub struct NginxMainConf {
     pub temp_dir: String,
     pub listen: String,
     pub routes_dir: String,
+    /// nginx's `map_hash_max_size` (the route maps hold two keys per hosting).
+    pub map_hash_max_size: u32,
+    /// nginx's `map_hash_bucket_size`.
+    pub map_hash_bucket_size: u32,
     /// `HOSTD_SITES_DOMAIN` as a regex, to answer 404 for unknown names under it.
     pub sites_domain_regex: Option<String>,
 }

@@ -311,10 +311,9 @@ impl Env {
                 _ => leaks.push(format!("volume {v}")),
             }
         }
-        for path in common::route_files(&self.nginx.routes_dir) {
-            let name = path.file_name().unwrap().to_string_lossy().to_string();
-            if !live.contains(name.trim_end_matches(".conf")) {
-                leaks.push(format!("route {name}"));
+        for id in common::route_entries(&self.nginx.routes_dir).into_keys() {
+            if !live.contains(&id) {
+                leaks.push(format!("route {id}"));
             }
         }
         let mut by_hosting = std::collections::HashMap::<String, usize>::new();
@@ -958,13 +957,11 @@ async fn chaos_soak() {
                         }
                     }
                 } else {
-                    let files = common::route_files(&env.nginx.routes_dir);
-                    if !files.is_empty()
-                        && std::fs::remove_file(
-                            &files[rand::thread_rng().gen_range(0..files.len())],
-                        )
-                        .is_ok()
-                    {
+                    let dir = &env.nginx.routes_dir;
+                    let ids: Vec<String> = common::route_entries(dir).into_keys().collect();
+                    if !ids.is_empty() {
+                        let id = &ids[rand::thread_rng().gen_range(0..ids.len())];
+                        common::tamper_route(dir, id, None);
                         tampers.fetch_add(1, Relaxed);
                     }
                 }

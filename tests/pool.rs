@@ -92,7 +92,7 @@ async fn a_new_hosting_claims_a_ready_pool_guest_and_the_pool_refills() {
     let guests = boot_pool(&app).await;
     // A pool guest has no route, and carries no tenant key.
     let nginx = app.nginx.as_ref().unwrap();
-    assert!(common::route_files(&nginx.routes_dir).is_empty());
+    assert!(common::route_entries(&nginx.routes_dir).is_empty());
     assert!(!contains(&seed_bytes(&app, pool_id), "pool@test"));
     let pool_rec = app.store.get_record(pool_id).await.unwrap().unwrap();
     let ports = (pool_rec.status.ssh_port, pool_rec.status.http_port);

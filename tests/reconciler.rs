@@ -74,9 +74,9 @@ async fn wait_running(vm: &std::sync::Arc<dyn VmDriver>, name: &str) -> Option<(
 }
 
 /// Waits until `path` holds exactly `content`.
-async fn wait_file(path: &std::path::Path, content: &str) -> Option<()> {
+async fn wait_route(dir: &std::path::Path, id: HostingId, content: &str) -> Option<()> {
     eventually(Duration::from_secs(20), || async {
-        (std::fs::read_to_string(path).ok()? == content).then_some(())
+        (common::route_entry(dir, id)? == content).then_some(())
     })
     .await
 }
@@ -123,10 +123,11 @@ async fn create_converges_to_ready_and_delete_cleans_everything() {
         "{vols:?}"
     );
     let nginx = app.nginx.as_ref().unwrap();
-    let route = std::fs::read_to_string(nginx.routes_dir.join(format!("{id}.conf"))).unwrap();
-    assert!(
-        route.contains(&format!("location /{uid}/"))
-            && route.contains(&format!("127.0.0.1:{http}/"))
+    let route = common::route_entry(&nginx.routes_dir, id).expect("route entry written");
+    assert_eq!(
+        route,
+        format!("# hosting {id}\npath:{uid} 127.0.0.1:{http};\n"),
+        "one map entry: the tenant's path → its guest"
     );
     let st = std::process::Command::new("nginx")
         .arg("-t")
@@ -232,7 +233,7 @@ async fn create_converges_to_ready_and_delete_cleans_everything() {
         !vols.iter().any(|v| v.contains(&id.to_string())),
         "{vols:?}"
     );
-    assert!(!nginx.routes_dir.join(format!("{id}.conf")).exists());
+    assert_eq!(common::route_entry(&nginx.routes_dir, id), None);
     assert!(app.store.list_ports().await.unwrap().is_empty());
     assert!(app.store.get_record(id).await.unwrap().is_none());
     let url = nginx.url(&format!("/{uid}/"));
@@ -338,7 +339,7 @@ async fn drift_is_repaired_by_the_running_loop() {
     let vm = vm(&app);
     let name = domain_name(id);
     let nginx = app.nginx.as_ref().unwrap();
-    let route_file = nginx.routes_dir.join(format!("{id}.conf"));
+    let dir = nginx.routes_dir.clone();
 
     // Destroyed behind hostd's back → started again.
     vm.destroy(&name).await.unwrap();
@@ -353,17 +354,32 @@ async fn drift_is_repaired_by_the_running_loop() {
         .expect("recreated after undefine");
 
     // Route edited by hand, then deleted → rewritten each time.
-    let good = std::fs::read_to_string(&route_file).unwrap();
-    std::fs::write(&route_file, "# hand edit\n").unwrap();
-    let rf = route_file.clone();
-    let g = good.clone();
-    wait_file(&rf, &g).await.expect("route rewritten");
-    std::fs::remove_file(&route_file).unwrap();
-    wait_file(&rf, &g).await.expect("route recreated");
+    let good = common::route_entry(&dir, id).unwrap();
+    let hand = format!("# hosting {id}\npath:{uid} 127.0.0.1:1;\n");
+    common::tamper_route(&dir, id, Some(&hand));
+    wait_route(&dir, id, &good).await.expect("route rewritten");
+    common::tamper_route(&dir, id, None);
+    wait_route(&dir, id, &good).await.expect("route recreated");
     assert_eq!(
         get_until(&nginx.url(&format!("/{uid}/")), 200).await,
         "hello dora"
     );
+
+    // Lines in the map file that are no hosting's entry are dropped.
+    let map = dir.join("routes.map");
+    let text = std::fs::read_to_string(&map).unwrap();
+    std::fs::write(
+        &map,
+        format!("path:ffffffff-0000-0000-0000-000000000000 127.0.0.1:1;\n{text}"),
+    )
+    .unwrap();
+    eventually(Duration::from_secs(20), || {
+        let m = map.clone();
+        let want = text.clone();
+        async move { (std::fs::read_to_string(&m).ok()? == want).then_some(()) }
+    })
+    .await
+    .expect("unowned map lines dropped");
 
     // A stray file in the routes directory is removed.
     let stray = nginx.routes_dir.join("stray.conf");
@@ -500,8 +516,9 @@ async fn failing_nginx_validation_backs_off_with_warnings_then_recovers() {
         delays.push(ctl.ctx.failures(id));
     }
     assert_eq!(delays, vec![1, 2, 3, 4]);
-    assert!(
-        !nginx.routes_dir.join(format!("{id}.conf")).exists(),
+    assert_eq!(
+        common::route_entry(&nginx.routes_dir, id),
+        None,
         "rejected route rolled back"
     );
     let evs = app.store.recent_events(id, 50).await.unwrap();
@@ -535,7 +552,7 @@ async fn failing_nginx_validation_backs_off_with_warnings_then_recovers() {
     // Fixed: converges, backoff reset.
     std::fs::write(&nginx.conf, conf).unwrap();
     common::settle(&ctl, id).await;
-    assert!(nginx.routes_dir.join(format!("{id}.conf")).exists());
+    assert!(common::route_entry(&nginx.routes_dir, id).is_some());
     assert_eq!(ctl.ctx.failures(id), 0);
     app.stop().await;
 }
@@ -607,7 +624,7 @@ async fn many_hostings_converge_with_unique_ports() {
         async move {
             let recs = store.list_records().await.unwrap();
             let doms = vmd.list_domains().await.unwrap();
-            let routes = common::route_files(&rd).len();
+            let routes = common::route_entries(&rd).len();
             let ok = recs
                 .iter()
                 .all(|r| r.status.http_port.is_some() && r.status.phase == Phase::Provisioning);
@@ -621,7 +638,7 @@ async fn many_hostings_converge_with_unique_ports() {
     let mut p: Vec<u16> = ports.iter().map(|p| p.0).collect();
     p.dedup();
     assert_eq!(p.len(), 2 * n, "ports are unique");
-    let routes = common::route_files(&app.nginx.as_ref().unwrap().routes_dir).len();
+    let routes = common::route_entries(&app.nginx.as_ref().unwrap().routes_dir).len();
     assert_eq!(routes, n);
     let errors = app
         .controller
@@ -1225,7 +1242,7 @@ async fn a_second_installation_never_touches_the_first_ones_objects() {
         .unwrap()
         .is_some());
     assert_eq!(
-        common::route_files(&app.nginx.as_ref().unwrap().routes_dir).len(),
+        common::route_entries(&app.nginx.as_ref().unwrap().routes_dir).len(),
         1
     );
     assert_eq!(ctl.reconcile_once(id).await.unwrap(), Action::AwaitChange);

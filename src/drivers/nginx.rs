@@ -1,14 +1,19 @@
-//! The nginx proxy driver. One route file per hosting (`<hosting id>.conf`,
-//! location blocks only) in the routes directory, which the operator's main
-//! nginx config includes inside a `server` block. Changes from concurrent
-//! reconciles are collected into batches: written atomically, validated once
-//! with `nginx -t` against the whole config, then reloaded once. A batch that
-//! fails validation is rolled back and bisected until the rejected changes are
-//! isolated, so one bad route cannot block the others and the last good config
-//! keeps serving. Reconciles submit changes without waiting
-//! ([`ProxyDriver::submit`]), so a batch takes everything pending.
+//! The nginx proxy driver. Every hosting's route is an entry in one generated
+//! map file, `routes.map` in the routes directory, which the main nginx
+//! config (`templates/nginx-main.conf`) includes into two hashed `map`s: a
+//! reload parses one table instead of a `location` block per hosting. An
+//! entry starts with the line `# hosting <id>`, so the file reads back as
+//! one route per hosting. Changes from concurrent reconciles are collected
+//! into batches: the whole file is written atomically, validated once with
+//! `nginx -t`, then nginx is reloaded once. A batch that fails validation is
+//! rolled back and bisected until the rejected changes are isolated, so one
+//! bad route cannot block the others and the last good config keeps serving.
+//! Reconciles submit changes without waiting ([`ProxyDriver::submit`]), so a
+//! batch takes everything pending. The parsed file is cached and read again
+//! only when its inode, size or times change, so an idle resync costs one
+//! `stat` here.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
@@ -20,27 +25,169 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::{DriverError, DriverResult, ProxyDriver, RouteSpec};
 use crate::domain::HostingId;
-use crate::templates::RouteConf;
+use crate::templates::RouteMap;
 
 /// How long the batcher waits for more changes after the first one.
 const BATCH_WINDOW: Duration = Duration::from_millis(50);
 
-type Change = (HostingId, Option<String>, oneshot::Sender<DriverResult<()>>);
+/// The one file of routes in the routes directory.
+pub const MAP_FILE: &str = "routes.map";
 
-/// Route files (id → content) and the names of other files in the directory.
-type RouteScan = (Vec<(HostingId, String)>, Vec<String>);
+/// The line each hosting's entry starts with (followed by its id).
+const ENTRY_HEADER: &str = "# hosting ";
+
+type Change = (HostingId, Option<String>, oneshot::Sender<DriverResult<()>>);
 
 /// Submitted changes by hosting: the content and where it stands.
 type Outcomes = HashMap<HostingId, (Option<String>, super::RouteOutcome)>;
+
+/// What identifies one version of the map file on disk: a rename gives a new
+/// inode, an edit in place a new size or times.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Stamp {
+    ino: u64,
+    size: u64,
+    mtime_ns: i128,
+    ctime_ns: i128,
+}
+
+impl Stamp {
+    fn of(m: &std::fs::Metadata) -> Self {
+        use std::os::unix::fs::MetadataExt;
+        Stamp {
+            ino: m.ino(),
+            size: m.size(),
+            mtime_ns: m.mtime() as i128 * 1_000_000_000 + m.mtime_nsec() as i128,
+            ctime_ns: m.ctime() as i128 * 1_000_000_000 + m.ctime_nsec() as i128,
+        }
+    }
+}
+
+/// The map file as last read or written.
+#[derive(Debug, Default)]
+struct Table {
+    /// Each hosting's entry, exactly as in the file.
+    entries: BTreeMap<HostingId, String>,
+    /// The file holds text that is no hosting's entry (before the first
+    /// entry, an entry header without a valid id, or a second entry of one
+    /// hosting): it is dropped at the next write.
+    unowned: bool,
+    /// The file version this was read from or written as (`None`: no file).
+    stamp: Option<Stamp>,
+}
+
+impl Table {
+    /// Parses the file's text.
+    fn parse(text: &str, stamp: Option<Stamp>) -> Table {
+        let mut t = Table {
+            stamp,
+            ..Default::default()
+        };
+        let mut current: Option<(Option<HostingId>, String)> = None;
+        let finish = |t: &mut Table, cur: Option<(Option<HostingId>, String)>| match cur {
+            Some((Some(id), text)) => {
+                if t.entries.insert(id, text).is_some() {
+                    t.unowned = true;
+                }
+            }
+            Some((None, text)) if !text.is_empty() => t.unowned = true,
+            _ => {}
+        };
+        for line in text.split_inclusive('\n') {
+            if let Some(rest) = line.strip_prefix(ENTRY_HEADER) {
+                finish(&mut t, current.take());
+                let id = uuid::Uuid::parse_str(rest.trim_end_matches('\n'))
+                    .ok()
+                    .filter(|u| format!("{ENTRY_HEADER}{u}\n") == line)
+                    .map(HostingId);
+                current = Some((id, String::new()));
+            }
+            current
+                .get_or_insert_with(|| (None, String::new()))
+                .1
+                .push_str(line);
+        }
+        finish(&mut t, current);
+        t
+    }
+
+    /// The file's text.
+    fn text(&self) -> String {
+        let mut s = String::with_capacity(self.entries.values().map(|e| e.len()).sum());
+        for e in self.entries.values() {
+            s.push_str(e);
+        }
+        s
+    }
+}
+
+/// The cached map file, shared by the driver and its batcher.
+struct MapFile {
+    path: PathBuf,
+    table: std::sync::Mutex<Arc<Table>>,
+}
+
+impl MapFile {
+    /// The table as the file is now: the cache, unless the file changed.
+    fn current(&self) -> std::io::Result<Arc<Table>> {
+        let stamp = match std::fs::metadata(&self.path) {
+            Ok(m) => Some(Stamp::of(&m)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(e),
+        };
+        {
+            let t = self.table.lock().unwrap();
+            if t.stamp == stamp {
+                return Ok(t.clone());
+            }
+        }
+        let text = match std::fs::read_to_string(&self.path) {
+            Ok(s) => s,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+            Err(e) => return Err(e),
+        };
+        // Stamped as it was before the read: a write in between is seen at
+        // the next look.
+        let t = Arc::new(Table::parse(&text, stamp));
+        *self.table.lock().unwrap() = t.clone();
+        Ok(t)
+    }
+
+    /// Writes `entries` as the file (atomically) and caches them.
+    fn write(&self, entries: BTreeMap<HostingId, String>) -> std::io::Result<()> {
+        let mut t = Table {
+            entries,
+            unowned: false,
+            stamp: None,
+        };
+        let tmp = self.path.with_file_name(format!(".{MAP_FILE}.tmp"));
+        {
+            use std::io::Write;
+            let mut f = std::fs::File::create(&tmp)?;
+            f.write_all(t.text().as_bytes())?;
+            f.sync_all()?;
+        }
+        std::fs::rename(&tmp, &self.path)?;
+        if let Some(d) = self.path.parent() {
+            std::fs::File::open(d)?.sync_all()?;
+        }
+        t.stamp = Some(Stamp::of(&std::fs::metadata(&self.path)?));
+        *self.table.lock().unwrap() = Arc::new(t);
+        Ok(())
+    }
+}
 
 /// The nginx-backed [`ProxyDriver`].
 pub struct NginxDriver {
     /// Submitted changes by hosting: their content and where they stand.
     outcomes: Arc<std::sync::Mutex<Outcomes>>,
     routes_dir: PathBuf,
+    map: Arc<MapFile>,
     conf: PathBuf,
     bin: PathBuf,
     tx: mpsc::UnboundedSender<Change>,
+    /// Held while the map file is written, validated and reloaded.
+    writing: Arc<tokio::sync::Mutex<()>>,
     /// Set while the files on disk are newer than what nginx serves (a reload failed).
     reload_pending: Arc<AtomicBool>,
 }
@@ -50,26 +197,38 @@ impl NginxDriver {
     pub fn new(routes_dir: &Path, conf: &Path, bin: &Path) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
         let reload_pending = Arc::new(AtomicBool::new(false));
+        let map = Arc::new(MapFile {
+            path: routes_dir.join(MAP_FILE),
+            table: Default::default(),
+        });
+        let writing = Arc::new(tokio::sync::Mutex::new(()));
         let batcher = Batcher {
-            routes_dir: routes_dir.to_path_buf(),
+            map: map.clone(),
             conf: conf.to_path_buf(),
             bin: bin.to_path_buf(),
+            writing: writing.clone(),
             reload_pending: reload_pending.clone(),
         };
         tokio::spawn(batcher.run(rx));
         Self {
             outcomes: Default::default(),
             routes_dir: routes_dir.to_path_buf(),
+            map,
             conf: conf.to_path_buf(),
             bin: bin.to_path_buf(),
             tx,
+            writing,
             reload_pending,
         }
     }
-}
 
-fn route_path(dir: &Path, id: HostingId) -> PathBuf {
-    dir.join(format!("{id}.conf"))
+    /// The map file's current table, read on a blocking thread if it changed.
+    async fn table(&self) -> DriverResult<Arc<Table>> {
+        let map = self.map.clone();
+        Ok(tokio::task::spawn_blocking(move || map.current())
+            .await
+            .map_err(|e| DriverError::Other(format!("route map read: {e}")))??)
+    }
 }
 
 /// Runs `nginx <args> -c <conf>`, returning stderr on failure.
@@ -93,52 +252,16 @@ async fn nginx(bin: &Path, conf: &Path, args: &[&str]) -> Result<(), String> {
     }
 }
 
-async fn write_atomic(path: &Path, content: &str) -> std::io::Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let tmp = dir.join(format!(
-        ".{}.tmp",
-        path.file_name().unwrap_or_default().to_string_lossy()
-    ));
-    let content = content.to_string();
-    let (tmp2, path2) = (tmp.clone(), path.to_path_buf());
-    tokio::task::spawn_blocking(move || {
-        use std::io::Write;
-        let mut f = std::fs::File::create(&tmp2)?;
-        f.write_all(content.as_bytes())?;
-        f.sync_all()?;
-        std::fs::rename(&tmp2, &path2)?;
-        if let Some(d) = path2.parent() {
-            std::fs::File::open(d)?.sync_all()?;
-        }
-        Ok(())
-    })
-    .await
-    .map_err(std::io::Error::other)?
-}
-
-async fn read_opt(path: &Path) -> std::io::Result<Option<String>> {
-    match tokio::fs::read_to_string(path).await {
-        Ok(s) => Ok(Some(s)),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(e),
-    }
-}
-
-async fn set_file(path: &Path, content: Option<&str>) -> std::io::Result<()> {
-    match content {
-        Some(c) => write_atomic(path, c).await,
-        None => match tokio::fs::remove_file(path).await {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
-            _ => Ok(()),
-        },
-    }
-}
+/// Previous entries of the hostings a write changed, for rollback.
+type Undo = Vec<(HostingId, Option<String>)>;
 
 struct Batcher {
-    routes_dir: PathBuf,
+    map: Arc<MapFile>,
     conf: PathBuf,
     bin: PathBuf,
-    /// A previous reload failed: the files on disk are newer than what nginx serves.
+    /// Held while the map file is written, validated and reloaded.
+    writing: Arc<tokio::sync::Mutex<()>>,
+    /// A previous reload failed: the file on disk is newer than what nginx serves.
     reload_pending: Arc<AtomicBool>,
 }
 
@@ -154,7 +277,10 @@ impl Batcher {
                 }
             }
             let (n, t) = (batch.len(), std::time::Instant::now());
+            let writing = self.writing.clone();
+            let guard = writing.lock().await;
             self.process(batch).await;
+            drop(guard);
             tracing::debug!(
                 changes = n,
                 ms = t.elapsed().as_millis() as u64,
@@ -163,28 +289,36 @@ impl Batcher {
         }
     }
 
-    /// Applies changes; returns the previous contents for rollback.
-    async fn write_all(
-        &self,
-        changes: &[(HostingId, Option<String>)],
-    ) -> std::io::Result<Vec<(PathBuf, Option<String>)>> {
-        let mut undo = Vec::with_capacity(changes.len());
-        for (id, content) in changes {
-            let path = route_path(&self.routes_dir, *id);
-            let old = read_opt(&path).await?;
-            if old.as_deref() != content.as_deref() {
-                set_file(&path, content.as_deref()).await?;
-                undo.push((path, old));
+    /// Applies `changes` to the map file (one atomic write, none if nothing
+    /// changes); returns the previous entries for rollback.
+    async fn write_all(&self, changes: &[(HostingId, Option<String>)]) -> std::io::Result<Undo> {
+        let map = self.map.clone();
+        let changes = changes.to_vec();
+        tokio::task::spawn_blocking(move || {
+            let t = map.current()?;
+            let mut entries = t.entries.clone();
+            let mut undo = Vec::new();
+            for (id, content) in changes {
+                let old = match &content {
+                    Some(c) => entries.insert(id, c.clone()),
+                    None => entries.remove(&id),
+                };
+                if old != content {
+                    undo.push((id, old));
+                }
             }
-        }
-        Ok(undo)
+            if !undo.is_empty() || t.unowned {
+                map.write(entries)?;
+            }
+            Ok(undo)
+        })
+        .await
+        .map_err(std::io::Error::other)?
     }
 
-    async fn rollback(undo: Vec<(PathBuf, Option<String>)>) {
-        for (path, old) in undo.into_iter().rev() {
-            if let Err(e) = set_file(&path, old.as_deref()).await {
-                tracing::error!(path = %path.display(), error = %e, "nginx route rollback failed");
-            }
+    async fn rollback(&self, undo: Undo) {
+        if let Err(e) = self.write_all(&undo).await {
+            tracing::error!(error = %e, "nginx route map rollback failed");
         }
     }
 
@@ -222,7 +356,7 @@ impl Batcher {
                     }
                 }
                 Err(err) => {
-                    Self::rollback(undo).await;
+                    self.rollback(undo).await;
                     tracing::warn!(batch = changes.len(), error = %err, "nginx rejected a route batch; bisecting it");
                     changed |= self.bisect(&changes, &mut results).await;
                 }
@@ -254,7 +388,7 @@ impl Batcher {
     /// Finds the changes nginx rejects by halving a rejected batch: each
     /// half is written and validated together, a rejected half is halved
     /// again, down to single changes. k bad changes among n cost about
-    /// 2k·log2(n) validations instead of n. Whether any file changed.
+    /// 2k·log2(n) validations instead of n. Whether any entry changed.
     async fn bisect(
         &self,
         changes: &[(HostingId, Option<String>)],
@@ -292,7 +426,7 @@ impl Batcher {
                             }
                         }
                         Err(_) => {
-                            Self::rollback(undo).await;
+                            self.rollback(undo).await;
                             todo.push(half);
                         }
                     },
@@ -302,7 +436,7 @@ impl Batcher {
         changed
     }
 
-    /// Writes and validates one change alone; `Ok(true)` if a file changed.
+    /// Writes and validates one change alone; `Ok(true)` if an entry changed.
     async fn apply_one(&self, id: HostingId, content: Option<String>) -> DriverResult<bool> {
         let undo = self.write_all(&[(id, content)]).await?;
         if undo.is_empty() {
@@ -311,26 +445,26 @@ impl Batcher {
         match nginx(&self.bin, &self.conf, &["-t", "-q"]).await {
             Ok(()) => Ok(true),
             Err(err) => {
-                Self::rollback(undo).await;
+                self.rollback(undo).await;
                 Err(DriverError::NginxInvalid(err))
             }
         }
     }
 }
 
-/// Every route file in `dir` (id → content) and the names of other files.
-fn scan_routes(dir: &Path) -> DriverResult<RouteScan> {
-    let mut routes = Vec::new();
+/// Names of the files in `dir` that are not hostd's: anything but the map
+/// file, the ownership marker and a recent temp file.
+fn scan_stray(dir: &Path) -> DriverResult<Vec<String>> {
     let mut stray = Vec::new();
     let rd = match std::fs::read_dir(dir) {
         Ok(rd) => rd,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((routes, stray)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(stray),
         Err(e) => return Err(e.into()),
     };
     for entry in rd {
         let entry = entry?;
         let name = entry.file_name().to_string_lossy().to_string();
-        if name == super::ownership::MARKER_FILE {
+        if name == super::ownership::MARKER_FILE || name == MAP_FILE {
             continue;
         }
         if name.starts_with('.') && name.ends_with(".tmp") {
@@ -348,18 +482,9 @@ fn scan_routes(dir: &Path) -> DriverResult<RouteScan> {
             }
             continue;
         }
-        let id = name
-            .strip_suffix(".conf")
-            .and_then(|s| uuid::Uuid::parse_str(s).ok());
-        match id {
-            Some(id) if name == format!("{id}.conf") => {
-                let content = std::fs::read_to_string(entry.path()).unwrap_or_default();
-                routes.push((HostingId(id), content));
-            }
-            _ => stray.push(name),
-        }
+        stray.push(name);
     }
-    Ok((routes, stray))
+    Ok(stray)
 }
 
 fn clone_err(e: &DriverError) -> DriverError {
@@ -373,23 +498,33 @@ fn clone_err(e: &DriverError) -> DriverError {
 #[async_trait]
 impl ProxyDriver for NginxDriver {
     fn render(&self, route: &RouteSpec) -> String {
-        RouteConf {
+        let upstream = match route.http_port {
+            Some(port) => format!("127.0.0.1:{port}"),
+            None => "stopped".into(),
+        };
+        let entry = RouteMap {
             hosting_id: route.hosting_id.to_string(),
             user_id: route.user_id.to_string(),
-            http_port: route.http_port,
+            upstream,
             vhost: route.vhost.clone(),
         }
         .render()
-        .expect("route template renders")
+        .expect("route template renders");
+        // Entries are concatenated into the file: each ends its last line.
+        format!("{}\n", entry.trim_end())
     }
 
     async fn list_routes(&self) -> DriverResult<(Vec<(HostingId, String)>, Vec<String>)> {
-        // One blocking task for the whole scan (tokio::fs would hand every
-        // read to the blocking pool separately: thousands of round trips).
+        let table = self.table().await?;
         let dir = self.routes_dir.clone();
-        tokio::task::spawn_blocking(move || scan_routes(&dir))
+        let mut stray = tokio::task::spawn_blocking(move || scan_stray(&dir))
             .await
-            .map_err(|e| DriverError::Other(format!("route scan: {e}")))?
+            .map_err(|e| DriverError::Other(format!("route scan: {e}")))??;
+        if table.unowned {
+            stray.push(MAP_FILE.to_string());
+        }
+        let routes = table.entries.iter().map(|(i, c)| (*i, c.clone()));
+        Ok((routes.collect(), stray))
     }
 
     fn reload_pending(&self) -> bool {
@@ -397,7 +532,7 @@ impl ProxyDriver for NginxDriver {
     }
 
     async fn read_route(&self, id: HostingId) -> DriverResult<Option<String>> {
-        Ok(read_opt(&route_path(&self.routes_dir, id)).await?)
+        Ok(self.table().await?.entries.get(&id).cloned())
     }
 
     async fn apply(&self, id: HostingId, route: Option<RouteSpec>) -> DriverResult<()> {
@@ -466,8 +601,32 @@ impl ProxyDriver for NginxDriver {
         if file_name.contains('/') || file_name == ".." || file_name == "." {
             return Err(DriverError::Other("invalid file name".into()));
         }
-        set_file(&self.routes_dir.join(file_name), None).await?;
-        Ok(())
+        if file_name != MAP_FILE {
+            let path = self.routes_dir.join(file_name);
+            return match tokio::fs::remove_file(path).await {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
+                _ => Ok(()),
+            };
+        }
+        // Text in the map file that is no hosting's entry: the file is
+        // written again from the entries alone, validated and reloaded.
+        let _writing = self.writing.lock().await;
+        let map = self.map.clone();
+        tokio::task::spawn_blocking(move || {
+            let t = map.current()?;
+            if t.unowned {
+                map.write(t.entries.clone())?;
+            }
+            std::io::Result::Ok(())
+        })
+        .await
+        .map_err(|e| DriverError::Other(format!("route map write: {e}")))??;
+        nginx(&self.bin, &self.conf, &["-t", "-q"])
+            .await
+            .map_err(DriverError::NginxInvalid)?;
+        nginx(&self.bin, &self.conf, &["-s", "reload"])
+            .await
+            .map_err(DriverError::NginxReload)
     }
 
     async fn health(&self) -> DriverResult<String> {

@@ -54,8 +54,9 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     /// HTTP client of the readiness probe (no proxy, no redirects).
     pub http: reqwest::Client,
-    /// Serializes admission decisions (see `steps::Pass::schedule`).
-    pub(crate) scheduler: tokio::sync::Mutex<()>,
+    /// Serializes admission decisions and holds what they are made from
+    /// (see `steps::Pass::schedule`).
+    pub(crate) scheduler: tokio::sync::Mutex<Ledger>,
     /// Backups allowed to run at once (`HOSTD_BACKUP_CONCURRENCY`).
     pub(crate) backup_slots: Arc<tokio::sync::Semaphore>,
     /// Per-hosting error backoff state (reset on success).
@@ -109,7 +110,7 @@ impl Context {
             render,
             metrics,
             http,
-            scheduler: tokio::sync::Mutex::new(()),
+            scheduler: tokio::sync::Mutex::new(Ledger::default()),
             backup_slots: Arc::new(tokio::sync::Semaphore::new(slots)),
             backoff: Mutex::new(HashMap::new()),
             shutdowns: Mutex::new(HashMap::new()),
@@ -180,5 +181,72 @@ impl Context {
             .get(&id)
             .map(|e| e.1)
             .unwrap_or(0)
+    }
+}
+
+/// How long the admission ledger's rows are used before they are read again.
+pub const LEDGER_TTL: Duration = Duration::from_secs(1);
+
+/// Every hosting's part in capacity decisions, as of the last read (at most
+/// [`LEDGER_TTL`] ago) plus the admissions and refusals made here since.
+/// Admitting from it costs no query, where summing in SQL for each one made
+/// mass creation quadratic. Only an admission makes a hosting hold room,
+/// and admissions are made here alone (one leader, under the scheduler
+/// lock), so rows older than the TTL can only overstate what is held (a
+/// hosting since deleted or stopped): a stale ledger makes a hosting wait
+/// longer, never overcommits the host. A resize of a running hosting is the
+/// exception: it is seen within the TTL.
+/// The host's resources are read with the rows: its memory and CPUs do not
+/// change, and the pool's free space shrinks little in a second (new disks
+/// are thin overlays).
+#[derive(Debug, Default)]
+pub struct Ledger {
+    rows: HashMap<HostingId, crate::store::CapacityRow>,
+    host: Option<crate::drivers::HostResources>,
+    read_at: Option<Instant>,
+}
+
+impl Ledger {
+    /// Reads the rows and the host's resources again if they are older
+    /// than [`LEDGER_TTL`]; returns the host's resources.
+    pub(crate) async fn refresh(
+        &mut self,
+        store: &crate::store::Store,
+        vm: &dyn VmDriver,
+    ) -> Result<crate::drivers::HostResources, ReconcileError> {
+        if let (Some(host), Some(t)) = (self.host, self.read_at) {
+            if t.elapsed() < LEDGER_TTL {
+                return Ok(host);
+            }
+        }
+        let rows = store.capacity_rows().await?;
+        let host = vm.resources().await?;
+        self.rows = rows.into_iter().map(|r| (r.id, r)).collect();
+        self.host = Some(host);
+        self.read_at = Some(Instant::now());
+        Ok(host)
+    }
+
+    /// What the others hold and older waiting hostings want, for `me`.
+    pub(crate) fn usage(
+        &self,
+        me: (HostingId, chrono::DateTime<chrono::Utc>),
+    ) -> crate::store::CapacityUsage {
+        crate::capacity::usage(self.rows.values(), Some(me))
+    }
+
+    /// Records a decision made for `rec`: admitted (it holds room now) or
+    /// told to wait.
+    pub(crate) fn decided(&mut self, rec: &crate::store::HostingRecord, admitted: bool) {
+        let row = crate::store::CapacityRow {
+            id: rec.id,
+            memory_mib: rec.spec.memory_mib as i64,
+            vcpus: rec.spec.vcpus as i64,
+            created_at: rec.created_at,
+            admitted: admitted || rec.status.ssh_port.is_some(),
+            waiting: !admitted,
+            wants_to_run: rec.spec.running && rec.deletion_requested_at.is_none(),
+        };
+        self.rows.insert(rec.id, row);
     }
 }

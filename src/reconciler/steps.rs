@@ -110,12 +110,13 @@ impl<'a> Pass<'a> {
         if !new && !starting {
             return Ok(None);
         }
-        let _turn = self.ctx.scheduler.lock().await;
-        let me = Some((self.id(), self.rec.created_at));
-        let usage = self.ctx.store.capacity_usage(me).await?;
-        let host = self.ctx.vm.resources().await?;
+        let mut ledger = self.ctx.scheduler.lock().await;
+        let host = ledger.refresh(&self.ctx.store, &*self.ctx.vm).await?;
+        let usage = ledger.usage((self.id(), self.rec.created_at));
         let policy = &self.ctx.config.capacity;
-        match crate::capacity::admit(&usage, self.rec, &host, policy, new) {
+        let verdict = crate::capacity::admit(&usage, self.rec, &host, policy, new);
+        ledger.decided(self.rec, verdict.is_ok());
+        match verdict {
             Ok(()) => {
                 if new {
                     self.ports().await?;

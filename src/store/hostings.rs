@@ -243,6 +243,16 @@ impl Store {
         self.record_where("h.user_id = $1", user.0).await
     }
 
+    /// The records of `ids` that exist, in one query.
+    pub async fn get_records(&self, ids: &[HostingId]) -> Result<Vec<HostingRecord>> {
+        let ids: Vec<Uuid> = ids.iter().map(|i| i.0).collect();
+        let rows = sqlx::query_as::<_, RecordRow>(&format!("{RECORD_SELECT} where h.id = any($1)"))
+            .bind(ids)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.into_iter().map(RecordRow::into_record).collect()
+    }
+
     /// Every hosting with its status, in one query (the reconciler's resync and the admin list).
     pub async fn list_records(&self) -> Result<Vec<HostingRecord>> {
         let rows =

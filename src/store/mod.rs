@@ -21,7 +21,7 @@ pub mod view;
 pub use backups::{Backup, RestoreRefusal};
 pub use hostings::{HostingRecord, Status};
 pub use pool::{PoolCounts, POOL_USER};
-pub use status::{CapacityUsage, ConsoleTail, Event, ReconcilerStats};
+pub use status::{CapacityRow, CapacityUsage, ConsoleTail, Event, ReconcilerStats};
 pub use users::User;
 
 /// Store-layer errors. The API maps these to HTTP codes; nothing here knows HTTP.

@@ -233,9 +233,24 @@ async fn try_allocate(
     use rand::Rng;
     let offset = rand::thread_rng().gen_range(range.start..=range.end) as i32;
     let free: Option<(i32,)> = sqlx::query_as(
-        "select p from (select generate_series($1::int, $2::int) as p) g \
-         where not exists (select 1 from port_allocations a where a.port = g.p) \
-         order by (g.p < $3), g.p limit 1",
+        // The lowest free port from the offset up, else from the start up.
+        // Each branch walks the primary key only along the run of taken
+        // ports it starts in (the first taken port whose successor is
+        // free), and the first branch that finds one ends the query: cost
+        // grows with the run, not with the range.
+        "select p from ( \
+           (select $3::int as p where not exists (select 1 from port_allocations where port = $3)) \
+           union all \
+           (select a.port + 1 from port_allocations a where a.port >= $3 and a.port < $2 \
+              and not exists (select 1 from port_allocations b where b.port = a.port + 1) \
+            order by a.port limit 1) \
+           union all \
+           (select $1::int where not exists (select 1 from port_allocations where port = $1)) \
+           union all \
+           (select a.port + 1 from port_allocations a where a.port >= $1 and a.port < $3 \
+              and not exists (select 1 from port_allocations b where b.port = a.port + 1) \
+            order by a.port limit 1) \
+         ) c limit 1",
     )
     .bind(range.start as i32)
     .bind(range.end as i32)
@@ -303,6 +318,49 @@ pub struct CapacityUsage {
     pub queued_vcpus: i64,
     /// Hostings with `Scheduled=False`.
     pub waiting: i64,
+}
+
+/// One hosting's part in capacity decisions (see [`crate::capacity::usage`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CapacityRow {
+    pub id: HostingId,
+    pub memory_mib: i64,
+    pub vcpus: i64,
+    pub created_at: DateTime<Utc>,
+    /// Ports allocated (admitted once).
+    pub admitted: bool,
+    /// `Scheduled=False`: waiting for room.
+    pub waiting: bool,
+    /// `running` and not being deleted.
+    pub wants_to_run: bool,
+}
+
+impl Store {
+    /// Every hosting's part in capacity decisions, for the reconciler's
+    /// admission ledger (one query; [`Store::capacity_usage`] sums the same
+    /// rows in SQL).
+    pub async fn capacity_rows(&self) -> Result<Vec<CapacityRow>> {
+        let rows: Vec<(Uuid, i32, i32, DateTime<Utc>, bool, bool, bool)> = sqlx::query_as(
+            "select h.id, h.memory_mib, h.vcpus, h.created_at, s.ssh_port is not null, \
+               s.conditions @> '[{\"type\":\"Scheduled\",\"status\":\"False\"}]', \
+               h.running and h.deletion_requested_at is null \
+             from hostings h join hosting_status s on s.hosting_id = h.id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(id, m, v, c, a, w, r)| CapacityRow {
+                id: HostingId(id),
+                memory_mib: m as i64,
+                vcpus: v as i64,
+                created_at: c,
+                admitted: a,
+                waiting: w,
+                wants_to_run: r,
+            })
+            .collect())
+    }
 }
 
 impl Store {

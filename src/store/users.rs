@@ -127,6 +127,18 @@ impl Store {
         Ok(row.map(|r| r.into_user().0))
     }
 
+    /// The users of `ids` that exist, in one query.
+    pub async fn get_users(&self, ids: &[UserId]) -> Result<Vec<User>> {
+        let ids: Vec<Uuid> = ids.iter().map(|i| i.0).collect();
+        let rows = sqlx::query_as::<_, UserRow>(
+            "select id, email, username, role, created_at, password_hash, token_epoch from users where id = any($1)",
+        )
+        .bind(ids)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.into_iter().map(|r| r.into_user().0).collect())
+    }
+
     pub async fn set_role(&self, username: &Username, role: Role) -> Result<()> {
         let r: Option<(Uuid,)> = sqlx::query_as(
             "update users set role = $2 where username = $1 and role <> 'system' returning id",

@@ -38,6 +38,8 @@ use crate::shutdown::Shutdown;
 pub const CHANNEL: &str = "hostd_view";
 /// Events kept per hosting (what `GET /host/my` shows).
 pub const EVENTS: i64 = 20;
+/// Most ids one refresh query names.
+const REFRESH_CHUNK: usize = 500;
 /// Lags kept for the percentiles in [`ViewStats`].
 const LAG_SAMPLES: usize = 4096;
 
@@ -348,31 +350,81 @@ impl Store {
         view
     }
 
-    /// Refreshes what the view holds of `change` (after this process wrote it).
-    async fn refresh(&self, view: &ReadView, change: Change) -> Result<()> {
+    /// Refreshes what the view holds of `changes`: one query per kind for
+    /// all of them (users, hostings, their events), however many there are,
+    /// so the view keeps up with mass status writes.
+    async fn refresh(&self, view: &ReadView, changes: &HashSet<Change>) -> Result<()> {
         let ticket = view.ticket();
-        match change {
-            Change::User(id) => view.set_user(id, self.get_user(id).await?, ticket),
-            Change::Hosting(id) => {
-                let entry = match self.get_record(id).await? {
-                    Some(rec) => {
-                        let events = self.recent_events(id, EVENTS).await?;
-                        Some((rec, events))
-                    }
-                    None => None,
-                };
-                view.set_hosting(id, entry, ticket);
+        let mut users = Vec::new();
+        let mut hostings = Vec::new();
+        for c in changes {
+            match *c {
+                Change::User(id) => users.push(id),
+                Change::Hosting(id) => hostings.push(id),
+                Change::Revoked(jti) => {
+                    let exp: Option<(DateTime<Utc>,)> =
+                        sqlx::query_as("select expires_at from revoked_tokens where jti = $1")
+                            .bind(jti)
+                            .fetch_optional(&self.pool)
+                            .await?;
+                    view.set_revoked(jti, exp.map(|e| e.0));
+                }
             }
-            Change::Revoked(jti) => {
-                let exp: Option<(DateTime<Utc>,)> =
-                    sqlx::query_as("select expires_at from revoked_tokens where jti = $1")
-                        .bind(jti)
-                        .fetch_optional(&self.pool)
-                        .await?;
-                view.set_revoked(jti, exp.map(|e| e.0));
+        }
+        for chunk in users.chunks(REFRESH_CHUNK) {
+            let mut found: HashMap<UserId, User> = self
+                .get_users(chunk)
+                .await?
+                .into_iter()
+                .map(|u| (u.id, u))
+                .collect();
+            for id in chunk {
+                view.set_user(*id, found.remove(id), ticket);
+            }
+        }
+        for chunk in hostings.chunks(REFRESH_CHUNK) {
+            let mut recs: HashMap<HostingId, HostingRecord> = self
+                .get_records(chunk)
+                .await?
+                .into_iter()
+                .map(|r| (r.id, r))
+                .collect();
+            let ids: Vec<Uuid> = recs.keys().map(|i| i.0).collect();
+            let mut events = self.latest_events(Some(&ids)).await?;
+            for id in chunk {
+                let entry = recs
+                    .remove(id)
+                    .map(|rec| (rec, events.remove(&id.0).unwrap_or_default()));
+                view.set_hosting(*id, entry, ticket);
             }
         }
         Ok(())
+    }
+
+    /// The latest [`EVENTS`] events of each hosting (of `ids`, or all),
+    /// newest first.
+    async fn latest_events(&self, ids: Option<&[Uuid]>) -> Result<HashMap<Uuid, Vec<Event>>> {
+        let rows = sqlx::query_as::<_, (Uuid, DateTime<Utc>, String, String, String)>(
+            "select hosting_id, at, type, reason, message from ( \
+               select hosting_id, at, type, reason, message, \
+                      row_number() over (partition by hosting_id order by at desc, id desc) as n \
+               from events where $2::uuid[] is null or hosting_id = any($2)) e \
+             where n <= $1 order by hosting_id, n",
+        )
+        .bind(EVENTS)
+        .bind(ids)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut events: HashMap<Uuid, Vec<Event>> = HashMap::new();
+        for (h, at, type_, reason, message) in rows {
+            events.entry(h).or_default().push(Event {
+                at,
+                type_,
+                reason,
+                message,
+            });
+        }
+        Ok(events)
     }
 
     /// Read-your-writes: this process changed a user (see the module doc).
@@ -401,28 +453,11 @@ impl Store {
         let ticket = view.ticket();
         let users = self.list_users().await?;
         let records = self.list_records().await?;
-        let rows = sqlx::query_as::<_, (Uuid, DateTime<Utc>, String, String, String)>(
-            "select hosting_id, at, type, reason, message from ( \
-               select hosting_id, at, type, reason, message, \
-                      row_number() over (partition by hosting_id order by at desc, id desc) as n \
-               from events) e where n <= $1 order by hosting_id, n",
-        )
-        .bind(EVENTS)
-        .fetch_all(&self.pool)
-        .await?;
+        let mut events = self.latest_events(None).await?;
         let revoked: Vec<(Uuid, DateTime<Utc>)> =
             sqlx::query_as("select jti, expires_at from revoked_tokens where expires_at > now()")
                 .fetch_all(&self.pool)
                 .await?;
-        let mut events: HashMap<Uuid, Vec<Event>> = HashMap::new();
-        for (h, at, type_, reason, message) in rows {
-            events.entry(h).or_default().push(Event {
-                at,
-                type_,
-                reason,
-                message,
-            });
-        }
         let mut inner = Inner::default();
         for u in users {
             inner.users.insert(u.id, Arc::new(u));
@@ -497,63 +532,51 @@ async fn follow(store: Store, view: Arc<ReadView>, stop: Shutdown) {
         view.live.store(true, Ordering::Release);
         tracing::debug!("read view live");
         loop {
-            let first = tokio::select! {
+            // The first change, from this process or a notification; then
+            // everything else already waiting from both, deduplicated, is
+            // refreshed together.
+            let mut batch = HashSet::new();
+            let mut sent = Vec::new();
+            tokio::select! {
                 _ = stop.cancelled() => return,
-                n = listener.try_recv() => n,
+                n = listener.try_recv() => match n {
+                    Ok(Some(n)) => {
+                        let delay = view.delay_ms.load(Ordering::Relaxed);
+                        if delay > 0 {
+                            tokio::time::sleep(Duration::from_millis(delay)).await;
+                        }
+                        if let Some((c, at)) = parse(n.payload()) {
+                            batch.insert(c);
+                            sent.push(at);
+                        }
+                    }
+                    // The connection was lost (and is being re-established):
+                    // notifications may be missing; relist.
+                    Ok(None) => break,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "read view: LISTEN connection broke");
+                        break;
+                    }
+                },
                 Some(c) = local.recv() => {
-                    let mut batch = HashSet::from([c]);
-                    while let Ok(c) = local.try_recv() {
-                        batch.insert(c);
-                    }
-                    let mut failed = false;
-                    for c in batch {
-                        if let Err(e) = store.refresh(&view, c).await {
-                            tracing::warn!(error = %e, "read view: refresh failed; relisting");
-                            failed = true;
-                            break;
-                        }
-                    }
-                    if failed {
-                        break;
-                    }
-                    continue;
+                    batch.insert(c);
                 }
-            };
-            match first {
-                Ok(Some(n)) => {
-                    let delay = view.delay_ms.load(Ordering::Relaxed);
-                    if delay > 0 {
-                        tokio::time::sleep(Duration::from_millis(delay)).await;
-                    }
-                    // Everything already received, deduplicated.
-                    let mut batch: Vec<(Change, Option<f64>)> =
-                        parse(n.payload()).into_iter().collect();
-                    while let Some(n) = listener.next_buffered() {
-                        batch.extend(parse(n.payload()));
-                    }
-                    let mut seen = HashSet::new();
-                    let mut failed = false;
-                    for (change, sent) in batch {
-                        if seen.insert(change) {
-                            if let Err(e) = store.refresh(&view, change).await {
-                                tracing::warn!(error = %e, "read view: refresh failed; relisting");
-                                failed = true;
-                                break;
-                            }
-                        }
-                        view.record_lag(sent);
-                    }
-                    if failed {
-                        break;
-                    }
+            }
+            while let Some(n) = listener.next_buffered() {
+                if let Some((c, at)) = parse(n.payload()) {
+                    batch.insert(c);
+                    sent.push(at);
                 }
-                // The connection was lost (and is being re-established):
-                // notifications may be missing; relist.
-                Ok(None) => break,
-                Err(e) => {
-                    tracing::warn!(error = %e, "read view: LISTEN connection broke");
-                    break;
-                }
+            }
+            while let Ok(c) = local.try_recv() {
+                batch.insert(c);
+            }
+            if let Err(e) = store.refresh(&view, &batch).await {
+                tracing::warn!(error = %e, "read view: refresh failed; relisting");
+                break;
+            }
+            for at in sent {
+                view.record_lag(at);
             }
         }
     }

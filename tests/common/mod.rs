@@ -429,13 +429,41 @@ where
     }
 }
 
-/// The route files (`*.conf`) of a routes directory; not the ownership marker.
-pub fn route_files(dir: &std::path::Path) -> Vec<PathBuf> {
-    std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "conf"))
-        .collect()
+/// The route entries of a routes directory's map file (`routes.map`):
+/// hosting id → its entry, header line included. Parsed here independently
+/// of the driver, as an operator reading the file would.
+pub fn route_entries(dir: &std::path::Path) -> std::collections::BTreeMap<String, String> {
+    let text = std::fs::read_to_string(dir.join("routes.map")).unwrap_or_default();
+    let mut out = std::collections::BTreeMap::new();
+    let mut current: Option<String> = None;
+    for line in text.split_inclusive('\n') {
+        if let Some(id) = line.strip_prefix("# hosting ") {
+            current = Some(id.trim().to_string());
+        }
+        if let Some(id) = &current {
+            out.entry(id.clone())
+                .or_insert_with(String::new)
+                .push_str(line);
+        }
+    }
+    out
+}
+
+/// One hosting's route entry, if the map file has it.
+pub fn route_entry(dir: &std::path::Path, id: impl std::fmt::Display) -> Option<String> {
+    route_entries(dir).remove(&id.to_string())
+}
+
+/// Edits the map file behind hostd's back: sets (or with `None` removes)
+/// one hosting's entry, keeping the others.
+pub fn tamper_route(dir: &std::path::Path, id: impl std::fmt::Display, entry: Option<&str>) {
+    let mut all = route_entries(dir);
+    match entry {
+        Some(e) => all.insert(id.to_string(), e.to_string()),
+        None => all.remove(&id.to_string()),
+    };
+    let text: String = all.into_values().collect();
+    std::fs::write(dir.join("routes.map"), text).unwrap();
 }
 
 /// Registers a user and requests a default hosting; (token, user id, hosting id).
