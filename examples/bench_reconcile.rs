@@ -79,6 +79,8 @@ struct Row {
     stmts: usize,
     queued: usize,
     errors: u64,
+    /// CPU time of each listing of a pass, alone.
+    parts: Vec<(&'static str, Duration)>,
 }
 
 async fn run(n: usize) -> Row {
@@ -95,10 +97,24 @@ async fn run(n: usize) -> Row {
         end: 20001 + n as u16 - 1,
     };
     config.resync = Duration::from_secs(3600);
-    // Every port of both ranges answers like a booted guest.
-    let mut guests = Vec::with_capacity(n);
-    for i in 0..n as u16 {
-        guests.push(common::fake_guest(10000 + i, 20001 + i, "ok").await);
+    // Every port of both ranges answers like a booted guest, from another
+    // process: guests are not hostd's sockets (10,000 of them in this
+    // process would make every fork hostd does copy its file table).
+    let mut guests = tokio::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--stand-ins", &n.to_string()])
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("stand-in guests");
+    {
+        use tokio::io::AsyncBufReadExt;
+        let out = guests.stdout.take().unwrap();
+        let mut line = String::new();
+        tokio::io::BufReader::new(out)
+            .read_line(&mut line)
+            .await
+            .unwrap();
+        assert_eq!(line.trim(), "ready", "stand-in guests did not start");
     }
     let app = common::TestApp::spawn_with(config, Mode::All, true, Some(nginx), state).await;
     let store = app.store.clone();
@@ -148,6 +164,15 @@ async fn run(n: usize) -> Row {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     tokio::time::sleep(Duration::from_secs(3)).await;
+    // ... and the API's read view done with the notifications of the
+    // convergence (its refreshes are not resync work).
+    if let Some(view) = store.view() {
+        let mut last = u64::MAX;
+        while view.stats().changes_applied != last {
+            last = view.stats().changes_applied;
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
     let dbname = db.rsplit('/').next().unwrap().to_string();
     let mut stats = Default::default();
     let stmts = statements_between(store.pool(), &dbname, &dbname, async {
@@ -156,8 +181,12 @@ async fn run(n: usize) -> Row {
             .unwrap();
     })
     .await;
-    // Average CPU time of idle passes.
-    let passes = 5;
+    // Average CPU time of idle passes (BENCH_IDLE_PASSES: more of them,
+    // for a profiler to attach to).
+    let passes: u32 = std::env::var("BENCH_IDLE_PASSES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5);
     let c0 = cpu_time();
     let w0 = Instant::now();
     for _ in 0..passes {
@@ -167,8 +196,25 @@ async fn run(n: usize) -> Row {
     }
     let cpu = (cpu_time() - c0) / passes;
     let wall = w0.elapsed() / passes;
+    // Where an idle pass's CPU goes: each listing alone, averaged.
+    let mut parts = Vec::new();
+    macro_rules! part {
+        ($name:expr, $e:expr) => {{
+            let c0 = cpu_time();
+            for _ in 0..passes {
+                let _ = $e.await.unwrap();
+            }
+            parts.push(($name, (cpu_time() - c0) / passes));
+        }};
+    }
+    part!("list_domains", ctl.ctx.vm.list_domains());
+    part!("list_volumes", ctl.ctx.vm.list_volumes());
+    part!("list_routes", ctl.ctx.proxy.list_routes());
+    part!("records", async {
+        ctl.ctx.records.lock().await.current(&ctl.ctx.store).await
+    });
     app.stop().await;
-    drop(guests);
+    let _ = guests.kill().await;
     // Let the aborted stand-in tasks release their ports before the next run.
     tokio::time::sleep(Duration::from_secs(1)).await;
     Row {
@@ -179,11 +225,27 @@ async fn run(n: usize) -> Row {
         stmts,
         queued: stats.queued,
         errors,
+        parts,
     }
+}
+
+/// `--stand-ins N`: serves N stand-in guests (SSH 10000.., HTTP 20001..)
+/// until killed; prints `ready` once all listen.
+async fn stand_ins(n: u16) {
+    let mut guests = Vec::with_capacity(n as usize);
+    for i in 0..n {
+        guests.push(common::fake_guest(10000 + i, 20001 + i, "ok").await);
+    }
+    println!("ready");
+    std::future::pending::<()>().await;
 }
 
 #[tokio::main]
 async fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("--stand-ins") {
+        return stand_ins(args[2].parse().unwrap()).await;
+    }
     hostd::telemetry::init(false);
     let sizes: Vec<usize> = std::env::args()
         .skip(1)
@@ -196,8 +258,15 @@ async fn main() {
     };
     println!("| N | time to all Ready | idle resync: CPU | wall | SQL statements | hostings queued | reconcile errors |");
     println!("|---:|---:|---:|---:|---:|---:|---:|");
+    let mut breakdown = Vec::new();
     for n in sizes {
         let r = run(n).await;
+        let parts: Vec<String> = r
+            .parts
+            .iter()
+            .map(|(name, d)| format!("{name} {:.0} ms", d.as_secs_f64() * 1000.0))
+            .collect();
+        breakdown.push(format!("N = {n}: {}", parts.join(", ")));
         println!(
             "| {} | {:.1} s | {:.0} ms | {:.0} ms | {} | {} | {} |",
             r.n,
@@ -208,5 +277,10 @@ async fn main() {
             r.queued,
             r.errors
         );
+    }
+    println!();
+    println!("Idle resync, CPU of each listing alone (averaged):");
+    for b in breakdown {
+        println!("- {b}");
     }
 }

@@ -93,13 +93,14 @@ async fn host_my_is_served_from_the_view_and_follows_changes_made_elsewhere() {
     // The listening connection dies: the view relists, and what changed
     // meanwhile is there.
     let before = app.store.view().unwrap().stats().relists;
-    sqlx::query(
+    let killed: Vec<(bool,)> = sqlx::query_as(
         "select pg_terminate_backend(pid) from pg_stat_activity \
          where datname = current_database() and query ilike 'listen%hostd_view%'",
     )
-    .execute(app.store.pool())
+    .fetch_all(app.store.pool())
     .await
     .unwrap();
+    assert_eq!(killed, vec![(true,)], "the view's listening connection");
     sqlx::query(
         "update hosting_status set message = 'changed during the outage' where hosting_id = $1",
     )

@@ -1301,3 +1301,184 @@ async fn disks_without_a_hosting_are_kept_unless_the_deletion_completed() {
     );
     app.stop().await;
 }
+
+/// The admission ledger sums what the SQL sums: for hostings admitted and
+/// running, stopped, waiting for room, being deleted and new, the in-memory
+/// sums over `capacity_rows` equal `capacity_usage` for each of them as the
+/// one being decided, and for the totals.
+#[tokio::test]
+async fn the_admission_ledger_sums_what_the_sql_sums() {
+    use hostd::domain::{Email, HostingSpec, PortRange, Role, Username};
+    let app = TestApp::api().await;
+    let store = &app.store;
+    let (ssh, http) = (
+        PortRange {
+            start: 10000,
+            end: 10100,
+        },
+        PortRange {
+            start: 20001,
+            end: 20101,
+        },
+    );
+    let mut mine = Vec::new();
+    for i in 0..10 {
+        let u = store
+            .create_user(
+                &Email::parse(&format!("ledger{i}@example.com")).unwrap(),
+                &Username::parse(&format!("ledger{i}")).unwrap(),
+                "x",
+                Role::User,
+            )
+            .await
+            .unwrap();
+        let spec = HostingSpec {
+            memory_mib: 512 * (i + 1),
+            vcpus: 1 + i % 3,
+            ..Default::default()
+        };
+        let rec = store.create_hosting(u.id, &spec, false).await.unwrap();
+        match i % 5 {
+            0 => {
+                store.allocate_ports(rec.id, ssh, http).await.unwrap();
+            }
+            1 => {
+                store.allocate_ports(rec.id, ssh, http).await.unwrap();
+                store
+                    .update_spec(u.id, |s| {
+                        Ok(HostingSpec {
+                            running: false,
+                            ..s.clone()
+                        })
+                    })
+                    .await
+                    .unwrap();
+            }
+            2 => {
+                store.allocate_ports(rec.id, ssh, http).await.unwrap();
+                sqlx::query(
+                    "update hosting_status set conditions = \
+                     '[{\"type\":\"Scheduled\",\"status\":\"False\",\"reason\":\"InsufficientMemory\",\"message\":\"\",\"last_transition_time\":\"2026-01-01T00:00:00Z\"}]' \
+                     where hosting_id = $1",
+                )
+                .bind(rec.id.0)
+                .execute(store.pool())
+                .await
+                .unwrap();
+            }
+            3 => {
+                store.allocate_ports(rec.id, ssh, http).await.unwrap();
+                store.request_deletion(u.id).await.unwrap();
+            }
+            _ => {}
+        }
+        mine.push((rec.id, rec.created_at));
+    }
+    let rows = store.capacity_rows().await.unwrap();
+    assert_eq!(rows.len(), 10);
+    let sql_totals = store.capacity_usage(None).await.unwrap();
+    assert!(
+        sql_totals.memory_mib > 0 && sql_totals.waiting == 2,
+        "{sql_totals:?}"
+    );
+    for me in mine.iter().copied().map(Some).chain([None]) {
+        assert_eq!(
+            hostd::capacity::usage(&rows, me),
+            store.capacity_usage(me).await.unwrap(),
+            "for {me:?}"
+        );
+    }
+}
+
+/// The path form through the real nginx with the map configuration: the
+/// guest sees the path without the prefix, re-escaped (an encoded CR LF
+/// stays encoded: no header injection towards the guest), with the query;
+/// `/<id>` redirects; an unknown user id and an upper-case one get 404.
+#[tokio::test]
+async fn the_path_form_forwards_the_escaped_path_without_the_prefix() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = TestApp::manual().await;
+    let ctl = app.controller.clone().unwrap();
+    let (_t, uid, id) = create(&app, "echo").await;
+    ctl.reconcile_once(id).await.unwrap();
+    let rec = app.store.get_record(id).await.unwrap().unwrap();
+    // A guest that answers with the request line and headers it received.
+    let http = tokio::net::TcpListener::bind(("127.0.0.1", rec.status.http_port.unwrap()))
+        .await
+        .unwrap();
+    let _ssh = fake_guest_ssh(rec.status.ssh_port.unwrap()).await;
+    let echo = tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = http.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 8192];
+                let n = s.read(&mut buf).await.unwrap_or(0);
+                let head = String::from_utf8_lossy(&buf[..n]).to_string();
+                let resp = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{head}",
+                    head.len()
+                );
+                let _ = s.write_all(resp.as_bytes()).await;
+            });
+        }
+    });
+    assert_eq!(settle(&ctl, id).await, Action::AwaitChange);
+    let nginx = app.nginx.as_ref().unwrap();
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let body = get_until(
+        &nginx.url(&format!("/{uid}/a%20b/%0d%0aX-Evil:%201?q=%2F&x")),
+        200,
+    )
+    .await;
+    let first = body.lines().next().unwrap();
+    assert_eq!(
+        first, "GET /a%20b/%0D%0AX-Evil:%201?q=%2F&x HTTP/1.1",
+        "{body}"
+    );
+    assert!(!body.lines().any(|l| l.starts_with("X-Evil")), "{body}");
+    assert!(
+        body.contains(&format!("X-Forwarded-Prefix: /{uid}")),
+        "{body}"
+    );
+    let r = client
+        .get(nginx.url(&format!("/{uid}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 301);
+    assert_eq!(r.headers()["location"], format!("/{uid}/").as_str());
+    let other = uuid::Uuid::new_v4();
+    let r = client
+        .get(nginx.url(&format!("/{other}/")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    let upper = uid.to_uppercase();
+    let r = client
+        .get(nginx.url(&format!("/{upper}/")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    echo.abort();
+    app.stop().await;
+}
+
+/// An SSH banner on `port` (readiness needs it) until dropped.
+async fn fake_guest_ssh(port: u16) -> tokio::task::JoinHandle<()> {
+    use tokio::io::AsyncWriteExt;
+    let l = tokio::net::TcpListener::bind(("127.0.0.1", port))
+        .await
+        .unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            let _ = s.write_all(b"SSH-2.0-OpenSSH_9.2\r\n").await;
+        }
+    })
+}

@@ -25,7 +25,26 @@ pub struct LibvirtDriver {
     pool: String,
     pool_dir: std::path::PathBuf,
     conn: Arc<Mutex<Option<Connect>>>,
+    /// Markers [`VmDriver::list_domains`] read, by domain name (see
+    /// [`MarkerCache`]).
+    markers: Arc<Mutex<MarkerCache>>,
 }
+
+/// How long a domain's marker read by a listing is used before it is read
+/// again (spread from half to one and a half times this, so that re-reads
+/// do not come all at once).
+const MARKER_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(120);
+
+/// Markers by domain name: the domain's UUID when read, the marker (`None`:
+/// unmarked or another instance's), and when to read it again. A listing
+/// then costs two calls (active and inactive domains, which also tell the
+/// power state) and a metadata read only for domains that are new, were
+/// redefined by this driver, or whose entry aged out: a definition changed
+/// behind hostd's back under the same name and UUID is seen within
+/// [`MARKER_MAX_AGE`] (1.5× at most). Everything that acts on a domain looks
+/// its marker up afresh; only the listing uses this.
+type MarkerCache =
+    std::collections::HashMap<String, ([u8; 16], Option<Marker>, std::time::Instant)>;
 
 /// Whose domains this driver may touch: its instance's, written by its
 /// installation (or by a hostd from before installation ids: adoptable).
@@ -104,6 +123,7 @@ impl LibvirtDriver {
             pool: format!("hostd-{instance}"),
             pool_dir: state_dir.join("pools").join(instance),
             conn: Arc::new(Mutex::new(None)),
+            markers: Default::default(),
         }
     }
 
@@ -152,7 +172,9 @@ impl LibvirtDriver {
         .map_err(|e| DriverError::Other(format!("libvirt task panicked: {e}")))?
     }
 
-    fn observe(dom: &Domain, owner: &Owner) -> Option<ObservedDomain> {
+    /// The marker of a domain of this instance (`None`: unmarked, or
+    /// another instance's).
+    fn read_marker(dom: &Domain, owner: &Owner) -> Option<Marker> {
         // The persistent definition is what hostd last defined; a running
         // domain's live definition keeps the marker it was started with until
         // it restarts (e.g. after a seed-only change, which needs no restart).
@@ -161,13 +183,13 @@ impl LibvirtDriver {
             .metadata(kind, Some(MARKER_NS), virt::sys::VIR_DOMAIN_AFFECT_CONFIG)
             .or_else(|_| dom.metadata(kind, Some(MARKER_NS), 0))
             .ok()?;
-        let marker = parse_marker(&meta)?;
-        if marker.instance != owner.instance {
-            return None;
-        }
+        parse_marker(&meta).filter(|m| m.instance == owner.instance)
+    }
+
+    fn observe(dom: &Domain, owner: &Owner) -> Option<ObservedDomain> {
         Some(ObservedDomain {
+            marker: Self::read_marker(dom, owner)?,
             name: dom.name().ok()?,
-            marker,
             running: dom.is_active().unwrap_or(false),
         })
     }
@@ -293,12 +315,47 @@ impl VmDriver for LibvirtDriver {
 
     async fn list_domains(&self) -> DriverResult<Vec<ObservedDomain>> {
         let owner = self.owner.clone();
+        let markers = self.markers.clone();
         self.with_conn(move |c| {
-            let doms = c.list_all_domains(0).map_err(lv)?;
-            Ok(doms
-                .iter()
-                .filter_map(|d| Self::observe(d, &owner))
-                .collect())
+            let active = c
+                .list_all_domains(virt::sys::VIR_CONNECT_LIST_DOMAINS_ACTIVE)
+                .map_err(lv)?;
+            let inactive = c
+                .list_all_domains(virt::sys::VIR_CONNECT_LIST_DOMAINS_INACTIVE)
+                .map_err(lv)?;
+            let now = std::time::Instant::now();
+            let mut cache = markers.lock().unwrap_or_else(|p| p.into_inner());
+            let mut seen = std::collections::HashSet::new();
+            let mut out = Vec::new();
+            let all = active.iter().map(|d| (d, true));
+            for (d, running) in all.chain(inactive.iter().map(|d| (d, false))) {
+                let Ok(name) = d.name() else { continue };
+                // Started or stopped between the two calls: listed twice.
+                if !seen.insert(name.clone()) {
+                    continue;
+                }
+                // The raw 16 bytes: formatting the string form costs more
+                // than the rest of the listing.
+                let uuid = d.uuid().map(|u| *u.as_bytes()).unwrap_or_default();
+                let marker = match cache.get(&name) {
+                    Some((u, m, until)) if *u == uuid && *until > now => m.clone(),
+                    _ => {
+                        let m = Self::read_marker(d, &owner);
+                        let age = MARKER_MAX_AGE.mul_f64(rand::random::<f64>() + 0.5);
+                        cache.insert(name.clone(), (uuid, m.clone(), now + age));
+                        m
+                    }
+                };
+                if let Some(marker) = marker {
+                    out.push(ObservedDomain {
+                        name,
+                        marker,
+                        running,
+                    });
+                }
+            }
+            cache.retain(|name, _| seen.contains(name));
+            Ok(out)
         })
         .await
     }
@@ -321,16 +378,8 @@ impl VmDriver for LibvirtDriver {
         self.with_conn(move |c| {
             let p = Self::pool(c, &pool)?;
             let _ = p.refresh(0);
-            // Not `list_volumes()`: the virt crate caps that at 1024 names, which
-            // made volumes of hostings beyond the 512th look missing.
-            let names: DriverResult<Vec<String>> = p
-                .list_all_volumes(0)
-                .map_err(lv)?
-                .iter()
-                .map(|v| v.name().map_err(lv))
-                .collect();
             // The ownership marker file is not a volume.
-            Ok(names?
+            Ok(volume_names(&p)?
                 .into_iter()
                 .filter(|n| n != super::ownership::MARKER_FILE)
                 .collect())
@@ -507,12 +556,17 @@ impl VmDriver for LibvirtDriver {
             ));
         }
         let (xml, owner) = (xml.to_string(), self.owner.clone());
+        let markers = self.markers.clone();
         self.with_conn(move |c| {
             // Redefining is only allowed over a domain that is already ours.
             let name = xml_name(&xml)
                 .ok_or_else(|| DriverError::Other("domain XML without <name>".into()))?;
             Self::lookup_ours(c, &name, &owner)?;
             c.define_domain_xml(&xml).map_err(lv)?;
+            markers
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&name);
             Ok(())
         })
         .await
@@ -567,7 +621,12 @@ impl VmDriver for LibvirtDriver {
 
     async fn undefine(&self, name: &str) -> DriverResult<()> {
         let (name, owner) = (name.to_string(), self.owner.clone());
+        let markers = self.markers.clone();
         self.with_conn(move |c| {
+            markers
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&name);
             let Some(d) = Self::lookup_ours(c, &name, &owner)? else {
                 return Ok(());
             };
@@ -728,6 +787,44 @@ fn write_volume_file(vol: &StorageVol, bytes: &[u8]) -> DriverResult<()> {
     f.set_len(raw_volume_size(bytes.len()))?;
     f.sync_all()?;
     Ok(())
+}
+
+extern "C" {
+    /// The C library's `free`, for strings libvirt allocates for the caller.
+    fn free(p: *mut std::ffi::c_void);
+}
+
+/// Every volume name in a pool, in one call that returns names only (no
+/// volume objects: a fifth of the cost at thousands of volumes). Not the
+/// virt crate's `list_volumes()`, which caps at 1,024 names (volumes of
+/// hostings beyond the 512th then looked missing): the buffer is sized from
+/// the pool's count and grown if the pool grew in between.
+fn volume_names(p: &virt::storage_pool::StoragePool) -> DriverResult<Vec<String>> {
+    let mut room = p.num_of_volumes().map_err(lv)? as usize + 16;
+    loop {
+        let mut names: Vec<*mut std::ffi::c_char> = vec![std::ptr::null_mut(); room];
+        // SAFETY: `names` holds `room` pointers; libvirt fills at most that
+        // many with strings allocated for the caller, freed below.
+        let got = unsafe {
+            virt::sys::virStoragePoolListVolumes(p.as_ptr(), names.as_mut_ptr(), room as i32)
+        };
+        if got < 0 {
+            return Err(lv(virt::error::Error::last_error()));
+        }
+        let got = got as usize;
+        let mut out = Vec::with_capacity(got);
+        for &n in &names[..got] {
+            // SAFETY: a NUL-terminated string from libvirt, freed once.
+            unsafe {
+                out.push(std::ffi::CStr::from_ptr(n).to_string_lossy().into_owned());
+                free(n.cast());
+            }
+        }
+        if got < room {
+            return Ok(out);
+        }
+        room *= 2;
+    }
 }
 
 /// Raw (seed) volumes are sized in steps of 4 MiB, which holds any seed hostd

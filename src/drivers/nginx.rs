@@ -30,6 +30,9 @@ use crate::templates::RouteMap;
 /// How long the batcher waits for more changes after the first one.
 const BATCH_WINDOW: Duration = Duration::from_millis(50);
 
+/// The least pause after a batch, in multiples of that batch's duration.
+const BATCH_SPACING: u32 = 4;
+
 /// The one file of routes in the routes directory.
 pub const MAP_FILE: &str = "routes.map";
 
@@ -84,14 +87,13 @@ impl Table {
             ..Default::default()
         };
         let mut current: Option<(Option<HostingId>, String)> = None;
-        let finish = |t: &mut Table, cur: Option<(Option<HostingId>, String)>| match cur {
-            Some((Some(id), text)) => {
-                if t.entries.insert(id, text).is_some() {
-                    t.unowned = true;
-                }
-            }
-            Some((None, text)) if !text.is_empty() => t.unowned = true,
-            _ => {}
+        // A second entry of one hosting, or text outside any entry, is unowned.
+        let finish = |t: &mut Table, cur: Option<(Option<HostingId>, String)>| {
+            t.unowned |= match cur {
+                Some((Some(id), text)) => t.entries.insert(id, text).is_some(),
+                Some((None, text)) => !text.is_empty(),
+                None => false,
+            };
         };
         for line in text.split_inclusive('\n') {
             if let Some(rest) = line.strip_prefix(ENTRY_HEADER) {
@@ -267,9 +269,18 @@ struct Batcher {
 
 impl Batcher {
     async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Change>) {
+        // When the last batch ended and how long it took.
+        let mut last: Option<(tokio::time::Instant, Duration)> = None;
         while let Some(first) = rx.recv().await {
             let mut batch = vec![first];
-            let deadline = tokio::time::Instant::now() + BATCH_WINDOW;
+            // Validating and reloading grow with the routes (both parse the
+            // whole map): the next batch starts no sooner than BATCH_SPACING
+            // times the last one's duration after it, so under a flood of
+            // changes nginx takes a bounded share of the machine and batches
+            // grow instead.
+            let now = tokio::time::Instant::now();
+            let spaced = last.map_or(now, |(end, took)| end + took * BATCH_SPACING);
+            let deadline = (now + BATCH_WINDOW).max(spaced);
             while let Ok(Some(c)) = tokio::time::timeout_at(deadline, rx.recv()).await {
                 batch.push(c);
                 if batch.len() >= 100_000 {
@@ -281,6 +292,7 @@ impl Batcher {
             let guard = writing.lock().await;
             self.process(batch).await;
             drop(guard);
+            last = Some((tokio::time::Instant::now(), t.elapsed()));
             tracing::debug!(
                 changes = n,
                 ms = t.elapsed().as_millis() as u64,
@@ -680,4 +692,49 @@ async fn pid_file_of(conf: &Path) -> Option<PathBuf> {
         }
     }
     Some(PathBuf::from("/run/nginx.pid"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(id: uuid::Uuid, line: &str) -> String {
+        format!("{ENTRY_HEADER}{id}\n{line}\n")
+    }
+
+    #[test]
+    fn the_map_file_reads_back_as_one_entry_per_hosting() {
+        let (a, b) = (uuid::Uuid::new_v4(), uuid::Uuid::new_v4());
+        let text = entry(a, "path:x 127.0.0.1:1;") + &entry(b, "path:y stopped;");
+        let t = Table::parse(&text, None);
+        assert!(!t.unowned);
+        assert_eq!(t.entries.len(), 2);
+        assert_eq!(t.entries[&HostingId(a)], entry(a, "path:x 127.0.0.1:1;"));
+        // Written back, the text is the same (entries in id order).
+        let mut sorted = [(a, "path:x 127.0.0.1:1;"), (b, "path:y stopped;")];
+        sorted.sort();
+        let want: String = sorted.iter().map(|(i, l)| entry(*i, l)).collect();
+        assert_eq!(t.text(), want);
+    }
+
+    #[test]
+    fn text_that_is_no_hostings_entry_is_unowned() {
+        let a = uuid::Uuid::new_v4();
+        let ok = entry(a, "path:x 127.0.0.1:1;");
+        for text in [
+            format!("path:evil 127.0.0.1:2;\n{ok}"),
+            format!("{ok}{ENTRY_HEADER}not-a-uuid\npath:evil 127.0.0.1:2;\n"),
+            format!("{ok}{ok}"),
+            format!("{ok}{ENTRY_HEADER}{}\n", a.to_string().to_uppercase()),
+        ] {
+            let t = Table::parse(&text, None);
+            assert!(t.unowned, "{text}");
+            assert!(t.entries.contains_key(&HostingId(a)), "{text}");
+        }
+        // A hand edit inside an entry stays that entry's (and differs).
+        let t = Table::parse(&format!("{ok}# note\n"), None);
+        assert!(!t.unowned);
+        assert_ne!(t.entries[&HostingId(a)], ok);
+        assert!(Table::parse("", None).entries.is_empty());
+    }
 }

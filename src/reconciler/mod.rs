@@ -27,6 +27,7 @@ pub mod names;
 pub mod pool;
 pub mod queue;
 pub mod reconcile;
+pub mod records;
 pub mod render;
 pub mod resync;
 pub mod steps;
@@ -54,6 +55,8 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     /// HTTP client of the readiness probe (no proxy, no redirects).
     pub http: reqwest::Client,
+    /// The resync's copy of desired state.
+    pub records: tokio::sync::Mutex<records::RecordCache>,
     /// Serializes admission decisions and holds what they are made from
     /// (see `steps::Pass::schedule`).
     pub(crate) scheduler: tokio::sync::Mutex<Ledger>,
@@ -110,6 +113,7 @@ impl Context {
             render,
             metrics,
             http,
+            records: Default::default(),
             scheduler: tokio::sync::Mutex::new(Ledger::default()),
             backup_slots: Arc::new(tokio::sync::Semaphore::new(slots)),
             backoff: Mutex::new(HashMap::new()),
@@ -193,8 +197,9 @@ pub const LEDGER_TTL: Duration = Duration::from_secs(1);
 /// mass creation quadratic. Only an admission makes a hosting hold room,
 /// and admissions are made here alone (one leader, under the scheduler
 /// lock), so rows older than the TTL can only overstate what is held (a
-/// hosting since deleted or stopped): a stale ledger makes a hosting wait
-/// longer, never overcommits the host. A resize of a running hosting is the
+/// hosting deleted or stopped by hand in the database): a stale ledger
+/// makes a hosting wait longer, never overcommits the host. Stops and
+/// deletions done here update it at once. A resize of a running hosting is the
 /// exception: it is seen within the TTL.
 /// The host's resources are read with the rows: its memory and CPUs do not
 /// change, and the pool's free space shrinks little in a second (new disks
@@ -233,6 +238,12 @@ impl Ledger {
         me: (HostingId, chrono::DateTime<chrono::Utc>),
     ) -> crate::store::CapacityUsage {
         crate::capacity::usage(self.rows.values(), Some(me))
+    }
+
+    /// A hosting stopped or was deleted here: it holds nothing now (and
+    /// waits for nothing), so the next admission may use its room at once.
+    pub(crate) fn released(&mut self, id: HostingId) {
+        self.rows.remove(&id);
     }
 
     /// Records a decision made for `rec`: admitted (it holds room now) or

@@ -148,6 +148,7 @@ async fn finalize(ctx: &Context, rec: &HostingRecord) -> Result<Action, Reconcil
     ctx.store.release_ports(id).await?;
     faults.hit("after_release_ports").await?;
     ctx.store.delete_hosting(id).await?;
+    ctx.scheduler.lock().await.released(id);
     let _ = std::fs::remove_file(ctx.render.console_dir().join(console_log(id)));
     ctx.shutdowns.lock().unwrap().remove(&id);
     ctx.render.forget(id);

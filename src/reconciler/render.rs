@@ -112,6 +112,9 @@ pub struct Renderer {
     sites: SiteAddress,
     public_host: String,
     edit: Mutex<Option<TemplateEdit>>,
+    /// Bumped by every [`Renderer::set_edit`]: what was derived under an
+    /// older epoch is stale.
+    epoch: std::sync::atomic::AtomicU64,
     /// Hosting → (fingerprint of its inputs, hashes).
     cache: Mutex<HashMap<HostingId, (u64, Hashes)>>,
 }
@@ -138,6 +141,7 @@ impl Renderer {
             sites: config.sites.clone(),
             public_host: config.public_host().to_string(),
             edit: Mutex::new(None),
+            epoch: Default::default(),
             cache: Mutex::new(HashMap::new()),
         }
     }
@@ -151,6 +155,12 @@ impl Renderer {
     pub fn set_edit(&self, edit: Option<TemplateEdit>) {
         *self.edit.lock().unwrap() = edit;
         self.cache.lock().unwrap().clear();
+        self.epoch.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+    }
+
+    /// The templates' epoch (see [`Renderer::set_edit`]).
+    pub fn epoch(&self) -> u64 {
+        self.epoch.load(std::sync::atomic::Ordering::Acquire)
     }
 
     fn finish(&self, file: TemplateFile, mut s: String) -> String {

@@ -5,9 +5,11 @@
 //! removed here.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 
 use super::names::{disk_volume, domain_name, seed_volume, volume_owner};
 use super::queue::WorkQueue;
+use super::records::{Cached, Derived};
 use super::render::Inputs;
 use super::{Context, ReconcileError};
 use crate::domain::{HostingId, Phase};
@@ -46,7 +48,7 @@ pub async fn resync(ctx: &Context, queue: &WorkQueue) -> Result<ResyncStats, Rec
         routes,
         stray,
     };
-    let records = ctx.store.list_records().await?;
+    let records = ctx.records.lock().await.current(&ctx.store).await?;
     let mut queued = queue_drifted(ctx, queue, &records, &seen);
     queued += queue_backups(ctx, queue).await?;
     let orphans = collect_orphans(ctx, &records, &seen).await?;
@@ -71,7 +73,7 @@ pub async fn resync(ctx: &Context, queue: &WorkQueue) -> Result<ResyncStats, Rec
 fn queue_drifted(
     ctx: &Context,
     queue: &WorkQueue,
-    records: &[HostingRecord],
+    records: &[Arc<Cached>],
     seen: &Observed,
 ) -> usize {
     let domains: HashMap<&str, _> = seen.domains.iter().map(|d| (d.name.as_str(), d)).collect();
@@ -116,7 +118,7 @@ async fn queue_backups(ctx: &Context, queue: &WorkQueue) -> Result<usize, Reconc
 /// installation are left alone and counted. Returns how many were collected.
 async fn collect_orphans(
     ctx: &Context,
-    records: &[HostingRecord],
+    records: &[Arc<Cached>],
     seen: &Observed,
 ) -> Result<usize, ReconcileError> {
     let ids: HashSet<HostingId> = records.iter().map(|r| r.id).collect();
@@ -200,7 +202,7 @@ fn expire_quarantine(ctx: &Context) {
 }
 
 /// Updates the metrics and writes the leader's heartbeat.
-async fn publish(ctx: &Context, queue: &WorkQueue, records: &[HostingRecord]) {
+async fn publish(ctx: &Context, queue: &WorkQueue, records: &[Arc<Cached>]) {
     let m = &ctx.metrics;
     m.resyncs.inc();
     m.last_resync_timestamp.set(chrono::Utc::now().timestamp());
@@ -234,7 +236,7 @@ fn hostname() -> String {
 /// converged, nothing to do).
 fn drift(
     ctx: &Context,
-    rec: &HostingRecord,
+    rec: &Cached,
     domains: &HashMap<&str, &ObservedDomain>,
     volumes: &HashSet<&str>,
     routes: &HashMap<HostingId, &str>,
@@ -248,24 +250,24 @@ fn drift(
     if !matches!(rec.status.phase, Phase::Ready | Phase::Stopped) {
         return Some("not Ready/Stopped");
     }
-    let (Some(ssh), Some(http)) = (rec.status.ssh_port, rec.status.http_port) else {
-        return Some("no ports");
+    let (Some(_), Some(_), Some(_)) = (
+        rec.status.ssh_port,
+        rec.status.http_port,
+        rec.status.image_pin.as_ref(),
+    ) else {
+        return Some("no ports or no pinned image");
     };
-    let Some(image) = rec.status.image_pin.as_ref() else {
-        return Some("no pinned image");
-    };
-    let Some(dom) = domains.get(domain_name(rec.id).as_str()) else {
+    let want = rec.derived(ctx.render.epoch(), |r| desired(ctx, r));
+    let Some(dom) = domains.get(want.domain.as_str()) else {
         return Some("domain missing");
     };
-    let inputs = Inputs::of(rec, image, (ssh, http));
-    if dom.marker.spec_hash != ctx.render.hashes(&inputs).marker() {
+    if Some(&dom.marker.spec_hash) != want.marker.as_ref() {
         return Some("domain definition outdated");
     }
     if dom.running != rec.spec.running {
         return Some("power state differs");
     }
-    if !volumes.contains(disk_volume(rec.id).as_str())
-        || !volumes.contains(seed_volume(rec.id).as_str())
+    if !volumes.contains(want.disk_volume.as_str()) || !volumes.contains(want.seed_volume.as_str())
     {
         return Some("volume missing");
     }
@@ -275,11 +277,27 @@ fn drift(
             .contains_key(&rec.id)
             .then_some("pool guest has a route");
     }
-    let want = ctx
-        .proxy
-        .render(&ctx.route_spec(rec, rec.spec.running.then_some(http)));
-    if routes.get(&rec.id).copied() != Some(want.as_str()) {
+    if routes.get(&rec.id).copied() != want.route.as_deref() {
         return Some("route differs");
     }
     None
+}
+
+/// What a hosting's observed state must match, from its record.
+fn desired(ctx: &Context, rec: &HostingRecord) -> Derived {
+    let ports = rec.status.ssh_port.zip(rec.status.http_port);
+    let marker = ports
+        .zip(rec.status.image_pin.as_ref())
+        .map(|(p, image)| ctx.render.hashes(&Inputs::of(rec, image, p)).marker());
+    let route = ports.filter(|_| !rec.pool).map(|(_, http)| {
+        ctx.proxy
+            .render(&ctx.route_spec(rec, rec.spec.running.then_some(http)))
+    });
+    Derived {
+        domain: domain_name(rec.id),
+        disk_volume: disk_volume(rec.id),
+        seed_volume: seed_volume(rec.id),
+        marker,
+        route,
+    }
 }

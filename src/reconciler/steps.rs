@@ -680,6 +680,7 @@ impl<'a> Pass<'a> {
         self.condition(C::WebReady, false, Reason::Stopped, "the VM is stopped");
         let was = self.rec.status.phase;
         self.converged(Phase::Stopped).await?;
+        self.ctx.scheduler.lock().await.released(self.id());
         if was != Phase::Stopped {
             self.event(EventType::Normal, Reason::Stopped, "the VM is stopped")
                 .await?;

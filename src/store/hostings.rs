@@ -98,6 +98,10 @@ struct RecordRow {
     applied_seed: Option<String>,
 }
 
+/// What [`Store::record_versions`] reports of one record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecordVersion([i64; 3]);
+
 const RECORD_SELECT: &str = "select h.id, h.user_id, u.username, h.vcpus, h.memory_mib, h.disk_gib, h.image, \
      h.ssh_public_keys, h.running, h.generation, h.deletion_requested_at, h.created_at, \
      s.phase, s.conditions, s.observed_generation, s.ssh_port, s.http_port, s.vm_name, s.message, \
@@ -241,6 +245,23 @@ impl Store {
     /// The hosting of a user (there is at most one).
     pub async fn get_record_by_user(&self, user: UserId) -> Result<Option<HostingRecord>> {
         self.record_where("h.user_id = $1", user.0).await
+    }
+
+    /// Every hosting's row versions (the transaction ids that last wrote
+    /// its `hostings`, `hosting_status` and owner's `users` rows): any write
+    /// to a record changes them. Lets a cache fetch only changed records.
+    pub async fn record_versions(&self) -> Result<Vec<(HostingId, RecordVersion)>> {
+        let rows: Vec<(Uuid, i64, i64, i64)> = sqlx::query_as(
+            "select h.id, h.xmin::text::int8, coalesce(s.xmin::text::int8, 0), u.xmin::text::int8 \
+             from hostings h join users u on u.id = h.user_id \
+             left join hosting_status s on s.hosting_id = h.id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(id, h, s, u)| (HostingId(id), RecordVersion([h, s, u])))
+            .collect())
     }
 
     /// The records of `ids` that exist, in one query.

@@ -19,7 +19,7 @@ pub mod users;
 pub mod view;
 
 pub use backups::{Backup, RestoreRefusal};
-pub use hostings::{HostingRecord, Status};
+pub use hostings::{HostingRecord, RecordVersion, Status};
 pub use pool::{PoolCounts, POOL_USER};
 pub use status::{CapacityRow, CapacityUsage, ConsoleTail, Event, ReconcilerStats};
 pub use users::User;

@@ -60,9 +60,16 @@ impl Store {
         reason: Reason,
         message: &str,
     ) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
-        insert_event(&mut tx, id, t, reason, message).await?;
-        tx.commit().await?;
+        // One statement: no transaction around it (three round trips).
+        sqlx::query(
+            "insert into events (hosting_id, type, reason, message) values ($1, $2, $3, $4)",
+        )
+        .bind(id.0)
+        .bind(t.as_str())
+        .bind(reason.as_str())
+        .bind(message)
+        .execute(&self.pool)
+        .await?;
         self.touched_hosting(id);
         Ok(())
     }
@@ -340,7 +347,8 @@ impl Store {
     /// admission ledger (one query; [`Store::capacity_usage`] sums the same
     /// rows in SQL).
     pub async fn capacity_rows(&self) -> Result<Vec<CapacityRow>> {
-        let rows: Vec<(Uuid, i32, i32, DateTime<Utc>, bool, bool, bool)> = sqlx::query_as(
+        type Row = (Uuid, i32, i32, DateTime<Utc>, bool, bool, bool);
+        let rows: Vec<Row> = sqlx::query_as(
             "select h.id, h.memory_mib, h.vcpus, h.created_at, s.ssh_port is not null, \
                s.conditions @> '[{\"type\":\"Scheduled\",\"status\":\"False\"}]', \
                h.running and h.deletion_requested_at is null \

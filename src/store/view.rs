@@ -28,6 +28,7 @@ use std::sync::{Arc, OnceLock, RwLock};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use tokio::sync::mpsc;
 use uuid::Uuid;
 
 use super::{Event, HostingRecord, Result, Store, User};
@@ -38,6 +39,10 @@ use crate::shutdown::Shutdown;
 pub const CHANNEL: &str = "hostd_view";
 /// Events kept per hosting (what `GET /host/my` shows).
 pub const EVENTS: i64 = 20;
+/// How long the view collects changes after the first before refreshing.
+const BATCH_WINDOW: Duration = Duration::from_millis(10);
+/// Most changes one refresh takes.
+const BATCH_MAX: usize = 5000;
 /// Most ids one refresh query names.
 const REFRESH_CHUNK: usize = 500;
 /// Lags kept for the percentiles in [`ViewStats`].
@@ -404,17 +409,35 @@ impl Store {
     /// The latest [`EVENTS`] events of each hosting (of `ids`, or all),
     /// newest first.
     async fn latest_events(&self, ids: Option<&[Uuid]>) -> Result<HashMap<Uuid, Vec<Event>>> {
-        let rows = sqlx::query_as::<_, (Uuid, DateTime<Utc>, String, String, String)>(
-            "select hosting_id, at, type, reason, message from ( \
-               select hosting_id, at, type, reason, message, \
-                      row_number() over (partition by hosting_id order by at desc, id desc) as n \
-               from events where $2::uuid[] is null or hosting_id = any($2)) e \
-             where n <= $1 order by hosting_id, n",
-        )
-        .bind(EVENTS)
-        .bind(ids)
-        .fetch_all(&self.pool)
-        .await?;
+        type Row = (Uuid, DateTime<Utc>, String, String, String);
+        let rows = match ids {
+            // A few: the index, hosting by hosting.
+            Some(ids) => {
+                sqlx::query_as::<_, Row>(
+                    "select i.id, e.at, e.type, e.reason, e.message \
+                     from unnest($2::uuid[]) as i(id) cross join lateral ( \
+                       select at, type, reason, message, id as n from events \
+                       where hosting_id = i.id order by at desc, id desc limit $1) e \
+                     order by i.id, e.at desc, e.n desc",
+                )
+                .bind(EVENTS)
+                .bind(ids)
+                .fetch_all(&self.pool)
+                .await?
+            }
+            // All: one pass over the table.
+            None => {
+                sqlx::query_as::<_, Row>(
+                    "select hosting_id, at, type, reason, message from ( \
+                       select hosting_id, at, type, reason, message, \
+                              row_number() over (partition by hosting_id order by at desc, id desc) as n \
+                       from events) e where n <= $1 order by hosting_id, n",
+                )
+                .bind(EVENTS)
+                .fetch_all(&self.pool)
+                .await?
+            }
+        };
         let mut events: HashMap<Uuid, Vec<Event>> = HashMap::new();
         for (h, at, type_, reason, message) in rows {
             events.entry(h).or_default().push(Event {
@@ -497,6 +520,38 @@ async fn connect(store: &Store) -> std::result::Result<sqlx::postgres::PgListene
     Ok(l)
 }
 
+/// What the forwarding task passes on: a notification's change and when
+/// it was sent, or `None` once the connection was lost.
+type Notified = Option<(Change, Option<f64>)>;
+
+/// Reads notifications into a channel until the connection is lost.
+/// `PgListener::try_recv` must never be cancelled: cancelled while it
+/// reconnects, it would drop its report of the lost connection (and with it
+/// the notifications missed meanwhile), so it runs here alone and the
+/// follower waits on the channel, which it may stop waiting on freely.
+async fn forward(mut listener: sqlx::postgres::PgListener, tx: mpsc::UnboundedSender<Notified>) {
+    loop {
+        match listener.try_recv().await {
+            Ok(Some(n)) => {
+                if let Some(c) = parse(n.payload()) {
+                    if tx.send(Some(c)).is_err() {
+                        return;
+                    }
+                }
+            }
+            Ok(None) => {
+                let _ = tx.send(None);
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "read view: LISTEN connection broke");
+                let _ = tx.send(None);
+                return;
+            }
+        }
+    }
+}
+
 /// LISTEN, list, then apply changes; on any break, leave live mode,
 /// reconnect and relist.
 async fn follow(store: Store, view: Arc<ReadView>, stop: Shutdown) {
@@ -508,7 +563,7 @@ async fn follow(store: Store, view: Arc<ReadView>, stop: Shutdown) {
         .expect("one follower per view");
     loop {
         view.live.store(false, Ordering::Release);
-        let mut listener = tokio::select! {
+        let listener = tokio::select! {
             _ = stop.cancelled() => return,
             l = connect(&store) => match l {
                 Ok(l) => l,
@@ -521,6 +576,8 @@ async fn follow(store: Store, view: Arc<ReadView>, stop: Shutdown) {
                 }
             },
         };
+        let (tx, mut notified) = mpsc::unbounded_channel();
+        let forwarder = AbortOnDrop(tokio::spawn(forward(listener, tx)));
         // Listening before listing: a change committed during the list is
         // both in the list and queued as a notification (applied twice,
         // which is harmless), never in neither.
@@ -532,44 +589,44 @@ async fn follow(store: Store, view: Arc<ReadView>, stop: Shutdown) {
         view.live.store(true, Ordering::Release);
         tracing::debug!("read view live");
         loop {
-            // The first change, from this process or a notification; then
-            // everything else already waiting from both, deduplicated, is
-            // refreshed together.
+            // The first change, from this process or a notification; then,
+            // for a moment, everything else from both, deduplicated, to be
+            // refreshed together: under a burst of writes (thousands of
+            // hostings converging) a refresh takes hundreds of changes per
+            // query instead of a few.
             let mut batch = HashSet::new();
             let mut sent = Vec::new();
+            let mut lost = false;
+            let mut take = |n: Notified, batch: &mut HashSet<Change>| match n {
+                Some((c, at)) => {
+                    batch.insert(c);
+                    sent.push(at);
+                    false
+                }
+                None => true,
+            };
             tokio::select! {
                 _ = stop.cancelled() => return,
-                n = listener.try_recv() => match n {
-                    Ok(Some(n)) => {
-                        let delay = view.delay_ms.load(Ordering::Relaxed);
-                        if delay > 0 {
-                            tokio::time::sleep(Duration::from_millis(delay)).await;
-                        }
-                        if let Some((c, at)) = parse(n.payload()) {
-                            batch.insert(c);
-                            sent.push(at);
-                        }
+                n = notified.recv() => {
+                    let delay = view.delay_ms.load(Ordering::Relaxed);
+                    if delay > 0 {
+                        tokio::time::sleep(Duration::from_millis(delay)).await;
                     }
-                    // The connection was lost (and is being re-established):
-                    // notifications may be missing; relist.
-                    Ok(None) => break,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "read view: LISTEN connection broke");
-                        break;
-                    }
-                },
+                    lost |= take(n.flatten(), &mut batch);
+                }
                 Some(c) = local.recv() => {
                     batch.insert(c);
                 }
             }
-            while let Some(n) = listener.next_buffered() {
-                if let Some((c, at)) = parse(n.payload()) {
+            let deadline = tokio::time::Instant::now() + BATCH_WINDOW;
+            while !lost && batch.len() < BATCH_MAX {
+                while let Ok(c) = local.try_recv() {
                     batch.insert(c);
-                    sent.push(at);
                 }
-            }
-            while let Ok(c) = local.try_recv() {
-                batch.insert(c);
+                match tokio::time::timeout_at(deadline, notified.recv()).await {
+                    Ok(n) => lost |= take(n.flatten(), &mut batch),
+                    Err(_) => break,
+                }
             }
             if let Err(e) = store.refresh(&view, &batch).await {
                 tracing::warn!(error = %e, "read view: refresh failed; relisting");
@@ -578,7 +635,21 @@ async fn follow(store: Store, view: Arc<ReadView>, stop: Shutdown) {
             for at in sent {
                 view.record_lag(at);
             }
+            if lost {
+                // The connection was lost (notifications may be missing): relist.
+                break;
+            }
         }
+        drop(forwarder);
+    }
+}
+
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
