@@ -169,7 +169,11 @@ virsh -c qemu:///system dominfo "$DOMAIN" >/dev/null 2>&1 && fail "domain $DOMAI
 vols=$(pool_volumes "hostd-$INSTANCE") || fail "cannot list the volumes of pool hostd-$INSTANCE"
 vols=$(grep -vx '.hostd-installation' <<< "$vols" || true)   # the ownership marker stays
 [ -z "$vols" ] || fail "volumes left behind: $vols"
-[ -z "$(ls "$WORK/routes")" ] || fail "route file left behind: $(ls "$WORK/routes")"
+# The route map stays (empty); no entry of either hosting, no other file.
+others=$(ls "$WORK/routes" | grep -vx 'routes.map' || true)
+[ -z "$others" ] || fail "stray file in the routes directory: $others"
+entries=$(grep -c '^# hosting ' "$WORK/routes/routes.map" 2>/dev/null || true)
+[ "${entries:-0}" = 0 ] || fail "route entries left behind: $(cat "$WORK/routes/routes.map")"
 [ "$(psql "$DATABASE_URL" -tAc 'select count(*) from port_allocations')" = 0 ] || fail "ports not released"
 [ "$(curl -s -o /dev/null -w '%{http_code}' "$SITE")" = 404 ] || fail "site still answers"
 step "hostctl password and logout revoke sessions"

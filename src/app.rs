@@ -347,7 +347,7 @@ pub mod doctor {
         }
     }
 
-    /// libvirt, acceleration, nginx, guest isolation, genisoimage.
+    /// libvirt, acceleration, nginx, guest isolation, Redis.
     async fn services(c: &Config, installation: uuid::Uuid, out: &mut Report) {
         let vm = LibvirtDriver::new(&c.libvirt_uri, &c.instance, installation, &c.state_dir);
         out.result("libvirt", vm.ping().await);
@@ -367,8 +367,6 @@ pub mod doctor {
                 r.map_err(|e| format!("NOT in force: {e}")),
             ),
         }
-        let iso_tool = crate::drivers::seed::available();
-        out.line(iso_tool, "genisoimage", "needed for the seed disks");
         let prefix = format!("hostd:{}:", c.instance);
         let redis = match crate::drivers::kv::Kv::new(&c.redis_url, &prefix) {
             Ok(kv) => kv.ping().await.map(|p| format!("{}: {p}", c.redis_url)),

@@ -311,7 +311,7 @@ impl<'a> Pass<'a> {
         if !seed_missing && have_seed == Some(want.seed.as_str()) {
             return Ok(observed);
         }
-        let iso = build_iso(&self.ctx.render.seed(inputs)).await?;
+        let iso = build_iso(&self.ctx.render.seed(inputs));
         let vm = &self.ctx.vm;
         if !vm
             .create_volume(&seed_volume(id), VolumeSource::Bytes(iso.clone()))
