@@ -90,8 +90,14 @@ async fn main() {
         .skip(1)
         .map(|a| a.parse().expect("sizes are numbers"))
         .collect();
-    let sizes = if sizes.is_empty() { vec![1000, 5000] } else { sizes };
-    println!("| N | per-hosting location files: `nginx -t` | bytes | routes.map: `nginx -t` | bytes |");
+    let sizes = if sizes.is_empty() {
+        vec![1000, 5000]
+    } else {
+        sizes
+    };
+    println!(
+        "| N | per-hosting location files: `nginx -t` | bytes | routes.map: `nginx -t` | bytes |"
+    );
     println!("|---:|---:|---:|---:|---:|");
     for n in sizes {
         let dir = tempfile::tempdir().unwrap();
@@ -108,7 +114,10 @@ async fn main() {
         let driver = NginxDriver::new(&p.join("map"), &p.join("map.conf"), "nginx".as_ref());
         let (mut map, mut loc_bytes) = (String::new(), 0);
         for i in 0..n {
-            let (h, u) = (HostingId(uuid::Uuid::new_v4()), UserId(uuid::Uuid::new_v4()));
+            let (h, u) = (
+                HostingId(uuid::Uuid::new_v4()),
+                UserId(uuid::Uuid::new_v4()),
+            );
             let port = 20001 + (i % 10000) as u16;
             let f = location_file(h, u, port);
             loc_bytes += f.len();
