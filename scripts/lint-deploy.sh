@@ -17,3 +17,11 @@ if docker compose version >/dev/null 2>&1; then
   HOSTD_JWT_SECRET=lint-only-secret-lint-only-secret-0000 docker compose config -q
   echo "docker compose config: ok"
 fi
+# deploy/nginx.conf is what `hostd nginx-conf` writes for the compose layout.
+want=$(cargo run --locked -q --bin hostd -- nginx-conf --listen 0.0.0.0:80 \
+  --prefix /var/lib/hostd/nginx --routes-dir /var/lib/hostd/nginx-routes)
+[ "$want" = "$(cat deploy/nginx.conf)" ] || {
+  echo "deploy/nginx.conf differs from \`hostd nginx-conf\`: regenerate it" >&2
+  exit 1
+}
+echo "deploy/nginx.conf: matches hostd nginx-conf"

@@ -37,7 +37,7 @@ enum Cmd {
     Doctor,
     /// Print the Hosting CustomResourceDefinition (crds/hosting.yaml).
     Crds,
-    /// Print a main nginx config that includes the routes directory.
+    /// Print a main nginx config that includes the route map.
     NginxConf {
         /// Listen address, e.g. 0.0.0.0:80.
         #[arg(long, default_value = "0.0.0.0:80")]
