@@ -122,7 +122,7 @@ pub struct Settings {
         default_value = "/var/lib/hostd"
     )]
     pub state_dir: PathBuf,
-    /// Directory of per-hosting nginx route files [default: $HOSTD_STATE_DIR/nginx-routes].
+    /// Directory of hostd's nginx route map (`routes.map`) [default: $HOSTD_STATE_DIR/nginx-routes].
     #[arg(
         long,
         env = "HOSTD_NGINX_ROUTES_DIR",
@@ -366,7 +366,7 @@ pub struct Config {
     pub libvirt_uri: String,
     /// State directory: storage pool, images (`HOSTD_STATE_DIR`).
     pub state_dir: PathBuf,
-    /// Directory of per-hosting nginx route files (`HOSTD_NGINX_ROUTES_DIR`).
+    /// Directory of hostd's nginx route map (`HOSTD_NGINX_ROUTES_DIR`).
     pub nginx_routes_dir: PathBuf,
     /// Main nginx config that includes the routes directory (`HOSTD_NGINX_CONF`).
     pub nginx_conf: PathBuf,

@@ -285,7 +285,7 @@ impl Env {
         left
     }
 
-    /// Every managed domain, volume, route file and port row belongs to a live
+    /// Every managed domain, volume, route entry and port row belongs to a live
     /// hosting, and nothing exists twice. Returns the leaks found.
     async fn leaks(&self, store: &hostd::store::Store, vm: &LibvirtDriver) -> Vec<String> {
         let live: HashSet<String> = store
@@ -880,7 +880,7 @@ fn cleanup_pool(instance: &str, state: &Path) {
 /// The chaos soak (`scripts/chaos.sh DURATION N`; a short run in test.sh):
 /// N users do random create/stop/start/resize/delete through the API while
 /// the reconciler process is killed with SIGKILL and restarted at random,
-/// managed domains are destroyed and route files deleted behind its back.
+/// managed domains are destroyed and route entries deleted behind its back.
 /// Then it must converge, with no leaks and no API 5xx.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 #[ignore = "needs root, qemu:///system and the tiny image; run by scripts/test.sh or scripts/chaos.sh"]
@@ -937,7 +937,7 @@ async fn chaos_soak() {
             }
         })
     };
-    // The tamperer: destroy a managed domain or delete a route file every 7-20 s.
+    // The tamperer: destroy a managed domain or delete a route entry every 7-20 s.
     let tamperer = {
         let (env, tampers) = (env.clone(), tampers.clone());
         let store = hostd::store::Store::connect(&env.db, 1).await.unwrap();

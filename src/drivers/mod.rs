@@ -198,13 +198,15 @@ pub enum RouteOutcome {
 pub trait ProxyDriver: Send + Sync + 'static {
     /// The exact file content hostd wants for this route.
     fn render(&self, route: &RouteSpec) -> String;
-    /// Every route file present: hosting id → content. Files that are not
-    /// hostd route files are reported by name in the second list.
+    /// Every route present: hosting id → its entry. Files in the routes
+    /// directory that are not hostd's (and the map file itself, when it
+    /// holds text that is no hosting's entry) are reported by name in the
+    /// second list.
     async fn list_routes(&self) -> DriverResult<(Vec<(HostingId, String)>, Vec<String>)>;
-    /// Whether route files on disk are newer than what the proxy serves (the
+    /// Whether the routes on disk are newer than what the proxy serves (the
     /// last reload failed); the next `apply` retries the reload.
     fn reload_pending(&self) -> bool;
-    /// The current content of one hosting's route file, if present.
+    /// The current entry of one hosting's route, if present.
     async fn read_route(&self, id: HostingId) -> DriverResult<Option<String>>;
     /// Makes the route of `id` be `route` (or absent with `None`), validated and
     /// reloaded; batched with concurrent calls. On a validation failure the

@@ -162,7 +162,7 @@ async fn collect_orphans(
         orphans += 1;
     }
     for (id, _) in seen.routes.iter().filter(|(id, _)| !ids.contains(id)) {
-        tracing::warn!(hosting = %id, "removing orphaned route file");
+        tracing::warn!(hosting = %id, "removing the route entry of a hosting that no longer exists");
         ctx.proxy.apply(*id, None).await?;
         orphans += 1;
     }

@@ -573,11 +573,11 @@ impl<'a> Pass<'a> {
         match have {
             Some(h) if was_configured && !ours(h) => (
                 Reason::RouteRepaired,
-                "the route file had been changed by hand; rewrote it".into(),
+                "the route entry had been changed by hand; rewrote it".into(),
             ),
             None if was_configured && rec.status.phase == Phase::Ready => (
                 Reason::RouteRepaired,
-                "the route file was missing; rewrote it".into(),
+                "the route entry was missing; rewrote it".into(),
             ),
             _ => (Reason::RouteConfigured, format!("/{}/ routed", rec.user_id)),
         }
