@@ -1406,7 +1406,7 @@ async fn the_path_form_forwards_the_escaped_path_without_the_prefix() {
     let http = tokio::net::TcpListener::bind(("127.0.0.1", rec.status.http_port.unwrap()))
         .await
         .unwrap();
-    let _ssh = fake_guest_ssh(rec.status.ssh_port.unwrap()).await;
+    let ssh = common::stand_in_ssh(rec.status.ssh_port.unwrap()).await;
     let echo = tokio::spawn(async move {
         loop {
             let Ok((mut s, _)) = http.accept().await else {
@@ -1467,18 +1467,6 @@ async fn the_path_form_forwards_the_escaped_path_without_the_prefix() {
         .unwrap();
     assert_eq!(r.status(), 404);
     echo.abort();
+    ssh.abort();
     app.stop().await;
-}
-
-/// An SSH banner on `port` (readiness needs it) until dropped.
-async fn fake_guest_ssh(port: u16) -> tokio::task::JoinHandle<()> {
-    use tokio::io::AsyncWriteExt;
-    let l = tokio::net::TcpListener::bind(("127.0.0.1", port))
-        .await
-        .unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = l.accept().await {
-            let _ = s.write_all(b"SSH-2.0-OpenSSH_9.2\r\n").await;
-        }
-    })
 }

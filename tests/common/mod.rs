@@ -395,7 +395,23 @@ pub async fn fake_guest_with_headers(
             });
         }
     });
-    let t2 = tokio::spawn(async move {
+    let t2 = serve_ssh_banner(ssh);
+    FakeGuest {
+        tasks: vec![t1, t2],
+    }
+}
+
+/// A stand-in guest's SSH side alone: a banner on `port` (readiness needs
+/// it), for tests that serve the HTTP side themselves. Stops when aborted.
+pub async fn stand_in_ssh(port: u16) -> tokio::task::JoinHandle<()> {
+    let l = tokio::net::TcpListener::bind(("127.0.0.1", port))
+        .await
+        .expect("bind stand-in ssh");
+    serve_ssh_banner(l)
+}
+
+fn serve_ssh_banner(ssh: tokio::net::TcpListener) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
         loop {
             let Ok((mut s, _)) = ssh.accept().await else {
                 return;
@@ -405,10 +421,7 @@ pub async fn fake_guest_with_headers(
                 tokio::time::sleep(Duration::from_millis(200)).await;
             });
         }
-    });
-    FakeGuest {
-        tasks: vec![t1, t2],
-    }
+    })
 }
 
 /// Polls `f` until it returns Some or the timeout passes.
