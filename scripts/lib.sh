@@ -16,17 +16,42 @@ start_postgres() {
   local ver
   ver=$(ls /etc/postgresql 2>/dev/null | sort -n | tail -1)
   [ -n "$ver" ] || die "no PostgreSQL cluster found after installing postgresql"
+  # After an unclean stop (a machine or session killed with the server
+  # running), crash recovery first fsyncs every file of the data directory;
+  # with many databases that took over a minute here and pg_ctl's default
+  # 60 s wait gave up. syncfs(2) syncs the file system once instead (PG 14+),
+  # and the wait below is long enough for a big cluster's recovery.
+  local confd="/etc/postgresql/$ver/main/conf.d"
+  if [ -d "$confd" ] && [ ! -f "$confd/hostd.conf" ]; then
+    printf '%s\n' "# written by hostd's scripts/lib.sh" \
+      "recovery_init_sync_method = syncfs" >"$confd/hostd.conf"
+  fi
   if ! pg_lsclusters -h | awk '{print $4}' | grep -q online; then
     log "starting PostgreSQL $ver"
-    pg_ctlcluster "$ver" main start
+    pg_ctlcluster "$ver" main start -- -t 600 ||
+      die "PostgreSQL $ver did not start: see /var/log/postgresql/postgresql-$ver-main.log"
   fi
-  wait_until 30 1 su postgres -c "psql -qtAc 'select 1'" >/dev/null 2>&1 ||
+  wait_until 120 1 su postgres -c "psql -qtAc 'select 1'" >/dev/null 2>&1 ||
     die "PostgreSQL did not come up"
   # Role used by hostd and its tests (password auth over TCP on loopback).
   su postgres -c "psql -qtAc \"select 1 from pg_roles where rolname='hostd'\"" | grep -q 1 ||
     su postgres -c "psql -qc \"create role hostd login createdb password 'hostd'\""
   su postgres -c "psql -qtAc \"select 1 from pg_database where datname='hostd'\"" | grep -q 1 ||
     su postgres -c "psql -qc 'create database hostd owner hostd'"
+}
+
+# Drops the scratch databases tests and benchmarks create (hostd_test_*,
+# hostd_bench_*; one per test, never dropped by the test itself). Left to
+# pile up they grew the cluster to thousands of databases, and crash recovery
+# after an unclean stop then outlasted pg_ctl's wait. A database still in use
+# is left alone (drop without FORCE refuses it).
+drop_scratch_databases() {
+  local dbs d n=0
+  dbs=$(su postgres -c "psql -qtAc \"select datname from pg_database where datname like 'hostd\\_test\\_%' or datname like 'hostd\\_bench\\_%'\"") || return 0
+  for d in $dbs; do
+    su postgres -c "psql -qc 'drop database if exists $d'" >/dev/null 2>&1 && n=$((n + 1))
+  done
+  [ "$n" -eq 0 ] || log "dropped $n scratch databases left by earlier tests or benchmarks"
 }
 
 start_libvirt() {

@@ -12,6 +12,8 @@ cd "$(dirname "$0")/.."
 . scripts/lib.sh
 
 prepare_host
+drop_scratch_databases
+trap drop_scratch_databases EXIT
 export RUST_LOG="${RUST_LOG:-warn}"
 
 log "formatting and lints (cargo fmt --check, cargo clippy -D warnings)"
