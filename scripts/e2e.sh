@@ -94,7 +94,16 @@ scp -q -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o BatchMode=
 
 step "virsh destroy: hostd restarts the VM and the upload survives"
 DOMAIN="hostd-$(jq -r .id "$WORK/my.json")"
+domain_events() { curl -fsS "http://127.0.0.1:$METRICS_PORT/metrics" | awk '$1 == "hostd_domain_events_total" {print $2}'; }
+events_before=$(domain_events)
+destroyed_at=$(date +%s.%N)
 virsh -c qemu:///system destroy "$DOMAIN" >/dev/null
+domain_running() { [ "$(virsh -c qemu:///system domstate "$DOMAIN" 2>/dev/null)" = running ]; }
+wait_until 60 0.1 domain_running || fail "domain not started again after virsh destroy"
+echo "e2e: virsh destroy -> domain running again in $(awk -v a="$destroyed_at" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }') s"
+events_after=$(domain_events)
+[ "${events_after:-0}" -gt "${events_before:-0}" ] ||
+  fail "no libvirt domain event reached hostd (hostd_domain_events_total $events_before -> $events_after)"
 upload_served() { [ "$(curl -fsS "${SITE}upload.txt" 2>/dev/null)" = "uploaded-$run_id" ]; }
 wait_until "$READY_TIMEOUT" 3 upload_served || fail "site did not come back after virsh destroy"
 curl -fsS "$API/host/my" -H "Authorization: Bearer $TOKEN" | jq -e '.events | map(.reason) | index("DomainStarted")' >/dev/null || fail "no DomainStarted repair event"

@@ -22,6 +22,7 @@ chmod 0711 "$WORK"   # the host nginx workers (www-data) reach their temp dirs b
 DB="hostd_e2e_$(echo "$run_id" | tr -c 'a-z0-9\n' '_')"
 NGINX_PORT=$(free_port)
 API_PORT=$(free_port)
+METRICS_PORT=$(free_port)
 CLEANUP_HOOKS=()
 API="http://127.0.0.1:$API_PORT/api/v1"
 HOSTD_PID=""
@@ -71,7 +72,7 @@ su postgres -c "psql -qc 'create database $DB owner hostd'"
 
 export DATABASE_URL="postgres://hostd:hostd@127.0.0.1:5432/$DB"
 export HOSTD_JWT_SECRET="e2e-$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')"
-export HOSTD_LISTEN="127.0.0.1:$API_PORT" HOSTD_LIBVIRT_URI=qemu:///system HOSTD_STATE_DIR="$STATE_DIR"
+export HOSTD_LISTEN="127.0.0.1:$API_PORT" HOSTD_METRICS_LISTEN="127.0.0.1:$METRICS_PORT" HOSTD_LIBVIRT_URI=qemu:///system HOSTD_STATE_DIR="$STATE_DIR"
 export HOSTD_NGINX_ROUTES_DIR="$WORK/routes" HOSTD_NGINX_CONF="$WORK/nginx/nginx.conf"
 export HOSTD_PROBE_URL="http://127.0.0.1:$NGINX_PORT" HOSTD_PUBLIC_URL="http://127.0.0.1:$NGINX_PORT"
 export HOSTD_INSTANCE="$INSTANCE" HOSTD_BCRYPT_COST=4 HOSTD_RESYNC_SECS=5 RUST_LOG="${RUST_LOG:-info}"

@@ -61,6 +61,21 @@ async fn get_until(url: &str, status: u16) -> String {
     .unwrap_or_else(|| panic!("{url} never answered {status}"))
 }
 
+/// Sends the request `make` builds until it answers `status`. `nginx -s
+/// reload` returns before the old workers stop accepting, so for a moment a
+/// connection may still meet the old configuration after one met the new.
+async fn until_status(
+    make: impl Fn() -> reqwest::RequestBuilder,
+    status: u16,
+) -> reqwest::Response {
+    eventually(Duration::from_secs(10), || async {
+        let r = make().send().await.ok()?;
+        (r.status().as_u16() == status).then_some(r)
+    })
+    .await
+    .unwrap_or_else(|| panic!("never answered {status}"))
+}
+
 /// Waits until the named domain exists and runs.
 async fn wait_running(vm: &std::sync::Arc<dyn VmDriver>, name: &str) -> Option<()> {
     eventually(Duration::from_secs(20), || async {
@@ -417,6 +432,130 @@ async fn drift_is_repaired_by_the_running_loop() {
             .any(|l| l.starts_with("hostd_repairs_total ") && !l.ends_with(" 0")),
         "{m}"
     );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_domain_destroyed_behind_hostds_back_is_restarted_without_waiting_for_the_resync() {
+    // A resync period no test outlasts: only the domain event can act.
+    let db = common::fresh_database().await;
+    let nginx = common::TestNginx::start();
+    let state = tempfile::tempdir().unwrap();
+    let mut config = common::test_config(&db, state.path(), Some(&nginx));
+    config.resync = Duration::from_secs(3600);
+    let app = TestApp::spawn_with(config, hostd::app::Mode::All, true, Some(nginx), state).await;
+    let (_t, _uid, id) = create(&app, "erin").await;
+    let rec = wait_ports(&app, id).await;
+    let _g = fake_guest(
+        rec.status.ssh_port.unwrap(),
+        rec.status.http_port.unwrap(),
+        "hello erin",
+    )
+    .await;
+    let store = app.store.clone();
+    eventually(Duration::from_secs(30), || {
+        let store = store.clone();
+        async move {
+            store
+                .get_record(id)
+                .await
+                .unwrap()
+                .filter(|r| r.status.phase == Phase::Ready)
+                .map(|_| ())
+        }
+    })
+    .await
+    .expect("Ready");
+    let metrics = app.controller.as_ref().unwrap().ctx.metrics.clone();
+    let events_before = metrics.domain_events.get();
+    let name = domain_name(id);
+    let conn = virt::connect::Connect::open(Some("test:///default")).unwrap();
+    let dom = conn.lookup_domain_by_name(&name).unwrap();
+    dom.destroy().unwrap();
+    assert!(!dom.is_active().unwrap());
+    let restarted = eventually(Duration::from_secs(10), || {
+        let dom = &dom;
+        async move { dom.is_active().unwrap().then_some(()) }
+    })
+    .await;
+    assert!(restarted.is_some(), "restarted by the domain event");
+    assert!(metrics.domain_events.get() > events_before);
+    let evs = app.store.recent_events(id, 100).await.unwrap();
+    assert!(
+        evs.iter().any(|e| e.reason == "DomainStarted"),
+        "{:?}",
+        evs.iter().map(|e| &e.reason).collect::<Vec<_>>()
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_marker_changed_behind_hostds_back_is_seen_at_the_next_listing() {
+    let app = TestApp::manual().await;
+    let vm = vm(&app);
+    let conn = virt::connect::Connect::open(Some("test:///default")).unwrap();
+    let ours = app.store.installation_id().await.unwrap();
+    let id = HostingId(uuid::Uuid::new_v4());
+    let uuid = uuid::Uuid::new_v4();
+    let marker = |generation: i64| {
+        format!(
+            "<hostd:hosting xmlns:hostd='{}' instance='{}' installation='{ours}' id='{id}' generation='{generation}' spec-hash='x-y'/>",
+            hostd::templates::MARKER_NS,
+            app.config.instance
+        )
+    };
+    let xml = |generation: i64| {
+        format!(
+            "<domain type='test'><name>hostd-{id}</name><uuid>{uuid}</uuid><memory>1024</memory><metadata>{}</metadata><os><type>hvm</type></os></domain>",
+            marker(generation)
+        )
+    };
+    let listed = || {
+        let vm = vm.clone();
+        async move {
+            vm.list_domains()
+                .await
+                .unwrap()
+                .into_iter()
+                .find(|d| d.marker.hosting_id == id)
+                .map(|d| d.marker.generation)
+        }
+    };
+    let changes = vm
+        .domain_changes()
+        .expect("the test driver delivers events");
+    let dom = conn.define_domain_xml(&xml(1)).unwrap();
+    assert_eq!(listed().await, Some(1));
+    // The listing caches markers (for minutes); an event drops the entry.
+    // Redefined under the same name and UUID:
+    let before = changes.received();
+    conn.define_domain_xml(&xml(2)).unwrap();
+    let seen = eventually(Duration::from_secs(5), || async {
+        (listed().await == Some(2)).then_some(())
+    })
+    .await;
+    assert!(seen.is_some(), "redefinition seen");
+    assert!(changes.received() > before);
+    // The marker element rewritten in place (virsh metadata):
+    let element = format!(
+        "<hosting instance='{}' installation='{ours}' id='{id}' generation='3' spec-hash='x-y'/>",
+        app.config.instance
+    );
+    dom.set_metadata(
+        virt::sys::VIR_DOMAIN_METADATA_ELEMENT as i32,
+        Some(&element),
+        Some("hostd"),
+        Some(hostd::templates::MARKER_NS),
+        virt::sys::VIR_DOMAIN_AFFECT_CONFIG,
+    )
+    .unwrap();
+    let seen = eventually(Duration::from_secs(5), || async {
+        (listed().await == Some(3)).then_some(())
+    })
+    .await;
+    assert!(seen.is_some(), "metadata change seen");
+    dom.undefine().unwrap();
+    assert_eq!(listed().await, None);
     app.stop().await;
 }
 
@@ -970,12 +1109,7 @@ async fn a_hostile_upstream_cannot_steer_nginx_or_reach_other_tenants() {
         .redirect(reqwest::redirect::Policy::none())
         .build()
         .unwrap();
-    let r = client
-        .get(nginx.url(&format!("/{uid_a}/")))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
+    let r = until_status(|| client.get(nginx.url(&format!("/{uid_a}/"))), 200).await;
     let h = r.headers().clone();
     let cookies: Vec<&str> = h
         .get_all("set-cookie")
@@ -999,13 +1133,15 @@ async fn a_hostile_upstream_cannot_steer_nginx_or_reach_other_tenants() {
     );
 
     // The trailing-slash redirect is relative: a forged Host goes nowhere.
-    let r = client
-        .get(nginx.url(&format!("/{uid_a}")))
-        .header("Host", "evil.example")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 301);
+    let r = until_status(
+        || {
+            client
+                .get(nginx.url(&format!("/{uid_a}")))
+                .header("Host", "evil.example")
+        },
+        301,
+    )
+    .await;
     assert_eq!(r.headers()["location"], format!("/{uid_a}/").as_str());
 
     // Dot segments resolve before routing: A's upstream only ever sees A's
@@ -1154,6 +1290,18 @@ async fn sites_domain_serves_each_tenant_on_its_own_host_name() {
             (r.status().as_u16(), r.text().await.unwrap())
         }
     };
+    // The newest routes reach every nginx worker (see until_status).
+    for host in ["walt.sites.example.test", "vera-v.sites.example.test"] {
+        until_status(
+            || {
+                reqwest::Client::new()
+                    .get(nginx.url("/"))
+                    .header("Host", host)
+            },
+            200,
+        )
+        .await;
+    }
     assert_eq!(
         get("vera-v.sites.example.test", "/".into()).await,
         (200, "ok".into())
@@ -1445,12 +1593,7 @@ async fn the_path_form_forwards_the_escaped_path_without_the_prefix() {
         body.contains(&format!("X-Forwarded-Prefix: /{uid}")),
         "{body}"
     );
-    let r = client
-        .get(nginx.url(&format!("/{uid}")))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 301);
+    let r = until_status(|| client.get(nginx.url(&format!("/{uid}"))), 301).await;
     assert_eq!(r.headers()["location"], format!("/{uid}/").as_str());
     let other = uuid::Uuid::new_v4();
     let r = client

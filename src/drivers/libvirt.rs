@@ -3,7 +3,8 @@
 //! thread-safe and `virt::Connect` is a reference-counted handle, so the lock
 //! only guards taking a handle: calls run concurrently, each on
 //! `spawn_blocking`. hostd only ever touches domains whose `<metadata>`
-//! carries its marker for this instance and installation.
+//! carries its marker for this instance and installation. Each connection
+//! also delivers domain events (`domain_events`).
 
 use std::sync::{Arc, Mutex};
 
@@ -14,6 +15,7 @@ use virt::error::ErrorNumber;
 use virt::storage_pool::StoragePool;
 use virt::storage_vol::StorageVol;
 
+use super::domain_events::{self, DomainChanges, Registration, Watch};
 use super::{DriverError, DriverResult, Marker, ObservedDomain, VmDriver, VolumeSource};
 use crate::domain::HostingId;
 use crate::templates::MARKER_NS;
@@ -24,27 +26,35 @@ pub struct LibvirtDriver {
     owner: Owner,
     pool: String,
     pool_dir: std::path::PathBuf,
-    conn: Arc<Mutex<Option<Connect>>>,
-    /// Markers [`VmDriver::list_domains`] read, by domain name (see
-    /// [`MarkerCache`]).
-    markers: Arc<Mutex<MarkerCache>>,
+    conn: Arc<Mutex<Option<Live>>>,
+    /// Markers [`VmDriver::list_domains`] read, by domain name, and the
+    /// domain-change feed; the event callbacks of every connection reach both.
+    watch: Arc<Watch>,
+}
+
+/// The open connection and the event callbacks registered on it.
+struct Live {
+    conn: Connect,
+    events: Option<Registration>,
 }
 
 /// How long a domain's marker read by a listing is used before it is read
-/// again (spread from half to one and a half times this, so that re-reads
-/// do not come all at once).
+/// again, when the connection delivers no events (spread from half to one
+/// and a half times this, so that re-reads do not come all at once).
+///
+/// A listing costs two calls (active and inactive domains, which also tell
+/// the power state) and a metadata read only for domains that are new, were
+/// redefined, or whose entry aged out. With events, any change to a domain
+/// (defined, undefined, started, stopped, metadata changed) drops its entry,
+/// so a definition changed behind hostd's back is seen at the next listing;
+/// entries then live [`MARKER_MAX_AGE_WATCHED`], a safety net only. Without
+/// events such a change is seen within 1.5 × [`MARKER_MAX_AGE`] at most.
+/// Everything that acts on a domain looks its marker up afresh; only the
+/// listing uses the cache.
 const MARKER_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(120);
 
-/// Markers by domain name: the domain's UUID when read, the marker (`None`:
-/// unmarked or another instance's), and when to read it again. A listing
-/// then costs two calls (active and inactive domains, which also tell the
-/// power state) and a metadata read only for domains that are new, were
-/// redefined by this driver, or whose entry aged out: a definition changed
-/// behind hostd's back under the same name and UUID is seen within
-/// [`MARKER_MAX_AGE`] (1.5× at most). Everything that acts on a domain looks
-/// its marker up afresh; only the listing uses this.
-type MarkerCache =
-    std::collections::HashMap<String, ([u8; 16], Option<Marker>, std::time::Instant)>;
+/// Marker lifetime while the connection delivers events (see [`MARKER_MAX_AGE`]).
+const MARKER_MAX_AGE_WATCHED: std::time::Duration = std::time::Duration::from_secs(1800);
 
 /// Whose domains this driver may touch: its instance's, written by its
 /// installation (or by a hostd from before installation ids: adoptable).
@@ -123,24 +133,49 @@ impl LibvirtDriver {
             pool: format!("hostd-{instance}"),
             pool_dir: state_dir.join("pools").join(instance),
             conn: Arc::new(Mutex::new(None)),
-            markers: Default::default(),
+            watch: Arc::new(Watch {
+                markers: Default::default(),
+                changes: Default::default(),
+            }),
         }
     }
 
     /// A handle on the shared connection, (re)opened when there is none or it
-    /// died. The lock is held only for this, never across a libvirt call.
-    fn handle(conn: &Mutex<Option<Connect>>, uri: &str) -> DriverResult<Connect> {
+    /// died. The lock is held only for this, never across a libvirt call
+    /// (registering the event callbacks on a new connection is local to
+    /// this process for `test:///`, one round trip for libvirtd).
+    fn handle(conn: &Mutex<Option<Live>>, uri: &str, watch: &Arc<Watch>) -> DriverResult<Connect> {
         let mut guard = conn.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(c) = guard.as_ref() {
-            if c.is_alive().unwrap_or(false) {
-                return Ok(c.clone());
+        if let Some(l) = guard.as_ref() {
+            if l.conn.is_alive().unwrap_or(false) {
+                return Ok(l.conn.clone());
             }
         }
         // Dropping the old handle only releases our reference: calls still
         // running on it keep theirs.
-        *guard = None;
+        if let Some(old) = guard.take() {
+            if let Some(r) = old.events {
+                r.release(&old.conn);
+            }
+        }
+        let events = domain_events::ensure_event_loop();
         let c = Connect::open(Some(uri)).map_err(|e| DriverError::Connection(e.to_string()))?;
-        *guard = Some(c.clone());
+        let events = events.then(|| Registration::new(&c, watch)).flatten();
+        {
+            // Changes made while no connection watched are unknown: read
+            // every marker again.
+            let mut cache = watch.markers.lock().unwrap_or_else(|p| p.into_inner());
+            cache.entries.clear();
+            cache.watched = events.is_some();
+            cache.invalidations += 1;
+        }
+        if events.is_none() {
+            tracing::warn!(uri, "libvirt connection delivers no domain events; changes made behind hostd's back are seen at the resync");
+        }
+        *guard = Some(Live {
+            conn: c.clone(),
+            events,
+        });
         Ok(c)
     }
 
@@ -153,17 +188,22 @@ impl LibvirtDriver {
     {
         let conn = self.conn.clone();
         let uri = self.uri.clone();
+        let watch = self.watch.clone();
         tokio::task::spawn_blocking(move || {
-            let c = Self::handle(&conn, &uri)?;
+            let c = Self::handle(&conn, &uri, &watch)?;
             let r = f(&c);
             if matches!(r, Err(DriverError::Libvirt(_))) && !c.is_alive().unwrap_or(false) {
                 let mut guard = conn.lock().unwrap_or_else(|p| p.into_inner());
                 // Unless another call has replaced it with a live one meanwhile.
                 if guard
                     .as_ref()
-                    .is_some_and(|g| !g.is_alive().unwrap_or(false))
+                    .is_some_and(|g| !g.conn.is_alive().unwrap_or(false))
                 {
-                    *guard = None;
+                    if let Some(old) = guard.take() {
+                        if let Some(r) = old.events {
+                            r.release(&old.conn);
+                        }
+                    }
                 }
             }
             r
@@ -230,6 +270,21 @@ impl LibvirtDriver {
 
     fn pool(c: &Connect, name: &str) -> DriverResult<StoragePool> {
         c.lookup_storage_pool_by_name(name).map_err(lv)
+    }
+}
+
+impl Drop for LibvirtDriver {
+    /// Deregisters the event callbacks: they hold a reference on the
+    /// connection, which would otherwise never close.
+    fn drop(&mut self) {
+        let live = self.conn.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(Live {
+            conn,
+            events: Some(r),
+        }) = live
+        {
+            r.release(&conn);
+        }
     }
 }
 
@@ -315,7 +370,7 @@ impl VmDriver for LibvirtDriver {
 
     async fn list_domains(&self) -> DriverResult<Vec<ObservedDomain>> {
         let owner = self.owner.clone();
-        let markers = self.markers.clone();
+        let markers = self.watch.markers.clone();
         self.with_conn(move |c| {
             let active = c
                 .list_all_domains(virt::sys::VIR_CONNECT_LIST_DOMAINS_ACTIVE)
@@ -324,25 +379,38 @@ impl VmDriver for LibvirtDriver {
                 .list_all_domains(virt::sys::VIR_CONNECT_LIST_DOMAINS_INACTIVE)
                 .map_err(lv)?;
             let now = std::time::Instant::now();
-            let mut cache = markers.lock().unwrap_or_else(|p| p.into_inner());
+            // What the cache knows, taken under the lock; the markers it does
+            // not know are read without it (an event callback waits on it).
             let mut seen = std::collections::HashSet::new();
-            let mut out = Vec::new();
-            let all = active.iter().map(|d| (d, true));
-            for (d, running) in all.chain(inactive.iter().map(|d| (d, false))) {
-                let Ok(name) = d.name() else { continue };
-                // Started or stopped between the two calls: listed twice.
-                if !seen.insert(name.clone()) {
-                    continue;
+            let mut listed = Vec::new();
+            let (watched, invalidations) = {
+                let cache = markers.lock().unwrap_or_else(|p| p.into_inner());
+                let all = active.iter().map(|d| (d, true));
+                for (d, running) in all.chain(inactive.iter().map(|d| (d, false))) {
+                    let Ok(name) = d.name() else { continue };
+                    // Started or stopped between the two calls: listed twice.
+                    if !seen.insert(name.clone()) {
+                        continue;
+                    }
+                    // The raw 16 bytes: formatting the string form costs more
+                    // than the rest of the listing.
+                    let uuid = d.uuid().map(|u| *u.as_bytes()).unwrap_or_default();
+                    let cached = match cache.entries.get(&name) {
+                        Some((u, m, until)) if *u == uuid && *until > now => Some(m.clone()),
+                        _ => None,
+                    };
+                    listed.push((d, name, running, uuid, cached));
                 }
-                // The raw 16 bytes: formatting the string form costs more
-                // than the rest of the listing.
-                let uuid = d.uuid().map(|u| *u.as_bytes()).unwrap_or_default();
-                let marker = match cache.get(&name) {
-                    Some((u, m, until)) if *u == uuid && *until > now => m.clone(),
-                    _ => {
+                (cache.watched, cache.invalidations)
+            };
+            let mut read = Vec::new();
+            let mut out = Vec::new();
+            for (d, name, running, uuid, cached) in listed {
+                let marker = match cached {
+                    Some(m) => m,
+                    None => {
                         let m = Self::read_marker(d, &owner);
-                        let age = MARKER_MAX_AGE.mul_f64(rand::random::<f64>() + 0.5);
-                        cache.insert(name.clone(), (uuid, m.clone(), now + age));
+                        read.push((name.clone(), uuid, m.clone()));
                         m
                     }
                 };
@@ -354,10 +422,28 @@ impl VmDriver for LibvirtDriver {
                     });
                 }
             }
-            cache.retain(|name, _| seen.contains(name));
+            let mut cache = markers.lock().unwrap_or_else(|p| p.into_inner());
+            // An event arrived meanwhile (or the connection changed): a
+            // marker read before it may be stale, so none is kept.
+            if cache.invalidations == invalidations {
+                let max_age = if watched {
+                    MARKER_MAX_AGE_WATCHED
+                } else {
+                    MARKER_MAX_AGE
+                };
+                for (name, uuid, m) in read {
+                    let age = max_age.mul_f64(rand::random::<f64>() + 0.5);
+                    cache.entries.insert(name, (uuid, m, now + age));
+                }
+            }
+            cache.entries.retain(|name, _| seen.contains(name));
             Ok(out)
         })
         .await
+    }
+
+    fn domain_changes(&self) -> Option<Arc<DomainChanges>> {
+        domain_events::ensure_event_loop().then(|| self.watch.changes.clone())
     }
 
     async fn get_domain(&self, name: &str) -> DriverResult<Option<ObservedDomain>> {
@@ -556,7 +642,7 @@ impl VmDriver for LibvirtDriver {
             ));
         }
         let (xml, owner) = (xml.to_string(), self.owner.clone());
-        let markers = self.markers.clone();
+        let markers = self.watch.markers.clone();
         self.with_conn(move |c| {
             // Redefining is only allowed over a domain that is already ours.
             let name = xml_name(&xml)
@@ -566,6 +652,7 @@ impl VmDriver for LibvirtDriver {
             markers
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
+                .entries
                 .remove(&name);
             Ok(())
         })
@@ -621,11 +708,12 @@ impl VmDriver for LibvirtDriver {
 
     async fn undefine(&self, name: &str) -> DriverResult<()> {
         let (name, owner) = (name.to_string(), self.owner.clone());
-        let markers = self.markers.clone();
+        let markers = self.watch.markers.clone();
         self.with_conn(move |c| {
             markers
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
+                .entries
                 .remove(&name);
             let Some(d) = Self::lookup_ours(c, &name, &owner)? else {
                 return Ok(());

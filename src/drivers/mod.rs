@@ -7,6 +7,7 @@ use async_trait::async_trait;
 
 use crate::domain::HostingId;
 
+pub mod domain_events;
 pub mod isolation;
 pub mod kv;
 pub mod libvirt;
@@ -111,6 +112,12 @@ pub trait VmDriver: Send + Sync + 'static {
     fn pool_name(&self) -> &str;
     /// All domains carrying this instance's marker.
     async fn list_domains(&self) -> DriverResult<Vec<ObservedDomain>>;
+    /// Names of domains that changed (any domain of the hypervisor: defined,
+    /// undefined, started, stopped, metadata changed), as the hypervisor
+    /// reports them; `None` when it reports nothing and only listings tell.
+    fn domain_changes(&self) -> Option<std::sync::Arc<domain_events::DomainChanges>> {
+        None
+    }
     /// One domain by name, if it exists and carries this instance's marker.
     async fn get_domain(&self, name: &str) -> DriverResult<Option<ObservedDomain>>;
     /// Names of all volumes in hostd's pool.

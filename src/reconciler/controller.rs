@@ -88,6 +88,7 @@ impl Controller {
         // Stops this term's tasks (lease lost) as well as on process shutdown.
         let stop = shutdown.child_token();
         let listener = tokio::spawn(listen(ctx.clone(), self.queue.clone(), stop.clone()));
+        let watcher = tokio::spawn(watch_domains(ctx.clone(), self.queue.clone(), stop.clone()));
         let workers = tokio::spawn(self.clone().work(stop.clone()));
         let mut next_resync = Instant::now();
         let mut lease_check = tokio::time::interval(Duration::from_secs(2));
@@ -112,6 +113,7 @@ impl Controller {
         }
         stop.cancel();
         let _ = listener.await;
+        let _ = watcher.await;
         let _ = workers.await;
     }
 
@@ -210,6 +212,31 @@ async fn listen(ctx: Arc<Context>, queue: Arc<queue::WorkQueue>, stop: Shutdown)
                         break;
                     }
                 }
+            }
+        }
+    }
+}
+
+/// Queues the hosting of every domain the hypervisor reports as changed
+/// (see `drivers::domain_events`): a domain destroyed, undefined or
+/// redefined behind hostd's back is repaired at once instead of at the next
+/// resync. Changes hostd made itself queue their hosting once more, which a
+/// converged hosting answers with a no-op pass. Names that are no hosting's
+/// domain are ignored; a hosting of another instance (same hypervisor)
+/// finds no row here and is `Gone` at once.
+async fn watch_domains(ctx: Arc<Context>, queue: Arc<queue::WorkQueue>, stop: Shutdown) {
+    let Some(changes) = ctx.vm.domain_changes() else {
+        return;
+    };
+    loop {
+        let names = tokio::select! {
+            _ = stop.cancelled() => return,
+            n = changes.next() => n,
+        };
+        ctx.metrics.domain_events.inc_by(names.len() as u64);
+        for name in names {
+            if let Some(id) = super::names::domain_owner(&name) {
+                queue.add_now(id);
             }
         }
     }

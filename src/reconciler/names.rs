@@ -9,6 +9,15 @@ pub fn domain_name(id: HostingId) -> String {
     format!("hostd-{id}")
 }
 
+/// Parses a domain name back to its hosting (for domain events).
+pub fn domain_owner(name: &str) -> Option<HostingId> {
+    let id = name.strip_prefix("hostd-")?;
+    if id.len() != 36 {
+        return None;
+    }
+    uuid::Uuid::parse_str(id).ok().map(HostingId)
+}
+
 /// The qcow2 overlay holding the hosting's data.
 pub fn disk_volume(id: HostingId) -> String {
     format!("hostd-{id}-disk.qcow2")
@@ -45,5 +54,9 @@ mod tests {
         assert_eq!(volume_owner(&seed_volume(id)), Some(id));
         assert_eq!(volume_owner("hostd-nope-disk.qcow2"), None);
         assert_eq!(volume_owner(&format!("hostd-{id}-other")), None);
+        assert_eq!(domain_owner(&domain_name(id)), Some(id));
+        assert_eq!(domain_owner(&format!("hostd-{}", id.0.simple())), None);
+        assert_eq!(domain_owner(&format!("hostd-{id}x")), None);
+        assert_eq!(domain_owner("stranger"), None);
     }
 }

@@ -37,6 +37,9 @@ pub struct Metrics {
     registry: Registry,
     /// Reconciles run (successful or not).
     pub reconciles: Counter,
+    /// Domains reported changed by libvirt events (a burst of events on one
+    /// domain between two drains counts once).
+    pub domain_events: Counter,
     /// Wall time of each reconcile, in seconds.
     pub reconcile_duration: Histogram,
     /// Failed reconciles by reason.
@@ -96,6 +99,7 @@ impl Default for Metrics {
         let mut m = Metrics {
             registry: Registry::default(),
             reconciles: Counter::default(),
+            domain_events: Counter::default(),
             reconcile_duration: Histogram::new(exponential_buckets(0.001, 2.5, 14)),
             failures: Family::default(),
             repairs: Counter::default(),
@@ -131,6 +135,7 @@ impl Default for Metrics {
         }
         register! {
             "hostd_reconciles", "Reconciles run", m.reconciles;
+            "hostd_domain_events", "Domain changes reported by libvirt events", m.domain_events;
             "hostd_reconcile_duration_seconds", "Wall time of one reconcile", m.reconcile_duration;
             "hostd_reconcile_failures", "Failed reconciles by reason", m.failures;
             "hostd_repairs", "Drift repairs and orphan removals", m.repairs;

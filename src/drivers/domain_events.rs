@@ -1,0 +1,237 @@
+//! libvirt domain events, for the libvirt driver: one event loop thread per
+//! process, and on each connection a lifecycle callback and a
+//! metadata-change callback. An event does two things:
+//! - it drops the domain's cached marker, so the next listing reads it again
+//!   (a definition changed behind hostd's back is seen at the next pass, not
+//!   when the cache entry ages out);
+//! - it reports the domain's name on a [`DomainChanges`] feed, which the
+//!   reconciler drains to queue the hosting at once (a domain destroyed or
+//!   undefined by hand is repaired without waiting for the resync).
+//!
+//! Events are an accelerator, never the source of truth: the periodic resync
+//! still lists everything, and a connection whose callbacks could not be
+//! registered falls back to short-lived cache entries.
+
+use std::collections::{HashMap, HashSet};
+use std::ffi::{c_char, c_int, c_void, CStr};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use virt::connect::Connect;
+
+use super::Marker;
+
+/// Markers by domain name, as the listing read them (see
+/// `LibvirtDriver::list_domains`).
+#[derive(Default)]
+pub(super) struct MarkerCache {
+    /// Name → (UUID bytes when read, the marker or `None` for unmarked or
+    /// another instance's, when to read it again).
+    pub entries: HashMap<String, ([u8; 16], Option<Marker>, std::time::Instant)>,
+    /// Whether the current connection delivers events: entries may then be
+    /// kept long, since any change to a domain drops its entry.
+    pub watched: bool,
+    /// Incremented by every event: a listing that read markers while it
+    /// changed keeps none of them (one may predate the event).
+    pub invalidations: u64,
+}
+
+/// Names of domains that changed since the feed was last drained, and a
+/// wake-up for whoever drains it. Names are deduplicated, so a burst of
+/// events costs one entry per domain.
+#[derive(Default)]
+pub struct DomainChanges {
+    names: Mutex<HashSet<String>>,
+    notify: tokio::sync::Notify,
+    /// Events received, for metrics.
+    received: std::sync::atomic::AtomicU64,
+}
+
+impl DomainChanges {
+    pub(super) fn push(&self, name: String) {
+        self.received
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.names
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(name);
+        self.notify.notify_one();
+    }
+
+    /// Waits until at least one domain changed, then takes every name.
+    pub async fn next(&self) -> Vec<String> {
+        loop {
+            let names: Vec<String> = self
+                .names
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .drain()
+                .collect();
+            if !names.is_empty() {
+                return names;
+            }
+            self.notify.notified().await;
+        }
+    }
+
+    /// How many events arrived so far.
+    pub fn received(&self) -> u64 {
+        self.received.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+/// What the callbacks reach: the driver's marker cache and its feed.
+pub(super) struct Watch {
+    pub markers: Arc<Mutex<MarkerCache>>,
+    pub changes: Arc<DomainChanges>,
+}
+
+/// Starts libvirt's default event loop on a thread of its own, once per
+/// process. It must be registered before a connection is opened for that
+/// connection to deliver events. `false` if libvirt refused.
+pub(super) fn ensure_event_loop() -> bool {
+    static STARTED: OnceLock<bool> = OnceLock::new();
+    *STARTED.get_or_init(|| {
+        if let Err(e) = virt::event::event_register_default_impl() {
+            tracing::warn!(error = %e, "libvirt event loop unavailable; domain changes are seen at the resync only");
+            return false;
+        }
+        let spawned = std::thread::Builder::new()
+            .name("libvirt-events".into())
+            .spawn(|| loop {
+                if virt::event::event_run_default_impl().is_err() {
+                    std::thread::sleep(std::time::Duration::from_millis(100));
+                }
+            });
+        spawned.is_ok()
+    })
+}
+
+/// Callback ids registered on one connection.
+pub(super) struct Registration(Vec<c_int>);
+
+impl Registration {
+    /// Registers the callbacks on `conn`; `None` when the connection cannot
+    /// deliver events (then nothing stays registered).
+    pub fn new(conn: &Connect, watch: &Arc<Watch>) -> Option<Registration> {
+        let mut ids = Vec::new();
+        let lifecycle: LifecycleCallback = on_lifecycle;
+        let metadata: MetadataCallback = on_metadata;
+        // SAFETY: libvirt calls each callback with the signature of its event
+        // id, so the generic type is only a carrier (what the C macro
+        // VIR_DOMAIN_EVENT_CALLBACK does); both are `extern "C"` functions.
+        let callbacks: [(u32, virt::sys::virConnectDomainEventGenericCallback); 2] = unsafe {
+            [
+                (
+                    virt::sys::VIR_DOMAIN_EVENT_ID_LIFECYCLE,
+                    Some(std::mem::transmute::<LifecycleCallback, GenericCallback>(
+                        lifecycle,
+                    )),
+                ),
+                (
+                    virt::sys::VIR_DOMAIN_EVENT_ID_METADATA_CHANGE,
+                    Some(std::mem::transmute::<MetadataCallback, GenericCallback>(
+                        metadata,
+                    )),
+                ),
+            ]
+        };
+        for (event_id, cb) in callbacks {
+            let opaque = Box::into_raw(Box::new(watch.clone())) as *mut c_void;
+            // SAFETY: `conn` is a live connection; libvirt owns `opaque` from
+            // here and gives it back to `free_watch` when the callback is
+            // deregistered.
+            let id = unsafe {
+                virt::sys::virConnectDomainEventRegisterAny(
+                    conn.as_ptr(),
+                    std::ptr::null_mut(),
+                    event_id as c_int,
+                    cb,
+                    opaque,
+                    Some(free_watch),
+                )
+            };
+            if id < 0 {
+                // Whether libvirt already freed `opaque` through `freecb` on
+                // this path is not documented: leak it (one Arc) rather than
+                // risk a double free.
+                Registration(ids).release(conn);
+                return None;
+            }
+            ids.push(id);
+        }
+        Some(Registration(ids))
+    }
+
+    /// Deregisters the callbacks (best effort: on a dead connection this
+    /// fails and the connection's teardown frees them).
+    pub fn release(self, conn: &Connect) {
+        for id in self.0 {
+            // SAFETY: `conn` is the connection `id` was registered on.
+            unsafe { virt::sys::virConnectDomainEventDeregisterAny(conn.as_ptr(), id) };
+        }
+    }
+}
+
+type GenericCallback =
+    unsafe extern "C" fn(virt::sys::virConnectPtr, virt::sys::virDomainPtr, *mut c_void);
+type LifecycleCallback = unsafe extern "C" fn(
+    virt::sys::virConnectPtr,
+    virt::sys::virDomainPtr,
+    c_int,
+    c_int,
+    *mut c_void,
+) -> c_int;
+type MetadataCallback = unsafe extern "C" fn(
+    virt::sys::virConnectPtr,
+    virt::sys::virDomainPtr,
+    c_int,
+    *const c_char,
+    *mut c_void,
+);
+
+/// Runs on the event loop thread: drops the cached marker and reports the
+/// name. Cheap and non-blocking beyond a mutex held for map updates.
+///
+/// # Safety
+/// `dom` is the event's domain and `opaque` the `Arc<Watch>` registered with
+/// the callback.
+unsafe fn changed(dom: virt::sys::virDomainPtr, opaque: *mut c_void) {
+    let watch = &*(opaque as *const Arc<Watch>);
+    // The name is owned by the domain object, valid for the call.
+    let name = virt::sys::virDomainGetName(dom);
+    if name.is_null() {
+        return;
+    }
+    let name = CStr::from_ptr(name).to_string_lossy().into_owned();
+    {
+        let mut cache = watch.markers.lock().unwrap_or_else(|p| p.into_inner());
+        cache.entries.remove(&name);
+        cache.invalidations += 1;
+    }
+    watch.changes.push(name);
+}
+
+unsafe extern "C" fn on_lifecycle(
+    _conn: virt::sys::virConnectPtr,
+    dom: virt::sys::virDomainPtr,
+    _event: c_int,
+    _detail: c_int,
+    opaque: *mut c_void,
+) -> c_int {
+    changed(dom, opaque);
+    0
+}
+
+unsafe extern "C" fn on_metadata(
+    _conn: virt::sys::virConnectPtr,
+    dom: virt::sys::virDomainPtr,
+    _kind: c_int,
+    _nsuri: *const c_char,
+    opaque: *mut c_void,
+) {
+    changed(dom, opaque);
+}
+
+unsafe extern "C" fn free_watch(opaque: *mut c_void) {
+    drop(Box::from_raw(opaque as *mut Arc<Watch>));
+}
