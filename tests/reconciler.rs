@@ -554,6 +554,21 @@ async fn a_marker_changed_behind_hostds_back_is_seen_at_the_next_listing() {
     })
     .await;
     assert!(seen.is_some(), "metadata change seen");
+    // hostd's own start and destroy are not reported as changes; a start
+    // by someone else is. Events arrive in order, so once that one is
+    // counted, hostd's own were handled before it.
+    let name = format!("hostd-{id}");
+    let before = changes.received();
+    vm.start(&name).await.unwrap();
+    vm.destroy(&name).await.unwrap();
+    dom.create().unwrap();
+    let counted = eventually(Duration::from_secs(5), || async {
+        (changes.received() > before).then_some(())
+    })
+    .await;
+    assert!(counted.is_some(), "the foreign start is reported");
+    assert_eq!(changes.received(), before + 1, "hostd's own are not");
+    dom.destroy().unwrap();
     dom.undefine().unwrap();
     assert_eq!(listed().await, None);
     app.stop().await;

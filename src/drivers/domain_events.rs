@@ -6,7 +6,10 @@
 //!   when the cache entry ages out);
 //! - it reports the domain's name on a [`DomainChanges`] feed, which the
 //!   reconciler drains to queue the hosting at once (a domain destroyed or
-//!   undefined by hand is repaired without waiting for the resync).
+//!   undefined by hand is repaired without waiting for the resync). The
+//!   events of hostd's own define, start, destroy and undefine calls are
+//!   expected ([`Watch::expect`]) and not reported: the reconcile that made
+//!   them already knows.
 //!
 //! Events are an accelerator, never the source of truth: the periodic resync
 //! still lists everything, and a connection whose callbacks could not be
@@ -83,6 +86,64 @@ impl DomainChanges {
 pub(super) struct Watch {
     pub markers: Arc<Mutex<MarkerCache>>,
     pub changes: Arc<DomainChanges>,
+    /// Events hostd's own calls will cause: (domain name, lifecycle event
+    /// type) → how many, and until when they are expected.
+    pub expected: Mutex<HashMap<(String, u32), (u32, std::time::Instant)>>,
+}
+
+/// How long an expected event is waited for. A call that failed withdraws
+/// its expectation; one lost otherwise could hide an event of the same kind
+/// on the same domain for this long (the resync still sees the change).
+const EXPECT_FOR: std::time::Duration = std::time::Duration::from_secs(30);
+
+impl Watch {
+    /// hostd is about to cause `event` (a `VIR_DOMAIN_EVENT_*` type) on
+    /// domain `name`.
+    fn expect(&self, name: &str, event: u32) {
+        let mut e = self.expected.lock().unwrap_or_else(|p| p.into_inner());
+        let now = std::time::Instant::now();
+        e.retain(|_, (_, until)| *until > now);
+        let slot = e.entry((name.to_string(), event)).or_insert((0, now));
+        slot.0 += 1;
+        slot.1 = now + EXPECT_FOR;
+    }
+
+    /// Runs hostd's own call `f`, which causes `event` on domain `name`
+    /// when it succeeds, so that event is not reported as a change.
+    pub fn causing<T, E>(
+        &self,
+        name: &str,
+        event: u32,
+        f: impl FnOnce() -> Result<T, E>,
+    ) -> Result<T, E> {
+        self.expect(name, event);
+        let r = f();
+        if r.is_err() {
+            // The event will not come.
+            self.take(name, event);
+        }
+        r
+    }
+
+    /// Consumes one expectation of `event` on `name`; whether there was one.
+    fn take(&self, name: &str, event: u32) -> bool {
+        let mut e = self.expected.lock().unwrap_or_else(|p| p.into_inner());
+        let key = (name.to_string(), event);
+        match e.get_mut(&key) {
+            Some((n, until)) if *until > std::time::Instant::now() => {
+                *n -= 1;
+                if *n == 0 {
+                    e.remove(&key);
+                }
+                true
+            }
+            Some(_) => {
+                e.remove(&key);
+                false
+            }
+            None => false,
+        }
+    }
 }
 
 /// Starts libvirt's default event loop on a thread of its own, once per
@@ -190,12 +251,13 @@ type MetadataCallback = unsafe extern "C" fn(
 );
 
 /// Runs on the event loop thread: drops the cached marker and reports the
-/// name. Cheap and non-blocking beyond a mutex held for map updates.
+/// name, unless hostd expected this lifecycle `event`. Cheap and
+/// non-blocking beyond mutexes held for map updates.
 ///
 /// # Safety
 /// `dom` is the event's domain and `opaque` the `Arc<Watch>` registered with
 /// the callback.
-unsafe fn changed(dom: virt::sys::virDomainPtr, opaque: *mut c_void) {
+unsafe fn changed(dom: virt::sys::virDomainPtr, opaque: *mut c_void, event: Option<u32>) {
     let watch = &*(opaque as *const Arc<Watch>);
     // The name is owned by the domain object, valid for the call.
     let name = virt::sys::virDomainGetName(dom);
@@ -208,17 +270,20 @@ unsafe fn changed(dom: virt::sys::virDomainPtr, opaque: *mut c_void) {
         cache.entries.remove(&name);
         cache.invalidations += 1;
     }
+    if event.is_some_and(|e| watch.take(&name, e)) {
+        return;
+    }
     watch.changes.push(name);
 }
 
 unsafe extern "C" fn on_lifecycle(
     _conn: virt::sys::virConnectPtr,
     dom: virt::sys::virDomainPtr,
-    _event: c_int,
+    event: c_int,
     _detail: c_int,
     opaque: *mut c_void,
 ) -> c_int {
-    changed(dom, opaque);
+    changed(dom, opaque, u32::try_from(event).ok());
     0
 }
 
@@ -229,9 +294,38 @@ unsafe extern "C" fn on_metadata(
     _nsuri: *const c_char,
     opaque: *mut c_void,
 ) {
-    changed(dom, opaque);
+    changed(dom, opaque, None);
 }
 
 unsafe extern "C" fn free_watch(opaque: *mut c_void) {
     drop(Box::from_raw(opaque as *mut Arc<Watch>));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn watch() -> Watch {
+        Watch {
+            markers: Default::default(),
+            changes: Default::default(),
+            expected: Default::default(),
+        }
+    }
+
+    #[test]
+    fn an_expected_event_is_consumed_once_and_a_failed_call_expects_none() {
+        let w = watch();
+        let stopped = virt::sys::VIR_DOMAIN_EVENT_STOPPED;
+        let started = virt::sys::VIR_DOMAIN_EVENT_STARTED;
+        w.causing("a", stopped, || Ok::<_, ()>(())).unwrap();
+        w.causing("a", stopped, || Ok::<_, ()>(())).unwrap();
+        assert!(!w.take("a", started), "another event type");
+        assert!(!w.take("b", stopped), "another domain");
+        assert!(w.take("a", stopped));
+        assert!(w.take("a", stopped));
+        assert!(!w.take("a", stopped), "two calls, two events");
+        w.causing("a", started, || Err::<(), _>(())).unwrap_err();
+        assert!(!w.take("a", started), "a failed call causes nothing");
+    }
 }

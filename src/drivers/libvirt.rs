@@ -136,6 +136,7 @@ impl LibvirtDriver {
             watch: Arc::new(Watch {
                 markers: Default::default(),
                 changes: Default::default(),
+                expected: Default::default(),
             }),
         }
     }
@@ -248,11 +249,13 @@ impl LibvirtDriver {
 
     /// Runs `op` on one of our domains if it is running; absent or stopped
     /// (also when it stopped meanwhile: `OperationInvalid`) is success.
-    async fn if_running<F>(&self, name: &str, op: F) -> DriverResult<()>
+    /// `event`: the lifecycle event `op` causes at once, if any.
+    async fn if_running<F>(&self, name: &str, event: Option<u32>, op: F) -> DriverResult<()>
     where
         F: FnOnce(&Domain) -> Result<(), virt::error::Error> + Send + 'static,
     {
         let (name, owner) = (name.to_string(), self.owner.clone());
+        let watch = self.watch.clone();
         self.with_conn(move |c| {
             let Some(d) = Self::lookup_ours(c, &name, &owner)? else {
                 return Ok(());
@@ -260,7 +263,11 @@ impl LibvirtDriver {
             if !d.is_active().map_err(lv)? {
                 return Ok(());
             }
-            match op(&d) {
+            let r = match event {
+                Some(e) => watch.causing(&name, e, || op(&d)),
+                None => op(&d),
+            };
+            match r {
                 Err(e) if !is(&e, ErrorNumber::OperationInvalid) => Err(lv(e)),
                 _ => Ok(()),
             }
@@ -642,14 +649,18 @@ impl VmDriver for LibvirtDriver {
             ));
         }
         let (xml, owner) = (xml.to_string(), self.owner.clone());
-        let markers = self.watch.markers.clone();
+        let watch = self.watch.clone();
         self.with_conn(move |c| {
             // Redefining is only allowed over a domain that is already ours.
             let name = xml_name(&xml)
                 .ok_or_else(|| DriverError::Other("domain XML without <name>".into()))?;
             Self::lookup_ours(c, &name, &owner)?;
-            c.define_domain_xml(&xml).map_err(lv)?;
-            markers
+            let defined = virt::sys::VIR_DOMAIN_EVENT_DEFINED;
+            watch
+                .causing(&name, defined, || c.define_domain_xml(&xml))
+                .map_err(lv)?;
+            watch
+                .markers
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .entries
@@ -661,13 +672,15 @@ impl VmDriver for LibvirtDriver {
 
     async fn start(&self, name: &str) -> DriverResult<()> {
         let (name, owner) = (name.to_string(), self.owner.clone());
+        let watch = self.watch.clone();
         self.with_conn(move |c| {
             let d = Self::lookup_ours(c, &name, &owner)?
                 .ok_or_else(|| DriverError::Libvirt(format!("domain {name} is not defined")))?;
             if d.is_active().map_err(lv)? {
                 return Ok(());
             }
-            match d.create() {
+            let started = virt::sys::VIR_DOMAIN_EVENT_STARTED;
+            match watch.causing(&name, started, || d.create()) {
                 Ok(()) => Ok(()),
                 Err(e)
                     if is(&e, ErrorNumber::OperationInvalid) && d.is_active().unwrap_or(false) =>
@@ -681,11 +694,14 @@ impl VmDriver for LibvirtDriver {
     }
 
     async fn shutdown(&self, name: &str) -> DriverResult<()> {
-        self.if_running(name, |d| d.shutdown()).await
+        // The guest stops later, by itself: its STOPPED event is reported,
+        // which wakes the hosting as soon as it is down.
+        self.if_running(name, None, |d| d.shutdown()).await
     }
 
     async fn destroy(&self, name: &str) -> DriverResult<()> {
-        self.if_running(name, |d| d.destroy()).await
+        let stopped = virt::sys::VIR_DOMAIN_EVENT_STOPPED;
+        self.if_running(name, Some(stopped), |d| d.destroy()).await
     }
 
     async fn guest_exec(
@@ -708,9 +724,10 @@ impl VmDriver for LibvirtDriver {
 
     async fn undefine(&self, name: &str) -> DriverResult<()> {
         let (name, owner) = (name.to_string(), self.owner.clone());
-        let markers = self.watch.markers.clone();
+        let watch = self.watch.clone();
         self.with_conn(move |c| {
-            markers
+            watch
+                .markers
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .entries
@@ -719,9 +736,11 @@ impl VmDriver for LibvirtDriver {
                 return Ok(());
             };
             if d.is_active().unwrap_or(false) {
-                let _ = d.destroy();
+                let stopped = virt::sys::VIR_DOMAIN_EVENT_STOPPED;
+                let _ = watch.causing(&name, stopped, || d.destroy());
             }
-            match d.undefine() {
+            let undefined = virt::sys::VIR_DOMAIN_EVENT_UNDEFINED;
+            match watch.causing(&name, undefined, || d.undefine()) {
                 Ok(()) => Ok(()),
                 Err(e) if is(&e, ErrorNumber::NoDomain) => Ok(()),
                 Err(e) => Err(lv(e)),
