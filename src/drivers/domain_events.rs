@@ -33,9 +33,41 @@ pub(super) struct MarkerCache {
     /// Whether the current connection delivers events: entries may then be
     /// kept long, since any change to a domain drops its entry.
     pub watched: bool,
-    /// Incremented by every event: a listing that read markers while it
-    /// changed keeps none of them (one may predate the event).
-    pub invalidations: u64,
+    /// Incremented when the connection changes: a listing that read
+    /// markers across a reconnect keeps none of them.
+    pub epoch: u64,
+    /// Incremented by every event.
+    pub events: u64,
+    /// The domains events touched: name → (the `events` count after the
+    /// event, when). A listing keeps no marker it read for a domain touched
+    /// since it began (the read may predate the change). Entries older than
+    /// [`TOUCHED_FOR`] are pruned by each listing: none lasts that long.
+    pub touched: HashMap<String, (u64, std::time::Instant)>,
+}
+
+/// How long [`MarkerCache::touched`] remembers an event.
+const TOUCHED_FOR: std::time::Duration = std::time::Duration::from_secs(60);
+
+impl MarkerCache {
+    /// Records an event on `name` and drops its entry.
+    fn touch(&mut self, name: &str) {
+        self.entries.remove(name);
+        self.events += 1;
+        let now = std::time::Instant::now();
+        self.touched.insert(name.to_string(), (self.events, now));
+    }
+
+    /// Forgets events older than any listing can be (called by each listing).
+    pub fn prune_touched(&mut self) {
+        let now = std::time::Instant::now();
+        self.touched
+            .retain(|_, (_, at)| now.duration_since(*at) < TOUCHED_FOR);
+    }
+
+    /// Whether an event touched `name` after the `events` count `since`.
+    pub fn touched_since(&self, name: &str, since: u64) -> bool {
+        self.touched.get(name).is_some_and(|(n, _)| *n > since)
+    }
 }
 
 /// Names of domains that changed since the feed was last drained, and a
@@ -267,8 +299,7 @@ unsafe fn changed(dom: virt::sys::virDomainPtr, opaque: *mut c_void, event: Opti
     let name = CStr::from_ptr(name).to_string_lossy().into_owned();
     {
         let mut cache = watch.markers.lock().unwrap_or_else(|p| p.into_inner());
-        cache.entries.remove(&name);
-        cache.invalidations += 1;
+        cache.touch(&name);
     }
     if event.is_some_and(|e| watch.take(&name, e)) {
         return;

@@ -168,7 +168,7 @@ impl LibvirtDriver {
             let mut cache = watch.markers.lock().unwrap_or_else(|p| p.into_inner());
             cache.entries.clear();
             cache.watched = events.is_some();
-            cache.invalidations += 1;
+            cache.epoch += 1;
         }
         if events.is_none() {
             tracing::warn!(uri, "libvirt connection delivers no domain events; changes made behind hostd's back are seen at the resync");
@@ -390,7 +390,7 @@ impl VmDriver for LibvirtDriver {
             // not know are read without it (an event callback waits on it).
             let mut seen = std::collections::HashSet::new();
             let mut listed = Vec::new();
-            let (watched, invalidations) = {
+            let (watched, epoch, events) = {
                 let cache = markers.lock().unwrap_or_else(|p| p.into_inner());
                 let all = active.iter().map(|d| (d, true));
                 for (d, running) in all.chain(inactive.iter().map(|d| (d, false))) {
@@ -408,7 +408,7 @@ impl VmDriver for LibvirtDriver {
                     };
                     listed.push((d, name, running, uuid, cached));
                 }
-                (cache.watched, cache.invalidations)
+                (cache.watched, cache.epoch, cache.events)
             };
             let mut read = Vec::new();
             let mut out = Vec::new();
@@ -430,20 +430,24 @@ impl VmDriver for LibvirtDriver {
                 }
             }
             let mut cache = markers.lock().unwrap_or_else(|p| p.into_inner());
-            // An event arrived meanwhile (or the connection changed): a
-            // marker read before it may be stale, so none is kept.
-            if cache.invalidations == invalidations {
+            // A marker read before an event on its domain (or across a
+            // reconnect) may be stale: it is not kept.
+            if cache.epoch == epoch {
                 let max_age = if watched {
                     MARKER_MAX_AGE_WATCHED
                 } else {
                     MARKER_MAX_AGE
                 };
                 for (name, uuid, m) in read {
+                    if cache.touched_since(&name, events) {
+                        continue;
+                    }
                     let age = max_age.mul_f64(rand::random::<f64>() + 0.5);
                     cache.entries.insert(name, (uuid, m, now + age));
                 }
             }
             cache.entries.retain(|name, _| seen.contains(name));
+            cache.prune_touched();
             Ok(out)
         })
         .await
