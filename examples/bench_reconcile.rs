@@ -79,6 +79,9 @@ struct Row {
     stmts: usize,
     queued: usize,
     errors: u64,
+    /// Reconciles run until all were Ready, and domain changes the libvirt
+    /// events reported in that time.
+    work: (u64, u64),
     /// CPU time of each listing of a pass, alone.
     parts: Vec<(&'static str, Duration)>,
 }
@@ -159,6 +162,8 @@ async fn run(n: usize) -> Row {
     let converge = t0.elapsed();
     let ctl = app.controller.clone().unwrap();
     let errors = ctl.ctx.metrics.failures_total();
+    let m = &ctl.ctx.metrics;
+    let work = (m.reconciles.get(), m.domain_events.get());
     // Quiesce: the queue must be empty (late requeues drained) before an idle pass.
     while ctl.queue.depth() > 0 {
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -225,6 +230,7 @@ async fn run(n: usize) -> Row {
         stmts,
         queued: stats.queued,
         errors,
+        work,
         parts,
     }
 }
@@ -266,7 +272,12 @@ async fn main() {
             .iter()
             .map(|(name, d)| format!("{name} {:.0} ms", d.as_secs_f64() * 1000.0))
             .collect();
-        breakdown.push(format!("N = {n}: {}", parts.join(", ")));
+        breakdown.push(format!(
+            "N = {n}: {} (to all Ready: {} reconciles, {} domain changes reported by events)",
+            parts.join(", "),
+            r.work.0,
+            r.work.1
+        ));
         println!(
             "| {} | {:.1} s | {:.0} ms | {:.0} ms | {} | {} | {} |",
             r.n,
