@@ -8,7 +8,7 @@
 //!   reconciler drains to queue the hosting at once (a domain destroyed or
 //!   undefined by hand is repaired without waiting for the resync). The
 //!   events of hostd's own define, start, destroy and undefine calls are
-//!   expected ([`Watch::expect`]) and not reported: the reconcile that made
+//!   expected ([`Watch::causing`]) and not reported: the reconcile that made
 //!   them already knows.
 //!
 //! Events are an accelerator, never the source of truth: the periodic resync
@@ -77,7 +77,7 @@ impl MarkerCache {
 pub struct DomainChanges {
     names: Mutex<HashSet<String>>,
     notify: tokio::sync::Notify,
-    /// Events received, for metrics.
+    /// Changes put on the feed (hostd's own expected events are not).
     received: std::sync::atomic::AtomicU64,
 }
 
