@@ -108,7 +108,7 @@ impl DomainChanges {
         }
     }
 
-    /// How many events arrived so far.
+    /// How many changes were put on the feed so far.
     pub fn received(&self) -> u64 {
         self.received.load(std::sync::atomic::Ordering::Relaxed)
     }
