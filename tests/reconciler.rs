@@ -554,20 +554,52 @@ async fn a_marker_changed_behind_hostds_back_is_seen_at_the_next_listing() {
     })
     .await;
     assert!(seen.is_some(), "metadata change seen");
-    // hostd's own start and destroy are not reported as changes; a start
-    // by someone else is. Events arrive in order, so once that one is
-    // counted, hostd's own were handled before it.
+    // hostd's own start and destroy are not reported as changes; someone
+    // else's are. The callbacks see every domain of the hypervisor (other
+    // tests' too), so the feed is read by name. Events arrive in order: once
+    // a foreign change to a sentinel domain is on the feed, hostd's own
+    // earlier ones were handled.
     let name = format!("hostd-{id}");
-    let before = changes.received();
+    let sentinel = conn
+        .define_domain_xml(&format!(
+            "<domain type='test'><name>sentinel-{}</name><memory>1024</memory><os><type>hvm</type></os></domain>",
+            uuid::Uuid::new_v4().simple()
+        ))
+        .unwrap();
+    let sentinel_name = sentinel.name().unwrap();
+    // Drain until the sentinel's definition is seen: older changes are gone.
+    let drain_until = |wanted: String| {
+        let changes = changes.clone();
+        async move {
+            let mut seen = std::collections::HashSet::new();
+            let found = tokio::time::timeout(Duration::from_secs(5), async {
+                loop {
+                    let names = changes.next().await;
+                    let hit = names.contains(&wanted);
+                    seen.extend(names);
+                    if hit {
+                        break;
+                    }
+                }
+            })
+            .await;
+            assert!(found.is_ok(), "{wanted} never reported");
+            seen
+        }
+    };
+    drain_until(sentinel_name.clone()).await;
     vm.start(&name).await.unwrap();
     vm.destroy(&name).await.unwrap();
+    sentinel.create().unwrap();
+    let seen = drain_until(sentinel_name.clone()).await;
+    assert!(
+        !seen.contains(&name),
+        "hostd's own start and destroy are not reported"
+    );
     dom.create().unwrap();
-    let counted = eventually(Duration::from_secs(5), || async {
-        (changes.received() > before).then_some(())
-    })
-    .await;
-    assert!(counted.is_some(), "the foreign start is reported");
-    assert_eq!(changes.received(), before + 1, "hostd's own are not");
+    drain_until(name.clone()).await;
+    sentinel.destroy().unwrap();
+    sentinel.undefine().unwrap();
     dom.destroy().unwrap();
     dom.undefine().unwrap();
     assert_eq!(listed().await, None);
