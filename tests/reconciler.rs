@@ -46,6 +46,20 @@ async fn wait_ports(app: &TestApp, id: HostingId) -> hostd::store::HostingRecord
     .expect("ports allocated")
 }
 
+/// Waits until the running loop has made the hosting Ready.
+async fn wait_ready(app: &TestApp, id: HostingId) {
+    eventually(Duration::from_secs(30), || async {
+        app.store
+            .get_record(id)
+            .await
+            .unwrap()
+            .filter(|r| r.status.phase == Phase::Ready)
+            .map(|_| ())
+    })
+    .await
+    .expect("Ready");
+}
+
 /// GETs `url` until it answers `status` (nginx reloads are asynchronous);
 /// returns the body. Panics after 10 s.
 async fn get_until(url: &str, status: u16) -> String {
@@ -332,7 +346,6 @@ async fn ssh_key_change_regenerates_seed_without_restart_and_settles() {
 async fn drift_is_repaired_by_the_running_loop() {
     let app = TestApp::running().await;
     let (t, uid, id) = create(&app, "dora").await;
-    let store = app.store.clone();
     let rec = wait_ports(&app, id).await;
     let _g = fake_guest(
         rec.status.ssh_port.unwrap(),
@@ -340,17 +353,7 @@ async fn drift_is_repaired_by_the_running_loop() {
         "hello dora",
     )
     .await;
-    let ready = |store: hostd::store::Store| async move {
-        store
-            .get_record(id)
-            .await
-            .unwrap()
-            .filter(|r| r.status.phase == Phase::Ready)
-            .map(|_| ())
-    };
-    eventually(Duration::from_secs(30), || ready(store.clone()))
-        .await
-        .expect("Ready");
+    wait_ready(&app, id).await;
     let vm = vm(&app);
     let name = domain_name(id);
     let nginx = app.nginx.as_ref().unwrap();
@@ -452,20 +455,7 @@ async fn a_domain_destroyed_behind_hostds_back_is_restarted_without_waiting_for_
         "hello erin",
     )
     .await;
-    let store = app.store.clone();
-    eventually(Duration::from_secs(30), || {
-        let store = store.clone();
-        async move {
-            store
-                .get_record(id)
-                .await
-                .unwrap()
-                .filter(|r| r.status.phase == Phase::Ready)
-                .map(|_| ())
-        }
-    })
-    .await
-    .expect("Ready");
+    wait_ready(&app, id).await;
     let metrics = app.controller.as_ref().unwrap().ctx.metrics.clone();
     let events_before = metrics.domain_events.get();
     let name = domain_name(id);

@@ -38,6 +38,16 @@ struct Live {
     events: Option<Registration>,
 }
 
+impl Live {
+    /// Deregisters the callbacks (they hold a reference on the connection,
+    /// which would otherwise never close) and drops this handle.
+    fn release(self) {
+        if let Some(r) = self.events {
+            r.release(&self.conn);
+        }
+    }
+}
+
 /// How long a domain's marker read by a listing is used before it is read
 /// again, when the connection delivers no events (spread from half to one
 /// and a half times this, so that re-reads do not come all at once).
@@ -155,9 +165,7 @@ impl LibvirtDriver {
         // Dropping the old handle only releases our reference: calls still
         // running on it keep theirs.
         if let Some(old) = guard.take() {
-            if let Some(r) = old.events {
-                r.release(&old.conn);
-            }
+            old.release();
         }
         let events = domain_events::ensure_event_loop();
         let c = Connect::open(Some(uri)).map_err(|e| DriverError::Connection(e.to_string()))?;
@@ -201,9 +209,7 @@ impl LibvirtDriver {
                     .is_some_and(|g| !g.conn.is_alive().unwrap_or(false))
                 {
                     if let Some(old) = guard.take() {
-                        if let Some(r) = old.events {
-                            r.release(&old.conn);
-                        }
+                        old.release();
                     }
                 }
             }
@@ -281,16 +287,11 @@ impl LibvirtDriver {
 }
 
 impl Drop for LibvirtDriver {
-    /// Deregisters the event callbacks: they hold a reference on the
-    /// connection, which would otherwise never close.
+    /// Deregisters the event callbacks (see [`Live::release`]).
     fn drop(&mut self) {
         let live = self.conn.lock().unwrap_or_else(|p| p.into_inner()).take();
-        if let Some(Live {
-            conn,
-            events: Some(r),
-        }) = live
-        {
-            r.release(&conn);
+        if let Some(live) = live {
+            live.release();
         }
     }
 }
