@@ -7,9 +7,8 @@ cd "$(dirname "$0")/.."
 . scripts/lib.sh
 prepare_host
 ulimit -n 65536 2>/dev/null || true
-# Log every statement of the hostd role while the benchmark runs, so it can
-# count the queries of an idle resync from the server's side.
-su postgres -c "psql -qc \"alter role hostd set log_statement = 'all'\""
-trap 'su postgres -c "psql -qc \"alter role hostd reset log_statement\""; drop_scratch_databases' EXIT
+# The benchmark logs every statement during the idle resync it counts (the
+# server-wide log_statement, set through su); reset here whatever happens.
+trap 'su postgres -c "psql -qc \"alter system reset log_statement\" -c \"select pg_reload_conf()\"" >/dev/null; drop_scratch_databases' EXIT
 export PG_LOG="${PG_LOG:-$(ls /var/log/postgresql/postgresql-*-main.log | tail -1)}"
 RUST_LOG="${RUST_LOG:-error}" cargo run --release --locked --example bench_reconcile -- "$@"

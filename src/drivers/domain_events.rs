@@ -11,9 +11,11 @@
 //!   expected ([`Watch::causing`]) and not reported: the reconcile that made
 //!   them already knows.
 //!
-//! Events are an accelerator, never the source of truth: the periodic resync
-//! still lists everything, and a connection whose callbacks could not be
-//! registered falls back to short-lived cache entries.
+//! While events flow, the driver's domain listing is served from a snapshot
+//! of the last full listing in which only the domains events touched are
+//! read again; everything is listed again every few minutes all the same,
+//! and after any reconnect. A connection whose callbacks could not be
+//! registered lists everything each time, with short-lived marker entries.
 
 use std::collections::{HashMap, HashSet};
 use std::ffi::{c_char, c_int, c_void, CStr};
@@ -43,6 +45,25 @@ pub(super) struct MarkerCache {
     /// since it began (the read may predate the change). Entries older than
     /// [`TOUCHED_FOR`] are pruned by each listing: none lasts that long.
     pub touched: HashMap<String, (u64, std::time::Instant)>,
+    /// The last full listing, kept current by events (see `LibvirtDriver::
+    /// list_domains`): `None` while the connection delivers no events.
+    pub snapshot: Option<Snapshot>,
+    /// Domains events touched since the last listing began: a listing
+    /// served from the snapshot reads these (and only these) again.
+    pub dirty: HashSet<String>,
+}
+
+/// Every domain of the connection, as a full listing found it and later
+/// reads of the domains events touched left it.
+pub(super) struct Snapshot {
+    /// The connection epoch it belongs to.
+    pub epoch: u64,
+    /// When to list everything again all the same: a safety net in case an
+    /// event was lost, not the way changes are normally seen.
+    pub relist_at: std::time::Instant,
+    /// Name → (running, the marker or `None` for unmarked or another
+    /// instance's).
+    pub domains: HashMap<String, (bool, Option<Marker>)>,
 }
 
 /// How long [`MarkerCache::touched`] remembers an event.
@@ -52,6 +73,7 @@ impl MarkerCache {
     /// Records an event on `name` and drops its entry.
     fn touch(&mut self, name: &str) {
         self.entries.remove(name);
+        self.dirty.insert(name.to_string());
         self.events += 1;
         let now = std::time::Instant::now();
         self.touched.insert(name.to_string(), (self.events, now));

@@ -15,7 +15,7 @@ use virt::error::ErrorNumber;
 use virt::storage_pool::StoragePool;
 use virt::storage_vol::StorageVol;
 
-use super::domain_events::{self, DomainChanges, Registration, Watch};
+use super::domain_events::{self, DomainChanges, MarkerCache, Registration, Snapshot, Watch};
 use super::{DriverError, DriverResult, Marker, ObservedDomain, VmDriver, VolumeSource};
 use crate::domain::HostingId;
 use crate::templates::MARKER_NS;
@@ -65,6 +65,12 @@ const MARKER_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(120);
 
 /// Marker lifetime while the connection delivers events (see [`MARKER_MAX_AGE`]).
 const MARKER_MAX_AGE_WATCHED: std::time::Duration = std::time::Duration::from_secs(1800);
+
+/// How often, on average, a connection that delivers events lists every
+/// domain again instead of serving the listing from its snapshot (jittered
+/// ±50%). Events keep the snapshot current; this bounds the damage of an
+/// event that was lost.
+const RELIST_WATCHED: std::time::Duration = std::time::Duration::from_secs(600);
 
 /// Whose domains this driver may touch: its instance's, written by its
 /// installation (or by a hostd from before installation ids: adoptable).
@@ -175,6 +181,8 @@ impl LibvirtDriver {
             // every marker again.
             let mut cache = watch.markers.lock().unwrap_or_else(|p| p.into_inner());
             cache.entries.clear();
+            cache.snapshot = None;
+            cache.dirty.clear();
             cache.watched = events.is_some();
             cache.epoch += 1;
         }
@@ -217,6 +225,172 @@ impl LibvirtDriver {
         })
         .await
         .map_err(|e| DriverError::Other(format!("libvirt task panicked: {e}")))?
+    }
+
+    /// A listing served from the snapshot the last full listing left, when
+    /// the connection delivers events and the snapshot is current: only the
+    /// domains events touched since the last listing are read again (one
+    /// lookup each), so an idle listing costs no libvirt call at all.
+    /// `None`: list everything instead.
+    fn list_from_snapshot(
+        c: &Connect,
+        markers: &Mutex<MarkerCache>,
+        owner: &Owner,
+    ) -> DriverResult<Option<Vec<ObservedDomain>>> {
+        let now = std::time::Instant::now();
+        let (dirty, epoch) = {
+            let mut cache = markers.lock().unwrap_or_else(|p| p.into_inner());
+            let current = cache
+                .snapshot
+                .as_ref()
+                .is_some_and(|s| s.epoch == cache.epoch && s.relist_at > now);
+            if !cache.watched || !current {
+                return Ok(None);
+            }
+            (std::mem::take(&mut cache.dirty), cache.epoch)
+        };
+        // Read without the lock (an event callback waits on it). A domain
+        // touched again meanwhile is dirty again: read at the next listing.
+        let mut fresh = Vec::with_capacity(dirty.len());
+        let mut failed = None;
+        for name in &dirty {
+            let found = match c.lookup_domain_by_name(name) {
+                Ok(d) => match d.is_active() {
+                    Ok(running) => Some((running, Self::read_marker(&d, owner))),
+                    Err(e) if is(&e, ErrorNumber::NoDomain) => None,
+                    Err(e) => {
+                        failed = Some(e);
+                        break;
+                    }
+                },
+                Err(e) if is(&e, ErrorNumber::NoDomain) => None,
+                Err(e) => {
+                    failed = Some(e);
+                    break;
+                }
+            };
+            fresh.push((name.clone(), found));
+        }
+        let mut cache = markers.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(e) = failed {
+            cache.dirty.extend(dirty);
+            return Err(lv(e));
+        }
+        let Some(snap) = cache.snapshot.as_mut().filter(|s| s.epoch == epoch) else {
+            // Reconnected meanwhile: the snapshot is gone.
+            return Ok(None);
+        };
+        for (name, found) in fresh {
+            match found {
+                Some(d) => snap.domains.insert(name, d),
+                None => snap.domains.remove(&name),
+            };
+        }
+        let out = snap
+            .domains
+            .iter()
+            .filter_map(|(name, (running, m))| {
+                m.as_ref().map(|m| ObservedDomain {
+                    name: name.clone(),
+                    marker: m.clone(),
+                    running: *running,
+                })
+            })
+            .collect();
+        Ok(Some(out))
+    }
+
+    /// Lists every domain (two calls: active and inactive, which also tell
+    /// the power state), reading the markers the cache lacks; leaves a
+    /// snapshot for the next listings when the connection delivers events.
+    fn list_all(
+        c: &Connect,
+        markers: &Mutex<MarkerCache>,
+        owner: &Owner,
+    ) -> DriverResult<Vec<ObservedDomain>> {
+        // Events from here on mark their domains for the next listing.
+        markers.lock().unwrap_or_else(|p| p.into_inner()).dirty.clear();
+        let active = c
+            .list_all_domains(virt::sys::VIR_CONNECT_LIST_DOMAINS_ACTIVE)
+            .map_err(lv)?;
+        let inactive = c
+            .list_all_domains(virt::sys::VIR_CONNECT_LIST_DOMAINS_INACTIVE)
+            .map_err(lv)?;
+        let now = std::time::Instant::now();
+        // What the cache knows, taken under the lock; the markers it does
+        // not know are read without it (an event callback waits on it).
+        let mut seen = std::collections::HashSet::new();
+        let mut listed = Vec::new();
+        let (watched, epoch, events) = {
+            let cache = markers.lock().unwrap_or_else(|p| p.into_inner());
+            let all = active.iter().map(|d| (d, true));
+            for (d, running) in all.chain(inactive.iter().map(|d| (d, false))) {
+                let Ok(name) = d.name() else { continue };
+                // Started or stopped between the two calls: listed twice.
+                if !seen.insert(name.clone()) {
+                    continue;
+                }
+                // The raw 16 bytes: formatting the string form costs more
+                // than the rest of the listing.
+                let uuid = d.uuid().map(|u| *u.as_bytes()).unwrap_or_default();
+                let cached = match cache.entries.get(&name) {
+                    Some((u, m, until)) if *u == uuid && *until > now => Some(m.clone()),
+                    _ => None,
+                };
+                listed.push((d, name, running, uuid, cached));
+            }
+            (cache.watched, cache.epoch, cache.events)
+        };
+        let mut read = Vec::new();
+        let mut all = std::collections::HashMap::with_capacity(listed.len());
+        for (d, name, running, uuid, cached) in listed {
+            let marker = match cached {
+                Some(m) => m,
+                None => {
+                    let m = Self::read_marker(d, owner);
+                    read.push((name.clone(), uuid, m.clone()));
+                    m
+                }
+            };
+            all.insert(name, (running, marker));
+        }
+        let mut cache = markers.lock().unwrap_or_else(|p| p.into_inner());
+        // A marker read before an event on its domain (or across a
+        // reconnect) may be stale: it is not kept.
+        if cache.epoch == epoch {
+            let max_age = if watched {
+                MARKER_MAX_AGE_WATCHED
+            } else {
+                MARKER_MAX_AGE
+            };
+            for (name, uuid, m) in read {
+                if cache.touched_since(&name, events) {
+                    continue;
+                }
+                let age = max_age.mul_f64(rand::random::<f64>() + 0.5);
+                cache.entries.insert(name, (uuid, m, now + age));
+            }
+        }
+        cache.entries.retain(|name, _| seen.contains(name));
+        cache.prune_touched();
+        let out = all
+            .iter()
+            .filter_map(|(name, (running, m))| {
+                m.as_ref().map(|m| ObservedDomain {
+                    name: name.clone(),
+                    marker: m.clone(),
+                    running: *running,
+                })
+            })
+            .collect();
+        // The next listings are served from this one, corrected by events
+        // (a domain touched during this listing is dirty: read again then).
+        cache.snapshot = (watched && cache.epoch == epoch).then(|| Snapshot {
+            epoch,
+            relist_at: now + RELIST_WATCHED.mul_f64(rand::random::<f64>() + 0.5),
+            domains: all,
+        });
+        Ok(out)
     }
 
     /// The marker of a domain of this instance (`None`: unmarked, or
@@ -380,78 +554,17 @@ impl VmDriver for LibvirtDriver {
         let owner = self.owner.clone();
         let markers = self.watch.markers.clone();
         self.with_conn(move |c| {
-            let active = c
-                .list_all_domains(virt::sys::VIR_CONNECT_LIST_DOMAINS_ACTIVE)
-                .map_err(lv)?;
-            let inactive = c
-                .list_all_domains(virt::sys::VIR_CONNECT_LIST_DOMAINS_INACTIVE)
-                .map_err(lv)?;
-            let now = std::time::Instant::now();
-            // What the cache knows, taken under the lock; the markers it does
-            // not know are read without it (an event callback waits on it).
-            let mut seen = std::collections::HashSet::new();
-            let mut listed = Vec::new();
-            let (watched, epoch, events) = {
-                let cache = markers.lock().unwrap_or_else(|p| p.into_inner());
-                let all = active.iter().map(|d| (d, true));
-                for (d, running) in all.chain(inactive.iter().map(|d| (d, false))) {
-                    let Ok(name) = d.name() else { continue };
-                    // Started or stopped between the two calls: listed twice.
-                    if !seen.insert(name.clone()) {
-                        continue;
-                    }
-                    // The raw 16 bytes: formatting the string form costs more
-                    // than the rest of the listing.
-                    let uuid = d.uuid().map(|u| *u.as_bytes()).unwrap_or_default();
-                    let cached = match cache.entries.get(&name) {
-                        Some((u, m, until)) if *u == uuid && *until > now => Some(m.clone()),
-                        _ => None,
-                    };
-                    listed.push((d, name, running, uuid, cached));
-                }
-                (cache.watched, cache.epoch, cache.events)
-            };
-            let mut read = Vec::new();
-            let mut out = Vec::new();
-            for (d, name, running, uuid, cached) in listed {
-                let marker = match cached {
-                    Some(m) => m,
-                    None => {
-                        let m = Self::read_marker(d, &owner);
-                        read.push((name.clone(), uuid, m.clone()));
-                        m
-                    }
-                };
-                if let Some(marker) = marker {
-                    out.push(ObservedDomain {
-                        name,
-                        marker,
-                        running,
-                    });
-                }
+            if let Some(out) = Self::list_from_snapshot(c, &markers, &owner)? {
+                return Ok(out);
             }
-            let mut cache = markers.lock().unwrap_or_else(|p| p.into_inner());
-            // A marker read before an event on its domain (or across a
-            // reconnect) may be stale: it is not kept.
-            if cache.epoch == epoch {
-                let max_age = if watched {
-                    MARKER_MAX_AGE_WATCHED
-                } else {
-                    MARKER_MAX_AGE
-                };
-                for (name, uuid, m) in read {
-                    if cache.touched_since(&name, events) {
-                        continue;
-                    }
-                    let age = max_age.mul_f64(rand::random::<f64>() + 0.5);
-                    cache.entries.insert(name, (uuid, m, now + age));
-                }
-            }
-            cache.entries.retain(|name, _| seen.contains(name));
-            cache.prune_touched();
-            Ok(out)
+            Self::list_all(c, &markers, &owner)
         })
         .await
+    }
+
+    fn expire_listing(&self) {
+        let mut cache = self.watch.markers.lock().unwrap_or_else(|p| p.into_inner());
+        cache.snapshot = None;
     }
 
     fn domain_changes(&self) -> Option<Arc<DomainChanges>> {

@@ -118,6 +118,10 @@ pub trait VmDriver: Send + Sync + 'static {
     fn domain_changes(&self) -> Option<std::sync::Arc<domain_events::DomainChanges>> {
         None
     }
+    /// Makes the next [`VmDriver::list_domains`] list every domain, where a
+    /// driver otherwise serves listings from what events told it (what the
+    /// periodic relist costs, for benchmarks).
+    fn expire_listing(&self) {}
     /// One domain by name, if it exists and carries this instance's marker.
     async fn get_domain(&self, name: &str) -> DriverResult<Option<ObservedDomain>>;
     /// Names of all volumes in hostd's pool.

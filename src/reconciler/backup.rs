@@ -158,7 +158,12 @@ pub async fn pending(
     let Some(rec) = ctx.store.get_record(id).await? else {
         return Ok(None);
     };
-    Pass::new(ctx, &rec).backup(b).await
+    let pass = Pass::new(ctx, &rec);
+    let result = pass.backup(b).await;
+    let flushed = pass.flush_events().await;
+    let action = result?;
+    flushed?;
+    Ok(action)
 }
 
 /// What a restore found about a backup.
@@ -191,6 +196,7 @@ impl Pass<'_> {
             self.event(EventType::Normal, Reason::BackupStarted, &msg)
                 .await?;
         }
+        self.flush_events().await?;
         self.fault("after_backup_start").await?;
         let t0 = Instant::now();
         match self.take(&b, &files).await {

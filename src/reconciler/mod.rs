@@ -209,6 +209,9 @@ pub struct Ledger {
     rows: HashMap<HostingId, crate::store::CapacityRow>,
     host: Option<crate::drivers::HostResources>,
     read_at: Option<Instant>,
+    /// Admitted here, ports not yet recorded: the database does not show
+    /// them as holding room yet, so a refresh keeps them admitted.
+    admitting: std::collections::HashSet<HostingId>,
 }
 
 impl Ledger {
@@ -227,6 +230,11 @@ impl Ledger {
         let rows = store.capacity_rows().await?;
         let host = vm.resources().await?;
         self.rows = rows.into_iter().map(|r| (r.id, r)).collect();
+        for id in &self.admitting {
+            if let Some(r) = self.rows.get_mut(id) {
+                (r.admitted, r.waiting) = (true, false);
+            }
+        }
         self.host = Some(host);
         self.read_at = Some(Instant::now());
         Ok(host)
@@ -244,6 +252,23 @@ impl Ledger {
     /// waits for nothing), so the next admission may use its room at once.
     pub(crate) fn released(&mut self, id: HostingId) {
         self.rows.remove(&id);
+    }
+
+    /// A new hosting admitted by [`Ledger::decided`] gets its ports (outside
+    /// the scheduler lock): until they are recorded, a refresh must not
+    /// forget that it holds room.
+    pub(crate) fn admitting(&mut self, id: HostingId) {
+        self.admitting.insert(id);
+    }
+
+    /// The ports of a hosting being admitted are recorded (`true`: it holds
+    /// room, as the database now says) or could not be (it holds nothing
+    /// until it is decided again).
+    pub(crate) fn admitted(&mut self, id: HostingId, recorded: bool) {
+        self.admitting.remove(&id);
+        if !recorded {
+            self.rows.remove(&id);
+        }
     }
 
     /// Records a decision made for `rec`: admitted (it holds room now) or

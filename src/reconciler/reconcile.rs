@@ -81,37 +81,14 @@ pub async fn reconcile(ctx: &Context, id: HostingId) -> Result<Action, Reconcile
     .await
 }
 
-/// Converges an existing hosting towards its spec: the steps, in order.
+/// Converges an existing hosting towards its spec; the pass's events are
+/// written when it ends, whether it succeeded or not.
 async fn apply(ctx: &Context, rec: HostingRecord) -> Result<Action, ReconcileError> {
     let mut pass = Pass::new(ctx, &rec);
-    if let Some(wait) = pass.schedule().await? {
-        return Ok(wait);
-    }
-    let ports = pass.ports().await?;
-    pass.begin().await?;
-    let Some(image) = pass.disk().await? else {
-        return Ok(Action::AwaitChange);
-    };
-    let inputs = Inputs::of(&rec, &image, ports);
-    let want = ctx.render.hashes(&inputs);
-    let observed = pass.seed(&inputs, &want).await?;
-    let def = pass.definition(&inputs, &want, observed).await?;
-    super::console::capture(ctx, rec.id).await;
-    let action = if !rec.spec.running {
-        pass.stop(&def).await?
-    } else {
-        pass.power(&def, &want.seed).await?;
-        pass.live_seed(&want, &image).await?;
-        if !rec.pool {
-            if !pass.route(Some(ports.1)).await? {
-                return pass.route_pending().await;
-            }
-        } else if ctx.proxy.read_route(rec.id).await?.is_some() {
-            // A pool guest is served by no route until it is claimed.
-            ctx.proxy.apply(rec.id, None).await?;
-        }
-        pass.readiness(ports).await?
-    };
+    let result = converge(&mut pass).await;
+    let flushed = pass.flush_events().await;
+    let action = result?;
+    flushed?;
     if action != Action::AwaitChange {
         return Ok(action);
     }
@@ -121,6 +98,38 @@ async fn apply(ctx: &Context, rec: HostingRecord) -> Result<Action, ReconcileErr
     }
     // Converged: now the hosting's pending backup, if any.
     Ok(super::backup::pending(ctx, rec.id).await?.unwrap_or(action))
+}
+
+/// The steps, in order.
+async fn converge(pass: &mut Pass<'_>) -> Result<Action, ReconcileError> {
+    let (ctx, rec) = (pass.ctx, pass.rec);
+    if let Some(wait) = pass.schedule().await? {
+        return Ok(wait);
+    }
+    let ports = pass.ports().await?;
+    pass.begin().await?;
+    let Some(image) = pass.disk().await? else {
+        return Ok(Action::AwaitChange);
+    };
+    let inputs = Inputs::of(rec, &image, ports);
+    let want = ctx.render.hashes(&inputs);
+    let observed = pass.seed(&inputs, &want).await?;
+    let def = pass.definition(&inputs, &want, observed).await?;
+    super::console::capture(ctx, rec.id).await;
+    if !rec.spec.running {
+        return pass.stop(&def).await;
+    }
+    pass.power(&def, &want.seed).await?;
+    pass.live_seed(&want, &image).await?;
+    if !rec.pool {
+        if !pass.route(Some(ports.1)).await? {
+            return pass.route_pending().await;
+        }
+    } else if ctx.proxy.read_route(rec.id).await?.is_some() {
+        // A pool guest is served by no route until it is claimed.
+        ctx.proxy.apply(rec.id, None).await?;
+    }
+    pass.readiness(ports).await
 }
 
 /// The finalizer: route → reload → domain → volumes → ports → row. Every step
@@ -201,11 +210,12 @@ pub async fn on_error(ctx: &Context, id: HostingId, err: &ReconcileError) -> Dur
         if failures >= 5 && rec.deletion_requested_at.is_none() {
             st.phase = Phase::Failed;
         }
-        let _ = ctx.store.write_status(id, &st).await;
-        let _ = ctx
-            .store
-            .add_event(id, EventType::Warning, reason, &msg)
-            .await;
+        let event = crate::store::NewEvent {
+            type_: EventType::Warning,
+            reason,
+            message: msg,
+        };
+        let _ = ctx.store.write_status_with_events(id, &st, &[event]).await;
     }
     delay
 }

@@ -1,7 +1,8 @@
 //! The resync's copy of desired state. Reading every record each pass cost
 //! the resync more CPU than anything else at thousands of hostings; now a
 //! pass reads every record's row versions (one narrow query) and fetches
-//! only the records whose versions changed since the last pass.
+//! only the records whose versions changed since the last pass; and while
+//! a one-row fingerprint of all versions is unchanged, not even those.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -16,6 +17,10 @@ const FETCH_CHUNK: usize = 500;
 #[derive(Default)]
 pub struct RecordCache {
     entries: HashMap<HostingId, (RecordVersion, Arc<Cached>)>,
+    /// The fingerprint of the versions the last pass read, and the records
+    /// it returned: while the fingerprint is unchanged, a pass reads one
+    /// row instead of one per hosting.
+    last: Option<((i64, i64), Vec<Arc<Cached>>)>,
 }
 
 /// A record and what the resync derives from it, computed once per version
@@ -71,6 +76,14 @@ impl RecordCache {
     /// between the version query and its fetch is cached newer than its
     /// version says, so it is fetched again next time: never older.
     pub async fn current(&mut self, store: &Store) -> crate::store::Result<Vec<Arc<Cached>>> {
+        // Read before the versions: a write in between changes the versions
+        // after this fingerprint, so the next pass reads them again.
+        let fingerprint = store.records_fingerprint().await?;
+        if let Some((f, all)) = &self.last {
+            if *f == fingerprint {
+                return Ok(all.clone());
+            }
+        }
         let versions = store.record_versions().await?;
         let mut next = HashMap::with_capacity(versions.len());
         let mut stale: HashMap<HostingId, RecordVersion> = HashMap::new();
@@ -95,6 +108,7 @@ impl RecordCache {
         self.entries = next;
         let mut all: Vec<Arc<Cached>> = self.entries.values().map(|(_, r)| r.clone()).collect();
         all.sort_by_key(|r| (r.created_at, r.id));
+        self.last = Some((fingerprint, all.clone()));
         Ok(all)
     }
 }

@@ -20,7 +20,7 @@ use crate::domain::{
 use crate::drivers::seed::build_iso;
 use crate::drivers::{probe, DriverError, ObservedDomain, RouteOutcome, VolumeSource};
 use crate::images::ImageEntry;
-use crate::store::{HostingRecord, Status};
+use crate::store::{HostingRecord, NewEvent, Status};
 
 /// How soon a booting guest is probed again. Each look costs a few local
 /// calls; a long interval would add half of itself to every POST → Ready.
@@ -40,6 +40,10 @@ pub struct Pass<'a> {
     /// The disk step replaced the disk (a restore): the guest was stopped on
     /// purpose, so starting it again is no drift repair.
     pub disk_replaced: bool,
+    /// Events recorded by the steps and not written yet: they travel with
+    /// the pass's next status write, and whatever is left is written when
+    /// the pass ends ([`Pass::flush_events`]), whether it succeeded or not.
+    events: std::sync::Mutex<Vec<NewEvent>>,
 }
 
 /// What the definition step found and did.
@@ -58,6 +62,7 @@ impl<'a> Pass<'a> {
             rec,
             st,
             disk_replaced: false,
+            events: Default::default(),
         }
     }
 
@@ -65,7 +70,8 @@ impl<'a> Pass<'a> {
         self.rec.id
     }
 
-    /// Records an event (and logs it).
+    /// Records an event (and logs it). It is written with the pass's next
+    /// status write, or when the pass ends.
     pub async fn event(
         &self,
         t: EventType,
@@ -76,8 +82,31 @@ impl<'a> Pass<'a> {
             EventType::Normal => tracing::info!(%reason, message = msg, "event"),
             EventType::Warning => tracing::warn!(%reason, message = msg, "event"),
         }
-        self.ctx.store.add_event(self.id(), t, reason, msg).await?;
+        self.events.lock().unwrap().push(NewEvent {
+            type_: t,
+            reason,
+            message: msg.to_string(),
+        });
         Ok(())
+    }
+
+    /// Writes the events recorded and not written yet. Called when the pass
+    /// ends, and before a step that may take long (a backup, a restore, the
+    /// guest agent), so that what was done so far shows meanwhile.
+    pub async fn flush_events(&self) -> Result<(), ReconcileError> {
+        let events = std::mem::take(&mut *self.events.lock().unwrap());
+        if let Err(e) = self.ctx.store.add_events(self.id(), &events).await {
+            self.unwritten(events);
+            return Err(e.into());
+        }
+        Ok(())
+    }
+
+    /// Puts events whose write failed back in front of those recorded since.
+    fn unwritten(&self, mut events: Vec<NewEvent>) {
+        let mut pending = self.events.lock().unwrap();
+        events.append(&mut pending);
+        *pending = events;
     }
 
     /// Records a drift repair: a Warning event and the repairs counter.
@@ -95,14 +124,27 @@ impl<'a> Pass<'a> {
         Ok(self.ctx.config.faults.hit(point).await?)
     }
 
+    /// Writes the status built so far, with the events not written yet.
     pub(super) async fn write_status(&self) -> Result<(), ReconcileError> {
-        Ok(self.ctx.store.write_status(self.id(), &self.st).await?)
+        let events = std::mem::take(&mut *self.events.lock().unwrap());
+        let store = &self.ctx.store;
+        if let Err(e) = store
+            .write_status_with_events(self.id(), &self.st, &events)
+            .await
+        {
+            self.unwritten(events);
+            return Err(e.into());
+        }
+        Ok(())
     }
 
-    /// Step 0: scheduling. A new hosting is admitted (and given its ports,
-    /// under the scheduler lock, so the next decision sees it) only if it
-    /// fits the host, oldest first; so is a stopped one being started again.
-    /// One that does not fit waits with `Scheduled=False`: `Some(requeue)`.
+    /// Step 0: scheduling. A new hosting is admitted only if it fits the
+    /// host, oldest first; so is a stopped one being started again. The
+    /// decision is made under the scheduler lock, so the next one sees it;
+    /// the new hosting's ports are then allocated outside it (the ledger
+    /// keeps it admitted meanwhile), so admissions are not serialised behind
+    /// the database. One that does not fit waits with `Scheduled=False`:
+    /// `Some(requeue)`.
     pub async fn schedule(&mut self) -> Result<Option<Action>, ReconcileError> {
         let new = self.st.ssh_port.is_none();
         let starting = self.rec.spec.running
@@ -110,16 +152,27 @@ impl<'a> Pass<'a> {
         if !new && !starting {
             return Ok(None);
         }
-        let mut ledger = self.ctx.scheduler.lock().await;
-        let host = ledger.refresh(&self.ctx.store, &*self.ctx.vm).await?;
-        let usage = ledger.usage((self.id(), self.rec.created_at));
-        let policy = &self.ctx.config.capacity;
-        let verdict = crate::capacity::admit(&usage, self.rec, &host, policy, new);
-        ledger.decided(self.rec, verdict.is_ok());
+        let verdict = {
+            let mut ledger = self.ctx.scheduler.lock().await;
+            let host = ledger.refresh(&self.ctx.store, &*self.ctx.vm).await?;
+            let usage = ledger.usage((self.id(), self.rec.created_at));
+            let policy = &self.ctx.config.capacity;
+            let verdict = crate::capacity::admit(&usage, self.rec, &host, policy, new);
+            ledger.decided(self.rec, verdict.is_ok());
+            if verdict.is_ok() && new {
+                ledger.admitting(self.id());
+            }
+            verdict
+        };
         match verdict {
             Ok(()) => {
                 if new {
-                    self.ports().await?;
+                    let ports = self.ports().await;
+                    let recorded = self.st.ssh_port.is_some();
+                    let mut ledger = self.ctx.scheduler.lock().await;
+                    ledger.admitted(self.id(), recorded);
+                    drop(ledger);
+                    ports?;
                 }
                 let msg = "the host has room for this hosting";
                 self.condition(C::Scheduled, true, Reason::Admitted, msg);
@@ -164,11 +217,12 @@ impl<'a> Pass<'a> {
             .store
             .allocate_ports(self.id(), cfg.ssh_ports, cfg.http_ports)
             .await?;
+        // Recorded (in the allocation's transaction) from here on.
+        (self.st.ssh_port, self.st.http_port) = (Some(s), Some(h));
         let msg = format!("SSH port {s}, HTTP port {h}");
         self.event(EventType::Normal, Reason::PortsAllocated, &msg)
             .await?;
         self.fault("after_port_allocation").await?;
-        (self.st.ssh_port, self.st.http_port) = (Some(s), Some(h));
         Ok((s, h))
     }
 
@@ -439,6 +493,8 @@ impl<'a> Pass<'a> {
             return Ok(());
         }
         let name = domain_name(self.id());
+        // The agent may take up to its timeout: what was done shows first.
+        self.flush_events().await?;
         let started = std::time::Instant::now();
         let timeout = Duration::from_secs(30);
         let run = self
@@ -551,7 +607,7 @@ impl<'a> Pass<'a> {
 
     /// Ends a pass whose route is in a batch: the status so far is written,
     /// and the hosting waits for the batch's wake-up (or [`ROUTE_WAIT`]).
-    pub async fn route_pending(self) -> Result<Action, ReconcileError> {
+    pub async fn route_pending(&mut self) -> Result<Action, ReconcileError> {
         self.write_status().await?;
         Ok(Action::Requeue(ROUTE_WAIT))
     }
@@ -595,7 +651,7 @@ impl<'a> Pass<'a> {
 
     /// Step 7: readiness, through the host nginx and the SSH banner. Ready
     /// writes the final status; not yet ready requeues until the deadline.
-    pub async fn readiness(mut self, (ssh, http): (u16, u16)) -> Result<Action, ReconcileError> {
+    pub async fn readiness(&mut self, (ssh, http): (u16, u16)) -> Result<Action, ReconcileError> {
         // A pool guest has no route (no owner yet): its port forward is probed.
         let url = match self.rec.pool {
             true => format!("http://127.0.0.1:{http}/"),
@@ -616,11 +672,11 @@ impl<'a> Pass<'a> {
             self.condition(C::WebReady, true, Reason::Serving, msg);
             let was_ready = self.rec.status.phase == Phase::Ready
                 && self.rec.status.observed_generation == self.rec.generation;
-            self.converged(Phase::Ready).await?;
             if !was_ready {
                 let msg = format!("site and SSH (port {ssh}) are up");
                 self.event(EventType::Normal, Reason::Ready, &msg).await?;
             }
+            self.converged(Phase::Ready).await?;
             return Ok(Action::AwaitChange);
         }
         let why = [web.err(), banner.err()]
@@ -663,7 +719,7 @@ impl<'a> Pass<'a> {
 
     /// Desired `running: false`: the 503 route, then a graceful shutdown
     /// (forced after 60 s).
-    pub async fn stop(mut self, def: &Definition) -> Result<Action, ReconcileError> {
+    pub async fn stop(&mut self, def: &Definition) -> Result<Action, ReconcileError> {
         if !self.route(None).await? {
             return self.route_pending().await;
         }
@@ -678,13 +734,12 @@ impl<'a> Pass<'a> {
         let msg = "the VM is stopped as requested";
         self.condition(C::VMRunning, false, Reason::Stopped, msg);
         self.condition(C::WebReady, false, Reason::Stopped, "the VM is stopped");
-        let was = self.rec.status.phase;
-        self.converged(Phase::Stopped).await?;
-        self.ctx.scheduler.lock().await.released(self.id());
-        if was != Phase::Stopped {
+        if self.rec.status.phase != Phase::Stopped {
             self.event(EventType::Normal, Reason::Stopped, "the VM is stopped")
                 .await?;
         }
+        self.converged(Phase::Stopped).await?;
+        self.ctx.scheduler.lock().await.released(self.id());
         Ok(Action::AwaitChange)
     }
 

@@ -264,6 +264,23 @@ impl Store {
             .collect())
     }
 
+    /// A fingerprint of every record's row versions (those
+    /// [`Store::record_versions`] lists): the count, and the exclusive or
+    /// of a 64-bit hash of each hosting's id and versions. Unchanged means
+    /// (but for a 64-bit collision) no record was written, created or
+    /// deleted; one row comes back instead of one per hosting.
+    pub async fn records_fingerprint(&self) -> Result<(i64, i64)> {
+        let (n, x): (i64, Option<i64>) = sqlx::query_as(
+            "select count(*), bit_xor(hashtextextended(h.id::text || ':' || h.xmin::text || ':' \
+                 || coalesce(s.xmin::text, '') || ':' || u.xmin::text, 0)) \
+             from hostings h join users u on u.id = h.user_id \
+             left join hosting_status s on s.hosting_id = h.id",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        Ok((n, x.unwrap_or(0)))
+    }
+
     /// The records of `ids` that exist, in one query.
     pub async fn get_records(&self, ids: &[HostingId]) -> Result<Vec<HostingRecord>> {
         let ids: Vec<Uuid> = ids.iter().map(|i| i.0).collect();

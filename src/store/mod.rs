@@ -21,7 +21,7 @@ pub mod view;
 pub use backups::{Backup, RestoreRefusal};
 pub use hostings::{HostingRecord, RecordVersion, Status};
 pub use pool::{PoolCounts, POOL_USER};
-pub use status::{CapacityRow, CapacityUsage, ConsoleTail, Event, ReconcilerStats};
+pub use status::{CapacityRow, CapacityUsage, ConsoleTail, Event, NewEvent, ReconcilerStats};
 pub use users::User;
 
 /// Store-layer errors. The API maps these to HTTP codes; nothing here knows HTTP.
@@ -56,6 +56,10 @@ fn is_unique_violation(e: &sqlx::Error) -> Option<String> {
     }
 }
 
+/// A pooled connection idle for at least this long is tested (a round
+/// trip) before it is handed out.
+const ACQUIRE_TEST_IDLE: Duration = Duration::from_secs(1);
+
 /// Handle to the database. Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Store {
@@ -74,6 +78,20 @@ impl Store {
         let pool = PgPoolOptions::new()
             .max_connections(max_connections)
             .acquire_timeout(Duration::from_secs(10))
+            // sqlx pings every connection it hands out (a round trip before
+            // each statement); one used within the last second is known to
+            // be alive (sqlx pings it on release too), so only connections
+            // idle for longer are tested: after a Postgres restart those are
+            // the ones that are dead.
+            .test_before_acquire(false)
+            .before_acquire(|conn, meta| {
+                Box::pin(async move {
+                    if meta.idle_for >= ACQUIRE_TEST_IDLE {
+                        sqlx::Connection::ping(conn).await?;
+                    }
+                    Ok(true)
+                })
+            })
             .connect_with(opts)
             .await?;
         Ok(Store {

@@ -38,6 +38,24 @@ pub struct Event {
     pub message: String,
 }
 
+/// An event to record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewEvent {
+    pub type_: EventType,
+    pub reason: Reason,
+    pub message: String,
+}
+
+impl NewEvent {
+    /// The events as the three text columns the insert unnests.
+    fn columns(events: &[NewEvent]) -> (Vec<&str>, Vec<&str>, Vec<&str>) {
+        let t = events.iter().map(|e| e.type_.as_str()).collect();
+        let r = events.iter().map(|e| e.reason.as_str()).collect();
+        let m = events.iter().map(|e| e.message.as_str()).collect();
+        (t, r, m)
+    }
+}
+
 impl Store {
     /// The latest events of a hosting, newest first.
     pub async fn recent_events(&self, id: HostingId, limit: i64) -> Result<Vec<Event>> {
@@ -74,11 +92,48 @@ impl Store {
         Ok(())
     }
 
+    /// Records events of one hosting, in order, in one statement.
+    pub async fn add_events(&self, id: HostingId, events: &[NewEvent]) -> Result<()> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        let (t, r, m) = NewEvent::columns(events);
+        sqlx::query(
+            "insert into events (hosting_id, type, reason, message) \
+             select $1, e.t, e.r, e.m from unnest($2::text[], $3::text[], $4::text[]) \
+               with ordinality as e(t, r, m, n) order by e.n",
+        )
+        .bind(id.0)
+        .bind(t)
+        .bind(r)
+        .bind(m)
+        .execute(&self.pool)
+        .await?;
+        self.touched_hosting(id);
+        Ok(())
+    }
+
     /// Writes the observed status (everything but ports, which only
     /// [`Store::allocate_ports`] writes).
     pub async fn write_status(&self, id: HostingId, s: &Status) -> Result<()> {
+        self.write_status_with_events(id, s, &[]).await
+    }
+
+    /// Writes the observed status and records `events` (in order, before
+    /// it), in one statement: a reconcile pass's events travel with its
+    /// status writes instead of costing a round trip each.
+    pub async fn write_status_with_events(
+        &self,
+        id: HostingId,
+        s: &Status,
+        events: &[NewEvent],
+    ) -> Result<()> {
+        let (t, r, m) = NewEvent::columns(events);
         sqlx::query(
-            "insert into hosting_status (hosting_id, phase, conditions, observed_generation, vm_name, message, \
+            "with ev as (insert into events (hosting_id, type, reason, message) \
+               select $1, e.t, e.r, e.m from unnest($12::text[], $13::text[], $14::text[]) \
+                 with ordinality as e(t, r, m, n) order by e.n) \
+             insert into hosting_status (hosting_id, phase, conditions, observed_generation, vm_name, message, \
                disk_created, provisioning_since, image_pin, disk_epoch, applied_seed, last_reconciled_at) \
                values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, now()) \
              on conflict (hosting_id) do update set phase = $2, conditions = $3, observed_generation = $4, \
@@ -96,6 +151,9 @@ impl Store {
         .bind(s.image_pin.as_ref().map(sqlx::types::Json))
         .bind(s.disk_epoch)
         .bind(&s.applied_seed)
+        .bind(t)
+        .bind(r)
+        .bind(m)
         .execute(&self.pool)
         .await?;
         self.touched_hosting(id);
@@ -103,56 +161,56 @@ impl Store {
     }
 
     /// Allocates the hosting's SSH and HTTP ports if it has none yet, and records
-    /// them in its status in the same transaction. The primary key on
-    /// `port_allocations.port` decides races between concurrent allocators.
+    /// them in its status, in one statement (one transaction). The primary
+    /// key on `port_allocations.port` decides races between concurrent
+    /// allocators; `hostd_allocate_port` (migration
+    /// `20261129000001_port_allocator`) retries a lost race itself.
     pub async fn allocate_ports(
         &self,
         id: HostingId,
         ssh: PortRange,
         http: PortRange,
     ) -> Result<(u16, u16)> {
-        for _attempt in 0..16 {
-            let mut tx = self.pool.begin().await?;
-            let existing: Vec<(String, i32)> =
-                sqlx::query_as("select kind, port from port_allocations where hosting_id = $1")
-                    .bind(id.0)
-                    .fetch_all(&mut *tx)
-                    .await?;
-            let mut ports = [None, None];
-            for (kind, port) in existing {
-                ports[(kind == "http") as usize] = Some(port as u16);
+        use rand::Rng;
+        // A random place to start from: concurrent allocators spread over
+        // the range instead of all walking to the same free port.
+        let from = {
+            let mut rng = rand::thread_rng();
+            [
+                rng.gen_range(ssh.start..=ssh.end) as i32,
+                rng.gen_range(http.start..=http.end) as i32,
+            ]
+        };
+        let row: Option<(i32, i32)> = sqlx::query_as(
+            "with s as (select hostd_allocate_port($1, 'ssh', $2, $3, $4) as p), \
+                  h as (select hostd_allocate_port($1, 'http', $5, $6, $7) as p) \
+             update hosting_status set ssh_port = s.p, http_port = h.p from s, h \
+             where hosting_id = $1 returning ssh_port, http_port",
+        )
+        .bind(id.0)
+        .bind(ssh.start as i32)
+        .bind(ssh.end as i32)
+        .bind(from[0])
+        .bind(http.start as i32)
+        .bind(http.end as i32)
+        .bind(from[1])
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(|e| match &e {
+            sqlx::Error::Database(d) if d.code().as_deref() == Some("HD001") => {
+                let kind = d
+                    .try_downcast_ref::<sqlx::postgres::PgDatabaseError>()
+                    .and_then(|p| p.detail());
+                StoreError::PortsExhausted(match kind {
+                    Some("http") => "http",
+                    _ => "ssh",
+                })
             }
-            let mut raced = false;
-            for (i, (kind, range)) in [(PortKind::Ssh, ssh), (PortKind::Http, http)]
-                .into_iter()
-                .enumerate()
-            {
-                if ports[i].is_some() {
-                    continue;
-                }
-                match try_allocate(&mut tx, id, kind, range).await? {
-                    Some(p) => ports[i] = Some(p),
-                    None => raced = true,
-                }
-            }
-            if raced {
-                tx.rollback().await?;
-                continue;
-            }
-            let (s, h) = (ports[0].unwrap(), ports[1].unwrap());
-            sqlx::query(
-                "update hosting_status set ssh_port = $2, http_port = $3 where hosting_id = $1",
-            )
-            .bind(id.0)
-            .bind(s as i32)
-            .bind(h as i32)
-            .execute(&mut *tx)
-            .await?;
-            tx.commit().await?;
-            self.touched_hosting(id);
-            return Ok((s, h));
-        }
-        Err(StoreError::PortsExhausted("ssh/http (too much contention)"))
+            _ => StoreError::Db(e),
+        })?;
+        let (s, h) = row.ok_or(StoreError::NotFound)?;
+        self.touched_hosting(id);
+        Ok((s as u16, h as u16))
     }
 
     /// Releases the hosting's ports (idempotent).
@@ -227,53 +285,6 @@ pub(super) async fn insert_event(
         .execute(&mut **tx)
         .await?;
     Ok(())
-}
-
-/// Tries to take one free port of `range`, starting at a random offset so that
-/// concurrent allocators rarely collide. `None` means another transaction won.
-async fn try_allocate(
-    tx: &mut Transaction<'_, Postgres>,
-    id: HostingId,
-    kind: PortKind,
-    range: PortRange,
-) -> Result<Option<u16>> {
-    use rand::Rng;
-    let offset = rand::thread_rng().gen_range(range.start..=range.end) as i32;
-    let free: Option<(i32,)> = sqlx::query_as(
-        // The lowest free port from the offset up, else from the start up.
-        // Each branch walks the primary key only along the run of taken
-        // ports it starts in (the first taken port whose successor is
-        // free), and the first branch that finds one ends the query: cost
-        // grows with the run, not with the range.
-        "select p from ( \
-           (select $3::int as p where not exists (select 1 from port_allocations where port = $3)) \
-           union all \
-           (select a.port + 1 from port_allocations a where a.port >= $3 and a.port < $2 \
-              and not exists (select 1 from port_allocations b where b.port = a.port + 1) \
-            order by a.port limit 1) \
-           union all \
-           (select $1::int where not exists (select 1 from port_allocations where port = $1)) \
-           union all \
-           (select a.port + 1 from port_allocations a where a.port >= $1 and a.port < $3 \
-              and not exists (select 1 from port_allocations b where b.port = a.port + 1) \
-            order by a.port limit 1) \
-         ) c limit 1",
-    )
-    .bind(range.start as i32)
-    .bind(range.end as i32)
-    .bind(offset)
-    .fetch_optional(&mut **tx)
-    .await?;
-    let Some((port,)) = free else {
-        return Err(StoreError::PortsExhausted(kind.as_str()));
-    };
-    let inserted = sqlx::query("insert into port_allocations (port, kind, hosting_id) values ($1, $2, $3) on conflict do nothing")
-        .bind(port)
-        .bind(kind.as_str())
-        .bind(id.0)
-        .execute(&mut **tx)
-        .await?;
-    Ok((inserted.rows_affected() == 1).then_some(port as u16))
 }
 
 impl Store {
