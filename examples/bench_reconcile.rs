@@ -233,13 +233,10 @@ async fn run(n: usize) -> Row {
         }};
     }
     part!("list_domains", ctl.ctx.vm.list_domains());
-    part!(
-        "list_domains (full relist)",
-        async {
-            ctl.ctx.vm.expire_listing();
-            ctl.ctx.vm.list_domains().await
-        }
-    );
+    part!("list_domains (full relist)", async {
+        ctl.ctx.vm.expire_listing();
+        ctl.ctx.vm.list_domains().await
+    });
     part!("list_volumes", ctl.ctx.vm.list_volumes());
     part!("list_routes", ctl.ctx.proxy.list_routes());
     part!("records", async {

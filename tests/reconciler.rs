@@ -1650,3 +1650,242 @@ async fn the_path_form_forwards_the_escaped_path_without_the_prefix() {
     ssh.abort();
     app.stop().await;
 }
+
+/// A pass's events travel with its status writes; a pass cut short by an
+/// error still records what it did, before the Warning that reports the
+/// error.
+#[tokio::test]
+async fn a_pass_cut_short_still_records_the_events_of_what_it_did() {
+    let nginx = common::TestNginx::start();
+    let db = common::fresh_database().await;
+    let state = tempfile::tempdir().unwrap();
+    let mut config = common::test_config(&db, state.path(), Some(&nginx));
+    config.faults = hostd::faults::Faults::parse("after_define:error").unwrap();
+    let app = TestApp::spawn_with(config, hostd::app::Mode::All, false, Some(nginx), state).await;
+    let ctl = app.controller.clone().unwrap();
+    let (_, _, id) = create(&app, "cutshort").await;
+    assert!(ctl.reconcile_once(id).await.is_err());
+    let events = app.store.recent_events(id, 50).await.unwrap();
+    // Newest first.
+    let reasons: Vec<&str> = events.iter().rev().map(|e| e.reason.as_str()).collect();
+    let at = |r: &str| reasons.iter().position(|x| *x == r);
+    for r in ["PortsAllocated", "DiskCreated", "Defined", "InjectedFault"] {
+        assert!(at(r).is_some(), "{r} missing: {reasons:?}");
+    }
+    assert!(at("PortsAllocated") < at("Defined"), "{reasons:?}");
+    assert!(at("Defined") < at("InjectedFault"), "{reasons:?}");
+    // The domain the event reports exists.
+    assert!(vm(&app)
+        .get_domain(&domain_name(id))
+        .await
+        .unwrap()
+        .is_some());
+    app.stop().await;
+}
+
+/// Allocators running at once on a range with exactly as many ports as
+/// hostings all get distinct ports, none gives up; one more hosting finds
+/// the range full; a hosting that has ports gets the same ones again.
+#[tokio::test]
+async fn concurrent_allocators_fill_a_range_exactly_without_errors() {
+    use hostd::domain::{Email, HostingSpec, PortRange, Role, Username};
+    let app = TestApp::api().await;
+    let n = 24u16;
+    let ssh = PortRange {
+        start: 11000,
+        end: 11000 + n - 1,
+    };
+    let http = PortRange {
+        start: 21000,
+        end: 21000 + n - 1,
+    };
+    let mut ids = Vec::new();
+    for i in 0..=n {
+        let u = app
+            .store
+            .create_user(
+                &Email::parse(&format!("ports{i}@example.com")).unwrap(),
+                &Username::parse(&format!("ports{i}")).unwrap(),
+                "x",
+                Role::User,
+            )
+            .await
+            .unwrap();
+        let rec = app
+            .store
+            .create_hosting(u.id, &HostingSpec::default(), false)
+            .await
+            .unwrap();
+        ids.push(rec.id);
+    }
+    let extra = ids.pop().unwrap();
+    let mut set = tokio::task::JoinSet::new();
+    for id in ids.clone() {
+        let store = app.store.clone();
+        set.spawn(async move { (id, store.allocate_ports(id, ssh, http).await) });
+    }
+    let mut got = std::collections::HashMap::new();
+    while let Some(r) = set.join_next().await {
+        let (id, ports) = r.unwrap();
+        got.insert(id, ports.expect("every allocator gets ports"));
+    }
+    let ssh_ports: std::collections::HashSet<u16> = got.values().map(|p| p.0).collect();
+    let http_ports: std::collections::HashSet<u16> = got.values().map(|p| p.1).collect();
+    assert_eq!(ssh_ports.len(), n as usize, "distinct SSH ports");
+    assert_eq!(http_ports.len(), n as usize, "distinct HTTP ports");
+    assert!(ssh_ports.iter().all(|p| (ssh.start..=ssh.end).contains(p)));
+    assert!(http_ports
+        .iter()
+        .all(|p| (http.start..=http.end).contains(p)));
+    let err = app
+        .store
+        .allocate_ports(extra, ssh, http)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, hostd::store::StoreError::PortsExhausted("ssh")),
+        "{err:?}"
+    );
+    // Nothing of the failed allocation stays.
+    let (left,): (i64,) =
+        sqlx::query_as("select count(*) from port_allocations where hosting_id = $1")
+            .bind(extra.0)
+            .fetch_one(app.store.pool())
+            .await
+            .unwrap();
+    assert_eq!(left, 0);
+    let again = app.store.allocate_ports(ids[0], ssh, http).await.unwrap();
+    assert_eq!(again, got[&ids[0]], "idempotent");
+    let rec = app.store.get_record(ids[0]).await.unwrap().unwrap();
+    assert_eq!(
+        (rec.status.ssh_port, rec.status.http_port),
+        (Some(again.0), Some(again.1))
+    );
+    app.stop().await;
+}
+
+/// The resync's records: while nothing was written, a pass reuses what it
+/// has (one fingerprint row); any write to a hosting, its status or its
+/// owner, made anywhere, is seen by the next pass.
+#[tokio::test]
+async fn the_resync_sees_every_record_write_behind_its_fingerprint() {
+    let app = TestApp::manual().await;
+    let ctl = app.controller.clone().unwrap();
+    let (_, _, id) = create(&app, "fingerprint").await;
+    let store = &app.store;
+    let current = || async {
+        let all = ctl.ctx.records.lock().await.current(store).await.unwrap();
+        all.into_iter().find(|r| r.id == id).map(|r| r.rec.clone())
+    };
+    let f0 = store.records_fingerprint().await.unwrap();
+    assert_eq!(store.records_fingerprint().await.unwrap(), f0, "stable");
+    assert_eq!(current().await.unwrap().status.message, None);
+    sqlx::query("update hosting_status set message = 'by hand' where hosting_id = $1")
+        .bind(id.0)
+        .execute(store.pool())
+        .await
+        .unwrap();
+    assert_ne!(store.records_fingerprint().await.unwrap(), f0);
+    assert_eq!(
+        current().await.unwrap().status.message.as_deref(),
+        Some("by hand")
+    );
+    let rec = current().await.unwrap();
+    sqlx::query("update users set username = 'renamed' where id = $1")
+        .bind(rec.user_id.0)
+        .execute(store.pool())
+        .await
+        .unwrap();
+    assert_eq!(current().await.unwrap().username.as_str(), "renamed");
+    sqlx::query("update hostings set vcpus = 2 where id = $1")
+        .bind(id.0)
+        .execute(store.pool())
+        .await
+        .unwrap();
+    assert_eq!(current().await.unwrap().spec.vcpus, 2);
+    // Status and events go with it (on delete cascade).
+    sqlx::query("delete from hostings where id = $1")
+        .bind(id.0)
+        .execute(store.pool())
+        .await
+        .unwrap();
+    assert!(current().await.is_none(), "a deleted hosting is gone");
+    app.stop().await;
+}
+
+/// While events flow, a listing is served from the last full listing and
+/// the domains events touched since: after changes made through another
+/// connection (define, start, redefine, destroy, undefine), it lists what a
+/// full listing lists.
+#[tokio::test]
+async fn the_listing_kept_by_events_matches_a_full_listing() {
+    let app = TestApp::manual().await;
+    let vm = vm(&app);
+    let conn = virt::connect::Connect::open(Some("test:///default")).unwrap();
+    let ours = app.store.installation_id().await.unwrap();
+    let ids: Vec<HostingId> = (0..4).map(|_| HostingId(uuid::Uuid::new_v4())).collect();
+    let xml = |id: HostingId, generation: i64| {
+        format!(
+            "<domain type='test'><name>hostd-{id}</name><uuid>{id}</uuid><memory>1024</memory><metadata>\
+             <hostd:hosting xmlns:hostd='{}' instance='{}' installation='{ours}' id='{id}' generation='{generation}' spec-hash='x-y'/>\
+             </metadata><os><type>hvm</type></os></domain>",
+            hostd::templates::MARKER_NS,
+            app.config.instance
+        )
+    };
+    // Ours only: the hypervisor is shared with the tests running alongside.
+    let mine = |all: Vec<hostd::drivers::ObservedDomain>| {
+        let mut v: Vec<(HostingId, i64, bool)> = all
+            .into_iter()
+            .filter(|d| ids.contains(&d.marker.hosting_id))
+            .map(|d| (d.marker.hosting_id, d.marker.generation, d.running))
+            .collect();
+        v.sort();
+        v
+    };
+    let a = conn.define_domain_xml(&xml(ids[0], 1)).unwrap();
+    let b = conn.define_domain_xml(&xml(ids[1], 1)).unwrap();
+    b.create().unwrap();
+    // A full listing, which the next ones start from.
+    vm.expire_listing();
+    let mut want = vec![(ids[0], 1, false), (ids[1], 1, true)];
+    want.sort();
+    assert_eq!(mine(vm.list_domains().await.unwrap()), want);
+    // Changes behind its back.
+    a.create().unwrap();
+    b.destroy().unwrap();
+    b.undefine().unwrap();
+    conn.define_domain_xml(&xml(ids[2], 1)).unwrap();
+    let d = conn.define_domain_xml(&xml(ids[3], 1)).unwrap();
+    d.create().unwrap();
+    conn.define_domain_xml(&xml(ids[3], 2)).unwrap();
+    d.destroy().unwrap();
+    let mut want = vec![(ids[0], 1, true), (ids[2], 1, false), (ids[3], 2, false)];
+    want.sort();
+    // Events arrive on libvirt's event loop thread, shortly after.
+    let served = eventually(Duration::from_secs(5), || async {
+        let got = mine(vm.list_domains().await.unwrap());
+        (got == want).then_some(got)
+    })
+    .await;
+    assert_eq!(served, Some(want.clone()), "the listing served from events");
+    vm.expire_listing();
+    assert_eq!(
+        mine(vm.list_domains().await.unwrap()),
+        want,
+        "a full listing"
+    );
+    for id in [ids[0], ids[2], ids[3]] {
+        let d = conn.lookup_domain_by_name(&format!("hostd-{id}")).unwrap();
+        let _ = d.destroy();
+        d.undefine().unwrap();
+    }
+    let gone = eventually(Duration::from_secs(5), || async {
+        mine(vm.list_domains().await.unwrap())
+            .is_empty()
+            .then_some(())
+    })
+    .await;
+    assert!(gone.is_some(), "undefined domains leave the listing");
+    app.stop().await;
+}

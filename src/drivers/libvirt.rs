@@ -309,7 +309,11 @@ impl LibvirtDriver {
         owner: &Owner,
     ) -> DriverResult<Vec<ObservedDomain>> {
         // Events from here on mark their domains for the next listing.
-        markers.lock().unwrap_or_else(|p| p.into_inner()).dirty.clear();
+        markers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .dirty
+            .clear();
         let active = c
             .list_all_domains(virt::sys::VIR_CONNECT_LIST_DOMAINS_ACTIVE)
             .map_err(lv)?;

@@ -13,6 +13,9 @@ use crate::store::{HostingRecord, RecordVersion, Store};
 /// Most records one fetch names.
 const FETCH_CHUNK: usize = 500;
 
+/// [`Store::records_fingerprint`]: the count and a hash of all versions.
+type Fingerprint = (i64, i64);
+
 /// Records by id, with the versions they were fetched under.
 #[derive(Default)]
 pub struct RecordCache {
@@ -20,7 +23,7 @@ pub struct RecordCache {
     /// The fingerprint of the versions the last pass read, and the records
     /// it returned: while the fingerprint is unchanged, a pass reads one
     /// row instead of one per hosting.
-    last: Option<((i64, i64), Vec<Arc<Cached>>)>,
+    last: Option<(Fingerprint, Vec<Arc<Cached>>)>,
 }
 
 /// A record and what the resync derives from it, computed once per version
