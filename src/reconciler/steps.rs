@@ -176,7 +176,12 @@ impl<'a> Pass<'a> {
                 }
                 let msg = "the host has room for this hosting";
                 self.condition(C::Scheduled, true, Reason::Admitted, msg);
-                self.write_status().await?;
+                if !new {
+                    self.write_status().await?;
+                }
+                // A new hosting's condition is written with its disk step's
+                // status, later in this pass (a pass cut short before that
+                // is decided again: the ports say it was admitted).
                 Ok(None)
             }
             Err((_, msg)) if self.rec.pool => {
