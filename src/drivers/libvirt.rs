@@ -295,18 +295,7 @@ impl LibvirtDriver {
                 None => snap.domains.remove(&name),
             };
         }
-        let out = snap
-            .domains
-            .iter()
-            .filter_map(|(name, (running, m))| {
-                m.as_ref().map(|m| ObservedDomain {
-                    name: name.clone(),
-                    marker: m.clone(),
-                    running: *running,
-                })
-            })
-            .collect();
-        Ok(Some(out))
+        Ok(Some(marked(&snap.domains)))
     }
 
     /// Lists every domain (two calls: active and inactive, which also tell
@@ -386,16 +375,7 @@ impl LibvirtDriver {
         }
         cache.entries.retain(|name, _| seen.contains(name));
         cache.prune_touched();
-        let out = all
-            .iter()
-            .filter_map(|(name, (running, m))| {
-                m.as_ref().map(|m| ObservedDomain {
-                    name: name.clone(),
-                    marker: m.clone(),
-                    running: *running,
-                })
-            })
-            .collect();
+        let out = marked(&all);
         // The next listings are served from this one, corrected by events
         // (a domain touched during this listing is dirty: read again then).
         cache.snapshot = (watched && cache.epoch == epoch).then(|| Snapshot {
@@ -999,6 +979,22 @@ fn backup_job(d: &Domain, target: &std::path::Path) -> DriverResult<()> {
         )));
     }
     Ok(())
+}
+
+/// The domains of a listing that carry this instance's marker.
+fn marked(
+    domains: &std::collections::HashMap<String, (bool, Option<Marker>)>,
+) -> Vec<ObservedDomain> {
+    domains
+        .iter()
+        .filter_map(|(name, (running, m))| {
+            m.as_ref().map(|m| ObservedDomain {
+                name: name.clone(),
+                marker: m.clone(),
+                running: *running,
+            })
+        })
+        .collect()
 }
 
 /// Writes a raw volume's bytes at its path in the directory pool, in place:

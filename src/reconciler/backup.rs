@@ -160,10 +160,7 @@ pub async fn pending(
     };
     let pass = Pass::new(ctx, &rec);
     let result = pass.backup(b).await;
-    let flushed = pass.flush_events().await;
-    let action = result?;
-    flushed?;
-    Ok(action)
+    pass.finish(result).await
 }
 
 /// What a restore found about a backup.

@@ -86,9 +86,7 @@ pub async fn reconcile(ctx: &Context, id: HostingId) -> Result<Action, Reconcile
 async fn apply(ctx: &Context, rec: HostingRecord) -> Result<Action, ReconcileError> {
     let mut pass = Pass::new(ctx, &rec);
     let result = converge(&mut pass).await;
-    let flushed = pass.flush_events().await;
-    let action = result?;
-    flushed?;
+    let action = pass.finish(result).await?;
     if action != Action::AwaitChange {
         return Ok(action);
     }

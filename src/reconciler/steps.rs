@@ -102,6 +102,15 @@ impl<'a> Pass<'a> {
         Ok(())
     }
 
+    /// Ends the pass: writes the events not written yet, then returns the
+    /// pass's result (its error first, if both failed).
+    pub async fn finish<T>(&self, result: Result<T, ReconcileError>) -> Result<T, ReconcileError> {
+        let flushed = self.flush_events().await;
+        let value = result?;
+        flushed?;
+        Ok(value)
+    }
+
     /// Puts events whose write failed back in front of those recorded since.
     fn unwritten(&self, mut events: Vec<NewEvent>) {
         let mut pending = self.events.lock().unwrap();
