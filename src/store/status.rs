@@ -71,27 +71,6 @@ impl Store {
         .collect())
     }
 
-    pub async fn add_event(
-        &self,
-        id: HostingId,
-        t: EventType,
-        reason: Reason,
-        message: &str,
-    ) -> Result<()> {
-        // One statement: no transaction around it (three round trips).
-        sqlx::query(
-            "insert into events (hosting_id, type, reason, message) values ($1, $2, $3, $4)",
-        )
-        .bind(id.0)
-        .bind(t.as_str())
-        .bind(reason.as_str())
-        .bind(message)
-        .execute(&self.pool)
-        .await?;
-        self.touched_hosting(id);
-        Ok(())
-    }
-
     /// Records events of one hosting, in order, in one statement.
     pub async fn add_events(&self, id: HostingId, events: &[NewEvent]) -> Result<()> {
         if events.is_empty() {
