@@ -34,12 +34,10 @@ pub async fn capture(ctx: &Context, id: HostingId) {
         Ok(m) => m.len(),
         Err(_) => return,
     };
-    {
-        let seen = ctx.console_seen.lock().unwrap();
-        if let Some((last, at)) = seen.get(&id) {
-            if *last == size || at.elapsed() < MIN_INTERVAL {
-                return;
-            }
+    let seen = ctx.memory.with(id, |m| m.console_seen);
+    if let Some((last, at)) = seen {
+        if last == size || at.elapsed() < MIN_INTERVAL {
+            return;
         }
     }
     let tail = match tokio::task::spawn_blocking(move || read_tail(&path, TAIL_BYTES)).await {
@@ -52,18 +50,11 @@ pub async fn capture(ctx: &Context, id: HostingId) {
     };
     match ctx.store.save_console(id, size as i64, &clean(&tail)).await {
         Ok(()) => {
-            ctx.console_seen
-                .lock()
-                .unwrap()
-                .insert(id, (size, Instant::now()));
+            ctx.memory
+                .with(id, |m| m.console_seen = Some((size, Instant::now())));
         }
         Err(e) => tracing::warn!(error = %e, "could not store the console tail"),
     }
-}
-
-/// Forgets a deleted hosting.
-pub fn forget(ctx: &Context, id: HostingId) {
-    ctx.console_seen.lock().unwrap().remove(&id);
 }
 
 /// The last `max` bytes of the file (from the start of a line when cut).

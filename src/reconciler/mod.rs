@@ -6,12 +6,10 @@
 //! resync (which also repairs drift and collects orphans), and requeues.
 //! Only the holder of the leader lease acts.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
-use tokio::time::Instant;
+use backon::{BackoffBuilder, ExponentialBuilder};
 
 use crate::config::Config;
 use crate::domain::HostingId;
@@ -20,9 +18,11 @@ use crate::images::Catalog;
 use crate::store::{ReconcilerStats, Store};
 use crate::telemetry::Metrics;
 
+pub mod action;
 pub mod backup;
 pub mod console;
 pub mod controller;
+pub mod memory;
 pub mod names;
 pub mod pool;
 pub mod queue;
@@ -32,8 +32,9 @@ pub mod render;
 pub mod resync;
 pub mod steps;
 
+pub use action::{Action, ReconcileError};
 pub use controller::Controller;
-pub use reconcile::{Action, ReconcileError};
+pub use steps::schedule::Ledger;
 
 /// Everything a reconcile needs: the store, the drivers, config and metrics.
 pub struct Context {
@@ -62,18 +63,12 @@ pub struct Context {
     pub(crate) scheduler: tokio::sync::Mutex<Ledger>,
     /// Backups allowed to run at once (`HOSTD_BACKUP_CONCURRENCY`).
     pub(crate) backup_slots: Arc<tokio::sync::Semaphore>,
-    /// Per-hosting error backoff state (reset on success).
-    backoff: Mutex<HashMap<HostingId, (ExponentialBackoff, u32)>>,
-    /// When a graceful shutdown was requested, per hosting.
-    pub(crate) shutdowns: Mutex<HashMap<HostingId, Instant>>,
-    /// Console log size last copied to the store, and when (see `console`).
-    pub(crate) console_seen: Mutex<HashMap<HostingId, (u64, Instant)>>,
+    /// What is remembered of each hosting between passes (backoff, a
+    /// shutdown asked for, the console copied, a route's note).
+    pub memory: memory::Memory,
     /// The controller's queue, so that a driver finishing work in the
     /// background (a route batch) can wake the hosting it was for.
     pub(crate) queue: std::sync::OnceLock<Arc<queue::WorkQueue>>,
-    /// What to record once a submitted route is served: a repair (Warning)
-    /// or a plain "routed", decided when the change was submitted.
-    pub(crate) route_notes: Mutex<HashMap<HostingId, (crate::domain::Reason, String)>>,
 }
 
 impl Context {
@@ -116,40 +111,44 @@ impl Context {
             records: Default::default(),
             scheduler: tokio::sync::Mutex::new(Ledger::default()),
             backup_slots: Arc::new(tokio::sync::Semaphore::new(slots)),
-            backoff: Mutex::new(HashMap::new()),
-            shutdowns: Mutex::new(HashMap::new()),
-            console_seen: Mutex::new(HashMap::new()),
+            memory: Default::default(),
             queue: std::sync::OnceLock::new(),
-            route_notes: Mutex::new(HashMap::new()),
         }))
     }
 
     /// The error policy: next delay for this hosting (exponential with jitter,
     /// capped), and how many consecutive failures it has had.
     pub fn error_policy(&self, id: HostingId) -> (Duration, u32) {
-        let mut map = self.backoff.lock().unwrap();
-        let entry = map.entry(id).or_insert_with(|| {
-            let b = ExponentialBuilder::default()
-                .with_min_delay(Duration::from_millis(500))
-                .with_factor(2.0)
-                .with_max_delay(self.config.backoff_max)
-                .with_jitter()
-                .without_max_times()
-                .build();
-            (b, 0)
-        });
-        entry.1 += 1;
-        let d = entry
-            .0
-            .next()
-            .unwrap_or(self.config.backoff_max)
-            .min(self.config.backoff_max);
-        (d, entry.1)
+        let max = self.config.backoff_max;
+        self.memory.with(id, |m| {
+            let entry = m.backoff.get_or_insert_with(|| {
+                let b = ExponentialBuilder::default()
+                    .with_min_delay(Duration::from_millis(500))
+                    .with_factor(2.0)
+                    .with_max_delay(max)
+                    .with_jitter()
+                    .without_max_times()
+                    .build();
+                (b, 0)
+            });
+            entry.1 += 1;
+            let d = entry.0.next().unwrap_or(max).min(max);
+            (d, entry.1)
+        })
     }
 
     /// Resets backoff after a successful reconcile.
     pub fn reset_backoff(&self, id: HostingId) {
-        self.backoff.lock().unwrap().remove(&id);
+        self.memory.with(id, |m| m.backoff = None);
+    }
+
+    /// Forgets a hosting that is gone: everything remembered of it here,
+    /// by the renderer and by the nginx driver. The one place that does it,
+    /// for the finalizer and for a hosting found gone.
+    pub fn forget(&self, id: HostingId) {
+        self.memory.forget(id);
+        self.render.forget(id);
+        self.proxy.forget(id);
     }
 
     /// The route a hosting should have: to its guest on `http`, or the 503
@@ -179,110 +178,8 @@ impl Context {
 
     /// Consecutive failures of one hosting (0 after a success).
     pub fn failures(&self, id: HostingId) -> u32 {
-        self.backoff
-            .lock()
-            .unwrap()
-            .get(&id)
-            .map(|e| e.1)
+        self.memory
+            .with(id, |m| m.backoff.as_ref().map(|e| e.1))
             .unwrap_or(0)
-    }
-}
-
-/// How long the admission ledger's rows are used before they are read again.
-pub const LEDGER_TTL: Duration = Duration::from_secs(1);
-
-/// Every hosting's part in capacity decisions, as of the last read (at most
-/// [`LEDGER_TTL`] ago) plus the admissions and refusals made here since.
-/// Admitting from it costs no query, where summing in SQL for each one made
-/// mass creation quadratic. Only an admission makes a hosting hold room,
-/// and admissions are made here alone (one leader, under the scheduler
-/// lock), so rows older than the TTL can only overstate what is held (a
-/// hosting deleted or stopped by hand in the database): a stale ledger
-/// makes a hosting wait longer, never overcommits the host. Stops and
-/// deletions done here update it at once. A resize of a running hosting is the
-/// exception: it is seen within the TTL.
-/// The host's resources are read with the rows: its memory and CPUs do not
-/// change, and the pool's free space shrinks little in a second (new disks
-/// are thin overlays).
-#[derive(Debug, Default)]
-pub struct Ledger {
-    rows: HashMap<HostingId, crate::store::CapacityRow>,
-    host: Option<crate::drivers::HostResources>,
-    read_at: Option<Instant>,
-    /// Admitted here, ports not yet recorded: the database does not show
-    /// them as holding room yet, so a refresh keeps them admitted.
-    admitting: std::collections::HashSet<HostingId>,
-}
-
-impl Ledger {
-    /// Reads the rows and the host's resources again if they are older
-    /// than [`LEDGER_TTL`]; returns the host's resources.
-    pub(crate) async fn refresh(
-        &mut self,
-        store: &crate::store::Store,
-        vm: &dyn VmDriver,
-    ) -> Result<crate::drivers::HostResources, ReconcileError> {
-        if let (Some(host), Some(t)) = (self.host, self.read_at) {
-            if t.elapsed() < LEDGER_TTL {
-                return Ok(host);
-            }
-        }
-        let rows = store.capacity_rows().await?;
-        let host = vm.resources().await?;
-        self.rows = rows.into_iter().map(|r| (r.id, r)).collect();
-        for id in &self.admitting {
-            if let Some(r) = self.rows.get_mut(id) {
-                (r.admitted, r.waiting) = (true, false);
-            }
-        }
-        self.host = Some(host);
-        self.read_at = Some(Instant::now());
-        Ok(host)
-    }
-
-    /// What the others hold and older waiting hostings want, for `me`.
-    pub(crate) fn usage(
-        &self,
-        me: (HostingId, chrono::DateTime<chrono::Utc>),
-    ) -> crate::store::CapacityUsage {
-        crate::capacity::usage(self.rows.values(), Some(me))
-    }
-
-    /// A hosting stopped or was deleted here: it holds nothing now (and
-    /// waits for nothing), so the next admission may use its room at once.
-    pub(crate) fn released(&mut self, id: HostingId) {
-        self.rows.remove(&id);
-    }
-
-    /// A new hosting admitted by [`Ledger::decided`] gets its ports (outside
-    /// the scheduler lock): until they are recorded, a refresh must not
-    /// forget that it holds room.
-    pub(crate) fn admitting(&mut self, id: HostingId) {
-        self.admitting.insert(id);
-    }
-
-    /// The ports of a hosting being admitted are recorded (`true`: it holds
-    /// room, as the database now says) or could not be (it holds nothing
-    /// until it is decided again).
-    pub(crate) fn admitted(&mut self, id: HostingId, recorded: bool) {
-        self.admitting.remove(&id);
-        if !recorded {
-            self.rows.remove(&id);
-        }
-    }
-
-    /// Records a decision made for `rec`: admitted (it holds room now) or
-    /// told to wait.
-    pub(crate) fn decided(&mut self, rec: &crate::store::HostingRecord, admitted: bool) {
-        let row = crate::store::CapacityRow {
-            id: rec.id,
-            memory_mib: rec.spec.memory_mib as i64,
-            vcpus: rec.spec.vcpus as i64,
-            created_at: rec.created_at,
-            admitted: admitted || rec.status.ssh_port.is_some(),
-            waiting: !admitted,
-            wants_to_run: rec.spec.running && rec.deletion_requested_at.is_none(),
-        };
-        self.rows.insert(rec.id, row);
     }
 }

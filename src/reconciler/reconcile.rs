@@ -10,63 +10,15 @@ use tracing::Instrument;
 use super::names::{console_log, disk_volume, domain_name, seed_volume};
 use super::render::Inputs;
 use super::steps::Pass;
-use super::Context;
-use crate::domain::{set_condition, ConditionType, EventType, HostingId, Phase, Reason};
+use super::{Action, Context, ReconcileError};
+use crate::domain::{set_condition, ConditionType, EventType, HostingId, Phase};
 use crate::drivers::DriverError;
-use crate::faults::InjectedFault;
-use crate::images::ImageError;
-use crate::store::{HostingRecord, StoreError};
-
-/// What the controller should do after a successful reconcile.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Action {
-    /// Converged; wait for a change or the next resync.
-    AwaitChange,
-    /// Not converged yet (e.g. waiting for the guest to boot): look again later.
-    Requeue(Duration),
-    /// The hosting is gone (finalizer complete, or never existed).
-    Gone,
-}
-
-/// Why a reconcile failed. Stored as condition reason/message and a Warning event.
-#[derive(Debug, thiserror::Error)]
-pub enum ReconcileError {
-    #[error(transparent)]
-    Store(#[from] StoreError),
-    #[error(transparent)]
-    Driver(#[from] DriverError),
-    #[error(transparent)]
-    Image(#[from] ImageError),
-    #[error(transparent)]
-    Fault(#[from] InjectedFault),
-    #[error("guest not ready after {0:?}: {1}")]
-    ReadinessTimeout(Duration, String),
-}
-
-impl ReconcileError {
-    /// The reason recorded on the hosting's `Reconciled` condition and event.
-    pub fn reason(&self) -> Reason {
-        match self {
-            ReconcileError::Store(StoreError::PortsExhausted(_)) => Reason::PortsExhausted,
-            ReconcileError::Store(_) => Reason::DatabaseError,
-            ReconcileError::Driver(DriverError::NginxInvalid(_)) => Reason::RouteRejected,
-            ReconcileError::Driver(DriverError::NginxReload(_)) => Reason::NginxReloadFailed,
-            ReconcileError::Driver(DriverError::Connection(_)) => Reason::LibvirtUnavailable,
-            ReconcileError::Driver(_) => Reason::DriverError,
-            ReconcileError::Image(_) => Reason::ImageUnavailable,
-            ReconcileError::Fault(_) => Reason::InjectedFault,
-            ReconcileError::ReadinessTimeout(..) => Reason::ReadinessTimeout,
-        }
-    }
-}
+use crate::store::HostingRecord;
 
 /// Reconciles one hosting, inside a span carrying its id and generation.
 pub async fn reconcile(ctx: &Context, id: HostingId) -> Result<Action, ReconcileError> {
     let Some(rec) = ctx.store.get_record(id).await? else {
-        ctx.render.forget(id);
-        super::console::forget(ctx, id);
-        ctx.proxy.forget(id);
-        ctx.route_notes.lock().unwrap().remove(&id);
+        ctx.forget(id);
         return Ok(Action::Gone);
     };
     let span = tracing::info_span!("reconcile", hosting = %id, generation = rec.generation);
@@ -157,12 +109,7 @@ async fn finalize(ctx: &Context, rec: &HostingRecord) -> Result<Action, Reconcil
     ctx.store.delete_hosting(id).await?;
     ctx.scheduler.lock().await.released(id);
     let _ = std::fs::remove_file(ctx.render.console_dir().join(console_log(id)));
-    ctx.shutdowns.lock().unwrap().remove(&id);
-    ctx.render.forget(id);
-    super::console::forget(ctx, id);
-    ctx.proxy.forget(id);
-    ctx.route_notes.lock().unwrap().remove(&id);
-    ctx.reset_backoff(id);
+    ctx.forget(id);
     tracing::info!("hosting deleted; all resources released");
     Ok(Action::Gone)
 }

@@ -9,6 +9,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+pub mod reconciler;
+
 use hostd::app::{Application, Mode};
 use hostd::config::{Config, DomainType};
 use hostd::domain::PortRange;

@@ -1,0 +1,276 @@
+//! The backup and restore steps: a pending backup taken at the end of a
+//! converged pass, retention, the manifest, and a restore that replaces the
+//! disk in the disk step (the previous one goes to quarantine). The files
+//! and their layout are in `reconciler::backup`.
+
+use std::time::{Duration, Instant};
+
+use super::Pass;
+use crate::domain::{remove_condition, BackupId, BackupState, ConditionType as C, EventType};
+use crate::domain::{Phase, Reason};
+use crate::drivers::{qemu_img, DriverError};
+use crate::reconciler::backup::{
+    blocking, commit_file, digest, BackupFiles, Manifest, ManifestEntry,
+};
+use crate::reconciler::names::{disk_volume, domain_name};
+use crate::reconciler::{Action, ReconcileError};
+use crate::store::Backup;
+
+/// What a restore found about a backup.
+enum Verified {
+    Good(Backup),
+    Bad(String),
+}
+
+impl Pass<'_> {
+    fn files(&self) -> BackupFiles {
+        BackupFiles::new(&self.ctx.config.state_dir)
+    }
+
+    /// Takes backup `b` (an interrupted one again from the start), then
+    /// applies retention. `Some(requeue)` when every backup slot is busy.
+    pub(crate) async fn backup(&self, b: Backup) -> Result<Option<Action>, ReconcileError> {
+        let id = self.rec.id;
+        let Ok(_slot) = self.ctx.backup_slots.clone().try_acquire_owned() else {
+            return Ok(Some(Action::Requeue(Duration::from_secs(5))));
+        };
+        let files = self.files();
+        if b.state == BackupState::Running {
+            files.discard(id, b.id);
+            let msg = format!("backup {} was interrupted; taking it again", b.id);
+            self.event(EventType::Warning, Reason::BackupResumed, &msg);
+        } else {
+            self.ctx.store.backup_started(b.id).await?;
+            let msg = format!("taking backup {} ({})", b.id, b.trigger);
+            self.event(EventType::Normal, Reason::BackupStarted, &msg);
+        }
+        self.flush_events().await?;
+        self.fault("after_backup_start").await?;
+        let t0 = Instant::now();
+        match self.take(&b, &files).await {
+            Ok((sha, size)) => {
+                self.ctx.store.backup_completed(b.id, size, &sha).await?;
+                self.ctx.metrics.backup_completed(size, t0.elapsed());
+                let msg = format!(
+                    "backup {} completed: {:.1} MiB in {:.1} s",
+                    b.id,
+                    size as f64 / 1048576.0,
+                    t0.elapsed().as_secs_f64()
+                );
+                self.event(EventType::Normal, Reason::BackupCompleted, &msg);
+            }
+            Err(ReconcileError::Driver(e)) => {
+                files.discard(id, b.id);
+                let msg = format!("backup {} failed: {e}", b.id);
+                self.ctx.store.backup_failed(b.id, &e.to_string()).await?;
+                self.ctx.metrics.backup_failed();
+                self.event(EventType::Warning, Reason::BackupFailed, &msg);
+            }
+            Err(e) => return Err(e),
+        }
+        self.expire().await?;
+        Ok(None)
+    }
+
+    /// Copies, compresses and checksums one backup; its file is in place
+    /// when this returns.
+    async fn take(&self, b: &Backup, files: &BackupFiles) -> Result<(String, u64), ReconcileError> {
+        let id = self.rec.id;
+        files.prepare(id).map_err(DriverError::from)?;
+        let staging = files.staging(id, b.id);
+        let image = self
+            .ctx
+            .vm
+            .disk_image(&domain_name(id), &disk_volume(id), &staging)
+            .await?;
+        self.fault("after_backup_copy").await?;
+        let partial = files.partial(id, b.id);
+        qemu_img::compress(&image, &partial).await?;
+        let _ = std::fs::remove_file(&staging);
+        let (final_, p) = (files.file(id, b.id), partial.clone());
+        let sum = blocking(move || {
+            let sum = digest(&p)?;
+            commit_file(&p, &final_)?;
+            Ok(sum)
+        })
+        .await?;
+        self.fault("after_backup_file").await?;
+        Ok(sum)
+    }
+
+    /// Deletes backups past `HOSTD_BACKUP_KEEP` and rewrites the manifest.
+    async fn expire(&self) -> Result<(), ReconcileError> {
+        let id = self.rec.id;
+        let keep = self.ctx.config.backups.keep;
+        let expired = self.ctx.store.expire_backups(id, keep).await?;
+        let files = self.files();
+        for b in &expired {
+            let _ = std::fs::remove_file(files.file(id, b.id));
+        }
+        if !expired.is_empty() {
+            let ids: Vec<String> = expired.iter().map(|b| b.id.to_string()).collect();
+            let msg = format!("deleted backups past the {keep} kept: {}", ids.join(", "));
+            self.event(EventType::Normal, Reason::BackupsExpired, &msg);
+        }
+        self.write_manifest().await
+    }
+
+    /// Rewrites `manifest.json` from the completed backups in the database.
+    async fn write_manifest(&self) -> Result<(), ReconcileError> {
+        let id = self.rec.id;
+        let files = self.files();
+        let completed = self.ctx.store.completed_backups(id).await?;
+        let manifest = Manifest {
+            hosting_id: id,
+            format: "qcow2, standalone (no backing file), zstd-compressed clusters",
+            image_pin: self.st.image_pin.as_ref(),
+            backups: completed
+                .into_iter()
+                .map(|b| ManifestEntry {
+                    id: b.id,
+                    file: format!("{}.qcow2", b.id),
+                    trigger: b.trigger,
+                    created_at: b.created_at,
+                    completed_at: b.completed_at,
+                    size_bytes: b.size_bytes,
+                    sha256: b.sha256,
+                })
+                .collect(),
+        };
+        let json = serde_json::to_vec_pretty(&manifest).expect("manifest serializes");
+        let dir = files.dir(id);
+        blocking(move || {
+            std::fs::create_dir_all(&dir)?;
+            let tmp = dir.join(".manifest.json.tmp");
+            std::fs::write(&tmp, json)?;
+            commit_file(&tmp, &dir.join("manifest.json"))
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// Checks a backup before it replaces a disk: Completed in the
+    /// database, its file present with the recorded checksum.
+    async fn verify(&self, b: BackupId) -> Result<Verified, ReconcileError> {
+        let Some(backup) = self.ctx.store.get_backup(self.rec.id, b).await? else {
+            return Ok(Verified::Bad(format!("backup {b} no longer exists")));
+        };
+        if backup.state != BackupState::Completed {
+            return Ok(Verified::Bad(format!("backup {b} is {}", backup.state)));
+        }
+        let path = self.files().file(self.rec.id, b);
+        let sum = blocking(move || digest(&path)).await;
+        match sum {
+            Ok((sha, _)) if Some(&sha) == backup.sha256.as_ref() => Ok(Verified::Good(backup)),
+            Ok(_) => Ok(Verified::Bad(format!(
+                "backup {b}'s file does not match its checksum"
+            ))),
+            Err(e) => Ok(Verified::Bad(format!(
+                "backup {b}'s file cannot be read: {e}"
+            ))),
+        }
+    }
+
+    /// The owner's restore of backup `b`: `true` when the disk now holds it;
+    /// `false` when the backup cannot be used (the request is then consumed
+    /// with a Warning and the disk left as it was).
+    pub async fn restore_requested(
+        &mut self,
+        b: BackupId,
+        exists: bool,
+    ) -> Result<bool, ReconcileError> {
+        match self.verify(b).await? {
+            Verified::Good(backup) => {
+                self.restore(&backup, exists).await?;
+                Ok(true)
+            }
+            Verified::Bad(why) => {
+                let msg = format!("cannot restore: {why}; the disk was left as it was");
+                self.event(EventType::Warning, Reason::RestoreFailed, &msg);
+                self.st.disk_epoch = self.rec.disk_epoch;
+                self.write_status().await?;
+                Ok(false)
+            }
+        }
+    }
+
+    /// A vanished disk: restores the newest backup that verifies (marking
+    /// the ones that do not as Failed); `false` when there is none.
+    pub async fn restore_latest(&mut self) -> Result<bool, ReconcileError> {
+        for b in self.ctx.store.completed_backups(self.rec.id).await? {
+            match self.verify(b.id).await? {
+                Verified::Good(backup) => {
+                    self.restore(&backup, false).await?;
+                    return Ok(true);
+                }
+                Verified::Bad(why) => {
+                    self.ctx.store.backup_failed(b.id, &why).await?;
+                    let msg = format!("{why}: it cannot be restored");
+                    self.event(EventType::Warning, Reason::RestoreFailed, &msg);
+                }
+            }
+        }
+        Ok(false)
+    }
+
+    /// Replaces the disk by a verified backup: the guest is stopped, the
+    /// backup copied next to the pool, the old disk (if any) quarantined,
+    /// the copy moved in. Redone from the start if interrupted; the backup
+    /// file is never touched.
+    async fn restore(&mut self, b: &Backup, exists: bool) -> Result<(), ReconcileError> {
+        let id = self.rec.id;
+        let taken = b.completed_at.unwrap_or(b.created_at).to_rfc3339();
+        let msg = format!(
+            "restoring backup {} (taken {taken}): stopping the guest",
+            b.id
+        );
+        self.event(EventType::Normal, Reason::Restoring, &msg);
+        self.st.phase = Phase::Updating;
+        self.st.message = Some(format!("restoring backup {}", b.id));
+        self.write_status().await?;
+        let files = self.files();
+        files.prepare(id).map_err(DriverError::from)?;
+        let (from, to) = (files.file(id, b.id), files.restore_staging(id));
+        blocking(move || {
+            std::fs::copy(&from, &to)?;
+            std::fs::File::open(&to)?.sync_all()
+        })
+        .await?;
+        self.ctx.vm.destroy(&domain_name(id)).await?;
+        let name = disk_volume(id);
+        if exists {
+            let dir = self.ctx.config.state_dir.join("quarantine");
+            match self.ctx.vm.quarantine_volume(&name, &dir).await? {
+                Some(to) => {
+                    let msg = format!("the previous disk was moved to {}", to.display());
+                    self.event(EventType::Normal, Reason::DiskQuarantined, &msg);
+                }
+                None => self.ctx.vm.delete_volume(&name).await?,
+            }
+        }
+        self.fault("after_restore_quarantine").await?;
+        self.ctx
+            .vm
+            .restore_volume(&name, &files.restore_staging(id))
+            .await?;
+        let msg = format!("the disk was restored from backup {} (taken {taken})", b.id);
+        self.event(EventType::Normal, Reason::DiskRestored, &msg);
+        self.ctx.metrics.restores.inc();
+        self.fault("after_restore_disk").await?;
+        self.st.disk_created = true;
+        self.st.disk_epoch = self.rec.disk_epoch;
+        remove_condition(&mut self.st.conditions, C::DiskLost);
+        self.write_status().await?;
+        self.disk_replaced = true;
+        Ok(())
+    }
+
+    /// Fails the hosting's pending backup: there is no disk to back up.
+    pub async fn fail_pending_backup(&self, why: &str) -> Result<(), ReconcileError> {
+        if let Some(b) = self.ctx.store.next_backup(self.rec.id).await? {
+            self.ctx.store.backup_failed(b.id, why).await?;
+            self.files().discard(self.rec.id, b.id);
+        }
+        Ok(())
+    }
+}

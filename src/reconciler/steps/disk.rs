@@ -1,0 +1,152 @@
+//! Steps 1 and 2: the hosting's ports, and its disk (created, pinned to an
+//! image version, replaced by a reset or a restore, or reported lost).
+
+use super::Pass;
+use crate::domain::{has_true, remove_condition, ConditionType as C, EventType, Phase, Reason};
+use crate::drivers::VolumeSource;
+use crate::images::ImageEntry;
+use crate::reconciler::names::{disk_volume, domain_name};
+use crate::reconciler::ReconcileError;
+
+impl Pass<'_> {
+    /// Step 1: the SSH and HTTP ports (allocated and recorded in one transaction).
+    pub async fn ports(&mut self) -> Result<(u16, u16), ReconcileError> {
+        if let (Some(s), Some(h)) = (self.st.ssh_port, self.st.http_port) {
+            return Ok((s, h));
+        }
+        let cfg = &self.ctx.config;
+        let (s, h) = self
+            .ctx
+            .store
+            .allocate_ports(self.id(), cfg.ssh_ports, cfg.http_ports)
+            .await?;
+        // Recorded (in the allocation's transaction) from here on.
+        (self.st.ssh_port, self.st.http_port) = (Some(s), Some(h));
+        let msg = format!("SSH port {s}, HTTP port {h}");
+        self.event(EventType::Normal, Reason::PortsAllocated, &msg);
+        self.fault("after_port_allocation").await?;
+        Ok((s, h))
+    }
+
+    /// Marks a new hosting as Provisioning.
+    pub async fn begin(&mut self) -> Result<(), ReconcileError> {
+        if self.st.phase != Phase::Pending {
+            return Ok(());
+        }
+        self.st.phase = Phase::Provisioning;
+        let cfg = &self.ctx.config;
+        let msg = format!(
+            "provisioning a {} VM ({})",
+            cfg.domain_type.as_str(),
+            cfg.domain_type_reason
+        );
+        self.event(EventType::Normal, Reason::Provisioning, &msg);
+        Ok(())
+    }
+
+    /// Step 2: the image version (pinned when the disk is first created, so a
+    /// rebuilt image never changes the kernel under an existing disk) and the
+    /// disk volume. A newer desired disk epoch replaces the disk: by the
+    /// backup it names (a restore) or by an empty one (a reset); the old disk
+    /// is quarantined. A disk that vanished is restored from the newest
+    /// backup that verifies, and never silently recreated empty: without a
+    /// backup the hosting goes `Failed` with `DiskLost` until its owner
+    /// decides. `None`: stop here and wait for the owner.
+    pub async fn disk(&mut self) -> Result<Option<ImageEntry>, ReconcileError> {
+        let spec = &self.rec.spec;
+        let image = match &self.st.image_pin {
+            Some(pin) => {
+                pin.check(&spec.image)?;
+                pin.clone()
+            }
+            None => self.ctx.catalog.pin(&spec.image)?,
+        };
+        let name = disk_volume(self.id());
+        let mut exists = self.ctx.vm.volume_exists(&name).await?;
+        let new_epoch = self.st.disk_created && self.st.disk_epoch < self.rec.disk_epoch;
+        let mut reset = false;
+        if new_epoch {
+            match self.rec.restore_from {
+                Some(b) => {
+                    exists = self.restore_requested(b, exists).await? || exists;
+                }
+                None => {
+                    self.replace_disk(exists).await?;
+                    reset = true;
+                }
+            }
+        } else if !exists && self.st.disk_created {
+            if !self.restore_latest().await? {
+                self.disk_lost().await?;
+                return Ok(None);
+            }
+            exists = true;
+        }
+        if !exists && self.st.disk_created && !reset {
+            // A requested restore that could not be used, and no disk either.
+            self.disk_lost().await?;
+            return Ok(None);
+        }
+        let source = VolumeSource::Overlay {
+            backing: image.disk.clone(),
+            backing_format: image.format.clone(),
+            capacity_gib: spec.disk_gib,
+        };
+        if !exists || reset {
+            self.ctx.vm.create_volume(&name, source).await?;
+            let msg = format!(
+                "{} GiB disk from image {}",
+                spec.disk_gib,
+                spec.image.as_str()
+            );
+            let reason = if reset {
+                Reason::DiskReset
+            } else {
+                Reason::DiskCreated
+            };
+            self.event(EventType::Normal, reason, &msg);
+            self.fault("after_disk_create").await?;
+        }
+        if !self.st.disk_created || self.st.image_pin.is_none() || reset {
+            self.st.disk_created = true;
+            self.st.disk_epoch = self.rec.disk_epoch;
+            self.st.image_pin = Some(image.clone());
+            remove_condition(&mut self.st.conditions, C::DiskLost);
+            self.write_status().await?;
+        }
+        Ok(Some(image))
+    }
+
+    /// Records a vanished disk: `Failed`, `DiskLost`, a Warning event once.
+    async fn disk_lost(&mut self) -> Result<(), ReconcileError> {
+        let first = !has_true(&self.st.conditions, C::DiskLost);
+        let msg = "the disk volume vanished and there is no backup to restore it from; \
+                   POST /api/v1/host/my/reset gives the hosting a fresh, empty disk";
+        self.condition(C::DiskLost, true, Reason::DiskMissing, msg);
+        self.fail_pending_backup("the hosting has no disk (DiskLost)")
+            .await?;
+        self.st.phase = Phase::Failed;
+        self.st.message = Some(msg.into());
+        self.write_status().await?;
+        if first {
+            self.ctx.metrics.repairs.inc();
+            self.event(EventType::Warning, Reason::DiskLost, msg);
+        }
+        Ok(())
+    }
+
+    /// Before a consented reset: stops the guest and moves the old disk (if
+    /// any) to quarantine instead of deleting it.
+    async fn replace_disk(&mut self, exists: bool) -> Result<(), ReconcileError> {
+        self.ctx.vm.destroy(&domain_name(self.id())).await?;
+        if exists {
+            let name = disk_volume(self.id());
+            let dir = self.ctx.config.state_dir.join("quarantine");
+            if self.ctx.vm.quarantine_volume(&name, &dir).await?.is_none() {
+                // A simulated volume has no file to keep.
+                self.ctx.vm.delete_volume(&name).await?;
+            }
+        }
+        Ok(())
+    }
+}

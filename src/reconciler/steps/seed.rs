@@ -1,0 +1,122 @@
+//! Step 3 and 5b: the cloud-init seed volume, and a new seed applied live to
+//! the running guest through the guest agent (a warm-pool claim, new keys).
+
+use std::time::Duration;
+
+use chrono::Utc;
+
+use super::Pass;
+use crate::domain::{EventType, Reason};
+use crate::drivers::seed::build_iso;
+use crate::drivers::{ObservedDomain, VolumeSource};
+use crate::images::ImageEntry;
+use crate::reconciler::names::{domain_name, seed_volume};
+use crate::reconciler::render::{Hashes, Inputs};
+use crate::reconciler::ReconcileError;
+
+impl Pass<'_> {
+    /// Step 3: the cloud-init seed volume, rebuilt when missing or outdated.
+    /// Returns the observed domain for the next step.
+    pub async fn seed(
+        &mut self,
+        inputs: &Inputs<'_>,
+        want: &Hashes,
+    ) -> Result<Option<ObservedDomain>, ReconcileError> {
+        let id = self.id();
+        let observed = self.ctx.vm.get_domain(&domain_name(id)).await?;
+        let have_seed = observed
+            .as_ref()
+            .map(|o| Hashes::split(&o.marker.spec_hash).1);
+        let seed_missing = !self.ctx.vm.volume_exists(&seed_volume(id)).await?;
+        if !seed_missing && have_seed == Some(want.seed.as_str()) {
+            return Ok(observed);
+        }
+        let iso = build_iso(&self.ctx.render.seed(inputs));
+        let vm = &self.ctx.vm;
+        if !vm
+            .create_volume(&seed_volume(id), VolumeSource::Bytes(iso.clone()))
+            .await?
+        {
+            vm.replace_volume_bytes(&seed_volume(id), iso).await?;
+        }
+        if observed.is_some() && have_seed != Some(want.seed.as_str()) {
+            let msg = match inputs.image.guest_agent {
+                true => "seed regenerated; applying it to the running guest",
+                false => {
+                    "cloud-init seed regenerated; SSH key changes take effect at the next boot"
+                }
+            };
+            self.event(EventType::Normal, Reason::SeedUpdated, msg);
+        }
+        self.fault("after_seed_upload").await?;
+        Ok(observed)
+    }
+
+    /// Step 5b: a seed the running guest has not applied (a warm-pool claim,
+    /// or new SSH keys) is applied live: the guest agent runs
+    /// `hostd-boot --live`, which re-reads the seed disk (rewritten in place
+    /// by the seed step) exactly as at boot. For a claim this is the
+    /// personalisation; if the agent fails, the guest is restarted instead
+    /// and applies the owner's seed as it boots, so a claim always
+    /// completes. For other seed changes a failure leaves them for the next
+    /// boot, as on images without the agent.
+    pub async fn live_seed(
+        &mut self,
+        want: &Hashes,
+        image: &ImageEntry,
+    ) -> Result<(), ReconcileError> {
+        let applied = self.st.applied_seed.as_deref();
+        if applied == Some(want.seed.as_str()) {
+            return Ok(());
+        }
+        let claim = self.rec.claim_pending();
+        if !image.guest_agent || (applied.is_none() && !claim) {
+            return Ok(());
+        }
+        let name = domain_name(self.id());
+        // The agent may take up to its timeout: what was done shows first.
+        self.flush_events().await?;
+        let started = std::time::Instant::now();
+        let timeout = Duration::from_secs(30);
+        let run = self
+            .ctx
+            .vm
+            .guest_exec(&name, "/usr/local/sbin/hostd-boot", &["--live"], timeout)
+            .await;
+        match run {
+            Ok(_) => {
+                self.st.applied_seed = Some(want.seed.clone());
+                self.fault("after_seed_apply").await?;
+                self.write_status().await?;
+                let ms = started.elapsed().as_millis();
+                if claim {
+                    self.ctx.metrics.pool_claims.inc();
+                    let msg = format!(
+                        "warm-pool guest personalised in {ms} ms: hostname, SSH keys, welcome page"
+                    );
+                    self.event(EventType::Normal, Reason::Personalised, &msg);
+                } else {
+                    let msg = format!("the new seed was applied to the running guest in {ms} ms");
+                    self.event(EventType::Normal, Reason::SeedApplied, &msg);
+                }
+            }
+            Err(e) if claim => {
+                self.ctx.vm.destroy(&name).await?;
+                self.ctx.vm.start(&name).await?;
+                self.ctx.metrics.pool_claim_fallbacks.inc();
+                self.st.applied_seed = Some(want.seed.clone());
+                self.st.provisioning_since = Some(Utc::now());
+                self.write_status().await?;
+                let msg = format!("{e}; restarted the guest, which applies your seed as it boots");
+                self.event(EventType::Warning, Reason::PersonaliseFallback, &msg);
+            }
+            Err(e) => {
+                self.st.applied_seed = None;
+                self.write_status().await?;
+                let msg = format!("{e}; the new seed applies at the next boot");
+                self.event(EventType::Warning, Reason::SeedApplyFailed, &msg);
+            }
+        }
+        Ok(())
+    }
+}
