@@ -2,10 +2,12 @@
 //! controller.
 //!
 //! Crate map (dependencies point down this list, never up):
-//! - [`app`]: wiring: builds the API server and/or reconciler for a process.
-//! - [`api`]: the REST API (axum). Validates input, writes *desired* state.
-//! - [`reconciler`]: the control loop that makes reality match desired state,
-//!   one named step at a time.
+//! - [`app`], [`doctor`]: wiring: builds the API server and/or reconciler
+//!   for a process; `hostd doctor`.
+//! - [`api`] and [`reconciler`], siblings (neither imports the other):
+//!   the REST API (axum), which validates input and writes *desired* state;
+//!   the control loop that makes reality match it, one named step at a time.
+//! - [`checks`]: the dependency checks of `health/detailed` and `doctor`.
 //! - [`store`]: every SQL statement (Postgres via sqlx): users, hostings,
 //!   status, ports, events, leader lease, heartbeat.
 //! - [`drivers`]: libvirt (VMs, volumes) and nginx (routes), behind traits.
@@ -20,8 +22,10 @@
 pub mod api;
 pub mod app;
 pub mod capacity;
+pub mod checks;
 pub mod config;
 pub mod crd;
+pub mod doctor;
 pub mod domain;
 pub mod drivers;
 pub mod faults;

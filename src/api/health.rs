@@ -3,7 +3,8 @@
 //! asks and however often (one `nginx -t` per period); version strings and
 //! host names in it, and `/metrics` on the API listener, are for admins only
 //! (the `HOSTD_METRICS_LISTEN` listener serves `/metrics` to anyone who can
-//! reach it).
+//! reach it). The dependency checks themselves are `crate::checks`, shared
+//! with `hostd doctor`.
 
 use std::time::{Duration, Instant};
 
@@ -16,6 +17,7 @@ use serde_json::json;
 use super::auth::IsAdmin;
 use super::error::ApiError;
 use super::AppState;
+use crate::checks;
 
 /// How long a `health/detailed` answer is reused.
 pub const CACHE_FOR: Duration = Duration::from_secs(5);
@@ -40,14 +42,6 @@ pub async fn health() -> impl IntoResponse {
     responses((status = 200, description = "Name and version", body = Object)))]
 pub async fn version() -> impl IntoResponse {
     Json(json!({"name": "hostd", "version": env!("CARGO_PKG_VERSION")}))
-}
-
-fn check(ok: Result<String, String>, started: Instant) -> serde_json::Value {
-    let ms = started.elapsed().as_secs_f64() * 1000.0;
-    match ok {
-        Ok(detail) => json!({"status": "ok", "latency_ms": ms, "detail": detail}),
-        Err(e) => json!({"status": "error", "latency_ms": ms, "detail": e}),
-    }
 }
 
 /// `GET /api/v1/health/detailed`: database, libvirt, nginx, reconciler,
@@ -103,19 +97,9 @@ fn redact(mut body: serde_json::Value) -> serde_json::Value {
 
 async fn compute(st: &AppState) -> (StatusCode, serde_json::Value) {
     st.metrics.health_checks.inc();
-    let t = Instant::now();
-    let db = check(
-        st.store
-            .ping()
-            .await
-            .map(|_| "postgres reachable".to_string())
-            .map_err(|e| e.to_string()),
-        t,
-    );
-    let t = Instant::now();
-    let libvirt = check(st.vm.ping().await.map_err(|e| e.to_string()), t);
-    let t = Instant::now();
-    let nginx = check(st.proxy.health().await.map_err(|e| e.to_string()), t);
+    let db = checks::database(&st.store).await.json();
+    let libvirt = checks::libvirt(&*st.vm).await.json();
+    let nginx = checks::nginx(&*st.proxy).await.json();
     let t = Instant::now();
     let reconciler = match st.store.last_heartbeat(&st.config.instance).await {
         Ok(Some((holder, age, stats))) => {
@@ -145,26 +129,10 @@ async fn compute(st: &AppState) -> (StatusCode, serde_json::Value) {
                                   "disk_gib": class.disk_gib, "image": class.image.as_str()}}),
         Err(e) => json!({"status": "error", "detail": e.to_string()}),
     };
-    let t = Instant::now();
-    let isolation = if st.config.real_guests() {
-        let iso = crate::drivers::isolation::Isolation::default();
-        check(
-            iso.check().await.map_err(|e| format!("NOT in force: {e}")),
-            t,
-        )
-    } else {
-        json!({"status": "ok", "detail": "not needed: simulated hypervisor"})
-    };
-    let t = Instant::now();
+    let isolation = checks::guest_isolation(&st.config).await.json();
     // Redis down is not fatal (limits fall back to per-process memory):
     // degraded, but still 200.
-    let redis = match st.guard.ping_redis().await {
-        Ok(p) => {
-            json!({"status": "ok", "latency_ms": t.elapsed().as_secs_f64() * 1000.0, "detail": p})
-        }
-        Err(e) => json!({"status": "degraded", "latency_ms": t.elapsed().as_secs_f64() * 1000.0,
-            "detail": format!("{e}; rate limits are per process, revocations checked in postgres")}),
-    };
+    let redis = checks::redis(st.guard.ping_redis()).await.json();
     let all_ok = [&db, &libvirt, &nginx, &reconciler, &isolation]
         .iter()
         .all(|c| c["status"] != "error");

@@ -404,7 +404,7 @@ pub struct ConsoleView {
 pub async fn console_of(st: &AppState, rec: &HostingRecord) -> Result<ConsoleView, ApiError> {
     Ok(match st.store.console(rec.id).await? {
         Some(c) => ConsoleView {
-            truncated: c.log_size as u64 > crate::reconciler::console::TAIL_BYTES,
+            truncated: c.truncated(),
             captured_at: Some(c.captured_at),
             log_size: c.log_size,
             text: c.tail,

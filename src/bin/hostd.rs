@@ -147,7 +147,7 @@ async fn main() {
             }
             println!("migrations applied");
         }
-        Cmd::Doctor => std::process::exit(hostd::app::doctor::run(config(s, true)).await),
+        Cmd::Doctor => std::process::exit(hostd::doctor::run(config(s, true)).await),
         Cmd::Crds => print!("{}", hostd::crd::hosting_crd_yaml()),
         Cmd::NginxConf {
             listen,

@@ -19,8 +19,8 @@ use super::names::console_log;
 use super::Context;
 use crate::domain::HostingId;
 
-/// Most bytes of the log kept.
-pub const TAIL_BYTES: u64 = 64 * 1024;
+/// Most bytes of the log kept (the store's bound, which the API reads too).
+pub const TAIL_BYTES: u64 = crate::store::ConsoleTail::MAX_BYTES;
 
 /// A changed log is copied at most this often per hosting.
 pub const MIN_INTERVAL: Duration = Duration::from_secs(2);

@@ -405,6 +405,17 @@ pub struct ConsoleTail {
     pub tail: String,
 }
 
+impl ConsoleTail {
+    /// Most bytes of a console log kept (the reconciler copies at most this
+    /// much of the log's end).
+    pub const MAX_BYTES: u64 = 64 * 1024;
+
+    /// Whether the stored text is only the end of the log.
+    pub fn truncated(&self) -> bool {
+        self.log_size as u64 > Self::MAX_BYTES
+    }
+}
+
 impl Store {
     /// Stores the console tail of a hosting (the reconciler's copy).
     pub async fn save_console(&self, id: HostingId, log_size: i64, tail: &str) -> Result<()> {

@@ -1,0 +1,107 @@
+//! `hostd doctor`: runs the dependency checks of `health/detailed`
+//! (`crate::checks`, the same list) from the command line, plus what only
+//! an operator's shell can see: who owns the routes and pool directories,
+//! the acceleration in use and the image catalogue's files. One line per
+//! check; the exit code is 1 when any failed.
+
+use crate::checks::{self, Check, Outcome};
+use crate::config::Config;
+use crate::drivers::libvirt::LibvirtDriver;
+use crate::drivers::nginx::NginxDriver;
+use crate::images::Catalog;
+
+/// The printed report: one line per check, and how many failed.
+#[derive(Default)]
+struct Report {
+    failed: usize,
+}
+
+impl Report {
+    fn check(&mut self, c: &Check) {
+        println!("{}", c.line());
+        self.failed += usize::from(c.outcome == Outcome::Error);
+    }
+
+    fn line(&mut self, ok: bool, what: &str, detail: impl std::fmt::Display) {
+        println!("[{}] {what}: {detail}", if ok { " ok " } else { "FAIL" });
+        self.failed += usize::from(!ok);
+    }
+}
+
+/// Postgres, and the installation id (nil when unknown).
+async fn installation(c: &Config, out: &mut Report) -> uuid::Uuid {
+    match crate::store::Store::connect(&c.database_url, 1).await {
+        Ok(s) => {
+            out.check(&checks::database(&s).await);
+            s.installation_id().await.unwrap_or_default()
+        }
+        Err(e) => {
+            out.line(false, "database", e);
+            uuid::Uuid::nil()
+        }
+    }
+}
+
+/// Whether the routes and pool directories are this installation's.
+fn ownership(c: &Config, installation: uuid::Uuid, out: &mut Report) {
+    let pool_dir = c.state_dir.join("pools").join(&c.instance);
+    for (what, dir) in [
+        ("routes directory", &c.nginx_routes_dir),
+        ("storage pool", &pool_dir),
+    ] {
+        let shown = dir.display();
+        match crate::drivers::ownership::owner(dir) {
+            Ok(Some(o)) if o == installation => out.line(true, what, format!("{shown} is ours")),
+            Ok(Some(o)) => out.line(false, what, format!("{shown} belongs to installation {o}")),
+            Ok(None) => out.line(true, what, format!("{shown} not claimed yet")),
+            Err(e) => out.line(false, what, e),
+        }
+    }
+}
+
+/// libvirt, acceleration, nginx, guest isolation, Redis, qemu-img.
+async fn services(c: &Config, installation: uuid::Uuid, out: &mut Report) {
+    let vm = LibvirtDriver::new(&c.libvirt_uri, &c.instance, installation, &c.state_dir);
+    out.check(&checks::libvirt(&vm).await);
+    let accel = format!(
+        "domain type '{}': {}",
+        c.domain_type.as_str(),
+        c.domain_type_reason
+    );
+    out.line(true, "acceleration", accel);
+    let proxy = NginxDriver::new(&c.nginx_routes_dir, &c.nginx_conf, &c.nginx_bin);
+    out.check(&checks::nginx(&proxy).await);
+    out.check(&checks::guest_isolation(c).await);
+    let prefix = format!("hostd:{}:", c.instance);
+    let redis = async {
+        let kv = crate::drivers::kv::Kv::new(&c.redis_url, &prefix)?;
+        kv.ping().await.map(|p| format!("{}: {p}", c.redis_url))
+    };
+    out.check(&checks::redis(redis).await);
+    out.check(&checks::qemu_img().await);
+}
+
+/// Every image of the catalogue, with its files.
+fn images(c: &Config, out: &mut Report) {
+    let cat = match Catalog::load(&c.images_file, &c.state_dir) {
+        Ok(cat) => cat,
+        Err(e) => return out.line(false, "image catalogue", e),
+    };
+    for name in cat.names().map(String::from).collect::<Vec<_>>() {
+        let n = crate::domain::ImageName::parse(&name).expect("catalogue names are valid");
+        match cat.resolve(&n) {
+            Ok(e) => out.line(true, &format!("image {name}"), e.disk.display()),
+            Err(e) => out.line(false, &format!("image {name}"), e),
+        }
+    }
+}
+
+/// Runs the checks; returns the exit code (0 all good, 1 otherwise).
+pub async fn run(c: Config) -> i32 {
+    let mut out = Report::default();
+    let id = installation(&c, &mut out).await;
+    ownership(&c, id, &mut out);
+    services(&c, id, &mut out).await;
+    images(&c, &mut out);
+    i32::from(out.failed > 0)
+}
