@@ -22,7 +22,7 @@ async fn main() {
         uuid::Uuid::new_v4(),
         state.path(),
     ));
-    vm.ensure_pool().await.expect("storage pool");
+    vm.ensure_storage_pool().await.expect("storage pool");
     println!("{}", vm.ping().await.unwrap());
     println!("| concurrency | calls | wall | calls/s |");
     println!("|---:|---:|---:|---:|");

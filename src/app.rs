@@ -214,7 +214,7 @@ async fn claim_state(
     };
     ownership::claim(&config.nginx_routes_dir, installation, "routes directory")
         .map_err(foreign)?;
-    match vm.ensure_pool().await {
+    match vm.ensure_storage_pool().await {
         Err(e @ DriverError::Foreign(_)) => Err(foreign(e)),
         // libvirtd may be down: the reconciler retries the pool later.
         Err(e) => {

@@ -11,7 +11,7 @@ use crate::domain::{Condition, Phase};
 
 /// Desired state of a Hosting: the API's `spec` and the CRD's, one type.
 #[derive(Debug, Serialize, JsonSchema, utoipa::ToSchema)]
-pub struct HostingSpec {
+pub struct SpecView {
     // schemars takes literals only: a test checks them against `limits`.
     /// Virtual CPUs.
     #[schemars(range(min = 1, max = 16))]
@@ -34,9 +34,9 @@ pub struct HostingSpec {
     pub running: bool,
 }
 
-impl From<&crate::domain::HostingSpec> for HostingSpec {
+impl From<&crate::domain::HostingSpec> for SpecView {
     fn from(s: &crate::domain::HostingSpec) -> Self {
-        HostingSpec {
+        SpecView {
             vcpus: s.vcpus,
             memory_mib: s.memory_mib,
             disk_gib: s.disk_gib,
@@ -53,7 +53,7 @@ impl From<&crate::domain::HostingSpec> for HostingSpec {
 
 /// Observed state of a Hosting: the API's `status` and the CRD's, one type.
 #[derive(Debug, Serialize, JsonSchema, utoipa::ToSchema)]
-pub struct HostingStatus {
+pub struct StatusView {
     pub phase: Phase,
     pub conditions: Vec<Condition>,
     pub observed_generation: i64,
@@ -130,8 +130,8 @@ pub fn hosting_crd() -> Value {
                         "apiVersion": {"type": "string"},
                         "kind": {"type": "string"},
                         "metadata": {"type": "object"},
-                        "spec": schema_of::<HostingSpec>(),
-                        "status": schema_of::<HostingStatus>(),
+                        "spec": schema_of::<SpecView>(),
+                        "status": schema_of::<StatusView>(),
                     },
                     "required": ["spec"]
                 }}
@@ -153,7 +153,7 @@ mod tests {
 
     #[test]
     fn schema_ranges_are_the_validation_limits() {
-        let s = schema_of::<HostingSpec>();
+        let s = schema_of::<SpecView>();
         for (field, (min, max)) in [
             ("vcpus", limits::VCPUS),
             ("memory_mib", limits::MEMORY_MIB),

@@ -648,7 +648,7 @@ async fn claim_rows(
     for (i, point) in CLAIM_POINTS.iter().enumerate() {
         let rec = env.spawn_with("reconciler", "", &pool_of("1"));
         let ready = common::eventually(timeout, || async {
-            (store.pool_counts(&class).await.ok()?.ready >= 1).then_some(())
+            (store.warm_pool_counts(&class).await.ok()?.ready >= 1).then_some(())
         })
         .await;
         stop(rec);
@@ -728,7 +728,7 @@ async fn claim_rows(
     // Converge the pool to nothing: the guest the last reconciler refilled goes.
     let rec = env.spawn_with("reconciler", "", &pool_of("0"));
     let empty = common::eventually(timeout, || async {
-        let c = store.pool_counts(&class).await.ok()?;
+        let c = store.warm_pool_counts(&class).await.ok()?;
         (c.total == 0 && c.deleting == 0).then_some(())
     })
     .await;
@@ -1060,7 +1060,7 @@ async fn chaos_soak() {
         }
     }
     let (repairs,): (i64,) = sqlx::query_as("select count(*) from events where reason in ('DomainStarted', 'DomainRecreated', 'RouteRepaired', 'DiskRecreated')")
-        .fetch_one(store.pool())
+        .fetch_one(store.db())
         .await
         .unwrap();
     let (polls, five_xx) = poll.finish().await;

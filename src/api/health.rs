@@ -122,7 +122,7 @@ async fn compute(st: &AppState) -> (StatusCode, serde_json::Value) {
     };
     // The warm pool, as the store sees it (admins only, like capacity).
     let class = crate::domain::HostingSpec::default();
-    let warm_pool = match st.store.pool_counts(&class).await {
+    let warm_pool = match st.store.warm_pool_counts(&class).await {
         Ok(c) => json!({"desired": st.config.warm_pool, "guests": c.total, "ready": c.ready,
                         "booting": c.total - c.ready, "leaving": c.deleting,
                         "class": {"vcpus": class.vcpus, "memory_mib": class.memory_mib,

@@ -11,7 +11,7 @@ use serde::Serialize;
 use super::auth::AuthUser;
 use super::error::{ApiError, ErrorBody};
 use super::AppState;
-use crate::crd::{HostingSpec as HostingSpecView, HostingStatus as HostingStatusView};
+use crate::crd::{SpecView, StatusView};
 use crate::domain::{ssh_command, BackupId, HostingSpec, Role, SpecPatch, UserId};
 use crate::store::{Event, HostingRecord, RestoreRefusal, StoreError};
 
@@ -22,10 +22,10 @@ pub struct HostingView {
     id: String,
     #[schema(format = Uuid)]
     user_id: String,
-    spec: HostingSpecView,
+    spec: SpecView,
     generation: i64,
     deletion_requested_at: Option<chrono::DateTime<chrono::Utc>>,
-    status: HostingStatusView,
+    status: StatusView,
     web_url: Option<String>,
     ssh_command: Option<String>,
     /// Latest events, newest first (single-hosting answers only).
@@ -42,7 +42,7 @@ pub fn view(st: &AppState, r: &HostingRecord, events: Option<Vec<Event>>) -> Hos
         spec: (&r.spec).into(),
         generation: r.generation,
         deletion_requested_at: r.deletion_requested_at,
-        status: HostingStatusView {
+        status: StatusView {
             phase: s.phase,
             conditions: s.conditions.clone(),
             observed_generation: s.observed_generation,
@@ -120,7 +120,7 @@ pub async fn create_for(
     // A spec of the pool's class (the default size) claims a Ready pool
     // guest if there is one (the reconciler's HOSTD_WARM_POOL decides
     // whether there are any); otherwise, or without one, the cold path.
-    let claim = crate::store::pool::fits(&spec, &HostingSpec::default());
+    let claim = crate::store::warm_pool::fits(&spec, &HostingSpec::default());
     let rec = st.store.create_hosting(user, &spec, claim).await?;
     tracing::info!(hosting = %rec.id, user = %user, "hosting requested");
     Ok(rec)

@@ -105,11 +105,11 @@ pub trait VmDriver: Send + Sync + 'static {
     /// A cheap liveness check; returns a description (e.g. the hypervisor version).
     async fn ping(&self) -> DriverResult<String>;
     /// Creates (or starts) hostd's storage pool; idempotent.
-    async fn ensure_pool(&self) -> DriverResult<()>;
+    async fn ensure_storage_pool(&self) -> DriverResult<()>;
     /// The host's memory and CPUs and the pool's free space.
     async fn resources(&self) -> DriverResult<HostResources>;
     /// Name of the storage pool (for domain XML).
-    fn pool_name(&self) -> &str;
+    fn storage_pool_name(&self) -> &str;
     /// All domains carrying this instance's marker.
     async fn list_domains(&self) -> DriverResult<Vec<ObservedDomain>>;
     /// Names of domains that changed (any domain of the hypervisor: defined,

@@ -82,7 +82,7 @@ impl Controller {
     /// Acts as leader until the lease is lost or shutdown.
     async fn lead(self: Arc<Self>, lease: &mut Lease, shutdown: &Shutdown) {
         let ctx = self.ctx.clone();
-        if let Err(e) = ctx.vm.ensure_pool().await {
+        if let Err(e) = ctx.vm.ensure_storage_pool().await {
             tracing::error!(error = %e, "cannot prepare the storage pool; will retry");
         }
         // Stops this term's tasks (lease lost) as well as on process shutdown.

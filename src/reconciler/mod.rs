@@ -24,13 +24,13 @@ pub mod console;
 pub mod controller;
 pub mod memory;
 pub mod names;
-pub mod pool;
 pub mod queue;
 pub mod reconcile;
 pub mod records;
 pub mod render;
 pub mod resync;
 pub mod steps;
+pub mod warm_pool;
 
 pub use action::{Action, ReconcileError};
 pub use controller::Controller;
@@ -91,7 +91,7 @@ impl Context {
         metrics: Arc<Metrics>,
     ) -> Result<Arc<Context>, crate::images::ImageError> {
         let catalog = Catalog::load(&config.images_file, &config.state_dir)?;
-        let render = render::Renderer::new(&config, vm.pool_name(), installation);
+        let render = render::Renderer::new(&config, vm.storage_pool_name(), installation);
         let slots = config.backups.concurrency as usize;
         let http = reqwest::Client::builder()
             .no_proxy()

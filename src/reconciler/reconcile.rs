@@ -44,7 +44,7 @@ async fn apply(ctx: &Context, rec: HostingRecord) -> Result<Action, ReconcileErr
     }
     if rec.claim_pending() {
         // A claim just completed: refill the pool now, not at the next resync.
-        super::pool::maintain(ctx).await?;
+        super::warm_pool::maintain(ctx).await?;
     }
     // Converged: now the hosting's pending backup, if any.
     Ok(super::backup::pending(ctx, rec.id).await?.unwrap_or(action))
@@ -71,7 +71,7 @@ async fn converge(pass: &mut Pass<'_>) -> Result<Action, ReconcileError> {
     }
     pass.power(&def, &want.seed).await?;
     pass.live_seed(&want, &image).await?;
-    if !rec.pool {
+    if !rec.warm {
         if !pass.route(Some(ports.1)).await? {
             return pass.route_pending().await;
         }

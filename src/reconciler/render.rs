@@ -45,7 +45,7 @@ pub struct Inputs<'a> {
     /// Booted for the warm pool (still there, or claimed since): the guest's
     /// instance id then names its owner, so a claim is a new instance to the
     /// guest (its welcome page is written for the new owner).
-    pub pooled: bool,
+    pub from_warm_pool: bool,
 }
 
 impl<'a> Inputs<'a> {
@@ -59,7 +59,7 @@ impl<'a> Inputs<'a> {
             image,
             ssh_port: ports.0,
             http_port: ports.1,
-            pooled: rec.pool || rec.claimed_at.is_some(),
+            from_warm_pool: rec.warm || rec.claimed_at.is_some(),
         }
     }
 }
@@ -106,7 +106,7 @@ pub struct Renderer {
     domain_type: DomainType,
     instance: String,
     installation: String,
-    pool: String,
+    storage_pool: String,
     console_dir: PathBuf,
     ssh_bind: String,
     sites: SiteAddress,
@@ -130,12 +130,12 @@ fn short_hash(parts: &[&str]) -> String {
 }
 
 impl Renderer {
-    pub fn new(config: &Config, pool: &str, installation: uuid::Uuid) -> Renderer {
+    pub fn new(config: &Config, storage_pool: &str, installation: uuid::Uuid) -> Renderer {
         Renderer {
             domain_type: config.domain_type,
             instance: config.instance.clone(),
             installation: installation.to_string(),
-            pool: pool.to_string(),
+            storage_pool: storage_pool.to_string(),
             console_dir: config.state_dir.join("console"),
             ssh_bind: config.ssh_bind.to_string(),
             sites: config.sites.clone(),
@@ -197,7 +197,7 @@ impl Renderer {
             kernel: i.image.kernel.as_ref().map(|p| p.display().to_string()),
             initrd: i.image.initrd.as_ref().map(|p| p.display().to_string()),
             cmdline: i.image.cmdline.clone(),
-            pool: &self.pool,
+            storage_pool: &self.storage_pool,
             disk_volume: &disk_volume(i.id),
             seed_volume: &seed_volume(i.id),
             ssh_bind: self.ssh_bind.clone(),
@@ -252,7 +252,7 @@ impl Renderer {
             welcome_html: yaml_quote(&html),
         };
         let meta_data = MetaData {
-            instance_id: yaml_quote(&match i.pooled {
+            instance_id: yaml_quote(&match i.from_warm_pool {
                 true => format!("hostd-{}-{}", i.id, i.user_id),
                 false => format!("hostd-{}", i.id),
             }),

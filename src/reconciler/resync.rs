@@ -52,7 +52,7 @@ pub async fn resync(ctx: &Context, queue: &WorkQueue) -> Result<ResyncStats, Rec
     let mut queued = queue_drifted(ctx, queue, &records, &seen);
     queued += queue_backups(ctx, queue).await?;
     let orphans = collect_orphans(ctx, &records, &seen).await?;
-    if let Err(e) = super::pool::maintain(ctx).await {
+    if let Err(e) = super::warm_pool::maintain(ctx).await {
         tracing::warn!(error = %e, "warm pool: cannot converge its size; will retry");
     }
     publish(ctx, queue, &records).await;
@@ -271,7 +271,7 @@ fn drift(
     {
         return Some("volume missing");
     }
-    if rec.pool {
+    if rec.warm {
         // A pool guest has no route until it is claimed.
         return routes
             .contains_key(&rec.id)
@@ -289,7 +289,7 @@ fn desired(ctx: &Context, rec: &HostingRecord) -> Derived {
     let marker = ports
         .zip(rec.status.image_pin.as_ref())
         .map(|(p, image)| ctx.render.hashes(&Inputs::of(rec, image, p)).marker());
-    let route = ports.filter(|_| !rec.pool).map(|(_, http)| {
+    let route = ports.filter(|_| !rec.warm).map(|(_, http)| {
         ctx.proxy
             .render(&ctx.route_spec(rec, rec.spec.running.then_some(http)))
     });

@@ -81,7 +81,7 @@ impl Store {
     /// Records the owner's request for a backup of their hosting (Pending).
     /// `Conflict` while another backup of it is Pending or Running.
     pub async fn request_backup(&self, user: UserId) -> Result<Backup> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.db.begin().await?;
         let (hosting, deleting) = lock_hosting_of(&mut tx, user)
             .await?
             .ok_or(StoreError::NotFound)?;
@@ -119,7 +119,7 @@ impl Store {
         let q = format!("select {COLUMNS} from backups where hosting_id = $1 and {tail}");
         let rows: Vec<BackupRow> = sqlx::query_as(&q)
             .bind(hosting.0)
-            .fetch_all(&self.pool)
+            .fetch_all(&self.db)
             .await?;
         Ok(rows.into_iter().map(Backup::from).collect())
     }
@@ -130,7 +130,7 @@ impl Store {
         let row: Option<BackupRow> = sqlx::query_as(&q)
             .bind(hosting.0)
             .bind(id.0)
-            .fetch_optional(&self.pool)
+            .fetch_optional(&self.db)
             .await?;
         Ok(row.map(Backup::from))
     }
@@ -144,7 +144,7 @@ impl Store {
         );
         let row: Option<BackupRow> = sqlx::query_as(&q)
             .bind(hosting.0)
-            .fetch_optional(&self.pool)
+            .fetch_optional(&self.db)
             .await?;
         Ok(row.map(Backup::from))
     }
@@ -155,7 +155,7 @@ impl Store {
             "update backups set state = 'Running', started_at = now(), message = null where id = $1",
         )
         .bind(id.0)
-        .execute(&self.pool)
+        .execute(&self.db)
         .await?;
         Ok(())
     }
@@ -169,7 +169,7 @@ impl Store {
         .bind(id.0)
         .bind(i64::try_from(size).unwrap_or(i64::MAX))
         .bind(sha256)
-        .execute(&self.pool)
+        .execute(&self.db)
         .await?;
         Ok(())
     }
@@ -181,7 +181,7 @@ impl Store {
         )
         .bind(id.0)
         .bind(message)
-        .execute(&self.pool)
+        .execute(&self.db)
         .await?;
         Ok(())
     }
@@ -213,7 +213,7 @@ impl Store {
         let rows: Vec<BackupRow> = sqlx::query_as(&q)
             .bind(hosting.0)
             .bind(i64::from(keep))
-            .fetch_all(&self.pool)
+            .fetch_all(&self.db)
             .await?;
         Ok(rows
             .into_iter()
@@ -237,20 +237,20 @@ impl Store {
                 "insert into backups (id, hosting_id, trigger) \
                  select gen_random_uuid(), h.id, 'Scheduled' from hostings h \
                  join hosting_status s on s.hosting_id = h.id \
-                 where h.deletion_requested_at is null and not h.pool and s.disk_created \
+                 where h.deletion_requested_at is null and not h.warm_pool and s.disk_created \
                    and s.phase in ('Ready', 'Stopped') \
                    and coalesce((select max(created_at) from backups b where b.hosting_id = h.id), \
                                 h.created_at) < now() - make_interval(secs => $1) \
                  on conflict do nothing",
             )
             .bind(secs)
-            .execute(&self.pool)
+            .execute(&self.db)
             .await?;
         }
         let rows: Vec<(Uuid,)> = sqlx::query_as(
             "select distinct hosting_id from backups where state in ('Pending', 'Running')",
         )
-        .fetch_all(&self.pool)
+        .fetch_all(&self.db)
         .await?;
         Ok(rows.into_iter().map(|(i,)| HostingId(i)).collect())
     }
@@ -262,7 +262,7 @@ impl Store {
         user: UserId,
         backup: BackupId,
     ) -> Result<Result<HostingRecord, RestoreRefusal>> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.db.begin().await?;
         let Some((hosting, deleting)) = lock_hosting_of(&mut tx, user).await? else {
             return Ok(Err(RestoreRefusal::NoHosting));
         };

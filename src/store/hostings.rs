@@ -10,7 +10,7 @@ use crate::domain::*;
 
 /// Observed status of a hosting, written by the reconciler.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Status {
+pub struct ObservedStatus {
     pub phase: Phase,
     pub conditions: Vec<Condition>,
     pub observed_generation: i64,
@@ -46,13 +46,13 @@ pub struct HostingRecord {
     pub disk_epoch: i32,
     /// The backup the disk of the desired epoch comes from (`None`: empty).
     pub restore_from: Option<BackupId>,
-    /// A warm-pool guest, owned by the internal pool account, not yet claimed.
-    pub pool: bool,
+    /// A warm-pool guest, owned by the internal warm-pool account, not yet claimed.
+    pub warm: bool,
     /// When this hosting was given a warm-pool guest (`None`: booted for it).
     pub claimed_at: Option<DateTime<Utc>>,
     /// The generation that claim set (see [`HostingRecord::claim_pending`]).
     pub claim_generation: Option<i64>,
-    pub status: Status,
+    pub status: ObservedStatus,
 }
 
 impl HostingRecord {
@@ -92,7 +92,7 @@ struct RecordRow {
     disk_epoch: i32,
     observed_disk_epoch: Option<i32>,
     restore_backup_id: Option<Uuid>,
-    pool: bool,
+    warm_pool: bool,
     claimed_at: Option<DateTime<Utc>>,
     claim_generation: Option<i64>,
     applied_seed: Option<String>,
@@ -106,7 +106,7 @@ const RECORD_SELECT: &str = "select h.id, h.user_id, u.username, h.vcpus, h.memo
      h.ssh_public_keys, h.running, h.generation, h.deletion_requested_at, h.created_at, \
      s.phase, s.conditions, s.observed_generation, s.ssh_port, s.http_port, s.vm_name, s.message, \
      s.disk_created, s.image_pin, s.provisioning_since, s.last_reconciled_at, \
-     h.disk_epoch, s.disk_epoch as observed_disk_epoch, h.restore_backup_id, h.pool, h.claimed_at, h.claim_generation, \
+     h.disk_epoch, s.disk_epoch as observed_disk_epoch, h.restore_backup_id, h.warm_pool, h.claimed_at, h.claim_generation, \
      s.applied_seed \
      from hostings h join users u on u.id = h.user_id left join hosting_status s on s.hosting_id = h.id";
 
@@ -135,10 +135,10 @@ impl RecordRow {
             created_at: self.created_at,
             disk_epoch: self.disk_epoch,
             restore_from: self.restore_backup_id.map(BackupId),
-            pool: self.pool,
+            warm: self.warm_pool,
             claimed_at: self.claimed_at,
             claim_generation: self.claim_generation,
-            status: Status {
+            status: ObservedStatus {
                 phase: self
                     .phase
                     .as_deref()
@@ -165,7 +165,7 @@ impl Store {
     /// Creates the desired hosting, its Pending status and a first event, atomically.
     /// A second hosting for the same user fails on the unique index: `Conflict`.
     /// With `claim`, a Ready warm-pool guest of the spec's class is re-owned
-    /// instead when there is one (see `claim_pool_guest`).
+    /// instead when there is one (see `claim_warm_guest`).
     pub async fn create_hosting(
         &self,
         user: UserId,
@@ -175,7 +175,7 @@ impl Store {
         // The user now has a hosting the read view has not seen.
         self.touched_user(user);
         if claim {
-            if let Some(id) = self.claim_pool_guest(user, spec).await? {
+            if let Some(id) = self.claim_warm_guest(user, spec).await? {
                 return self.must_get(id).await;
             }
         }
@@ -184,26 +184,26 @@ impl Store {
         self.must_get(id).await
     }
 
-    /// Inserts a desired hosting (a pool guest with `pool`), its Pending
+    /// Inserts a desired hosting (a warm-pool guest with `warm`), its Pending
     /// status and a `Created` event saying `msg`, in one transaction. The
     /// unique index on the user's hosting answers `Conflict`.
     pub(super) async fn insert_hosting(
         &self,
         user: UserId,
         spec: &HostingSpec,
-        pool: bool,
+        warm: bool,
         msg: &str,
     ) -> Result<HostingId> {
         let id = Uuid::new_v4();
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.db.begin().await?;
         let q = sqlx::query(
-            "insert into hostings (id, user_id, vcpus, memory_mib, disk_gib, image, ssh_public_keys, running, pool) \
+            "insert into hostings (id, user_id, vcpus, memory_mib, disk_gib, image, ssh_public_keys, running, warm_pool) \
              values ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
         )
         .bind(id)
         .bind(user.0);
         bind_spec(q, spec)
-            .bind(pool)
+            .bind(warm)
             .execute(&mut *tx)
             .await
             .map_err(|e| match is_unique_violation(&e) {
@@ -230,7 +230,7 @@ impl Store {
         let sql = format!("{RECORD_SELECT} where {cond}");
         let row = sqlx::query_as::<_, RecordRow>(&sql)
             .bind(arg)
-            .fetch_optional(&self.pool)
+            .fetch_optional(&self.db)
             .await?;
         row.map(RecordRow::into_record).transpose()
     }
@@ -256,7 +256,7 @@ impl Store {
              from hostings h join users u on u.id = h.user_id \
              left join hosting_status s on s.hosting_id = h.id",
         )
-        .fetch_all(&self.pool)
+        .fetch_all(&self.db)
         .await?;
         Ok(rows
             .into_iter()
@@ -276,7 +276,7 @@ impl Store {
              from hostings h join users u on u.id = h.user_id \
              left join hosting_status s on s.hosting_id = h.id",
         )
-        .fetch_one(&self.pool)
+        .fetch_one(&self.db)
         .await?;
         Ok((n, x.unwrap_or(0)))
     }
@@ -286,7 +286,7 @@ impl Store {
         let ids: Vec<Uuid> = ids.iter().map(|i| i.0).collect();
         let rows = sqlx::query_as::<_, RecordRow>(&format!("{RECORD_SELECT} where h.id = any($1)"))
             .bind(ids)
-            .fetch_all(&self.pool)
+            .fetch_all(&self.db)
             .await?;
         rows.into_iter().map(RecordRow::into_record).collect()
     }
@@ -295,7 +295,7 @@ impl Store {
     pub async fn list_records(&self) -> Result<Vec<HostingRecord>> {
         let rows =
             sqlx::query_as::<_, RecordRow>(&format!("{RECORD_SELECT} order by h.created_at"))
-                .fetch_all(&self.pool)
+                .fetch_all(&self.db)
                 .await?;
         rows.into_iter().map(RecordRow::into_record).collect()
     }
@@ -306,7 +306,7 @@ impl Store {
     where
         F: FnOnce(&HostingSpec) -> Result<HostingSpec, ValidationError>,
     {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.db.begin().await?;
         let row = sqlx::query_as::<_, RecordRow>(&format!(
             "{RECORD_SELECT} where h.user_id = $1 for update of h"
         ))
@@ -342,7 +342,7 @@ impl Store {
     /// Records the owner's consent to replace a lost disk with a fresh, empty
     /// one: bumps the desired disk epoch (and the generation).
     pub async fn request_disk_reset(&self, user: UserId) -> Result<HostingRecord> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.db.begin().await?;
         let row: Option<(Uuid,)> = sqlx::query_as(
             "update hostings set disk_epoch = disk_epoch + 1, generation = generation + 1, \
              restore_backup_id = null where user_id = $1 and deletion_requested_at is null returning id",
@@ -367,7 +367,7 @@ impl Store {
     /// Marks the user's hosting for deletion (idempotent). The row stays until the
     /// reconciler has cleaned up.
     pub async fn request_deletion(&self, user: UserId) -> Result<HostingRecord> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.db.begin().await?;
         let (id, already) = lock_hosting_of(&mut tx, user)
             .await?
             .ok_or(StoreError::NotFound)?;

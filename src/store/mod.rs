@@ -12,17 +12,17 @@ use crate::domain::*;
 pub mod backups;
 pub mod hostings;
 pub mod lease;
-pub mod pool;
 pub mod sessions;
 pub mod status;
 pub mod users;
 pub mod view;
+pub mod warm_pool;
 
 pub use backups::{Backup, RestoreRefusal};
-pub use hostings::{HostingRecord, RecordVersion, Status};
-pub use pool::{PoolCounts, POOL_USER};
+pub use hostings::{HostingRecord, ObservedStatus, RecordVersion};
 pub use status::{CapacityRow, CapacityUsage, ConsoleTail, Event, NewEvent, ReconcilerStats};
 pub use users::User;
+pub use warm_pool::{WarmPoolCounts, WARM_POOL_USER};
 
 /// Store-layer errors. The API maps these to HTTP codes; nothing here knows HTTP.
 #[derive(Debug, thiserror::Error)]
@@ -63,7 +63,7 @@ const ACQUIRE_TEST_IDLE: Duration = Duration::from_secs(1);
 /// Handle to the database. Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Store {
-    pool: PgPool,
+    db: PgPool,
     url: String,
     /// The API's read view, when this process serves reads from one.
     view: std::sync::Arc<std::sync::OnceLock<std::sync::Arc<view::ReadView>>>,
@@ -95,14 +95,15 @@ impl Store {
             .connect_with(opts)
             .await?;
         Ok(Store {
-            pool,
+            db: pool,
             url: url.to_string(),
             view: Default::default(),
         })
     }
 
-    pub fn pool(&self) -> &PgPool {
-        &self.pool
+    /// The Postgres connection pool (for tests and benchmarks that query directly).
+    pub fn db(&self) -> &PgPool {
+        &self.db
     }
 
     pub fn url(&self) -> &str {
@@ -111,13 +112,13 @@ impl Store {
 
     /// Applies pending migrations (idempotent; concurrent callers serialize on a lock).
     pub async fn migrate(&self) -> Result<()> {
-        sqlx::migrate!("./migrations").run(&self.pool).await?;
+        sqlx::migrate!("./migrations").run(&self.db).await?;
         Ok(())
     }
 
     /// A cheap round trip, for health checks.
     pub async fn ping(&self) -> Result<()> {
-        sqlx::query("select 1").execute(&self.pool).await?;
+        sqlx::query("select 1").execute(&self.db).await?;
         Ok(())
     }
 
@@ -131,7 +132,7 @@ impl Store {
     /// This installation's identity (created once by the migrations).
     pub async fn installation_id(&self) -> Result<uuid::Uuid> {
         let (id,): (uuid::Uuid,) = sqlx::query_as("select id from installation")
-            .fetch_one(&self.pool)
+            .fetch_one(&self.db)
             .await?;
         Ok(id)
     }
@@ -141,7 +142,7 @@ impl Store {
         let row: Option<(uuid::Uuid,)> =
             sqlx::query_as("select hosting_id from hosting_tombstones where hosting_id = $1")
                 .bind(id.0)
-                .fetch_optional(&self.pool)
+                .fetch_optional(&self.db)
                 .await?;
         Ok(row.is_some())
     }

@@ -5,7 +5,7 @@ use chrono::{DateTime, Utc};
 use sqlx::{Postgres, Transaction};
 use uuid::Uuid;
 
-use super::{Result, Status, Store, StoreError};
+use super::{ObservedStatus, Result, Store, StoreError};
 use crate::domain::*;
 
 /// The reconciler leader's counters, stored with its heartbeat so an API-only
@@ -64,7 +64,7 @@ impl Store {
         )
         .bind(id.0)
         .bind(limit)
-        .fetch_all(&self.pool)
+        .fetch_all(&self.db)
         .await?
         .into_iter()
         .map(|(at, type_, reason, message)| Event { at, type_, reason, message })
@@ -86,7 +86,7 @@ impl Store {
         .bind(t)
         .bind(r)
         .bind(m)
-        .execute(&self.pool)
+        .execute(&self.db)
         .await?;
         self.touched_hosting(id);
         Ok(())
@@ -94,7 +94,7 @@ impl Store {
 
     /// Writes the observed status (everything but ports, which only
     /// [`Store::allocate_ports`] writes).
-    pub async fn write_status(&self, id: HostingId, s: &Status) -> Result<()> {
+    pub async fn write_status(&self, id: HostingId, s: &ObservedStatus) -> Result<()> {
         self.write_status_with_events(id, s, &[]).await
     }
 
@@ -104,7 +104,7 @@ impl Store {
     pub async fn write_status_with_events(
         &self,
         id: HostingId,
-        s: &Status,
+        s: &ObservedStatus,
         events: &[NewEvent],
     ) -> Result<()> {
         let (t, r, m) = NewEvent::columns(events);
@@ -133,7 +133,7 @@ impl Store {
         .bind(t)
         .bind(r)
         .bind(m)
-        .execute(&self.pool)
+        .execute(&self.db)
         .await?;
         self.touched_hosting(id);
         Ok(())
@@ -173,7 +173,7 @@ impl Store {
         .bind(http.start as i32)
         .bind(http.end as i32)
         .bind(from[1])
-        .fetch_optional(&self.pool)
+        .fetch_optional(&self.db)
         .await
         .map_err(|e| match &e {
             sqlx::Error::Database(d) if d.code().as_deref() == Some("HD001") => {
@@ -194,7 +194,7 @@ impl Store {
 
     /// Releases the hosting's ports (idempotent).
     pub async fn release_ports(&self, id: HostingId) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.db.begin().await?;
         sqlx::query(
             "update hosting_status set ssh_port = null, http_port = null where hosting_id = $1",
         )
@@ -210,7 +210,7 @@ impl Store {
     /// The last step of the finalizer: removes the hosting row (status and events cascade).
     /// Refuses while the deletion has not been requested.
     pub async fn delete_hosting(&self, id: HostingId) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.db.begin().await?;
         delete_ports(&mut tx, id).await?;
         sqlx::query(
             "insert into hosting_tombstones (hosting_id) select id from hostings \
@@ -233,7 +233,7 @@ impl Store {
         Ok(sqlx::query_as::<_, (i32, String, Uuid)>(
             "select port, kind, hosting_id from port_allocations order by port",
         )
-        .fetch_all(&self.pool)
+        .fetch_all(&self.db)
         .await?
         .into_iter()
         .map(|(p, k, h)| (p as u16, k, HostingId(h)))
@@ -281,7 +281,7 @@ impl Store {
         .bind(instance)
         .bind(holder)
         .bind(sqlx::types::Json(stats))
-        .execute(&self.pool)
+        .execute(&self.db)
         .await?;
         Ok(())
     }
@@ -295,7 +295,7 @@ impl Store {
             "select holder, extract(epoch from now() - at)::float8, stats from reconciler_heartbeat where instance = $1",
         )
         .bind(instance)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&self.db)
         .await?;
         Ok(row.map(|(h, a, s)| (h, a, s.0)))
     }
@@ -344,7 +344,7 @@ impl Store {
                h.running and h.deletion_requested_at is null \
              from hostings h join hosting_status s on s.hosting_id = h.id",
         )
-        .fetch_all(&self.pool)
+        .fetch_all(&self.db)
         .await?;
         Ok(rows
             .into_iter()
@@ -385,7 +385,7 @@ impl Store {
         )
         .bind(id)
         .bind(older_bound)
-        .fetch_one(&self.pool)
+        .fetch_one(&self.db)
         .await?;
         Ok(CapacityUsage {
             memory_mib: row.0,
@@ -427,7 +427,7 @@ impl Store {
         .bind(id.0)
         .bind(log_size)
         .bind(tail)
-        .execute(&self.pool)
+        .execute(&self.db)
         .await?;
         Ok(())
     }
@@ -438,7 +438,7 @@ impl Store {
             "select captured_at, log_size, tail from hosting_console where hosting_id = $1",
         )
         .bind(id.0)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&self.db)
         .await?
         .map(|(captured_at, log_size, tail)| ConsoleTail {
             captured_at,

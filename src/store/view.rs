@@ -265,7 +265,7 @@ impl ReadView {
             i.hostings.remove(&old);
         }
         match entry {
-            Some((rec, events)) if !rec.pool => {
+            Some((rec, events)) if !rec.warm => {
                 i.owner.insert(id, rec.user_id);
                 let user = rec.user_id;
                 let h = ViewHosting {
@@ -370,7 +370,7 @@ impl Store {
                     let exp: Option<(DateTime<Utc>,)> =
                         sqlx::query_as("select expires_at from revoked_tokens where jti = $1")
                             .bind(jti)
-                            .fetch_optional(&self.pool)
+                            .fetch_optional(&self.db)
                             .await?;
                     view.set_revoked(jti, exp.map(|e| e.0));
                 }
@@ -422,7 +422,7 @@ impl Store {
                 )
                 .bind(EVENTS)
                 .bind(ids)
-                .fetch_all(&self.pool)
+                .fetch_all(&self.db)
                 .await?
             }
             // All: one pass over the table.
@@ -434,7 +434,7 @@ impl Store {
                        from events) e where n <= $1 order by hosting_id, n",
                 )
                 .bind(EVENTS)
-                .fetch_all(&self.pool)
+                .fetch_all(&self.db)
                 .await?
             }
         };
@@ -479,13 +479,13 @@ impl Store {
         let mut events = self.latest_events(None).await?;
         let revoked: Vec<(Uuid, DateTime<Utc>)> =
             sqlx::query_as("select jti, expires_at from revoked_tokens where expires_at > now()")
-                .fetch_all(&self.pool)
+                .fetch_all(&self.db)
                 .await?;
         let mut inner = Inner::default();
         for u in users {
             inner.users.insert(u.id, Arc::new(u));
         }
-        for rec in records.into_iter().filter(|r| !r.pool) {
+        for rec in records.into_iter().filter(|r| !r.warm) {
             let ev = events.remove(&rec.id.0).unwrap_or_default();
             inner.owner.insert(rec.id, rec.user_id);
             let user = rec.user_id;

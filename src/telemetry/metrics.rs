@@ -71,13 +71,13 @@ pub struct Metrics {
     /// Disks replaced by a backup (requested restores and vanished disks).
     pub restores: Counter,
     /// Warm-pool guests not being deleted, at the last pool check.
-    pub pool_guests: Gauge,
+    pub warm_pool_guests: Gauge,
     /// Of those, Ready and claimable.
-    pub pool_ready: Gauge,
+    pub warm_pool_ready: Gauge,
     /// Hostings given a warm-pool guest (personalised live or by restart).
-    pub pool_claims: Counter,
+    pub warm_pool_claims: Counter,
     /// Claims whose live personalisation failed, so the guest was restarted.
-    pub pool_claim_fallbacks: Counter,
+    pub warm_pool_claim_fallbacks: Counter,
     /// Failed logins (wrong password or unknown account).
     pub login_failures: Counter,
     /// Requests refused by a rate limit, by rule.
@@ -115,10 +115,10 @@ impl Default for Metrics {
             backup_duration: Histogram::new(exponential_buckets(0.5, 2.0, 12)),
             last_backup_bytes: Gauge::default(),
             restores: Counter::default(),
-            pool_guests: Gauge::default(),
-            pool_ready: Gauge::default(),
-            pool_claims: Counter::default(),
-            pool_claim_fallbacks: Counter::default(),
+            warm_pool_guests: Gauge::default(),
+            warm_pool_ready: Gauge::default(),
+            warm_pool_claims: Counter::default(),
+            warm_pool_claim_fallbacks: Counter::default(),
             login_failures: Counter::default(),
             rate_limited: Family::default(),
             password_changes: Counter::default(),
@@ -151,10 +151,10 @@ impl Default for Metrics {
             "hostd_backup_duration_seconds", "Wall time of one backup", m.backup_duration;
             "hostd_last_backup_bytes", "Size of the last backup file", m.last_backup_bytes;
             "hostd_restores", "Disks replaced by a backup", m.restores;
-            "hostd_warm_pool_guests", "Warm-pool guests (not being deleted)", m.pool_guests;
-            "hostd_warm_pool_ready", "Warm-pool guests Ready to be claimed", m.pool_ready;
-            "hostd_warm_pool_claims", "Hostings given a warm-pool guest", m.pool_claims;
-            "hostd_warm_pool_claim_fallbacks", "Claims personalised by a restart (guest agent failed)", m.pool_claim_fallbacks;
+            "hostd_warm_pool_guests", "Warm-pool guests (not being deleted)", m.warm_pool_guests;
+            "hostd_warm_pool_ready", "Warm-pool guests Ready to be claimed", m.warm_pool_ready;
+            "hostd_warm_pool_claims", "Hostings given a warm-pool guest", m.warm_pool_claims;
+            "hostd_warm_pool_claim_fallbacks", "Claims personalised by a restart (guest agent failed)", m.warm_pool_claim_fallbacks;
             "hostd_login_failures", "Failed logins", m.login_failures;
             "hostd_rate_limited", "Requests refused by a rate limit, by rule", m.rate_limited;
             "hostd_password_changes", "Password changes", m.password_changes;

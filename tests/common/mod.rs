@@ -250,7 +250,7 @@ impl TestApp {
                 st.metrics.clone(),
             )
             .unwrap();
-            ctx.vm.ensure_pool().await.unwrap();
+            ctx.vm.ensure_storage_pool().await.unwrap();
             Some(Arc::new(Controller::new(ctx)))
         } else {
             None

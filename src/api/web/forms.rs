@@ -410,7 +410,7 @@ pub(super) async fn admin_page(
         .map(|r| AdminRow {
             id: r.id.to_string(),
             owner: r.username.as_str().to_string(),
-            pool: r.pool,
+            warm: r.warm,
             phase: r.status.phase.to_string(),
             converged: r.status.observed_generation == r.generation,
             size: format!(

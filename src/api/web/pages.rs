@@ -110,7 +110,7 @@ pub(super) struct ConsolePage {
 pub struct AdminRow {
     pub id: String,
     pub owner: String,
-    pub pool: bool,
+    pub warm: bool,
     pub phase: String,
     pub converged: bool,
     pub size: String,

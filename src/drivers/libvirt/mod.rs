@@ -30,7 +30,7 @@ use connection::Live;
 pub struct LibvirtDriver {
     uri: String,
     owner: Owner,
-    pool: String,
+    storage_pool: String,
     pool_dir: std::path::PathBuf,
     conn: Arc<Mutex<Option<Live>>>,
     /// Markers [`VmDriver::list_domains`] read, by domain name, and the
@@ -112,7 +112,7 @@ impl LibvirtDriver {
                 instance: instance.to_string(),
                 installation,
             },
-            pool: format!("hostd-{instance}"),
+            storage_pool: format!("hostd-{instance}"),
             pool_dir: state_dir.join("pools").join(instance),
             conn: Arc::new(Mutex::new(None)),
             watch: Arc::new(Watch {
@@ -145,7 +145,7 @@ impl VmDriver for LibvirtDriver {
     }
 
     async fn resources(&self) -> DriverResult<super::HostResources> {
-        let pool = self.pool.clone();
+        let pool = self.storage_pool.clone();
         self.with_conn(move |c| {
             let node = c.node_info().map_err(lv)?;
             let p = volumes::pool(c, &pool)?;
@@ -160,15 +160,15 @@ impl VmDriver for LibvirtDriver {
         .await
     }
 
-    fn pool_name(&self) -> &str {
-        &self.pool
+    fn storage_pool_name(&self) -> &str {
+        &self.storage_pool
     }
 
-    async fn ensure_pool(&self) -> DriverResult<()> {
+    async fn ensure_storage_pool(&self) -> DriverResult<()> {
         let what = "storage pool directory";
         super::ownership::claim(&self.pool_dir, self.owner.installation, what)?;
-        let (name, dir) = (self.pool.clone(), self.pool_dir.clone());
-        self.with_conn(move |c| volumes::ensure_pool(c, &name, &dir))
+        let (name, dir) = (self.storage_pool.clone(), self.pool_dir.clone());
+        self.with_conn(move |c| volumes::ensure_storage_pool(c, &name, &dir))
             .await
     }
 
@@ -207,24 +207,24 @@ impl VmDriver for LibvirtDriver {
     }
 
     async fn list_volumes(&self) -> DriverResult<Vec<String>> {
-        let pool = self.pool.clone();
+        let pool = self.storage_pool.clone();
         self.with_conn(move |c| volumes::list(c, &pool)).await
     }
 
     async fn volume_exists(&self, name: &str) -> DriverResult<bool> {
-        let (pool, name) = (self.pool.clone(), name.to_string());
+        let (pool, name) = (self.storage_pool.clone(), name.to_string());
         self.with_conn(move |c| volumes::exists(c, &pool, &name))
             .await
     }
 
     async fn create_volume(&self, name: &str, source: VolumeSource) -> DriverResult<bool> {
-        let (pool, name) = (self.pool.clone(), name.to_string());
+        let (pool, name) = (self.storage_pool.clone(), name.to_string());
         self.with_conn(move |c| volumes::create(c, &pool, &name, source))
             .await
     }
 
     async fn replace_volume_bytes(&self, name: &str, bytes: Vec<u8>) -> DriverResult<()> {
-        let (pool, name) = (self.pool.clone(), name.to_string());
+        let (pool, name) = (self.storage_pool.clone(), name.to_string());
         self.with_conn(move |c| volumes::replace_bytes(c, &pool, &name, &bytes))
             .await
     }
@@ -234,7 +234,11 @@ impl VmDriver for LibvirtDriver {
         name: &str,
         dir: &std::path::Path,
     ) -> DriverResult<Option<std::path::PathBuf>> {
-        let (pool, name, dir) = (self.pool.clone(), name.to_string(), dir.to_path_buf());
+        let (pool, name, dir) = (
+            self.storage_pool.clone(),
+            name.to_string(),
+            dir.to_path_buf(),
+        );
         self.with_conn(move |c| volumes::quarantine(c, &pool, &name, &dir))
             .await
     }
@@ -245,7 +249,7 @@ impl VmDriver for LibvirtDriver {
         volume: &str,
         staging: &std::path::Path,
     ) -> DriverResult<std::path::PathBuf> {
-        let (pool, owner) = (self.pool.clone(), self.owner.clone());
+        let (pool, owner) = (self.storage_pool.clone(), self.owner.clone());
         let (domain, volume) = (domain.to_string(), volume.to_string());
         let staging = staging.to_path_buf();
         self.with_conn(move |c| {
@@ -260,13 +264,17 @@ impl VmDriver for LibvirtDriver {
     }
 
     async fn restore_volume(&self, name: &str, from: &std::path::Path) -> DriverResult<()> {
-        let (pool, name, from) = (self.pool.clone(), name.to_string(), from.to_path_buf());
+        let (pool, name, from) = (
+            self.storage_pool.clone(),
+            name.to_string(),
+            from.to_path_buf(),
+        );
         self.with_conn(move |c| volumes::restore(c, &pool, &name, &from))
             .await
     }
 
     async fn delete_volume(&self, name: &str) -> DriverResult<()> {
-        let (pool, name) = (self.pool.clone(), name.to_string());
+        let (pool, name) = (self.storage_pool.clone(), name.to_string());
         self.with_conn(move |c| volumes::delete(c, &pool, &name))
             .await
     }

@@ -17,7 +17,11 @@ pub(super) fn pool(c: &Connect, name: &str) -> DriverResult<StoragePool> {
 
 /// Defines and starts this hostd's directory pool; refuses a pool of the
 /// same name over another directory (another hostd's).
-pub(super) fn ensure_pool(c: &Connect, name: &str, dir: &std::path::Path) -> DriverResult<()> {
+pub(super) fn ensure_storage_pool(
+    c: &Connect,
+    name: &str,
+    dir: &std::path::Path,
+) -> DriverResult<()> {
     let pool = match c.lookup_storage_pool_by_name(name) {
         Ok(p) => {
             // Same name, other directory: another hostd's pool.

@@ -14,7 +14,7 @@ use crate::domain::{
     remove_condition, set_condition, ConditionType as C, EventType, HostingId, Phase, Reason,
 };
 use crate::drivers::ObservedDomain;
-use crate::store::{HostingRecord, NewEvent, Status};
+use crate::store::{HostingRecord, NewEvent, ObservedStatus};
 
 pub mod backup;
 pub mod disk;
@@ -38,7 +38,7 @@ pub struct Pass<'a> {
     pub ctx: &'a Context,
     pub rec: &'a HostingRecord,
     /// The status this pass will write.
-    pub st: Status,
+    pub st: ObservedStatus,
     /// The disk step replaced the disk (a restore): the guest was stopped on
     /// purpose, so starting it again is no drift repair.
     pub disk_replaced: bool,

@@ -24,7 +24,7 @@ impl Pass<'_> {
     /// writes the final status; not yet ready requeues until the deadline.
     pub async fn readiness(&mut self, (ssh, http): (u16, u16)) -> Result<Action, ReconcileError> {
         // A pool guest has no route (no owner yet): its port forward is probed.
-        let url = match self.rec.pool {
+        let url = match self.rec.warm {
             true => format!("http://127.0.0.1:{http}/"),
             false => format!("{}/{}/", self.ctx.config.probe_url, self.rec.user_id),
         };
@@ -36,7 +36,7 @@ impl Pass<'_> {
             Err(_) => Err("not probed before the site answers".to_string()),
         };
         if web.is_ok() && banner.is_ok() {
-            let msg = match self.rec.pool {
+            let msg = match self.rec.warm {
                 true => "warm-pool guest answers HTTP and SSH; claimable",
                 false => "site answers through nginx and SSH is up",
             };

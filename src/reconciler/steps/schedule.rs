@@ -59,15 +59,15 @@ impl Pass<'_> {
                 // is decided again: the ports say it was admitted).
                 Ok(None)
             }
-            Err((_, msg)) if self.rec.pool => {
+            Err((_, msg)) if self.rec.warm => {
                 // A pool guest never waits for room: it is dropped.
                 tracing::info!(message = %msg, "warm pool: no room for this pool guest; dropping it");
-                self.ctx.store.drop_pool_guest(self.id()).await?;
+                self.ctx.store.drop_warm_guest(self.id()).await?;
                 Ok(Some(Action::AwaitChange))
             }
             Err((reason, mut msg)) => {
                 // Tenants come first: a warm-pool guest makes room.
-                if self.ctx.store.evict_pool_guest().await? {
+                if self.ctx.store.evict_warm_guest().await? {
                     msg.push_str("; a warm-pool guest is being removed to make room");
                 }
                 let first = !crate::capacity::waiting(self.rec);

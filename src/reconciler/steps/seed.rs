@@ -90,7 +90,7 @@ impl Pass<'_> {
                 self.write_status().await?;
                 let ms = started.elapsed().as_millis();
                 if claim {
-                    self.ctx.metrics.pool_claims.inc();
+                    self.ctx.metrics.warm_pool_claims.inc();
                     let msg = format!(
                         "warm-pool guest personalised in {ms} ms: hostname, SSH keys, welcome page"
                     );
@@ -103,7 +103,7 @@ impl Pass<'_> {
             Err(e) if claim => {
                 self.ctx.vm.destroy(&name).await?;
                 self.ctx.vm.start(&name).await?;
-                self.ctx.metrics.pool_claim_fallbacks.inc();
+                self.ctx.metrics.warm_pool_claim_fallbacks.inc();
                 self.st.applied_seed = Some(want.seed.clone());
                 self.st.provisioning_since = Some(Utc::now());
                 self.write_status().await?;

@@ -2,30 +2,33 @@
 //! default hosting size, booted and idle, so a new hosting of that size is
 //! served by a guest that only needs personalising (seconds) instead of a
 //! cold boot (tens of seconds under TCG). Pool guests are hosting rows owned
-//! by the internal pool account (`store::pool`); this module only converges
+//! by the internal pool account (`store::warm_pool`); this module only converges
 //! their number. Booting, repairing and deleting them are the ordinary steps.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::{Context, ReconcileError};
 use crate::domain::HostingSpec;
-use crate::store::PoolCounts;
+use crate::store::WarmPoolCounts;
 
 /// Converges the pool towards `HOSTD_WARM_POOL` guests: adds a row when
 /// none is booting, the host has room for one more guest of the class and
 /// nobody waits for room; removes extras (those not yet Ready first). Idempotent; called by
 /// every resync and after a claim. Returns the counts before any change.
-pub async fn maintain(ctx: &Context) -> Result<PoolCounts, ReconcileError> {
+pub async fn maintain(ctx: &Context) -> Result<WarmPoolCounts, ReconcileError> {
     let class = HostingSpec::default();
-    let counts = ctx.store.pool_counts(&class).await?;
+    let counts = ctx.store.warm_pool_counts(&class).await?;
     let mut want = i64::from(ctx.config.warm_pool);
     if want > 0 && !live_personalisation(ctx, &class) {
         want = 0;
     }
-    ctx.metrics.pool_guests.set(counts.total);
-    ctx.metrics.pool_ready.set(counts.ready);
+    ctx.metrics.warm_pool_guests.set(counts.total);
+    ctx.metrics.warm_pool_ready.set(counts.ready);
     if counts.total > want {
-        let n = ctx.store.shrink_pool(&class, counts.total - want).await?;
+        let n = ctx
+            .store
+            .shrink_warm_pool(&class, counts.total - want)
+            .await?;
         tracing::info!(removed = n, want, "warm pool: shrinking");
     } else if counts.total < want
         && counts.total == counts.ready
@@ -34,7 +37,7 @@ pub async fn maintain(ctx: &Context) -> Result<PoolCounts, ReconcileError> {
         // One pool guest boots at a time: a boot under TCG takes a whole
         // core for tens of seconds, and tenants' claims and boots come
         // first. The next is added once this one is Ready.
-        let id = ctx.store.add_pool_guest(&class).await?;
+        let id = ctx.store.add_warm_guest(&class).await?;
         tracing::info!(pool_guest = %id, have = counts.total, want, "warm pool: adding a guest");
     }
     Ok(counts)

@@ -13,11 +13,11 @@ use crate::domain::*;
 
 /// The internal account that owns unclaimed pool guests (migration
 /// `20261128000006_warm_pool`); its role `system` can never log in.
-pub const POOL_USER: UserId = UserId(Uuid::from_u128(0x00000000_0000_4000_8000_000000000001));
+pub const WARM_POOL_USER: UserId = UserId(Uuid::from_u128(0x00000000_0000_4000_8000_000000000001));
 
 /// What the pool holds right now (one class: the default hosting size).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
-pub struct PoolCounts {
+pub struct WarmPoolCounts {
     /// Pool rows not being deleted.
     pub total: i64,
     /// Of those, booted and idle: claimable now.
@@ -37,22 +37,22 @@ pub fn fits(spec: &HostingSpec, class: &HostingSpec) -> bool {
 
 impl Store {
     /// Counts the pool's rows of `class`.
-    pub async fn pool_counts(&self, class: &HostingSpec) -> Result<PoolCounts> {
+    pub async fn warm_pool_counts(&self, class: &HostingSpec) -> Result<WarmPoolCounts> {
         let (total, ready, deleting): (i64, i64, i64) = sqlx::query_as(
             "select count(*) filter (where h.deletion_requested_at is null), \
                     count(*) filter (where h.deletion_requested_at is null and s.phase = 'Ready' \
                                      and s.observed_generation = h.generation), \
                     count(*) filter (where h.deletion_requested_at is not null) \
              from hostings h join hosting_status s on s.hosting_id = h.id \
-             where h.pool and h.vcpus = $1 and h.memory_mib = $2 and h.disk_gib = $3 and h.image = $4",
+             where h.warm_pool and h.vcpus = $1 and h.memory_mib = $2 and h.disk_gib = $3 and h.image = $4",
         )
         .bind(class.vcpus)
         .bind(class.memory_mib)
         .bind(class.disk_gib)
         .bind(class.image.as_str())
-        .fetch_one(&self.pool)
+        .fetch_one(&self.db)
         .await?;
-        Ok(PoolCounts {
+        Ok(WarmPoolCounts {
             total,
             ready,
             deleting,
@@ -60,23 +60,23 @@ impl Store {
     }
 
     /// Adds one pool guest of `class` (desired state; the reconciler boots it).
-    pub async fn add_pool_guest(&self, class: &HostingSpec) -> Result<HostingId> {
+    pub async fn add_warm_guest(&self, class: &HostingSpec) -> Result<HostingId> {
         let class = HostingSpec {
             ssh_public_keys: vec![],
             running: true,
             ..class.clone()
         };
-        self.insert_hosting(POOL_USER, &class, true, "warm-pool guest requested")
+        self.insert_hosting(WARM_POOL_USER, &class, true, "warm-pool guest requested")
             .await
     }
 
     /// Asks for `n` pool guests of `class` to be deleted, those not yet
     /// claimable first, then the newest. Returns how many were asked.
-    pub async fn shrink_pool(&self, class: &HostingSpec, n: i64) -> Result<u64> {
+    pub async fn shrink_warm_pool(&self, class: &HostingSpec, n: i64) -> Result<u64> {
         let r = sqlx::query(
             "update hostings set deletion_requested_at = now() where id in ( \
                select h.id from hostings h join hosting_status s on s.hosting_id = h.id \
-               where h.pool and h.deletion_requested_at is null \
+               where h.warm_pool and h.deletion_requested_at is null \
                  and h.vcpus = $1 and h.memory_mib = $2 and h.disk_gib = $3 and h.image = $4 \
                order by (s.phase = 'Ready') asc, h.created_at desc limit $5 \
                for update of h skip locked)",
@@ -86,34 +86,34 @@ impl Store {
         .bind(class.disk_gib)
         .bind(class.image.as_str())
         .bind(n)
-        .execute(&self.pool)
+        .execute(&self.db)
         .await?;
         Ok(r.rows_affected())
     }
 
     /// Asks for one pool guest of any class to be deleted (capacity is short
     /// for a tenant's hosting): `true` if there was one.
-    pub async fn evict_pool_guest(&self) -> Result<bool> {
+    pub async fn evict_warm_guest(&self) -> Result<bool> {
         let r = sqlx::query(
             "update hostings set deletion_requested_at = now() where id in ( \
                select h.id from hostings h join hosting_status s on s.hosting_id = h.id \
-               where h.pool and h.deletion_requested_at is null \
+               where h.warm_pool and h.deletion_requested_at is null \
                order by (s.phase = 'Ready') asc, h.created_at desc limit 1 \
                for update of h skip locked)",
         )
-        .execute(&self.pool)
+        .execute(&self.db)
         .await?;
         Ok(r.rows_affected() > 0)
     }
 
     /// Asks for one pool row's deletion (it cannot be admitted).
-    pub async fn drop_pool_guest(&self, id: HostingId) -> Result<()> {
+    pub async fn drop_warm_guest(&self, id: HostingId) -> Result<()> {
         sqlx::query(
             "update hostings set deletion_requested_at = coalesce(deletion_requested_at, now()) \
-             where id = $1 and pool",
+             where id = $1 and warm_pool",
         )
         .bind(id.0)
-        .execute(&self.pool)
+        .execute(&self.db)
         .await?;
         Ok(())
     }
@@ -124,21 +124,21 @@ impl Store {
     /// a new generation, its pool history replaced by a `Created` event.
     /// `Ok(None)`: no Ready pool guest (the caller creates one the cold way).
     /// A user who already has a hosting gets `Conflict`, and nothing changes.
-    pub(super) async fn claim_pool_guest(
+    pub(super) async fn claim_warm_guest(
         &self,
         user: UserId,
         spec: &HostingSpec,
     ) -> Result<Option<HostingId>> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.db.begin().await?;
         let keys: Vec<&str> = spec.ssh_public_keys.iter().map(|k| k.as_str()).collect();
         let row: Option<(Uuid, DateTime<Utc>)> = sqlx::query_as(
             "with c as ( \
                select h.id, h.created_at from hostings h join hosting_status s on s.hosting_id = h.id \
-               where h.pool and h.deletion_requested_at is null and s.phase = 'Ready' \
+               where h.warm_pool and h.deletion_requested_at is null and s.phase = 'Ready' \
                  and s.observed_generation = h.generation \
                  and h.vcpus = $2 and h.memory_mib = $3 and h.disk_gib = $4 and h.image = $5 \
                order by h.created_at limit 1 for update of h skip locked) \
-             update hostings h set user_id = $1, pool = false, claimed_at = now(), created_at = now(), \
+             update hostings h set user_id = $1, warm_pool = false, claimed_at = now(), created_at = now(), \
                ssh_public_keys = $6, generation = h.generation + 1, claim_generation = h.generation + 1 \
              from c where h.id = c.id returning h.id, c.created_at",
         )

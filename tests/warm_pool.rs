@@ -11,7 +11,7 @@ use std::time::Duration;
 use common::{eventually, fake_guest, settle, TestApp};
 use hostd::domain::{HostingId, Phase};
 use hostd::reconciler::names::{domain_name, seed_volume};
-use hostd::reconciler::{pool, Action};
+use hostd::reconciler::{warm_pool, Action};
 use hostd::store::HostingRecord;
 
 /// A test config with a warm pool of `size` and an image that declares the
@@ -43,7 +43,7 @@ async fn manual_pool_app(size: u32) -> TestApp {
 async fn pool_rows(app: &TestApp) -> Vec<HostingRecord> {
     let all = app.store.list_records().await.unwrap();
     all.into_iter()
-        .filter(|r| r.pool && r.deletion_requested_at.is_none())
+        .filter(|r| r.warm && r.deletion_requested_at.is_none())
         .collect()
 }
 
@@ -84,8 +84,8 @@ async fn a_new_hosting_claims_a_ready_pool_guest_and_the_pool_refills() {
     let app = manual_pool_app(1).await;
     let ctl = app.controller.clone().unwrap();
     // The pool is desired state: converging its size adds one row.
-    pool::maintain(&ctl.ctx).await.unwrap();
-    pool::maintain(&ctl.ctx).await.unwrap();
+    warm_pool::maintain(&ctl.ctx).await.unwrap();
+    warm_pool::maintain(&ctl.ctx).await.unwrap();
     let rows = pool_rows(&app).await;
     assert_eq!(rows.len(), 1, "one pool guest, however often maintained");
     let pool_id = rows[0].id;
@@ -133,7 +133,7 @@ async fn a_new_hosting_claims_a_ready_pool_guest_and_the_pool_refills() {
     assert_eq!(r.status(), 409);
 
     let rec = app.store.get_record(pool_id).await.unwrap().unwrap();
-    assert!(!rec.pool && rec.claimed_at.is_some());
+    assert!(!rec.warm && rec.claimed_at.is_some());
     assert_eq!(rec.user_id.0.to_string(), uid);
     assert_eq!(
         (rec.status.ssh_port, rec.status.http_port),
@@ -170,7 +170,7 @@ async fn a_new_hosting_claims_a_ready_pool_guest_and_the_pool_refills() {
     ] {
         assert!(reasons.contains(&want), "{reasons:?}");
     }
-    assert_eq!(ctl.ctx.metrics.pool_claim_fallbacks.get(), 1);
+    assert_eq!(ctl.ctx.metrics.warm_pool_claim_fallbacks.get(), 1);
     // Served through nginx at the owner's path.
     let body = eventually(Duration::from_secs(10), || async {
         let r = reqwest::get(nginx.url(&format!("/{uid}/"))).await.ok()?;
@@ -197,7 +197,11 @@ async fn a_new_hosting_claims_a_ready_pool_guest_and_the_pool_refills() {
     assert_eq!(settle(&ctl, pool_id).await, Action::AwaitChange);
     let evs = app.store.recent_events(pool_id, 50).await.unwrap();
     assert_eq!(evs[1].reason.as_str(), "SeedApplyFailed", "{evs:?}");
-    assert_eq!(ctl.ctx.metrics.pool_claim_fallbacks.get(), 1, "no restart");
+    assert_eq!(
+        ctl.ctx.metrics.warm_pool_claim_fallbacks.get(),
+        1,
+        "no restart"
+    );
     assert_eq!(pool_rows(&app).await.len(), 1);
     // Visible to admins in health/detailed (booting: the new row) and /metrics.
     let admin = app.admin("pool_admin").await;
@@ -231,7 +235,7 @@ async fn a_new_hosting_claims_a_ready_pool_guest_and_the_pool_refills() {
 async fn concurrent_creates_never_share_a_pool_guest() {
     let app = manual_pool_app(1).await;
     let ctl = app.controller.clone().unwrap();
-    pool::maintain(&ctl.ctx).await.unwrap();
+    warm_pool::maintain(&ctl.ctx).await.unwrap();
     let _guests = boot_pool(&app).await;
     let pool_id = pool_rows(&app).await[0].id;
     let mut tokens = Vec::new();
@@ -265,7 +269,7 @@ async fn concurrent_creates_never_share_a_pool_guest() {
 async fn a_spec_outside_the_pool_class_goes_the_cold_path() {
     let app = manual_pool_app(1).await;
     let ctl = app.controller.clone().unwrap();
-    pool::maintain(&ctl.ctx).await.unwrap();
+    warm_pool::maintain(&ctl.ctx).await.unwrap();
     let _guests = boot_pool(&app).await;
     let pool_id = pool_rows(&app).await[0].id;
     let (t, _) = app.user("bigger").await;
@@ -302,11 +306,11 @@ async fn pool_guests_make_room_for_tenants() {
     let app = TestApp::spawn_with(config, hostd::app::Mode::All, false, Some(nginx), state).await;
     let ctl = app.controller.clone().unwrap();
     // One pool guest boots at a time: the second is added once the first is Ready.
-    pool::maintain(&ctl.ctx).await.unwrap();
-    pool::maintain(&ctl.ctx).await.unwrap();
+    warm_pool::maintain(&ctl.ctx).await.unwrap();
+    warm_pool::maintain(&ctl.ctx).await.unwrap();
     assert_eq!(pool_rows(&app).await.len(), 1);
     let mut _guests = boot_pool(&app).await;
-    pool::maintain(&ctl.ctx).await.unwrap();
+    warm_pool::maintain(&ctl.ctx).await.unwrap();
     let rows = pool_rows(&app).await;
     assert_eq!(rows.len(), 2);
     let second = rows
@@ -344,7 +348,7 @@ async fn pool_guests_make_room_for_tenants() {
     let all = app.store.list_records().await.unwrap();
     let leaving: Vec<_> = all
         .iter()
-        .filter(|r| r.pool && r.deletion_requested_at.is_some())
+        .filter(|r| r.warm && r.deletion_requested_at.is_some())
         .collect();
     assert_eq!(leaving.len(), 1, "one pool guest evicted");
     let gone = leaving[0].id;
@@ -360,7 +364,7 @@ async fn pool_guests_make_room_for_tenants() {
     ctl.reconcile_once(id).await.unwrap();
     let rec = app.store.get_record(id).await.unwrap().unwrap();
     assert!(rec.status.ssh_port.is_some(), "admitted: {:?}", rec.status);
-    pool::maintain(&ctl.ctx).await.unwrap();
+    warm_pool::maintain(&ctl.ctx).await.unwrap();
     assert_eq!(
         pool_rows(&app).await.len(),
         1,
