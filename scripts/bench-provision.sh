@@ -31,7 +31,7 @@ base=$(jq -r '"'"$STATE_DIR"'/images/debian-12/disk.qcow2"' <<< '{}')
 sql() { su postgres -c "psql -d $DB -tAc \"$1\""; }
 pool_ready_n() {  # succeeds when at least $1 pool guests are Ready
   [ "$(sql "select count(*) from hostings h join hosting_status s on s.hosting_id = h.id
-            where h.pool and h.deletion_requested_at is null and s.phase = 'Ready'
+            where h.warm_pool and h.deletion_requested_at is null and s.phase = 'Ready'
               and s.observed_generation = h.generation")" -ge "$1" ]
 }
 new_user() {  # name → token
@@ -70,7 +70,7 @@ done
 kill "$HOSTD_PID"; wait "$HOSTD_PID" 2>/dev/null || true; HOSTD_PID=""
 step "cold path: no pool (HOSTD_WARM_POOL=0 shrinks it to nothing)"
 start_hostd HOSTD_WARM_POOL=0
-pool_gone() { [ "$(sql "select count(*) from hostings where pool or deletion_requested_at is not null")" = 0 ]; }
+pool_gone() { [ "$(sql "select count(*) from hostings where warm_pool or deletion_requested_at is not null")" = 0 ]; }
 wait_until 300 1 pool_gone || fail "the pool and the warm hostings were not removed"
 accel=$(curl -fsS "$API/health/detailed" | jq -r .domain_type)
 

@@ -36,7 +36,7 @@ log "end-to-end test with a real guest (qemu:///system)"
 ./scripts/e2e.sh
 
 log "warm pool end-to-end: a claimed guest personalised live, a cold one beside it"
-./scripts/e2e-pool.sh
+./scripts/e2e-warm-pool.sh
 
 log "crash matrix: a real reconciler process aborted at every fault point"
 cargo test --locked --test crash_matrix crash_at_every_fault_point -- --ignored --nocapture

@@ -4,13 +4,13 @@
 
 use schemars::gen::SchemaSettings;
 use schemars::JsonSchema;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use crate::domain::{Condition, Phase};
 
 /// Desired state of a Hosting: the API's `spec` and the CRD's, one type.
-#[derive(Debug, Serialize, JsonSchema, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, utoipa::ToSchema)]
 pub struct SpecView {
     // schemars takes literals only: a test checks them against `limits`.
     /// Virtual CPUs.
@@ -52,7 +52,7 @@ impl From<&crate::domain::HostingSpec> for SpecView {
 }
 
 /// Observed state of a Hosting: the API's `status` and the CRD's, one type.
-#[derive(Debug, Serialize, JsonSchema, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, utoipa::ToSchema)]
 pub struct StatusView {
     pub phase: Phase,
     pub conditions: Vec<Condition>,

@@ -295,15 +295,14 @@ struct LoginBody {
     client_secret: Option<String>,
 }
 
-/// A bearer token and its lifetime.
-#[derive(Serialize, utoipa::ToSchema)]
+/// A bearer token and its lifetime (`hostctl` reads it back).
+#[derive(Serialize, Deserialize, utoipa::ToSchema)]
 pub struct TokenResponse {
-    access_token: String,
+    pub access_token: String,
     /// Always `bearer`.
-    #[schema(value_type = String)]
-    token_type: &'static str,
+    pub token_type: String,
     /// Seconds until the token expires.
-    expires_in: u64,
+    pub expires_in: u64,
 }
 
 /// A fresh token for `user` at token epoch `epoch`.
@@ -314,7 +313,7 @@ fn token_response(
 ) -> Result<Json<TokenResponse>, ApiError> {
     Ok(Json(TokenResponse {
         access_token: st.jwt.issue(user, epoch)?,
-        token_type: "bearer",
+        token_type: "bearer".into(),
         expires_in: st.jwt.ttl_secs(),
     }))
 }

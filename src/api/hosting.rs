@@ -6,7 +6,7 @@ use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::Json;
 use bytes::Bytes;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::auth::AuthUser;
 use super::error::{ApiError, ErrorBody};
@@ -15,23 +15,24 @@ use crate::crd::{SpecView, StatusView};
 use crate::domain::{ssh_command, BackupId, HostingSpec, Role, SpecPatch, UserId};
 use crate::store::{Event, HostingRecord, RestoreRefusal, StoreError};
 
-/// The hosting as the API shows it (shape is a contract, see docs/api.md).
-#[derive(Serialize, utoipa::ToSchema)]
+/// The hosting as the API shows it (shape is a contract, see docs/api.md;
+/// `hostctl` reads it back into this type).
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct HostingView {
     #[schema(format = Uuid)]
-    id: String,
+    pub id: String,
     #[schema(format = Uuid)]
-    user_id: String,
-    spec: SpecView,
-    generation: i64,
-    deletion_requested_at: Option<chrono::DateTime<chrono::Utc>>,
-    status: StatusView,
-    web_url: Option<String>,
-    ssh_command: Option<String>,
+    pub user_id: String,
+    pub spec: SpecView,
+    pub generation: i64,
+    pub deletion_requested_at: Option<chrono::DateTime<chrono::Utc>>,
+    pub status: StatusView,
+    pub web_url: Option<String>,
+    pub ssh_command: Option<String>,
     /// Latest events, newest first (single-hosting answers only).
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(nullable = false)]
-    events: Option<Vec<Event>>,
+    pub events: Option<Vec<Event>>,
 }
 
 pub fn view(st: &AppState, r: &HostingRecord, events: Option<Vec<Event>>) -> HostingView {
@@ -388,16 +389,16 @@ pub async fn restore_mine(
 /// The tail of the hosting's boot console log, as last copied by the
 /// reconciler. The text is the guest's (cleaned of control characters):
 /// untrusted, to be shown as text.
-#[derive(Serialize, utoipa::ToSchema)]
+#[derive(Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ConsoleView {
     /// When the reconciler copied it; absent before the first copy.
-    pub(crate) captured_at: Option<chrono::DateTime<chrono::Utc>>,
+    pub captured_at: Option<chrono::DateTime<chrono::Utc>>,
     /// Size of the whole log then, bytes.
-    pub(crate) log_size: i64,
+    pub log_size: i64,
     /// Whether `text` is only the end of the log.
-    pub(crate) truncated: bool,
+    pub truncated: bool,
     /// The last (at most 64 KiB of) log text.
-    pub(crate) text: String,
+    pub text: String,
 }
 
 /// The console view of a hosting (shared with the dashboard).

@@ -29,7 +29,7 @@ pub struct ReconcilerStats {
 }
 
 /// One event in a hosting's history.
-#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct Event {
     pub at: DateTime<Utc>,
     #[serde(rename = "type")]

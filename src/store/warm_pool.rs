@@ -1,5 +1,5 @@
 //! The warm pool's rows. A pool guest is a hosting owned by the internal
-//! `hostd-warm-pool` account with `pool = true`: it goes through the same
+//! `hostd-warm-pool` account with `warm_pool = true`: it goes through the same
 //! reconcile steps as any hosting (ports, disk, seed, domain, readiness,
 //! repair, deletion), so the pool is desired state with no second code path.
 //! A claim re-owns a Ready pool row inside the create transaction.

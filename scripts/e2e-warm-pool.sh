@@ -17,12 +17,12 @@ start_hostd HOSTD_WARM_POOL=1
 sql() { su postgres -c "psql -d $DB -tAc \"$1\""; }
 pool_ready() {
   [ "$(sql "select count(*) from hostings h join hosting_status s on s.hosting_id = h.id
-            where h.pool and h.deletion_requested_at is null and s.phase = 'Ready'
+            where h.warm_pool and h.deletion_requested_at is null and s.phase = 'Ready'
               and s.observed_generation = h.generation")" -ge 1 ]
 }
 step "waiting for a Ready pool guest"
 wait_until "$READY_TIMEOUT" 1 pool_ready || fail "no pool guest became Ready"
-POOL_ID=$(sql "select id from hostings where pool and deletion_requested_at is null limit 1")
+POOL_ID=$(sql "select id from hostings where warm_pool and deletion_requested_at is null limit 1")
 # A pool guest serves no route: nothing in the routes directory names it.
 ! grep -rqs "$POOL_ID" "$WORK/routes" || fail "a pool guest has a route"
 
@@ -112,7 +112,7 @@ if jq -e '.events | map(.reason) | index("Personalised")' "$WORK/my2.json" >/dev
 
 step "the pool refills"
 wait_until "$READY_TIMEOUT" 2 pool_ready || fail "the pool did not refill"
-NEW_POOL=$(sql "select id from hostings where pool and deletion_requested_at is null limit 1")
+NEW_POOL=$(sql "select id from hostings where warm_pool and deletion_requested_at is null limit 1")
 [ "$NEW_POOL" != "$POOL_ID" ] || fail "the refill is the claimed guest"
 
 step "delete both hostings"

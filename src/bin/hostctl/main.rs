@@ -15,14 +15,22 @@
 //!
 //! Exit codes a script can rely on: 0 success; 1 the API refused (its JSON
 //! error is printed); 2 not logged in, or a bad file or argument; 3 a watch
-//! ended without Ready (the hosting Failed, or `--timeout` passed).
+//! ended without Ready (the hosting Failed, or `--timeout` passed).//!
+//! Answers are read into the API's own types (`hostd::api`), so a renamed
+//! or retyped field fails loudly here instead of printing "-".
 
-use std::io::{BufRead, IsTerminal, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+mod credentials;
+mod show;
+
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
+use hostd::api::auth::TokenResponse;
+use hostd::api::hosting::{ConsoleView, HostingView};
 use serde_json::{json, Value};
+
+use credentials::{forget_token, load_config, password, password_as, save_token, token};
+use show::{describe, print_hosting, watch_hosting, Output};
 
 #[derive(Parser)]
 #[command(name = "hostctl", version, about = "Client for the hostd API")]
@@ -103,50 +111,6 @@ enum Cmd {
     Console,
 }
 
-/// The config file: server and token.
-#[derive(Default, serde::Serialize, serde::Deserialize)]
-struct CliConfig {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    server: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    token: Option<String>,
-}
-
-fn home() -> PathBuf {
-    PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/root".into()))
-}
-
-fn config_path() -> PathBuf {
-    std::env::var_os("HOSTCTL_CONFIG")
-        .map(Into::into)
-        .unwrap_or_else(|| home().join(".config/hostd/config.yaml"))
-}
-
-/// The config file (empty when there is none; exit 2 when it is unreadable).
-fn load_config() -> CliConfig {
-    let p = config_path();
-    match std::fs::read_to_string(&p) {
-        Ok(s) => serde_norway::from_str(&s).unwrap_or_else(|e| {
-            eprintln!("hostctl: {}: {e}", p.display());
-            std::process::exit(2)
-        }),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => CliConfig::default(),
-        Err(e) => {
-            eprintln!("hostctl: {}: {e}", p.display());
-            std::process::exit(2)
-        }
-    }
-}
-
-/// `get`'s output formats.
-#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-enum Output {
-    Table,
-    Wide,
-    Json,
-    Yaml,
-}
-
 /// A `Hosting` document for `apply` (the CRD's shape; only `spec` is read).
 #[derive(serde::Deserialize)]
 struct HostingDoc {
@@ -161,116 +125,15 @@ fn fail(msg: impl std::fmt::Display) -> ! {
     eprintln!("hostctl: {msg}");
     std::process::exit(1)
 }
-
-/// `$HOSTCTL_TOKEN_FILE`, when set.
-fn token_file() -> Option<PathBuf> {
-    std::env::var_os("HOSTCTL_TOKEN_FILE").map(Into::into)
-}
-
-fn token() -> String {
-    if let Ok(t) = std::env::var("HOSTCTL_TOKEN") {
-        if !t.trim().is_empty() {
-            return t.trim().to_string();
-        }
-    }
-    let t = match token_file() {
-        Some(f) => std::fs::read_to_string(f).ok(),
-        None => load_config().token,
-    };
-    t.map(|t| t.trim().to_string())
-        .filter(|t| !t.is_empty())
-        .unwrap_or_else(|| {
-            eprintln!("hostctl: not logged in (run `hostctl login`)");
-            std::process::exit(2)
-        })
-}
-
-/// Keeps a new token: in `$HOSTCTL_TOKEN_FILE` when set, else in the config
-/// file with the server it came from. Where it went.
-fn save_token(server: &str, t: &str) -> std::io::Result<PathBuf> {
-    if let Some(f) = token_file() {
-        write_private(&f, t)?;
-        return Ok(f);
-    }
-    let mut cfg = load_config();
-    cfg.server = Some(server.to_string());
-    cfg.token = Some(t.to_string());
-    let p = config_path();
-    write_private(
-        &p,
-        &serde_norway::to_string(&cfg).expect("config serializes"),
-    )?;
-    Ok(p)
-}
-
-/// Forgets the token (logout).
-fn forget_token() {
-    match token_file() {
-        Some(f) => {
-            let _ = std::fs::remove_file(f);
-        }
-        None => {
-            let mut cfg = load_config();
-            if cfg.token.take().is_some() {
-                let body = serde_norway::to_string(&cfg).expect("config serializes");
-                let _ = write_private(&config_path(), &body);
-            }
-        }
-    }
-}
-
-/// Writes `body` to `f` readable by its owner only (its directory too).
-fn write_private(f: &std::path::Path, body: &str) -> std::io::Result<()> {
-    if let Some(d) = f.parent() {
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(d)?;
-    }
-    // Replace, never reuse, a file that may have had looser permissions.
-    let _ = std::fs::remove_file(f);
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(f)?;
-    file.write_all(body.as_bytes())
-}
-
-/// The password: prompted for without echo on a terminal, else the first
-/// line of standard input.
-fn password() -> String {
-    password_as("password: ")
-}
-
-/// A password prompted for with `prompt` (or the next line of standard input).
-fn password_as(prompt: &str) -> String {
-    let stdin = std::io::stdin();
-    let p = if stdin.is_terminal() {
-        rpassword::prompt_password(prompt).unwrap_or_else(|e| fail(e))
-    } else {
-        let mut line = String::new();
-        stdin
-            .lock()
-            .read_line(&mut line)
-            .unwrap_or_else(|e| fail(e));
-        line.trim_end_matches(['\n', '\r']).to_string()
-    };
-    if p.is_empty() {
-        fail("empty password");
-    }
-    p
-}
-
 /// Saves the token of a successful token response (saying `what`), or
 /// shows the error; the exit code.
 async fn keep_token(server: &str, r: reqwest::Response, what: &str) -> i32 {
     if !r.status().is_success() {
         return show(r).await;
     }
-    let v: Value = r.json().await.unwrap_or_else(|e| fail(e));
-    let t = v["access_token"].as_str().unwrap_or_default();
-    let f = save_token(server, t).unwrap_or_else(|e| fail(format!("saving the token: {e}")));
+    let t: TokenResponse = r.json().await.unwrap_or_else(|e| fail(e));
+    let f = save_token(server, &t.access_token)
+        .unwrap_or_else(|e| fail(format!("saving the token: {e}")));
     println!("{what}; token saved to {}", f.display());
     0
 }
@@ -351,8 +214,7 @@ async fn main() {
             if !r.status().is_success() {
                 show(r).await
             } else {
-                let h: Value = r.json().await.unwrap_or_else(|e| fail(e));
-                print!("{}", describe(&h));
+                print!("{}", describe(&show::hosting(r).await));
                 0
             }
         }
@@ -362,8 +224,7 @@ async fn main() {
             if !r.status().is_success() {
                 show(r).await
             } else {
-                let h: Value = r.json().await.unwrap_or_else(|e| fail(e));
-                ssh(&h, identity, &args)
+                ssh(&show::hosting(r).await, identity, &args)
             }
         }
         Cmd::Create {
@@ -421,11 +282,12 @@ async fn main() {
             if !r.status().is_success() {
                 show(r).await
             } else {
-                let v: Value = r.json().await.unwrap_or_else(|e| fail(e));
-                match v["captured_at"].as_str() {
+                let v: ConsoleView = r.json().await.unwrap_or_else(|e| fail(e));
+                match v.captured_at {
                     None => eprintln!("hostctl: no console output copied yet"),
                     Some(at) => {
-                        let cut = if v["truncated"] == true {
+                        let at = at.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true);
+                        let cut = if v.truncated {
                             " (the last 64 KiB)"
                         } else {
                             ""
@@ -433,226 +295,12 @@ async fn main() {
                         eprintln!("# console log copied {at}{cut}");
                     }
                 }
-                print!("{}", v["text"].as_str().unwrap_or_default());
+                print!("{}", v.text);
                 0
             }
         }
     };
     std::process::exit(code);
-}
-
-/// The text of a JSON string field ("-" when absent).
-fn text(v: &Value) -> String {
-    match v {
-        Value::Null => "-".into(),
-        Value::String(s) => s.clone(),
-        o => o.to_string(),
-    }
-}
-
-/// The one-line (or wide) table of a hosting.
-fn table(h: &Value, wide: bool) -> String {
-    let st = &h["status"];
-    let mut head = vec!["ID", "PHASE", "GENERATION", "SSH", "URL"];
-    let mut row = vec![
-        text(&h["id"]),
-        text(&st["phase"]),
-        format!(
-            "{}/{}",
-            text(&st["observed_generation"]),
-            text(&h["generation"])
-        ),
-        text(&st["ssh_port"]),
-        text(&h["web_url"]),
-    ];
-    if wide {
-        head.extend(["VCPUS", "MEMORY", "DISK", "IMAGE", "MESSAGE"]);
-        let sp = &h["spec"];
-        row.extend([
-            text(&sp["vcpus"]),
-            format!("{}Mi", text(&sp["memory_mib"])),
-            format!("{}Gi", text(&sp["disk_gib"])),
-            text(&sp["image"]),
-            text(&st["message"]),
-        ]);
-    }
-    let widths: Vec<usize> = head
-        .iter()
-        .zip(&row)
-        .map(|(a, b)| a.len().max(b.len()))
-        .collect();
-    let line = |cells: Vec<String>| {
-        cells
-            .iter()
-            .zip(&widths)
-            .map(|(c, w)| format!("{c:<w$}"))
-            .collect::<Vec<_>>()
-            .join("  ")
-            .trim_end()
-            .to_string()
-    };
-    format!(
-        "{}\n{}\n",
-        line(head.iter().map(|s| s.to_string()).collect()),
-        line(row)
-    )
-}
-
-/// Prints a `GET /host/my` answer in `output` form; the exit code.
-async fn print_hosting(r: reqwest::Response, output: Output) -> i32 {
-    if !r.status().is_success() {
-        return show(r).await;
-    }
-    let h: Value = r.json().await.unwrap_or_else(|e| fail(e));
-    match output {
-        Output::Table => print!("{}", table(&h, false)),
-        Output::Wide => print!("{}", table(&h, true)),
-        Output::Json => println!("{}", serde_json::to_string_pretty(&h).unwrap_or_default()),
-        Output::Yaml => print!("{}", serde_norway::to_string(&h).unwrap_or_default()),
-    }
-    0
-}
-
-/// Whether a hosting has converged to Ready for its current generation.
-fn ready(h: &Value) -> bool {
-    h["status"]["phase"] == "Ready" && h["status"]["observed_generation"] == h["generation"]
-}
-
-/// `get -w`: one line per change (with the steps done so far out of the
-/// usual seven), until Ready for the current generation (0), Failed or the
-/// timeout (3).
-async fn watch_hosting(c: &reqwest::Client, url: &str, tok: &str, timeout: u64) -> i32 {
-    const STEPS: &[&str] = &[
-        "PortsAllocated",
-        "DiskCreated",
-        "Defined",
-        "Started",
-        "RouteConfigured",
-        "Ready",
-    ];
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(timeout);
-    let started = std::time::Instant::now();
-    let mut last = String::new();
-    loop {
-        let r = send(c.get(url).bearer_auth(tok)).await;
-        if !r.status().is_success() {
-            return show(r).await;
-        }
-        let h: Value = r.json().await.unwrap_or_else(|e| fail(e));
-        let reasons: Vec<&str> = h["events"]
-            .as_array()
-            .map(|a| a.iter().filter_map(|e| e["reason"].as_str()).collect())
-            .unwrap_or_default();
-        let done = if ready(&h) {
-            STEPS.len()
-        } else {
-            STEPS
-                .iter()
-                .filter(|s| reasons.contains(s))
-                .count()
-                .min(STEPS.len() - 1)
-        };
-        let bar: String = (0..STEPS.len())
-            .map(|i| if i < done { '#' } else { '.' })
-            .collect();
-        let line = format!(
-            "[{bar}] {:<12} gen {}/{}  {}",
-            text(&h["status"]["phase"]),
-            text(&h["status"]["observed_generation"]),
-            text(&h["generation"]),
-            text(&h["status"]["message"])
-        );
-        if line != last {
-            println!("{:>6.1}s {line}", started.elapsed().as_secs_f64());
-            last = line;
-        }
-        if ready(&h) {
-            println!(
-                "Ready: {}  ({})",
-                text(&h["web_url"]),
-                text(&h["ssh_command"])
-            );
-            return 0;
-        }
-        if h["status"]["phase"] == "Failed" {
-            eprintln!(
-                "hostctl: the hosting Failed: {}",
-                text(&h["status"]["message"])
-            );
-            return 3;
-        }
-        if std::time::Instant::now() > deadline {
-            eprintln!("hostctl: not Ready after {timeout} s");
-            return 3;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-    }
-}
-
-/// `describe`: the hosting as readable sections.
-fn describe(h: &Value) -> String {
-    use std::fmt::Write as _;
-    let mut o = String::new();
-    let sp = &h["spec"];
-    let st = &h["status"];
-    let _ = writeln!(o, "ID:          {}", text(&h["id"]));
-    let _ = writeln!(o, "URL:         {}", text(&h["web_url"]));
-    let _ = writeln!(o, "SSH:         {}", text(&h["ssh_command"]));
-    let _ = writeln!(
-        o,
-        "Generation:  {} (observed {})",
-        text(&h["generation"]),
-        text(&st["observed_generation"])
-    );
-    let _ = writeln!(o, "Spec:");
-    for k in ["vcpus", "memory_mib", "disk_gib", "image", "running"] {
-        let _ = writeln!(o, "  {k:<12} {}", text(&sp[k]));
-    }
-    let keys = sp["ssh_public_keys"]
-        .as_array()
-        .map(|a| a.len())
-        .unwrap_or(0);
-    let _ = writeln!(o, "  {:<12} {keys}", "ssh keys");
-    let _ = writeln!(o, "Status:");
-    let _ = writeln!(o, "  {:<12} {}", "phase", text(&st["phase"]));
-    let _ = writeln!(o, "  {:<12} {}", "message", text(&st["message"]));
-    let _ = writeln!(
-        o,
-        "  {:<12} ssh {}, http {}",
-        "ports",
-        text(&st["ssh_port"]),
-        text(&st["http_port"])
-    );
-    let _ = writeln!(o, "Conditions:");
-    let _ = writeln!(
-        o,
-        "  {:<16} {:<7} {:<18} MESSAGE",
-        "TYPE", "STATUS", "REASON"
-    );
-    for cnd in st["conditions"].as_array().into_iter().flatten() {
-        let _ = writeln!(
-            o,
-            "  {:<16} {:<7} {:<18} {}",
-            text(&cnd["type"]),
-            text(&cnd["status"]),
-            text(&cnd["reason"]),
-            text(&cnd["message"])
-        );
-    }
-    let _ = writeln!(o, "Events (newest first):");
-    let _ = writeln!(o, "  {:<24} {:<8} {:<20} MESSAGE", "AT", "TYPE", "REASON");
-    for e in h["events"].as_array().into_iter().flatten() {
-        let at = text(&e["at"]);
-        let _ = writeln!(
-            o,
-            "  {:<24} {:<8} {:<20} {}",
-            at.get(..23).unwrap_or(&at),
-            text(&e["type"]),
-            text(&e["reason"]),
-            text(&e["message"])
-        );
-    }
-    o
 }
 
 /// `apply -f`: create the hosting from the document's spec, or patch the
@@ -693,11 +341,12 @@ async fn apply(c: &reqwest::Client, url: &dyn Fn(&str) -> String, file: &std::pa
     if !r.status().is_success() {
         return show(r).await;
     }
-    let cur: Value = r.json().await.unwrap_or_else(|e| fail(e));
+    let cur = show::hosting(r).await;
+    let cur = serde_json::to_value(&cur.spec).unwrap_or_default();
     let patch: serde_json::Map<String, Value> = doc
         .spec
         .into_iter()
-        .filter(|(k, v)| cur["spec"].get(k) != Some(v))
+        .filter(|(k, v)| cur.get(k) != Some(v))
         .collect();
     if patch.is_empty() {
         println!("hosting unchanged");
@@ -722,18 +371,18 @@ async fn print_or_error(r: reqwest::Response) -> i32 {
 }
 
 /// `ssh`: replaces this process with ssh to the hosting's port as `ubuntu`.
-fn ssh(h: &Value, identity: Option<PathBuf>, args: &[String]) -> i32 {
+fn ssh(h: &HostingView, identity: Option<PathBuf>, args: &[String]) -> i32 {
     use std::os::unix::process::CommandExt;
-    let Some(port) = h["status"]["ssh_port"].as_u64() else {
+    let Some(port) = h.status.ssh_port else {
         eprintln!("hostctl: the hosting has no SSH port yet");
         return 3;
     };
     // The host part of the server's own `ssh -p PORT ubuntu@HOST` line.
-    let cmd = text(&h["ssh_command"]);
+    let cmd = h.ssh_command.clone().unwrap_or_default();
     let host = cmd
         .rsplit('@')
         .next()
-        .filter(|s| !s.is_empty() && *s != "-")
+        .filter(|s| !s.is_empty())
         .unwrap_or("127.0.0.1")
         .to_string();
     let mut ssh = std::process::Command::new("ssh");
