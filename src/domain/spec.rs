@@ -1,0 +1,300 @@
+//! A hosting's desired shape: its spec, the patch a client sends, the
+//! installation's quota, SSH keys, image names and port ranges.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use super::ValidationError;
+
+/// An OpenSSH public key line (`type base64 [comment]`), checked for a known
+/// key type, valid base64 and no characters that could break out of YAML.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct SshPublicKey(String);
+
+const SSH_KEY_TYPES: &[&str] = &[
+    "ssh-ed25519",
+    "ssh-rsa",
+    "ecdsa-sha2-nistp256",
+    "ecdsa-sha2-nistp384",
+    "ecdsa-sha2-nistp521",
+    "sk-ssh-ed25519@openssh.com",
+    "sk-ecdsa-sha2-nistp256@openssh.com",
+];
+
+impl SshPublicKey {
+    pub fn parse(s: &str) -> Result<Self, ValidationError> {
+        let err = |m: &str| Err(ValidationError::new("ssh_public_keys", m));
+        let s = s.trim();
+        if s.len() > 16 * 1024 {
+            return err("key is too long");
+        }
+        if s.chars().any(|c| c.is_control()) {
+            return err("key must be a single line");
+        }
+        let mut parts = s.splitn(3, ' ');
+        let (Some(kind), Some(data)) = (parts.next(), parts.next()) else {
+            return err("expected '<type> <base64> [comment]'");
+        };
+        if !SSH_KEY_TYPES.contains(&kind) {
+            return err("unsupported key type");
+        }
+        if data.len() < 16
+            || !data
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "+/=".contains(c))
+        {
+            return err("key data is not base64");
+        }
+        let comment = parts.next().unwrap_or("").trim();
+        if !comment.chars().all(|c| c.is_ascii_graphic() || c == ' ') {
+            return err("comment must be printable ASCII");
+        }
+        let mut out = format!("{kind} {data}");
+        if !comment.is_empty() {
+            out.push(' ');
+            out.push_str(comment);
+        }
+        Ok(Self(out))
+    }
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// The name of a guest image in the image catalogue: `[a-z0-9][a-z0-9._-]{0,63}`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ImageName(String);
+
+impl ImageName {
+    pub fn parse(s: &str) -> Result<Self, ValidationError> {
+        let ok = (1..=64).contains(&s.len())
+            && s.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+            && s.chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "._-".contains(c))
+            && !s.contains("..");
+        let rule = "must be 1-64 characters of a-z, 0-9, '.', '_' or '-'";
+        ValidationError::check(ok, "image", rule).map(|_| Self(s.to_string()))
+    }
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// Why a create-only field was refused in an update.
+const CREATE_ONLY: &str = "cannot be changed after creation";
+
+/// Limits of a hosting spec, used by validation and by the CRD/API schema
+/// (`crd.rs` refers to these constants).
+pub mod limits {
+    pub const VCPUS: (i32, i32) = (1, 16);
+    pub const MEMORY_MIB: (i32, i32) = (256, 65536);
+    pub const DISK_GIB: (i32, i32) = (1, 1024);
+    pub const MAX_SSH_KEYS: usize = 32;
+}
+
+/// The desired shape of a hosting, fully validated.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct HostingSpec {
+    pub vcpus: i32,
+    pub memory_mib: i32,
+    pub disk_gib: i32,
+    pub image: ImageName,
+    pub ssh_public_keys: Vec<SshPublicKey>,
+    pub running: bool,
+}
+
+impl Default for HostingSpec {
+    fn default() -> Self {
+        Self {
+            vcpus: 1,
+            memory_mib: 512,
+            disk_gib: 10,
+            image: ImageName("debian-12".into()),
+            ssh_public_keys: vec![],
+            running: true,
+        }
+    }
+}
+
+fn in_range(field: &'static str, v: i64, (lo, hi): (i32, i32)) -> Result<i32, ValidationError> {
+    if v < lo as i64 || v > hi as i64 {
+        Err(ValidationError::new(
+            field,
+            format!("must be between {lo} and {hi}"),
+        ))
+    } else {
+        Ok(v as i32)
+    }
+}
+
+/// Raw, untrusted spec fields as they arrive from a client; every field
+/// optional (the body of `POST /host` and `PATCH /host/my`). The schema's
+/// bounds are documentation; `apply` is what enforces them.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SpecPatch {
+    /// Virtual CPUs.
+    #[schema(minimum = 1, maximum = 16)]
+    pub vcpus: Option<i64>,
+    /// Memory in MiB.
+    #[schema(minimum = 256, maximum = 65536)]
+    pub memory_mib: Option<i64>,
+    /// Disk size in GiB (at creation only).
+    #[schema(minimum = 1, maximum = 1024)]
+    pub disk_gib: Option<i64>,
+    /// Image from the catalogue (at creation only).
+    #[schema(pattern = r"^[a-z0-9][a-z0-9._-]{0,63}$")]
+    pub image: Option<String>,
+    /// OpenSSH public keys for the `ubuntu` user (at most 32).
+    #[schema(max_items = 32)]
+    pub ssh_public_keys: Option<Vec<String>>,
+    /// Whether the VM should run.
+    pub running: Option<bool>,
+}
+
+impl SpecPatch {
+    /// Applies the patch on top of `base`, validating every field it sets.
+    /// `allow_create_only` permits fields that cannot change after creation.
+    pub fn apply(
+        &self,
+        base: &HostingSpec,
+        allow_create_only: bool,
+    ) -> Result<HostingSpec, ValidationError> {
+        let mut spec = base.clone();
+        if let Some(v) = self.vcpus {
+            spec.vcpus = in_range("vcpus", v, limits::VCPUS)?;
+        }
+        if let Some(v) = self.memory_mib {
+            spec.memory_mib = in_range("memory_mib", v, limits::MEMORY_MIB)?;
+        }
+        if let Some(v) = self.disk_gib {
+            let v = in_range("disk_gib", v, limits::DISK_GIB)?;
+            let frozen = !allow_create_only && v != base.disk_gib;
+            ValidationError::check(!frozen, "disk_gib", CREATE_ONLY)?;
+            spec.disk_gib = v;
+        }
+        if let Some(img) = &self.image {
+            let img = ImageName::parse(img)?;
+            let frozen = !allow_create_only && img != base.image;
+            ValidationError::check(!frozen, "image", CREATE_ONLY)?;
+            spec.image = img;
+        }
+        if let Some(keys) = &self.ssh_public_keys {
+            if keys.len() > limits::MAX_SSH_KEYS {
+                return Err(ValidationError::new(
+                    "ssh_public_keys",
+                    "too many keys (at most 32)",
+                ));
+            }
+            let mut parsed = Vec::with_capacity(keys.len());
+            for k in keys {
+                let k = SshPublicKey::parse(k)?;
+                if !parsed.contains(&k) {
+                    parsed.push(k);
+                }
+            }
+            spec.ssh_public_keys = parsed;
+        }
+        if let Some(r) = self.running {
+            spec.running = r;
+        }
+        Ok(spec)
+    }
+}
+
+/// Kind of a forwarded port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PortKind {
+    Ssh,
+    Http,
+}
+
+impl PortKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PortKind::Ssh => "ssh",
+            PortKind::Http => "http",
+        }
+    }
+}
+
+/// An inclusive TCP port range, e.g. `10000-20000`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PortRange {
+    pub start: u16,
+    pub end: u16,
+}
+
+impl PortRange {
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let (a, b) = s.split_once('-').ok_or("expected '<start>-<end>'")?;
+        let start: u16 = a.trim().parse().map_err(|_| "start is not a port number")?;
+        let end: u16 = b.trim().parse().map_err(|_| "end is not a port number")?;
+        if start == 0 || start > end {
+            return Err("start must be between 1 and end".into());
+        }
+        Ok(Self { start, end })
+    }
+    pub fn len(&self) -> u32 {
+        (self.end - self.start) as u32 + 1
+    }
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+    pub fn overlaps(&self, o: &PortRange) -> bool {
+        self.start <= o.end && o.start <= self.end
+    }
+}
+
+/// This installation's per-hosting maximums (tighter than [`limits`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Quota {
+    pub vcpus: i32,
+    pub memory_mib: i32,
+    pub disk_gib: i32,
+}
+
+impl Default for Quota {
+    fn default() -> Self {
+        Quota {
+            vcpus: 2,
+            memory_mib: 2048,
+            disk_gib: 20,
+        }
+    }
+}
+
+impl Quota {
+    /// Refuses a spec above any maximum, naming the field and its limit. In
+    /// an update (`before`), a value that does not grow is always accepted,
+    /// so lowering a maximum never blocks other changes to existing hostings.
+    pub fn check(
+        &self,
+        before: Option<&HostingSpec>,
+        spec: &HostingSpec,
+    ) -> Result<(), ValidationError> {
+        let old = |f: fn(&HostingSpec) -> i32| before.map(f).unwrap_or(0);
+        for (field, value, was, max, unit) in [
+            ("vcpus", spec.vcpus, old(|s| s.vcpus), self.vcpus, ""),
+            (
+                "memory_mib",
+                spec.memory_mib,
+                old(|s| s.memory_mib),
+                self.memory_mib,
+                " MiB",
+            ),
+            (
+                "disk_gib",
+                spec.disk_gib,
+                old(|s| s.disk_gib),
+                self.disk_gib,
+                " GiB",
+            ),
+        ] {
+            let rule = format!("must be at most {max}{unit} on this installation");
+            ValidationError::check(value <= max || value <= was, field, &rule)?;
+        }
+        Ok(())
+    }
+}
