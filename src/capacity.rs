@@ -71,7 +71,10 @@ pub fn admit(
     new: bool,
 ) -> Result<(), (Reason, String)> {
     let b = budget(host, policy);
-    let (mem, cpu) = (rec.spec.memory_mib as u64, rec.spec.vcpus as u64);
+    let (mem, cpu) = (
+        u64::from(rec.spec.memory_mib.get()),
+        u64::from(rec.spec.vcpus.get()),
+    );
     let taken_mem = (usage.memory_mib + usage.queued_memory_mib).max(0) as u64;
     let taken_cpu = (usage.vcpus + usage.queued_vcpus).max(0) as u64;
     if taken_mem + mem > b.memory_mib {
@@ -89,7 +92,7 @@ pub fn admit(
         return Err((Reason::InsufficientCpu, msg));
     }
     // Disks are thin overlays: a new one must fit the pool's free space now.
-    if new && rec.spec.disk_gib as u64 > b.disk_available_gib {
+    if new && u64::from(rec.spec.disk_gib.get()) > b.disk_available_gib {
         let msg = format!(
             "waiting for disk: {} GiB needed, {} GiB free in the storage pool",
             rec.spec.disk_gib, b.disk_available_gib

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use clap::Parser;
 
-use crate::domain::PortRange;
+use crate::domain::{DiskGib, MemoryMib, PortRange, Vcpus};
 use crate::faults::Faults;
 
 /// A configuration problem, always naming the variable at fault.
@@ -605,9 +605,12 @@ impl Settings {
             images_file,
             faults: self.faults,
             quota: crate::domain::Quota {
-                vcpus: self.max_vcpus,
-                memory_mib: self.max_memory_mib,
-                disk_gib: self.max_disk_gib,
+                vcpus: Vcpus::parse(self.max_vcpus.into())
+                    .map_err(|e| bad("HOSTD_MAX_VCPUS", e.to_string()))?,
+                memory_mib: MemoryMib::parse(self.max_memory_mib.into())
+                    .map_err(|e| bad("HOSTD_MAX_MEMORY_MIB", e.to_string()))?,
+                disk_gib: DiskGib::parse(self.max_disk_gib.into())
+                    .map_err(|e| bad("HOSTD_MAX_DISK_GIB", e.to_string()))?,
             },
             allow_unisolated_guests: self.allow_unisolated_guests == "1",
             warm_pool: self.warm_pool,

@@ -37,9 +37,9 @@ pub struct SpecView {
 impl From<&crate::domain::HostingSpec> for SpecView {
     fn from(s: &crate::domain::HostingSpec) -> Self {
         SpecView {
-            vcpus: s.vcpus,
-            memory_mib: s.memory_mib,
-            disk_gib: s.disk_gib,
+            vcpus: s.vcpus.as_i32(),
+            memory_mib: s.memory_mib.as_i32(),
+            disk_gib: s.disk_gib.as_i32(),
             image: s.image.as_str().into(),
             ssh_public_keys: s
                 .ssh_public_keys

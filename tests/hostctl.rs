@@ -88,7 +88,7 @@ async fn apply_get_watch_describe_delete() {
         out(&o)
     );
     let r = store.get_record(rec.id).await.unwrap().unwrap();
-    assert_eq!((r.spec.memory_mib, r.generation), (1024, 2));
+    assert_eq!((r.spec.memory_mib.get(), r.generation), (1024, 2));
     let o = hostctl(&app, Some(&t), &["apply", "-f", f]);
     assert!(out(&o).contains("hosting unchanged"), "{}", out(&o));
     assert_eq!(

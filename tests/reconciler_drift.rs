@@ -611,7 +611,7 @@ async fn the_resync_sees_every_record_write_behind_its_fingerprint() {
         .execute(store.db())
         .await
         .unwrap();
-    assert_eq!(current().await.unwrap().spec.vcpus, 2);
+    assert_eq!(current().await.unwrap().spec.vcpus.get(), 2);
     // Status and events go with it (on delete cascade).
     sqlx::query("delete from hostings where id = $1")
         .bind(id.0)
@@ -713,7 +713,7 @@ async fn volume_listing_is_not_capped() {
             hostd::drivers::VolumeSource::Overlay {
                 backing: backing.clone(),
                 backing_format: "qcow2".into(),
-                capacity_gib: 1,
+                capacity_gib: hostd::domain::DiskGib::parse(1).unwrap(),
             },
         )
         .await

@@ -450,8 +450,8 @@ async fn the_admission_ledger_sums_what_the_sql_sums() {
             .await
             .unwrap();
         let spec = HostingSpec {
-            memory_mib: 512 * (i + 1),
-            vcpus: 1 + i % 3,
+            memory_mib: hostd::domain::MemoryMib::parse(512 * (i + 1)).unwrap(),
+            vcpus: hostd::domain::Vcpus::parse(1 + i % 3).unwrap(),
             ..Default::default()
         };
         let rec = store.create_hosting(u.id, &spec, false).await.unwrap();

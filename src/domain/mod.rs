@@ -223,7 +223,7 @@ mod tests {
             memory_mib: Some(1024),
             ..Default::default()
         };
-        assert_eq!(p.apply(&base, false).unwrap().memory_mib, 1024);
+        assert_eq!(p.apply(&base, false).unwrap().memory_mib.get(), 1024);
         let p = SpecPatch {
             memory_mib: Some(1),
             ..Default::default()
@@ -234,7 +234,7 @@ mod tests {
             ..Default::default()
         };
         assert!(p.apply(&base, false).is_err());
-        assert_eq!(p.apply(&base, true).unwrap().disk_gib, 20);
+        assert_eq!(p.apply(&base, true).unwrap().disk_gib.get(), 20);
     }
 
     #[test]

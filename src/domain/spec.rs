@@ -84,21 +84,82 @@ impl ImageName {
 /// Why a create-only field was refused in an update.
 const CREATE_ONLY: &str = "cannot be changed after creation";
 
+/// A resource quantity of a hosting: one type from the parsed request to
+/// the domain XML (the store converts at its edge to Postgres `integer`).
+/// Only values within the bounds exist.
+macro_rules! quantity {
+    ($(#[$doc:meta])* $name:ident, $field:literal, $lo:literal, $hi:literal) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+        #[serde(transparent)]
+        pub struct $name(u32);
+
+        impl $name {
+            /// The smallest value.
+            pub const MIN: u32 = $lo;
+            /// The largest value.
+            pub const MAX: u32 = $hi;
+
+            /// Parses a raw value (a client's, or a stored one), refusing
+            /// one outside [`Self::MIN`]..=[`Self::MAX`].
+            pub fn parse(v: i64) -> Result<Self, ValidationError> {
+                if v < i64::from(Self::MIN) || v > i64::from(Self::MAX) {
+                    return Err(ValidationError::new(
+                        $field,
+                        format!("must be between {} and {}", Self::MIN, Self::MAX),
+                    ));
+                }
+                Ok(Self(v as u32))
+            }
+
+            /// The number.
+            pub const fn get(self) -> u32 {
+                self.0
+            }
+
+            /// As an `i32` (every value fits): Postgres `integer`, the CRD's `int32`.
+            pub const fn as_i32(self) -> i32 {
+                self.0 as i32
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                self.0.fmt(f)
+            }
+        }
+    };
+}
+
+quantity!(
+    /// Virtual CPUs of a hosting.
+    Vcpus, "vcpus", 1, 16
+);
+quantity!(
+    /// Memory of a hosting, MiB.
+    MemoryMib, "memory_mib", 256, 65536
+);
+quantity!(
+    /// Disk size of a hosting, GiB.
+    DiskGib, "disk_gib", 1, 1024
+);
+
 /// Limits of a hosting spec, used by validation and by the CRD/API schema
-/// (`crd.rs` refers to these constants).
+/// (`crd.rs` checks its literals against these).
 pub mod limits {
-    pub const VCPUS: (i32, i32) = (1, 16);
-    pub const MEMORY_MIB: (i32, i32) = (256, 65536);
-    pub const DISK_GIB: (i32, i32) = (1, 1024);
+    use super::{DiskGib, MemoryMib, Vcpus};
+    pub const VCPUS: (u32, u32) = (Vcpus::MIN, Vcpus::MAX);
+    pub const MEMORY_MIB: (u32, u32) = (MemoryMib::MIN, MemoryMib::MAX);
+    pub const DISK_GIB: (u32, u32) = (DiskGib::MIN, DiskGib::MAX);
     pub const MAX_SSH_KEYS: usize = 32;
 }
 
 /// The desired shape of a hosting, fully validated.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct HostingSpec {
-    pub vcpus: i32,
-    pub memory_mib: i32,
-    pub disk_gib: i32,
+    pub vcpus: Vcpus,
+    pub memory_mib: MemoryMib,
+    pub disk_gib: DiskGib,
     pub image: ImageName,
     pub ssh_public_keys: Vec<SshPublicKey>,
     pub running: bool,
@@ -107,24 +168,13 @@ pub struct HostingSpec {
 impl Default for HostingSpec {
     fn default() -> Self {
         Self {
-            vcpus: 1,
-            memory_mib: 512,
-            disk_gib: 10,
+            vcpus: Vcpus(1),
+            memory_mib: MemoryMib(512),
+            disk_gib: DiskGib(10),
             image: ImageName("debian-12".into()),
             ssh_public_keys: vec![],
             running: true,
         }
-    }
-}
-
-fn in_range(field: &'static str, v: i64, (lo, hi): (i32, i32)) -> Result<i32, ValidationError> {
-    if v < lo as i64 || v > hi as i64 {
-        Err(ValidationError::new(
-            field,
-            format!("must be between {lo} and {hi}"),
-        ))
-    } else {
-        Ok(v as i32)
     }
 }
 
@@ -163,13 +213,13 @@ impl SpecPatch {
     ) -> Result<HostingSpec, ValidationError> {
         let mut spec = base.clone();
         if let Some(v) = self.vcpus {
-            spec.vcpus = in_range("vcpus", v, limits::VCPUS)?;
+            spec.vcpus = Vcpus::parse(v)?;
         }
         if let Some(v) = self.memory_mib {
-            spec.memory_mib = in_range("memory_mib", v, limits::MEMORY_MIB)?;
+            spec.memory_mib = MemoryMib::parse(v)?;
         }
         if let Some(v) = self.disk_gib {
-            let v = in_range("disk_gib", v, limits::DISK_GIB)?;
+            let v = DiskGib::parse(v)?;
             let frozen = !allow_create_only && v != base.disk_gib;
             ValidationError::check(!frozen, "disk_gib", CREATE_ONLY)?;
             spec.disk_gib = v;
@@ -250,17 +300,17 @@ impl PortRange {
 /// This installation's per-hosting maximums (tighter than [`limits`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Quota {
-    pub vcpus: i32,
-    pub memory_mib: i32,
-    pub disk_gib: i32,
+    pub vcpus: Vcpus,
+    pub memory_mib: MemoryMib,
+    pub disk_gib: DiskGib,
 }
 
 impl Default for Quota {
     fn default() -> Self {
         Quota {
-            vcpus: 2,
-            memory_mib: 2048,
-            disk_gib: 20,
+            vcpus: Vcpus(2),
+            memory_mib: MemoryMib(2048),
+            disk_gib: DiskGib(20),
         }
     }
 }
@@ -274,21 +324,27 @@ impl Quota {
         before: Option<&HostingSpec>,
         spec: &HostingSpec,
     ) -> Result<(), ValidationError> {
-        let old = |f: fn(&HostingSpec) -> i32| before.map(f).unwrap_or(0);
+        let old = |f: fn(&HostingSpec) -> u32| before.map(f).unwrap_or(0);
         for (field, value, was, max, unit) in [
-            ("vcpus", spec.vcpus, old(|s| s.vcpus), self.vcpus, ""),
+            (
+                "vcpus",
+                spec.vcpus.get(),
+                old(|s| s.vcpus.get()),
+                self.vcpus.get(),
+                "",
+            ),
             (
                 "memory_mib",
-                spec.memory_mib,
-                old(|s| s.memory_mib),
-                self.memory_mib,
+                spec.memory_mib.get(),
+                old(|s| s.memory_mib.get()),
+                self.memory_mib.get(),
                 " MiB",
             ),
             (
                 "disk_gib",
-                spec.disk_gib,
-                old(|s| s.disk_gib),
-                self.disk_gib,
+                spec.disk_gib.get(),
+                old(|s| s.disk_gib.get()),
+                self.disk_gib.get(),
                 " GiB",
             ),
         ] {

@@ -93,7 +93,7 @@ pub enum VolumeSource {
     Overlay {
         backing: std::path::PathBuf,
         backing_format: String,
-        capacity_gib: i32,
+        capacity_gib: crate::domain::DiskGib,
     },
     /// A raw volume holding exactly these bytes (cloud-init seed ISO).
     Bytes(Vec<u8>),

@@ -73,8 +73,8 @@ async fn room_for(ctx: &Context, class: &HostingSpec) -> Result<i64, ReconcileEr
     let host = ctx.vm.resources().await?;
     let b = crate::capacity::budget(&host, &ctx.config.capacity);
     let mem = b.memory_mib.saturating_sub(usage.memory_mib.max(0) as u64)
-        / class.memory_mib.max(1) as u64;
-    let cpu = b.vcpus.saturating_sub(usage.vcpus.max(0) as u64) / class.vcpus.max(1) as u64;
-    let disk = b.disk_available_gib / class.disk_gib.max(1) as u64;
+        / u64::from(class.memory_mib.get());
+    let cpu = b.vcpus.saturating_sub(usage.vcpus.max(0) as u64) / u64::from(class.vcpus.get());
+    let disk = b.disk_available_gib / u64::from(class.disk_gib.get());
     Ok(mem.min(cpu).min(disk) as i64)
 }

@@ -123,9 +123,9 @@ impl RecordRow {
             user_id: UserId(self.user_id),
             username: Username::parse(&self.username)?,
             spec: HostingSpec {
-                vcpus: self.vcpus,
-                memory_mib: self.memory_mib,
-                disk_gib: self.disk_gib,
+                vcpus: Vcpus::parse(self.vcpus.into())?,
+                memory_mib: MemoryMib::parse(self.memory_mib.into())?,
+                disk_gib: DiskGib::parse(self.disk_gib.into())?,
                 image: ImageName::parse(&self.image)?,
                 ssh_public_keys,
                 running: self.running,
@@ -404,9 +404,9 @@ type PgQuery<'q> = sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArgu
 /// ssh_public_keys, running.
 fn bind_spec<'q>(q: PgQuery<'q>, spec: &'q HostingSpec) -> PgQuery<'q> {
     let keys: Vec<&str> = spec.ssh_public_keys.iter().map(|k| k.as_str()).collect();
-    q.bind(spec.vcpus)
-        .bind(spec.memory_mib)
-        .bind(spec.disk_gib)
+    q.bind(spec.vcpus.as_i32())
+        .bind(spec.memory_mib.as_i32())
+        .bind(spec.disk_gib.as_i32())
         .bind(spec.image.as_str())
         .bind(keys)
         .bind(spec.running)

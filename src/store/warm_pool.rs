@@ -46,9 +46,9 @@ impl Store {
              from hostings h join hosting_status s on s.hosting_id = h.id \
              where h.warm_pool and h.vcpus = $1 and h.memory_mib = $2 and h.disk_gib = $3 and h.image = $4",
         )
-        .bind(class.vcpus)
-        .bind(class.memory_mib)
-        .bind(class.disk_gib)
+        .bind(class.vcpus.as_i32())
+        .bind(class.memory_mib.as_i32())
+        .bind(class.disk_gib.as_i32())
         .bind(class.image.as_str())
         .fetch_one(&self.db)
         .await?;
@@ -81,9 +81,9 @@ impl Store {
                order by (s.phase = 'Ready') asc, h.created_at desc limit $5 \
                for update of h skip locked)",
         )
-        .bind(class.vcpus)
-        .bind(class.memory_mib)
-        .bind(class.disk_gib)
+        .bind(class.vcpus.as_i32())
+        .bind(class.memory_mib.as_i32())
+        .bind(class.disk_gib.as_i32())
         .bind(class.image.as_str())
         .bind(n)
         .execute(&self.db)
@@ -143,9 +143,9 @@ impl Store {
              from c where h.id = c.id returning h.id, c.created_at",
         )
         .bind(user.0)
-        .bind(spec.vcpus)
-        .bind(spec.memory_mib)
-        .bind(spec.disk_gib)
+        .bind(spec.vcpus.as_i32())
+        .bind(spec.memory_mib.as_i32())
+        .bind(spec.disk_gib.as_i32())
         .bind(spec.image.as_str())
         .bind(&keys)
         .fetch_optional(&mut *tx)

@@ -175,8 +175,8 @@ impl Ledger {
     pub(crate) fn decided(&mut self, rec: &crate::store::HostingRecord, admitted: bool) {
         let row = crate::store::CapacityRow {
             id: rec.id,
-            memory_mib: rec.spec.memory_mib as i64,
-            vcpus: rec.spec.vcpus as i64,
+            memory_mib: i64::from(rec.spec.memory_mib.get()),
+            vcpus: i64::from(rec.spec.vcpus.get()),
             created_at: rec.created_at,
             admitted: admitted || rec.status.ssh_port.is_some(),
             waiting: !admitted,
