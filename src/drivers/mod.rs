@@ -132,13 +132,14 @@ pub trait VmDriver: Send + Sync + 'static {
     async fn create_volume(&self, name: &str, source: VolumeSource) -> DriverResult<bool>;
     /// Replaces a raw volume's contents (seed regeneration).
     async fn replace_volume_bytes(&self, name: &str, bytes: Vec<u8>) -> DriverResult<()>;
-    /// Moves a volume's file out of the pool into `dir` (same filesystem),
-    /// where it is kept rather than deleted; `None` if there was nothing to
-    /// move (absent, or a simulated volume without a file).
+    /// Moves a volume's file out of the pool to `to` (same filesystem, a
+    /// path that must not exist), where it is kept rather than deleted;
+    /// `None` if there was nothing to move (absent, or a simulated volume
+    /// without a file).
     async fn quarantine_volume(
         &self,
         name: &str,
-        dir: &std::path::Path,
+        to: &std::path::Path,
     ) -> DriverResult<Option<std::path::PathBuf>>;
     /// A crash-consistent image of a domain's disk volume, for a backup.
     /// While the domain runs, libvirt's backup job (push mode) writes a full,

@@ -24,6 +24,7 @@ pub mod console;
 pub mod controller;
 pub mod memory;
 pub mod names;
+pub mod quarantine;
 pub mod queue;
 pub mod reconcile;
 pub mod records;
@@ -63,6 +64,9 @@ pub struct Context {
     pub(crate) scheduler: tokio::sync::Mutex<Ledger>,
     /// Backups allowed to run at once (`HOSTD_BACKUP_CONCURRENCY`).
     pub(crate) backup_slots: Arc<tokio::sync::Semaphore>,
+    /// Where replaced and orphaned disks and deleted hostings' backups are
+    /// kept (`HOSTD_QUARANTINE_DAYS`).
+    pub quarantine: quarantine::Quarantine,
     /// What is remembered of each hosting between passes (backoff, a
     /// shutdown asked for, the console copied, a route's note).
     pub memory: memory::Memory,
@@ -98,6 +102,7 @@ impl Context {
             .redirect(reqwest::redirect::Policy::none())
             .build()
             .expect("http client");
+        let quarantine = quarantine::Quarantine::new(&config.state_dir, config.quarantine);
         Ok(Arc::new(Context {
             store,
             vm,
@@ -111,6 +116,7 @@ impl Context {
             records: Default::default(),
             scheduler: tokio::sync::Mutex::new(Ledger::default()),
             backup_slots: Arc::new(tokio::sync::Semaphore::new(slots)),
+            quarantine,
             memory: Default::default(),
             queue: std::sync::OnceLock::new(),
         }))
@@ -140,6 +146,28 @@ impl Context {
     /// Resets backoff after a successful reconcile.
     pub fn reset_backoff(&self, id: HostingId) {
         self.memory.with(id, |m| m.backoff = None);
+    }
+
+    /// Moves volume `name` to quarantine (a simulated volume without a file
+    /// is deleted instead: there is nothing to keep) and drops the hosting's
+    /// older quarantined entry of that kind. Where it went, if anywhere.
+    pub async fn quarantine_volume(
+        &self,
+        name: &str,
+    ) -> Result<Option<std::path::PathBuf>, ReconcileError> {
+        let to = self
+            .quarantine
+            .target(name, chrono::Utc::now())
+            .map_err(crate::drivers::DriverError::from)?;
+        match self.vm.quarantine_volume(name, &to).await? {
+            Some(to) => {
+                let q = self.quarantine.clone();
+                let kept = to.clone();
+                let _ = tokio::task::spawn_blocking(move || q.bound(&kept)).await;
+                Ok(Some(to))
+            }
+            None => Ok(None),
+        }
     }
 
     /// Forgets a hosting that is gone: everything remembered of it here,

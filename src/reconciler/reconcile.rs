@@ -122,11 +122,12 @@ fn quarantine_backups(ctx: &Context, id: HostingId) -> Result<(), ReconcileError
     files.discard_staging(id);
     let dir = files.dir(id);
     if dir.exists() {
-        let q = ctx.config.state_dir.join("quarantine");
-        crate::drivers::private_dir(&q).map_err(DriverError::from)?;
-        let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%SZ");
-        let to = q.join(format!("{stamp}-backups-{id}"));
+        let q = &ctx.quarantine;
+        let to = q
+            .target(&format!("backups-{id}"), chrono::Utc::now())
+            .map_err(DriverError::from)?;
         std::fs::rename(&dir, &to).map_err(DriverError::from)?;
+        q.bound(&to);
         tracing::info!(to = %to.display(), "the hosting's backups were moved to quarantine");
     }
     Ok(())

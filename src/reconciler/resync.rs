@@ -152,8 +152,7 @@ async fn collect_orphans(
             tracing::warn!(volume = %v, "removing a leftover volume of a deleted hosting");
             ctx.vm.delete_volume(v).await?;
         } else {
-            let dir = ctx.config.state_dir.join("quarantine");
-            match ctx.vm.quarantine_volume(v, &dir).await? {
+            match ctx.quarantine_volume(v).await? {
                 Some(to) => tracing::warn!(volume = %v, to = %to.display(),
                     "a volume without a hosting was moved to quarantine, not deleted"),
                 None => continue,
@@ -172,33 +171,15 @@ async fn collect_orphans(
         orphans += 1;
     }
     ctx.metrics.repairs.inc_by(orphans as u64);
-    expire_quarantine(ctx);
+    expire_quarantine(ctx).await;
     Ok(orphans)
 }
 
-/// Deletes quarantined files older than `HOSTD_QUARANTINE_DAYS`.
-fn expire_quarantine(ctx: &Context) {
-    let dir = ctx.config.state_dir.join("quarantine");
-    let Ok(entries) = std::fs::read_dir(&dir) else {
-        return;
-    };
-    let keep = ctx.config.quarantine;
-    for e in entries.flatten() {
-        let age = e
-            .metadata()
-            .and_then(|m| m.modified())
-            .ok()
-            .and_then(|t| t.elapsed().ok());
-        if age.is_some_and(|a| a > keep) {
-            tracing::warn!(file = %e.path().display(), "quarantine period over: deleting");
-            let is_dir = e.file_type().is_ok_and(|t| t.is_dir());
-            let _ = if is_dir {
-                std::fs::remove_dir_all(e.path())
-            } else {
-                std::fs::remove_file(e.path())
-            };
-        }
-    }
+/// Deletes quarantined entries whose time of quarantine (in their names,
+/// not their files' ages) is older than `HOSTD_QUARANTINE_DAYS`.
+async fn expire_quarantine(ctx: &Context) {
+    let q = ctx.quarantine.clone();
+    let _ = tokio::task::spawn_blocking(move || q.expire(chrono::Utc::now())).await;
 }
 
 /// Updates the metrics and writes the leader's heartbeat.

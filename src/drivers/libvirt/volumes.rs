@@ -129,13 +129,13 @@ pub(super) fn replace_bytes(
     Ok(())
 }
 
-/// Moves the volume's file into `dir` (kept, not deleted); `None` when
-/// there is no volume or no file.
+/// Moves the volume's file to `to` (kept, not deleted; never over an
+/// existing file); `None` when there is no volume or no file.
 pub(super) fn quarantine(
     c: &Connect,
     pool_name: &str,
     name: &str,
-    dir: &std::path::Path,
+    to: &std::path::Path,
 ) -> DriverResult<Option<std::path::PathBuf>> {
     let p = pool(c, pool_name)?;
     let vol = match p.lookup_storage_vol_by_name(name) {
@@ -149,13 +149,16 @@ pub(super) fn quarantine(
         // and nothing is deleted either.
         return Ok(None);
     }
-    crate::drivers::private_dir(dir)?;
-    let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%SZ");
-    let to = dir.join(format!("{stamp}-{name}"));
-    std::fs::rename(&from, &to)?;
+    if to.symlink_metadata().is_ok() {
+        return Err(DriverError::Other(format!(
+            "quarantine target {} exists: not replacing it",
+            to.display()
+        )));
+    }
+    std::fs::rename(&from, to)?;
     let _ = p.refresh(0);
     forget_volume(&p, name);
-    Ok(Some(to))
+    Ok(Some(to.to_path_buf()))
 }
 
 /// The file of a stopped guest's disk volume (what a backup copies).

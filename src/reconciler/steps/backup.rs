@@ -239,8 +239,7 @@ impl Pass<'_> {
         self.ctx.vm.destroy(&domain_name(id)).await?;
         let name = disk_volume(id);
         if exists {
-            let dir = self.ctx.config.state_dir.join("quarantine");
-            match self.ctx.vm.quarantine_volume(&name, &dir).await? {
+            match self.ctx.quarantine_volume(&name).await? {
                 Some(to) => {
                     let msg = format!("the previous disk was moved to {}", to.display());
                     self.event(EventType::Normal, Reason::DiskQuarantined, &msg);

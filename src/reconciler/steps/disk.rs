@@ -141,10 +141,13 @@ impl Pass<'_> {
         self.ctx.vm.destroy(&domain_name(self.id())).await?;
         if exists {
             let name = disk_volume(self.id());
-            let dir = self.ctx.config.state_dir.join("quarantine");
-            if self.ctx.vm.quarantine_volume(&name, &dir).await?.is_none() {
+            match self.ctx.quarantine_volume(&name).await? {
+                Some(to) => {
+                    let msg = format!("the previous disk was moved to {}", to.display());
+                    self.event(EventType::Normal, Reason::DiskQuarantined, &msg);
+                }
                 // A simulated volume has no file to keep.
-                self.ctx.vm.delete_volume(&name).await?;
+                None => self.ctx.vm.delete_volume(&name).await?,
             }
         }
         Ok(())
