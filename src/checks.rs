@@ -134,7 +134,7 @@ pub async fn redis<E: std::fmt::Display>(ping: impl Future<Output = Result<Strin
 
 /// `qemu-img`, which compresses backups.
 pub async fn qemu_img() -> Check {
-    Check::timed("qemu_img", Outcome::Error, async {
+    Check::timed("qemu-img", Outcome::Error, async {
         let out = tokio::process::Command::new("qemu-img")
             .arg("--version")
             .output()
