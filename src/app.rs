@@ -231,7 +231,7 @@ async fn guest_isolation(config: &Config) -> Result<(), AppError> {
     if !config.real_guests() {
         return Ok(());
     }
-    match crate::drivers::isolation::Isolation::default().ensure().await {
+    match crate::drivers::isolation::Isolation::new(config.guest_egress.clone()).ensure().await {
         Ok(detail) => {
             tracing::info!(%detail, "guest isolation in force");
             Ok(())

@@ -111,7 +111,7 @@ pub async fn guest_isolation(config: &Config) -> Check {
         if !config.real_guests() {
             return Ok("not needed: simulated hypervisor".to_string());
         }
-        let iso = crate::drivers::isolation::Isolation::default();
+        let iso = crate::drivers::isolation::Isolation::new(config.guest_egress.clone());
         iso.check().await.map_err(|e| {
             format!("NOT in force: {e} (hostd installs it when its reconciler starts)")
         })

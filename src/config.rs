@@ -262,6 +262,21 @@ pub struct Settings {
     #[arg(long, env = "HOSTD_ALLOW_UNISOLATED_GUESTS", value_name = "HOSTD_ALLOW_UNISOLATED_GUESTS",
           default_value = "0", value_parser = ["0", "1"])]
     pub allow_unisolated_guests: String,
+    /// Where guests may open connections: `public` (public addresses only:
+    /// never this host, private, CGNAT, link-local/metadata, ULA, multicast
+    /// or HOSTD_GUEST_DENY_CIDRS) or `none` (no outbound connection at all).
+    #[arg(long, env = "HOSTD_GUEST_EGRESS", value_name = "HOSTD_GUEST_EGRESS",
+          default_value = "public", value_parser = ["public", "none"])]
+    pub guest_egress: String,
+    /// More networks guests may not reach, comma-separated CIDRs (e.g. the
+    /// host's public subnet, or a database's address).
+    #[arg(
+        long,
+        env = "HOSTD_GUEST_DENY_CIDRS",
+        value_name = "HOSTD_GUEST_DENY_CIDRS",
+        default_value = ""
+    )]
+    pub guest_deny_cidrs: String,
     /// Days a volume without a hosting is kept in $HOSTD_STATE_DIR/quarantine.
     #[arg(
         long,
@@ -407,6 +422,8 @@ pub struct Config {
     pub capacity: CapacityPolicy,
     /// Run real guests without host-side isolation (`HOSTD_ALLOW_UNISOLATED_GUESTS`).
     pub allow_unisolated_guests: bool,
+    /// Where guests may connect (`HOSTD_GUEST_EGRESS`, `HOSTD_GUEST_DENY_CIDRS`).
+    pub guest_egress: crate::domain::EgressPolicy,
     /// Warm-pool guests to keep booted (HOSTD_WARM_POOL; 0 = none).
     pub warm_pool: u32,
     /// Dashboard cookies carry `Secure` (`HOSTD_SECURE_COOKIES`).
@@ -613,6 +630,11 @@ impl Settings {
                     .map_err(|e| bad("HOSTD_MAX_DISK_GIB", e.to_string()))?,
             },
             allow_unisolated_guests: self.allow_unisolated_guests == "1",
+            guest_egress: crate::domain::EgressPolicy::parse(
+                &self.guest_egress,
+                &self.guest_deny_cidrs,
+            )
+            .map_err(|e| bad("HOSTD_GUEST_DENY_CIDRS", e.to_string()))?,
             warm_pool: self.warm_pool,
             secure_cookies: self.secure_cookies,
             quarantine: Duration::from_secs(self.quarantine_days * 86400),

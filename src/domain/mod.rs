@@ -8,9 +8,11 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 mod account;
+mod egress;
 mod spec;
 mod status;
 pub use account::*;
+pub use egress::*;
 pub use spec::*;
 pub use status::*;
 

@@ -55,6 +55,7 @@ pub async fn resync(ctx: &Context, queue: &WorkQueue) -> Result<ResyncStats, Rec
     if let Err(e) = super::warm_pool::maintain(ctx).await {
         tracing::warn!(error = %e, "warm pool: cannot converge its size; will retry");
     }
+    guest_isolation(ctx).await;
     publish(ctx, queue, &records).await;
     tracing::debug!(
         hostings = records.len(),
@@ -173,6 +174,29 @@ async fn collect_orphans(
     ctx.metrics.repairs.inc_by(orphans as u64);
     expire_quarantine(ctx).await;
     Ok(orphans)
+}
+
+/// Re-asserts the guest isolation table (real guests only): a table removed
+/// by `nft flush ruleset` (what restarting the nftables service does), or one
+/// that misses the user of a guest process started since, is put back at
+/// once, with a warning and `hostd_guest_isolation_restored`.
+async fn guest_isolation(ctx: &Context) {
+    if !ctx.config.real_guests() {
+        return;
+    }
+    let iso = crate::drivers::isolation::Isolation::new(ctx.config.guest_egress.clone());
+    let Err(why) = iso.check().await else {
+        return;
+    };
+    match iso.ensure().await {
+        Ok(detail) => {
+            ctx.metrics.isolation_restored.inc();
+            tracing::warn!(%why, %detail, "guest isolation was not in force: put it back");
+        }
+        Err(e) => {
+            tracing::error!(%why, error = %e, "guest isolation is NOT in force and cannot be put back")
+        }
+    }
 }
 
 /// Deletes quarantined entries whose time of quarantine (in their names,

@@ -70,6 +70,9 @@ pub struct Metrics {
     pub last_backup_bytes: Gauge,
     /// Disks replaced by a backup (requested restores and vanished disks).
     pub restores: Counter,
+    /// Times the resync found the guest isolation table missing or stale
+    /// and put it back.
+    pub isolation_restored: Counter,
     /// Warm-pool guests not being deleted, at the last pool check.
     pub warm_pool_guests: Gauge,
     /// Of those, Ready and claimable.
@@ -115,6 +118,7 @@ impl Default for Metrics {
             backup_duration: Histogram::new(exponential_buckets(0.5, 2.0, 12)),
             last_backup_bytes: Gauge::default(),
             restores: Counter::default(),
+            isolation_restored: Counter::default(),
             warm_pool_guests: Gauge::default(),
             warm_pool_ready: Gauge::default(),
             warm_pool_claims: Counter::default(),
@@ -151,6 +155,7 @@ impl Default for Metrics {
             "hostd_backup_duration_seconds", "Wall time of one backup", m.backup_duration;
             "hostd_last_backup_bytes", "Size of the last backup file", m.last_backup_bytes;
             "hostd_restores", "Disks replaced by a backup", m.restores;
+            "hostd_guest_isolation_restored", "Times the guest isolation table was found missing or stale and put back", m.isolation_restored;
             "hostd_warm_pool_guests", "Warm-pool guests (not being deleted)", m.warm_pool_guests;
             "hostd_warm_pool_ready", "Warm-pool guests Ready to be claimed", m.warm_pool_ready;
             "hostd_warm_pool_claims", "Hostings given a warm-pool guest", m.warm_pool_claims;

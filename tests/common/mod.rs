@@ -159,6 +159,7 @@ pub fn test_config(db: &str, state: &std::path::Path, nginx: Option<&TestNginx>)
         metrics_listen: None,
         quota: Default::default(),
         allow_unisolated_guests: false,
+        guest_egress: Default::default(),
         warm_pool: 0,
         secure_cookies: false,
         quarantine: Duration::from_secs(7 * 86400),
