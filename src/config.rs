@@ -21,6 +21,19 @@ pub struct ConfigError {
     pub message: String,
 }
 
+/// A comma- or space-separated list of CIDRs.
+fn parse_cidrs(var: &'static str, text: &str) -> Result<Vec<ipnet::IpNet>, ConfigError> {
+    text.split([',', ' '])
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|c| {
+            c.parse::<ipnet::IpNet>()
+                .or_else(|_| c.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                .map_err(|_| bad(var, format!("{c:?} is not an address or CIDR")))
+        })
+        .collect()
+}
+
 fn bad(var: &'static str, message: impl Into<String>) -> ConfigError {
     ConfigError {
         var,
@@ -319,10 +332,22 @@ pub struct Settings {
         default_value = "redis://127.0.0.1:6379"
     )]
     pub redis_url: String,
-    /// Failed logins per account within HOSTD_LOGIN_WINDOW_SECS before 429.
+    /// Failed logins per account from one client address within
+    /// HOSTD_LOGIN_WINDOW_SECS before 429 (the lockout is per account and
+    /// address: guesses from elsewhere never lock the owner out).
     #[arg(long, env = "HOSTD_LOGIN_MAX_FAILURES", value_name = "HOSTD_LOGIN_MAX_FAILURES",
           default_value = "5", value_parser = clap::value_parser!(u32).range(1..))]
     pub login_max_failures: u32,
+    /// Failed logins per account from anywhere within HOSTD_LOGIN_WINDOW_SECS
+    /// after which its login attempts are slowed (one a second), not refused.
+    #[arg(long, env = "HOSTD_LOGIN_SLOW_AFTER", value_name = "HOSTD_LOGIN_SLOW_AFTER",
+          default_value = "20", value_parser = clap::value_parser!(u32).range(1..))]
+    pub login_slow_after: u32,
+    /// Proxies (comma-separated CIDRs) whose X-Forwarded-For names the client:
+    /// behind a TLS proxy every client would otherwise share its address.
+    #[arg(long, env = "HOSTD_TRUSTED_PROXIES", value_name = "HOSTD_TRUSTED_PROXIES",
+          default_value = "")]
+    pub trusted_proxies: String,
     /// Failed logins per client address within HOSTD_LOGIN_WINDOW_SECS before 429.
     #[arg(long, env = "HOSTD_LOGIN_MAX_FAILURES_PER_ADDRESS",
           value_name = "HOSTD_LOGIN_MAX_FAILURES_PER_ADDRESS", default_value = "30",
@@ -422,6 +447,8 @@ pub struct Config {
     pub capacity: CapacityPolicy,
     /// Run real guests without host-side isolation (`HOSTD_ALLOW_UNISOLATED_GUESTS`).
     pub allow_unisolated_guests: bool,
+    /// Proxies whose `X-Forwarded-For` names the client (`HOSTD_TRUSTED_PROXIES`).
+    pub trusted_proxies: Vec<ipnet::IpNet>,
     /// Where guests may connect (`HOSTD_GUEST_EGRESS`, `HOSTD_GUEST_DENY_CIDRS`).
     pub guest_egress: crate::domain::EgressPolicy,
     /// Warm-pool guests to keep booted (HOSTD_WARM_POOL; 0 = none).
@@ -442,6 +469,7 @@ pub struct Config {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RateLimits {
     pub login_max_failures: u32,
+    pub login_slow_after: u32,
     pub login_max_failures_per_address: u32,
     pub login_window: Duration,
     pub register_per_hour: u32,
@@ -630,6 +658,7 @@ impl Settings {
                     .map_err(|e| bad("HOSTD_MAX_DISK_GIB", e.to_string()))?,
             },
             allow_unisolated_guests: self.allow_unisolated_guests == "1",
+            trusted_proxies: parse_cidrs("HOSTD_TRUSTED_PROXIES", &self.trusted_proxies)?,
             guest_egress: crate::domain::EgressPolicy::parse(
                 &self.guest_egress,
                 &self.guest_deny_cidrs,
@@ -641,6 +670,7 @@ impl Settings {
             redis_url: self.redis_url.clone(),
             limits: RateLimits {
                 login_max_failures: self.login_max_failures,
+                login_slow_after: self.login_slow_after,
                 login_max_failures_per_address: self.login_max_failures_per_address,
                 login_window: Duration::from_secs(self.login_window_secs),
                 register_per_hour: self.register_per_hour,

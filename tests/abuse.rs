@@ -104,9 +104,95 @@ async fn the_sixth_wrong_login_is_refused_and_the_right_one_works_after_the_wind
     let m = metrics(&app, &admin).await;
     assert_eq!(metric(&m, "hostd_login_failures_total"), 5.0, "{m}");
     assert!(
-        metric(&m, "hostd_rate_limited_total{rule=\"login_account\"}") >= 3.0,
+        metric(&m, "hostd_rate_limited_total{rule=\"login_account_address\"}") >= 3.0,
         "{m}"
     );
+    app.stop().await;
+}
+
+/// A login from `from` (forwarded by the trusted proxy on 127.0.0.1).
+async fn login_from(app: &TestApp, from: &str, name: &str, password: &str) -> (u16, Duration) {
+    let t = Instant::now();
+    let r = app
+        .client
+        .post(app.url("/api/v1/auth/login"))
+        .header("x-forwarded-for", from)
+        .form(&[("username", name), ("password", password)])
+        .send()
+        .await
+        .unwrap();
+    (r.status().as_u16(), t.elapsed())
+}
+
+/// Guessers at other addresses never lock the owner out: the lockout is per
+/// account and address; past the account's ceiling its attempts are slowed
+/// (one a second), not refused. Behind a trusted proxy (127.0.0.1 here) each
+/// client is its forwarded address; a client that is not a trusted proxy
+/// cannot pick its own address with the header.
+#[tokio::test]
+async fn guessing_from_elsewhere_never_locks_the_owner_out() {
+    let app = app_with(|c| {
+        c.trusted_proxies = vec!["127.0.0.1/32".parse().unwrap()];
+        c.limits.login_slow_after = 8;
+    })
+    .await;
+    app.user("owner").await;
+    // An attacker at 203.0.113.66 locks only itself out.
+    for i in 0..5 {
+        let (code, _) = login_from(&app, "203.0.113.66", "owner", "guess").await;
+        assert_eq!(code, 401, "guess {i}");
+    }
+    assert_eq!(login_from(&app, "203.0.113.66", "owner", "guess").await.0, 429);
+    assert_eq!(
+        login_from(&app, "203.0.113.66", "owner", "correct horse").await.0,
+        429,
+        "the locked-out address gets no oracle"
+    );
+    let (code, _) = login_from(&app, "198.51.100.1", "owner", "correct horse").await;
+    assert_eq!(code, 200, "the owner at an address that never failed");
+    // Many addresses push the account past its ceiling: still no lockout,
+    // but every attempt on it waits its turn.
+    for i in 0..4 {
+        let from = format!("203.0.113.{}", 100 + i);
+        assert_eq!(login_from(&app, &from, "owner", "guess").await.0, 401);
+    }
+    let (code, took) = login_from(&app, "198.51.100.2", "owner", "correct horse").await;
+    assert_eq!(code, 200, "past the ceiling the owner is slowed, not refused");
+    assert!(took >= Duration::from_millis(900), "not slowed: {took:?}");
+    let mut set = tokio::task::JoinSet::new();
+    for i in 0..3 {
+        let (c, url) = (app.client.clone(), app.url("/api/v1/auth/login"));
+        set.spawn(async move {
+            c.post(url)
+                .header("x-forwarded-for", format!("203.0.113.{}", 150 + i))
+                .form(&[("username", "owner"), ("password", "guess")])
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        });
+    }
+    let t = Instant::now();
+    while let Some(c) = set.join_next().await {
+        assert_eq!(c.unwrap(), 401);
+    }
+    assert!(
+        t.elapsed() >= Duration::from_millis(2700),
+        "three slowed guesses took turns: {:?}",
+        t.elapsed()
+    );
+    app.stop().await;
+
+    // Without trusted proxies the header is the client's own word: ignored.
+    let app = app_with(|_| {}).await;
+    app.user("owner2").await;
+    for i in 0..5 {
+        let from = format!("203.0.113.{i}");
+        assert_eq!(login_from(&app, &from, "owner2", "guess").await.0, 401);
+    }
+    let (code, _) = login_from(&app, "198.51.100.9", "owner2", "guess").await;
+    assert_eq!(code, 429, "a forged X-Forwarded-For escaped the lockout");
     app.stop().await;
 }
 

@@ -104,18 +104,33 @@ impl Jwt {
     }
 }
 
-/// The client's address (the TCP peer), for per-address limits.
+/// The client's address, for per-address limits: the TCP peer, or, behind
+/// one of `HOSTD_TRUSTED_PROXIES`, the address they forwarded
+/// (`X-Forwarded-For`); IPv4-mapped addresses as IPv4.
 pub struct ClientAddr(pub Option<std::net::IpAddr>);
 
-impl<S: Send + Sync> FromRequestParts<S> for ClientAddr {
+impl FromRequestParts<AppState> for ClientAddr {
     type Rejection = std::convert::Infallible;
 
-    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(
+        parts: &mut Parts,
+        st: &AppState,
+    ) -> Result<Self, Self::Rejection> {
         let peer = parts
             .extensions
             .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
             .map(|c| c.0.ip());
-        Ok(ClientAddr(peer))
+        let xff: Vec<&str> = parts
+            .headers
+            .get_all("x-forwarded-for")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect();
+        Ok(ClientAddr(super::limits::client_of(
+            peer,
+            &xff,
+            &st.config.trusted_proxies,
+        )))
     }
 }
 
@@ -420,9 +435,23 @@ pub async fn check_credentials(
         Some((u, _)) => u.id.to_string(),
         None => login.to_lowercase(),
     };
-    let by_account = match st.guard.attempt(Rule::LoginAccount, &account).await {
+    // The lockout is per account *and* address: guesses from elsewhere
+    // never lock the owner out.
+    let pair = format!("{account}@{addr}");
+    let by_pair = match st.guard.attempt(Rule::LoginAccountAddress, &pair).await {
         Ok(t) => t,
         Err(e) => {
+            st.guard.forgive(by_addr).await;
+            return Err(e);
+        }
+    };
+    // Past the account's ceiling (failures from anywhere), attempts on it
+    // are slowed, not refused: they take turns, one per `SLOW_TURN`.
+    let (by_account, _turn) = match st.guard.attempt(Rule::LoginAccount, &account).await {
+        Ok(t) => (Some(t), None),
+        Err(ApiError::TooManyRequests(_)) => (None, Some(st.guard.slow_turn(&account).await)),
+        Err(e) => {
+            st.guard.forgive(by_pair).await;
             st.guard.forgive(by_addr).await;
             return Err(e);
         }
@@ -436,7 +465,10 @@ pub async fn check_credentials(
     let ok = password_matches(st, password, hash).await?;
     match user {
         Some(u) if ok => {
-            st.guard.forgive(by_account).await;
+            if let Some(t) = by_account {
+                st.guard.forgive(t).await;
+            }
+            st.guard.forgive(by_pair).await;
             st.guard.forgive(by_addr).await;
             Ok(u)
         }
@@ -454,7 +486,8 @@ async fn confirm_password(
     password: &str,
 ) -> Result<(), ApiError> {
     let (account, addr) = (auth.id.to_string(), client_key(addr));
-    let attempt = st.guard.attempt(Rule::LoginAccount, &account).await?;
+    let pair = format!("{account}@{addr}");
+    let attempt = st.guard.attempt(Rule::LoginAccountAddress, &pair).await?;
     let hash = st
         .store
         .password_hash(auth.id)

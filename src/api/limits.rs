@@ -20,7 +20,12 @@ use crate::telemetry::Metrics;
 /// The limited actions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Rule {
-    /// Failed logins per account.
+    /// Failed logins per account from one client address: the lockout (an
+    /// attacker elsewhere never locks the owner out).
+    LoginAccountAddress,
+    /// Failed logins per account from anywhere: past this ceiling, attempts
+    /// on the account are slowed (one at a time, [`SLOW_TURN`] apart), never
+    /// refused.
     LoginAccount,
     /// Failed logins per client address.
     LoginAddress,
@@ -33,6 +38,7 @@ pub enum Rule {
 impl Rule {
     pub fn as_str(self) -> &'static str {
         match self {
+            Rule::LoginAccountAddress => "login_account_address",
             Rule::LoginAccount => "login_account",
             Rule::LoginAddress => "login_address",
             Rule::Register => "register",
@@ -40,6 +46,9 @@ impl Rule {
         }
     }
 }
+
+/// How far apart the attempts on an account past its failure ceiling are.
+pub const SLOW_TURN: Duration = Duration::from_secs(1);
 
 /// How long Redis is left alone after it failed, before it is tried again.
 const REDIS_COOLDOWN: Duration = Duration::from_secs(5);
@@ -63,6 +72,13 @@ pub struct Guard {
     bcrypt_queue: usize,
     /// How many wait now (tokio's semaphore does not say).
     bcrypt_waiting: std::sync::atomic::AtomicUsize,
+    /// Accounts past their failure ceiling: their attempts take turns.
+    slowed: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+/// An account's turn for a slowed login attempt (see [`Guard::slow_turn`]).
+pub struct SlowTurn {
+    _turn: tokio::sync::OwnedMutexGuard<()>,
 }
 
 impl Guard {
@@ -79,13 +95,31 @@ impl Guard {
             bcrypt: Arc::new(tokio::sync::Semaphore::new(permits)),
             bcrypt_queue: permits * 64,
             bcrypt_waiting: std::sync::atomic::AtomicUsize::new(0),
+            slowed: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Waits for `account`'s turn: one slowed attempt at a time, each
+    /// [`SLOW_TURN`] after the previous one began, and holds it until the
+    /// returned turn is dropped (after the password was checked). Guessers
+    /// from many addresses get one guess per turn; the owner still gets in.
+    pub async fn slow_turn(&self, account: &str) -> SlowTurn {
+        let lane = {
+            let mut m = self.slowed.lock().unwrap();
+            // Forget lanes nobody waits on.
+            m.retain(|_, l| Arc::strong_count(l) > 1);
+            m.entry(account.to_string()).or_default().clone()
+        };
+        let turn = lane.lock_owned().await;
+        tokio::time::sleep(SLOW_TURN).await;
+        SlowTurn { _turn: turn }
     }
 
     fn limit(&self, rule: Rule) -> (u32, Duration) {
         let p = &self.policy;
         match rule {
-            Rule::LoginAccount => (p.login_max_failures, p.login_window),
+            Rule::LoginAccountAddress => (p.login_max_failures, p.login_window),
+            Rule::LoginAccount => (p.login_slow_after, p.login_window),
             Rule::LoginAddress => (p.login_max_failures_per_address, p.login_window),
             Rule::Register => (p.register_per_hour, Duration::from_secs(3600)),
             Rule::HostOps => (p.host_ops_per_min, Duration::from_secs(60)),
@@ -345,9 +379,10 @@ fn rand_id() -> u64 {
     u64::from_le_bytes(b.as_bytes()[..8].try_into().expect("8 bytes"))
 }
 
-/// The client's address as the API sees it (the TCP peer).
+/// The client's address as a limit key: IPv4-mapped IPv6 addresses are
+/// their IPv4 address; an IPv6 client is its /64.
 pub fn client_key(addr: Option<IpAddr>) -> String {
-    match addr {
+    match addr.map(canonical) {
         Some(IpAddr::V6(v6)) => {
             // A /64 is one client for IPv6 (one host usually holds all of it).
             let s = v6.segments();
@@ -355,5 +390,82 @@ pub fn client_key(addr: Option<IpAddr>) -> String {
         }
         Some(ip) => ip.to_string(),
         None => "unknown".into(),
+    }
+}
+
+/// An IPv4-mapped IPv6 address (`::ffff:a.b.c.d`, what an IPv6 listener
+/// sees of an IPv4 client) as its IPv4 address.
+pub fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+/// The client of a request whose TCP peer is `peer`: the peer itself,
+/// unless it is one of `trusted` proxies; then the right-most address of
+/// `X-Forwarded-For` that is not a trusted proxy (a client can put anything
+/// on the left; only what the proxies appended counts).
+pub fn client_of(peer: Option<IpAddr>, xff: &[&str], trusted: &[ipnet::IpNet]) -> Option<IpAddr> {
+    let peer = peer.map(canonical)?;
+    let is_trusted = |ip: &IpAddr| trusted.iter().any(|n| n.contains(ip));
+    if !is_trusted(&peer) {
+        return Some(peer);
+    }
+    let hops: Vec<IpAddr> = xff
+        .iter()
+        .flat_map(|h| h.split(','))
+        .map(str::trim)
+        .map(|a| a.parse::<IpAddr>().ok().map(canonical))
+        .collect::<Option<Vec<_>>>()
+        // A malformed header: no hop of it can be trusted.
+        .unwrap_or_default();
+    Some(
+        hops.iter()
+            .rev()
+            .find(|ip| !is_trusted(ip))
+            .or(hops.first())
+            .copied()
+            .unwrap_or(peer),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mapped_addresses_are_ipv4_and_ipv6_clients_their_64() {
+        let mapped: IpAddr = "::ffff:203.0.113.9".parse().unwrap();
+        assert_eq!(client_key(Some(mapped)), "203.0.113.9");
+        let v6: IpAddr = "2001:db8:1:2:3:4:5:6".parse().unwrap();
+        assert_eq!(client_key(Some(v6)), "2001:db8:1:2::/64");
+    }
+
+    #[test]
+    fn forwarded_addresses_count_only_behind_trusted_proxies() {
+        let proxy: IpAddr = "10.0.0.5".parse().unwrap();
+        let trusted: Vec<ipnet::IpNet> = vec!["10.0.0.0/24".parse().unwrap()];
+        let ip = |s: &str| Some(s.parse::<IpAddr>().unwrap());
+        // Not a trusted peer: its header is ignored.
+        let stranger = ip("198.51.100.7");
+        assert_eq!(client_of(stranger, &["1.2.3.4"], &trusted), stranger);
+        // Behind the proxy: the right-most address it did not add itself;
+        // what the client wrote on the left does not count.
+        assert_eq!(
+            client_of(Some(proxy), &["6.6.6.6, 203.0.113.9"], &trusted),
+            ip("203.0.113.9")
+        );
+        assert_eq!(
+            client_of(Some(proxy), &["203.0.113.9", "10.0.0.7"], &trusted),
+            ip("203.0.113.9")
+        );
+        assert_eq!(
+            client_of(Some(proxy), &["::ffff:203.0.113.9"], &trusted),
+            ip("203.0.113.9")
+        );
+        // No header, or a malformed one: the proxy's own address.
+        assert_eq!(client_of(Some(proxy), &[], &trusted), Some(proxy));
+        assert_eq!(client_of(Some(proxy), &["nonsense"], &trusted), Some(proxy));
     }
 }

@@ -160,6 +160,7 @@ pub fn test_config(db: &str, state: &std::path::Path, nginx: Option<&TestNginx>)
         quota: Default::default(),
         allow_unisolated_guests: false,
         guest_egress: Default::default(),
+        trusted_proxies: vec![],
         warm_pool: 0,
         secure_cookies: false,
         quarantine: Duration::from_secs(7 * 86400),
@@ -173,6 +174,7 @@ pub fn test_config(db: &str, state: &std::path::Path, nginx: Option<&TestNginx>)
         // abuse tests narrow these.
         limits: hostd::config::RateLimits {
             login_max_failures: 5,
+            login_slow_after: 20,
             login_max_failures_per_address: 1000,
             login_window: Duration::from_secs(60),
             register_per_hour: 10_000,
