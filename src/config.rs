@@ -345,8 +345,12 @@ pub struct Settings {
     pub login_slow_after: u32,
     /// Proxies (comma-separated CIDRs) whose X-Forwarded-For names the client:
     /// behind a TLS proxy every client would otherwise share its address.
-    #[arg(long, env = "HOSTD_TRUSTED_PROXIES", value_name = "HOSTD_TRUSTED_PROXIES",
-          default_value = "")]
+    #[arg(
+        long,
+        env = "HOSTD_TRUSTED_PROXIES",
+        value_name = "HOSTD_TRUSTED_PROXIES",
+        default_value = ""
+    )]
     pub trusted_proxies: String,
     /// Failed logins per client address within HOSTD_LOGIN_WINDOW_SECS before 429.
     #[arg(long, env = "HOSTD_LOGIN_MAX_FAILURES_PER_ADDRESS",
@@ -365,6 +369,10 @@ pub struct Settings {
     #[arg(long, env = "HOSTD_HOST_OPS_PER_MIN", value_name = "HOSTD_HOST_OPS_PER_MIN",
           default_value = "10", value_parser = clap::value_parser!(u32).range(1..))]
     pub host_ops_per_min: u32,
+    /// Disk replacements (restores and resets) per user per hour.
+    #[arg(long, env = "HOSTD_DISK_REPLACES_PER_HOUR", value_name = "HOSTD_DISK_REPLACES_PER_HOUR",
+          default_value = "3", value_parser = clap::value_parser!(u32).range(1..))]
+    pub disk_replaces_per_hour: u32,
     /// bcrypt computations at once (`0`: one per CPU core).
     #[arg(
         long,
@@ -474,6 +482,7 @@ pub struct RateLimits {
     pub login_window: Duration,
     pub register_per_hour: u32,
     pub host_ops_per_min: u32,
+    pub disk_replaces_per_hour: u32,
     /// bcrypt computations at once.
     pub bcrypt_concurrency: usize,
 }
@@ -675,6 +684,7 @@ impl Settings {
                 login_window: Duration::from_secs(self.login_window_secs),
                 register_per_hour: self.register_per_hour,
                 host_ops_per_min: self.host_ops_per_min,
+                disk_replaces_per_hour: self.disk_replaces_per_hour,
                 bcrypt_concurrency: match self.bcrypt_concurrency {
                     0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
                     n => n,

@@ -104,7 +104,10 @@ async fn the_sixth_wrong_login_is_refused_and_the_right_one_works_after_the_wind
     let m = metrics(&app, &admin).await;
     assert_eq!(metric(&m, "hostd_login_failures_total"), 5.0, "{m}");
     assert!(
-        metric(&m, "hostd_rate_limited_total{rule=\"login_account_address\"}") >= 3.0,
+        metric(
+            &m,
+            "hostd_rate_limited_total{rule=\"login_account_address\"}"
+        ) >= 3.0,
         "{m}"
     );
     app.stop().await;
@@ -142,9 +145,14 @@ async fn guessing_from_elsewhere_never_locks_the_owner_out() {
         let (code, _) = login_from(&app, "203.0.113.66", "owner", "guess").await;
         assert_eq!(code, 401, "guess {i}");
     }
-    assert_eq!(login_from(&app, "203.0.113.66", "owner", "guess").await.0, 429);
     assert_eq!(
-        login_from(&app, "203.0.113.66", "owner", "correct horse").await.0,
+        login_from(&app, "203.0.113.66", "owner", "guess").await.0,
+        429
+    );
+    assert_eq!(
+        login_from(&app, "203.0.113.66", "owner", "correct horse")
+            .await
+            .0,
         429,
         "the locked-out address gets no oracle"
     );
@@ -157,7 +165,10 @@ async fn guessing_from_elsewhere_never_locks_the_owner_out() {
         assert_eq!(login_from(&app, &from, "owner", "guess").await.0, 401);
     }
     let (code, took) = login_from(&app, "198.51.100.2", "owner", "correct horse").await;
-    assert_eq!(code, 200, "past the ceiling the owner is slowed, not refused");
+    assert_eq!(
+        code, 200,
+        "past the ceiling the owner is slowed, not refused"
+    );
     assert!(took >= Duration::from_millis(900), "not slowed: {took:?}");
     let mut set = tokio::task::JoinSet::new();
     for i in 0..3 {
@@ -583,5 +594,49 @@ async fn a_flood_of_health_detailed_runs_the_checks_once_per_period() {
         runs <= (elapsed / period).ceil() + 1.0,
         "{runs} check runs in {elapsed:.1} s"
     );
+    app.stop().await;
+}
+
+/// Restores and resets each park a whole disk in quarantine: a user gets
+/// `HOSTD_DISK_REPLACES_PER_HOUR` of them; a refused one (no hosting) does
+/// not count, one past the limit changes nothing.
+#[tokio::test]
+async fn disk_replacements_are_limited_per_hour() {
+    let app = app_with(|c| c.limits.disk_replaces_per_hour = 2).await;
+    let t = app.user("resetter").await.0;
+    let reset = || async {
+        app.client
+            .post(app.url("/api/v1/host/my/reset"))
+            .bearer_auth(&t)
+            .send()
+            .await
+            .unwrap()
+    };
+    assert_eq!(reset().await.status(), 404, "no hosting yet");
+    let post = app
+        .client
+        .post(app.url("/api/v1/host"))
+        .bearer_auth(&t)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(post.status(), 202);
+    let epoch = || async {
+        let (_, h) = app.get_json(&t, "/api/v1/host/my").await;
+        let id: uuid::Uuid = h["id"].as_str().unwrap().parse().unwrap();
+        app.store
+            .get_record(hostd::domain::HostingId(id))
+            .await
+            .unwrap()
+            .unwrap()
+            .disk_epoch
+    };
+    let e0 = epoch().await;
+    assert_eq!(reset().await.status(), 202);
+    assert_eq!(reset().await.status(), 202);
+    let r = reset().await;
+    assert_eq!(r.status(), 429);
+    assert!(r.headers().contains_key("retry-after"));
+    assert_eq!(epoch().await, e0 + 2, "the refused reset changed nothing");
     app.stop().await;
 }

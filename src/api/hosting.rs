@@ -96,6 +96,14 @@ pub async fn host_op(st: &AppState, user: UserId) -> Result<(), ApiError> {
         .await
 }
 
+/// Counts one restore or reset against `HOSTD_DISK_REPLACES_PER_HOUR` (taken
+/// back if the request is refused).
+async fn disk_replace(st: &AppState, user: UserId) -> Result<super::limits::Ticket, ApiError> {
+    st.guard
+        .attempt(super::limits::Rule::DiskReplace, &user.to_string())
+        .await
+}
+
 /// The hosting with its latest events, as single-hosting endpoints show it.
 async fn with_events(st: &AppState, rec: &HostingRecord) -> Result<HostingView, ApiError> {
     let events = st.store.recent_events(rec.id, 20).await?;
@@ -250,7 +258,11 @@ pub async fn reset_mine(
     auth: AuthUser,
 ) -> Result<impl IntoResponse, ApiError> {
     host_op(&st, auth.id).await?;
+    let t = disk_replace(&st, auth.id).await?;
     let r = st.store.request_disk_reset(auth.id).await;
+    if r.is_err() {
+        st.guard.forgive(t).await;
+    }
     accepted(&st, r, "disk reset requested")
 }
 
@@ -372,17 +384,18 @@ pub async fn restore_mine(
 ) -> Result<impl IntoResponse, ApiError> {
     host_op(&st, auth.id).await?;
     let Json(body) = body?;
-    let rec = st
-        .store
-        .request_restore(auth.id, body.backup_id)
-        .await?
-        .map_err(|r| match r {
-            RestoreRefusal::NoHosting => ApiError::NotFound("you have no hosting"),
-            RestoreRefusal::NoSuchBackup => {
-                ApiError::NotFound("your hosting has no backup with that id")
-            }
-            o => ApiError::Conflict(o.to_string()),
-        })?;
+    let t = disk_replace(&st, auth.id).await?;
+    let asked = st.store.request_restore(auth.id, body.backup_id).await;
+    if !matches!(asked, Ok(Ok(_))) {
+        st.guard.forgive(t).await;
+    }
+    let rec = asked?.map_err(|r| match r {
+        RestoreRefusal::NoHosting => ApiError::NotFound("you have no hosting"),
+        RestoreRefusal::NoSuchBackup => {
+            ApiError::NotFound("your hosting has no backup with that id")
+        }
+        o => ApiError::Conflict(o.to_string()),
+    })?;
     accepted(&st, Ok(rec), "restore requested")
 }
 

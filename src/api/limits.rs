@@ -33,6 +33,9 @@ pub enum Rule {
     Register,
     /// Hosting writes (create, change, delete, backup, restore, reset) per user.
     HostOps,
+    /// Disk replacements (restores and resets) per user per hour: each one
+    /// moves a whole disk to quarantine.
+    DiskReplace,
 }
 
 impl Rule {
@@ -43,6 +46,7 @@ impl Rule {
             Rule::LoginAddress => "login_address",
             Rule::Register => "register",
             Rule::HostOps => "host_ops",
+            Rule::DiskReplace => "disk_replace",
         }
     }
 }
@@ -123,6 +127,7 @@ impl Guard {
             Rule::LoginAddress => (p.login_max_failures_per_address, p.login_window),
             Rule::Register => (p.register_per_hour, Duration::from_secs(3600)),
             Rule::HostOps => (p.host_ops_per_min, Duration::from_secs(60)),
+            Rule::DiskReplace => (p.disk_replaces_per_hour, Duration::from_secs(3600)),
         }
     }
 

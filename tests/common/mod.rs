@@ -179,6 +179,7 @@ pub fn test_config(db: &str, state: &std::path::Path, nginx: Option<&TestNginx>)
             login_window: Duration::from_secs(60),
             register_per_hour: 10_000,
             host_ops_per_min: 10_000,
+            disk_replaces_per_hour: 10_000,
             bcrypt_concurrency: 2,
         },
         // The test driver reports a 3 GiB, 16-CPU host: room for hundreds of
