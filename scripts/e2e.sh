@@ -92,8 +92,17 @@ scp -q -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o BatchMode=
 [ "$(curl -fsS "${SITE}upload.txt")" = "uploaded-$run_id" ] || fail "uploaded file not served"
 "${SSH[@]}" ubuntu@127.0.0.1 sync
 
-step "virsh destroy: hostd restarts the VM and the upload survives"
+step "per-guest limits are in force in QEMU"
 DOMAIN="hostd-$(jq -r .id "$WORK/my.json")"
+iotune=$(virsh -c qemu:///system blkdeviotune "$DOMAIN" vda)
+echo "$iotune" | grep -E 'total_bytes_sec|total_iops_sec'
+grep -Eq "^total_bytes_sec *: +104857600$" <<<"$iotune" || fail "the disk's throughput limit is not in force: $iotune"
+grep -Eq "^total_iops_sec *: +2000$" <<<"$iotune" || fail "the disk's IOPS limit is not in force: $iotune"
+quota=$(virsh -c qemu:///system schedinfo "$DOMAIN" | awk '$1 == "vcpu_quota" {print $3}')
+[ "$quota" = 100000 ] || fail "the vCPU quota is not in force: $(virsh -c qemu:///system schedinfo "$DOMAIN")"
+echo "e2e: disk limit 100 MiB/s, 2000 IOPS, vCPU quota 100000/100000 µs in force"
+
+step "virsh destroy: hostd restarts the VM and the upload survives"
 domain_events() { curl -fsS "http://127.0.0.1:$METRICS_PORT/metrics" | awk '$1 == "hostd_domain_events_total" {print $2}'; }
 events_before=$(domain_events)
 destroyed_at=$(date +%s.%N)

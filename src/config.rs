@@ -275,6 +275,19 @@ pub struct Settings {
     #[arg(long, env = "HOSTD_ALLOW_UNISOLATED_GUESTS", value_name = "HOSTD_ALLOW_UNISOLATED_GUESTS",
           default_value = "0", value_parser = ["0", "1"])]
     pub allow_unisolated_guests: String,
+    /// CPU time each guest vCPU may use, percent of one core (cgroup quota
+    /// per vCPU thread).
+    #[arg(long, env = "HOSTD_GUEST_CPU_PERCENT", value_name = "HOSTD_GUEST_CPU_PERCENT",
+          default_value = "100", value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub guest_cpu_percent: u32,
+    /// Disk throughput each guest may use, MiB/s (reads and writes together).
+    #[arg(long, env = "HOSTD_GUEST_DISK_MIBPS", value_name = "HOSTD_GUEST_DISK_MIBPS",
+          default_value = "100", value_parser = clap::value_parser!(u64).range(1..))]
+    pub guest_disk_mibps: u64,
+    /// Disk operations per second each guest may issue.
+    #[arg(long, env = "HOSTD_GUEST_DISK_IOPS", value_name = "HOSTD_GUEST_DISK_IOPS",
+          default_value = "2000", value_parser = clap::value_parser!(u64).range(1..))]
+    pub guest_disk_iops: u64,
     /// Where guests may open connections: `public` (public addresses only:
     /// never this host, private, CGNAT, link-local/metadata, ULA, multicast
     /// or HOSTD_GUEST_DENY_CIDRS) or `none` (no outbound connection at all).
@@ -455,6 +468,9 @@ pub struct Config {
     pub capacity: CapacityPolicy,
     /// Run real guests without host-side isolation (`HOSTD_ALLOW_UNISOLATED_GUESTS`).
     pub allow_unisolated_guests: bool,
+    /// Per-guest limits (`HOSTD_GUEST_CPU_PERCENT`, `HOSTD_GUEST_DISK_MIBPS`,
+    /// `HOSTD_GUEST_DISK_IOPS`).
+    pub guest_limits: GuestLimits,
     /// Proxies whose `X-Forwarded-For` names the client (`HOSTD_TRUSTED_PROXIES`).
     pub trusted_proxies: Vec<ipnet::IpNet>,
     /// Where guests may connect (`HOSTD_GUEST_EGRESS`, `HOSTD_GUEST_DENY_CIDRS`).
@@ -471,6 +487,27 @@ pub struct Config {
     pub redis_url: String,
     /// Rate limits and the bcrypt bound.
     pub limits: RateLimits,
+}
+
+/// What one guest may use of the host, in its domain definition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GuestLimits {
+    /// Percent of one core per vCPU.
+    pub cpu_percent: u32,
+    /// Disk bytes per second, reads and writes together.
+    pub disk_bytes_per_sec: u64,
+    /// Disk operations per second.
+    pub disk_iops: u64,
+}
+
+impl Default for GuestLimits {
+    fn default() -> Self {
+        GuestLimits {
+            cpu_percent: 100,
+            disk_bytes_per_sec: 100 << 20,
+            disk_iops: 2000,
+        }
+    }
 }
 
 /// The API's rate limits (see `api::limits`).
@@ -667,6 +704,11 @@ impl Settings {
                     .map_err(|e| bad("HOSTD_MAX_DISK_GIB", e.to_string()))?,
             },
             allow_unisolated_guests: self.allow_unisolated_guests == "1",
+            guest_limits: GuestLimits {
+                cpu_percent: self.guest_cpu_percent,
+                disk_bytes_per_sec: self.guest_disk_mibps << 20,
+                disk_iops: self.guest_disk_iops,
+            },
             trusted_proxies: parse_cidrs("HOSTD_TRUSTED_PROXIES", &self.trusted_proxies)?,
             guest_egress: crate::domain::EgressPolicy::parse(
                 &self.guest_egress,

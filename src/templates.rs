@@ -43,6 +43,11 @@ pub struct DomainXml<'a> {
     /// written to a 16550 costs an emulated I/O exit (measured: 3.6 s of a
     /// 22 s boot).
     pub virtio_console: bool,
+    /// CPU bandwidth per vCPU thread within each 100 ms period, µs.
+    pub cpu_quota_us: u32,
+    /// The disk's throttle: bytes and operations per second.
+    pub disk_bytes_sec: u64,
+    pub disk_iops_sec: u64,
 }
 
 #[derive(Template)]
@@ -167,6 +172,9 @@ mod tests {
             initrd: None,
             cmdline: None,
             storage_pool: "p",
+            cpu_quota_us: 50_000,
+            disk_bytes_sec: 1 << 20,
+            disk_iops_sec: 100,
             disk_volume: "d",
             seed_volume: "s",
             ssh_bind: "127.0.0.1".into(),
@@ -179,6 +187,18 @@ mod tests {
         .render()
         .unwrap();
         assert!(x.contains("name='org.qemu.guest_agent.0'"), "{x}");
+        // Per-guest limits: CPU per vCPU, the data disk's throttle.
+        assert!(x.contains("<quota>50000</quota>"), "{x}");
+        let disk = &x[x.find("volume='d'").unwrap()..];
+        let disk = &disk[..disk.find("</disk>").unwrap()];
+        assert!(
+            disk.contains("<total_bytes_sec>1048576</total_bytes_sec>"),
+            "{disk}"
+        );
+        assert!(
+            disk.contains("<total_iops_sec>100</total_iops_sec>"),
+            "{disk}"
+        );
         assert!(
             x.contains("/a/&#60;b&#62;&#38;&#39;c") || x.contains("/a/&lt;b&gt;&amp;&#39;c"),
             "{x}"

@@ -109,6 +109,7 @@ pub struct Renderer {
     storage_pool: String,
     console_dir: PathBuf,
     ssh_bind: String,
+    limits: crate::config::GuestLimits,
     sites: SiteAddress,
     public_host: String,
     edit: Mutex<Option<TemplateEdit>>,
@@ -138,6 +139,7 @@ impl Renderer {
             storage_pool: storage_pool.to_string(),
             console_dir: config.state_dir.join("console"),
             ssh_bind: config.ssh_bind.to_string(),
+            limits: config.guest_limits,
             sites: config.sites.clone(),
             public_host: config.public_host().to_string(),
             edit: Mutex::new(None),
@@ -209,6 +211,9 @@ impl Renderer {
                 .display()
                 .to_string(),
             guest_agent: i.image.guest_agent,
+            cpu_quota_us: self.limits.cpu_percent * 1000,
+            disk_bytes_sec: self.limits.disk_bytes_per_sec,
+            disk_iops_sec: self.limits.disk_iops,
             virtio_console: i
                 .image
                 .cmdline

@@ -161,6 +161,7 @@ pub fn test_config(db: &str, state: &std::path::Path, nginx: Option<&TestNginx>)
         allow_unisolated_guests: false,
         guest_egress: Default::default(),
         trusted_proxies: vec![],
+        guest_limits: Default::default(),
         warm_pool: 0,
         secure_cookies: false,
         quarantine: Duration::from_secs(7 * 86400),
