@@ -14,6 +14,7 @@ pub const POINTS: &[&str] = &[
     "after_seed_upload",
     "after_define",
     "after_start",
+    "before_agent_call",
     "after_seed_apply",
     "before_route_write",
     "after_route_write",

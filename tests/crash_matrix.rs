@@ -43,6 +43,7 @@ const RESTORE_POINTS: &[&str] = &["after_restore_quarantine", "after_restore_dis
 const CLAIM_POINTS: &[&str] = &[
     "after_seed_upload",
     "after_define",
+    "before_agent_call",
     "after_seed_apply",
     "before_route_write",
     "before_status_write",

@@ -25,6 +25,9 @@ pub struct Remembered {
     /// What to record once a submitted route is served: a repair (Warning)
     /// or a plain "routed", decided when the change was submitted.
     pub route_note: Option<(Reason, String)>,
+    /// Until when a tenant's live seed changes wait for the next boot (its
+    /// guest agent failed).
+    pub agent_cooldown_until: Option<Instant>,
 }
 
 impl Remembered {
@@ -33,6 +36,7 @@ impl Remembered {
             && self.shutdown_asked.is_none()
             && self.console_seen.is_none()
             && self.route_note.is_none()
+            && self.agent_cooldown_until.is_none()
     }
 }
 

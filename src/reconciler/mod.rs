@@ -19,6 +19,7 @@ use crate::store::{ReconcilerStats, Store};
 use crate::telemetry::Metrics;
 
 pub mod action;
+pub mod agent;
 pub mod backup;
 pub mod console;
 pub mod controller;
@@ -64,6 +65,8 @@ pub struct Context {
     pub(crate) scheduler: tokio::sync::Mutex<Ledger>,
     /// Backups allowed to run at once (`HOSTD_BACKUP_CONCURRENCY`).
     pub(crate) backup_slots: Arc<tokio::sync::Semaphore>,
+    /// Guest-agent calls, run off the workers (see `agent`).
+    pub agent: agent::AgentCalls,
     /// Where replaced and orphaned disks and deleted hostings' backups are
     /// kept (`HOSTD_QUARANTINE_DAYS`).
     pub quarantine: quarantine::Quarantine,
@@ -116,6 +119,7 @@ impl Context {
             records: Default::default(),
             scheduler: tokio::sync::Mutex::new(Ledger::default()),
             backup_slots: Arc::new(tokio::sync::Semaphore::new(slots)),
+            agent: Default::default(),
             quarantine,
             memory: Default::default(),
             queue: std::sync::OnceLock::new(),
@@ -175,6 +179,7 @@ impl Context {
     /// for the finalizer and for a hosting found gone.
     pub fn forget(&self, id: HostingId) {
         self.memory.forget(id);
+        self.agent.forget(id);
         self.render.forget(id);
         self.proxy.forget(id);
     }

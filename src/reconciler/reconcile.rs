@@ -70,7 +70,9 @@ async fn converge(pass: &mut Pass<'_>) -> Result<Action, ReconcileError> {
         return pass.stop(&def).await;
     }
     pass.power(&def, &want.seed).await?;
-    pass.live_seed(&want, &image).await?;
+    if !pass.live_seed(&want, &image).await? {
+        return pass.agent_pending().await;
+    }
     if !rec.warm {
         if !pass.route(Some(ports.1)).await? {
             return pass.route_pending().await;

@@ -538,12 +538,13 @@ pub async fn settle(
     ctl: &hostd::reconciler::Controller,
     id: hostd::domain::HostingId,
 ) -> hostd::reconciler::Action {
-    use hostd::reconciler::steps::{PROBE_INTERVAL, ROUTE_WAIT};
+    use hostd::reconciler::steps::{AGENT_WAIT, PROBE_INTERVAL, ROUTE_WAIT};
     let mut a = ctl.reconcile_once(id).await.unwrap();
     for _ in 0..40 {
-        // Waiting for the guest, or for a route batch to finish.
-        let waiting = a == hostd::reconciler::Action::Requeue(PROBE_INTERVAL)
-            || a == hostd::reconciler::Action::Requeue(ROUTE_WAIT);
+        // Waiting for the guest, a route batch or a guest-agent call.
+        let waiting = [PROBE_INTERVAL, ROUTE_WAIT, AGENT_WAIT]
+            .iter()
+            .any(|d| a == hostd::reconciler::Action::Requeue(*d));
         if !waiting {
             break;
         }

@@ -28,6 +28,10 @@ pub mod seed;
 /// calls; a long interval would add half of itself to every POST → Ready.
 pub const PROBE_INTERVAL: Duration = Duration::from_millis(500);
 
+/// How long a hosting whose guest-agent call runs waits before it looks
+/// again by itself; the call's end normally wakes it long before.
+pub const AGENT_WAIT: Duration = Duration::from_secs(5);
+
 /// How long a hosting whose route is in a batch waits before it looks again
 /// by itself; the batch's end normally wakes it long before.
 pub const ROUTE_WAIT: Duration = Duration::from_secs(5);

@@ -1,18 +1,18 @@
 //! Step 3 and 5b: the cloud-init seed volume, and a new seed applied live to
 //! the running guest through the guest agent (a warm-pool claim, new keys).
 
-use std::time::Duration;
-
 use chrono::Utc;
 
 use super::Pass;
+use super::AGENT_WAIT;
 use crate::domain::{EventType, Reason};
 use crate::drivers::seed::build_iso;
 use crate::drivers::{ObservedDomain, VolumeSource};
 use crate::images::ImageEntry;
+use crate::reconciler::agent::{Poll, AGENT_COOLDOWN};
 use crate::reconciler::names::{domain_name, seed_volume};
 use crate::reconciler::render::{Hashes, Inputs};
-use crate::reconciler::ReconcileError;
+use crate::reconciler::{Action, ReconcileError};
 
 impl Pass<'_> {
     /// Step 3: the cloud-init seed volume, rebuilt when missing or outdated.
@@ -55,40 +55,48 @@ impl Pass<'_> {
     /// Step 5b: a seed the running guest has not applied (a warm-pool claim,
     /// or new SSH keys) is applied live: the guest agent runs
     /// `hostd-boot --live`, which re-reads the seed disk (rewritten in place
-    /// by the seed step) exactly as at boot. For a claim this is the
-    /// personalisation; if the agent fails, the guest is restarted instead
-    /// and applies the owner's seed as it boots, so a claim always
-    /// completes. For other seed changes a failure leaves them for the next
-    /// boot, as on images without the agent.
+    /// by the seed step) exactly as at boot. The call runs off the workers
+    /// (`reconciler::agent`): the first pass submits it and ends
+    /// (`Ok(false)`), the pass after its end reads the outcome. For a claim
+    /// this is the personalisation; if the agent fails, the guest is
+    /// restarted instead and applies the owner's seed as it boots, so a
+    /// claim always completes. For other seed changes a failure leaves them
+    /// for the next boot, as on images without the agent, and starts the
+    /// hosting's agent cooldown. `Ok(true)`: nothing (more) to do.
     pub async fn live_seed(
         &mut self,
         want: &Hashes,
         image: &ImageEntry,
-    ) -> Result<(), ReconcileError> {
+    ) -> Result<bool, ReconcileError> {
         let applied = self.st.applied_seed.as_deref();
         if applied == Some(want.seed.as_str()) {
-            return Ok(());
+            return Ok(true);
         }
         let claim = self.rec.claim_pending();
         if !image.guest_agent || (applied.is_none() && !claim) {
-            return Ok(());
+            return Ok(true);
         }
-        let name = domain_name(self.id());
-        // The agent may take up to its timeout: what was done shows first.
-        self.flush_events().await?;
-        let started = std::time::Instant::now();
-        let timeout = Duration::from_secs(30);
-        let run = self
-            .ctx
-            .vm
-            .guest_exec(&name, "/usr/local/sbin/hostd-boot", &["--live"], timeout)
-            .await;
+        let id = self.id();
+        let cooling = self.ctx.memory.with(id, |m| {
+            m.agent_cooldown_until
+                .filter(|t| *t > tokio::time::Instant::now())
+                .is_some()
+        });
+        if cooling && !claim {
+            // Its agent failed lately: the change applies at the next boot.
+            return Ok(true);
+        }
+        let name = domain_name(id);
+        let run = match self.ctx.agent.poll(self.ctx, id, &want.seed, claim) {
+            Poll::Pending => return Ok(false),
+            Poll::Done(run) => run,
+        };
         match run {
-            Ok(_) => {
+            Ok(took) => {
                 self.st.applied_seed = Some(want.seed.clone());
                 self.fault("after_seed_apply").await?;
                 self.write_status().await?;
-                let ms = started.elapsed().as_millis();
+                let ms = took.as_millis();
                 if claim {
                     self.ctx.metrics.warm_pool_claims.inc();
                     let msg = format!(
@@ -111,12 +119,23 @@ impl Pass<'_> {
                 self.event(EventType::Warning, Reason::PersonaliseFallback, &msg);
             }
             Err(e) => {
+                let until = tokio::time::Instant::now() + AGENT_COOLDOWN;
+                self.ctx
+                    .memory
+                    .with(id, |m| m.agent_cooldown_until = Some(until));
                 self.st.applied_seed = None;
                 self.write_status().await?;
                 let msg = format!("{e}; the new seed applies at the next boot");
                 self.event(EventType::Warning, Reason::SeedApplyFailed, &msg);
             }
         }
-        Ok(())
+        Ok(true)
+    }
+
+    /// Ends a pass whose guest-agent call runs: the status so far is
+    /// written, and the hosting waits for the call's end (or [`AGENT_WAIT`]).
+    pub async fn agent_pending(&mut self) -> Result<Action, ReconcileError> {
+        self.write_status().await?;
+        Ok(Action::Requeue(AGENT_WAIT))
     }
 }

@@ -1,0 +1,142 @@
+//! Guest-agent calls, off the reconcile workers. Applying a seed live runs
+//! `hostd-boot --live` in the guest through the QEMU guest agent, which the
+//! tenant's root controls: it may answer "still running" until the timeout.
+//! Awaited inside a reconcile, such a call held a worker for its whole
+//! timeout, and 32 hostile tenants could hold every worker. So a call is a
+//! job here: the pass submits it and ends (`Requeue`), the job runs under
+//! its own small semaphore (claims of warm-pool guests, which still run
+//! hostd's own agent, under another one, so tenants' agents never delay
+//! them), and its end wakes the hosting, whose next pass reads the outcome.
+//! A tenant's failed call also starts a cooldown ([`AGENT_COOLDOWN`]) in
+//! which its seed changes wait for the next boot instead.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::Semaphore;
+
+use crate::domain::HostingId;
+
+/// How long one agent call may take.
+pub const AGENT_TIMEOUT: Duration = Duration::from_secs(30);
+/// Tenants' agent calls at once (per reconciler).
+pub const TENANT_CALLS: usize = 4;
+/// Warm-pool claims' agent calls at once.
+pub const CLAIM_CALLS: usize = 4;
+/// After a tenant's agent call failed, how long its live seed changes wait
+/// for the next boot instead of calling the agent again.
+pub const AGENT_COOLDOWN: Duration = Duration::from_secs(300);
+
+/// How a submitted call ended: the time it took, or why it failed.
+pub type Outcome = Result<Duration, String>;
+
+/// Where a hosting's call stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Poll {
+    /// Submitted or running: the hosting is woken when it ends.
+    Pending,
+    /// Ended (taken: the next poll submits again).
+    Done(Outcome),
+}
+
+struct Job {
+    /// The seed the call applies.
+    seed: String,
+    /// `None` while it runs.
+    outcome: Option<Outcome>,
+}
+
+/// The agent calls of one reconciler.
+pub struct AgentCalls {
+    tenants: Arc<Semaphore>,
+    claims: Arc<Semaphore>,
+    jobs: Arc<Mutex<HashMap<HostingId, Job>>>,
+    /// Most calls seen running at once (for tests and the closing figures).
+    pub peak: Arc<std::sync::atomic::AtomicUsize>,
+    running: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Default for AgentCalls {
+    fn default() -> Self {
+        AgentCalls {
+            tenants: Arc::new(Semaphore::new(TENANT_CALLS)),
+            claims: Arc::new(Semaphore::new(CLAIM_CALLS)),
+            jobs: Default::default(),
+            peak: Default::default(),
+            running: Default::default(),
+        }
+    }
+}
+
+impl AgentCalls {
+    /// The outcome of the call applying `seed` to hosting `id`'s guest,
+    /// submitting it if there is none (its end wakes the hosting). A finished call for another
+    /// seed is dropped and a new one submitted; a running one is waited for.
+    pub fn poll(&self, ctx: &super::Context, id: HostingId, seed: &str, claim: bool) -> Poll {
+        let mut jobs = self.jobs.lock().unwrap_or_else(|p| p.into_inner());
+        match jobs.get(&id) {
+            Some(j) if j.outcome.is_none() => return Poll::Pending,
+            Some(j) if j.seed == seed => {
+                let out = jobs.remove(&id).and_then(|j| j.outcome);
+                return Poll::Done(out.expect("a finished job"));
+            }
+            _ => {}
+        }
+        jobs.insert(
+            id,
+            Job {
+                seed: seed.to_string(),
+                outcome: None,
+            },
+        );
+        drop(jobs);
+        let slots = if claim { &self.claims } else { &self.tenants };
+        let (slots, vm) = (slots.clone(), ctx.vm.clone());
+        let (name, wake) = (super::names::domain_name(id), ctx.waker(id));
+        let faults = ctx.config.faults.clone();
+        let (table, running, peak) = (self.jobs.clone(), self.running.clone(), self.peak.clone());
+        tokio::spawn(async move {
+            use std::sync::atomic::Ordering::SeqCst;
+            let outcome = match slots.acquire_owned().await {
+                Ok(_permit) => {
+                    let now = running.fetch_add(1, SeqCst) + 1;
+                    peak.fetch_max(now, SeqCst);
+                    let started = Instant::now();
+                    // A `delay` here stands for an agent that answers late.
+                    let r = match faults.hit("before_agent_call").await {
+                        Err(e) => Err(crate::drivers::DriverError::GuestAgent(e.to_string())),
+                        Ok(()) => {
+                            let (path, args) = ("/usr/local/sbin/hostd-boot", ["--live"]);
+                            vm.guest_exec(&name, path, &args, AGENT_TIMEOUT).await
+                        }
+                    };
+                    running.fetch_sub(1, SeqCst);
+                    r.map(|_| started.elapsed()).map_err(|e| e.to_string())
+                }
+                Err(_) => Err("the agent calls were closed".to_string()),
+            };
+            if let Some(j) = table.lock().unwrap_or_else(|p| p.into_inner()).get_mut(&id) {
+                j.outcome = Some(outcome);
+            }
+            wake();
+        });
+        Poll::Pending
+    }
+
+    /// Forgets a hosting's call (it is gone); a running one finishes unread.
+    pub fn forget(&self, id: HostingId) {
+        self.jobs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&id);
+    }
+
+    /// Whether a call of the hosting is known (running or unread).
+    pub fn knows(&self, id: HostingId) -> bool {
+        self.jobs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains_key(&id)
+    }
+}
