@@ -18,7 +18,8 @@ const GIB: u64 = 1 << 30;
 pub struct Budget {
     pub memory_mib: u64,
     pub vcpus: u64,
-    /// The pool's free space now (disks are thin: they grow as guests write).
+    /// The pool's free space now, less the disk reserve (disks are thin:
+    /// they grow as guests write).
     pub disk_available_gib: u64,
 }
 
@@ -45,7 +46,10 @@ pub fn budget(host: &HostResources, policy: &CapacityPolicy) -> Budget {
     Budget {
         memory_mib: (mem * policy.memory_overcommit) as u64,
         vcpus: (host.cpus as f64 * policy.cpu_overcommit) as u64,
-        disk_available_gib: host.disk_available_bytes / GIB,
+        disk_available_gib: host
+            .disk_available_bytes
+            .saturating_sub(policy.reserved_disk_bytes)
+            / GIB,
     }
 }
 

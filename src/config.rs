@@ -303,6 +303,15 @@ pub struct Settings {
         default_value = ""
     )]
     pub guest_deny_cidrs: String,
+    /// Disk space (GiB) kept free on the state directory's filesystem: a
+    /// backup or restore that would cross it is refused, new disks wait.
+    #[arg(
+        long,
+        env = "HOSTD_DISK_RESERVE_GIB",
+        value_name = "HOSTD_DISK_RESERVE_GIB",
+        default_value = "2"
+    )]
+    pub disk_reserve_gib: u64,
     /// Days a volume without a hosting is kept in $HOSTD_STATE_DIR/quarantine.
     #[arg(
         long,
@@ -479,6 +488,8 @@ pub struct Config {
     pub warm_pool: u32,
     /// Dashboard cookies carry `Secure` (`HOSTD_SECURE_COOKIES`).
     pub secure_cookies: bool,
+    /// Bytes kept free for the host (`HOSTD_DISK_RESERVE_GIB`).
+    pub disk_reserve_bytes: u64,
     /// How long quarantined volumes are kept (`HOSTD_QUARANTINE_DAYS`).
     pub quarantine: Duration,
     /// Backup schedule and retention.
@@ -544,6 +555,8 @@ pub struct CapacityPolicy {
     pub memory_overcommit: f64,
     /// Factor on the host's CPUs.
     pub cpu_overcommit: f64,
+    /// Pool space (bytes) a new disk may not take (`HOSTD_DISK_RESERVE_GIB`).
+    pub reserved_disk_bytes: u64,
 }
 
 impl Default for CapacityPolicy {
@@ -552,6 +565,7 @@ impl Default for CapacityPolicy {
             reserved_mib: 1024,
             memory_overcommit: 1.0,
             cpu_overcommit: 4.0,
+            reserved_disk_bytes: 2 << 30,
         }
     }
 }
@@ -718,6 +732,7 @@ impl Settings {
             warm_pool: self.warm_pool,
             secure_cookies: self.secure_cookies,
             quarantine: Duration::from_secs(self.quarantine_days * 86400),
+            disk_reserve_bytes: self.disk_reserve_gib.saturating_mul(1 << 30),
             redis_url: self.redis_url.clone(),
             limits: RateLimits {
                 login_max_failures: self.login_max_failures,
@@ -742,6 +757,7 @@ impl Settings {
                 reserved_mib: self.host_reserved_mib,
                 memory_overcommit: self.memory_overcommit,
                 cpu_overcommit: self.cpu_overcommit,
+                reserved_disk_bytes: self.disk_reserve_gib.saturating_mul(1 << 30),
             },
         };
         Ok((config, generated))

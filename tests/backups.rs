@@ -423,3 +423,69 @@ async fn a_backup_that_cannot_be_taken_fails_cleanly_and_the_api_validates_resto
 fn vm(app: &TestApp) -> std::sync::Arc<dyn VmDriver> {
     app.controller.as_ref().unwrap().ctx.vm.clone()
 }
+
+/// A backup that would leave less than `HOSTD_DISK_RESERVE_GIB` free is
+/// refused before anything is written: `Failed`, with a message that says
+/// why. A new hosting that would take the reserve waits (`InsufficientDisk`)
+/// instead of getting a disk.
+#[tokio::test]
+async fn nothing_a_tenant_asks_for_crosses_the_disk_reserve() {
+    let db = common::fresh_database().await;
+    let state = tempfile::tempdir().unwrap();
+    let nginx = common::TestNginx::start();
+    let mut config = common::test_config(&db, state.path(), Some(&nginx));
+    // More than this filesystem has free: nothing more may be written (the
+    // test driver's simulated pool keeps its own figures for admission).
+    let free = rustix::fs::statvfs(state.path()).unwrap();
+    config.disk_reserve_bytes = free.f_bavail * free.f_frsize + (1 << 30);
+    let app = TestApp::spawn_with(config, hostd::app::Mode::All, false, Some(nginx), state).await;
+    let (t, id) = stopped_hosting(&app, "reserve", 7).await;
+    let b = backup(&app, &t, id).await;
+    assert_eq!(b["state"], "Failed", "{b}");
+    let err = b["message"].as_str().unwrap_or_default();
+    assert!(err.contains("HOSTD_DISK_RESERVE_GIB"), "{b}");
+    assert!(!backup_file(&app, id, &b).exists());
+    let dir = app.config.state_dir.join("backups").join(id.to_string());
+    let left: Vec<_> = std::fs::read_dir(&dir)
+        .map(|d| d.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(
+        left.iter().all(|n| n.to_string_lossy().ends_with(".json")),
+        "{left:?}"
+    );
+    app.stop().await;
+
+    // Admission: a new disk may not take the pool's reserve.
+    let db = common::fresh_database().await;
+    let state = tempfile::tempdir().unwrap();
+    let nginx = common::TestNginx::start();
+    let mut config = common::test_config(&db, state.path(), Some(&nginx));
+    config.capacity.reserved_disk_bytes = u64::MAX / 2;
+    let app = TestApp::spawn_with(config, hostd::app::Mode::All, false, Some(nginx), state).await;
+    let (_, _, id) = create_hosting(&app, "nodisk").await;
+    let ctl = app.controller.clone().unwrap();
+    ctl.reconcile_once(id).await.unwrap();
+    let rec = app.store.get_record(id).await.unwrap().unwrap();
+    assert_eq!(rec.status.phase, Phase::Pending, "{:?}", rec.status);
+    let sched = rec
+        .status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == hostd::domain::ConditionType::Scheduled)
+        .expect("Scheduled condition");
+    assert_eq!(
+        sched.reason,
+        hostd::domain::Reason::InsufficientDisk,
+        "{sched:?}"
+    );
+    assert!(!app
+        .controller
+        .as_ref()
+        .unwrap()
+        .ctx
+        .vm
+        .volume_exists(&disk_volume(id))
+        .await
+        .unwrap());
+    app.stop().await;
+}

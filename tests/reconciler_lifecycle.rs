@@ -341,6 +341,7 @@ async fn a_hosting_that_does_not_fit_waits_and_is_admitted_when_room_frees() {
         reserved_mib: 2048,
         memory_overcommit: 1.0,
         cpu_overcommit: 4.0,
+        reserved_disk_bytes: 0,
     };
     let app = TestApp::spawn_with(config, hostd::app::Mode::All, true, Some(nginx), state).await;
     let mut guests = Vec::new();

@@ -302,6 +302,7 @@ async fn pool_guests_make_room_for_tenants() {
         reserved_mib: 2048,
         memory_overcommit: 1.0,
         cpu_overcommit: 4.0,
+        reserved_disk_bytes: 0,
     };
     let app = TestApp::spawn_with(config, hostd::app::Mode::All, false, Some(nginx), state).await;
     let ctl = app.controller.clone().unwrap();

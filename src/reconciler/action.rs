@@ -33,6 +33,9 @@ pub enum ReconcileError {
     Fault(#[from] InjectedFault),
     #[error("guest not ready after {0:?}: {1}")]
     ReadinessTimeout(Duration, String),
+    /// Writing would leave less than `HOSTD_DISK_RESERVE_GIB` free.
+    #[error("{0}")]
+    NoSpace(String),
 }
 
 impl ReconcileError {
@@ -48,6 +51,7 @@ impl ReconcileError {
             ReconcileError::Image(_) => Reason::ImageUnavailable,
             ReconcileError::Fault(_) => Reason::InjectedFault,
             ReconcileError::ReadinessTimeout(..) => Reason::ReadinessTimeout,
+            ReconcileError::NoSpace(_) => Reason::InsufficientDisk,
         }
     }
 }

@@ -31,6 +31,7 @@ pub mod reconcile;
 pub mod records;
 pub mod render;
 pub mod resync;
+pub mod space;
 pub mod steps;
 pub mod warm_pool;
 

@@ -165,6 +165,7 @@ pub fn test_config(db: &str, state: &std::path::Path, nginx: Option<&TestNginx>)
         warm_pool: 0,
         secure_cookies: false,
         quarantine: Duration::from_secs(7 * 86400),
+        disk_reserve_bytes: 0,
         backups: hostd::config::BackupPolicy {
             interval: None,
             keep: 7,
@@ -189,6 +190,7 @@ pub fn test_config(db: &str, state: &std::path::Path, nginx: Option<&TestNginx>)
             reserved_mib: 0,
             memory_overcommit: 1000.0,
             cpu_overcommit: 1000.0,
+            reserved_disk_bytes: 0,
         },
     }
 }

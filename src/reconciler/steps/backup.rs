@@ -13,6 +13,7 @@ use crate::reconciler::backup::{
     blocking, commit_file, digest, BackupFiles, Manifest, ManifestEntry,
 };
 use crate::reconciler::names::{disk_volume, domain_name};
+use crate::reconciler::space;
 use crate::reconciler::{Action, ReconcileError};
 use crate::store::Backup;
 
@@ -59,7 +60,7 @@ impl Pass<'_> {
                 );
                 self.event(EventType::Normal, Reason::BackupCompleted, &msg);
             }
-            Err(ReconcileError::Driver(e)) => {
+            Err(e @ (ReconcileError::Driver(_) | ReconcileError::NoSpace(_))) => {
                 files.discard(id, b.id);
                 let msg = format!("backup {} failed: {e}", b.id);
                 self.ctx.store.backup_failed(b.id, &e.to_string()).await?;
@@ -78,6 +79,20 @@ impl Pass<'_> {
         let id = self.rec.id;
         files.prepare(id).map_err(DriverError::from)?;
         let staging = files.staging(id, b.id);
+        // A standalone copy of the disk (its base image's data included),
+        // then its compressed file: at most twice what both hold.
+        let pool_file = self
+            .ctx
+            .config
+            .state_dir
+            .join("pools")
+            .join(&self.ctx.config.instance)
+            .join(disk_volume(id));
+        let base = self.st.image_pin.as_ref().map(|p| p.disk.clone());
+        let need = 2 * (space::allocated(&pool_file) + base.map_or(0, |b| space::allocated(&b)));
+        let reserve = self.ctx.config.disk_reserve_bytes;
+        space::check(&files.dir(id), "this backup", need, reserve)
+            .map_err(ReconcileError::NoSpace)?;
         let image = self
             .ctx
             .vm
@@ -231,6 +246,12 @@ impl Pass<'_> {
         let files = self.files();
         files.prepare(id).map_err(DriverError::from)?;
         let (from, to) = (files.file(id, b.id), files.restore_staging(id));
+        // The copy must leave the reserve free; until it can, the restore
+        // waits (the pass fails with `InsufficientDisk` and is retried).
+        let reserve = self.ctx.config.disk_reserve_bytes;
+        let need = std::fs::metadata(&from).map(|m| m.len()).unwrap_or(0);
+        space::check(&files.dir(id), "this restore", need, reserve)
+            .map_err(ReconcileError::NoSpace)?;
         blocking(move || {
             std::fs::copy(&from, &to)?;
             std::fs::File::open(&to)?.sync_all()
