@@ -223,6 +223,15 @@ pub struct Settings {
         default_value = "300"
     )]
     pub ready_timeout_secs: u64,
+    /// Restarts of a guest that is not ready within HOSTD_READY_TIMEOUT_SECS
+    /// of its start, before the hosting is Failed (BootFailed).
+    #[arg(
+        long,
+        env = "HOSTD_BOOT_RETRIES",
+        value_name = "HOSTD_BOOT_RETRIES",
+        default_value = "3"
+    )]
+    pub boot_retries: u32,
     /// Cap of the per-hosting error backoff, in seconds.
     #[arg(long, env = "HOSTD_BACKOFF_MAX_SECS", value_name = "HOSTD_BACKOFF_MAX_SECS", default_value = "300",
           value_parser = clap::value_parser!(u64).range(1..))]
@@ -465,6 +474,8 @@ pub struct Config {
     pub concurrency: usize,
     /// Deadline for a guest to become ready (`HOSTD_READY_TIMEOUT_SECS`).
     pub ready_timeout: Duration,
+    /// Restarts of a guest that never became ready (`HOSTD_BOOT_RETRIES`).
+    pub boot_retries: u32,
     /// Cap of the per-hosting error backoff (`HOSTD_BACKOFF_MAX_SECS`).
     pub backoff_max: Duration,
     /// Image catalogue file (`HOSTD_IMAGES_FILE`).
@@ -706,6 +717,7 @@ impl Settings {
             resync: Duration::from_secs(self.resync_secs),
             concurrency: self.reconcile_concurrency as usize,
             ready_timeout: Duration::from_secs(self.ready_timeout_secs),
+            boot_retries: self.boot_retries,
             backoff_max: Duration::from_secs(self.backoff_max_secs),
             images_file,
             faults: self.faults,

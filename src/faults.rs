@@ -19,6 +19,7 @@ pub const POINTS: &[&str] = &[
     "before_route_write",
     "after_route_write",
     "before_status_write",
+    "after_boot_restart",
     "after_route_remove",
     "after_domain_destroy",
     "after_domain_undefine",

@@ -178,6 +178,9 @@ named_enum! {
         ImageUnavailable,
         InjectedFault,
         ReadinessTimeout,
+        // Boots that never came up.
+        BootRestarted,
+        BootFailed,
     }
 }
 

@@ -57,6 +57,25 @@ pub async fn capture(ctx: &Context, id: HostingId) {
     }
 }
 
+/// The last `n` non-empty lines of a hosting's console log, cleaned and
+/// joined by " | " (empty when there is no log), for events.
+pub async fn last_lines(ctx: &Context, id: HostingId, n: usize) -> String {
+    let path = ctx.render.console_dir().join(console_log(id));
+    let tail = tokio::task::spawn_blocking(move || read_tail(&path, 4096))
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .unwrap_or_default();
+    let text = clean(&tail);
+    let lines: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    let from = lines.len().saturating_sub(n);
+    lines[from..].join(" | ").chars().take(1000).collect()
+}
+
 /// The last `max` bytes of the file (from the start of a line when cut).
 fn read_tail(path: &Path, max: u64) -> std::io::Result<Vec<u8>> {
     let mut f = std::fs::File::open(path)?;

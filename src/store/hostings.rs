@@ -30,6 +30,9 @@ pub struct ObservedStatus {
     /// The seed hash the running guest has applied (at boot, or live through
     /// the guest agent); `None` when unknown.
     pub applied_seed: Option<String>,
+    /// Restarts of a guest that has not been ready since hostd started it
+    /// (`HOSTD_BOOT_RETRIES`); `None` once it was ready.
+    pub boot_restarts: Option<i32>,
 }
 
 /// Desired state plus observed status of one hosting: the reconciler's input.
@@ -96,6 +99,7 @@ struct RecordRow {
     claimed_at: Option<DateTime<Utc>>,
     claim_generation: Option<i64>,
     applied_seed: Option<String>,
+    boot_restarts: Option<i32>,
 }
 
 /// What [`Store::record_versions`] reports of one record.
@@ -107,7 +111,7 @@ const RECORD_SELECT: &str = "select h.id, h.user_id, u.username, h.vcpus, h.memo
      s.phase, s.conditions, s.observed_generation, s.ssh_port, s.http_port, s.vm_name, s.message, \
      s.disk_created, s.image_pin, s.provisioning_since, s.last_reconciled_at, \
      h.disk_epoch, s.disk_epoch as observed_disk_epoch, h.restore_backup_id, h.warm_pool, h.claimed_at, h.claim_generation, \
-     s.applied_seed \
+     s.applied_seed, s.boot_restarts \
      from hostings h join users u on u.id = h.user_id left join hosting_status s on s.hosting_id = h.id";
 
 impl RecordRow {
@@ -156,6 +160,7 @@ impl RecordRow {
                 last_reconciled_at: self.last_reconciled_at,
                 disk_epoch: self.observed_disk_epoch.unwrap_or(0),
                 applied_seed: self.applied_seed,
+                boot_restarts: self.boot_restarts,
             },
         })
     }

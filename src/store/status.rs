@@ -113,11 +113,12 @@ impl Store {
                select $1, e.t, e.r, e.m from unnest($12::text[], $13::text[], $14::text[]) \
                  with ordinality as e(t, r, m, n) order by e.n) \
              insert into hosting_status (hosting_id, phase, conditions, observed_generation, vm_name, message, \
-               disk_created, provisioning_since, image_pin, disk_epoch, applied_seed, last_reconciled_at) \
-               values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, now()) \
+               disk_created, provisioning_since, image_pin, disk_epoch, applied_seed, boot_restarts, \
+               last_reconciled_at) \
+               values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $15, now()) \
              on conflict (hosting_id) do update set phase = $2, conditions = $3, observed_generation = $4, \
                vm_name = $5, message = $6, disk_created = $7, provisioning_since = $8, image_pin = $9, \
-               disk_epoch = $10, applied_seed = $11, last_reconciled_at = now()",
+               disk_epoch = $10, applied_seed = $11, boot_restarts = $15, last_reconciled_at = now()",
         )
         .bind(id.0)
         .bind(s.phase.as_str())
@@ -133,6 +134,7 @@ impl Store {
         .bind(t)
         .bind(r)
         .bind(m)
+        .bind(s.boot_restarts)
         .execute(&self.db)
         .await?;
         self.touched_hosting(id);

@@ -154,6 +154,8 @@ impl<'a> Pass<'a> {
         self.st.observed_generation = self.rec.generation;
         self.st.message = None;
         self.st.provisioning_since = None;
+        // Ready (or stopped as asked): a later silence is no failed boot.
+        self.st.boot_restarts = None;
         self.fault("before_status_write").await?;
         self.write_status().await?;
         self.ctx.reset_backoff(self.id());

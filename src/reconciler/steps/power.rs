@@ -86,6 +86,8 @@ impl Pass<'_> {
             if self.st.provisioning_since.is_none() || def.restart {
                 self.st.provisioning_since = Some(Utc::now());
             }
+            // A fresh start: its boot gets HOSTD_BOOT_RETRIES restarts.
+            self.st.boot_restarts = Some(0);
             // The guest applies the seed on disk as it boots.
             self.st.applied_seed = Some(seed.to_string());
             self.fault("after_start").await?;

@@ -10,6 +10,63 @@ use crate::drivers::probe;
 use crate::reconciler::{Action, ReconcileError};
 
 impl Pass<'_> {
+    /// A guest not ready within `HOSTD_READY_TIMEOUT_SECS` of its start,
+    /// after `restarts` restarts: restarted again on the same disk (nothing
+    /// of the tenant's is lost) while fewer than `HOSTD_BOOT_RETRIES`, with
+    /// the console's last lines in the event; then `Failed` with `BootFailed`
+    /// and no more restarts until the owner stops and starts it (or changes
+    /// its spec). The new attempt is recorded before the guest is restarted,
+    /// so a pass cut short never restarts it twice for one attempt.
+    async fn boot_timeout(&mut self, restarts: i32, why: &str) -> Result<Action, ReconcileError> {
+        let (id, retries) = (self.id(), self.ctx.config.boot_retries);
+        let timeout = self.ctx.config.ready_timeout.as_secs();
+        let console = super::super::console::last_lines(self.ctx, id, 5).await;
+        let console = match console.is_empty() {
+            true => "the console is empty".to_string(),
+            false => format!("console: {console}"),
+        };
+        if restarts >= retries as i32 {
+            let msg = format!(
+                "the guest did not come up within {timeout} s, {restarts} restart(s) included ({why}); \
+                 stop and start the hosting to try again, read its console, or reset its disk"
+            );
+            // Reported once: the status this pass began with says if it was.
+            let first = !self
+                .rec
+                .status
+                .conditions
+                .iter()
+                .any(|c| c.type_ == C::WebReady && c.reason == Reason::BootFailed);
+            self.condition(C::WebReady, false, Reason::BootFailed, &msg);
+            self.st.phase = Phase::Failed;
+            self.st.message = Some(msg.clone());
+            self.write_status().await?;
+            if first {
+                self.event(
+                    EventType::Warning,
+                    Reason::BootFailed,
+                    &format!("{msg}; {console}"),
+                );
+            }
+            self.ctx.reset_backoff(id);
+            return Ok(Action::AwaitChange);
+        }
+        let n = restarts + 1;
+        self.st.boot_restarts = Some(n);
+        self.st.provisioning_since = Some(Utc::now());
+        let msg = format!(
+            "the guest did not come up within {timeout} s ({why}); restarting it on the same disk \
+             (restart {n} of {retries}); {console}"
+        );
+        self.event(EventType::Warning, Reason::BootRestarted, &msg);
+        self.write_status().await?;
+        let name = crate::reconciler::names::domain_name(id);
+        self.ctx.vm.destroy(&name).await?;
+        self.ctx.vm.start(&name).await?;
+        self.fault("after_boot_restart").await?;
+        Ok(Action::Requeue(PROBE_INTERVAL))
+    }
+
     fn ssh_probe_addr(&self, port: u16) -> SocketAddr {
         let bind = self.ctx.config.ssh_bind;
         let ip = if bind.is_unspecified() {
@@ -65,6 +122,11 @@ impl Pass<'_> {
         let waited = (Utc::now() - since).to_std().unwrap_or_default();
         let timeout = self.ctx.config.ready_timeout;
         if waited > timeout {
+            if let Some(restarts) = self.st.boot_restarts {
+                // Never ready since it was started: restart it, or give up.
+                return self.boot_timeout(restarts, &why).await;
+            }
+            // It was ready and stopped answering: reported, not restarted.
             self.st.provisioning_since = Some(Utc::now());
             self.write_status().await?;
             return Err(ReconcileError::ReadinessTimeout(timeout, why));

@@ -114,6 +114,7 @@ impl Pass<'_> {
                 self.ctx.metrics.warm_pool_claim_fallbacks.inc();
                 self.st.applied_seed = Some(want.seed.clone());
                 self.st.provisioning_since = Some(Utc::now());
+                self.st.boot_restarts = Some(0);
                 self.write_status().await?;
                 let msg = format!("{e}; restarted the guest, which applies your seed as it boots");
                 self.event(EventType::Warning, Reason::PersonaliseFallback, &msg);
