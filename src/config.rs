@@ -21,6 +21,16 @@ pub struct ConfigError {
     pub message: String,
 }
 
+/// The default `HOSTD_BOOT_CONCURRENCY`: one boot per core under TCG (a TCG
+/// boot keeps a core busy: two at a time on two cores took about 25 s each,
+/// eight at once about 300 s), two per core with KVM.
+fn default_boot_concurrency(cores: usize, kvm: bool) -> usize {
+    match kvm {
+        true => cores.max(1) * 2,
+        false => cores.max(1),
+    }
+}
+
 /// A comma- or space-separated list of CIDRs.
 fn parse_cidrs(var: &'static str, text: &str) -> Result<Vec<ipnet::IpNet>, ConfigError> {
     text.split([',', ' '])
@@ -232,6 +242,14 @@ pub struct Settings {
         default_value = "3"
     )]
     pub boot_retries: u32,
+    /// Guests booting at once on this host (`0`: no limit) [default: the
+    /// host's cores under TCG, twice that with KVM].
+    #[arg(
+        long,
+        env = "HOSTD_BOOT_CONCURRENCY",
+        value_name = "HOSTD_BOOT_CONCURRENCY"
+    )]
+    pub boot_concurrency: Option<usize>,
     /// Cap of the per-hosting error backoff, in seconds.
     #[arg(long, env = "HOSTD_BACKOFF_MAX_SECS", value_name = "HOSTD_BACKOFF_MAX_SECS", default_value = "300",
           value_parser = clap::value_parser!(u64).range(1..))]
@@ -476,6 +494,8 @@ pub struct Config {
     pub ready_timeout: Duration,
     /// Restarts of a guest that never became ready (`HOSTD_BOOT_RETRIES`).
     pub boot_retries: u32,
+    /// Guests booting at once (`HOSTD_BOOT_CONCURRENCY`; 0: no limit).
+    pub boot_concurrency: usize,
     /// Cap of the per-hosting error backoff (`HOSTD_BACKOFF_MAX_SECS`).
     pub backoff_max: Duration,
     /// Image catalogue file (`HOSTD_IMAGES_FILE`).
@@ -718,6 +738,10 @@ impl Settings {
             concurrency: self.reconcile_concurrency as usize,
             ready_timeout: Duration::from_secs(self.ready_timeout_secs),
             boot_retries: self.boot_retries,
+            boot_concurrency: self.boot_concurrency.unwrap_or_else(|| {
+                let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+                default_boot_concurrency(cores, domain_type == DomainType::Kvm)
+            }),
             backoff_max: Duration::from_secs(self.backoff_max_secs),
             images_file,
             faults: self.faults,

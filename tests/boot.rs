@@ -164,3 +164,69 @@ async fn a_pass_cut_short_after_a_restart_does_not_restart_twice() {
     assert_eq!(rec.status.boot_restarts, Some(1));
     app.stop().await;
 }
+
+/// At most `HOSTD_BOOT_CONCURRENCY` guests boot at once: the next hosting
+/// waits `Provisioning` with `VMRunning=False`, `BootQueued` and its place,
+/// and starts when a booting guest is Ready.
+#[tokio::test]
+async fn the_boot_gate_queues_boots_past_its_limit() {
+    let db = common::fresh_database().await;
+    let state = tempfile::tempdir().unwrap();
+    let nginx = common::TestNginx::start();
+    let mut config = common::test_config(&db, state.path(), Some(&nginx));
+    config.boot_concurrency = 2;
+    let app = TestApp::spawn_with(config, Mode::All, false, Some(nginx), state).await;
+    let ctl = app.controller.clone().unwrap();
+    let mut ids = vec![];
+    for i in 0..4 {
+        let (_, _, id) = create(&app, &format!("queue{i}")).await;
+        ids.push(id);
+    }
+    for id in &ids {
+        common::settle(&ctl, *id).await;
+    }
+    // The third asks again, now that the fourth waits behind it.
+    common::settle(&ctl, ids[2]).await;
+    let running = |id: HostingId| {
+        let vm = ctl.ctx.vm.clone();
+        async move {
+            let name = hostd::reconciler::names::domain_name(id);
+            vm.get_domain(&name)
+                .await
+                .unwrap()
+                .is_some_and(|d| d.running)
+        }
+    };
+    assert!(running(ids[0]).await && running(ids[1]).await);
+    for (id, place) in [(ids[2], 1), (ids[3], 2)] {
+        assert!(!running(id).await, "a third guest booted");
+        let rec = app.store.get_record(id).await.unwrap().unwrap();
+        assert_eq!(rec.status.phase, Phase::Provisioning);
+        let c = rec
+            .status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == ConditionType::VMRunning)
+            .unwrap();
+        assert_eq!(c.reason, Reason::BootQueued);
+        assert!(
+            c.message.contains(&format!("place {place} of 2")),
+            "{}",
+            c.message
+        );
+    }
+    // The first guest answers: Ready, and the first in the queue boots.
+    let rec = app.store.get_record(ids[0]).await.unwrap().unwrap();
+    let (s, h) = (rec.status.ssh_port.unwrap(), rec.status.http_port.unwrap());
+    let _guest = fake_guest(s, h, "ok").await;
+    assert_eq!(common::settle(&ctl, ids[0]).await, Action::AwaitChange);
+    common::settle(&ctl, ids[3]).await;
+    assert!(
+        !running(ids[3]).await,
+        "the second in the queue jumped ahead"
+    );
+    common::settle(&ctl, ids[2]).await;
+    assert!(running(ids[2]).await, "the first in the queue did not boot");
+    assert_eq!(ctl.ctx.boot_gate.counts(), (2, 1));
+    app.stop().await;
+}

@@ -181,6 +181,7 @@ named_enum! {
         // Boots that never came up.
         BootRestarted,
         BootFailed,
+        BootQueued,
     }
 }
 

@@ -21,6 +21,7 @@ use crate::telemetry::Metrics;
 pub mod action;
 pub mod agent;
 pub mod backup;
+pub mod boot_gate;
 pub mod console;
 pub mod controller;
 pub mod memory;
@@ -66,6 +67,8 @@ pub struct Context {
     pub(crate) scheduler: tokio::sync::Mutex<Ledger>,
     /// Backups allowed to run at once (`HOSTD_BACKUP_CONCURRENCY`).
     pub(crate) backup_slots: Arc<tokio::sync::Semaphore>,
+    /// At most `HOSTD_BOOT_CONCURRENCY` guests booting at once (see `boot_gate`).
+    pub boot_gate: boot_gate::BootGate,
     /// Guest-agent calls, run off the workers (see `agent`).
     pub agent: agent::AgentCalls,
     /// Where replaced and orphaned disks and deleted hostings' backups are
@@ -106,6 +109,7 @@ impl Context {
             .redirect(reqwest::redirect::Policy::none())
             .build()
             .expect("http client");
+        let boot_gate = boot_gate::BootGate::new(config.boot_concurrency);
         let quarantine = quarantine::Quarantine::new(&config.state_dir, config.quarantine);
         Ok(Arc::new(Context {
             store,
@@ -120,6 +124,7 @@ impl Context {
             records: Default::default(),
             scheduler: tokio::sync::Mutex::new(Ledger::default()),
             backup_slots: Arc::new(tokio::sync::Semaphore::new(slots)),
+            boot_gate,
             agent: Default::default(),
             quarantine,
             memory: Default::default(),
@@ -181,6 +186,7 @@ impl Context {
     pub fn forget(&self, id: HostingId) {
         self.memory.forget(id);
         self.agent.forget(id);
+        self.boot_gate.release(id);
         self.render.forget(id);
         self.proxy.forget(id);
     }

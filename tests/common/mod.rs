@@ -154,6 +154,7 @@ pub fn test_config(db: &str, state: &std::path::Path, nginx: Option<&TestNginx>)
         concurrency: 32,
         ready_timeout: Duration::from_secs(300),
         boot_retries: 3,
+        boot_concurrency: 0,
         backoff_max: Duration::from_secs(5),
         images_file: state.join("images/catalog.yaml"),
         faults: Default::default(),

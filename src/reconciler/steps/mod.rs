@@ -28,6 +28,9 @@ pub mod seed;
 /// calls; a long interval would add half of itself to every POST → Ready.
 pub const PROBE_INTERVAL: Duration = Duration::from_millis(500);
 
+/// How often a hosting queued at the boot gate asks again.
+pub const BOOT_WAIT: Duration = Duration::from_secs(1);
+
 /// How long a hosting whose guest-agent call runs waits before it looks
 /// again by itself; the call's end normally wakes it long before.
 pub const AGENT_WAIT: Duration = Duration::from_secs(5);
@@ -154,8 +157,10 @@ impl<'a> Pass<'a> {
         self.st.observed_generation = self.rec.generation;
         self.st.message = None;
         self.st.provisioning_since = None;
-        // Ready (or stopped as asked): a later silence is no failed boot.
+        // Ready (or stopped as asked): a later silence is no failed boot,
+        // and its place at the boot gate is free.
         self.st.boot_restarts = None;
+        self.ctx.boot_gate.release(self.id());
         self.fault("before_status_write").await?;
         self.write_status().await?;
         self.ctx.reset_backoff(self.id());

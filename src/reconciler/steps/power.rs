@@ -9,6 +9,7 @@ use chrono::Utc;
 use super::{Definition, Pass};
 use crate::domain::{remove_condition, ConditionType as C, EventType, Phase, Reason};
 use crate::drivers::{DriverError, ObservedDomain};
+use crate::reconciler::boot_gate::Turn;
 use crate::reconciler::names::domain_name;
 use crate::reconciler::render::{Hashes, Inputs};
 use crate::reconciler::{Action, ReconcileError};
@@ -59,11 +60,16 @@ impl Pass<'_> {
         Ok(Definition { observed, restart })
     }
 
-    /// Step 5: power. Restarts for a definition change, starts a stopped domain.
-    pub async fn power(&mut self, def: &Definition, seed: &str) -> Result<(), ReconcileError> {
+    /// Step 5: power. Restarts for a definition change, starts a stopped
+    /// domain, each once the boot gate gives it a place (`Ok(false)`:
+    /// queued, the status says its place).
+    pub async fn power(&mut self, def: &Definition, seed: &str) -> Result<bool, ReconcileError> {
         let name = domain_name(self.id());
         self.ctx.memory.with(self.id(), |m| m.shutdown_asked = None);
         let running_now = def.observed.as_ref().is_some_and(|o| o.running);
+        if (!running_now || def.restart) && !self.boot_turn().await? {
+            return Ok(false);
+        }
         if def.restart {
             let msg = "memory/vCPU change: restarting the VM";
             self.condition(C::RestartRequired, true, Reason::SpecChanged, msg);
@@ -95,7 +101,42 @@ impl Pass<'_> {
         remove_condition(&mut self.st.conditions, C::RestartRequired);
         let msg = format!("domain {name} is running");
         self.condition(C::VMRunning, true, Reason::Running, &msg);
-        Ok(())
+        Ok(true)
+    }
+
+    /// Asks the boot gate for a place to start the guest; `false`: queued
+    /// (written to the status: its place, how many boot).
+    async fn boot_turn(&mut self) -> Result<bool, ReconcileError> {
+        let gate = &self.ctx.boot_gate;
+        let Turn::Wait {
+            place,
+            waiting,
+            booting,
+        } = gate.enter(self.id(), self.rec.warm)
+        else {
+            return Ok(true);
+        };
+        let msg = format!(
+            "queued to boot: place {place} of {waiting}; {booting} guest(s) booting, at most {} at once \
+             (HOSTD_BOOT_CONCURRENCY)",
+            gate.limit()
+        );
+        let first = !self
+            .rec
+            .status
+            .conditions
+            .iter()
+            .any(|c| c.type_ == C::VMRunning && c.reason == Reason::BootQueued);
+        self.condition(C::VMRunning, false, Reason::BootQueued, &msg);
+        if self.st.phase != Phase::Updating {
+            self.st.phase = Phase::Provisioning;
+        }
+        self.st.message = Some(msg.clone());
+        if first {
+            self.event(EventType::Normal, Reason::BootQueued, &msg);
+        }
+        self.write_status().await?;
+        Ok(false)
     }
 
     /// Desired `running: false`: the 503 route, then a graceful shutdown
@@ -112,6 +153,7 @@ impl Pass<'_> {
             return Ok(Action::Requeue(Duration::from_secs(2)));
         }
         self.ctx.memory.with(self.id(), |m| m.shutdown_asked = None);
+        self.ctx.boot_gate.release(self.id());
         let msg = "the VM is stopped as requested";
         self.condition(C::VMRunning, false, Reason::Stopped, msg);
         self.condition(C::WebReady, false, Reason::Stopped, "the VM is stopped");

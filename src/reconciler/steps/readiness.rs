@@ -41,6 +41,7 @@ impl Pass<'_> {
             self.st.phase = Phase::Failed;
             self.st.message = Some(msg.clone());
             self.write_status().await?;
+            self.ctx.boot_gate.release(id);
             if first {
                 self.event(
                     EventType::Warning,
@@ -118,6 +119,10 @@ impl Pass<'_> {
             self.st.phase = Phase::Provisioning;
         }
         self.st.message = Some("waiting for the guest to boot".into());
+        if self.st.boot_restarts.is_some() {
+            // Still booting (also after a restart of hostd): it holds a place.
+            self.ctx.boot_gate.booting(self.id());
+        }
         let since = *self.st.provisioning_since.get_or_insert_with(Utc::now);
         let waited = (Utc::now() - since).to_std().unwrap_or_default();
         let timeout = self.ctx.config.ready_timeout;

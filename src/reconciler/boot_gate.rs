@@ -1,0 +1,180 @@
+//! The boot gate: at most `HOSTD_BOOT_CONCURRENCY` guests booting at once on
+//! this host. Under TCG eight boots sharing two cores took about 300 s each
+//! (and some never came up), while two at a time took about 25 s each: a
+//! queue serves the first users in seconds and the last sooner than a
+//! free-for-all serves anyone. First come, first served; tenants before
+//! warm-pool guests. A guest holds its place from the moment hostd starts it
+//! until it is Ready, fails to boot, stops or is deleted.
+//!
+//! The gate is the leader's memory. After a restart it learns which guests
+//! are still booting as their passes find them running and not yet ready
+//! ([`BootGate::booting`]); until then it may let a few more start.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::domain::HostingId;
+
+/// A waiter that has not asked again for this long is forgotten (its
+/// hosting was stopped or deleted, or its pass moved on).
+const WAITER_TTL: Duration = Duration::from_secs(60);
+
+/// The answer to a hosting that wants to start its guest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Turn {
+    /// Start it (it holds a place until released).
+    Go,
+    /// Wait: `place` of `waiting` in the queue, `booting` guests booting.
+    Wait {
+        place: usize,
+        waiting: usize,
+        booting: usize,
+    },
+}
+
+#[derive(Default)]
+struct Inner {
+    booting: HashSet<HostingId>,
+    /// Waiting hostings: (warm-pool guest, first asked), last asked.
+    waiting: HashMap<HostingId, ((bool, Instant), Instant)>,
+}
+
+/// See the module documentation.
+pub struct BootGate {
+    limit: usize,
+    inner: Mutex<Inner>,
+}
+
+impl BootGate {
+    /// A gate letting `limit` guests boot at once (`0`: no limit).
+    pub fn new(limit: usize) -> BootGate {
+        BootGate {
+            limit,
+            inner: Default::default(),
+        }
+    }
+
+    /// How many guests may boot at once (`0`: no limit).
+    pub fn limit(&self) -> usize {
+        self.limit
+    }
+
+    /// Asks for a place to start `id`'s guest.
+    pub fn enter(&self, id: HostingId, warm: bool) -> Turn {
+        let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        if g.booting.contains(&id) {
+            return Turn::Go;
+        }
+        let now = Instant::now();
+        g.waiting
+            .retain(|w, (_, seen)| *w == id || now.duration_since(*seen) < WAITER_TTL);
+        let first = g.waiting.get(&id).map_or((warm, now), |(k, _)| *k);
+        g.waiting.insert(id, (first, now));
+        let mut queue: Vec<((bool, Instant), HostingId)> =
+            g.waiting.iter().map(|(h, (k, _))| (*k, *h)).collect();
+        queue.sort();
+        let place = queue.iter().position(|(_, h)| *h == id).expect("queued") + 1;
+        let free = match self.limit {
+            0 => usize::MAX,
+            n => n.saturating_sub(g.booting.len()),
+        };
+        if place <= free {
+            g.waiting.remove(&id);
+            g.booting.insert(id);
+            return Turn::Go;
+        }
+        Turn::Wait {
+            place,
+            waiting: queue.len(),
+            booting: g.booting.len(),
+        }
+    }
+
+    /// Records that `id`'s guest is booting (found running and not yet
+    /// ready, e.g. after a restart of hostd).
+    pub fn booting(&self, id: HostingId) {
+        let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        g.waiting.remove(&id);
+        g.booting.insert(id);
+    }
+
+    /// `id`'s guest is ready, failed to boot, stopped or is gone: its place
+    /// (or its wait) ends.
+    pub fn release(&self, id: HostingId) {
+        let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        g.booting.remove(&id);
+        g.waiting.remove(&id);
+    }
+
+    /// Guests booting and hostings waiting.
+    pub fn counts(&self) -> (usize, usize) {
+        let g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        (g.booting.len(), g.waiting.len())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id() -> HostingId {
+        HostingId(uuid::Uuid::new_v4())
+    }
+
+    #[tokio::test]
+    async fn first_come_first_served_tenants_before_the_warm_pool() {
+        let gate = BootGate::new(2);
+        let (a, b, pool, c) = (id(), id(), id(), id());
+        assert_eq!(gate.enter(a, false), Turn::Go);
+        let w = gate.enter(pool, true);
+        assert_eq!(w, Turn::Go, "a free place is taken at once");
+        // Full: the next ones wait, tenants ahead of pool guests.
+        let pool2 = id();
+        assert!(matches!(
+            gate.enter(pool2, true),
+            Turn::Wait { place: 1, .. }
+        ));
+        assert!(matches!(
+            gate.enter(b, false),
+            Turn::Wait {
+                place: 1,
+                waiting: 2,
+                booting: 2
+            }
+        ));
+        assert!(matches!(gate.enter(c, false), Turn::Wait { place: 2, .. }));
+        assert!(matches!(
+            gate.enter(pool2, true),
+            Turn::Wait { place: 3, .. }
+        ));
+        // Asking again keeps one's place.
+        assert!(matches!(gate.enter(b, false), Turn::Wait { place: 1, .. }));
+        gate.release(a);
+        // c may not jump ahead of b.
+        assert!(matches!(gate.enter(c, false), Turn::Wait { place: 2, .. }));
+        assert_eq!(gate.enter(b, false), Turn::Go);
+        assert_eq!(
+            gate.enter(b, false),
+            Turn::Go,
+            "a booting guest keeps its place"
+        );
+        assert_eq!(gate.counts(), (2, 2));
+        gate.release(pool);
+        assert_eq!(gate.enter(c, false), Turn::Go);
+        assert!(matches!(
+            gate.enter(pool2, true),
+            Turn::Wait { place: 1, .. }
+        ));
+    }
+
+    #[tokio::test]
+    async fn no_limit_lets_all_boot() {
+        let gate = BootGate::new(0);
+        for _ in 0..50 {
+            assert_eq!(gate.enter(id(), false), Turn::Go);
+        }
+    }
+}
