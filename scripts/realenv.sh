@@ -82,6 +82,6 @@ export HOSTD_INSTANCE="$INSTANCE" HOSTD_BCRYPT_COST=4 HOSTD_RESYNC_SECS=5 RUST_L
 start_hostd() {
   env "$@" "$BIN" all >> "$WORK/hostd.log" 2>&1 &
   HOSTD_PID=$!
-  wait_until 30 1 curl -fsS -o /dev/null "$API/health" || fail "hostd did not start"
+  wait_until 30 1 curl -fs -o /dev/null "$API/health" 2>/dev/null || fail "hostd did not start"
 }
 
