@@ -225,7 +225,7 @@ async fn the_resync_puts_a_removed_table_back() {
     let state = tempfile::tempdir().unwrap();
     let mut config = common::test_config(&db, state.path(), None);
     config.libvirt_uri = "qemu:///system".into();
-    let instance = config.instance.clone();
+    let _pool = common::SystemPoolGuard(config.instance.clone());
     let app = common::TestApp::spawn_with(config, hostd::app::Mode::All, false, None, state).await;
     let ctl = app.controller.clone().unwrap();
     let _ = Command::new("nft")
@@ -248,13 +248,4 @@ async fn the_resync_puts_a_removed_table_back() {
         .unwrap();
     assert_eq!(ctl.ctx.metrics.isolation_restored.get(), before + 1);
     app.stop().await;
-    let pool = format!("hostd-{instance}");
-    for args in [["pool-destroy", &pool], ["pool-undefine", &pool]] {
-        let _ = Command::new("virsh")
-            .args(["-c", "qemu:///system"])
-            .args(args)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
-    }
 }

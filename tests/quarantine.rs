@@ -6,7 +6,6 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::{Duration, SystemTime};
 
 use common::TestApp;
@@ -22,24 +21,6 @@ fn age(path: &Path, days: u64) {
         .unwrap();
 }
 
-/// Removes this test's storage pool from the system libvirt when dropped
-/// (also when the test fails).
-struct PoolGuard(String);
-
-impl Drop for PoolGuard {
-    fn drop(&mut self) {
-        let pool = format!("hostd-{}", self.0);
-        for args in [["pool-destroy", &pool], ["pool-undefine", &pool]] {
-            let _ = Command::new("virsh")
-                .args(["-c", "qemu:///system"])
-                .args(args)
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status();
-        }
-    }
-}
-
 /// A disk whose hosting row is gone (a database restored from before it was
 /// created), not written for 8 days: the resync moves it to quarantine and
 /// the same resync's expiry keeps it (it once deleted it within seconds, by
@@ -53,7 +34,7 @@ async fn a_quarantined_disk_is_kept_for_the_period_whatever_its_files_age() {
     config.libvirt_uri = "qemu:///system".into();
     config.allow_unisolated_guests = true;
     let instance = config.instance.clone();
-    let _pool = PoolGuard(instance.clone());
+    let _pool = common::SystemPoolGuard(instance.clone());
     let app = TestApp::spawn_with(config, Mode::All, false, None, state).await;
     let ctl = app.controller.clone().unwrap();
     let vm = ctl.ctx.vm.clone();

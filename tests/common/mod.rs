@@ -557,3 +557,21 @@ pub async fn settle(
     }
     a
 }
+
+/// Removes a test's storage pool (`hostd-<instance>`) from the system
+/// libvirt when dropped, also when the test fails.
+pub struct SystemPoolGuard(pub String);
+
+impl Drop for SystemPoolGuard {
+    fn drop(&mut self) {
+        let pool = format!("hostd-{}", self.0);
+        for args in [["pool-destroy", &pool], ["pool-undefine", &pool]] {
+            let _ = std::process::Command::new("virsh")
+                .args(["-c", "qemu:///system"])
+                .args(args)
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .status();
+        }
+    }
+}
