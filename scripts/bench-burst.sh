@@ -34,11 +34,14 @@ for gate in "${GATES[@]}"; do
     tokens+=("$(curl -fsS -X POST "$API/auth/login" -d "username=$u&password=correct horse" | jq -r .access_token)")
     ready+=("")
   done
+  posts=()
   for i in $(seq 0 $((N - 1))); do
     t0+=("$(now)")
     curl -fsS -X POST "$API/host" -H "Authorization: Bearer ${tokens[$i]}" >/dev/null &
+    posts+=($!)
   done
-  wait
+  # Only the POSTs: a bare `wait` would wait for hostd too.
+  wait "${posts[@]}"
   deadline=$(( $(date +%s) + TIMEOUT ))
   while :; do
     left=0
