@@ -44,7 +44,7 @@ async fn installation(c: &Config, out: &mut Report) -> uuid::Uuid {
 
 /// Whether the routes and pool directories are this installation's.
 fn ownership(c: &Config, installation: uuid::Uuid, out: &mut Report) {
-    let pool_dir = c.state_dir.join("pools").join(&c.instance);
+    let pool_dir = crate::drivers::libvirt::pool_dir(&c.state_dir, &c.instance);
     for (what, dir) in [
         ("routes directory", &c.nginx_routes_dir),
         ("storage pool", &pool_dir),

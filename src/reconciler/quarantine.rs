@@ -189,12 +189,11 @@ fn remove(path: &Path, why: &str) -> bool {
 
 /// Bytes allocated to a file or a directory tree.
 fn size_of(path: &Path) -> u64 {
-    use std::os::unix::fs::MetadataExt;
     match path.symlink_metadata() {
         Ok(m) if m.is_dir() => std::fs::read_dir(path)
             .map(|rd| rd.flatten().map(|e| size_of(&e.path())).sum())
             .unwrap_or(0),
-        Ok(m) => m.blocks() * 512,
+        Ok(_) => super::space::allocated(path),
         Err(_) => 0,
     }
 }

@@ -60,6 +60,11 @@ fn lv(e: virt::error::Error) -> DriverError {
     DriverError::Libvirt(e.to_string())
 }
 
+/// The directory of instance `instance`'s storage pool (its volumes' files).
+pub fn pool_dir(state_dir: &std::path::Path, instance: &str) -> std::path::PathBuf {
+    state_dir.join("pools").join(instance)
+}
+
 /// Parses the marker element (`<hosting instance=… id=… generation=… spec-hash=…/>`).
 pub fn parse_marker(xml: &str) -> Option<Marker> {
     let mut reader = quick_xml::Reader::from_str(xml);
@@ -113,7 +118,7 @@ impl LibvirtDriver {
                 installation,
             },
             storage_pool: format!("hostd-{instance}"),
-            pool_dir: state_dir.join("pools").join(instance),
+            pool_dir: pool_dir(state_dir, instance),
             conn: Arc::new(Mutex::new(None)),
             watch: Arc::new(Watch {
                 markers: Default::default(),

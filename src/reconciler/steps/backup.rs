@@ -81,12 +81,8 @@ impl Pass<'_> {
         let staging = files.staging(id, b.id);
         // A standalone copy of the disk (its base image's data included),
         // then its compressed file: at most twice what both hold.
-        let pool_file = self
-            .ctx
-            .config
-            .state_dir
-            .join("pools")
-            .join(&self.ctx.config.instance)
+        let config = &self.ctx.config;
+        let pool_file = crate::drivers::libvirt::pool_dir(&config.state_dir, &config.instance)
             .join(disk_volume(id));
         let base = self.st.image_pin.as_ref().map(|p| p.disk.clone());
         let need = 2 * (space::allocated(&pool_file) + base.map_or(0, |b| space::allocated(&b)));
