@@ -168,7 +168,7 @@ async fn run(n: usize) -> Row {
     loop {
         let (ready,): (i64,) =
             sqlx::query_as("select count(*) from hosting_status where phase = 'Ready'")
-                .fetch_one(store.db())
+                .fetch_one(&store.db())
                 .await
                 .unwrap();
         if ready as usize == n {
@@ -200,7 +200,7 @@ async fn run(n: usize) -> Row {
     }
     let dbname = db.rsplit('/').next().unwrap().to_string();
     let mut stats = Default::default();
-    let stmts = statements_between(store.db(), &dbname, &dbname, async {
+    let stmts = statements_between(&store.db(), &dbname, &dbname, async {
         stats = hostd::reconciler::resync::resync(&ctl.ctx, &ctl.queue)
             .await
             .unwrap();

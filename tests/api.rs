@@ -7,7 +7,7 @@ use common::TestApp;
 use serde_json::{json, Value};
 
 async fn count(app: &TestApp, sql: &str) -> i64 {
-    let (n,): (i64,) = sqlx::query_as(sql).fetch_one(app.store.db()).await.unwrap();
+    let (n,): (i64,) = sqlx::query_as(sql).fetch_one(&app.store.db()).await.unwrap();
     n
 }
 
@@ -299,7 +299,7 @@ async fn hosting_lifecycle_desired_state_only() {
         assert_eq!(r.status(), 422, "{bad}");
     }
     let (gen,): (i64,) = sqlx::query_as("select generation from hostings")
-        .fetch_one(app.store.db())
+        .fetch_one(&app.store.db())
         .await
         .unwrap();
     assert_eq!(gen, 2);
@@ -635,7 +635,7 @@ async fn oversized_hostings_are_refused_with_the_limit() {
     assert_eq!(r.status(), 422);
     // An existing hosting above a lowered maximum may still change other fields.
     sqlx::query("update hostings set memory_mib = 4096")
-        .execute(app.store.db())
+        .execute(&app.store.db())
         .await
         .unwrap();
     let r = app

@@ -1061,7 +1061,7 @@ async fn chaos_soak() {
         }
     }
     let (repairs,): (i64,) = sqlx::query_as("select count(*) from events where reason in ('DomainStarted', 'DomainRecreated', 'RouteRepaired', 'DiskRecreated')")
-        .fetch_one(store.db())
+        .fetch_one(&store.db())
         .await
         .unwrap();
     let (polls, five_xx) = poll.finish().await;

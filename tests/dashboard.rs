@@ -64,7 +64,7 @@ async fn web_login(app: &TestApp, c: &reqwest::Client, user: &str) -> String {
 
 async fn hostings(app: &TestApp) -> i64 {
     let (n,): (i64,) = sqlx::query_as("select count(*) from hostings where not warm_pool")
-        .fetch_one(app.store.db())
+        .fetch_one(&app.store.db())
         .await
         .unwrap();
     n

@@ -106,7 +106,7 @@ async fn five_hundred_users_through_two_apis() {
         async move {
             let (n,): (i64,) =
                 sqlx::query_as("select count(*) from hosting_status where phase = 'Ready'")
-                    .fetch_one(store.db())
+                    .fetch_one(&store.db())
                     .await
                     .unwrap();
             (n == N as i64).then_some(())
@@ -114,7 +114,7 @@ async fn five_hundred_users_through_two_apis() {
     })
     .await;
     let (hostings,): (i64,) = sqlx::query_as("select count(*) from hostings")
-        .fetch_one(a.store.db())
+        .fetch_one(&a.store.db())
         .await
         .unwrap();
     assert_eq!(hostings, N as i64, "exactly one hosting per user");

@@ -62,7 +62,7 @@ async fn host_my_is_served_from_the_view_and_follows_changes_made_elsewhere() {
     let t = Instant::now();
     sqlx::query("update hosting_status set message = 'changed elsewhere' where hosting_id = $1")
         .bind(hosting.0)
-        .execute(app.store.db())
+        .execute(&app.store.db())
         .await
         .unwrap();
     let seen = common::eventually(Duration::from_secs(1), || async {
@@ -97,7 +97,7 @@ async fn host_my_is_served_from_the_view_and_follows_changes_made_elsewhere() {
         "select pg_terminate_backend(pid) from pg_stat_activity \
          where datname = current_database() and query ilike 'listen%hostd_view%'",
     )
-    .fetch_all(app.store.db())
+    .fetch_all(&app.store.db())
     .await
     .unwrap();
     assert_eq!(killed, vec![(true,)], "the view's listening connection");
@@ -105,7 +105,7 @@ async fn host_my_is_served_from_the_view_and_follows_changes_made_elsewhere() {
         "update hosting_status set message = 'changed during the outage' where hosting_id = $1",
     )
     .bind(hosting.0)
-    .execute(app.store.db())
+    .execute(&app.store.db())
     .await
     .unwrap();
     let back = common::eventually(Duration::from_secs(10), || async {
@@ -199,7 +199,7 @@ async fn tokens_voided_by_one_api_are_refused_at_once_by_the_other() {
     assert_eq!(me(&a, &t3).await, 401);
     let (n,): (i64,) = sqlx::query_as("select count(*) from users where id = $1")
         .bind(user.0)
-        .fetch_one(a.store.db())
+        .fetch_one(&a.store.db())
         .await
         .unwrap();
     assert_eq!(n, 0);

@@ -591,7 +591,7 @@ async fn the_resync_sees_every_record_write_behind_its_fingerprint() {
     assert_eq!(current().await.unwrap().status.message, None);
     sqlx::query("update hosting_status set message = 'by hand' where hosting_id = $1")
         .bind(id.0)
-        .execute(store.db())
+        .execute(&store.db())
         .await
         .unwrap();
     assert_ne!(store.records_fingerprint().await.unwrap(), f0);
@@ -602,20 +602,20 @@ async fn the_resync_sees_every_record_write_behind_its_fingerprint() {
     let rec = current().await.unwrap();
     sqlx::query("update users set username = 'renamed' where id = $1")
         .bind(rec.user_id.0)
-        .execute(store.db())
+        .execute(&store.db())
         .await
         .unwrap();
     assert_eq!(current().await.unwrap().username.as_str(), "renamed");
     sqlx::query("update hostings set vcpus = 2 where id = $1")
         .bind(id.0)
-        .execute(store.db())
+        .execute(&store.db())
         .await
         .unwrap();
     assert_eq!(current().await.unwrap().spec.vcpus.get(), 2);
     // Status and events go with it (on delete cascade).
     sqlx::query("delete from hostings where id = $1")
         .bind(id.0)
-        .execute(store.db())
+        .execute(&store.db())
         .await
         .unwrap();
     assert!(current().await.is_none(), "a deleted hosting is gone");

@@ -480,7 +480,7 @@ async fn the_admission_ledger_sums_what_the_sql_sums() {
                      where hosting_id = $1",
                 )
                 .bind(rec.id.0)
-                .execute(store.db())
+                .execute(&store.db())
                 .await
                 .unwrap();
             }
@@ -575,7 +575,7 @@ async fn concurrent_allocators_fill_a_range_exactly_without_errors() {
     let (left,): (i64,) =
         sqlx::query_as("select count(*) from port_allocations where hosting_id = $1")
             .bind(extra.0)
-            .fetch_one(app.store.db())
+            .fetch_one(&app.store.db())
             .await
             .unwrap();
     assert_eq!(left, 0);
@@ -675,7 +675,7 @@ async fn a_hosting_gone_while_in_backoff_leaves_nothing_remembered() {
     ] {
         sqlx::query(sql)
             .bind(id.0)
-            .execute(app.store.db())
+            .execute(&app.store.db())
             .await
             .unwrap();
     }

@@ -97,7 +97,7 @@ async fn disks_without_a_hosting_are_kept_unless_the_deletion_completed() {
     ] {
         sqlx::query(sql)
             .bind(id.0)
-            .execute(app.store.db())
+            .execute(&app.store.db())
             .await
             .unwrap();
     }
@@ -121,7 +121,7 @@ async fn disks_without_a_hosting_are_kept_unless_the_deletion_completed() {
     // A completed deletion leaves a tombstone: then leftovers go at once.
     sqlx::query("insert into hosting_tombstones (hosting_id) values ($1)")
         .bind(id.0)
-        .execute(app.store.db())
+        .execute(&app.store.db())
         .await
         .unwrap();
     hostd::reconciler::resync::resync(&ctl.ctx, &q)

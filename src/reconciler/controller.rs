@@ -17,13 +17,20 @@ use crate::store::lease::Lease;
 pub struct Controller {
     pub ctx: Arc<Context>,
     pub queue: Arc<queue::WorkQueue>,
+    /// Woken when Postgres refused a write because this leader's term is
+    /// over: the term ends at once instead of at the next lease check.
+    deposed: tokio::sync::Notify,
 }
 
 impl Controller {
     pub fn new(ctx: Arc<Context>) -> Controller {
         let queue = Arc::new(queue::WorkQueue::default());
         let _ = ctx.queue.set(queue.clone());
-        Controller { ctx, queue }
+        Controller {
+            ctx,
+            queue,
+            deposed: tokio::sync::Notify::new(),
+        }
     }
 
     /// Runs one reconcile of `id` and applies its outcome to the queue (requeue,
@@ -38,6 +45,10 @@ impl Controller {
         match &r {
             Ok(Action::Requeue(d)) => self.queue.add_at(id, Instant::now() + *d),
             Ok(Action::AwaitChange) | Ok(Action::Gone) => {}
+            Err(ReconcileError::Store(crate::store::StoreError::Fenced)) => {
+                tracing::warn!(hosting = %id, "write refused: this leader's term is over");
+                self.deposed.notify_one();
+            }
             Err(e) => {
                 m.failure(e.reason().as_str());
                 let delay = reconcile::on_error(&self.ctx, id, e).await;
@@ -59,7 +70,13 @@ impl Controller {
             }
             match lease.try_acquire(&ctx.store).await {
                 Ok(true) => {
-                    tracing::info!(instance = %ctx.config.instance, "acquired the reconciler leader lease");
+                    let epoch = lease.epoch().unwrap_or_default();
+                    if let Err(e) = ctx.store.fence(&ctx.config.instance, epoch) {
+                        tracing::error!(error = %e, "cannot open the leader term's connections");
+                        lease.release().await;
+                        continue;
+                    }
+                    tracing::info!(instance = %ctx.config.instance, epoch, "acquired the reconciler leader lease");
                     ctx.metrics.is_leader.set(1);
                     self.clone().lead(&mut lease, &shutdown).await;
                     ctx.metrics.is_leader.set(0);
@@ -108,6 +125,10 @@ impl Controller {
                     if !lease.check().await.unwrap_or(false) {
                         break;
                     }
+                }
+                _ = self.deposed.notified() => {
+                    lease.release().await;
+                    break;
                 }
             }
         }

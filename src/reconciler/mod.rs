@@ -112,7 +112,9 @@ impl Context {
         let boot_gate = boot_gate::BootGate::new(config.boot_concurrency);
         let quarantine = quarantine::Quarantine::new(&config.state_dir, config.quarantine);
         Ok(Arc::new(Context {
-            store,
+            // Its own pool slot: fenced by the leader term once it leads,
+            // while the API's statements stay on the shared pool.
+            store: store.detached(),
             vm,
             proxy,
             config,

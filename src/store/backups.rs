@@ -81,7 +81,7 @@ impl Store {
     /// Records the owner's request for a backup of their hosting (Pending).
     /// `Conflict` while another backup of it is Pending or Running.
     pub async fn request_backup(&self, user: UserId) -> Result<Backup> {
-        let mut tx = self.db.begin().await?;
+        let mut tx = self.pool().begin().await?;
         let (hosting, deleting) = lock_hosting_of(&mut tx, user)
             .await?
             .ok_or(StoreError::NotFound)?;
@@ -119,7 +119,7 @@ impl Store {
         let q = format!("select {COLUMNS} from backups where hosting_id = $1 and {tail}");
         let rows: Vec<BackupRow> = sqlx::query_as(&q)
             .bind(hosting.0)
-            .fetch_all(&self.db)
+            .fetch_all(&self.pool())
             .await?;
         Ok(rows.into_iter().map(Backup::from).collect())
     }
@@ -130,7 +130,7 @@ impl Store {
         let row: Option<BackupRow> = sqlx::query_as(&q)
             .bind(hosting.0)
             .bind(id.0)
-            .fetch_optional(&self.db)
+            .fetch_optional(&self.pool())
             .await?;
         Ok(row.map(Backup::from))
     }
@@ -144,7 +144,7 @@ impl Store {
         );
         let row: Option<BackupRow> = sqlx::query_as(&q)
             .bind(hosting.0)
-            .fetch_optional(&self.db)
+            .fetch_optional(&self.pool())
             .await?;
         Ok(row.map(Backup::from))
     }
@@ -155,7 +155,7 @@ impl Store {
             "update backups set state = 'Running', started_at = now(), message = null where id = $1",
         )
         .bind(id.0)
-        .execute(&self.db)
+        .execute(&self.pool())
         .await?;
         Ok(())
     }
@@ -169,7 +169,7 @@ impl Store {
         .bind(id.0)
         .bind(i64::try_from(size).unwrap_or(i64::MAX))
         .bind(sha256)
-        .execute(&self.db)
+        .execute(&self.pool())
         .await?;
         Ok(())
     }
@@ -181,7 +181,7 @@ impl Store {
         )
         .bind(id.0)
         .bind(message)
-        .execute(&self.db)
+        .execute(&self.pool())
         .await?;
         Ok(())
     }
@@ -213,7 +213,7 @@ impl Store {
         let rows: Vec<BackupRow> = sqlx::query_as(&q)
             .bind(hosting.0)
             .bind(i64::from(keep))
-            .fetch_all(&self.db)
+            .fetch_all(&self.pool())
             .await?;
         Ok(rows
             .into_iter()
@@ -244,13 +244,13 @@ impl Store {
                  on conflict do nothing",
             )
             .bind(secs)
-            .execute(&self.db)
+            .execute(&self.pool())
             .await?;
         }
         let rows: Vec<(Uuid,)> = sqlx::query_as(
             "select distinct hosting_id from backups where state in ('Pending', 'Running')",
         )
-        .fetch_all(&self.db)
+        .fetch_all(&self.pool())
         .await?;
         Ok(rows.into_iter().map(|(i,)| HostingId(i)).collect())
     }
@@ -262,7 +262,7 @@ impl Store {
         user: UserId,
         backup: BackupId,
     ) -> Result<Result<HostingRecord, RestoreRefusal>> {
-        let mut tx = self.db.begin().await?;
+        let mut tx = self.pool().begin().await?;
         let Some((hosting, deleting)) = lock_hosting_of(&mut tx, user).await? else {
             return Ok(Err(RestoreRefusal::NoHosting));
         };

@@ -200,7 +200,7 @@ impl Store {
         msg: &str,
     ) -> Result<HostingId> {
         let id = Uuid::new_v4();
-        let mut tx = self.db.begin().await?;
+        let mut tx = self.pool().begin().await?;
         let q = sqlx::query(
             "insert into hostings (id, user_id, vcpus, memory_mib, disk_gib, image, ssh_public_keys, running, warm_pool) \
              values ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
@@ -235,7 +235,7 @@ impl Store {
         let sql = format!("{RECORD_SELECT} where {cond}");
         let row = sqlx::query_as::<_, RecordRow>(&sql)
             .bind(arg)
-            .fetch_optional(&self.db)
+            .fetch_optional(&self.pool())
             .await?;
         row.map(RecordRow::into_record).transpose()
     }
@@ -261,7 +261,7 @@ impl Store {
              from hostings h join users u on u.id = h.user_id \
              left join hosting_status s on s.hosting_id = h.id",
         )
-        .fetch_all(&self.db)
+        .fetch_all(&self.pool())
         .await?;
         Ok(rows
             .into_iter()
@@ -281,7 +281,7 @@ impl Store {
              from hostings h join users u on u.id = h.user_id \
              left join hosting_status s on s.hosting_id = h.id",
         )
-        .fetch_one(&self.db)
+        .fetch_one(&self.pool())
         .await?;
         Ok((n, x.unwrap_or(0)))
     }
@@ -291,7 +291,7 @@ impl Store {
         let ids: Vec<Uuid> = ids.iter().map(|i| i.0).collect();
         let rows = sqlx::query_as::<_, RecordRow>(&format!("{RECORD_SELECT} where h.id = any($1)"))
             .bind(ids)
-            .fetch_all(&self.db)
+            .fetch_all(&self.pool())
             .await?;
         rows.into_iter().map(RecordRow::into_record).collect()
     }
@@ -300,7 +300,7 @@ impl Store {
     pub async fn list_records(&self) -> Result<Vec<HostingRecord>> {
         let rows =
             sqlx::query_as::<_, RecordRow>(&format!("{RECORD_SELECT} order by h.created_at"))
-                .fetch_all(&self.db)
+                .fetch_all(&self.pool())
                 .await?;
         rows.into_iter().map(RecordRow::into_record).collect()
     }
@@ -311,7 +311,7 @@ impl Store {
     where
         F: FnOnce(&HostingSpec) -> Result<HostingSpec, ValidationError>,
     {
-        let mut tx = self.db.begin().await?;
+        let mut tx = self.pool().begin().await?;
         let row = sqlx::query_as::<_, RecordRow>(&format!(
             "{RECORD_SELECT} where h.user_id = $1 for update of h"
         ))
@@ -347,7 +347,7 @@ impl Store {
     /// Records the owner's consent to replace a lost disk with a fresh, empty
     /// one: bumps the desired disk epoch (and the generation).
     pub async fn request_disk_reset(&self, user: UserId) -> Result<HostingRecord> {
-        let mut tx = self.db.begin().await?;
+        let mut tx = self.pool().begin().await?;
         let row: Option<(Uuid,)> = sqlx::query_as(
             "update hostings set disk_epoch = disk_epoch + 1, generation = generation + 1, \
              restore_backup_id = null where user_id = $1 and deletion_requested_at is null returning id",
@@ -372,7 +372,7 @@ impl Store {
     /// Marks the user's hosting for deletion (idempotent). The row stays until the
     /// reconciler has cleaned up.
     pub async fn request_deletion(&self, user: UserId) -> Result<HostingRecord> {
-        let mut tx = self.db.begin().await?;
+        let mut tx = self.pool().begin().await?;
         let (id, already) = lock_hosting_of(&mut tx, user)
             .await?
             .ok_or(StoreError::NotFound)?;

@@ -3,6 +3,11 @@
 //! closes and Postgres releases the lock at once, so a standby takes over on its
 //! next attempt (every couple of seconds). If the connection breaks (Postgres
 //! restart), the holder notices on its next check and stops acting.
+//!
+//! Until then Postgres fences it: each acquisition bumps the instance's
+//! epoch in `reconciler_leader`, the reconciler's connections carry the
+//! epoch of their term (`Store::fence`), and writes made under an older
+//! epoch are refused (migration `20261205000001_leader_fencing`).
 
 use sqlx::{Connection, PgConnection};
 
@@ -11,7 +16,10 @@ use super::{Result, Store};
 /// A held (or not yet held) leader lease.
 pub struct Lease {
     key: i64,
+    instance: String,
     conn: Option<PgConnection>,
+    /// The fencing token of the term this lease began (set on acquisition).
+    epoch: Option<i64>,
 }
 
 /// Derives the advisory lock key from the hostd instance name, so several
@@ -26,7 +34,9 @@ impl Lease {
     pub fn new(instance: &str) -> Lease {
         Lease {
             key: key_for(instance),
+            instance: instance.to_string(),
             conn: None,
+            epoch: None,
         }
     }
 
@@ -41,7 +51,16 @@ impl Lease {
             .fetch_one(&mut conn)
             .await?;
         if got {
-            self.conn = Some(conn);
+            match begin_term(&mut conn, &self.instance).await {
+                Ok(epoch) => {
+                    self.epoch = Some(epoch);
+                    self.conn = Some(conn);
+                }
+                Err(e) => {
+                    let _ = conn.close().await;
+                    return Err(e.into());
+                }
+            }
         } else {
             let _ = conn.close().await;
         }
@@ -65,6 +84,11 @@ impl Lease {
         }
     }
 
+    /// The fencing token of the current (or last) term.
+    pub fn epoch(&self) -> Option<i64> {
+        self.epoch
+    }
+
     pub fn is_held(&self) -> bool {
         self.conn.is_some()
     }
@@ -79,4 +103,25 @@ impl Lease {
             let _ = c.close().await;
         }
     }
+}
+
+/// Bumps the instance's epoch: the new term's fencing token. Takes the fence
+/// lock exclusively, so it waits for writes of the previous term still in
+/// flight, and every later write of that term sees the new epoch.
+async fn begin_term(conn: &mut PgConnection, instance: &str) -> Result<i64, sqlx::Error> {
+    let mut tx = conn.begin().await?;
+    sqlx::query("select pg_advisory_xact_lock(hostd_fence_key($1))")
+        .bind(instance)
+        .execute(&mut *tx)
+        .await?;
+    let (epoch,): (i64,) = sqlx::query_as(
+        "insert into reconciler_leader (instance, epoch) values ($1, 1) \
+         on conflict (instance) do update set epoch = reconciler_leader.epoch + 1, since = now() \
+         returning epoch",
+    )
+    .bind(instance)
+    .fetch_one(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(epoch)
 }

@@ -37,7 +37,11 @@ pub enum StoreError {
     #[error("no free {0} port left in the configured range")]
     PortsExhausted(&'static str),
     #[error("database error: {0}")]
-    Db(#[from] sqlx::Error),
+    Db(sqlx::Error),
+    /// The write was made under a leader term that is over: another
+    /// process (or this one, again) took the lease since.
+    #[error("refused: this reconciler's leader term is over")]
+    Fenced,
     #[error("migration error: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
 }
@@ -46,6 +50,20 @@ pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
 /// Postgres channel the `hostings` trigger notifies on.
 pub const NOTIFY_CHANNEL: &str = "hostd_hostings";
+
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> StoreError {
+        match &e {
+            sqlx::Error::Database(d) if d.code().as_deref() == Some(FENCED_SQLSTATE) => {
+                StoreError::Fenced
+            }
+            _ => StoreError::Db(e),
+        }
+    }
+}
+
+/// The SQLSTATE the fence trigger raises (`hostd_fence`).
+const FENCED_SQLSTATE: &str = "HF001";
 
 fn is_unique_violation(e: &sqlx::Error) -> Option<String> {
     match e {
@@ -60,50 +78,109 @@ fn is_unique_violation(e: &sqlx::Error) -> Option<String> {
 /// trip) before it is handed out.
 const ACQUIRE_TEST_IDLE: Duration = Duration::from_secs(1);
 
-/// Handle to the database. Cheap to clone.
+/// Handle to the database. Cheap to clone; clones share one pool slot.
 #[derive(Clone, Debug)]
 pub struct Store {
-    db: PgPool,
+    /// The pool statements run on. The reconciler's store (see
+    /// [`Store::detached`]) swaps in a pool fenced by its leader term.
+    slot: std::sync::Arc<std::sync::RwLock<Slot>>,
     url: String,
     /// The API's read view, when this process serves reads from one.
     view: std::sync::Arc<std::sync::OnceLock<std::sync::Arc<view::ReadView>>>,
+}
+
+#[derive(Debug)]
+struct Slot {
+    pool: PgPool,
+    /// The leader term whose epoch this pool's connections carry (then the
+    /// pool is this store's own), if any.
+    term: Option<(String, i64)>,
+}
+
+/// How hostd's pools connect: statements logged at debug level.
+fn connect_options(url: &str) -> Result<PgConnectOptions> {
+    Ok(PgConnectOptions::from_str(url)?.log_statements(tracing::log::LevelFilter::Debug))
+}
+
+/// How hostd's pools hand out connections.
+fn pool_options(max_connections: u32) -> PgPoolOptions {
+    PgPoolOptions::new()
+        .max_connections(max_connections)
+        .acquire_timeout(Duration::from_secs(10))
+        // sqlx pings every connection it hands out (a round trip before
+        // each statement); one used within the last second is known to
+        // be alive (sqlx pings it on release too), so only connections
+        // idle for longer are tested: after a Postgres restart those are
+        // the ones that are dead.
+        .test_before_acquire(false)
+        .before_acquire(|conn, meta| {
+            Box::pin(async move {
+                if meta.idle_for >= ACQUIRE_TEST_IDLE {
+                    sqlx::Connection::ping(conn).await?;
+                }
+                Ok(true)
+            })
+        })
 }
 
 impl Store {
     /// Connects a pool of at most `max_connections` (fails at once if
     /// Postgres is unreachable; `app` retries start-up for 30 s).
     pub async fn connect(url: &str, max_connections: u32) -> Result<Store> {
-        let opts =
-            PgConnectOptions::from_str(url)?.log_statements(tracing::log::LevelFilter::Debug);
-        let pool = PgPoolOptions::new()
-            .max_connections(max_connections)
-            .acquire_timeout(Duration::from_secs(10))
-            // sqlx pings every connection it hands out (a round trip before
-            // each statement); one used within the last second is known to
-            // be alive (sqlx pings it on release too), so only connections
-            // idle for longer are tested: after a Postgres restart those are
-            // the ones that are dead.
-            .test_before_acquire(false)
-            .before_acquire(|conn, meta| {
-                Box::pin(async move {
-                    if meta.idle_for >= ACQUIRE_TEST_IDLE {
-                        sqlx::Connection::ping(conn).await?;
-                    }
-                    Ok(true)
-                })
-            })
-            .connect_with(opts)
+        let pool = pool_options(max_connections)
+            .connect_with(connect_options(url)?)
             .await?;
         Ok(Store {
-            db: pool,
+            slot: std::sync::Arc::new(std::sync::RwLock::new(Slot { pool, term: None })),
             url: url.to_string(),
             view: Default::default(),
         })
     }
 
+    /// The pool statements run on now.
+    fn pool(&self) -> PgPool {
+        self.slot.read().expect("store slot").pool.clone()
+    }
+
     /// The Postgres connection pool (for tests and benchmarks that query directly).
-    pub fn db(&self) -> &PgPool {
-        &self.db
+    pub fn db(&self) -> PgPool {
+        self.pool()
+    }
+
+    /// A store with a pool slot of its own (the reconciler's), on the same
+    /// pool until [`Store::fence`] is called on it.
+    pub fn detached(&self) -> Store {
+        let pool = self.pool();
+        Store {
+            slot: std::sync::Arc::new(std::sync::RwLock::new(Slot { pool, term: None })),
+            url: self.url.clone(),
+            view: self.view.clone(),
+        }
+    }
+
+    /// From now on this store's statements run on connections that carry
+    /// leader term `epoch` of `instance` (see [`lease::Lease::epoch`]):
+    /// Postgres refuses their writes to the reconciler's tables once another
+    /// term has begun (`StoreError::Fenced`, migration
+    /// `20261205000001_leader_fencing`). The previous term's pool is closed.
+    pub fn fence(&self, instance: &str, epoch: i64) -> Result<()> {
+        let max = self.pool().options().get_max_connections();
+        let opts = connect_options(&self.url)?.options([
+            ("hostd.fence_instance", instance),
+            ("hostd.fence_epoch", epoch.to_string().as_str()),
+        ]);
+        let pool = pool_options(max).connect_lazy_with(opts);
+        let term = Some((instance.to_string(), epoch));
+        let old = std::mem::replace(&mut *self.slot.write().expect("store slot"), Slot { pool, term });
+        if old.term.is_some() {
+            tokio::spawn(async move { old.pool.close().await });
+        }
+        Ok(())
+    }
+
+    /// The leader term this store is fenced by, if any.
+    pub fn term(&self) -> Option<(String, i64)> {
+        self.slot.read().expect("store slot").term.clone()
     }
 
     pub fn url(&self) -> &str {
@@ -112,13 +189,13 @@ impl Store {
 
     /// Applies pending migrations (idempotent; concurrent callers serialize on a lock).
     pub async fn migrate(&self) -> Result<()> {
-        sqlx::migrate!("./migrations").run(&self.db).await?;
+        sqlx::migrate!("./migrations").run(&self.pool()).await?;
         Ok(())
     }
 
     /// A cheap round trip, for health checks.
     pub async fn ping(&self) -> Result<()> {
-        sqlx::query("select 1").execute(&self.db).await?;
+        sqlx::query("select 1").execute(&self.pool()).await?;
         Ok(())
     }
 
@@ -132,7 +209,7 @@ impl Store {
     /// This installation's identity (created once by the migrations).
     pub async fn installation_id(&self) -> Result<uuid::Uuid> {
         let (id,): (uuid::Uuid,) = sqlx::query_as("select id from installation")
-            .fetch_one(&self.db)
+            .fetch_one(&self.pool())
             .await?;
         Ok(id)
     }
@@ -142,7 +219,7 @@ impl Store {
         let row: Option<(uuid::Uuid,)> =
             sqlx::query_as("select hosting_id from hosting_tombstones where hosting_id = $1")
                 .bind(id.0)
-                .fetch_optional(&self.db)
+                .fetch_optional(&self.pool())
                 .await?;
         Ok(row.is_some())
     }

@@ -26,7 +26,7 @@ impl Store {
         expires_at: DateTime<Utc>,
     ) -> Result<()> {
         sqlx::query("delete from web_sessions where expires_at < now()")
-            .execute(&self.db)
+            .execute(&self.pool())
             .await?;
         sqlx::query(
             "insert into web_sessions (id_hash, user_id, token_epoch, expires_at) values ($1, $2, $3, $4)",
@@ -35,7 +35,7 @@ impl Store {
         .bind(user.0)
         .bind(epoch)
         .bind(expires_at)
-        .execute(&self.db)
+        .execute(&self.pool())
         .await?;
         Ok(())
     }
@@ -50,7 +50,7 @@ impl Store {
                and u.role <> 'system'",
         )
         .bind(key(raw_id))
-        .fetch_optional(&self.db)
+        .fetch_optional(&self.pool())
         .await?;
         Ok(row.map(|r| r.into_user().0))
     }
@@ -59,7 +59,7 @@ impl Store {
     pub async fn delete_session(&self, raw_id: &[u8]) -> Result<()> {
         sqlx::query("delete from web_sessions where id_hash = $1")
             .bind(key(raw_id))
-            .execute(&self.db)
+            .execute(&self.pool())
             .await?;
         Ok(())
     }

@@ -64,7 +64,7 @@ impl Store {
         )
         .bind(id.0)
         .bind(limit)
-        .fetch_all(&self.db)
+        .fetch_all(&self.pool())
         .await?
         .into_iter()
         .map(|(at, type_, reason, message)| Event { at, type_, reason, message })
@@ -86,7 +86,7 @@ impl Store {
         .bind(t)
         .bind(r)
         .bind(m)
-        .execute(&self.db)
+        .execute(&self.pool())
         .await?;
         self.touched_hosting(id);
         Ok(())
@@ -135,7 +135,7 @@ impl Store {
         .bind(r)
         .bind(m)
         .bind(s.boot_restarts)
-        .execute(&self.db)
+        .execute(&self.pool())
         .await?;
         self.touched_hosting(id);
         Ok(())
@@ -175,7 +175,7 @@ impl Store {
         .bind(http.start as i32)
         .bind(http.end as i32)
         .bind(from[1])
-        .fetch_optional(&self.db)
+        .fetch_optional(&self.pool())
         .await
         .map_err(|e| match &e {
             sqlx::Error::Database(d) if d.code().as_deref() == Some("HD001") => {
@@ -196,7 +196,7 @@ impl Store {
 
     /// Releases the hosting's ports (idempotent).
     pub async fn release_ports(&self, id: HostingId) -> Result<()> {
-        let mut tx = self.db.begin().await?;
+        let mut tx = self.pool().begin().await?;
         sqlx::query(
             "update hosting_status set ssh_port = null, http_port = null where hosting_id = $1",
         )
@@ -212,7 +212,7 @@ impl Store {
     /// The last step of the finalizer: removes the hosting row (status and events cascade).
     /// Refuses while the deletion has not been requested.
     pub async fn delete_hosting(&self, id: HostingId) -> Result<()> {
-        let mut tx = self.db.begin().await?;
+        let mut tx = self.pool().begin().await?;
         delete_ports(&mut tx, id).await?;
         sqlx::query(
             "insert into hosting_tombstones (hosting_id) select id from hostings \
@@ -235,7 +235,7 @@ impl Store {
         Ok(sqlx::query_as::<_, (i32, String, Uuid)>(
             "select port, kind, hosting_id from port_allocations order by port",
         )
-        .fetch_all(&self.db)
+        .fetch_all(&self.pool())
         .await?
         .into_iter()
         .map(|(p, k, h)| (p as u16, k, HostingId(h)))
@@ -283,7 +283,7 @@ impl Store {
         .bind(instance)
         .bind(holder)
         .bind(sqlx::types::Json(stats))
-        .execute(&self.db)
+        .execute(&self.pool())
         .await?;
         Ok(())
     }
@@ -297,7 +297,7 @@ impl Store {
             "select holder, extract(epoch from now() - at)::float8, stats from reconciler_heartbeat where instance = $1",
         )
         .bind(instance)
-        .fetch_optional(&self.db)
+        .fetch_optional(&self.pool())
         .await?;
         Ok(row.map(|(h, a, s)| (h, a, s.0)))
     }
@@ -346,7 +346,7 @@ impl Store {
                h.running and h.deletion_requested_at is null \
              from hostings h join hosting_status s on s.hosting_id = h.id",
         )
-        .fetch_all(&self.db)
+        .fetch_all(&self.pool())
         .await?;
         Ok(rows
             .into_iter()
@@ -387,7 +387,7 @@ impl Store {
         )
         .bind(id)
         .bind(older_bound)
-        .fetch_one(&self.db)
+        .fetch_one(&self.pool())
         .await?;
         Ok(CapacityUsage {
             memory_mib: row.0,
@@ -429,7 +429,7 @@ impl Store {
         .bind(id.0)
         .bind(log_size)
         .bind(tail)
-        .execute(&self.db)
+        .execute(&self.pool())
         .await?;
         Ok(())
     }
@@ -440,7 +440,7 @@ impl Store {
             "select captured_at, log_size, tail from hosting_console where hosting_id = $1",
         )
         .bind(id.0)
-        .fetch_optional(&self.db)
+        .fetch_optional(&self.pool())
         .await?
         .map(|(captured_at, log_size, tail)| ConsoleTail {
             captured_at,

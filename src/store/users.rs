@@ -63,7 +63,7 @@ impl Store {
         .bind(username.as_str())
         .bind(password_hash)
         .bind(role.as_str())
-        .fetch_one(&self.db)
+        .fetch_one(&self.pool())
         .await
         .map_err(|e| match is_unique_violation(&e) {
             // One message for both: which one exists is nobody's business.
@@ -80,7 +80,7 @@ impl Store {
     pub async fn delete_user(&self, id: UserId) -> Result<()> {
         let r = sqlx::query("delete from users where id = $1 and role <> 'system'")
             .bind(id.0)
-            .execute(&self.db)
+            .execute(&self.pool())
             .await
             .map_err(|e| match &e {
                 sqlx::Error::Database(d) if d.code().as_deref() == Some("23503") => {
@@ -100,7 +100,7 @@ impl Store {
         let rows = sqlx::query_as::<_, UserRow>(
             "select id, email, username, role, created_at, password_hash, token_epoch from users",
         )
-        .fetch_all(&self.db)
+        .fetch_all(&self.pool())
         .await?;
         Ok(rows.into_iter().map(|r| r.into_user().0).collect())
     }
@@ -112,7 +112,7 @@ impl Store {
              where (lower(email) = lower($1) or username = $1) and role <> 'system' limit 1",
         )
         .bind(login)
-        .fetch_optional(&self.db)
+        .fetch_optional(&self.pool())
         .await?;
         Ok(row.map(UserRow::into_user))
     }
@@ -122,7 +122,7 @@ impl Store {
             "select id, email, username, role, created_at, password_hash, token_epoch from users where id = $1",
         )
         .bind(id.0)
-        .fetch_optional(&self.db)
+        .fetch_optional(&self.pool())
         .await?;
         Ok(row.map(|r| r.into_user().0))
     }
@@ -134,7 +134,7 @@ impl Store {
             "select id, email, username, role, created_at, password_hash, token_epoch from users where id = any($1)",
         )
         .bind(ids)
-        .fetch_all(&self.db)
+        .fetch_all(&self.pool())
         .await?;
         Ok(rows.into_iter().map(|r| r.into_user().0).collect())
     }
@@ -145,7 +145,7 @@ impl Store {
         )
         .bind(username.as_str())
         .bind(role.as_str())
-        .fetch_optional(&self.db)
+        .fetch_optional(&self.pool())
         .await?;
         let (id,) = r.ok_or(StoreError::NotFound)?;
         self.touched_user(UserId(id));
@@ -157,7 +157,7 @@ impl Store {
         let row: Option<(String,)> =
             sqlx::query_as("select password_hash from users where id = $1")
                 .bind(id.0)
-                .fetch_optional(&self.db)
+                .fetch_optional(&self.pool())
                 .await?;
         Ok(row.map(|r| r.0))
     }
@@ -171,7 +171,7 @@ impl Store {
         )
         .bind(id.0)
         .bind(hash)
-        .fetch_optional(&self.db)
+        .fetch_optional(&self.pool())
         .await?;
         self.touched_user(id);
         row.map(|r| r.0).ok_or(StoreError::NotFound)
@@ -185,7 +185,7 @@ impl Store {
         expires_at: DateTime<Utc>,
     ) -> Result<()> {
         sqlx::query("delete from revoked_tokens where expires_at < now()")
-            .execute(&self.db)
+            .execute(&self.pool())
             .await?;
         sqlx::query(
             "insert into revoked_tokens (jti, user_id, expires_at) values ($1, $2, $3) \
@@ -194,7 +194,7 @@ impl Store {
         .bind(jti)
         .bind(user.0)
         .bind(expires_at)
-        .execute(&self.db)
+        .execute(&self.pool())
         .await?;
         self.touched_revocation(jti, expires_at);
         Ok(())
@@ -204,7 +204,7 @@ impl Store {
     pub async fn is_token_revoked(&self, jti: Uuid) -> Result<bool> {
         let row: Option<(Uuid,)> = sqlx::query_as("select jti from revoked_tokens where jti = $1")
             .bind(jti)
-            .fetch_optional(&self.db)
+            .fetch_optional(&self.pool())
             .await?;
         Ok(row.is_some())
     }

@@ -50,7 +50,7 @@ impl Store {
         .bind(class.memory_mib.as_i32())
         .bind(class.disk_gib.as_i32())
         .bind(class.image.as_str())
-        .fetch_one(&self.db)
+        .fetch_one(&self.pool())
         .await?;
         Ok(WarmPoolCounts {
             total,
@@ -86,7 +86,7 @@ impl Store {
         .bind(class.disk_gib.as_i32())
         .bind(class.image.as_str())
         .bind(n)
-        .execute(&self.db)
+        .execute(&self.pool())
         .await?;
         Ok(r.rows_affected())
     }
@@ -101,7 +101,7 @@ impl Store {
                order by (s.phase = 'Ready') asc, h.created_at desc limit 1 \
                for update of h skip locked)",
         )
-        .execute(&self.db)
+        .execute(&self.pool())
         .await?;
         Ok(r.rows_affected() > 0)
     }
@@ -113,7 +113,7 @@ impl Store {
              where id = $1 and warm_pool",
         )
         .bind(id.0)
-        .execute(&self.db)
+        .execute(&self.pool())
         .await?;
         Ok(())
     }
@@ -129,7 +129,7 @@ impl Store {
         user: UserId,
         spec: &HostingSpec,
     ) -> Result<Option<HostingId>> {
-        let mut tx = self.db.begin().await?;
+        let mut tx = self.pool().begin().await?;
         let keys: Vec<&str> = spec.ssh_public_keys.iter().map(|k| k.as_str()).collect();
         let row: Option<(Uuid, DateTime<Utc>)> = sqlx::query_as(
             "with c as ( \

@@ -82,7 +82,7 @@ impl Store {
                     let exp: Option<(DateTime<Utc>,)> =
                         sqlx::query_as("select expires_at from revoked_tokens where jti = $1")
                             .bind(jti)
-                            .fetch_optional(&self.db)
+                            .fetch_optional(&self.pool())
                             .await?;
                     view.set_revoked(jti, exp.map(|e| e.0));
                 }
@@ -134,7 +134,7 @@ impl Store {
                 )
                 .bind(EVENTS)
                 .bind(ids)
-                .fetch_all(&self.db)
+                .fetch_all(&self.pool())
                 .await?
             }
             // All: one pass over the table.
@@ -146,7 +146,7 @@ impl Store {
                        from events) e where n <= $1 order by hosting_id, n",
                 )
                 .bind(EVENTS)
-                .fetch_all(&self.db)
+                .fetch_all(&self.pool())
                 .await?
             }
         };
@@ -191,7 +191,7 @@ impl Store {
         let mut events = self.latest_events(None).await?;
         let revoked: Vec<(Uuid, DateTime<Utc>)> =
             sqlx::query_as("select jti, expires_at from revoked_tokens where expires_at > now()")
-                .fetch_all(&self.db)
+                .fetch_all(&self.pool())
                 .await?;
         let mut inner = Inner::default();
         for u in users {
