@@ -359,6 +359,12 @@ pub struct Settings {
     #[arg(long, env = "HOSTD_BACKUP_KEEP", value_name = "HOSTD_BACKUP_KEEP", default_value = "7",
           value_parser = clap::value_parser!(u32).range(1..))]
     pub backup_keep: u32,
+    /// GiB of backups plus quarantined data each hosting may hold (`0`:
+    /// HOSTD_BACKUP_KEEP × the hosting's disk size). Past it the oldest
+    /// backups go first; a backup that cannot fit fails with the reason.
+    #[arg(long, env = "HOSTD_BACKUP_QUOTA_GIB", value_name = "HOSTD_BACKUP_QUOTA_GIB",
+          default_value = "0", value_parser = non_negative_gib)]
+    pub backup_quota_gib: f64,
     /// Backups taken at the same time (each reads a whole disk and compresses it).
     #[arg(long, env = "HOSTD_BACKUP_CONCURRENCY", value_name = "HOSTD_BACKUP_CONCURRENCY",
           default_value = "1", value_parser = clap::value_parser!(u32).range(1..))]
@@ -566,6 +572,14 @@ pub struct RateLimits {
     pub bcrypt_concurrency: usize,
 }
 
+/// A size in GiB, fractions allowed, not negative and not absurd.
+fn non_negative_gib(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && (0.0..=1e6).contains(&v) => Ok(v),
+        _ => Err(format!("{s:?} is not a size in GiB between 0 and 1000000")),
+    }
+}
+
 /// When backups are taken and how many are kept.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct BackupPolicy {
@@ -573,8 +587,19 @@ pub struct BackupPolicy {
     pub interval: Option<Duration>,
     /// Completed backups kept per hosting.
     pub keep: u32,
+    /// Backup and quarantine bytes per hosting (`None`: `keep` × its disk).
+    pub quota_bytes: Option<u64>,
     /// Backups running at the same time.
     pub concurrency: u32,
+}
+
+impl BackupPolicy {
+    /// The bytes of backups and quarantined data a hosting with a disk of
+    /// `disk_gib` GiB may hold.
+    pub fn quota_bytes(&self, disk_gib: u32) -> u64 {
+        self.quota_bytes
+            .unwrap_or((u64::from(self.keep) * u64::from(disk_gib)) << 30)
+    }
 }
 
 /// How much of the host the reconciler lets guests take.
@@ -787,6 +812,8 @@ impl Settings {
                 interval: (self.backup_interval_hours > 0.0)
                     .then(|| Duration::from_secs_f64(self.backup_interval_hours * 3600.0)),
                 keep: self.backup_keep,
+                quota_bytes: (self.backup_quota_gib > 0.0)
+                    .then(|| (self.backup_quota_gib * (1u64 << 30) as f64).max(1.0) as u64),
                 concurrency: self.backup_concurrency,
             },
             capacity: CapacityPolicy {

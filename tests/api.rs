@@ -7,7 +7,10 @@ use common::TestApp;
 use serde_json::{json, Value};
 
 async fn count(app: &TestApp, sql: &str) -> i64 {
-    let (n,): (i64,) = sqlx::query_as(sql).fetch_one(&app.store.db()).await.unwrap();
+    let (n,): (i64,) = sqlx::query_as(sql)
+        .fetch_one(&app.store.db())
+        .await
+        .unwrap();
     n
 }
 

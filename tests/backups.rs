@@ -489,3 +489,107 @@ async fn nothing_a_tenant_asks_for_crosses_the_disk_reserve() {
         .unwrap());
     app.stop().await;
 }
+
+/// Backups and quarantined data count against the tenant (issue 22): `GET
+/// /host/my` shows them against the quota (default `HOSTD_BACKUP_KEEP` ×
+/// the disk); with a quota of one and a half backups, a second backup
+/// pushes the oldest out, and with a quota the newest backup already fills,
+/// the next backup fails with the figures instead of growing the host's use.
+#[tokio::test]
+async fn backups_and_quarantine_count_against_the_tenants_quota() {
+    let app = TestApp::manual().await;
+    let ctl = app.controller.clone().unwrap();
+    let (t, id) = stopped_hosting(&app, "quota", 0x41).await;
+    let b1 = backup(&app, &t, id).await;
+    assert_eq!(b1["state"], "Completed", "{b1}");
+    let size = b1["size_bytes"].as_u64().unwrap();
+    let (_, h) = app.get_json(&t, "/api/v1/host/my").await;
+    assert_eq!(h["storage"]["backup_bytes"], size, "{h}");
+    assert_eq!(h["storage"]["quarantine_bytes"], 0, "{h}");
+    assert_eq!(h["storage"]["quota_bytes"], 7u64 * 10 * (1 << 30), "{h}");
+    // A restore puts the replaced disk in quarantine: it counts too.
+    let (s, _) = post(
+        &app,
+        &t,
+        "/api/v1/host/my/restore",
+        Some(json!({"backup_id": b1["id"]})),
+    )
+    .await;
+    assert_eq!(s, 202);
+    assert_eq!(settle_stopped(&ctl, id).await, Phase::Stopped);
+    let held: u64 = ctl
+        .ctx
+        .quarantine
+        .bytes_by_hosting()
+        .iter()
+        .map(|(_, b)| b)
+        .sum();
+    assert!(held > 0);
+    let (_, h) = app.get_json(&t, "/api/v1/host/my").await;
+    assert_eq!(h["storage"]["quarantine_bytes"], held, "{h}");
+    let page = app.client.get(app.url("/")).send().await.unwrap();
+    assert!(page.status().is_success() || page.status().is_redirection());
+    app.stop().await;
+
+    // A quota of one and a half such backups: the second pushes the first out.
+    let quota = size + size / 2;
+    let app = with_quota(quota).await;
+    let (t, id) = stopped_hosting(&app, "quota", 0x41).await;
+    let b1 = backup(&app, &t, id).await;
+    assert_eq!(
+        b1["size_bytes"].as_u64(),
+        Some(size),
+        "same content, same size"
+    );
+    let b2 = backup(&app, &t, id).await;
+    assert_eq!(b2["state"], "Completed", "{b2}");
+    let (_, list) = app.get_json(&t, "/api/v1/host/my/backups").await;
+    let ids: Vec<&str> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, [b2["id"].as_str().unwrap()], "the oldest went");
+    assert!(!backup_file(&app, id, &b1).exists());
+    let (_, h) = app.get_json(&t, "/api/v1/host/my").await;
+    assert_eq!(h["storage"]["backup_bytes"], size, "{h}");
+    assert_eq!(h["storage"]["quota_bytes"], quota, "{h}");
+    let evs = app.store.recent_events(id, 50).await.unwrap();
+    assert!(
+        evs.iter()
+            .any(|e| e.reason == "BackupsExpired" && e.message.contains("quota")),
+        "{evs:?}"
+    );
+    app.stop().await;
+
+    // A quota the newest backup fills: the next backup fails and says why.
+    let app = with_quota(size).await;
+    let (t, id) = stopped_hosting(&app, "quota", 0x41).await;
+    let b1 = backup(&app, &t, id).await;
+    assert_eq!(b1["state"], "Completed", "{b1}");
+    let b2 = backup(&app, &t, id).await;
+    assert_eq!(b2["state"], "Failed", "{b2}");
+    assert!(
+        b2["message"]
+            .as_str()
+            .unwrap()
+            .contains("backup quota reached"),
+        "{b2}"
+    );
+    assert!(
+        backup_file(&app, id, &b1).exists(),
+        "the newest backup is kept"
+    );
+    assert!(!backup_file(&app, id, &b2).exists());
+    app.stop().await;
+}
+
+async fn with_quota(bytes: u64) -> TestApp {
+    let db = common::fresh_database().await;
+    let state = tempfile::tempdir().unwrap();
+    let nginx = common::TestNginx::start();
+    let mut config = common::test_config(&db, state.path(), Some(&nginx));
+    config.backups.quota_bytes = Some(bytes);
+    TestApp::spawn_with(config, hostd::app::Mode::All, false, Some(nginx), state).await
+}

@@ -68,11 +68,25 @@ async fn a_deposed_leaders_writes_are_refused_by_postgres() {
     let refused = ctx.store.write_status(id, &late).await;
     assert!(matches!(refused, Err(StoreError::Fenced)), "{refused:?}");
     assert_eq!(
-        app.store.get_record(id).await.unwrap().unwrap().status.message,
+        app.store
+            .get_record(id)
+            .await
+            .unwrap()
+            .unwrap()
+            .status
+            .message,
         before.message
     );
     assert!(ctx.store.release_ports(id).await.is_err());
-    assert!(app.store.get_record(id).await.unwrap().unwrap().status.ssh_port.is_some());
+    assert!(app
+        .store
+        .get_record(id)
+        .await
+        .unwrap()
+        .unwrap()
+        .status
+        .ssh_port
+        .is_some());
 
     // The API is not fenced: the tenant can still change desired state.
     let r = app
@@ -103,7 +117,10 @@ async fn a_new_term_waits_for_the_old_terms_writes_in_flight() {
     let (_t, _uid, id) = create(&app, "inflight").await;
     let mut first = Lease::new(&instance);
     assert!(first.try_acquire(&app.store).await.unwrap());
-    ctl.ctx.store.fence(&instance, first.epoch().unwrap()).unwrap();
+    ctl.ctx
+        .store
+        .fence(&instance, first.epoch().unwrap())
+        .unwrap();
 
     let pool = ctl.ctx.store.db();
     let mut tx = pool.begin().await.unwrap();
@@ -121,7 +138,10 @@ async fn a_new_term_waits_for_the_old_terms_writes_in_flight() {
         second
     });
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert!(!bump.is_finished(), "the new term began while a write of the old one was in flight");
+    assert!(
+        !bump.is_finished(),
+        "the new term began while a write of the old one was in flight"
+    );
     tx.commit().await.unwrap();
     let mut second = tokio::time::timeout(Duration::from_secs(10), bump)
         .await

@@ -29,10 +29,34 @@ pub struct HostingView {
     pub status: StatusView,
     pub web_url: Option<String>,
     pub ssh_command: Option<String>,
+    /// What its backups and quarantined data hold, against its quota.
+    #[serde(default)]
+    pub storage: StorageView,
     /// Latest events, newest first (single-hosting answers only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(nullable = false)]
     pub events: Option<Vec<Event>>,
+}
+
+/// A hosting's backup storage: its Completed backups and its quarantined
+/// data (a disk replaced by a restore or reset, kept `HOSTD_QUARANTINE_DAYS`)
+/// count against `quota_bytes` (`HOSTD_BACKUP_QUOTA_GIB`, or
+/// `HOSTD_BACKUP_KEEP` × the disk size).
+#[derive(Debug, Default, Clone, Copy, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct StorageView {
+    pub backup_bytes: u64,
+    pub quarantine_bytes: u64,
+    pub quota_bytes: u64,
+}
+
+impl StorageView {
+    pub fn of(st: &AppState, r: &HostingRecord) -> StorageView {
+        StorageView {
+            backup_bytes: r.storage.backup_bytes,
+            quarantine_bytes: r.storage.quarantine_bytes,
+            quota_bytes: st.config.backups.quota_bytes(r.spec.disk_gib.get()),
+        }
+    }
 }
 
 pub fn view(st: &AppState, r: &HostingRecord, events: Option<Vec<Event>>) -> HostingView {
@@ -55,6 +79,7 @@ pub fn view(st: &AppState, r: &HostingRecord, events: Option<Vec<Event>>) -> Hos
             .http_port
             .map(|_| st.config.sites.web_url(&r.username, r.user_id)),
         ssh_command: s.ssh_port.map(|p| ssh_command(st.config.public_host(), p)),
+        storage: StorageView::of(st, r),
         events,
     }
 }

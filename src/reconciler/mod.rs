@@ -176,9 +176,23 @@ impl Context {
                 let q = self.quarantine.clone();
                 let kept = to.clone();
                 let _ = tokio::task::spawn_blocking(move || q.bound(&kept)).await;
+                self.account_quarantine().await;
                 Ok(Some(to))
             }
             None => Ok(None),
+        }
+    }
+
+    /// Records what each hosting's quarantined entries hold (their backup
+    /// quota counts it; the API shows it). A failure is logged: the next
+    /// resync writes it again.
+    pub async fn account_quarantine(&self) {
+        let q = self.quarantine.clone();
+        let Ok(bytes) = tokio::task::spawn_blocking(move || q.bytes_by_hosting()).await else {
+            return;
+        };
+        if let Err(e) = self.store.set_quarantine_bytes(&bytes).await {
+            tracing::warn!(error = %e, "cannot record the quarantine's size per hosting");
         }
     }
 

@@ -164,6 +164,18 @@ impl Quarantine {
         gone
     }
 
+    /// Bytes held by each hosting's entries (what counts against its backup
+    /// quota), sorted by hosting.
+    pub fn bytes_by_hosting(&self) -> Vec<(HostingId, u64)> {
+        let mut by: std::collections::BTreeMap<uuid::Uuid, u64> = Default::default();
+        for e in self.entries() {
+            if let Some((id, _)) = e.owner {
+                *by.entry(id.0).or_default() += size_of(&e.path);
+            }
+        }
+        by.into_iter().map(|(id, b)| (HostingId(id), b)).collect()
+    }
+
     /// Bytes held by the entries (what the quarantine costs the disk).
     pub fn bytes(&self) -> u64 {
         self.entries().iter().map(|e| size_of(&e.path)).sum()

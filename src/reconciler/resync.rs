@@ -204,6 +204,7 @@ async fn guest_isolation(ctx: &Context) {
 async fn expire_quarantine(ctx: &Context) {
     let q = ctx.quarantine.clone();
     let _ = tokio::task::spawn_blocking(move || q.expire(chrono::Utc::now())).await;
+    ctx.account_quarantine().await;
 }
 
 /// Updates the metrics and writes the leader's heartbeat.

@@ -222,6 +222,40 @@ impl Store {
             .collect())
     }
 
+    /// Deletes the hosting's oldest Completed backups, never its newest nor
+    /// the one a restore waits for, while its backups plus `other` bytes
+    /// (its quarantine) exceed `quota` bytes. Returns what it deleted.
+    pub async fn trim_backups_to_quota(
+        &self,
+        hosting: HostingId,
+        other: u64,
+        quota: u64,
+    ) -> Result<Vec<Backup>> {
+        let q = format!(
+            "with ranked as ( \
+                 select id, row_number() over w as n, \
+                        sum(coalesce(size_bytes, 0)) over w as upto \
+                 from backups where hosting_id = $1 and state = 'Completed' \
+                 window w as (order by completed_at desc, id)) \
+             delete from backups b using ranked r \
+             where b.id = r.id and r.n > 1 and r.upto + $2 > $3 \
+                 and b.id is distinct from (select restore_backup_id from hostings where id = $1) \
+             returning {}",
+            COLUMNS
+                .split(", ")
+                .map(|c| format!("b.{c}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        let rows: Vec<BackupRow> = sqlx::query_as(&q)
+            .bind(hosting.0)
+            .bind(other as i64)
+            .bind(quota as i64)
+            .fetch_all(&self.pool())
+            .await?;
+        Ok(rows.into_iter().map(Backup::from).collect())
+    }
+
     /// The schedule: a Pending backup for every hosting with a disk whose
     /// newest backup (or, without one, whose creation) is older than
     /// `interval` and that has none Pending or Running. Returns every hosting

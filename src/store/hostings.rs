@@ -35,6 +35,22 @@ pub struct ObservedStatus {
     pub boot_restarts: Option<i32>,
 }
 
+/// What a hosting's data other than its disk holds on the host's disk.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StorageUse {
+    /// Its Completed backups (kept by a trigger on `backups`).
+    pub backup_bytes: u64,
+    /// Its entries in the quarantine (written by the reconciler).
+    pub quarantine_bytes: u64,
+}
+
+impl StorageUse {
+    /// What counts against the backup quota.
+    pub fn total(&self) -> u64 {
+        self.backup_bytes + self.quarantine_bytes
+    }
+}
+
 /// Desired state plus observed status of one hosting: the reconciler's input.
 #[derive(Debug, Clone)]
 pub struct HostingRecord {
@@ -56,6 +72,8 @@ pub struct HostingRecord {
     /// The generation that claim set (see [`HostingRecord::claim_pending`]).
     pub claim_generation: Option<i64>,
     pub status: ObservedStatus,
+    /// Its backups' and quarantined data's bytes.
+    pub storage: StorageUse,
 }
 
 impl HostingRecord {
@@ -100,6 +118,8 @@ struct RecordRow {
     claim_generation: Option<i64>,
     applied_seed: Option<String>,
     boot_restarts: Option<i32>,
+    backup_bytes: Option<i64>,
+    quarantine_bytes: Option<i64>,
 }
 
 /// What [`Store::record_versions`] reports of one record.
@@ -111,7 +131,7 @@ const RECORD_SELECT: &str = "select h.id, h.user_id, u.username, h.vcpus, h.memo
      s.phase, s.conditions, s.observed_generation, s.ssh_port, s.http_port, s.vm_name, s.message, \
      s.disk_created, s.image_pin, s.provisioning_since, s.last_reconciled_at, \
      h.disk_epoch, s.disk_epoch as observed_disk_epoch, h.restore_backup_id, h.warm_pool, h.claimed_at, h.claim_generation, \
-     s.applied_seed, s.boot_restarts \
+     s.applied_seed, s.boot_restarts, s.backup_bytes, s.quarantine_bytes \
      from hostings h join users u on u.id = h.user_id left join hosting_status s on s.hosting_id = h.id";
 
 impl RecordRow {
@@ -161,6 +181,10 @@ impl RecordRow {
                 disk_epoch: self.observed_disk_epoch.unwrap_or(0),
                 applied_seed: self.applied_seed,
                 boot_restarts: self.boot_restarts,
+            },
+            storage: StorageUse {
+                backup_bytes: self.backup_bytes.unwrap_or(0).max(0) as u64,
+                quarantine_bytes: self.quarantine_bytes.unwrap_or(0).max(0) as u64,
             },
         })
     }

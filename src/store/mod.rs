@@ -19,7 +19,7 @@ pub mod view;
 pub mod warm_pool;
 
 pub use backups::{Backup, RestoreRefusal};
-pub use hostings::{HostingRecord, ObservedStatus, RecordVersion};
+pub use hostings::{HostingRecord, ObservedStatus, RecordVersion, StorageUse};
 pub use status::{CapacityRow, CapacityUsage, ConsoleTail, Event, NewEvent, ReconcilerStats};
 pub use users::User;
 pub use warm_pool::{WarmPoolCounts, WARM_POOL_USER};
@@ -171,7 +171,10 @@ impl Store {
         ]);
         let pool = pool_options(max).connect_lazy_with(opts);
         let term = Some((instance.to_string(), epoch));
-        let old = std::mem::replace(&mut *self.slot.write().expect("store slot"), Slot { pool, term });
+        let old = std::mem::replace(
+            &mut *self.slot.write().expect("store slot"),
+            Slot { pool, term },
+        );
         if old.term.is_some() {
             tokio::spawn(async move { old.pool.close().await });
         }

@@ -230,6 +230,24 @@ impl Store {
         Ok(())
     }
 
+    /// Records what each hosting's quarantined entries hold (`bytes`, the
+    /// whole quarantine's tally); hostings absent from it hold none. Writes
+    /// only the rows that change.
+    pub async fn set_quarantine_bytes(&self, bytes: &[(HostingId, u64)]) -> Result<()> {
+        let ids: Vec<Uuid> = bytes.iter().map(|(id, _)| id.0).collect();
+        let sizes: Vec<i64> = bytes.iter().map(|(_, b)| *b as i64).collect();
+        sqlx::query(
+            "update hosting_status s set quarantine_bytes = coalesce(v.b, 0) \
+             from hosting_status s2 left join unnest($1::uuid[], $2::bigint[]) v(id, b) on v.id = s2.hosting_id \
+             where s.hosting_id = s2.hosting_id and s.quarantine_bytes is distinct from coalesce(v.b, 0)",
+        )
+        .bind(ids)
+        .bind(sizes)
+        .execute(&self.pool())
+        .await?;
+        Ok(())
+    }
+
     /// All port allocations: (port, kind, hosting id). For invariants checks.
     pub async fn list_ports(&self) -> Result<Vec<(u16, String, HostingId)>> {
         Ok(sqlx::query_as::<_, (i32, String, Uuid)>(

@@ -171,6 +171,7 @@ pub fn test_config(db: &str, state: &std::path::Path, nginx: Option<&TestNginx>)
         backups: hostd::config::BackupPolicy {
             interval: None,
             keep: 7,
+            quota_bytes: None,
             concurrency: 1,
         },
         redis_url: "redis://127.0.0.1:6379".into(),

@@ -69,6 +69,8 @@ pub struct LiveStatus {
     pub vcpus: crate::domain::Vcpus,
     pub memory_mib: crate::domain::MemoryMib,
     pub disk_gib: crate::domain::DiskGib,
+    /// Backups and quarantined data against the quota, in words.
+    pub storage: String,
     pub web_url: Option<String>,
     pub ssh_command: Option<String>,
     pub conditions: Vec<(String, bool, String, String)>,
@@ -159,6 +161,24 @@ pub fn progress(rec: &HostingRecord) -> u8 {
     }
 }
 
+/// "120.0 MiB of 70.0 GiB (backups 100.0 MiB, replaced disks kept 20.0 MiB)".
+pub fn storage_line(s: &crate::api::hosting::StorageView) -> String {
+    let fmt = |b: u64| {
+        if b >= 1 << 30 {
+            format!("{:.1} GiB", b as f64 / (1u64 << 30) as f64)
+        } else {
+            format!("{:.1} MiB", b as f64 / (1u64 << 20) as f64)
+        }
+    };
+    format!(
+        "{} of {} (backups {}, replaced disks kept {})",
+        fmt(s.backup_bytes + s.quarantine_bytes),
+        fmt(s.quota_bytes),
+        fmt(s.backup_bytes),
+        fmt(s.quarantine_bytes)
+    )
+}
+
 pub(super) fn live_status(
     st: &AppState,
     rec: &HostingRecord,
@@ -176,6 +196,7 @@ pub(super) fn live_status(
         vcpus: rec.spec.vcpus,
         memory_mib: rec.spec.memory_mib,
         disk_gib: rec.spec.disk_gib,
+        storage: storage_line(&crate::api::hosting::StorageView::of(st, rec)),
         web_url: s
             .http_port
             .map(|_| st.config.sites.web_url(&rec.username, rec.user_id)),

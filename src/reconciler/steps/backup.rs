@@ -48,7 +48,11 @@ impl Pass<'_> {
         self.flush_events().await?;
         self.fault("after_backup_start").await?;
         let t0 = Instant::now();
-        match self.take(&b, &files).await {
+        let taken = match self.within_quota().await {
+            Ok(()) => self.take(&b, &files).await,
+            Err(e) => Err(e),
+        };
+        match taken {
             Ok((sha, size)) => {
                 self.ctx.store.backup_completed(b.id, size, &sha).await?;
                 self.ctx.metrics.backup_completed(size, t0.elapsed());
@@ -109,7 +113,69 @@ impl Pass<'_> {
         Ok(sum)
     }
 
-    /// Deletes backups past `HOSTD_BACKUP_KEEP` and rewrites the manifest.
+    /// The hosting's backup quota (`HOSTD_BACKUP_QUOTA_GIB`), in bytes.
+    fn quota(&self) -> u64 {
+        self.ctx
+            .config
+            .backups
+            .quota_bytes(self.rec.spec.disk_gib.get())
+    }
+
+    /// Before a backup: the oldest backups go while the hosting's backups
+    /// and quarantined data exceed its quota; if what is left (the newest
+    /// backup, the quarantine) still fills it, the backup is refused with
+    /// the figures (it fails, and the next one is tried on schedule).
+    async fn within_quota(&self) -> Result<(), ReconcileError> {
+        let quota = self.quota();
+        let used = self.rec.storage;
+        let trimmed = self.trim_to_quota(used.quarantine_bytes, quota).await?;
+        let freed: u64 = trimmed
+            .iter()
+            .filter_map(|b| b.size_bytes)
+            .map(|s| s as u64)
+            .sum();
+        let left = used.total().saturating_sub(freed);
+        if left >= quota {
+            let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
+            return Err(ReconcileError::NoSpace(format!(
+                "backup quota reached: backups {:.2} GiB and quarantined data {:.2} GiB of {:.2} GiB \
+                 (HOSTD_BACKUP_QUOTA_GIB); quarantined data is deleted {} days after it was put there",
+                gib(used.backup_bytes.saturating_sub(freed)),
+                gib(used.quarantine_bytes),
+                gib(quota),
+                self.ctx.config.quarantine.as_secs() / 86400,
+            )));
+        }
+        Ok(())
+    }
+
+    /// Deletes the oldest backups (never the newest) while backups plus
+    /// `other` bytes exceed `quota`; their files go too.
+    async fn trim_to_quota(&self, other: u64, quota: u64) -> Result<Vec<Backup>, ReconcileError> {
+        let id = self.rec.id;
+        let trimmed = self
+            .ctx
+            .store
+            .trim_backups_to_quota(id, other, quota)
+            .await?;
+        let files = self.files();
+        for b in &trimmed {
+            let _ = std::fs::remove_file(files.file(id, b.id));
+        }
+        if !trimmed.is_empty() {
+            let ids: Vec<String> = trimmed.iter().map(|b| b.id.to_string()).collect();
+            let msg = format!(
+                "deleted the oldest backups to stay within the backup quota of {:.2} GiB: {}",
+                quota as f64 / (1u64 << 30) as f64,
+                ids.join(", ")
+            );
+            self.event(EventType::Normal, Reason::BackupsExpired, &msg);
+        }
+        Ok(trimmed)
+    }
+
+    /// Deletes backups past `HOSTD_BACKUP_KEEP`, then the oldest while over
+    /// the backup quota, and rewrites the manifest.
     async fn expire(&self) -> Result<(), ReconcileError> {
         let id = self.rec.id;
         let keep = self.ctx.config.backups.keep;
@@ -123,6 +189,8 @@ impl Pass<'_> {
             let msg = format!("deleted backups past the {keep} kept: {}", ids.join(", "));
             self.event(EventType::Normal, Reason::BackupsExpired, &msg);
         }
+        self.trim_to_quota(self.rec.storage.quarantine_bytes, self.quota())
+            .await?;
         self.write_manifest().await
     }
 

@@ -59,6 +59,7 @@
     }
     if (s.ssh_command) setText('ssh-cmd', s.ssh_command);
     setText('size', s.vcpus + ' vCPU, ' + s.memory_mib + ' MiB memory, ' + s.disk_gib + ' GiB disk');
+    setText('storage', s.storage);
     setText('generation', s.observed_generation + ' of ' + s.generation);
     const tb = document.getElementById('conditions');
     if (tb) {
