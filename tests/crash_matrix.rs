@@ -576,6 +576,7 @@ async fn crash_at_every_fault_point_then_converge() {
     }
     rows.extend(backup_and_restore_rows(&env, &store, &vm, converge_timeout).await);
     rows.extend(claim_rows(&env, &store, &vm, converge_timeout).await);
+    rows.push(boot_restart_row(&env, &store, &vm, converge_timeout).await);
     let (polls, five_xx) = poll.finish().await;
     stop(api);
     cleanup_pool(&env.instance, &state);
@@ -629,6 +630,57 @@ async fn crash_at_every_fault_point_then_converge() {
         five_xx, 0,
         "the API answered 5xx (or failed) while the reconciler crashed"
     );
+}
+
+/// A restart in progress (issue 30): a reconciler whose readiness deadline
+/// (1 s) passes before the guest answers restarts it and crashes right
+/// after (`after_boot_restart`); a fresh reconciler with the normal deadline
+/// brings it to Ready on the same disk, with nothing leaked.
+async fn boot_restart_row(
+    env: &Env,
+    store: &hostd::store::Store,
+    vm: &LibvirtDriver,
+    timeout: Duration,
+) -> Row {
+    let point = "after_boot_restart";
+    let token = env.user("bootrestart").await;
+    let mut rec = env.spawn_with(
+        "reconciler",
+        &format!("{point}:crash"),
+        &[("HOSTD_READY_TIMEOUT_SECS", "1")],
+    );
+    let id = env.create_tiny(&token).await;
+    let crashed = wait_exit(&mut rec, Duration::from_secs(120)).is_some_and(|s| !s.success());
+    if !crashed {
+        stop(rec);
+    }
+    let inode_before = env.disk_inode(&id);
+    let t = Instant::now();
+    let rec = env.spawn("reconciler", "");
+    let converged = env.wait_phase(&token, "Ready", timeout).await.is_some();
+    let secs = t.elapsed().as_secs_f64();
+    let disk_kept = inode_before.map(|b| env.disk_inode(&id) == Some(b));
+    let leaks = env.leaks(store, vm).await;
+    env.client
+        .delete(env.url("/host/my"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        env.wait_gone(&token, timeout).await,
+        "cleanup of {point} did not finish"
+    );
+    stop(rec);
+    Row {
+        point,
+        path: "boot restart",
+        crashed,
+        converged,
+        secs,
+        leaks,
+        disk_kept,
+    }
 }
 
 /// The claim points: for each, a reconciler with a pool of one boots a pool
