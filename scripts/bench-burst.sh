@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Burst benchmark with real guests (issue 30), in one run: N users (default
-# 10) create a default-size hosting at the same moment, no warm pool, the CPU
+# 10) create a default-size hosting at the same moment, a warm pool of
+# BURST_POOL Ready guests (default 2, as in issue 30; 0 for none), the CPU
 # overcommit raised so that all fit; each POST -> Ready is printed, with the
 # median and the maximum, first with the boot gate off
 # (HOSTD_BOOT_CONCURRENCY=0, every guest boots at once) and then with the
@@ -16,6 +17,7 @@ LABEL=bench-burst
 N="${1:-10}"; shift || true
 GATES=("$@"); [ ${#GATES[@]} -gt 0 ] || GATES=(0 default)
 TIMEOUT="${BURST_TIMEOUT:-900}"
+POOL="${BURST_POOL:-2}"
 realenv_up
 now() { date +%s.%N; }
 
@@ -25,7 +27,12 @@ for gate in "${GATES[@]}"; do
   R=$((R + 1))
   env_gate=(); [ "$gate" = default ] || env_gate=("HOSTD_BOOT_CONCURRENCY=$gate")
   step "gate=$gate: $N concurrent creates"
-  start_hostd HOSTD_WARM_POOL=0 HOSTD_CPU_OVERCOMMIT=16 HOSTD_HOST_RESERVED_MIB=512 "${env_gate[@]}"
+  start_hostd HOSTD_WARM_POOL="$POOL" HOSTD_CPU_OVERCOMMIT=16 HOSTD_HOST_RESERVED_MIB=512 "${env_gate[@]}"
+  pool_ready() {
+    [ "$(su postgres -c "psql -d $DB -tAc \"select count(*) from hostings h join hosting_status s on s.hosting_id = h.id
+        where h.warm_pool and h.deletion_requested_at is null and s.phase = 'Ready' and s.observed_generation = h.generation\"")" -ge "$POOL" ]
+  }
+  wait_until 600 2 pool_ready || fail "the warm pool of $POOL did not become Ready"
   tokens=(); t0=(); ready=()
   for i in $(seq 1 "$N"); do
     u="burst${R}x$i"
@@ -72,7 +79,7 @@ PY
   for i in $(seq 0 $((N - 1))); do
     curl -fsS -X DELETE "$API/host/my" -H "Authorization: Bearer ${tokens[$i]}" >/dev/null || true
   done
-  gone() { [ "$(su postgres -c "psql -d $DB -tAc 'select count(*) from hostings'")" = 0 ]; }
+  gone() { [ "$(su postgres -c "psql -d $DB -tAc 'select count(*) from hostings where not warm_pool'")" = 0 ]; }
   wait_until 300 1 gone || fail "hostings not deleted"
   kill "$HOSTD_PID"; wait "$HOSTD_PID" 2>/dev/null || true; HOSTD_PID=""
 done

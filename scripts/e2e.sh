@@ -51,6 +51,13 @@ page=$(curl -fsS "$SITE") || fail "the site does not answer"
 grep -q "Welcome, e2e_user" <<<"$page" || fail "welcome page missing the username"
 [ "$(curl -s -o /dev/null -w '%{http_code} %{redirect_url}' "http://127.0.0.1:$NGINX_PORT/$USER_ID")" = "301 http://127.0.0.1:$NGINX_PORT/$USER_ID/" ] || fail "no trailing-slash redirect"
 
+step "the boot console shows the boot's progress (not only a login prompt)"
+console_has_boot() {
+  curl -fsS "$API/host/my/console" -H "Authorization: Bearer $TOKEN" > "$WORK/console.json" || return 1
+  jq -e '.text | contains("systemd[1]")' "$WORK/console.json" >/dev/null
+}
+wait_until 30 2 console_has_boot || fail "the console log lacks the boot's progress: $(jq -r .text "$WORK/console.json" | tail -5)"
+
 step "SSH with the key: hostname and firewall"
 out=$("${SSH[@]}" ubuntu@127.0.0.1 'cat /etc/hostname; sudo nft list ruleset')
 [ "$(head -1 <<<"$out")" = "e2e-user" ] || fail "unexpected hostname: $(head -1 <<<"$out")"
@@ -125,7 +132,11 @@ page_times() {  # 40 requests to the other tenant's page: median and p90 in ms
     python3 -c 'import sys,statistics as s; v=sorted(float(x)*1000 for x in sys.stdin); print("median %.1f ms, p90 %.1f ms" % (s.median(v), v[int(len(v)*0.9)-1]))'
 }
 NOISY_DOMAIN="hostd-$(jq -r .id "$WORK/my.json")"
-noisy() { "${SSH[@]}" ubuntu@127.0.0.1 "sudo sh -c '(timeout $1 yes > /dev/null &) ; timeout $1 dd if=/dev/zero of=/var/tmp/noise bs=1M count=3000 oflag=direct 2>&1 | tail -1; rm -f /var/tmp/noise'" > "$WORK/noisy.out" & noisy_pid=$!; }
+noisy() {  # $1 seconds of a spinning vCPU and back-to-back direct writes; prints the MiB written
+  "${SSH[@]}" ubuntu@127.0.0.1 "sudo sh -c '(timeout $1 yes > /dev/null &); end=\$((\$(date +%s) + $1)); n=0;
+    while [ \$(date +%s) -lt \$end ]; do dd if=/dev/zero of=/var/tmp/noise bs=1M count=100 oflag=direct 2>/dev/null; n=\$((n + 100)); done;
+    rm -f /var/tmp/noise; echo \$n MiB written in $1 s'" > "$WORK/noisy.out" & noisy_pid=$!
+}
 quiet=$(page_times)
 noisy 15; sleep 2; limited=$(page_times); wait "$noisy_pid" || true; dd_limited=$(cat "$WORK/noisy.out")
 virsh -c qemu:///system blkdeviotune "$NOISY_DOMAIN" vda --live --total-bytes-sec 0 --total-iops-sec 0 >/dev/null

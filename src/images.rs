@@ -76,6 +76,28 @@ impl ImageEntry {
     }
 }
 
+/// The kernel command line of the built-in `debian-12` (pinned with each
+/// disk: hostings created before a change keep theirs). Found by starving
+/// guests of CPU (issue 30, docs/architecture.md "Console"):
+/// * `console=hvc0`: a virtio console (see `templates::DomainXml`). It is a
+///   module, so the initramfs runs with no console at all ("unable to open
+///   an initial console"): whatever it prints is lost, and if it gives up
+///   (no root device in time) its emergency shell waits unseen forever.
+/// * `panic=10`: so the initramfs (and the kernel) reboot after a failure
+///   instead; the guest tries again by itself, and hostd's boot restarts
+///   stay the backstop.
+/// * no `quiet`, `systemd.show_status=auto`: the kernel's messages from the
+///   console's start on and systemd's progress reach the console log, so a
+///   boot that stalls shows where (with `quiet` the log of a boot that had
+///   not reached its login prompt was empty, whatever the cause).
+/// * `systemd.default_timeout_start_sec=600`: a starved guest's early clock
+///   can run fast (measured: kernel timestamps of 951 s at the root mount
+///   about two minutes after start), and systemd's 90 s job timeouts then
+///   fail units of a boot that is only slow; hostd's readiness deadline
+///   decides instead.
+pub const BUILTIN_CMDLINE: &str = "root=/dev/vda rw console=hvc0 panic=10 \
+     systemd.show_status=auto systemd.default_timeout_start_sec=600";
+
 impl Catalog {
     /// The built-in catalogue: `debian-12` under the state directory.
     pub fn builtin(state_dir: &Path) -> Catalog {
@@ -88,8 +110,7 @@ impl Catalog {
                 format: "qcow2".into(),
                 kernel: Some(dir.join("vmlinuz")),
                 initrd: Some(dir.join("initrd.img")),
-                // hvc0: a virtio console (see `templates::DomainXml`).
-                cmdline: Some("root=/dev/vda rw console=hvc0 quiet".into()),
+                cmdline: Some(BUILTIN_CMDLINE.into()),
                 guest_agent: false,
             },
         );
