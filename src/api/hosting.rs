@@ -57,6 +57,24 @@ impl StorageView {
             quota_bytes: st.config.backups.quota_bytes(r.spec.disk_gib.get()),
         }
     }
+
+    /// "120.0 MiB of 70.0 GiB (backups 100.0 MiB, replaced disks kept 20.0 MiB)".
+    pub fn summary(&self) -> String {
+        let fmt = |b: u64| {
+            if b >= 1 << 30 {
+                format!("{:.1} GiB", b as f64 / (1u64 << 30) as f64)
+            } else {
+                format!("{:.1} MiB", b as f64 / (1u64 << 20) as f64)
+            }
+        };
+        format!(
+            "{} of {} (backups {}, replaced disks kept {})",
+            fmt(self.backup_bytes + self.quarantine_bytes),
+            fmt(self.quota_bytes),
+            fmt(self.backup_bytes),
+            fmt(self.quarantine_bytes)
+        )
+    }
 }
 
 pub fn view(st: &AppState, r: &HostingRecord, events: Option<Vec<Event>>) -> HostingView {

@@ -161,24 +161,6 @@ pub fn progress(rec: &HostingRecord) -> u8 {
     }
 }
 
-/// "120.0 MiB of 70.0 GiB (backups 100.0 MiB, replaced disks kept 20.0 MiB)".
-pub fn storage_line(s: &crate::api::hosting::StorageView) -> String {
-    let fmt = |b: u64| {
-        if b >= 1 << 30 {
-            format!("{:.1} GiB", b as f64 / (1u64 << 30) as f64)
-        } else {
-            format!("{:.1} MiB", b as f64 / (1u64 << 20) as f64)
-        }
-    };
-    format!(
-        "{} of {} (backups {}, replaced disks kept {})",
-        fmt(s.backup_bytes + s.quarantine_bytes),
-        fmt(s.quota_bytes),
-        fmt(s.backup_bytes),
-        fmt(s.quarantine_bytes)
-    )
-}
-
 pub(super) fn live_status(
     st: &AppState,
     rec: &HostingRecord,
@@ -196,7 +178,7 @@ pub(super) fn live_status(
         vcpus: rec.spec.vcpus,
         memory_mib: rec.spec.memory_mib,
         disk_gib: rec.spec.disk_gib,
-        storage: storage_line(&crate::api::hosting::StorageView::of(st, rec)),
+        storage: crate::api::hosting::StorageView::of(st, rec).summary(),
         web_url: s
             .http_port
             .map(|_| st.config.sites.web_url(&rec.username, rec.user_id)),

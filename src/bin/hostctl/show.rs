@@ -166,6 +166,7 @@ pub fn describe(h: &HostingView) -> String {
     let _ = writeln!(o, "ID:          {}", h.id);
     let _ = writeln!(o, "URL:         {}", opt(&h.web_url));
     let _ = writeln!(o, "SSH:         {}", opt(&h.ssh_command));
+    let _ = writeln!(o, "Backups:     {}", h.storage.summary());
     let _ = writeln!(
         o,
         "Generation:  {} (observed {})",
