@@ -1,8 +1,5 @@
-//! Typed configuration. Every setting is declared once, below, as a clap
-//! argument with its environment variable and default, so `hostd --help` lists
-//! them all and the README table is checked against this list by a test.
-//! [`Settings`] is what clap parses; [`Config`] is the validated result the rest
-//! of hostd uses. A bad value stops start-up with one line naming the variable.
+//! [`Settings`]: every setting as clap reads it (environment variable,
+//! flag, default), and its validation into a [`super::Config`].
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -10,16 +7,9 @@ use std::time::Duration;
 
 use clap::Parser;
 
+use super::*;
 use crate::domain::{DiskGib, MemoryMib, PortRange, Vcpus};
 use crate::faults::Faults;
-
-/// A configuration problem, always naming the variable at fault.
-#[derive(Debug, thiserror::Error)]
-#[error("invalid configuration: {var}: {message}")]
-pub struct ConfigError {
-    pub var: &'static str,
-    pub message: String,
-}
 
 /// The default `HOSTD_BOOT_CONCURRENCY`: one boot per core under TCG (a TCG
 /// boot keeps a core busy: two at a time on two cores took about 25 s each,
@@ -30,58 +20,6 @@ fn default_boot_concurrency(cores: usize, kvm: bool) -> usize {
         false => cores.max(1),
     }
 }
-
-/// A comma- or space-separated list of CIDRs.
-fn parse_cidrs(var: &'static str, text: &str) -> Result<Vec<ipnet::IpNet>, ConfigError> {
-    text.split([',', ' '])
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .map(|c| {
-            c.parse::<ipnet::IpNet>()
-                .or_else(|_| c.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
-                .map_err(|_| bad(var, format!("{c:?} is not an address or CIDR")))
-        })
-        .collect()
-}
-
-fn bad(var: &'static str, message: impl Into<String>) -> ConfigError {
-    ConfigError {
-        var,
-        message: message.into(),
-    }
-}
-
-/// The libvirt domain type: `kvm` (hardware acceleration) or `qemu` (TCG).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DomainType {
-    Kvm,
-    Qemu,
-}
-
-impl DomainType {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            DomainType::Kvm => "kvm",
-            DomainType::Qemu => "qemu",
-        }
-    }
-
-    /// KVM only where hardware virtualization works: `/dev/kvm` present and not
-    /// the kvm-pvm software module (on which KVM guests fail to boot).
-    pub fn detect() -> (DomainType, &'static str) {
-        if std::path::Path::new("/sys/module/kvm_pvm").exists() {
-            (
-                DomainType::Qemu,
-                "kvm_pvm module loaded (no hardware virtualization): using TCG",
-            )
-        } else if std::path::Path::new("/dev/kvm").exists() {
-            (DomainType::Kvm, "/dev/kvm present: using KVM")
-        } else {
-            (DomainType::Qemu, "/dev/kvm absent: using TCG")
-        }
-    }
-}
-
 /// Every setting as read from the environment (or the equivalent flag).
 /// Field docs are the `--help` text; the README table mirrors them.
 #[derive(Debug, Clone, clap::Args)]
@@ -445,131 +383,9 @@ pub struct Settings {
 /// Parses the settings from the environment alone (no command line).
 #[derive(Parser)]
 #[command(no_binary_name = true)]
-struct EnvOnly {
+pub(super) struct EnvOnly {
     #[command(flatten)]
-    settings: Settings,
-}
-
-/// All of hostd's settings, validated.
-#[derive(Debug, Clone)]
-pub struct Config {
-    /// Postgres connection string (`DATABASE_URL`).
-    pub database_url: String,
-    /// Where the API listens (`HOSTD_LISTEN`).
-    pub listen: SocketAddr,
-    /// Where /metrics alone is served, if anywhere (`HOSTD_METRICS_LISTEN`).
-    pub metrics_listen: Option<SocketAddr>,
-    /// HS256 signing secret, at least 32 bytes (`HOSTD_JWT_SECRET`).
-    pub jwt_secret: Vec<u8>,
-    /// Lifetime of issued tokens (`HOSTD_JWT_TTL_SECS`).
-    pub jwt_ttl: Duration,
-    /// bcrypt cost (`HOSTD_BCRYPT_COST`).
-    pub bcrypt_cost: u32,
-    /// libvirt connection URI (`HOSTD_LIBVIRT_URI`).
-    pub libvirt_uri: String,
-    /// State directory: storage pool, images (`HOSTD_STATE_DIR`).
-    pub state_dir: PathBuf,
-    /// Directory of hostd's nginx route map (`HOSTD_NGINX_ROUTES_DIR`).
-    pub nginx_routes_dir: PathBuf,
-    /// Main nginx config that includes the routes directory (`HOSTD_NGINX_CONF`).
-    pub nginx_conf: PathBuf,
-    /// nginx binary (`HOSTD_NGINX_BIN`).
-    pub nginx_bin: PathBuf,
-    /// Where sites are served: `HOSTD_PUBLIC_URL` (without a trailing slash)
-    /// and `HOSTD_SITES_DOMAIN`.
-    pub sites: crate::domain::SiteAddress,
-    /// Base URL the reconciler probes routes through, i.e. the host nginx (`HOSTD_PROBE_URL`).
-    pub probe_url: String,
-    /// SSH port range (`HOSTD_SSH_PORTS`).
-    pub ssh_ports: PortRange,
-    /// Guest HTTP port range, bound on 127.0.0.1 only (`HOSTD_HTTP_PORTS`).
-    pub http_ports: PortRange,
-    /// Address SSH ports are bound on (`HOSTD_SSH_BIND`).
-    pub ssh_bind: IpAddr,
-    /// libvirt domain type (`HOSTD_DOMAIN_TYPE`: kvm, qemu or auto).
-    pub domain_type: DomainType,
-    /// Why that domain type was chosen.
-    pub domain_type_reason: String,
-    /// Separates several hostd installations sharing one libvirtd (`HOSTD_INSTANCE`).
-    pub instance: String,
-    /// Full resync period (`HOSTD_RESYNC_SECS`).
-    pub resync: Duration,
-    /// Concurrent reconciles (`HOSTD_RECONCILE_CONCURRENCY`).
-    pub concurrency: usize,
-    /// Deadline for a guest to become ready (`HOSTD_READY_TIMEOUT_SECS`).
-    pub ready_timeout: Duration,
-    /// Restarts of a guest that never became ready (`HOSTD_BOOT_RETRIES`).
-    pub boot_retries: u32,
-    /// Guests booting at once (`HOSTD_BOOT_CONCURRENCY`; 0: no limit).
-    pub boot_concurrency: usize,
-    /// Cap of the per-hosting error backoff (`HOSTD_BACKOFF_MAX_SECS`).
-    pub backoff_max: Duration,
-    /// Image catalogue file (`HOSTD_IMAGES_FILE`).
-    pub images_file: PathBuf,
-    /// Fault injection (`HOSTD_FAULTS`), empty in production.
-    pub faults: Faults,
-    /// Per-hosting maximums (`HOSTD_MAX_VCPUS`, `HOSTD_MAX_MEMORY_MIB`, `HOSTD_MAX_DISK_GIB`).
-    pub quota: crate::domain::Quota,
-    /// Host capacity policy (`HOSTD_HOST_RESERVED_MIB`, `HOSTD_*_OVERCOMMIT`).
-    pub capacity: CapacityPolicy,
-    /// Run real guests without host-side isolation (`HOSTD_ALLOW_UNISOLATED_GUESTS`).
-    pub allow_unisolated_guests: bool,
-    /// Per-guest limits (`HOSTD_GUEST_CPU_PERCENT`, `HOSTD_GUEST_DISK_MIBPS`,
-    /// `HOSTD_GUEST_DISK_IOPS`).
-    pub guest_limits: GuestLimits,
-    /// Proxies whose `X-Forwarded-For` names the client (`HOSTD_TRUSTED_PROXIES`).
-    pub trusted_proxies: Vec<ipnet::IpNet>,
-    /// Where guests may connect (`HOSTD_GUEST_EGRESS`, `HOSTD_GUEST_DENY_CIDRS`).
-    pub guest_egress: crate::domain::EgressPolicy,
-    /// Warm-pool guests to keep booted (HOSTD_WARM_POOL; 0 = none).
-    pub warm_pool: u32,
-    /// Dashboard cookies carry `Secure` (`HOSTD_SECURE_COOKIES`).
-    pub secure_cookies: bool,
-    /// Bytes kept free for the host (`HOSTD_DISK_RESERVE_GIB`).
-    pub disk_reserve_bytes: u64,
-    /// How long quarantined volumes are kept (`HOSTD_QUARANTINE_DAYS`).
-    pub quarantine: Duration,
-    /// Backup schedule and retention.
-    pub backups: BackupPolicy,
-    /// Redis URL (`HOSTD_REDIS_URL`).
-    pub redis_url: String,
-    /// Rate limits and the bcrypt bound.
-    pub limits: RateLimits,
-}
-
-/// What one guest may use of the host, in its domain definition.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct GuestLimits {
-    /// Percent of one core per vCPU.
-    pub cpu_percent: u32,
-    /// Disk bytes per second, reads and writes together.
-    pub disk_bytes_per_sec: u64,
-    /// Disk operations per second.
-    pub disk_iops: u64,
-}
-
-impl Default for GuestLimits {
-    fn default() -> Self {
-        GuestLimits {
-            cpu_percent: 100,
-            disk_bytes_per_sec: 100 << 20,
-            disk_iops: 2000,
-        }
-    }
-}
-
-/// The API's rate limits (see `api::limits`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RateLimits {
-    pub login_max_failures: u32,
-    pub login_slow_after: u32,
-    pub login_max_failures_per_address: u32,
-    pub login_window: Duration,
-    pub register_per_hour: u32,
-    pub host_ops_per_min: u32,
-    pub disk_replaces_per_hour: u32,
-    /// bcrypt computations at once.
-    pub bcrypt_concurrency: usize,
+    pub(super) settings: Settings,
 }
 
 /// A size in GiB, fractions allowed, not negative and not absurd.
@@ -577,52 +393,6 @@ fn non_negative_gib(s: &str) -> Result<f64, String> {
     match s.parse::<f64>() {
         Ok(v) if v.is_finite() && (0.0..=1e6).contains(&v) => Ok(v),
         _ => Err(format!("{s:?} is not a size in GiB between 0 and 1000000")),
-    }
-}
-
-/// When backups are taken and how many are kept.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct BackupPolicy {
-    /// Time between scheduled backups of a hosting (`None`: no schedule).
-    pub interval: Option<Duration>,
-    /// Completed backups kept per hosting.
-    pub keep: u32,
-    /// Backup and quarantine bytes per hosting (`None`: `keep` × its disk).
-    pub quota_bytes: Option<u64>,
-    /// Backups running at the same time.
-    pub concurrency: u32,
-}
-
-impl BackupPolicy {
-    /// The bytes of backups and quarantined data a hosting with a disk of
-    /// `disk_gib` GiB may hold.
-    pub fn quota_bytes(&self, disk_gib: u32) -> u64 {
-        self.quota_bytes
-            .unwrap_or((u64::from(self.keep) * u64::from(disk_gib)) << 30)
-    }
-}
-
-/// How much of the host the reconciler lets guests take.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct CapacityPolicy {
-    /// Host memory (MiB) kept back from guests.
-    pub reserved_mib: u64,
-    /// Factor on (host memory - reserved).
-    pub memory_overcommit: f64,
-    /// Factor on the host's CPUs.
-    pub cpu_overcommit: f64,
-    /// Pool space (bytes) a new disk may not take (`HOSTD_DISK_RESERVE_GIB`).
-    pub reserved_disk_bytes: u64,
-}
-
-impl Default for CapacityPolicy {
-    fn default() -> Self {
-        CapacityPolicy {
-            reserved_mib: 1024,
-            memory_overcommit: 1.0,
-            cpu_overcommit: 4.0,
-            reserved_disk_bytes: 2 << 30,
-        }
     }
 }
 
@@ -839,127 +609,5 @@ fn jwt_secret(given: Option<&str>, dev: bool) -> Result<(Vec<u8>, bool), ConfigE
             Ok((hex::encode(b).into_bytes(), true))
         }
         None => Err(bad("HOSTD_JWT_SECRET", "is required (at least 32 bytes)")),
-    }
-}
-
-/// The first line of a (clap) error message, which names the variable.
-pub fn first_line(s: &str) -> String {
-    s.lines()
-        .next()
-        .unwrap_or(s)
-        .trim_start_matches("error: ")
-        .to_string()
-}
-
-impl Config {
-    /// Reads and validates the configuration from the environment.
-    pub fn from_env(dev: bool) -> Result<(Config, bool), ConfigError> {
-        Settings::from_env()?.into_config(dev)
-    }
-
-    /// Whether hostd runs real guests (not libvirt's simulated `test:` driver),
-    /// so guest isolation applies.
-    pub fn real_guests(&self) -> bool {
-        !self.libvirt_uri.starts_with("test:")
-    }
-
-    /// The host part of the public URL, for `ssh_command`.
-    pub fn public_host(&self) -> &str {
-        let rest = self
-            .sites
-            .public_url
-            .split("://")
-            .nth(1)
-            .unwrap_or("localhost");
-        let host = rest.split('/').next().unwrap_or(rest);
-        if let Some(v6) = host.strip_prefix('[') {
-            v6.split(']').next().unwrap_or(v6)
-        } else {
-            host.split(':').next().unwrap_or(host)
-        }
-    }
-}
-
-/// `(variable, default)` of every setting, as clap declares them (for the
-/// README check and `--help`).
-pub fn documented_variables() -> Vec<(String, Option<String>)> {
-    use clap::CommandFactory;
-    EnvOnly::command()
-        .get_arguments()
-        .filter_map(|a| {
-            let env = a.get_env()?.to_string_lossy().to_string();
-            let default = a
-                .get_default_values()
-                .first()
-                .map(|v| v.to_string_lossy().to_string());
-            Some((env, default))
-        })
-        .collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn parse(args: &[&str]) -> Result<Settings, String> {
-        EnvOnly::try_parse_from(args.iter().copied())
-            .map(|e| e.settings)
-            .map_err(|e| first_line(&e.to_string()))
-    }
-
-    #[test]
-    fn bad_values_name_their_variable() {
-        let e = parse(&["--ssh-ports", "20-10"]).unwrap_err();
-        assert!(e.contains("HOSTD_SSH_PORTS"), "{e}");
-        let e = parse(&["--bcrypt-cost", "99"]).unwrap_err();
-        assert!(e.contains("HOSTD_BCRYPT_COST"), "{e}");
-        let e = parse(&["--faults", "nowhere:crash"]).unwrap_err();
-        assert!(e.contains("HOSTD_FAULTS"), "{e}");
-        let s = parse(&["--database-url", "postgres://x/y", "--instance", "Bad!"]).unwrap();
-        let e = s.into_config(true).unwrap_err();
-        assert_eq!(e.var, "HOSTD_INSTANCE");
-        let s = parse(&["--database-url", "postgres://x/y"]).unwrap();
-        assert_eq!(
-            s.clone().into_config(false).unwrap_err().var,
-            "HOSTD_JWT_SECRET"
-        );
-        let (c, generated) = s.into_config(true).unwrap();
-        assert!(generated);
-        assert_eq!(
-            c.nginx_routes_dir,
-            PathBuf::from("/var/lib/hostd/nginx-routes")
-        );
-    }
-
-    #[test]
-    fn readme_table_matches_the_declared_settings() {
-        let readme = include_str!("../README.md");
-        let rows: Vec<(String, String)> = readme
-            .lines()
-            .filter(|l| l.starts_with("| `"))
-            .filter_map(|l| {
-                let cells: Vec<&str> = l.split('|').map(str::trim).collect();
-                Some((
-                    cells.get(1)?.trim_matches('`').to_string(),
-                    cells.get(2)?.to_string(),
-                ))
-            })
-            .collect();
-        let declared = documented_variables();
-        for (var, default) in &declared {
-            let row = rows.iter().find(|(v, _)| v == var);
-            let Some((_, cell)) = row else {
-                panic!("{var} is declared in config.rs but missing from the README table");
-            };
-            if let Some(d) = default.as_deref().filter(|d| !d.is_empty()) {
-                assert_eq!(cell, &format!("`{d}`"), "README default of {var}");
-            }
-        }
-        for (var, _) in &rows {
-            assert!(
-                declared.iter().any(|(v, _)| v == var),
-                "README documents {var}, which config.rs does not declare"
-            );
-        }
     }
 }

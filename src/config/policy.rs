@@ -1,0 +1,116 @@
+//! The validated policies [`super::Config`] carries: the domain type,
+//! per-guest limits, rate limits, backups and capacity.
+
+use std::time::Duration;
+
+/// The libvirt domain type: `kvm` (hardware acceleration) or `qemu` (TCG).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DomainType {
+    Kvm,
+    Qemu,
+}
+
+impl DomainType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DomainType::Kvm => "kvm",
+            DomainType::Qemu => "qemu",
+        }
+    }
+
+    /// KVM only where hardware virtualization works: `/dev/kvm` present and not
+    /// the kvm-pvm software module (on which KVM guests fail to boot).
+    pub fn detect() -> (DomainType, &'static str) {
+        if std::path::Path::new("/sys/module/kvm_pvm").exists() {
+            (
+                DomainType::Qemu,
+                "kvm_pvm module loaded (no hardware virtualization): using TCG",
+            )
+        } else if std::path::Path::new("/dev/kvm").exists() {
+            (DomainType::Kvm, "/dev/kvm present: using KVM")
+        } else {
+            (DomainType::Qemu, "/dev/kvm absent: using TCG")
+        }
+    }
+}
+
+/// What one guest may use of the host, in its domain definition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GuestLimits {
+    /// Percent of one core per vCPU.
+    pub cpu_percent: u32,
+    /// Disk bytes per second, reads and writes together.
+    pub disk_bytes_per_sec: u64,
+    /// Disk operations per second.
+    pub disk_iops: u64,
+}
+
+impl Default for GuestLimits {
+    fn default() -> Self {
+        GuestLimits {
+            cpu_percent: 100,
+            disk_bytes_per_sec: 100 << 20,
+            disk_iops: 2000,
+        }
+    }
+}
+
+/// The API's rate limits (see `api::limits`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateLimits {
+    pub login_max_failures: u32,
+    pub login_slow_after: u32,
+    pub login_max_failures_per_address: u32,
+    pub login_window: Duration,
+    pub register_per_hour: u32,
+    pub host_ops_per_min: u32,
+    pub disk_replaces_per_hour: u32,
+    /// bcrypt computations at once.
+    pub bcrypt_concurrency: usize,
+}
+
+/// When backups are taken and how many are kept.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct BackupPolicy {
+    /// Time between scheduled backups of a hosting (`None`: no schedule).
+    pub interval: Option<Duration>,
+    /// Completed backups kept per hosting.
+    pub keep: u32,
+    /// Backup and quarantine bytes per hosting (`None`: `keep` × its disk).
+    pub quota_bytes: Option<u64>,
+    /// Backups running at the same time.
+    pub concurrency: u32,
+}
+
+impl BackupPolicy {
+    /// The bytes of backups and quarantined data a hosting with a disk of
+    /// `disk_gib` GiB may hold.
+    pub fn quota_bytes(&self, disk_gib: u32) -> u64 {
+        self.quota_bytes
+            .unwrap_or((u64::from(self.keep) * u64::from(disk_gib)) << 30)
+    }
+}
+
+/// How much of the host the reconciler lets guests take.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct CapacityPolicy {
+    /// Host memory (MiB) kept back from guests.
+    pub reserved_mib: u64,
+    /// Factor on (host memory - reserved).
+    pub memory_overcommit: f64,
+    /// Factor on the host's CPUs.
+    pub cpu_overcommit: f64,
+    /// Pool space (bytes) a new disk may not take (`HOSTD_DISK_RESERVE_GIB`).
+    pub reserved_disk_bytes: u64,
+}
+
+impl Default for CapacityPolicy {
+    fn default() -> Self {
+        CapacityPolicy {
+            reserved_mib: 1024,
+            memory_overcommit: 1.0,
+            cpu_overcommit: 4.0,
+            reserved_disk_bytes: 2 << 30,
+        }
+    }
+}
