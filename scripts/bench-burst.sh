@@ -27,7 +27,7 @@ for gate in "${GATES[@]}"; do
   R=$((R + 1))
   env_gate=(); [ "$gate" = default ] || env_gate=("HOSTD_BOOT_CONCURRENCY=$gate")
   step "gate=$gate: $N concurrent creates"
-  start_hostd HOSTD_WARM_POOL="$POOL" HOSTD_CPU_OVERCOMMIT=16 HOSTD_HOST_RESERVED_MIB=512 "${env_gate[@]}"
+  start_hostd HOSTD_REGISTER_PER_HOUR=1000 HOSTD_WARM_POOL="$POOL" HOSTD_CPU_OVERCOMMIT=16 HOSTD_HOST_RESERVED_MIB=512 "${env_gate[@]}"
   pool_ready() {
     [ "$(su postgres -c "psql -d $DB -tAc \"select count(*) from hostings h join hosting_status s on s.hosting_id = h.id
         where h.warm_pool and h.deletion_requested_at is null and s.phase = 'Ready' and s.observed_generation = h.generation\"")" -ge "$POOL" ]

@@ -11,13 +11,17 @@ use super::*;
 use crate::domain::{DiskGib, MemoryMib, PortRange, Vcpus};
 use crate::faults::Faults;
 
-/// The default `HOSTD_BOOT_CONCURRENCY`: one boot per core under TCG (a TCG
-/// boot keeps a core busy: two at a time on two cores took about 25 s each,
-/// eight at once about 300 s), two per core with KVM.
-fn default_boot_concurrency(cores: usize, kvm: bool) -> usize {
+/// The default `HOSTD_BOOT_CONCURRENCY`: one boot per two cores under TCG,
+/// two per core with KVM. A TCG boot keeps about two threads busy (the vCPU,
+/// and passt spinning until the guest's network is up). Measured on two
+/// cores (`scripts/bench-burst.sh 10 0 1 2`, one run, pool of 2): one at a
+/// time finished a boot every ~15.7 s, two at a time a pair every ~31 s, the
+/// same throughput, so one at a time serves the first users sooner (median
+/// 56.8 s against 62.9 s in another run; all at once: 163–186 s).
+pub(super) fn default_boot_concurrency(cores: usize, kvm: bool) -> usize {
     match kvm {
         true => cores.max(1) * 2,
-        false => cores.max(1),
+        false => (cores / 2).max(1),
     }
 }
 /// Every setting as read from the environment (or the equivalent flag).
@@ -180,8 +184,8 @@ pub struct Settings {
         default_value = "3"
     )]
     pub boot_retries: u32,
-    /// Guests booting at once on this host (`0`: no limit) [default: the
-    /// host's cores under TCG, twice that with KVM].
+    /// Guests booting at once on this host (`0`: no limit) [default: half
+    /// the host's cores, at least 1, under TCG; twice the cores with KVM].
     #[arg(
         long,
         env = "HOSTD_BOOT_CONCURRENCY",

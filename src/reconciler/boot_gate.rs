@@ -103,10 +103,25 @@ impl BootGate {
 
     /// `id`'s guest is ready, failed to boot, stopped or is gone: its place
     /// (or its wait) ends.
-    pub fn release(&self, id: HostingId) {
+    ///
+    /// Returns the waiting hostings that a free place now awaits (first in
+    /// line first), for the caller to wake at once instead of at their next
+    /// poll: a place never stands empty for a requeue interval.
+    pub fn release(&self, id: HostingId) -> Vec<HostingId> {
         let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        g.booting.remove(&id);
+        let was_booting = g.booting.remove(&id);
         g.waiting.remove(&id);
+        if !was_booting {
+            return vec![];
+        }
+        let free = match self.limit {
+            0 => return vec![],
+            n => n.saturating_sub(g.booting.len()),
+        };
+        let mut queue: Vec<((bool, Instant), HostingId)> =
+            g.waiting.iter().map(|(h, (k, _))| (*k, *h)).collect();
+        queue.sort();
+        queue.into_iter().take(free).map(|(_, h)| h).collect()
     }
 
     /// Guests booting and hostings waiting.
@@ -119,6 +134,21 @@ impl BootGate {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_freed_place_names_the_first_in_line_to_wake() {
+        let gate = BootGate::new(1);
+        let (a, b, pool, c) = (id(), id(), id(), id());
+        assert!(matches!(gate.enter(a, false), Turn::Go));
+        assert!(matches!(gate.enter(pool, true), Turn::Wait { .. }));
+        assert!(matches!(gate.enter(b, false), Turn::Wait { .. }));
+        assert!(matches!(gate.enter(c, false), Turn::Wait { .. }));
+        // A waiter leaving frees no place: nobody to wake.
+        assert!(gate.release(c).is_empty());
+        assert_eq!(gate.release(a), vec![b], "tenants before the pool");
+        assert!(matches!(gate.enter(b, false), Turn::Go));
+        assert_eq!(gate.release(b), vec![pool]);
+    }
 
     fn id() -> HostingId {
         HostingId(uuid::Uuid::new_v4())

@@ -196,13 +196,24 @@ impl Context {
         }
     }
 
+    /// Gives `id`'s place in the boot gate back (ready, failed, stopped,
+    /// gone) and wakes whoever the place now awaits.
+    pub fn release_boot(&self, id: HostingId) {
+        let next = self.boot_gate.release(id);
+        if let Some(q) = self.queue.get() {
+            for n in next {
+                q.add_now(n);
+            }
+        }
+    }
+
     /// Forgets a hosting that is gone: everything remembered of it here,
     /// by the renderer and by the nginx driver. The one place that does it,
     /// for the finalizer and for a hosting found gone.
     pub fn forget(&self, id: HostingId) {
         self.memory.forget(id);
         self.agent.forget(id);
-        self.boot_gate.release(id);
+        self.release_boot(id);
         self.render.forget(id);
         self.proxy.forget(id);
     }

@@ -160,7 +160,7 @@ impl<'a> Pass<'a> {
         // Ready (or stopped as asked): a later silence is no failed boot,
         // and its place at the boot gate is free.
         self.st.boot_restarts = None;
-        self.ctx.boot_gate.release(self.id());
+        self.ctx.release_boot(self.id());
         self.fault("before_status_write").await?;
         self.write_status().await?;
         self.ctx.reset_backoff(self.id());

@@ -153,7 +153,7 @@ impl Pass<'_> {
             return Ok(Action::Requeue(Duration::from_secs(2)));
         }
         self.ctx.memory.with(self.id(), |m| m.shutdown_asked = None);
-        self.ctx.boot_gate.release(self.id());
+        self.ctx.release_boot(self.id());
         let msg = "the VM is stopped as requested";
         self.condition(C::VMRunning, false, Reason::Stopped, msg);
         self.condition(C::WebReady, false, Reason::Stopped, "the VM is stopped");

@@ -41,7 +41,7 @@ impl Pass<'_> {
             self.st.phase = Phase::Failed;
             self.st.message = Some(msg.clone());
             self.write_status().await?;
-            self.ctx.boot_gate.release(id);
+            self.ctx.release_boot(id);
             if first {
                 self.event(
                     EventType::Warning,
