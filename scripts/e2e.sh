@@ -207,6 +207,10 @@ take_backup() {  # prints the new backup's id once it is Completed
     sleep 0.1
   done ) &
 poller=$!
+# If a check below fails, the poller must not outlive the script (its
+# directory is gone then, and `-e stop-poll` is never true).
+stop_poller() { kill "$poller" 2>/dev/null || true; }
+CLEANUP_HOOKS+=(stop_poller)
 t0=$(date +%s.%N)
 B1=$(take_backup) || fail "the first backup did not complete"
 t1=$(date +%s.%N)

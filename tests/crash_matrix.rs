@@ -501,36 +501,12 @@ async fn crash_at_every_fault_point_then_converge() {
         if !crashed {
             stop(rec);
         }
-        let inode_before = env.disk_inode(&id);
-        let t = Instant::now();
-        let rec = env.spawn("reconciler", "");
-        let converged = env
-            .wait_phase(&token, "Ready", converge_timeout)
-            .await
-            .is_some();
-        let secs = t.elapsed().as_secs_f64();
-        let disk_kept = inode_before.map(|b| env.disk_inode(&id) == Some(b));
-        let leaks = env.leaks(&store, &vm).await;
-        // Clean up this case through the normal path.
-        env.client
-            .delete(env.url("/host/my"))
-            .bearer_auth(&token)
-            .send()
-            .await
-            .unwrap();
-        assert!(
-            env.wait_gone(&token, converge_timeout).await,
-            "cleanup of {point} did not finish"
-        );
-        stop(rec);
+        let row = converge_to_ready(&env, &store, &vm, &token, &id, converge_timeout).await;
         rows.push(Row {
             point,
             path: "create",
             crashed,
-            converged,
-            secs,
-            leaks,
-            disk_kept,
+            ..row
         });
     }
     for (i, point) in DELETE_POINTS.iter().enumerate() {
@@ -654,28 +630,48 @@ async fn boot_restart_row(
     if !crashed {
         stop(rec);
     }
-    let inode_before = env.disk_inode(&id);
-    let t = Instant::now();
-    let rec = env.spawn("reconciler", "");
-    let converged = env.wait_phase(&token, "Ready", timeout).await.is_some();
-    let secs = t.elapsed().as_secs_f64();
-    let disk_kept = inode_before.map(|b| env.disk_inode(&id) == Some(b));
-    let leaks = env.leaks(store, vm).await;
-    env.client
-        .delete(env.url("/host/my"))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap();
-    assert!(
-        env.wait_gone(&token, timeout).await,
-        "cleanup of {point} did not finish"
-    );
-    stop(rec);
+    let row = converge_to_ready(env, store, vm, &token, &id, timeout).await;
     Row {
         point,
         path: "boot restart",
         crashed,
+        ..row
+    }
+}
+
+/// After a crash: a fresh reconciler must bring the hosting to Ready on the
+/// disk it had; then the hosting is deleted through the normal path. The
+/// row's figures (point, path and `crashed` are the caller's).
+async fn converge_to_ready(
+    env: &Env,
+    store: &hostd::store::Store,
+    vm: &LibvirtDriver,
+    token: &str,
+    id: &str,
+    timeout: Duration,
+) -> Row {
+    let inode_before = env.disk_inode(id);
+    let t = Instant::now();
+    let rec = env.spawn("reconciler", "");
+    let converged = env.wait_phase(token, "Ready", timeout).await.is_some();
+    let secs = t.elapsed().as_secs_f64();
+    let disk_kept = inode_before.map(|b| env.disk_inode(id) == Some(b));
+    let leaks = env.leaks(store, vm).await;
+    env.client
+        .delete(env.url("/host/my"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        env.wait_gone(token, timeout).await,
+        "cleanup of {id} did not finish"
+    );
+    stop(rec);
+    Row {
+        point: "",
+        path: "",
+        crashed: false,
         converged,
         secs,
         leaks,
