@@ -106,7 +106,7 @@ http {{
 
 def layout_blocks(d, n, port, gen):
     """One server block per certificate."""
-    out = []
+    out = [f"    server_names_hash_max_size {max(512, 2 * n)}; server_names_hash_bucket_size 128;"]
     for i in range(n):
         c = os.path.join(d, "certs", name(i))
         out.append(
@@ -124,7 +124,7 @@ def layout_variable(d, n, port, gen):
             f.write(f"{name(i)} {os.path.join(d, 'certs', name(i))};\n")
     fallback = os.path.join(d, "certs", name(0))
     return (
-        f"    map_hash_max_size {max(4096, 2 * n)};\n"
+        f"    map_hash_max_size {max(4096, 2 * n)}; map_hash_bucket_size 128;\n"
         f"    map $ssl_server_name $cert {{ default {fallback}; include {d}/certs.map; }}\n"
         f"    server {{ listen 127.0.0.1:{port} ssl default_server;\n"
         f"        ssl_certificate $cert.crt; ssl_certificate_key $cert.key;\n"
