@@ -13,11 +13,9 @@ alter table hosting_status
 create function hostd_backup_bytes() returns trigger
 language plpgsql as $$
 declare
+    -- NEW is null on DELETE, OLD on INSERT.
     h uuid := coalesce(new.hosting_id, old.hosting_id);
 begin
-    if tg_op = 'DELETE' then
-        h := old.hosting_id;
-    end if;
     update hosting_status s set backup_bytes = t.total
       from (select coalesce(sum(size_bytes), 0)::bigint as total from backups
              where hosting_id = h and state = 'Completed') t

@@ -92,9 +92,9 @@ pub struct Store {
 #[derive(Debug)]
 struct Slot {
     pool: PgPool,
-    /// The leader term whose epoch this pool's connections carry (then the
-    /// pool is this store's own), if any.
-    term: Option<(String, i64)>,
+    /// Whether the pool is this store's own (made by [`Store::fence`] for a
+    /// leader term) rather than shared with the store it was detached from.
+    own: bool,
 }
 
 /// How hostd's pools connect: statements logged at debug level.
@@ -131,7 +131,7 @@ impl Store {
             .connect_with(connect_options(url)?)
             .await?;
         Ok(Store {
-            slot: std::sync::Arc::new(std::sync::RwLock::new(Slot { pool, term: None })),
+            slot: std::sync::Arc::new(std::sync::RwLock::new(Slot { pool, own: false })),
             url: url.to_string(),
             view: Default::default(),
         })
@@ -152,7 +152,7 @@ impl Store {
     pub fn detached(&self) -> Store {
         let pool = self.pool();
         Store {
-            slot: std::sync::Arc::new(std::sync::RwLock::new(Slot { pool, term: None })),
+            slot: std::sync::Arc::new(std::sync::RwLock::new(Slot { pool, own: false })),
             url: self.url.clone(),
             view: self.view.clone(),
         }
@@ -170,20 +170,12 @@ impl Store {
             ("hostd.fence_epoch", epoch.to_string().as_str()),
         ]);
         let pool = pool_options(max).connect_lazy_with(opts);
-        let term = Some((instance.to_string(), epoch));
-        let old = std::mem::replace(
-            &mut *self.slot.write().expect("store slot"),
-            Slot { pool, term },
-        );
-        if old.term.is_some() {
+        let new = Slot { pool, own: true };
+        let old = std::mem::replace(&mut *self.slot.write().expect("store slot"), new);
+        if old.own {
             tokio::spawn(async move { old.pool.close().await });
         }
         Ok(())
-    }
-
-    /// The leader term this store is fenced by, if any.
-    pub fn term(&self) -> Option<(String, i64)> {
-        self.slot.read().expect("store slot").term.clone()
     }
 
     pub fn url(&self) -> &str {
