@@ -67,6 +67,7 @@ impl Application {
                 &config.nginx_routes_dir,
                 &config.nginx_conf,
                 &config.nginx_bin,
+                &config.tls.dir.join(crate::drivers::tls_files::MAP_FILE),
             )),
         );
         std::fs::create_dir_all(&config.nginx_routes_dir).map_err(|e| {
@@ -254,28 +255,48 @@ async fn bind(addr: SocketAddr) -> Result<(tokio::net::TcpListener, SocketAddr),
     Ok((l, a))
 }
 
+/// What `hostd nginx-conf` renders the host nginx config from.
+pub struct NginxLayout<'a> {
+    /// The HTTP listener.
+    pub listen: &'a str,
+    /// The HTTPS listener, if any (needs `tls_dir`).
+    pub https_listen: Option<&'a str>,
+    /// nginx's pid, logs and temporary files.
+    pub prefix: &'a str,
+    pub routes_dir: &'a str,
+    /// hostd's TLS directory (`HOSTD_STATE_DIR/tls`).
+    pub tls_dir: &'a str,
+    pub sites_domain: Option<&'a str>,
+}
+
 /// Renders the host nginx main config (used by start.sh and the tests).
-pub fn nginx_main_conf(
-    listen: &str,
-    prefix: &str,
-    routes_dir: &str,
-    sites_domain: Option<&str>,
-) -> String {
+pub fn nginx_main_conf(l: &NginxLayout) -> String {
     use askama::Template;
+    let prefix = l.prefix;
+    let tls = l.https_listen.map(|listen| {
+        let port = listen.rsplit_once(':').map_or("443", |(_, p)| p);
+        crate::templates::NginxTls {
+            listen: listen.to_string(),
+            port_suffix: if port == "443" { String::new() } else { format!(":{port}") },
+            dir: l.tls_dir.to_string(),
+            fallback: format!("{}/{}", l.tls_dir, crate::drivers::tls_files::FALLBACK_FILE),
+        }
+    });
     crate::templates::NginxMainConf {
         pid_file: format!("{prefix}/nginx.pid"),
         error_log: format!("{prefix}/error.log"),
         access_log: format!("{prefix}/access.log"),
         temp_dir: format!("{prefix}/tmp"),
-        listen: listen.to_string(),
-        routes_dir: routes_dir.to_string(),
+        listen: l.listen.to_string(),
+        routes_dir: l.routes_dir.to_string(),
         // Measured with nginx 1.22: 20,000 hostings (40,000 keys per map)
         // validate in 0.07 s with these; the defaults (2048, 64) cannot
         // build an optimal hash past a few thousand keys.
         map_hash_max_size: 65536,
         map_hash_bucket_size: 512,
         // A validated DNS name: only its dots need escaping in a regex.
-        sites_domain_regex: sites_domain.map(|d| d.replace('.', "\\.")),
+        sites_domain_regex: l.sites_domain.map(|d| d.replace('.', "\\.")),
+        tls,
     }
     .render()
     .expect("nginx template renders")

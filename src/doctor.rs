@@ -69,7 +69,12 @@ async fn services(c: &Config, installation: uuid::Uuid, out: &mut Report) {
         c.domain_type_reason
     );
     out.line(true, "acceleration", accel);
-    let proxy = NginxDriver::new(&c.nginx_routes_dir, &c.nginx_conf, &c.nginx_bin);
+    let proxy = NginxDriver::new(
+        &c.nginx_routes_dir,
+        &c.nginx_conf,
+        &c.nginx_bin,
+        &c.tls.dir.join(crate::drivers::tls_files::MAP_FILE),
+    );
     out.check(&checks::nginx(&proxy).await);
     out.check(&checks::guest_isolation(c).await);
     let prefix = format!("hostd:{}:", c.instance);

@@ -100,7 +100,7 @@ pub struct RouteMap {
     /// the 503 "stopped" page.
     pub upstream: String,
     /// The tenant's own host name (a validated DNS name), if host routing is on.
-    pub vhost: Option<String>,
+    pub hosts: Vec<String>,
 }
 
 #[derive(Template)]
@@ -118,6 +118,20 @@ pub struct NginxMainConf {
     pub map_hash_bucket_size: u32,
     /// `HOSTD_SITES_DOMAIN` as a regex, to answer 404 for unknown names under it.
     pub sites_domain_regex: Option<String>,
+    /// The HTTPS listener, if any.
+    pub tls: Option<NginxTls>,
+}
+
+/// The TLS half of the host nginx config.
+pub struct NginxTls {
+    /// `listen` address of the TLS listener.
+    pub listen: String,
+    /// `:<port>` when the TLS port is not 443 (for redirects), else empty.
+    pub port_suffix: String,
+    /// hostd's TLS directory: `*.map` (name → certificate file), `challenges/`.
+    pub dir: String,
+    /// The certificate served to names that have none (hostd writes it).
+    pub fallback: String,
 }
 
 /// Quotes any string as a YAML double-quoted scalar. Everything outside

@@ -13,6 +13,7 @@ use crate::store::Store;
 use crate::telemetry::Metrics;
 
 pub mod auth;
+pub mod domains;
 pub mod error;
 pub mod health;
 pub mod hosting;
@@ -82,6 +83,8 @@ pub fn api_routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(hosting::console_mine))
         .routes(routes!(hosting::list_backups, hosting::create_backup))
         .routes(routes!(hosting::restore_mine))
+        .routes(routes!(domains::add_domain, domains::list_domains))
+        .routes(routes!(domains::remove_domain))
         .routes(routes!(hosting::admin_list))
         .routes(routes!(health::health))
         .routes(routes!(health::detailed))

@@ -31,6 +31,7 @@ use super::error::ErrorBody;
     tags(
         (name = "auth", description = "Accounts and tokens"),
         (name = "hosting", description = "The caller's hosting (desired state and status)"),
+        (name = "domains", description = "The caller's custom domains (verified by DNS, served over HTTPS)"),
         (name = "admin", description = "Operators only"),
         (name = "meta", description = "Health, version, this document"),
     )

@@ -48,7 +48,13 @@ enum Cmd {
         /// The routes directory to include [default: HOSTD_NGINX_ROUTES_DIR's value].
         #[arg(long)]
         routes_dir: Option<std::path::PathBuf>,
+        /// HTTPS listen address, e.g. 0.0.0.0:443 (certificates from
+        /// `HOSTD_STATE_DIR/tls`); none: HTTP only.
+        #[arg(long)]
+        https_listen: Option<String>,
     },
+    /// Ask for every certificate (or those of NAME) to be renewed now.
+    RenewCertificates { name: Option<String> },
     /// Grant the admin role to a user.
     MakeAdmin { username: String },
     /// GET a URL and exit 0 on a 2xx answer within 5 s, else 1: the
@@ -153,12 +159,36 @@ async fn main() {
             listen,
             prefix,
             routes_dir,
+            https_listen,
         } => {
             let routes = routes_dir.unwrap_or_else(|| s.routes_dir());
             let routes = routes.display().to_string();
-            let domain = s.sites_domain.as_deref();
-            let conf = hostd::app::nginx_main_conf(&listen, &prefix, &routes, domain);
+            let tls_dir = s.state_dir.join("tls").display().to_string();
+            let conf = hostd::app::nginx_main_conf(&hostd::app::NginxLayout {
+                listen: &listen,
+                https_listen: https_listen.as_deref(),
+                prefix: &prefix,
+                routes_dir: &routes,
+                tls_dir: &tls_dir,
+                sites_domain: s.sites_domain.as_deref(),
+            });
             print!("{conf}")
+        }
+        Cmd::RenewCertificates { name } => {
+            let c = config(s, true);
+            let store = hostd::store::Store::connect(&c.database_url, 2)
+                .await
+                .unwrap_or_else(|e| {
+                    eprintln!("hostd: {e}");
+                    std::process::exit(1)
+                });
+            match store.request_renewal(name.as_deref()).await {
+                Ok(n) => println!("renewal requested for {n} certificate(s)"),
+                Err(e) => {
+                    eprintln!("hostd: {e}");
+                    std::process::exit(1)
+                }
+            }
         }
         Cmd::Probe { .. } => unreachable!("handled before the settings"),
         Cmd::MakeAdmin { username } => {

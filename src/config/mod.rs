@@ -15,7 +15,9 @@ use crate::faults::Faults;
 mod policy;
 mod settings;
 
-pub use policy::{BackupPolicy, CapacityPolicy, DomainType, GuestLimits, RateLimits};
+pub use policy::{
+    AcmePolicy, BackupPolicy, CapacityPolicy, DomainType, GuestLimits, RateLimits, TlsPolicy,
+};
 use settings::EnvOnly;
 pub use settings::Settings;
 
@@ -55,6 +57,8 @@ pub struct Config {
     pub database_url: String,
     /// Where the API listens (`HOSTD_LISTEN`).
     pub listen: SocketAddr,
+    /// HTTPS: ACME, the sites wildcard, custom domains.
+    pub tls: TlsPolicy,
     /// Where /metrics alone is served, if anywhere (`HOSTD_METRICS_LISTEN`).
     pub metrics_listen: Option<SocketAddr>,
     /// HS256 signing secret, at least 32 bytes (`HOSTD_JWT_SECRET`).

@@ -114,3 +114,36 @@ impl Default for CapacityPolicy {
         }
     }
 }
+
+/// How sites are served over HTTPS.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TlsPolicy {
+    /// Certificates from ACME (`None`: no issuance).
+    pub acme: Option<AcmePolicy>,
+    /// The operator's wildcard certificate and key for the sites domain.
+    pub wildcard: Option<(std::path::PathBuf, std::path::PathBuf)>,
+    /// Where keys, chains, challenges and the ACME account live (0700).
+    pub dir: std::path::PathBuf,
+    /// The DNS server custom domains are verified through.
+    pub dns_resolver: Option<std::net::SocketAddr>,
+    /// Custom domains per tenant.
+    pub max_domains: u32,
+}
+
+/// The ACME CA hostd gets certificates from.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AcmePolicy {
+    pub directory: String,
+    pub email: Option<String>,
+    /// An extra trusted root (a test CA such as Pebble's).
+    pub ca_file: Option<std::path::PathBuf>,
+    /// Renew this long before expiry.
+    pub renew_before: Duration,
+}
+
+impl TlsPolicy {
+    /// Whether hostd serves anything over TLS at all.
+    pub fn enabled(&self) -> bool {
+        self.acme.is_some() || self.wildcard.is_some()
+    }
+}

@@ -316,6 +316,36 @@ pub struct Settings {
     #[arg(long, env = "HOSTD_WARM_POOL", value_name = "HOSTD_WARM_POOL", default_value = "0",
           value_parser = clap::value_parser!(u32).range(0..=64))]
     pub warm_pool: u32,
+    /// ACME directory URL (e.g. Let's Encrypt's
+    /// `https://acme-v02.api.letsencrypt.org/directory`): with it, the
+    /// reconciler issues and renews a certificate for every name it serves.
+    #[arg(long, env = "HOSTD_ACME_DIRECTORY", value_name = "HOSTD_ACME_DIRECTORY")]
+    pub acme_directory: Option<String>,
+    /// Contact e-mail of the ACME account (expiry warnings from the CA).
+    #[arg(long, env = "HOSTD_ACME_EMAIL", value_name = "HOSTD_ACME_EMAIL")]
+    pub acme_email: Option<String>,
+    /// A PEM root the ACME client trusts besides the system's (a test CA).
+    #[arg(long, env = "HOSTD_ACME_CA_FILE", value_name = "HOSTD_ACME_CA_FILE")]
+    pub acme_ca_file: Option<PathBuf>,
+    /// Renew a certificate this many days before it expires.
+    #[arg(long, env = "HOSTD_ACME_RENEW_DAYS", value_name = "HOSTD_ACME_RENEW_DAYS",
+          default_value = "30", value_parser = clap::value_parser!(u32).range(1..=80))]
+    pub acme_renew_days: u32,
+    /// A wildcard certificate (PEM chain) for `*.<HOSTD_SITES_DOMAIN>`: tenant
+    /// names use it and no per-tenant certificate is issued.
+    #[arg(long, env = "HOSTD_SITES_TLS_CERT", value_name = "HOSTD_SITES_TLS_CERT")]
+    pub sites_tls_cert: Option<PathBuf>,
+    /// The wildcard certificate's private key (PEM).
+    #[arg(long, env = "HOSTD_SITES_TLS_KEY", value_name = "HOSTD_SITES_TLS_KEY")]
+    pub sites_tls_key: Option<PathBuf>,
+    /// DNS server (`address:port`) that custom domains' TXT records are
+    /// checked through; unset: the host's resolv.conf.
+    #[arg(long, env = "HOSTD_DNS_RESOLVER", value_name = "HOSTD_DNS_RESOLVER")]
+    pub dns_resolver: Option<std::net::SocketAddr>,
+    /// Custom domains one tenant may attach.
+    #[arg(long, env = "HOSTD_MAX_DOMAINS", value_name = "HOSTD_MAX_DOMAINS",
+          default_value = "5", value_parser = clap::value_parser!(u32).range(0..=100))]
+    pub max_domains: u32,
     /// Mark the dashboard's cookies `Secure` (set when the API listener is
     /// reached over HTTPS, e.g. behind a TLS-terminating proxy).
     #[arg(long, env = "HOSTD_SECURE_COOKIES", value_name = "HOSTD_SECURE_COOKIES",
@@ -483,6 +513,50 @@ impl Settings {
         Ok(())
     }
 
+    /// HTTPS: ACME, the wildcard option, custom domains.
+    fn tls_policy(&self) -> Result<TlsPolicy, ConfigError> {
+        let acme = match &self.acme_directory {
+            None => None,
+            Some(d) if d.starts_with("https://") => Some(AcmePolicy {
+                directory: d.clone(),
+                email: self.acme_email.clone(),
+                ca_file: self.acme_ca_file.clone(),
+                renew_before: Duration::from_secs(u64::from(self.acme_renew_days) * 86400),
+            }),
+            Some(_) => return Err(bad("HOSTD_ACME_DIRECTORY", "must be an https:// URL")),
+        };
+        if let Some(e) = &self.acme_email {
+            let ok = e.len() <= 254
+                && e.split_once('@').is_some_and(|(l, d)| !l.is_empty() && d.contains('.'))
+                && !e.chars().any(|c| c.is_whitespace() || c.is_control() || c == ',');
+            if !ok {
+                return Err(bad("HOSTD_ACME_EMAIL", "must be an e-mail address"));
+            }
+        }
+        let wildcard = match (&self.sites_tls_cert, &self.sites_tls_key) {
+            (None, None) => None,
+            (Some(c), Some(k)) => {
+                if self.sites_domain.is_none() {
+                    return Err(bad("HOSTD_SITES_TLS_CERT", "needs HOSTD_SITES_DOMAIN"));
+                }
+                Some((c.clone(), k.clone()))
+            }
+            _ => {
+                return Err(bad(
+                    "HOSTD_SITES_TLS_CERT",
+                    "HOSTD_SITES_TLS_CERT and HOSTD_SITES_TLS_KEY go together",
+                ))
+            }
+        };
+        Ok(TlsPolicy {
+            acme,
+            wildcard,
+            dir: self.state_dir.join("tls"),
+            dns_resolver: self.dns_resolver,
+            max_domains: self.max_domains,
+        })
+    }
+
     /// The domain type to use, and why.
     fn domain_type(&self) -> (DomainType, String) {
         match self.domain_type.as_str() {
@@ -504,6 +578,7 @@ impl Settings {
             .ok_or_else(|| bad("DATABASE_URL", "is required"))?;
         self.validate()?;
         let (jwt_secret, generated) = jwt_secret(self.jwt_secret.as_deref(), dev)?;
+        let tls = self.tls_policy()?;
         let nginx_routes_dir = self.routes_dir();
         let (domain_type, domain_type_reason) = self.domain_type();
         let images_file = self
@@ -566,6 +641,7 @@ impl Settings {
             .map_err(|e| bad("HOSTD_GUEST_DENY_CIDRS", e.to_string()))?,
             warm_pool: self.warm_pool,
             secure_cookies: self.secure_cookies,
+            tls,
             quarantine: Duration::from_secs(self.quarantine_days * 86400),
             disk_reserve_bytes: self.disk_reserve_gib.saturating_mul(1 << 30),
             redis_url: self.redis_url.clone(),

@@ -9,10 +9,12 @@ use uuid::Uuid;
 
 mod account;
 mod egress;
+mod site_name;
 mod spec;
 mod status;
 pub use account::*;
 pub use egress::*;
+pub use site_name::*;
 pub use spec::*;
 pub use status::*;
 

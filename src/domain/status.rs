@@ -182,6 +182,10 @@ named_enum! {
         BootRestarted,
         BootFailed,
         BootQueued,
+        // HTTPS and custom domains.
+        CertificateIssued,
+        CertificateFailed,
+        DomainVerified,
     }
 }
 

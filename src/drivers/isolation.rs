@@ -60,7 +60,7 @@ impl Default for Isolation {
 }
 
 /// The uid of `user` from /etc/passwd.
-fn uid_of(user: &str) -> Option<u32> {
+pub(crate) fn uid_of(user: &str) -> Option<u32> {
     let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
     passwd.lines().find_map(|l| {
         let f: Vec<&str> = l.split(':').collect();

@@ -7,6 +7,8 @@ use async_trait::async_trait;
 
 use crate::domain::HostingId;
 
+pub mod acme;
+pub mod dns;
 pub mod domain_events;
 pub mod isolation;
 pub mod kv;
@@ -16,6 +18,7 @@ pub mod ownership;
 pub mod probe;
 pub mod qemu_img;
 pub mod seed;
+pub mod tls_files;
 
 /// Driver-layer errors.
 #[derive(Debug, thiserror::Error)]
@@ -190,8 +193,9 @@ pub struct RouteSpec {
     pub user_id: crate::domain::UserId,
     /// `Some(port)`: proxy to the guest; `None`: serve the "stopped" 503 page.
     pub http_port: Option<u16>,
-    /// The tenant's own host name (`HOSTD_SITES_DOMAIN`), routed as well.
-    pub vhost: Option<String>,
+    /// Host names routed to it as well: the tenant's own name under
+    /// `HOSTD_SITES_DOMAIN`, then its verified custom domains.
+    pub hosts: Vec<String>,
 }
 
 /// The HTTP front proxy (host nginx).
@@ -238,4 +242,8 @@ pub trait ProxyDriver: Send + Sync + 'static {
     async fn remove_stray(&self, file_name: &str) -> DriverResult<()>;
     /// Whether nginx is running and its config valid.
     async fn health(&self) -> DriverResult<String>;
+    /// Makes the TLS map (host name → certificate file, see
+    /// `tls_files`) be `content`: written, validated and reloaded when it
+    /// changed (`Ok(true)`); on a rejection the previous map is restored.
+    async fn apply_tls_map(&self, content: &str) -> DriverResult<bool>;
 }

@@ -107,6 +107,7 @@ impl Controller {
         let listener = tokio::spawn(listen(ctx.clone(), self.queue.clone(), stop.clone()));
         let watcher = tokio::spawn(watch_domains(ctx.clone(), self.queue.clone(), stop.clone()));
         let workers = tokio::spawn(self.clone().work(stop.clone()));
+        let tls = tokio::spawn(super::tls::run(ctx.clone(), stop.clone()));
         let mut next_resync = Instant::now();
         let mut lease_check = tokio::time::interval(Duration::from_secs(2));
         loop {
@@ -136,6 +137,7 @@ impl Controller {
         let _ = listener.await;
         let _ = watcher.await;
         let _ = workers.await;
+        let _ = tls.await;
     }
 
     /// Works the queue with bounded concurrency until `stop`.

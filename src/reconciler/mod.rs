@@ -34,6 +34,7 @@ pub mod render;
 pub mod resync;
 pub mod space;
 pub mod steps;
+pub mod tls;
 pub mod warm_pool;
 
 pub use action::{Action, ReconcileError};
@@ -77,6 +78,8 @@ pub struct Context {
     /// What is remembered of each hosting between passes (backoff, a
     /// shutdown asked for, the console copied, a route's note).
     pub memory: memory::Memory,
+    /// HTTPS: certificate files, the ACME client, the DNS resolver.
+    pub tls: tls::Tls,
     /// The controller's queue, so that a driver finishing work in the
     /// background (a route batch) can wake the hosting it was for.
     pub(crate) queue: std::sync::OnceLock<Arc<queue::WorkQueue>>,
@@ -111,6 +114,7 @@ impl Context {
             .expect("http client");
         let boot_gate = boot_gate::BootGate::new(config.boot_concurrency);
         let quarantine = quarantine::Quarantine::new(&config.state_dir, config.quarantine);
+        let tls = tls::Tls::new(&config);
         Ok(Arc::new(Context {
             // Its own pool slot: fenced by the leader term once it leads,
             // while the API's statements stay on the shared pool.
@@ -130,6 +134,7 @@ impl Context {
             agent: Default::default(),
             quarantine,
             memory: Default::default(),
+            tls,
             queue: std::sync::OnceLock::new(),
         }))
     }
@@ -225,7 +230,9 @@ impl Context {
             hosting_id: rec.id,
             user_id: rec.user_id,
             http_port: http,
-            vhost: self.config.sites.vhost(&rec.username),
+            hosts: (self.config.sites.vhost(&rec.username).into_iter())
+                .chain(rec.domains.iter().map(|d| d.to_string()))
+                .collect(),
         }
     }
 

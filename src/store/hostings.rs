@@ -74,6 +74,8 @@ pub struct HostingRecord {
     pub status: ObservedStatus,
     /// Its backups' and quarantined data's bytes.
     pub storage: StorageUse,
+    /// Its owner's verified custom domains (served like its own host name).
+    pub domains: Vec<CustomDomain>,
 }
 
 impl HostingRecord {
@@ -120,6 +122,7 @@ struct RecordRow {
     boot_restarts: Option<i32>,
     backup_bytes: Option<i64>,
     quarantine_bytes: Option<i64>,
+    domains: Vec<String>,
 }
 
 /// What [`Store::record_versions`] reports of one record.
@@ -131,7 +134,9 @@ const RECORD_SELECT: &str = "select h.id, h.user_id, u.username, h.vcpus, h.memo
      s.phase, s.conditions, s.observed_generation, s.ssh_port, s.http_port, s.vm_name, s.message, \
      s.disk_created, s.image_pin, s.provisioning_since, s.last_reconciled_at, \
      h.disk_epoch, s.disk_epoch as observed_disk_epoch, h.restore_backup_id, h.warm_pool, h.claimed_at, h.claim_generation, \
-     s.applied_seed, s.boot_restarts, s.backup_bytes, s.quarantine_bytes \
+     s.applied_seed, s.boot_restarts, s.backup_bytes, s.quarantine_bytes, \
+     array(select d.name from custom_domains d where d.user_id = h.user_id and d.state = 'Verified' \
+       order by d.name) as domains \
      from hostings h join users u on u.id = h.user_id left join hosting_status s on s.hosting_id = h.id";
 
 impl RecordRow {
@@ -186,6 +191,7 @@ impl RecordRow {
                 backup_bytes: self.backup_bytes.unwrap_or(0).max(0) as u64,
                 quarantine_bytes: self.quarantine_bytes.unwrap_or(0).max(0) as u64,
             },
+            domains: self.domains.into_iter().map(CustomDomain::from_stored).collect(),
         })
     }
 }

@@ -14,6 +14,7 @@ pub mod hostings;
 pub mod lease;
 pub mod sessions;
 pub mod status;
+pub mod tls;
 pub mod users;
 pub mod view;
 pub mod warm_pool;
@@ -21,6 +22,7 @@ pub mod warm_pool;
 pub use backups::{Backup, RestoreRefusal};
 pub use hostings::{HostingRecord, ObservedStatus, RecordVersion, StorageUse};
 pub use status::{CapacityRow, CapacityUsage, ConsoleTail, Event, NewEvent, ReconcilerStats};
+pub use tls::{AddDomain, CertRow, DomainRow, DueCheck};
 pub use users::User;
 pub use warm_pool::{WarmPoolCounts, WARM_POOL_USER};
 

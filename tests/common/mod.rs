@@ -5,7 +5,7 @@
 #![allow(dead_code)]
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -54,6 +54,8 @@ pub struct TestNginx {
     pub conf: PathBuf,
     pub routes_dir: PathBuf,
     pub port: u16,
+    /// The HTTPS listener's port, if it has one.
+    pub https_port: Option<u16>,
 }
 
 impl TestNginx {
@@ -63,6 +65,12 @@ impl TestNginx {
 
     /// With host routing for `sites_domain` (`HOSTD_SITES_DOMAIN`).
     pub fn start_with(sites_domain: Option<&str>) -> TestNginx {
+        Self::start_full(sites_domain, None)
+    }
+
+    /// With an HTTPS listener serving the certificates of `tls_dir` (a
+    /// hostd state directory's `tls`).
+    pub fn start_full(sites_domain: Option<&str>, tls_dir: Option<&Path>) -> TestNginx {
         let dir = tempfile::tempdir().unwrap();
         // nginx workers run as www-data (see templates/nginx-main.conf).
         use std::os::unix::fs::PermissionsExt;
@@ -71,13 +79,18 @@ impl TestNginx {
         std::fs::create_dir_all(&routes_dir).unwrap();
         std::fs::create_dir_all(dir.path().join("tmp")).unwrap();
         let port = free_port();
+        let https_port = tls_dir.map(|_| free_port());
         let conf = dir.path().join("nginx.conf");
-        let text = hostd::app::nginx_main_conf(
-            &format!("127.0.0.1:{port}"),
-            &dir.path().display().to_string(),
-            &routes_dir.display().to_string(),
+        let tls = tls_dir.map(|d| d.display().to_string()).unwrap_or_default();
+        let https = https_port.map(|p| format!("127.0.0.1:{p}"));
+        let text = hostd::app::nginx_main_conf(&hostd::app::NginxLayout {
+            listen: &format!("127.0.0.1:{port}"),
+            https_listen: https.as_deref(),
+            prefix: &dir.path().display().to_string(),
+            routes_dir: &routes_dir.display().to_string(),
+            tls_dir: &tls,
             sites_domain,
-        );
+        });
         std::fs::write(&conf, text).unwrap();
         let st = std::process::Command::new("nginx")
             .arg("-c")
@@ -90,6 +103,7 @@ impl TestNginx {
             conf,
             routes_dir,
             port,
+            https_port,
         }
     }
 
@@ -166,6 +180,13 @@ pub fn test_config(db: &str, state: &std::path::Path, nginx: Option<&TestNginx>)
         guest_limits: Default::default(),
         warm_pool: 0,
         secure_cookies: false,
+        tls: hostd::config::TlsPolicy {
+            acme: None,
+            wildcard: None,
+            dir: state.join("tls"),
+            dns_resolver: None,
+            max_domains: 5,
+        },
         quarantine: Duration::from_secs(7 * 86400),
         disk_reserve_bytes: 0,
         backups: hostd::config::BackupPolicy {

@@ -56,11 +56,13 @@ pub struct NginxDriver {
     writing: Arc<tokio::sync::Mutex<()>>,
     /// Set while the files on disk are newer than what nginx serves (a reload failed).
     reload_pending: Arc<AtomicBool>,
+    /// The TLS map file (`HOSTD_STATE_DIR/tls/certs.map`).
+    tls_map: PathBuf,
 }
 
 impl NginxDriver {
     /// Creates the driver and spawns its batcher task (needs a tokio runtime).
-    pub fn new(routes_dir: &Path, conf: &Path, bin: &Path) -> Self {
+    pub fn new(routes_dir: &Path, conf: &Path, bin: &Path, tls_map: &Path) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
         let reload_pending = Arc::new(AtomicBool::new(false));
         let map = Arc::new(MapFile {
@@ -85,6 +87,7 @@ impl NginxDriver {
             tx,
             writing,
             reload_pending,
+            tls_map: tls_map.to_path_buf(),
         }
     }
 
@@ -108,7 +111,7 @@ impl ProxyDriver for NginxDriver {
             hosting_id: route.hosting_id.to_string(),
             user_id: route.user_id.to_string(),
             upstream,
-            vhost: route.vhost.clone(),
+            hosts: route.hosts.clone(),
         }
         .render()
         .expect("route template renders");
@@ -229,6 +232,43 @@ impl ProxyDriver for NginxDriver {
         nginx(&self.bin, &self.conf, &["-s", "reload"])
             .await
             .map_err(DriverError::NginxReload)
+    }
+
+    async fn apply_tls_map(&self, content: &str) -> DriverResult<bool> {
+        let _writing = self.writing.lock().await;
+        let old = match tokio::fs::read_to_string(&self.tls_map).await {
+            Ok(t) => Some(t),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(e.into()),
+        };
+        if old.as_deref() == Some(content) {
+            return Ok(false);
+        }
+        let write = |text: Option<String>| {
+            let path = self.tls_map.clone();
+            async move {
+                tokio::task::spawn_blocking(move || match text {
+                    Some(t) => {
+                        let tmp = path.with_extension("map.tmp");
+                        std::fs::write(&tmp, t)?;
+                        std::fs::rename(&tmp, &path)
+                    }
+                    None => std::fs::remove_file(&path),
+                })
+                .await
+                .map_err(|e| DriverError::Other(format!("TLS map write: {e}")))?
+                .map_err(DriverError::from)
+            }
+        };
+        write(Some(content.to_string())).await?;
+        if let Err(e) = nginx(&self.bin, &self.conf, &["-t", "-q"]).await {
+            write(old).await?;
+            return Err(DriverError::NginxInvalid(e));
+        }
+        nginx(&self.bin, &self.conf, &["-s", "reload"])
+            .await
+            .map_err(DriverError::NginxReload)?;
+        Ok(true)
     }
 
     async fn health(&self) -> DriverResult<String> {
