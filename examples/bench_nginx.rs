@@ -105,13 +105,20 @@ async fn main() {
         for d in ["loc", "map", "tmp"] {
             std::fs::create_dir_all(p.join(d)).unwrap();
         }
-        let main = hostd::app::nginx_main_conf(
-            "127.0.0.1:1",
-            &p.display().to_string(),
-            &p.join("map").display().to_string(),
-            None,
+        let main = hostd::app::nginx_main_conf(&hostd::app::NginxLayout {
+            listen: "127.0.0.1:1",
+            https_listen: None,
+            prefix: &p.display().to_string(),
+            routes_dir: &p.join("map").display().to_string(),
+            tls_dir: "",
+            sites_domain: None,
+        });
+        let driver = NginxDriver::new(
+            &p.join("map"),
+            &p.join("map.conf"),
+            "nginx".as_ref(),
+            &p.join("tls.map"),
         );
-        let driver = NginxDriver::new(&p.join("map"), &p.join("map.conf"), "nginx".as_ref());
         let (mut map, mut loc_bytes) = (String::new(), 0);
         for i in 0..n {
             let (h, u) = (
@@ -126,7 +133,7 @@ async fn main() {
                 hosting_id: h,
                 user_id: u,
                 http_port: Some(port),
-                vhost: None,
+                hosts: vec![],
             }));
         }
         std::fs::write(p.join("map").join("routes.map"), &map).unwrap();

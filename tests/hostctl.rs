@@ -227,3 +227,25 @@ async fn login_keeps_server_and_token_in_a_private_config_file() {
     assert!(String::from_utf8_lossy(&o.stderr).contains("config.yaml"));
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn domain_add_ls_rm() {
+    let app = TestApp::api().await;
+    let (t, _, _) = common::create_hosting(&app, "dom_user").await;
+    let o = hostctl(&app, Some(&t), &["domain", "add", "Shop.Example.ORG"]);
+    assert_eq!(o.status.code(), Some(0), "{o:?}");
+    let text = out(&o);
+    assert!(text.contains("_hostd-challenge.shop.example.org  TXT  \"hostd-"), "{text}");
+    let o = hostctl(&app, Some(&t), &["domain", "ls"]);
+    assert!(out(&o).contains("shop.example.org") && out(&o).contains("PendingVerification"), "{}", out(&o));
+    // Refused input: the API's message, exit 1.
+    let o = hostctl(&app, Some(&t), &["domain", "add", "10.0.0.1"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(out(&o).contains("IP address"), "{o:?}");
+    let o = hostctl(&app, Some(&t), &["domain", "rm", "shop.example.org"]);
+    assert_eq!(o.status.code(), Some(0), "{o:?}");
+    let o = hostctl(&app, Some(&t), &["domain", "ls"]);
+    assert!(!out(&o).contains("shop.example.org"), "{}", out(&o));
+    let o = hostctl(&app, Some(&t), &["domain", "rm", "shop.example.org"]);
+    assert_eq!(o.status.code(), Some(1));
+}

@@ -267,6 +267,9 @@ async fn sites_and_custom_domains_are_served_over_https_with_certificates_from_a
     let routes = &app.nginx.as_ref().unwrap().routes_dir;
     let entry = route_entry(routes, alice_id).unwrap();
     assert!(entry.contains("host:www.alice-shop.test "), "{entry}");
+    let events = app.store.recent_events(alice_id, 20).await.unwrap();
+    assert!(events.iter().any(|e| e.reason == "DomainVerified"), "{events:?}");
+    assert!(!events.iter().any(|e| e.reason == "RouteRepaired"), "a new domain is no hand edit: {events:?}");
     let (_, list) = app.get_json(&alice, "/api/v1/host/my/domains").await;
     assert_eq!(list[0]["state"], "Ready", "{list}");
     https_until(&client, &format!("https://www.alice-shop.test:{https}/"), "ok").await;

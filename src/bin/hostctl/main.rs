@@ -109,6 +109,22 @@ enum Cmd {
     Reset,
     /// Print the tail of your hosting's boot console log (guest text).
     Console,
+    /// Your custom domains: `add NAME` (prints the TXT record that proves
+    /// you control it), `ls`, `rm NAME`.
+    Domain {
+        #[command(subcommand)]
+        cmd: DomainCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum DomainCmd {
+    /// Claim a domain for your site; create the TXT record it prints.
+    Add { name: String },
+    /// List your domains: state, certificate, last error.
+    Ls,
+    /// Stop serving a domain.
+    Rm { name: String },
 }
 
 /// A `Hosting` document for `apply` (the CRD's shape; only `spec` is read).
@@ -277,6 +293,7 @@ async fn main() {
             let req = c.post(url("/host/my/reset")).bearer_auth(token());
             show(send(req).await).await
         }
+        Cmd::Domain { cmd } => domain(&c, &url, cmd).await,
         Cmd::Console => {
             let r = send(c.get(url("/host/my/console")).bearer_auth(token())).await;
             if !r.status().is_success() {
@@ -394,4 +411,46 @@ fn ssh(h: &HostingView, identity: Option<PathBuf>, args: &[String]) -> i32 {
     let err = ssh.exec();
     eprintln!("hostctl: cannot run ssh: {err}");
     2
+}
+
+/// `hostctl domain …`.
+async fn domain(c: &reqwest::Client, url: &dyn Fn(&str) -> String, cmd: DomainCmd) -> i32 {
+    match cmd {
+        DomainCmd::Add { name } => {
+            let req = c.post(url("/host/my/domains")).bearer_auth(token());
+            let r = send(req.json(&json!({ "name": name }))).await;
+            if !r.status().is_success() {
+                return show(r).await;
+            }
+            let d: Value = r.json().await.unwrap_or_else(|e| fail(e));
+            println!("added {}: to prove you control it, create this DNS record:", d["name"].as_str().unwrap_or(""));
+            println!("  {}  TXT  \"{}\"", d["txt_name"].as_str().unwrap_or(""), d["txt_value"].as_str().unwrap_or(""));
+            println!("It is checked every few seconds at first, then less often; `hostctl domain ls` shows where it stands.");
+            0
+        }
+        DomainCmd::Ls => {
+            let r = send(c.get(url("/host/my/domains")).bearer_auth(token())).await;
+            if !r.status().is_success() {
+                return show(r).await;
+            }
+            let list: Vec<Value> = r.json().await.unwrap_or_else(|e| fail(e));
+            println!("{:<40} {:<20} {:<12} {:<12} NOTE", "NAME", "STATE", "CERTIFICATE", "EXPIRES");
+            for d in list {
+                let s = |k: &str| d[k].as_str().unwrap_or("-").to_string();
+                let expires = s("certificate_not_after").chars().take(10).collect::<String>();
+                println!("{:<40} {:<20} {:<12} {:<12} {}", s("name"), s("state"), s("certificate_state"), expires,
+                    d["last_error"].as_str().unwrap_or(""));
+            }
+            0
+        }
+        DomainCmd::Rm { name } => {
+            let r = send(c.delete(url(&format!("/host/my/domains/{name}"))).bearer_auth(token())).await;
+            if r.status().is_success() {
+                println!("removed {name}");
+                0
+            } else {
+                show(r).await
+            }
+        }
+    }
 }

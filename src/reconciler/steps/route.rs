@@ -84,11 +84,18 @@ impl Pass<'_> {
         let proxy = &self.ctx.proxy;
         let was_configured = has_true(&rec.status.conditions, C::RouteConfigured);
         // A file hostd itself wrote for the other state (serving ↔ the
-        // stopped page) is a transition, not a hand edit.
+        // stopped page), or for another set of host names (a custom domain
+        // verified or removed since), is a transition, not a hand edit.
+        let without_hosts = |t: &str| {
+            t.lines()
+                .filter(|l| !l.starts_with("host:"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        };
         let ours = |h: &str| {
-            [rec.status.http_port, None]
-                .into_iter()
-                .any(|p| proxy.render(&self.ctx.route_spec(rec, p)) == h)
+            [rec.status.http_port, None].into_iter().any(|p| {
+                without_hosts(&proxy.render(&self.ctx.route_spec(rec, p))) == without_hosts(h)
+            })
         };
         match have {
             Some(h) if was_configured && !ours(h) => (
