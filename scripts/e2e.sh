@@ -12,6 +12,14 @@ cd "$(dirname "$0")/.."
 LABEL=e2e
 . scripts/realenv.sh
 realenv_up
+# A private ACME CA (Pebble, Debian's package) validating through this run's
+# nginx: the tenant's own name gets a real certificate.
+step "test ACME CA (Pebble) on 127.0.0.1"
+scripts/pebble.sh start "$WORK/pebble" "$NGINX_PORT" > "$WORK/pebble.env"
+stop_pebble() { scripts/pebble.sh stop "$WORK/pebble"; }
+CLEANUP_HOOKS+=(stop_pebble)
+set -a; . "$WORK/pebble.env"; set +a
+export HOSTD_SITES_DOMAIN=sites.test
 start_hostd
 
 step "register, login, create a hosting"
@@ -50,6 +58,17 @@ step "the welcome page names the user"
 page=$(curl -fsS "$SITE") || fail "the site does not answer"
 grep -q "Welcome, e2e_user" <<<"$page" || fail "welcome page missing the username"
 [ "$(curl -s -o /dev/null -w '%{http_code} %{redirect_url}' "http://127.0.0.1:$NGINX_PORT/$USER_ID")" = "301 http://127.0.0.1:$NGINX_PORT/$USER_ID/" ] || fail "no trailing-slash redirect"
+
+step "HTTPS: the tenant's name has a certificate from the CA and serves the welcome page"
+curl -fsS --cacert "$HOSTD_ACME_CA_FILE" "$PEBBLE_MANAGEMENT/roots/0" > "$WORK/pebble-root.pem"
+TLS_SITE="https://e2e-user.sites.test:$HTTPS_PORT/"
+tls_page() {
+  curl -fsS --cacert "$WORK/pebble-root.pem" --resolve "e2e-user.sites.test:$HTTPS_PORT:127.0.0.1" "$TLS_SITE" > "$WORK/tls.html" 2>"$WORK/tls.err"
+}
+wait_until 60 2 tls_page || fail "no HTTPS site after 60 s: $(cat "$WORK/tls.err")"
+grep -q "Welcome, e2e_user" "$WORK/tls.html" || fail "the HTTPS page is not the tenant's welcome page"
+[ "$(curl -s -o /dev/null -w '%{http_code} %{redirect_url}' -H 'Host: e2e-user.sites.test' "http://127.0.0.1:$NGINX_PORT/x")" = "301 https://e2e-user.sites.test:$HTTPS_PORT/x" ] ||
+  fail "plain HTTP to the tenant's name is not redirected to HTTPS"
 
 step "the boot console shows the boot's progress (not only a login prompt)"
 console_has_boot() {

@@ -21,6 +21,7 @@ WORK=$(mktemp -d /tmp/hostd-e2e.XXXXXX)
 chmod 0711 "$WORK"   # the host nginx workers (www-data) reach their temp dirs below it
 DB="hostd_e2e_$(echo "$run_id" | tr -c 'a-z0-9\n' '_')"
 NGINX_PORT=$(free_port)
+HTTPS_PORT=$(free_port)
 API_PORT=$(free_port)
 METRICS_PORT=$(free_port)
 CLEANUP_HOOKS=()
@@ -66,7 +67,10 @@ trap cleanup EXIT
 realenv_up() {
 step "private nginx on 127.0.0.1:$NGINX_PORT, database $DB, instance $INSTANCE"
 mkdir -p "$WORK/nginx/tmp" "$WORK/routes"
-"$BIN" nginx-conf --listen "127.0.0.1:$NGINX_PORT" --prefix "$WORK/nginx" --routes-dir "$WORK/routes" > "$WORK/nginx/nginx.conf"
+# The run's own TLS directory (certificates from the test CA, if any).
+export HOSTD_TLS_DIR="$WORK/tls"
+"$BIN" nginx-conf --listen "127.0.0.1:$NGINX_PORT" --https-listen "127.0.0.1:$HTTPS_PORT" \
+  --prefix "$WORK/nginx" --routes-dir "$WORK/routes" > "$WORK/nginx/nginx.conf"
 nginx -c "$WORK/nginx/nginx.conf"
 su postgres -c "psql -qc 'create database $DB owner hostd'"
 

@@ -14,6 +14,12 @@ ROUTES_DIR="${HOSTD_NGINX_ROUTES_DIR:-$STATE_DIR/nginx-routes}"
 NGINX_PREFIX="$STATE_DIR/nginx"
 NGINX_CONF="${HOSTD_NGINX_CONF:-$NGINX_PREFIX/nginx.conf}"
 http_port="${HTTP_LISTEN##*:}"
+# HTTPS: on when certificates can exist (an ACME directory or the sites
+# wildcard is configured), on 0.0.0.0:443 unless HOSTD_HTTPS_LISTEN says where.
+HTTPS_LISTEN="${HOSTD_HTTPS_LISTEN:-}"
+if [ -z "$HTTPS_LISTEN" ] && { [ -n "${HOSTD_ACME_DIRECTORY:-}" ] || [ -n "${HOSTD_SITES_TLS_CERT:-}" ]; }; then
+  HTTPS_LISTEN=0.0.0.0:443
+fi
 
 [ "$(id -u)" = 0 ] || die "run as root"
 log "installing packages (if missing)"
@@ -24,13 +30,17 @@ cargo build --release --locked --bins
 BIN=target/release/hostd
 
 mkdir -p "$STATE_DIR" "$ROUTES_DIR" "$NGINX_PREFIX/tmp"
+# nginx's workers (www-data) traverse the state directory to the routes and
+# the TLS files, and list nothing in it.
+chmod 711 "$STATE_DIR"
 if [ ! -s "$STATE_DIR/jwt-secret" ]; then
   head -c 48 /dev/urandom | base64 | tr -d '\n/+=' > "$STATE_DIR/jwt-secret"
   chmod 600 "$STATE_DIR/jwt-secret"
 fi
 
-log "host nginx on $HTTP_LISTEN"
-"$BIN" nginx-conf --listen "$HTTP_LISTEN" --prefix "$NGINX_PREFIX" --routes-dir "$ROUTES_DIR" > "$NGINX_CONF"
+log "host nginx on $HTTP_LISTEN${HTTPS_LISTEN:+ and $HTTPS_LISTEN (TLS)}"
+"$BIN" nginx-conf --listen "$HTTP_LISTEN" --prefix "$NGINX_PREFIX" --routes-dir "$ROUTES_DIR" \
+  ${HTTPS_LISTEN:+--https-listen "$HTTPS_LISTEN"} > "$NGINX_CONF"
 nginx -t -q -c "$NGINX_CONF"
 if [ -f "$NGINX_PREFIX/nginx.pid" ] && kill -0 "$(cat "$NGINX_PREFIX/nginx.pid")" 2>/dev/null; then
   nginx -s reload -c "$NGINX_CONF"
@@ -75,6 +85,7 @@ hostd is running.
   API:    http://$API_LISTEN/api/v1   (health: /api/v1/health/detailed,
           contract: /api/v1/openapi.json)
   Sites:  $HOSTD_PUBLIC_URL/<user_id>/
+  HTTPS:  ${HTTPS_LISTEN:-off (set HOSTD_ACME_DIRECTORY, or HOSTD_SITES_TLS_CERT/_KEY; see docs/operations.md)}
   Logs:   $STATE_DIR/hostd.log
   Warm pool: $HOSTD_WARM_POOL booted guest(s) (ready about a minute after start;
           a new default-size hosting then takes seconds instead of a boot)

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Installs what the browser test and the OpenAPI fuzzing need (idempotent):
-# Debian's chromium and chromium-driver, and a Python virtualenv with pinned
+# Installs what the browser test, the OpenAPI fuzzing and the ACME test need
+# (idempotent): Debian's chromium, chromium-driver and pebble (a test ACME CA), and a Python virtualenv with pinned
 # selenium and schemathesis from PyPI. Prints nothing but progress; sets
 # nothing: callers use "$TEST_VENV/bin/python".
 set -euo pipefail
@@ -10,7 +10,7 @@ TEST_VENV="${HOSTD_TEST_VENV:-/var/cache/hostd-test/venv}"
 PY_PKGS=(selenium==4.51.0 schemathesis==4.32.5)
 
 missing=()
-for p in chromium chromium-driver; do
+for p in chromium chromium-driver pebble; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
 done
 if [ ${#missing[@]} -gt 0 ]; then

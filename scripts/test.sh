@@ -16,6 +16,9 @@ drop_scratch_databases
 trap drop_scratch_databases EXIT
 export RUST_LOG="${RUST_LOG:-warn}"
 
+log "test tools (Chromium, Selenium, schemathesis, Pebble)"
+./scripts/test-tools.sh
+
 log "formatting and lints (cargo fmt --check, cargo clippy -D warnings)"
 cargo fmt --check
 cargo clippy --locked --all-targets -- -D warnings

@@ -277,7 +277,11 @@ pub fn nginx_main_conf(l: &NginxLayout) -> String {
         let port = listen.rsplit_once(':').map_or("443", |(_, p)| p);
         crate::templates::NginxTls {
             listen: listen.to_string(),
-            port_suffix: if port == "443" { String::new() } else { format!(":{port}") },
+            port_suffix: if port == "443" {
+                String::new()
+            } else {
+                format!(":{port}")
+            },
             dir: l.tls_dir.to_string(),
             fallback: format!("{}/{}", l.tls_dir, crate::drivers::tls_files::FALLBACK_FILE),
         }

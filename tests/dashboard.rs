@@ -252,3 +252,81 @@ async fn guest_console_text_is_escaped_on_the_page() {
     assert!(!html.contains("<script>alert") && !html.contains("<img src=x"));
     app.stop().await;
 }
+
+#[tokio::test]
+async fn custom_domains_are_added_shown_and_removed_from_the_page() {
+    let app = TestApp::api().await;
+    let c = client();
+    let (t, _, _) = common::create_hosting(&app, "web-dom").await;
+    let session = web_login(&app, &c, "web-dom").await;
+    let page = |c: reqwest::Client, s: String| {
+        let url = app.url("/ui/hosting");
+        async move {
+            c.get(url)
+                .header(COOKIE, s)
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap()
+        }
+    };
+    let html = page(c.clone(), session.clone()).await;
+    let csrf = csrf_in(&html);
+    assert!(
+        html.contains("id=\"domain-form\""),
+        "the page offers to add a domain"
+    );
+    let post = |path: &'static str, name: &'static str, token: String| {
+        let (c, s, url) = (c.clone(), session.clone(), app.url(path));
+        async move {
+            c.post(url)
+                .header(COOKIE, s)
+                .form(&[("csrf", token.as_str()), ("name", name)])
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    // Without the CSRF token: refused, nothing added.
+    let r = post("/ui/hosting/domains", "shop.example.net", "forged".into()).await;
+    assert_eq!(r.status(), 403);
+    assert!(app
+        .get_json(&t, "/api/v1/host/my/domains")
+        .await
+        .1
+        .as_array()
+        .unwrap()
+        .is_empty());
+    // Added: the page shows its TXT record (escaped like all guest-controlled text).
+    let r = post("/ui/hosting/domains", "Shop.Example.NET", csrf.clone()).await;
+    assert_eq!(r.status(), 303);
+    let (_, list) = app.get_json(&t, "/api/v1/host/my/domains").await;
+    let value = list[0]["txt_value"].as_str().unwrap().to_string();
+    let html = page(c.clone(), session.clone()).await;
+    assert!(
+        html.contains("_hostd-challenge.shop.example.net") && html.contains(&value),
+        "{html}"
+    );
+    assert!(html.contains("PendingVerification"));
+    // The API's validation, shown on the page with its status.
+    let r = post("/ui/hosting/domains", "<b>1.2.3.4</b>", csrf.clone()).await;
+    assert_eq!(r.status(), 422);
+    let body = r.text().await.unwrap();
+    assert!(
+        body.contains("not a valid") || body.contains("IP address"),
+        "{body}"
+    );
+    assert!(!body.contains("<b>1.2.3.4</b>"), "input is escaped");
+    // Removed.
+    let r = post("/ui/hosting/domains/remove", "shop.example.net", csrf).await;
+    assert_eq!(r.status(), 303);
+    assert!(app
+        .get_json(&t, "/api/v1/host/my/domains")
+        .await
+        .1
+        .as_array()
+        .unwrap()
+        .is_empty());
+}

@@ -235,9 +235,16 @@ async fn domain_add_ls_rm() {
     let o = hostctl(&app, Some(&t), &["domain", "add", "Shop.Example.ORG"]);
     assert_eq!(o.status.code(), Some(0), "{o:?}");
     let text = out(&o);
-    assert!(text.contains("_hostd-challenge.shop.example.org  TXT  \"hostd-"), "{text}");
+    assert!(
+        text.contains("_hostd-challenge.shop.example.org  TXT  \"hostd-"),
+        "{text}"
+    );
     let o = hostctl(&app, Some(&t), &["domain", "ls"]);
-    assert!(out(&o).contains("shop.example.org") && out(&o).contains("PendingVerification"), "{}", out(&o));
+    assert!(
+        out(&o).contains("shop.example.org") && out(&o).contains("PendingVerification"),
+        "{}",
+        out(&o)
+    );
     // Refused input: the API's message, exit 1.
     let o = hostctl(&app, Some(&t), &["domain", "add", "10.0.0.1"]);
     assert_eq!(o.status.code(), Some(1));

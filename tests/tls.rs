@@ -28,7 +28,11 @@ impl Pebble {
             .arg(http_port.to_string())
             .output()
             .expect("scripts/pebble.sh");
-        assert!(out.status.success(), "pebble: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "pebble: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let env = String::from_utf8_lossy(&out.stdout)
             .lines()
             .filter_map(|l| l.split_once('='))
@@ -173,7 +177,12 @@ async fn sites_and_custom_domains_are_served_over_https_with_certificates_from_a
     // A tenant's own name gets a certificate and is served over HTTPS.
     let (alice, alice_id, _guest) = ready_manual(&app, &ctl, "alice").await;
     let stats = tls::pass(&ctl.ctx).await.unwrap();
-    assert_eq!(stats.issued, 1, "{stats:?} {:?}", app.store.list_certificates().await.unwrap());
+    assert_eq!(
+        stats.issued,
+        1,
+        "{stats:?} {:?}",
+        app.store.list_certificates().await.unwrap()
+    );
     assert!(stats.map_changed);
     let row = cert_row(&app, "alice.sites.test").await;
     assert_eq!(row.state, "Ready", "{row:?}");
@@ -182,10 +191,26 @@ async fn sites_and_custom_domains_are_served_over_https_with_certificates_from_a
     {
         use std::os::unix::fs::{MetadataExt, PermissionsExt};
         let m = std::fs::metadata(&file).unwrap();
-        assert_eq!(m.permissions().mode() & 0o777, 0o600, "the key file is private");
+        assert_eq!(
+            m.permissions().mode() & 0o777,
+            0o600,
+            "the key file is private"
+        );
         let www = std::fs::read_to_string("/etc/passwd").unwrap();
-        let www_uid: u32 = www.lines().find(|l| l.starts_with("www-data:")).unwrap().split(':').nth(2).unwrap().parse().unwrap();
-        assert_eq!(m.uid(), www_uid, "owned by nginx's workers, who load it per handshake");
+        let www_uid: u32 = www
+            .lines()
+            .find(|l| l.starts_with("www-data:"))
+            .unwrap()
+            .split(':')
+            .nth(2)
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert_eq!(
+            m.uid(),
+            www_uid,
+            "owned by nginx's workers, who load it per handshake"
+        );
     }
     let account = std::fs::read_dir(&tls_dir)
         .unwrap()
@@ -194,7 +219,10 @@ async fn sites_and_custom_domains_are_served_over_https_with_certificates_from_a
         .expect("the ACME account is kept");
     {
         use std::os::unix::fs::PermissionsExt;
-        assert_eq!(account.metadata().unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(
+            account.metadata().unwrap().permissions().mode() & 0o777,
+            0o600
+        );
     }
     let client = https_client(&root, &["alice.sites.test", "www.alice-shop.test"], https);
     // nginx's reload is asynchronous: the old workers finish first.
@@ -202,22 +230,53 @@ async fn sites_and_custom_domains_are_served_over_https_with_certificates_from_a
     let root_file = pebble.dir.path().join("issuing-root.pem");
     // (Not blocking this runtime: the stand-in guest answers on it.)
     let out = tokio::process::Command::new("curl")
-        .args(["-sS", "-o", "/dev/null", "-w", "%{http_version} %{http_code}", "--http2", "--cacert"])
+        .args([
+            "-sS",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_version} %{http_code}",
+            "--http2",
+            "--cacert",
+        ])
         .arg(&root_file)
         .args(["--resolve", &format!("alice.sites.test:{https}:127.0.0.1")])
         .arg(format!("https://alice.sites.test:{https}/"))
         .output()
         .await
         .unwrap();
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "2 200", "HTTP/2 over TLS ({})", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "2 200",
+        "HTTP/2 over TLS ({})",
+        String::from_utf8_lossy(&out.stderr)
+    );
     // Plain HTTP is redirected, ACME paths excepted (and never the guest's).
     let (s, loc, _) = http_get(http, "alice.sites.test", "/a?b=1").await;
-    assert_eq!((s, loc.as_str()), (301, format!("https://alice.sites.test:{https}/a?b=1").as_str()));
-    let (s, _, body) = http_get(http, "alice.sites.test", "/.well-known/acme-challenge/guess").await;
-    assert_eq!(s, 404, "a challenge path is the host's, not the guest's ({body})");
+    assert_eq!(
+        (s, loc.as_str()),
+        (
+            301,
+            format!("https://alice.sites.test:{https}/a?b=1").as_str()
+        )
+    );
+    let (s, _, body) = http_get(
+        http,
+        "alice.sites.test",
+        "/.well-known/acme-challenge/guess",
+    )
+    .await;
+    assert_eq!(
+        s, 404,
+        "a challenge path is the host's, not the guest's ({body})"
+    );
     // A name without a certificate gets the fallback, which no client trusts.
     let unknown = https_client(&root, &["nobody.sites.test"], https);
-    assert!(unknown.get(format!("https://nobody.sites.test:{https}/")).send().await.is_err());
+    assert!(unknown
+        .get(format!("https://nobody.sites.test:{https}/"))
+        .send()
+        .await
+        .is_err());
 
     // A custom domain is refused until its TXT record proves control.
     let (bob, _) = {
@@ -228,7 +287,13 @@ async fn sites_and_custom_domains_are_served_over_https_with_certificates_from_a
         let c = app.client.clone();
         let url = app.url("/api/v1/host/my/domains");
         async move {
-            let r = c.post(url).bearer_auth(token).json(&serde_json::json!({"name": name})).send().await.unwrap();
+            let r = c
+                .post(url)
+                .bearer_auth(token)
+                .json(&serde_json::json!({"name": name}))
+                .send()
+                .await
+                .unwrap();
             let s = r.status().as_u16();
             (s, r.json::<serde_json::Value>().await.unwrap_or_default())
         }
@@ -242,25 +307,48 @@ async fn sites_and_custom_domains_are_served_over_https_with_certificates_from_a
     // Another tenant may claim it too while it is unproven (a claim alone
     // must not let a squatter block the owner)…
     assert_eq!(add(bob.clone(), "www.alice-shop.test").await.0, 201);
-    for bad in ["x.sites.test", "sites.test", "127.0.0.1", "*.shop.test", "localhost", "bad_name.test"] {
+    for bad in [
+        "x.sites.test",
+        "sites.test",
+        "127.0.0.1",
+        "*.shop.test",
+        "localhost",
+        "bad_name.test",
+    ] {
         let (s, e) = add(alice.clone(), bad).await;
         assert_eq!(s, 422, "{bad}: {e}");
     }
     tls::pass(&ctl.ctx).await.unwrap();
     let (_, list) = app.get_json(&alice, "/api/v1/host/my/domains").await;
     assert_eq!(list[0]["state"], "PendingVerification");
-    assert!(list[0]["last_error"].as_str().unwrap().contains("no TXT record"), "{list}");
+    assert!(
+        list[0]["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("no TXT record"),
+        "{list}"
+    );
     let (s, _, _) = http_get(http, "www.alice-shop.test", "/x").await;
     assert_eq!(s, 404, "not routed to the guest before verification");
     // A wrong value does not verify it.
-    pebble.set_txt("_hostd-challenge.www.alice-shop.test", "hostd-wrong").await;
-    sqlx::query("update custom_domains set next_check_at = now()").execute(&app.store.db()).await.unwrap();
+    pebble
+        .set_txt("_hostd-challenge.www.alice-shop.test", "hostd-wrong")
+        .await;
+    sqlx::query("update custom_domains set next_check_at = now()")
+        .execute(&app.store.db())
+        .await
+        .unwrap();
     tls::pass(&ctl.ctx).await.unwrap();
     let (_, list) = app.get_json(&alice, "/api/v1/host/my/domains").await;
     assert_eq!(list[0]["state"], "PendingVerification", "{list}");
     // The right value verifies it; it is routed and issued.
-    pebble.set_txt("_hostd-challenge.www.alice-shop.test", &token).await;
-    sqlx::query("update custom_domains set next_check_at = now()").execute(&app.store.db()).await.unwrap();
+    pebble
+        .set_txt("_hostd-challenge.www.alice-shop.test", &token)
+        .await;
+    sqlx::query("update custom_domains set next_check_at = now()")
+        .execute(&app.store.db())
+        .await
+        .unwrap();
     let stats = tls::pass(&ctl.ctx).await.unwrap();
     assert_eq!((stats.domains_verified, stats.issued), (1, 1), "{stats:?}");
     settle(&ctl, alice_id).await;
@@ -268,11 +356,22 @@ async fn sites_and_custom_domains_are_served_over_https_with_certificates_from_a
     let entry = route_entry(routes, alice_id).unwrap();
     assert!(entry.contains("host:www.alice-shop.test "), "{entry}");
     let events = app.store.recent_events(alice_id, 20).await.unwrap();
-    assert!(events.iter().any(|e| e.reason == "DomainVerified"), "{events:?}");
-    assert!(!events.iter().any(|e| e.reason == "RouteRepaired"), "a new domain is no hand edit: {events:?}");
+    assert!(
+        events.iter().any(|e| e.reason == "DomainVerified"),
+        "{events:?}"
+    );
+    assert!(
+        !events.iter().any(|e| e.reason == "RouteRepaired"),
+        "a new domain is no hand edit: {events:?}"
+    );
     let (_, list) = app.get_json(&alice, "/api/v1/host/my/domains").await;
     assert_eq!(list[0]["state"], "Ready", "{list}");
-    https_until(&client, &format!("https://www.alice-shop.test:{https}/"), "ok").await;
+    https_until(
+        &client,
+        &format!("https://www.alice-shop.test:{https}/"),
+        "ok",
+    )
+    .await;
     assert_eq!(http_get(http, "www.alice-shop.test", "/").await.0, 301);
     // …and now the other tenant's claim has failed, and no one can claim it.
     let (_, bobs) = app.get_json(&bob, "/api/v1/host/my/domains").await;
@@ -289,7 +388,11 @@ async fn sites_and_custom_domains_are_served_over_https_with_certificates_from_a
         tokio::spawn(async move {
             let (mut ok, mut failed) = (0u32, Vec::new());
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                match client.get(format!("https://alice.sites.test:{https}/")).send().await {
+                match client
+                    .get(format!("https://alice.sites.test:{https}/"))
+                    .send()
+                    .await
+                {
                     Ok(r) if r.status() == 200 => ok += 1,
                     Ok(r) => failed.push(r.status().to_string()),
                     Err(e) => failed.push(e.to_string()),
@@ -299,36 +402,73 @@ async fn sites_and_custom_domains_are_served_over_https_with_certificates_from_a
         })
     };
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(app.store.request_renewal(Some("alice.sites.test")).await.unwrap(), 1);
+    assert_eq!(
+        app.store
+            .request_renewal(Some("alice.sites.test"))
+            .await
+            .unwrap(),
+        1
+    );
     let stats = tls::pass(&ctl.ctx).await.unwrap();
     assert_eq!(stats.issued, 1, "{stats:?}");
     assert!(!stats.map_changed, "a renewal needs no reload");
     tokio::time::sleep(Duration::from_millis(300)).await;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let (ok, failed) = poller.await.unwrap();
-    assert!(failed.is_empty(), "requests failed during the renewal: {failed:?}");
+    assert!(
+        failed.is_empty(),
+        "requests failed during the renewal: {failed:?}"
+    );
     assert!(ok >= 5, "the poller made {ok} requests");
-    assert_ne!(std::fs::read(&file).unwrap(), before, "the certificate was replaced");
+    assert_ne!(
+        std::fs::read(&file).unwrap(),
+        before,
+        "the certificate was replaced"
+    );
 
     // The CA gone: issuance fails with a reason, a Warning event, and the
     // site keeps its last good certificate.
     pebble.stop();
-    app.store.request_renewal(Some("alice.sites.test")).await.unwrap();
+    app.store
+        .request_renewal(Some("alice.sites.test"))
+        .await
+        .unwrap();
     let stats = tls::pass(&ctl.ctx).await.unwrap();
     assert_eq!(stats.failed, 1, "{stats:?}");
     let row = cert_row(&app, "alice.sites.test").await;
     assert_eq!(row.state, "Failed");
-    assert!(row.last_error.as_deref().unwrap_or("").contains("ACME"), "{row:?}");
-    assert!(row.next_attempt_at > chrono::Utc::now(), "backoff before the next attempt");
+    assert!(
+        row.last_error.as_deref().unwrap_or("").contains("ACME"),
+        "{row:?}"
+    );
+    assert!(
+        row.next_attempt_at > chrono::Utc::now(),
+        "backoff before the next attempt"
+    );
     let events = app.store.recent_events(alice_id, 10).await.unwrap();
-    assert!(events.iter().any(|e| e.type_ == "Warning" && e.reason == "CertificateFailed"), "{events:?}");
-    let r = client.get(format!("https://alice.sites.test:{https}/")).send().await.unwrap();
+    assert!(
+        events
+            .iter()
+            .any(|e| e.type_ == "Warning" && e.reason == "CertificateFailed"),
+        "{events:?}"
+    );
+    let r = client
+        .get(format!("https://alice.sites.test:{https}/"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200, "still served with the last certificate");
     // Backing off: the next pass does not try again yet.
     assert_eq!(tls::pass(&ctl.ctx).await.unwrap().failed, 0);
 
     // Removing the domain stops serving it and removes its certificate.
-    let r = app.client.delete(app.url("/api/v1/host/my/domains/www.alice-shop.test")).bearer_auth(&alice).send().await.unwrap();
+    let r = app
+        .client
+        .delete(app.url("/api/v1/host/my/domains/www.alice-shop.test"))
+        .bearer_auth(&alice)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 204);
     let stats = tls::pass(&ctl.ctx).await.unwrap();
     assert!(stats.map_changed);

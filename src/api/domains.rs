@@ -108,22 +108,37 @@ pub async fn add_domain(
     auth: AuthUser,
     body: Result<Json<AddDomainBody>, axum::extract::rejection::JsonRejection>,
 ) -> Result<impl IntoResponse, ApiError> {
-    host_op(&st, auth.id).await?;
     let Json(body) = body?;
-    let name = parse_name(&st, &body.name)?;
-    hosting_of(&st, auth.id).await?;
+    let d = claim(&st, auth.id, &body.name).await?;
+    Ok((StatusCode::CREATED, Json(DomainView::from(d))))
+}
+
+/// Claims `name` for `user` (the API's and the dashboard's add): rate
+/// limited, validated, refused past the limit or when another account has
+/// verified it.
+pub async fn claim(
+    st: &AppState,
+    user: crate::domain::UserId,
+    name: &str,
+) -> Result<DomainRow, ApiError> {
+    host_op(st, user).await?;
+    let name = parse_name(st, name)?;
+    hosting_of(st, user).await?;
     let token = {
         use base64::Engine;
         use rand::RngCore;
         let mut b = [0u8; 24];
         rand::thread_rng().fill_bytes(&mut b);
-        format!("hostd-{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b))
+        format!(
+            "hostd-{}",
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b)
+        )
     };
     let max = st.config.tls.max_domains;
-    match st.store.add_domain(auth.id, &name, &token, max).await? {
+    match st.store.add_domain(user, &name, &token, max).await? {
         AddDomain::Added(d) => {
-            tracing::info!(user = %auth.id, domain = %name, "custom domain claimed");
-            Ok((StatusCode::CREATED, Json(DomainView::from(d))))
+            tracing::info!(%user, domain = %name, "custom domain claimed");
+            Ok(d)
         }
         AddDomain::Exists => Err(ApiError::Conflict(format!("you have already added {name}"))),
         AddDomain::TakenByOther => Err(ApiError::Conflict(format!(
@@ -132,6 +147,22 @@ pub async fn add_domain(
         AddDomain::Limit => Err(ApiError::Unprocessable(format!(
             "an account may have at most {max} custom domains"
         ))),
+    }
+}
+
+/// Removes `user`'s domain `name` (the API's and the dashboard's remove).
+pub async fn unclaim(
+    st: &AppState,
+    user: crate::domain::UserId,
+    name: &str,
+) -> Result<(), ApiError> {
+    host_op(st, user).await?;
+    let name = parse_name(st, name)?;
+    if st.store.remove_domain(user, &name).await? {
+        tracing::info!(%user, domain = %name, "custom domain removed");
+        Ok(())
+    } else {
+        Err(ApiError::NotFound("you have no such domain"))
     }
 }
 
@@ -144,7 +175,9 @@ pub async fn list_domains(
     auth: AuthUser,
 ) -> Result<impl IntoResponse, ApiError> {
     let rows = st.store.list_domains(auth.id).await?;
-    Ok(Json(rows.into_iter().map(DomainView::from).collect::<Vec<_>>()))
+    Ok(Json(
+        rows.into_iter().map(DomainView::from).collect::<Vec<_>>(),
+    ))
 }
 
 /// `DELETE /api/v1/host/my/domains/{name}`: stops serving a domain (its
@@ -162,12 +195,6 @@ pub async fn remove_domain(
     auth: AuthUser,
     Path(name): Path<String>,
 ) -> Result<impl IntoResponse, ApiError> {
-    host_op(&st, auth.id).await?;
-    let name = parse_name(&st, &name)?;
-    if st.store.remove_domain(auth.id, &name).await? {
-        tracing::info!(user = %auth.id, domain = %name, "custom domain removed");
-        Ok(StatusCode::NO_CONTENT)
-    } else {
-        Err(ApiError::NotFound("you have no such domain"))
-    }
+    unclaim(&st, auth.id, &name).await?;
+    Ok(StatusCode::NO_CONTENT)
 }

@@ -163,7 +163,7 @@ async fn main() {
         } => {
             let routes = routes_dir.unwrap_or_else(|| s.routes_dir());
             let routes = routes.display().to_string();
-            let tls_dir = s.state_dir.join("tls").display().to_string();
+            let tls_dir = s.tls_dir().display().to_string();
             let conf = hostd::app::nginx_main_conf(&hostd::app::NginxLayout {
                 listen: &listen,
                 https_listen: https_listen.as_deref(),

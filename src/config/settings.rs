@@ -319,7 +319,11 @@ pub struct Settings {
     /// ACME directory URL (e.g. Let's Encrypt's
     /// `https://acme-v02.api.letsencrypt.org/directory`): with it, the
     /// reconciler issues and renews a certificate for every name it serves.
-    #[arg(long, env = "HOSTD_ACME_DIRECTORY", value_name = "HOSTD_ACME_DIRECTORY")]
+    #[arg(
+        long,
+        env = "HOSTD_ACME_DIRECTORY",
+        value_name = "HOSTD_ACME_DIRECTORY"
+    )]
     pub acme_directory: Option<String>,
     /// Contact e-mail of the ACME account (expiry warnings from the CA).
     #[arg(long, env = "HOSTD_ACME_EMAIL", value_name = "HOSTD_ACME_EMAIL")]
@@ -333,7 +337,11 @@ pub struct Settings {
     pub acme_renew_days: u32,
     /// A wildcard certificate (PEM chain) for `*.<HOSTD_SITES_DOMAIN>`: tenant
     /// names use it and no per-tenant certificate is issued.
-    #[arg(long, env = "HOSTD_SITES_TLS_CERT", value_name = "HOSTD_SITES_TLS_CERT")]
+    #[arg(
+        long,
+        env = "HOSTD_SITES_TLS_CERT",
+        value_name = "HOSTD_SITES_TLS_CERT"
+    )]
     pub sites_tls_cert: Option<PathBuf>,
     /// The wildcard certificate's private key (PEM).
     #[arg(long, env = "HOSTD_SITES_TLS_KEY", value_name = "HOSTD_SITES_TLS_KEY")]
@@ -342,6 +350,10 @@ pub struct Settings {
     /// checked through; unset: the host's resolv.conf.
     #[arg(long, env = "HOSTD_DNS_RESOLVER", value_name = "HOSTD_DNS_RESOLVER")]
     pub dns_resolver: Option<std::net::SocketAddr>,
+    /// hostd's TLS directory (certificates, ACME account, challenges)
+    /// [default: HOSTD_STATE_DIR/tls].
+    #[arg(long, env = "HOSTD_TLS_DIR", value_name = "HOSTD_TLS_DIR")]
+    pub tls_dir: Option<PathBuf>,
     /// Custom domains one tenant may attach.
     #[arg(long, env = "HOSTD_MAX_DOMAINS", value_name = "HOSTD_MAX_DOMAINS",
           default_value = "5", value_parser = clap::value_parser!(u32).range(0..=100))]
@@ -439,6 +451,12 @@ impl Settings {
     }
 
     /// The routes directory, with its default applied.
+    pub fn tls_dir(&self) -> PathBuf {
+        self.tls_dir
+            .clone()
+            .unwrap_or_else(|| self.state_dir.join("tls"))
+    }
+
     pub fn routes_dir(&self) -> PathBuf {
         self.nginx_routes_dir
             .clone()
@@ -527,8 +545,11 @@ impl Settings {
         };
         if let Some(e) = &self.acme_email {
             let ok = e.len() <= 254
-                && e.split_once('@').is_some_and(|(l, d)| !l.is_empty() && d.contains('.'))
-                && !e.chars().any(|c| c.is_whitespace() || c.is_control() || c == ',');
+                && e.split_once('@')
+                    .is_some_and(|(l, d)| !l.is_empty() && d.contains('.'))
+                && !e
+                    .chars()
+                    .any(|c| c.is_whitespace() || c.is_control() || c == ',');
             if !ok {
                 return Err(bad("HOSTD_ACME_EMAIL", "must be an e-mail address"));
             }
@@ -551,7 +572,7 @@ impl Settings {
         Ok(TlsPolicy {
             acme,
             wildcard,
-            dir: self.state_dir.join("tls"),
+            dir: self.tls_dir(),
             dns_resolver: self.dns_resolver,
             max_domains: self.max_domains,
         })

@@ -78,7 +78,10 @@ impl AcmeIssuer {
                 let creds: AccountCredentials = serde_json::from_slice(&bytes).map_err(|e| {
                     DriverError::Other(format!("{}: {e}", self.account_file.display()))
                 })?;
-                self.builder()?.from_credentials(creds).await.map_err(acme_err)?
+                self.builder()?
+                    .from_credentials(creds)
+                    .await
+                    .map_err(acme_err)?
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 let contact = self.policy.email.as_ref().map(|e| format!("mailto:{e}"));
@@ -99,9 +102,11 @@ impl AcmeIssuer {
                 let json = serde_json::to_vec(&creds)
                     .map_err(|e| DriverError::Other(format!("account credentials: {e}")))?;
                 let path = self.account_file.clone();
-                tokio::task::spawn_blocking(move || super::tls_files::write_private(&path, &json, None))
-                    .await
-                    .map_err(|e| DriverError::Other(e.to_string()))??;
+                tokio::task::spawn_blocking(move || {
+                    super::tls_files::write_private(&path, &json, None)
+                })
+                .await
+                .map_err(|e| DriverError::Other(e.to_string()))??;
                 tracing::info!(directory = %self.policy.directory, "ACME account created");
                 account
             }
@@ -120,7 +125,10 @@ impl AcmeIssuer {
 
     async fn order(&self, account: &Account, names: &[String]) -> DriverResult<Issued> {
         let ids: Vec<Identifier> = names.iter().map(|n| Identifier::Dns(n.clone())).collect();
-        let mut order = account.new_order(&NewOrder::new(&ids)).await.map_err(acme_err)?;
+        let mut order = account
+            .new_order(&NewOrder::new(&ids))
+            .await
+            .map_err(acme_err)?;
         let mut written = Vec::new();
         let result = async {
             let mut authzs = order.authorizations();
@@ -134,9 +142,13 @@ impl AcmeIssuer {
                 })?;
                 let token = ch.token.clone();
                 if token.is_empty()
-                    || !token.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+                    || !token
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
                 {
-                    return Err(DriverError::Other("the CA sent an unusable challenge token".into()));
+                    return Err(DriverError::Other(
+                        "the CA sent an unusable challenge token".into(),
+                    ));
                 }
                 let path = self.challenges.join(&token);
                 tokio::fs::write(&path, ch.key_authorization().as_str()).await?;

@@ -168,7 +168,10 @@ impl CertFiles {
     pub fn map_content(&self, served: &[String], wildcard: Option<&str>) -> String {
         let mut out = String::from("# written by hostd: host name -> certificate file\n");
         if let Some(d) = wildcard {
-            out.push_str(&format!("*.{d} \"{}\";\n", self.dir.join(WILDCARD_FILE).display()));
+            out.push_str(&format!(
+                "*.{d} \"{}\";\n",
+                self.dir.join(WILDCARD_FILE).display()
+            ));
         }
         for n in served {
             out.push_str(&format!("{n} \"{}\";\n", self.file(n).display()));
@@ -205,7 +208,13 @@ mod tests {
         let fb = std::fs::read(files.dir().join(FALLBACK_FILE)).unwrap();
         assert!(not_after(&fb).is_some_and(|t| t > Utc::now()));
         let ck = rcgen::generate_simple_self_signed(vec!["a.example.com".to_string()]).unwrap();
-        files.install("a.example.com", &ck.cert.pem(), &ck.signing_key.serialize_pem()).unwrap();
+        files
+            .install(
+                "a.example.com",
+                &ck.cert.pem(),
+                &ck.signing_key.serialize_pem(),
+            )
+            .unwrap();
         let meta = std::fs::metadata(files.file("a.example.com")).unwrap();
         assert_eq!(meta.permissions().mode() & 0o777, 0o600);
         assert!(files.installed("a.example.com").is_some());

@@ -121,11 +121,21 @@ fn issue_backoff(failures: i32) -> Duration {
     Duration::from_secs((60u64 << failures.clamp(0, 10) as u32).min(6 * 3600))
 }
 
-async fn event(ctx: &Context, user: Option<UserId>, type_: EventType, reason: Reason, message: String) {
+async fn event(
+    ctx: &Context,
+    user: Option<UserId>,
+    type_: EventType,
+    reason: Reason,
+    message: String,
+) {
     let Some(user) = user else { return };
     match ctx.store.hosting_of_user(user).await {
         Ok(Some(h)) => {
-            let e = NewEvent { type_, reason, message };
+            let e = NewEvent {
+                type_,
+                reason,
+                message,
+            };
             if let Err(e) = ctx.store.add_events(h, &[e]).await {
                 tracing::warn!(error = %e, "cannot record a TLS event");
             }
@@ -145,7 +155,9 @@ async fn verify_domains(ctx: &Context) -> Result<usize, ReconcileError> {
         let outcome = match dns.txt(&txt_name).await {
             Ok(values) if values.iter().any(|v| v.trim() == c.token) => Ok(()),
             Ok(values) if values.is_empty() => Err(format!("no TXT record at {txt_name} yet")),
-            Ok(_) => Err(format!("the TXT record at {txt_name} does not hold this domain's token")),
+            Ok(_) => Err(format!(
+                "the TXT record at {txt_name} does not hold this domain's token"
+            )),
             Err(e) => Err(format!("cannot look up {txt_name}: {e}")),
         };
         match outcome {
@@ -153,13 +165,24 @@ async fn verify_domains(ctx: &Context) -> Result<usize, ReconcileError> {
                 if ctx.store.domain_verified(c.user_id, &c.name).await? {
                     verified += 1;
                     tracing::info!(domain = %c.name, "custom domain verified");
-                    event(ctx, Some(c.user_id), EventType::Normal, Reason::DomainVerified,
-                        format!("{} verified by its TXT record; it is routed to this hosting", c.name)).await;
+                    event(
+                        ctx,
+                        Some(c.user_id),
+                        EventType::Normal,
+                        Reason::DomainVerified,
+                        format!(
+                            "{} verified by its TXT record; it is routed to this hosting",
+                            c.name
+                        ),
+                    )
+                    .await;
                 }
             }
             Err(why) => {
                 let next = Utc::now() + check_backoff(c.checks);
-                ctx.store.domain_check_failed(c.user_id, &c.name, &why, next).await?;
+                ctx.store
+                    .domain_check_failed(c.user_id, &c.name, &why, next)
+                    .await?;
             }
         }
     }
@@ -185,15 +208,13 @@ async fn desired_names(ctx: &Context) -> Result<BTreeMap<String, Option<UserId>>
     Ok(want)
 }
 
-fn blocking<T: Send + 'static>(
+async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> std::io::Result<T> + Send + 'static,
-) -> impl std::future::Future<Output = Result<T, ReconcileError>> {
-    async move {
-        tokio::task::spawn_blocking(f)
-            .await
-            .map_err(|e| DriverError::Other(e.to_string()))?
-            .map_err(|e| ReconcileError::Driver(DriverError::Io(e)))
-    }
+) -> Result<T, ReconcileError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| DriverError::Other(e.to_string()))?
+        .map_err(|e| ReconcileError::Driver(DriverError::Io(e)))
 }
 
 async fn converge_certificates(ctx: &Context, stats: &mut PassStats) -> Result<(), ReconcileError> {
@@ -255,7 +276,9 @@ async fn converge_certificates(ctx: &Context, stats: &mut PassStats) -> Result<(
                     let expiry = crate::drivers::tls_files::not_after(issued.chain_pem.as_bytes());
                     let Some(expiry) = expiry else {
                         let why = "the CA returned no parsable certificate";
-                        ctx.store.certificate_failed(&r.name, why, now + issue_backoff(r.failures)).await?;
+                        ctx.store
+                            .certificate_failed(&r.name, why, now + issue_backoff(r.failures))
+                            .await?;
                         stats.failed += 1;
                         continue;
                     };
@@ -263,8 +286,18 @@ async fn converge_certificates(ctx: &Context, stats: &mut PassStats) -> Result<(
                     ctx.store.certificate_ready(&r.name, expiry).await?;
                     stats.issued += 1;
                     tracing::info!(name = %r.name, secs = t0.elapsed().as_secs_f64(), %expiry, "certificate issued");
-                    event(ctx, r.user_id, EventType::Normal, Reason::CertificateIssued,
-                        format!("certificate for {} issued (valid until {})", r.name, expiry.format("%Y-%m-%d"))).await;
+                    event(
+                        ctx,
+                        r.user_id,
+                        EventType::Normal,
+                        Reason::CertificateIssued,
+                        format!(
+                            "certificate for {} issued (valid until {})",
+                            r.name,
+                            expiry.format("%Y-%m-%d")
+                        ),
+                    )
+                    .await;
                 }
                 Err(e) => {
                     let why = e.to_string();
@@ -272,9 +305,19 @@ async fn converge_certificates(ctx: &Context, stats: &mut PassStats) -> Result<(
                     ctx.store.certificate_failed(&r.name, &why, next).await?;
                     stats.failed += 1;
                     tracing::warn!(name = %r.name, error = %why, "certificate issuance failed");
-                    let kept = if installed.is_some() { "; the current certificate stays in use" } else { "" };
-                    event(ctx, r.user_id, EventType::Warning, Reason::CertificateFailed,
-                        format!("certificate for {} not issued: {why}{kept}", r.name)).await;
+                    let kept = if installed.is_some() {
+                        "; the current certificate stays in use"
+                    } else {
+                        ""
+                    };
+                    event(
+                        ctx,
+                        r.user_id,
+                        EventType::Warning,
+                        Reason::CertificateFailed,
+                        format!("certificate for {} not issued: {why}{kept}", r.name),
+                    )
+                    .await;
                 }
             }
         }
@@ -283,7 +326,11 @@ async fn converge_certificates(ctx: &Context, stats: &mut PassStats) -> Result<(
     // The map: names that have a certificate on disk.
     let f = files.clone();
     let on_disk = blocking(move || f.list()).await?;
-    let served: Vec<String> = want.keys().filter(|n| on_disk.contains(n)).cloned().collect();
+    let served: Vec<String> = want
+        .keys()
+        .filter(|n| on_disk.contains(n))
+        .cloned()
+        .collect();
     let wildcard = match &ctx.config.tls.wildcard {
         Some((cert, key)) => {
             let (f, c, k) = (files.clone(), cert.clone(), key.clone());

@@ -191,7 +191,11 @@ impl RecordRow {
                 backup_bytes: self.backup_bytes.unwrap_or(0).max(0) as u64,
                 quarantine_bytes: self.quarantine_bytes.unwrap_or(0).max(0) as u64,
             },
-            domains: self.domains.into_iter().map(CustomDomain::from_stored).collect(),
+            domains: self
+                .domains
+                .into_iter()
+                .map(CustomDomain::from_stored)
+                .collect(),
         })
     }
 }

@@ -72,7 +72,8 @@ type DomainTuple = (
     Option<DateTime<Utc>>,
 );
 
-const DOMAIN_SELECT: &str = "select d.user_id, d.name, d.token, d.state, d.last_error, d.checked_at, \
+const DOMAIN_SELECT: &str =
+    "select d.user_id, d.name, d.token, d.state, d.last_error, d.checked_at, \
      d.verified_at, d.created_at, c.state, c.not_after from custom_domains d \
      left join certificates c on c.name = d.name and c.user_id = d.user_id";
 
@@ -126,10 +127,12 @@ impl Store {
         max: u32,
     ) -> Result<AddDomain> {
         let mut tx = self.pool().begin().await?;
-        sqlx::query("select pg_advisory_xact_lock(hashtextextended('hostd-domains/' || $1::text, 0))")
-            .bind(user.0)
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query(
+            "select pg_advisory_xact_lock(hashtextextended('hostd-domains/' || $1::text, 0))",
+        )
+        .bind(user.0)
+        .execute(&mut *tx)
+        .await?;
         let (mine, taken): (i64, bool) = sqlx::query_as(
             "select (select count(*) from custom_domains where user_id = $1), \
                     exists(select 1 from custom_domains where name = $2 and state = 'Verified' and user_id <> $1)",
@@ -154,12 +157,13 @@ impl Store {
         if mine >= i64::from(max) {
             return Ok(AddDomain::Limit);
         }
-        let r = sqlx::query("insert into custom_domains (user_id, name, token) values ($1, $2, $3)")
-            .bind(user.0)
-            .bind(name.as_str())
-            .bind(token)
-            .execute(&mut *tx)
-            .await;
+        let r =
+            sqlx::query("insert into custom_domains (user_id, name, token) values ($1, $2, $3)")
+                .bind(user.0)
+                .bind(name.as_str())
+                .bind(token)
+                .execute(&mut *tx)
+                .await;
         if let Err(e) = r {
             return match is_unique_violation(&e) {
                 Some(_) => Ok(AddDomain::Exists),
@@ -167,28 +171,33 @@ impl Store {
             };
         }
         tx.commit().await?;
-        let row = self.domain(user, name).await?.ok_or(super::StoreError::NotFound)?;
+        let row = self
+            .domain(user, name)
+            .await?
+            .ok_or(super::StoreError::NotFound)?;
         Ok(AddDomain::Added(row))
     }
 
     /// One of a user's domains.
     pub async fn domain(&self, user: UserId, name: &CustomDomain) -> Result<Option<DomainRow>> {
-        let row: Option<DomainTuple> =
-            sqlx::query_as(&format!("{DOMAIN_SELECT} where d.user_id = $1 and d.name = $2"))
-                .bind(user.0)
-                .bind(name.as_str())
-                .fetch_optional(&self.pool())
-                .await?;
+        let row: Option<DomainTuple> = sqlx::query_as(&format!(
+            "{DOMAIN_SELECT} where d.user_id = $1 and d.name = $2"
+        ))
+        .bind(user.0)
+        .bind(name.as_str())
+        .fetch_optional(&self.pool())
+        .await?;
         Ok(row.map(domain_row))
     }
 
     /// A user's domains, by name.
     pub async fn list_domains(&self, user: UserId) -> Result<Vec<DomainRow>> {
-        let rows: Vec<DomainTuple> =
-            sqlx::query_as(&format!("{DOMAIN_SELECT} where d.user_id = $1 order by d.name"))
-                .bind(user.0)
-                .fetch_all(&self.pool())
-                .await?;
+        let rows: Vec<DomainTuple> = sqlx::query_as(&format!(
+            "{DOMAIN_SELECT} where d.user_id = $1 order by d.name"
+        ))
+        .bind(user.0)
+        .fetch_all(&self.pool())
+        .await?;
         Ok(rows.into_iter().map(domain_row).collect())
     }
 
@@ -356,10 +365,12 @@ impl Store {
 
     /// Marks an issuance started.
     pub async fn certificate_issuing(&self, name: &str) -> Result<()> {
-        sqlx::query("update certificates set state = 'Issuing', updated_at = now() where name = $1")
-            .bind(name)
-            .execute(&self.pool())
-            .await?;
+        sqlx::query(
+            "update certificates set state = 'Issuing', updated_at = now() where name = $1",
+        )
+        .bind(name)
+        .execute(&self.pool())
+        .await?;
         Ok(())
     }
 

@@ -290,6 +290,38 @@ pub(super) async fn hosting_power(
 }
 
 #[derive(Deserialize)]
+pub(super) struct DomainForm {
+    #[serde(default)]
+    pub(super) csrf: String,
+    #[serde(default)]
+    pub(super) name: String,
+}
+
+/// Adds a custom domain (the API's rules); the page shows its TXT record.
+pub(super) async fn domain_add(
+    State(st): State<AppState>,
+    u: WebUser,
+    headers: HeaderMap,
+    Form(f): Form<DomainForm>,
+) -> Result<Response, WebError> {
+    u.check(&st, &headers, &f.csrf)?;
+    let result = crate::api::domains::claim(&st, u.user.id, &f.name).await;
+    after_form(&st, &u, result).await
+}
+
+/// Removes a custom domain.
+pub(super) async fn domain_remove(
+    State(st): State<AppState>,
+    u: WebUser,
+    headers: HeaderMap,
+    Form(f): Form<DomainForm>,
+) -> Result<Response, WebError> {
+    u.check(&st, &headers, &f.csrf)?;
+    let result = crate::api::domains::unclaim(&st, u.user.id, &f.name).await;
+    after_form(&st, &u, result).await
+}
+
+#[derive(Deserialize)]
 pub(super) struct ResizeForm {
     #[serde(default)]
     pub(super) csrf: String,

@@ -56,6 +56,9 @@ pub struct EventRow {
     pub message: String,
 }
 
+/// A custom domain as the page shows it (the API's view).
+pub type DomainItem = crate::api::domains::DomainView;
+
 /// Everything the status section shows, for the page and the live view.
 #[derive(serde::Serialize)]
 pub struct LiveStatus {
@@ -88,6 +91,8 @@ pub(super) struct HostingPage {
     pub(super) conditions: Vec<CondRow>,
     pub(super) events: Vec<EventRow>,
     pub(super) sizes: Vec<(i64, i64, &'static str)>,
+    /// The tenant's custom domains.
+    pub(super) domains: Vec<DomainItem>,
 }
 
 #[derive(Template)]
@@ -264,5 +269,15 @@ pub(super) async fn hosting_view(
         conditions,
         events,
         sizes: SIZES.to_vec(),
+        domains: match &rec {
+            Some(_) => st
+                .store
+                .list_domains(u.user.id)
+                .await?
+                .into_iter()
+                .map(DomainItem::from)
+                .collect(),
+            None => vec![],
+        },
     })
 }

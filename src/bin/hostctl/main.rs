@@ -423,8 +423,15 @@ async fn domain(c: &reqwest::Client, url: &dyn Fn(&str) -> String, cmd: DomainCm
                 return show(r).await;
             }
             let d: Value = r.json().await.unwrap_or_else(|e| fail(e));
-            println!("added {}: to prove you control it, create this DNS record:", d["name"].as_str().unwrap_or(""));
-            println!("  {}  TXT  \"{}\"", d["txt_name"].as_str().unwrap_or(""), d["txt_value"].as_str().unwrap_or(""));
+            println!(
+                "added {}: to prove you control it, create this DNS record:",
+                d["name"].as_str().unwrap_or("")
+            );
+            println!(
+                "  {}  TXT  \"{}\"",
+                d["txt_name"].as_str().unwrap_or(""),
+                d["txt_value"].as_str().unwrap_or("")
+            );
             println!("It is checked every few seconds at first, then less often; `hostctl domain ls` shows where it stands.");
             0
         }
@@ -434,17 +441,33 @@ async fn domain(c: &reqwest::Client, url: &dyn Fn(&str) -> String, cmd: DomainCm
                 return show(r).await;
             }
             let list: Vec<Value> = r.json().await.unwrap_or_else(|e| fail(e));
-            println!("{:<40} {:<20} {:<12} {:<12} NOTE", "NAME", "STATE", "CERTIFICATE", "EXPIRES");
+            println!(
+                "{:<40} {:<20} {:<12} {:<12} NOTE",
+                "NAME", "STATE", "CERTIFICATE", "EXPIRES"
+            );
             for d in list {
                 let s = |k: &str| d[k].as_str().unwrap_or("-").to_string();
-                let expires = s("certificate_not_after").chars().take(10).collect::<String>();
-                println!("{:<40} {:<20} {:<12} {:<12} {}", s("name"), s("state"), s("certificate_state"), expires,
-                    d["last_error"].as_str().unwrap_or(""));
+                let expires = s("certificate_not_after")
+                    .chars()
+                    .take(10)
+                    .collect::<String>();
+                println!(
+                    "{:<40} {:<20} {:<12} {:<12} {}",
+                    s("name"),
+                    s("state"),
+                    s("certificate_state"),
+                    expires,
+                    d["last_error"].as_str().unwrap_or("")
+                );
             }
             0
         }
         DomainCmd::Rm { name } => {
-            let r = send(c.delete(url(&format!("/host/my/domains/{name}"))).bearer_auth(token())).await;
+            let r = send(
+                c.delete(url(&format!("/host/my/domains/{name}")))
+                    .bearer_auth(token()),
+            )
+            .await;
             if r.status().is_success() {
                 println!("removed {name}");
                 0
