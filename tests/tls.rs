@@ -480,3 +480,46 @@ async fn sites_and_custom_domains_are_served_over_https_with_certificates_from_a
     assert!(gone.await.is_some(), "the removed domain is still routed");
     app.stop().await;
 }
+
+/// A tenant whose name servers never answer cannot stall the TLS pass:
+/// lookups run at once, each bounded (one timeout per pass, not one per
+/// domain). The "DNS server" here is a UDP socket that never replies.
+#[tokio::test]
+async fn name_servers_that_never_answer_do_not_stall_the_pass() {
+    let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let db = fresh_database().await;
+    let state = tempfile::tempdir().unwrap();
+    let mut config = test_config(&db, state.path(), None);
+    config.tls.dns_resolver = Some(silent.local_addr().unwrap());
+    config.tls.max_domains = 20;
+    let app = TestApp::spawn_with(config, Mode::All, false, None, state).await;
+    let ctl = app.controller.clone().unwrap();
+    let (t, _, _) = create_hosting(&app, "slowdns").await;
+    for i in 0..10 {
+        let r = app
+            .client
+            .post(app.url("/api/v1/host/my/domains"))
+            .bearer_auth(&t)
+            .json(&serde_json::json!({"name": format!("d{i}.slow.test")}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201);
+    }
+    let started = std::time::Instant::now();
+    tls::pass(&ctl.ctx).await.unwrap();
+    let took = started.elapsed();
+    // One bounded lookup (5 s) per pass; ten in a row would take 50 s.
+    assert!(took < Duration::from_secs(15), "the pass took {took:?}");
+    let (_, list) = app.get_json(&t, "/api/v1/host/my/domains").await;
+    for d in list.as_array().unwrap() {
+        assert_eq!(d["state"], "PendingVerification");
+        let e = d["last_error"].as_str().unwrap_or("");
+        assert!(
+            e.contains("no answer") || e.contains("cannot look up"),
+            "{d}"
+        );
+    }
+    drop(silent);
+    app.stop().await;
+}

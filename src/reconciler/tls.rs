@@ -40,8 +40,10 @@ use crate::store::NewEvent;
 pub const TICK: Duration = Duration::from_secs(3);
 /// Most issuances one pass starts (the rest wait for the next pass).
 const ISSUES_PER_PASS: usize = 4;
-/// Most domain checks one pass makes.
+/// Most domain checks one pass makes (concurrently).
 const CHECKS_PER_PASS: i64 = 20;
+/// How long one TXT lookup may take.
+const LOOKUP_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The TLS side of the reconciler's context.
 pub struct Tls {
@@ -149,17 +151,33 @@ async fn verify_domains(ctx: &Context) -> Result<usize, ReconcileError> {
     let Some(dns) = ctx.tls.dns.clone() else {
         return Ok(0);
     };
-    let mut verified = 0;
+    // Lookups run at once, each bounded: a tenant whose name servers never
+    // answer delays a pass by one timeout, not one per domain.
+    let mut lookups = tokio::task::JoinSet::new();
     for c in ctx.store.due_domain_checks(CHECKS_PER_PASS).await? {
-        let txt_name = c.name.txt_name();
-        let outcome = match dns.txt(&txt_name).await {
-            Ok(values) if values.iter().any(|v| v.trim() == c.token) => Ok(()),
-            Ok(values) if values.is_empty() => Err(format!("no TXT record at {txt_name} yet")),
-            Ok(_) => Err(format!(
-                "the TXT record at {txt_name} does not hold this domain's token"
-            )),
-            Err(e) => Err(format!("cannot look up {txt_name}: {e}")),
-        };
+        let dns = dns.clone();
+        lookups.spawn(async move {
+            let txt_name = c.name.txt_name();
+            let outcome = match tokio::time::timeout(LOOKUP_TIMEOUT, dns.txt(&txt_name)).await {
+                Ok(Ok(values)) if values.iter().any(|v| v.trim() == c.token) => Ok(()),
+                Ok(Ok(values)) if values.is_empty() => {
+                    Err(format!("no TXT record at {txt_name} yet"))
+                }
+                Ok(Ok(_)) => Err(format!(
+                    "the TXT record at {txt_name} does not hold this domain's token"
+                )),
+                Ok(Err(e)) => Err(format!("cannot look up {txt_name}: {e}")),
+                Err(_) => Err(format!(
+                    "no answer for {txt_name} within {} s",
+                    LOOKUP_TIMEOUT.as_secs()
+                )),
+            };
+            (c, outcome)
+        });
+    }
+    let mut verified = 0;
+    while let Some(done) = lookups.join_next().await {
+        let Ok((c, outcome)) = done else { continue };
         match outcome {
             Ok(()) => {
                 if ctx.store.domain_verified(c.user_id, &c.name).await? {
