@@ -112,6 +112,7 @@ async fn main() {
             routes_dir: &p.join("map").display().to_string(),
             tls_dir: "",
             sites_domain: None,
+            panel: None,
         });
         let driver = NginxDriver::new(
             &p.join("map"),

@@ -56,6 +56,13 @@ export HOSTD_JWT_SECRET="${HOSTD_JWT_SECRET:-$(cat "$STATE_DIR/jwt-secret")}"
 export HOSTD_LISTEN="$API_LISTEN" HOSTD_STATE_DIR="$STATE_DIR" HOSTD_NGINX_ROUTES_DIR="$ROUTES_DIR" HOSTD_NGINX_CONF="$NGINX_CONF"
 export HOSTD_PROBE_URL="${HOSTD_PROBE_URL:-http://127.0.0.1:$http_port}"
 export HOSTD_PUBLIC_URL="${HOSTD_PUBLIC_URL:-http://localhost$([ "$http_port" = 80 ] || echo ":$http_port")}"
+# The dashboard on its own host name (HOSTD_PANEL_HOST) behind the host
+# nginx: with HTTPS its cookies are __Host- and Secure, and the API reads the
+# client address nginx forwards.
+if [ -n "${HOSTD_PANEL_HOST:-}" ]; then
+  export HOSTD_TRUSTED_PROXIES="${HOSTD_TRUSTED_PROXIES:-127.0.0.1}"
+  [ -n "$HTTPS_LISTEN" ] && export HOSTD_SECURE_COOKIES="${HOSTD_SECURE_COOKIES:-true}"
+fi
 # Two booted guests wait for the next hostings of the default size (each holds
 # 512 MiB like a running hosting); HOSTD_WARM_POOL=0 turns the pool off.
 export HOSTD_WARM_POOL="${HOSTD_WARM_POOL:-2}"
@@ -81,7 +88,7 @@ fi
 cat <<MSG
 
 hostd is running.
-  Dashboard: http://$API_LISTEN/ui/   (sign up, create a hosting, watch it boot)
+  Dashboard: ${HOSTD_PANEL_HOST:+$([ -n "$HTTPS_LISTEN" ] && echo https || echo http)://$HOSTD_PANEL_HOST/ui/ or }http://$API_LISTEN/ui/   (sign up, create a hosting, watch it boot)
   API:    http://$API_LISTEN/api/v1   (health: /api/v1/health/detailed,
           contract: /api/v1/openapi.json)
   Sites:  $HOSTD_PUBLIC_URL/<user_id>/

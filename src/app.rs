@@ -267,6 +267,8 @@ pub struct NginxLayout<'a> {
     /// hostd's TLS directory (`HOSTD_STATE_DIR/tls`).
     pub tls_dir: &'a str,
     pub sites_domain: Option<&'a str>,
+    /// The dashboard's host name and the API listener it proxies to.
+    pub panel: Option<(&'a str, &'a str)>,
 }
 
 /// Renders the host nginx main config (used by start.sh and the tests).
@@ -301,6 +303,12 @@ pub fn nginx_main_conf(l: &NginxLayout) -> String {
         // A validated DNS name: only its dots need escaping in a regex.
         sites_domain_regex: l.sites_domain.map(|d| d.replace('.', "\\.")),
         tls,
+        panel: l
+            .panel
+            .map(|(host, upstream)| crate::templates::NginxPanel {
+                host: host.to_string(),
+                upstream: upstream.to_string(),
+            }),
     }
     .render()
     .expect("nginx template renders")

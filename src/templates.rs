@@ -120,6 +120,16 @@ pub struct NginxMainConf {
     pub sites_domain_regex: Option<String>,
     /// The HTTPS listener, if any.
     pub tls: Option<NginxTls>,
+    /// The dashboard's own server, if any.
+    pub panel: Option<NginxPanel>,
+}
+
+/// The dashboard's server block (`HOSTD_PANEL_HOST`).
+pub struct NginxPanel {
+    /// Its host name (a validated DNS name).
+    pub host: String,
+    /// The API listener it proxies to.
+    pub upstream: String,
 }
 
 /// The TLS half of the host nginx config.

@@ -330,3 +330,64 @@ async fn custom_domains_are_added_shown_and_removed_from_the_page() {
         .unwrap()
         .is_empty());
 }
+
+/// Over HTTPS (`HOSTD_SECURE_COOKIES`): `__Host-` cookies (Secure, Path=/,
+/// no Domain: no sibling host can set or shadow them), and a cookie sent
+/// twice (one planted by a page on another host) is refused.
+#[tokio::test]
+async fn secure_cookies_use_the_host_prefix_and_a_duplicate_is_refused() {
+    let db = common::fresh_database().await;
+    let state = tempfile::tempdir().unwrap();
+    let mut config = common::test_config(&db, state.path(), None);
+    config.secure_cookies = true;
+    let app = TestApp::spawn_with(config, hostd::app::Mode::Api, false, None, state).await;
+    app.user("web-secure").await;
+    let c = client();
+    let r = c.get(app.url("/ui/login")).send().await.unwrap();
+    let pre = cookie_of(&r, "__Host-hostd_presession").expect("a __Host- pre-session cookie");
+    let token = csrf_in(&r.text().await.unwrap());
+    let r = c
+        .post(app.url("/ui/login"))
+        .header(COOKIE, &pre)
+        .form(&[
+            ("csrf", token.as_str()),
+            ("username", "web-secure"),
+            ("password", "correct horse"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 303);
+    let set = r
+        .headers()
+        .get_all(SET_COOKIE)
+        .iter()
+        .map(|v| v.to_str().unwrap().to_string())
+        .find(|v| v.starts_with("__Host-hostd_session="))
+        .expect("a __Host- session cookie");
+    for attr in ["; Path=/;", "; Secure", "HttpOnly", "SameSite=Strict"] {
+        assert!(set.contains(attr), "{set}");
+    }
+    assert!(!set.contains("Domain"), "{set}");
+    let session = cookie_of(&r, "__Host-hostd_session").unwrap();
+    let page = |cookie: String| {
+        let (c, url) = (c.clone(), app.url("/ui/hosting"));
+        async move {
+            c.get(url)
+                .header(COOKIE, cookie)
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    assert_eq!(page(session.clone()).await, 200);
+    // A second cookie of the name beside it: refused, whichever comes first.
+    let planted = "__Host-hostd_session=AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
+    assert_eq!(page(format!("{session}; {planted}")).await, 303);
+    assert_eq!(page(format!("{planted}; {session}")).await, 303);
+    // The name without the prefix (settable by any sibling host) is not read.
+    let bare = session.replacen("__Host-", "", 1);
+    assert_eq!(page(bare).await, 303);
+}

@@ -157,12 +157,19 @@ async fn sites_and_custom_domains_are_served_over_https_with_certificates_from_a
         std::fs::set_permissions(state.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
     }
     let tls_dir = state.path().join("tls");
-    let nginx = TestNginx::start_full(Some("sites.test"), Some(&tls_dir));
+    let api = format!("127.0.0.1:{}", free_port());
+    let nginx = TestNginx::start_full(
+        Some("sites.test"),
+        Some(&tls_dir),
+        Some(("panel.test", &api)),
+    );
     let (http, https) = (nginx.port, nginx.https_port.unwrap());
     let pebble = Pebble::start(http);
     let db = fresh_database().await;
     let mut config = test_config(&db, state.path(), Some(&nginx));
     config.sites.sites_domain = Some("sites.test".into());
+    config.listen = api.parse().unwrap();
+    config.tls.panel_host = Some("panel.test".into());
     config.tls.acme = Some(hostd::config::AcmePolicy {
         directory: pebble.var("HOSTD_ACME_DIRECTORY").into(),
         email: Some("ops@example.com".into()),
@@ -177,9 +184,10 @@ async fn sites_and_custom_domains_are_served_over_https_with_certificates_from_a
     // A tenant's own name gets a certificate and is served over HTTPS.
     let (alice, alice_id, _guest) = ready_manual(&app, &ctl, "alice").await;
     let stats = tls::pass(&ctl.ctx).await.unwrap();
+    // The tenant's name and the dashboard's.
     assert_eq!(
         stats.issued,
-        1,
+        2,
         "{stats:?} {:?}",
         app.store.list_certificates().await.unwrap()
     );
@@ -270,6 +278,24 @@ async fn sites_and_custom_domains_are_served_over_https_with_certificates_from_a
         s, 404,
         "a challenge path is the host's, not the guest's ({body})"
     );
+    // The dashboard on its own name, over HTTPS through the host nginx.
+    let panel = https_client(&root, &["panel.test"], https);
+    let r = panel
+        .get(format!("https://panel.test:{https}/ui/login"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(
+        r.text().await.unwrap().contains("name=\"csrf\""),
+        "the login form"
+    );
+    assert_eq!(
+        http_get(http, "panel.test", "/ui/login").await.0,
+        301,
+        "HTTP redirected"
+    );
+    // A tenant cannot claim it.
     // A name without a certificate gets the fallback, which no client trusts.
     let unknown = https_client(&root, &["nobody.sites.test"], https);
     assert!(unknown

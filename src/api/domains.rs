@@ -73,6 +73,7 @@ pub struct AddDomainBody {
 /// The names a tenant may not claim: the platform's own.
 fn platform_names(st: &AppState) -> Vec<String> {
     let mut v: Vec<String> = st.config.sites.sites_domain.iter().cloned().collect();
+    v.extend(st.config.tls.panel_host.iter().cloned());
     if let Some(host) = st
         .config
         .sites

@@ -164,6 +164,7 @@ async fn main() {
             let routes = routes_dir.unwrap_or_else(|| s.routes_dir());
             let routes = routes.display().to_string();
             let tls_dir = s.tls_dir().display().to_string();
+            let api = s.listen.to_string();
             let conf = hostd::app::nginx_main_conf(&hostd::app::NginxLayout {
                 listen: &listen,
                 https_listen: https_listen.as_deref(),
@@ -171,6 +172,7 @@ async fn main() {
                 routes_dir: &routes,
                 tls_dir: &tls_dir,
                 sites_domain: s.sites_domain.as_deref(),
+                panel: s.panel_host.as_deref().map(|p| (p, api.as_str())),
             });
             print!("{conf}")
         }

@@ -128,6 +128,8 @@ pub struct TlsPolicy {
     pub dns_resolver: Option<std::net::SocketAddr>,
     /// Custom domains per tenant.
     pub max_domains: u32,
+    /// The dashboard's host name (`HOSTD_PANEL_HOST`).
+    pub panel_host: Option<String>,
 }
 
 /// The ACME CA hostd gets certificates from.

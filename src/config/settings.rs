@@ -350,6 +350,12 @@ pub struct Settings {
     /// checked through; unset: the host's resolv.conf.
     #[arg(long, env = "HOSTD_DNS_RESOLVER", value_name = "HOSTD_DNS_RESOLVER")]
     pub dns_resolver: Option<std::net::SocketAddr>,
+    /// The dashboard's own host name (e.g. `panel.example.com`, never under
+    /// the sites domain): the host nginx serves the dashboard and API there,
+    /// with a certificate like the sites'.
+    #[arg(long, env = "HOSTD_PANEL_HOST", value_name = "HOSTD_PANEL_HOST",
+          value_parser = crate::domain::SiteAddress::parse_domain)]
+    pub panel_host: Option<String>,
     /// hostd's TLS directory (certificates, ACME account, challenges)
     /// [default: HOSTD_STATE_DIR/tls].
     #[arg(long, env = "HOSTD_TLS_DIR", value_name = "HOSTD_TLS_DIR")]
@@ -569,7 +575,16 @@ impl Settings {
                 ))
             }
         };
+        if let (Some(p), Some(d)) = (&self.panel_host, &self.sites_domain) {
+            if p == d || p.ends_with(&format!(".{d}")) {
+                return Err(bad(
+                    "HOSTD_PANEL_HOST",
+                    "must not be the sites domain or under it (a tenant's origin)",
+                ));
+            }
+        }
         Ok(TlsPolicy {
+            panel_host: self.panel_host.clone(),
             acme,
             wildcard,
             dir: self.tls_dir(),

@@ -223,6 +223,9 @@ async fn desired_names(ctx: &Context) -> Result<BTreeMap<String, Option<UserId>>
     for (user, d) in ctx.store.verified_domains().await? {
         want.insert(d.to_string(), Some(user));
     }
+    if let Some(panel) = &ctx.config.tls.panel_host {
+        want.insert(panel.clone(), None);
+    }
     Ok(want)
 }
 

@@ -65,12 +65,17 @@ impl TestNginx {
 
     /// With host routing for `sites_domain` (`HOSTD_SITES_DOMAIN`).
     pub fn start_with(sites_domain: Option<&str>) -> TestNginx {
-        Self::start_full(sites_domain, None)
+        Self::start_full(sites_domain, None, None)
     }
 
     /// With an HTTPS listener serving the certificates of `tls_dir` (a
     /// hostd state directory's `tls`).
-    pub fn start_full(sites_domain: Option<&str>, tls_dir: Option<&Path>) -> TestNginx {
+    /// `panel`: the dashboard's host name and the API address it proxies to.
+    pub fn start_full(
+        sites_domain: Option<&str>,
+        tls_dir: Option<&Path>,
+        panel: Option<(&str, &str)>,
+    ) -> TestNginx {
         let dir = tempfile::tempdir().unwrap();
         // nginx workers run as www-data (see templates/nginx-main.conf).
         use std::os::unix::fs::PermissionsExt;
@@ -90,6 +95,7 @@ impl TestNginx {
             routes_dir: &routes_dir.display().to_string(),
             tls_dir: &tls,
             sites_domain,
+            panel,
         });
         std::fs::write(&conf, text).unwrap();
         let st = std::process::Command::new("nginx")
@@ -186,6 +192,7 @@ pub fn test_config(db: &str, state: &std::path::Path, nginx: Option<&TestNginx>)
             dir: state.join("tls"),
             dns_resolver: None,
             max_domains: 5,
+            panel_host: None,
         },
         quarantine: Duration::from_secs(7 * 86400),
         disk_reserve_bytes: 0,

@@ -27,7 +27,7 @@ use crate::store::StoreError;
 // ---------------------------------------------------------------- handlers
 
 pub(super) async fn index(st: State<AppState>, headers: HeaderMap) -> Response {
-    match cookie(&headers, SESSION_COOKIE).and_then(unb64) {
+    match cookie(&st, &headers, SESSION_COOKIE).and_then(unb64) {
         Some(sid) if matches!(st.store.session_user(&sid).await, Ok(Some(_))) => {
             Redirect::to("/ui/hosting").into_response()
         }

@@ -17,15 +17,32 @@ use crate::store::{StoreError, User};
 
 // ---------------------------------------------------------------- cookies
 
-pub(super) fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
-    headers
+/// The value of the cookie `base` (its `__Host-` form when cookies are
+/// secure). A cookie sent twice is refused: a page on a sibling host can
+/// plant a second cookie of a name, and which one wins would be its choice.
+pub(super) fn cookie<'a>(st: &AppState, headers: &'a HeaderMap, base: &str) -> Option<&'a str> {
+    let name = cookie_name(st, base);
+    let mut found = headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
         .filter_map(|kv| kv.trim().split_once('='))
-        .find(|(k, _)| *k == name)
-        .map(|(_, v)| v)
+        .filter(|(k, _)| *k == name)
+        .map(|(_, v)| v);
+    let first = found.next()?;
+    found.next().is_none().then_some(first)
+}
+
+/// A cookie's name: with `HOSTD_SECURE_COOKIES` (the dashboard reached over
+/// HTTPS), the `__Host-` form, which browsers accept only when `Secure`,
+/// for `Path=/` and without `Domain`: no other host can set or shadow it.
+pub(super) fn cookie_name(st: &AppState, base: &str) -> String {
+    if st.config.secure_cookies {
+        format!("__Host-{base}")
+    } else {
+        base.to_string()
+    }
 }
 
 pub(super) fn b64(bytes: &[u8]) -> String {
@@ -46,14 +63,15 @@ pub(super) fn random_id() -> Vec<u8> {
     b
 }
 
-pub(super) fn set_cookie(st: &AppState, name: &str, value: &str, max_age: u64) -> HeaderValue {
-    let secure = if st.config.secure_cookies {
-        "; Secure"
+pub(super) fn set_cookie(st: &AppState, base: &str, value: &str, max_age: u64) -> HeaderValue {
+    let name = cookie_name(st, base);
+    let attrs = if st.config.secure_cookies {
+        "Path=/; Secure"
     } else {
-        ""
+        "Path=/ui"
     };
     HeaderValue::from_str(&format!(
-        "{name}={value}; Path=/ui; HttpOnly; SameSite=Strict; Max-Age={max_age}{secure}"
+        "{name}={value}; {attrs}; HttpOnly; SameSite=Strict; Max-Age={max_age}"
     ))
     .expect("cookie is ASCII")
 }
@@ -183,7 +201,7 @@ impl axum::extract::FromRequestParts<AppState> for WebUser {
         parts: &mut axum::http::request::Parts,
         st: &AppState,
     ) -> Result<Self, WebError> {
-        let sid = cookie(&parts.headers, SESSION_COOKIE)
+        let sid = cookie(st, &parts.headers, SESSION_COOKIE)
             .and_then(unb64)
             .ok_or(WebError::Login)?;
         let user = st.store.session_user(&sid).await?.ok_or(WebError::Login)?;
@@ -238,7 +256,7 @@ pub(super) async fn start_session(st: &AppState, user: &User) -> Result<HeaderVa
 /// The pre-session id behind a login or sign-up form, and the cookie to set
 /// when the browser has none yet.
 pub(super) fn presession(st: &AppState, headers: &HeaderMap) -> (Vec<u8>, Option<HeaderValue>) {
-    match cookie(headers, PRESESSION_COOKIE).and_then(unb64) {
+    match cookie(st, headers, PRESESSION_COOKIE).and_then(unb64) {
         Some(id) => (id, None),
         None => {
             let id = random_id();
@@ -257,7 +275,7 @@ pub(super) fn check_presession(
     if !same_origin(headers) {
         return Err(forbidden("cross-origin form post"));
     }
-    let ok = cookie(headers, PRESESSION_COOKIE)
+    let ok = cookie(st, headers, PRESESSION_COOKIE)
         .and_then(unb64)
         .is_some_and(|id| csrf_ok(st, PRESESSION_KIND, &id, token));
     if !ok {
