@@ -137,7 +137,7 @@ pub struct TlsPolicy {
 pub struct AcmePolicy {
     pub directory: String,
     pub email: Option<String>,
-    /// An extra trusted root (a test CA such as Pebble's).
+    /// The only root trusted for the CA's API (a test CA such as Pebble's).
     pub ca_file: Option<std::path::PathBuf>,
     /// Renew this long before expiry.
     pub renew_before: Duration,

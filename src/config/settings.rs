@@ -328,7 +328,7 @@ pub struct Settings {
     /// Contact e-mail of the ACME account (expiry warnings from the CA).
     #[arg(long, env = "HOSTD_ACME_EMAIL", value_name = "HOSTD_ACME_EMAIL")]
     pub acme_email: Option<String>,
-    /// A PEM root the ACME client trusts besides the system's (a test CA).
+    /// A PEM root the ACME client trusts instead of the public roots (a test CA).
     #[arg(long, env = "HOSTD_ACME_CA_FILE", value_name = "HOSTD_ACME_CA_FILE")]
     pub acme_ca_file: Option<PathBuf>,
     /// Renew a certificate this many days before it expires.
