@@ -549,3 +549,52 @@ async fn name_servers_that_never_answer_do_not_stall_the_pass() {
     drop(silent);
     app.stop().await;
 }
+
+/// `HOSTD_MAX_DOMAINS`: past it a claim is refused (422) and nothing is
+/// stored; removing one makes room. A tenant without a hosting gets 404.
+#[tokio::test]
+async fn the_domain_limit_holds_at_the_api() {
+    let db = fresh_database().await;
+    let state = tempfile::tempdir().unwrap();
+    let mut config = test_config(&db, state.path(), None);
+    config.tls.max_domains = 2;
+    let app = TestApp::spawn_with(config, Mode::Api, false, None, state).await;
+    let (nohost, _) = app.user("dom-nohost").await;
+    let (t, _, _) = create_hosting(&app, "dom-limit").await;
+    let add = |token: String, name: &'static str| {
+        let (c, url) = (app.client.clone(), app.url("/api/v1/host/my/domains"));
+        async move {
+            let r = c
+                .post(url)
+                .bearer_auth(token)
+                .json(&serde_json::json!({"name": name}))
+                .send()
+                .await
+                .unwrap();
+            let s = r.status().as_u16();
+            (s, r.text().await.unwrap())
+        }
+    };
+    assert_eq!(add(nohost, "a.limit.test").await.0, 404);
+    assert_eq!(add(t.clone(), "a.limit.test").await.0, 201);
+    assert_eq!(add(t.clone(), "a.limit.test").await.0, 409, "already yours");
+    assert_eq!(add(t.clone(), "b.limit.test").await.0, 201);
+    let (s, body) = add(t.clone(), "c.limit.test").await;
+    assert_eq!(s, 422, "{body}");
+    assert!(body.contains("at most 2"), "{body}");
+    let (_, list) = app.get_json(&t, "/api/v1/host/my/domains").await;
+    assert_eq!(
+        list.as_array().unwrap().len(),
+        2,
+        "nothing stored past the limit"
+    );
+    let r = app
+        .client
+        .delete(app.url("/api/v1/host/my/domains/a.limit.test"))
+        .bearer_auth(&t)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    assert_eq!(add(t, "c.limit.test").await.0, 201, "room again");
+}
