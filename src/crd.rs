@@ -32,6 +32,10 @@ pub struct SpecView {
     pub ssh_public_keys: Vec<String>,
     /// Whether the VM should run.
     pub running: bool,
+    /// Whether `Strict-Transport-Security` is sent on the hosting's own
+    /// names over HTTPS (opt-in).
+    #[serde(default)]
+    pub hsts: bool,
 }
 
 impl From<&crate::domain::HostingSpec> for SpecView {
@@ -47,6 +51,7 @@ impl From<&crate::domain::HostingSpec> for SpecView {
                 .map(|k| k.as_str().into())
                 .collect(),
             running: s.running,
+            hsts: s.hsts,
         }
     }
 }

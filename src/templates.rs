@@ -101,6 +101,8 @@ pub struct RouteMap {
     pub upstream: String,
     /// The tenant's own host name (a validated DNS name), if host routing is on.
     pub hosts: Vec<String>,
+    /// `hsts:<host> 1;` entries: HSTS on the hosts over HTTPS.
+    pub hsts: bool,
 }
 
 #[derive(Template)]

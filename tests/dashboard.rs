@@ -319,6 +319,33 @@ async fn custom_domains_are_added_shown_and_removed_from_the_page() {
         "{body}"
     );
     assert!(!body.contains("<b>1.2.3.4</b>"), "input is escaped");
+    // HSTS, the hosting's opt-in: off, turned on (CSRF-checked), shown.
+    assert!(html.contains("id=\"hsts-state\">off<"), "{html}");
+    let hsts = |value: &'static str, token: String| {
+        let (c, s, url) = (c.clone(), session.clone(), app.url("/ui/hosting/hsts"));
+        async move {
+            c.post(url)
+                .header(COOKIE, s)
+                .form(&[("csrf", token.as_str()), ("hsts", value)])
+                .send()
+                .await
+                .unwrap()
+                .status()
+        }
+    };
+    assert_eq!(hsts("true", "forged".into()).await, 403);
+    assert_eq!(hsts("maybe", csrf.clone()).await, 422);
+    assert_eq!(
+        app.get_json(&t, "/api/v1/host/my").await.1["spec"]["hsts"],
+        false
+    );
+    assert_eq!(hsts("true", csrf.clone()).await, 303);
+    assert_eq!(
+        app.get_json(&t, "/api/v1/host/my").await.1["spec"]["hsts"],
+        true
+    );
+    let html = page(c.clone(), session.clone()).await;
+    assert!(html.contains("id=\"hsts-state\">on<"), "{html}");
     // Removed.
     let r = post("/ui/hosting/domains/remove", "shop.example.net", csrf).await;
     assert_eq!(r.status(), 303);

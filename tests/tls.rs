@@ -598,3 +598,160 @@ async fn the_domain_limit_holds_at_the_api() {
     assert_eq!(r.status(), 204);
     assert_eq!(add(t, "c.limit.test").await.0, 201, "room again");
 }
+
+/// A CA and a `*.sites.test` certificate it signed, as PEM files in `dir`:
+/// (CA certificate for clients, chain file, key file).
+fn wildcard_files(
+    dir: &std::path::Path,
+) -> (reqwest::Certificate, std::path::PathBuf, std::path::PathBuf) {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_key = KeyPair::generate().unwrap();
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca_params, ca_key);
+    let key = KeyPair::generate().unwrap();
+    let leaf = CertificateParams::new(vec!["*.sites.test".to_string()])
+        .unwrap()
+        .signed_by(&key, &issuer)
+        .unwrap();
+    let (cert, keyf) = (dir.join("wildcard.crt"), dir.join("wildcard.key"));
+    std::fs::write(&cert, leaf.pem() + &ca.pem()).unwrap();
+    std::fs::write(&keyf, key.serialize_pem()).unwrap();
+    (
+        reqwest::Certificate::from_pem(ca.pem().as_bytes()).unwrap(),
+        cert,
+        keyf,
+    )
+}
+
+/// A GET with a fresh connection: (status, Strict-Transport-Security, body).
+async fn get_sts(client: &reqwest::Client, url: &str) -> (u16, Option<String>, String) {
+    let r = client.get(url).send().await.unwrap();
+    let sts = r
+        .headers()
+        .get("strict-transport-security")
+        .map(|v| v.to_str().unwrap().to_string());
+    (r.status().as_u16(), sts, r.text().await.unwrap())
+}
+
+/// The operator's wildcard certificate serves every tenant name without an
+/// ACME order; HSTS is the hosting's opt-in, only on its own names over
+/// HTTPS, never a guest's own header; a stopped site's 503 page is served
+/// over TLS too (with the hosting's HSTS).
+#[tokio::test]
+async fn a_wildcard_certificate_serves_tenants_with_hsts_opt_in_and_the_stopped_page() {
+    let state = tempfile::tempdir().unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(state.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
+    }
+    let tls_dir = state.path().join("tls");
+    let nginx = TestNginx::start_full(Some("sites.test"), Some(&tls_dir), None);
+    let (http, https) = (nginx.port, nginx.https_port.unwrap());
+    let files = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = wildcard_files(files.path());
+    let db = fresh_database().await;
+    let mut config = test_config(&db, state.path(), Some(&nginx));
+    config.sites.sites_domain = Some("sites.test".into());
+    config.tls.wildcard = Some((cert, key));
+    let app = TestApp::spawn_with(config, Mode::All, false, Some(nginx), state).await;
+    let ctl = app.controller.clone().unwrap();
+
+    // A guest that tries to pin the whole sites domain to HTTPS itself.
+    let (t, uid, id) = create_hosting(&app, "wally").await;
+    ctl.reconcile_once(id).await.unwrap();
+    let rec = app.store.get_record(id).await.unwrap().unwrap();
+    let _guest = fake_guest_with_headers(
+        rec.status.ssh_port.unwrap(),
+        rec.status.http_port.unwrap(),
+        "ok",
+        &["Strict-Transport-Security: max-age=63072000; includeSubDomains; preload"],
+    )
+    .await;
+    assert_eq!(
+        settle(&ctl, id).await,
+        hostd::reconciler::Action::AwaitChange
+    );
+    let stats = tls::pass(&ctl.ctx).await.unwrap();
+    assert_eq!(stats.issued, 0, "no ACME order with a wildcard: {stats:?}");
+    assert!(stats.map_changed);
+    assert!(
+        app.store.list_certificates().await.unwrap().is_empty(),
+        "no per-tenant certificate"
+    );
+    let client = https_client(&ca, &["wally.sites.test"], https);
+    let site = format!("https://wally.sites.test:{https}/");
+    https_until(&client, &site, "ok").await;
+    let (_, sts, _) = get_sts(&client, &site).await;
+    assert_eq!(sts, None, "the guest's own header is not passed on");
+    // The shared path origin, over TLS (the fallback certificate).
+    let insecure = reqwest::Client::builder()
+        .danger_accept_invalid_certs(true)
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let shared = format!("https://127.0.0.1:{https}/{uid}/");
+    let (s, sts, body) = get_sts(&insecure, &shared).await;
+    assert_eq!((s, body.as_str(), sts), (200, "ok", None));
+    let (s, loc, _) = http_get(http, "wally.sites.test", "/x").await;
+    assert_eq!(
+        (s, loc.as_str()),
+        (301, format!("https://wally.sites.test:{https}/x").as_str())
+    );
+
+    // Opted in: sent on the tenant's name over HTTPS only.
+    let patch = |body: serde_json::Value| {
+        let (c, url, t) = (app.client.clone(), app.url("/api/v1/host/my"), t.clone());
+        async move {
+            let r = c
+                .patch(url)
+                .bearer_auth(t)
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+        }
+    };
+    patch(serde_json::json!({"hsts": true})).await;
+    let (_, view) = app.get_json(&t, "/api/v1/host/my").await;
+    assert_eq!(view["spec"]["hsts"], true);
+    assert_eq!(
+        settle(&ctl, id).await,
+        hostd::reconciler::Action::AwaitChange
+    );
+    let mut sts = None;
+    for _ in 0..100 {
+        sts = get_sts(&client, &site).await.1;
+        if sts.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(sts.as_deref(), Some("max-age=31536000"));
+    let (_, sts, _) = get_sts(&insecure, &shared).await;
+    assert_eq!(sts, None, "never on the shared origin");
+    let plain = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let (s, sts, _) = get_sts(&plain, &format!("http://127.0.0.1:{http}/{uid}/")).await;
+    assert_eq!((s, sts), (200, None), "never over plain HTTP");
+
+    // Stopped: the 503 page over TLS, still with the hosting's HSTS.
+    patch(serde_json::json!({"running": false})).await;
+    settle_stopped(&ctl, id).await;
+    let mut last = (0, None, String::new());
+    for _ in 0..100 {
+        last = get_sts(&client, &site).await;
+        if last.0 == 503 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(last.0, 503, "{last:?}");
+    assert!(last.2.contains("This site is stopped"), "{last:?}");
+    assert_eq!(last.1.as_deref(), Some("max-age=31536000"));
+    app.stop().await;
+}

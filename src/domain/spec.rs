@@ -163,6 +163,8 @@ pub struct HostingSpec {
     pub image: ImageName,
     pub ssh_public_keys: Vec<SshPublicKey>,
     pub running: bool,
+    /// Send `Strict-Transport-Security` on the hosting's own names over HTTPS.
+    pub hsts: bool,
 }
 
 impl Default for HostingSpec {
@@ -174,6 +176,7 @@ impl Default for HostingSpec {
             image: ImageName("debian-12".into()),
             ssh_public_keys: vec![],
             running: true,
+            hsts: false,
         }
     }
 }
@@ -201,6 +204,12 @@ pub struct SpecPatch {
     pub ssh_public_keys: Option<Vec<String>>,
     /// Whether the VM should run.
     pub running: Option<bool>,
+    /// HSTS opt-in: send `Strict-Transport-Security: max-age=31536000` on the
+    /// hosting's own names (`<user>.<sites domain>`, verified custom domains)
+    /// when served over HTTPS. Browsers that saw it refuse plain HTTP to those
+    /// names for a year, even after it is turned off. Never sent on the
+    /// shared `/<user id>/` origin.
+    pub hsts: Option<bool>,
 }
 
 impl SpecPatch {
@@ -248,6 +257,9 @@ impl SpecPatch {
         }
         if let Some(r) = self.running {
             spec.running = r;
+        }
+        if let Some(h) = self.hsts {
+            spec.hsts = h;
         }
         Ok(spec)
     }

@@ -196,6 +196,8 @@ pub struct RouteSpec {
     /// Host names routed to it as well: the tenant's own name under
     /// `HOSTD_SITES_DOMAIN`, then its verified custom domains.
     pub hosts: Vec<String>,
+    /// Send `Strict-Transport-Security` on `hosts` over HTTPS (the hosting's opt-in).
+    pub hsts: bool,
 }
 
 /// The HTTP front proxy (host nginx).

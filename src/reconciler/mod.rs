@@ -233,6 +233,7 @@ impl Context {
             hosts: (self.config.sites.vhost(&rec.username).into_iter())
                 .chain(rec.domains.iter().map(|d| d.to_string()))
                 .collect(),
+            hsts: rec.spec.hsts,
         }
     }
 

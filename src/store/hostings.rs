@@ -98,6 +98,7 @@ struct RecordRow {
     image: String,
     ssh_public_keys: Vec<String>,
     running: bool,
+    hsts: bool,
     generation: i64,
     deletion_requested_at: Option<DateTime<Utc>>,
     created_at: DateTime<Utc>,
@@ -130,7 +131,7 @@ struct RecordRow {
 pub struct RecordVersion([i64; 3]);
 
 const RECORD_SELECT: &str = "select h.id, h.user_id, u.username, h.vcpus, h.memory_mib, h.disk_gib, h.image, \
-     h.ssh_public_keys, h.running, h.generation, h.deletion_requested_at, h.created_at, \
+     h.ssh_public_keys, h.running, h.hsts, h.generation, h.deletion_requested_at, h.created_at, \
      s.phase, s.conditions, s.observed_generation, s.ssh_port, s.http_port, s.vm_name, s.message, \
      s.disk_created, s.image_pin, s.provisioning_since, s.last_reconciled_at, \
      h.disk_epoch, s.disk_epoch as observed_disk_epoch, h.restore_backup_id, h.warm_pool, h.claimed_at, h.claim_generation, \
@@ -158,6 +159,7 @@ impl RecordRow {
                 image: ImageName::parse(&self.image)?,
                 ssh_public_keys,
                 running: self.running,
+                hsts: self.hsts,
             },
             generation: self.generation,
             deletion_requested_at: self.deletion_requested_at,
@@ -236,8 +238,8 @@ impl Store {
         let id = Uuid::new_v4();
         let mut tx = self.pool().begin().await?;
         let q = sqlx::query(
-            "insert into hostings (id, user_id, vcpus, memory_mib, disk_gib, image, ssh_public_keys, running, warm_pool) \
-             values ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+            "insert into hostings (id, user_id, vcpus, memory_mib, disk_gib, image, ssh_public_keys, running, hsts, warm_pool) \
+             values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
         )
         .bind(id)
         .bind(user.0);
@@ -361,7 +363,7 @@ impl Store {
         if new != rec.spec {
             let q = sqlx::query(
                 "update hostings set vcpus = $2, memory_mib = $3, disk_gib = $4, image = $5, ssh_public_keys = $6, \
-                 running = $7, generation = generation + 1 where id = $1",
+                 running = $7, hsts = $8, generation = generation + 1 where id = $1",
             )
             .bind(rec.id.0);
             bind_spec(q, &new).execute(&mut *tx).await?;
@@ -440,7 +442,7 @@ pub(super) async fn lock_hosting_of(
 type PgQuery<'q> = sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>;
 
 /// Binds a spec's columns in table order: vcpus, memory_mib, disk_gib, image,
-/// ssh_public_keys, running.
+/// ssh_public_keys, running, hsts.
 fn bind_spec<'q>(q: PgQuery<'q>, spec: &'q HostingSpec) -> PgQuery<'q> {
     let keys: Vec<&str> = spec.ssh_public_keys.iter().map(|k| k.as_str()).collect();
     q.bind(spec.vcpus.as_i32())
@@ -449,4 +451,5 @@ fn bind_spec<'q>(q: PgQuery<'q>, spec: &'q HostingSpec) -> PgQuery<'q> {
         .bind(spec.image.as_str())
         .bind(keys)
         .bind(spec.running)
+        .bind(spec.hsts)
 }

@@ -139,7 +139,7 @@ impl Store {
                  and h.vcpus = $2 and h.memory_mib = $3 and h.disk_gib = $4 and h.image = $5 \
                order by h.created_at limit 1 for update of h skip locked) \
              update hostings h set user_id = $1, warm_pool = false, claimed_at = now(), created_at = now(), \
-               ssh_public_keys = $6, generation = h.generation + 1, claim_generation = h.generation + 1 \
+               ssh_public_keys = $6, hsts = $7, generation = h.generation + 1, claim_generation = h.generation + 1 \
              from c where h.id = c.id returning h.id, c.created_at",
         )
         .bind(user.0)
@@ -148,6 +148,7 @@ impl Store {
         .bind(spec.disk_gib.as_i32())
         .bind(spec.image.as_str())
         .bind(&keys)
+        .bind(spec.hsts)
         .fetch_optional(&mut *tx)
         .await
         .map_err(|e| match is_unique_violation(&e) {

@@ -290,6 +290,38 @@ pub(super) async fn hosting_power(
 }
 
 #[derive(Deserialize)]
+pub(super) struct HstsForm {
+    #[serde(default)]
+    pub(super) csrf: String,
+    #[serde(default)]
+    pub(super) hsts: String,
+}
+
+/// Turns the hosting's HSTS opt-in on or off.
+pub(super) async fn hosting_hsts(
+    State(st): State<AppState>,
+    u: WebUser,
+    headers: HeaderMap,
+    Form(f): Form<HstsForm>,
+) -> Result<Response, WebError> {
+    u.check(&st, &headers, &f.csrf)?;
+    let result = async {
+        let hsts = match f.hsts.as_str() {
+            "true" => true,
+            "false" => false,
+            _ => return Err(ApiError::Unprocessable("hsts: true or false".into())),
+        };
+        let patch = SpecPatch {
+            hsts: Some(hsts),
+            ..SpecPatch::default()
+        };
+        patch_for(&st, u.user.id, &patch).await
+    }
+    .await;
+    after_form(&st, &u, result).await
+}
+
+#[derive(Deserialize)]
 pub(super) struct DomainForm {
     #[serde(default)]
     pub(super) csrf: String,

@@ -85,6 +85,7 @@ pub fn router() -> Router<AppState> {
         .route("/ui/hosting", get(hosting_page).post(hosting_create))
         .route("/ui/hosting/power", post(hosting_power))
         .route("/ui/hosting/resize", post(hosting_resize))
+        .route("/ui/hosting/hsts", post(forms::hosting_hsts))
         .route("/ui/hosting/domains", post(forms::domain_add))
         .route("/ui/hosting/domains/remove", post(forms::domain_remove))
         .route(

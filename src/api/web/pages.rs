@@ -69,6 +69,8 @@ pub struct LiveStatus {
     pub generation: i64,
     pub observed_generation: i64,
     pub running: bool,
+    /// The hosting's HSTS opt-in.
+    pub hsts: bool,
     pub vcpus: crate::domain::Vcpus,
     pub memory_mib: crate::domain::MemoryMib,
     pub disk_gib: crate::domain::DiskGib,
@@ -180,6 +182,7 @@ pub(super) fn live_status(
         generation: rec.generation,
         observed_generation: s.observed_generation,
         running: rec.spec.running,
+        hsts: rec.spec.hsts,
         vcpus: rec.spec.vcpus,
         memory_mib: rec.spec.memory_mib,
         disk_gib: rec.spec.disk_gib,

@@ -179,6 +179,7 @@ pub fn describe(h: &HostingView) -> String {
         ("disk_gib", sp.disk_gib.to_string()),
         ("image", sp.image.clone()),
         ("running", sp.running.to_string()),
+        ("hsts", sp.hsts.to_string()),
         ("ssh keys", sp.ssh_public_keys.len().to_string()),
     ] {
         let _ = writeln!(o, "  {k:<12} {v}");

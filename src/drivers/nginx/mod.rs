@@ -112,6 +112,7 @@ impl ProxyDriver for NginxDriver {
             user_id: route.user_id.to_string(),
             upstream,
             hosts: route.hosts.clone(),
+            hsts: route.hsts,
         }
         .render()
         .expect("route template renders");

@@ -85,10 +85,11 @@ impl Pass<'_> {
         let was_configured = has_true(&rec.status.conditions, C::RouteConfigured);
         // A file hostd itself wrote for the other state (serving ↔ the
         // stopped page), or for another set of host names (a custom domain
-        // verified or removed since), is a transition, not a hand edit.
+        // verified or removed since, HSTS turned on or off), is a
+        // transition, not a hand edit.
         let without_hosts = |t: &str| {
             t.lines()
-                .filter(|l| !l.starts_with("host:"))
+                .filter(|l| !l.starts_with("host:") && !l.starts_with("hsts:"))
                 .collect::<Vec<_>>()
                 .join("\n")
         };
