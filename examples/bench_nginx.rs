@@ -135,6 +135,7 @@ async fn main() {
                 user_id: u,
                 http_port: Some(port),
                 hosts: vec![],
+                hsts: false,
             }));
         }
         std::fs::write(p.join("map").join("routes.map"), &map).unwrap();
