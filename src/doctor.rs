@@ -1,7 +1,8 @@
 //! `hostd doctor`: runs the dependency checks of `health/detailed`
 //! (`crate::checks`, the same list) from the command line, plus what only
 //! an operator's shell can see: who owns the routes and pool directories,
-//! the acceleration in use and the image catalogue's files. One line per
+//! the acceleration in use, whether nginx can reach the TLS files and the
+//! image catalogue's files. One line per
 //! check; the exit code is 1 when any failed.
 
 use crate::checks::{self, Check, Outcome};
@@ -86,6 +87,31 @@ async fn services(c: &Config, installation: uuid::Uuid, out: &mut Report) {
     out.check(&checks::qemu_img().await);
 }
 
+/// With TLS on: can nginx's workers reach the certificate files?
+fn tls_files(c: &Config, out: &mut Report) {
+    if !c.tls.enabled() {
+        return;
+    }
+    let what = "TLS directory";
+    let dir = &c.tls.dir;
+    match crate::drivers::tls_files::untraversable(dir) {
+        Ok(None) => out.line(true, what, format!("{} reachable by nginx", dir.display())),
+        Ok(Some(d)) => out.line(
+            false,
+            what,
+            format!(
+                "nginx's workers cannot traverse {} (every TLS handshake fails): chmod o+x it",
+                d.display()
+            ),
+        ),
+        // Not created yet: the reconciler makes it on its first TLS pass.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            out.line(true, what, format!("{} not created yet", dir.display()))
+        }
+        Err(e) => out.line(false, what, format!("{}: {e}", dir.display())),
+    }
+}
+
 /// Every image of the catalogue, with its files.
 fn images(c: &Config, out: &mut Report) {
     let cat = match Catalog::load(&c.images_file, &c.state_dir) {
@@ -107,6 +133,7 @@ pub async fn run(c: Config) -> i32 {
     let id = installation(&c, &mut out).await;
     ownership(&c, id, &mut out);
     services(&c, id, &mut out).await;
+    tls_files(&c, &mut out);
     images(&c, &mut out);
     i32::from(out.failed > 0)
 }

@@ -196,6 +196,19 @@ fn passwd_ids(user: &str) -> Option<(u32, u32)> {
     })
 }
 
+/// The first directory on the way to `dir` (itself included) that nginx's
+/// workers, which are neither its owner nor in its group, cannot traverse
+/// (no `o+x`): they would fail every handshake with a file of `dir`.
+pub fn untraversable(dir: &Path) -> std::io::Result<Option<PathBuf>> {
+    let dir = std::fs::canonicalize(dir)?;
+    for d in dir.ancestors().collect::<Vec<_>>().into_iter().rev() {
+        if std::fs::metadata(d)?.permissions().mode() & 0o001 == 0 {
+            return Ok(Some(d.to_path_buf()));
+        }
+    }
+    Ok(None)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -223,5 +236,20 @@ mod tests {
         assert!(map.contains("*.sites.test \""), "{map}");
         files.remove("a.example.com").unwrap();
         assert!(files.list().unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_private_directory_on_the_way_is_named() {
+        let d = tempfile::tempdir().unwrap();
+        let tls = d.path().join("state/tls");
+        std::fs::create_dir_all(&tls).unwrap();
+        let state = d.path().join("state");
+        std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o700)).unwrap();
+        std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
+        std::fs::set_permissions(&tls, std::fs::Permissions::from_mode(0o711)).unwrap();
+        let canon = std::fs::canonicalize(&state).unwrap();
+        assert_eq!(untraversable(&tls).unwrap(), Some(canon));
+        std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o711)).unwrap();
+        assert_eq!(untraversable(&tls).unwrap(), None);
     }
 }
