@@ -238,7 +238,7 @@ async fn hosting_lifecycle_desired_state_only() {
     assert_eq!(h["generation"], 1);
     assert_eq!(
         h["spec"],
-        json!({"vcpus": 1, "memory_mib": 512, "disk_gib": 10, "image": "debian-12", "ssh_public_keys": [], "running": true})
+        json!({"vcpus": 1, "memory_mib": 512, "disk_gib": 10, "image": "debian-12", "ssh_public_keys": [], "running": true, "hsts": false})
     );
     assert_eq!(h["status"]["phase"], "Pending");
     assert_eq!(count(&app, "select count(*) from hostings").await, 1);
