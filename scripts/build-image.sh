@@ -1,12 +1,21 @@
 #!/usr/bin/env bash
-# Builds the default guest image `debian-12` from Debian packages only:
-# mmdebstrap (minbase) -> ext4 made with `mkfs.ext4 -d` -> qcow2, plus the
-# kernel and initrd for direct kernel boot. Output: $HOSTD_STATE_DIR/images/debian-12/
-# with a manifest. Skipped when the recipe (this file) is unchanged.
-# Also builds `tiny` (images/tiny/): the same kernel with a busybox initramfs
-# that brings up the network by DHCP, serves HTTP on 80 and answers an SSH
-# banner on 22 within seconds. It is for tests that need real, persistent
-# libvirt guests but not a real OS (the crash matrix); not for users.
+# Builds a guest image from Debian packages only: mmdebstrap (minbase) ->
+# ext4 made with `mkfs.ext4 -d` -> qcow2, plus the kernel and initrd for
+# direct kernel boot, into $HOSTD_STATE_DIR/images/<image>/ with a manifest.
+# Skipped when the recipe (this file) is unchanged.
+# Usage: build-image.sh [debian-12|debian-12-cloudinit]   (default debian-12)
+#  * debian-12 (the default image): no cloud-init; hostd-boot applies the
+#    seed's plain hostd/ files at every boot (about 15 s less per TCG boot),
+#    with the QEMU guest agent for live changes (the warm pool's claims).
+#    Also builds `tiny` (images/tiny/): the same kernel with a busybox
+#    initramfs that brings up the network by DHCP, serves HTTP on 80 and
+#    answers an SSH banner on 22 within seconds. It is for tests that need
+#    real, persistent libvirt guests but not a real OS (the crash matrix);
+#    not for users.
+#  * debian-12-cloudinit: Debian's cloud-init instead of hostd-boot and no
+#    guest agent, configured from the same seed's NoCloud user-data (the
+#    path an operator's own cloud image takes); key changes apply at the next
+#    boot. Offered in the catalogue once built.
 # Each build goes to its own directory <recipe hash>/ and disk.qcow2, vmlinuz,
 # initrd.img and manifest.json are symlinks to the newest one. Older versions
 # are kept: existing hostings' disks are overlays of the base they were created
@@ -15,14 +24,19 @@
 # (`qemu-img info <overlay>` shows the backing file).
 set -euo pipefail
 STATE_DIR="${HOSTD_STATE_DIR:-/var/lib/hostd}"
-OUT="$STATE_DIR/images/debian-12"
+IMAGE="${1:-debian-12}"
+case "$IMAGE" in
+  debian-12|debian-12-cloudinit) ;;
+  *) echo "build-image: unknown image '$IMAGE' (debian-12 or debian-12-cloudinit)" >&2; exit 2 ;;
+esac
+OUT="$STATE_DIR/images/$IMAGE"
 MIRROR="${HOSTD_DEBIAN_MIRROR:-http://deb.debian.org/debian}"
 recipe_hash=$(sha256sum "$0" | cut -c1-16)
 
 VER="$OUT/$recipe_hash"
 if [ -f "$VER/manifest.json" ] && [ "$(readlink "$OUT/disk.qcow2" 2>/dev/null)" = "$recipe_hash/disk.qcow2" ] \
-   && [ "$(readlink "$STATE_DIR/images/tiny/initrd.img" 2>/dev/null)" = "$recipe_hash/initrd.img" ]; then
-  echo "build-image: debian-12 is up to date ($VER)"
+   && { [ "$IMAGE" != debian-12 ] || [ "$(readlink "$STATE_DIR/images/tiny/initrd.img" 2>/dev/null)" = "$recipe_hash/initrd.img" ]; }; then
+  echo "build-image: $IMAGE is up to date ($VER)"
   exit 0
 fi
 command -v mmdebstrap >/dev/null || { echo "build-image: mmdebstrap missing (run scripts/install-deps.sh)" >&2; exit 1; }
@@ -99,21 +113,39 @@ StandardError=journal+console
 [Install]
 WantedBy=sysinit.target
 UNIT
-echo "build-image: bootstrapping Debian 12 into $work/rootfs (about a minute)"
+if [ "$IMAGE" = debian-12 ]; then
+  AGENT=true
+  VARIANT=(
+    --include=qemu-guest-agent
+    --customize-hook="copy-in $work/overlay/hostd-boot /usr/local/sbin"
+    --customize-hook="copy-in $work/overlay/hostd-boot.service /etc/systemd/system"
+    --customize-hook='chmod 0755 "$1/usr/local/sbin/hostd-boot"'
+    --customize-hook='chroot "$1" useradd -m -s /bin/bash -c "hostd user" ubuntu'
+    --customize-hook='echo "ubuntu ALL=(ALL) NOPASSWD:ALL" > "$1/etc/sudoers.d/90-hostd"; chmod 0440 "$1/etc/sudoers.d/90-hostd"'
+    --customize-hook='chroot "$1" systemctl enable hostd-boot'
+  )
+else
+  # cloud-init from the seed's NoCloud files alone (network by networkd's
+  # DHCP), first-stage modules only: write_files, the user, SSH and the
+  # every-boot bootcmd (firewall, keys re-read from the seed).
+  AGENT=false
+  VARIANT=(
+    --include=cloud-init
+    --customize-hook='printf "datasource_list: [NoCloud, None]\nnetwork: {config: disabled}\n" > "$1/etc/cloud/cloud.cfg.d/90-hostd.cfg"'
+    --customize-hook='printf "cloud_init_modules: [seed_random, write_files, set_hostname, update_hostname, update_etc_hosts, users_groups, ssh, bootcmd]\ncloud_config_modules: []\ncloud_final_modules: [final_message]\n" > "$1/etc/cloud/cloud.cfg.d/91-hostd-modules.cfg"'
+  )
+fi
+echo "build-image: bootstrapping Debian 12 ($IMAGE) into $work/rootfs (about a minute)"
 
 mmdebstrap --variant=minbase --mode=root --aptopt='APT::Install-Recommends "false"' \
   --dpkgopt='path-exclude=/usr/share/man/*' --dpkgopt='path-exclude=/usr/share/doc/*' \
   --dpkgopt='path-exclude=/usr/share/locale/*' --dpkgopt='path-include=/usr/share/locale/locale.alias' \
   --dpkgopt='path-exclude=/usr/share/info/*' \
-  --include=linux-image-cloud-amd64,initramfs-tools,systemd-sysv,udev,dbus,kmod,mount,iproute2,procps,openssh-server,sudo,nginx-light,nftables,qemu-guest-agent \
+  --include=linux-image-cloud-amd64,initramfs-tools,systemd-sysv,udev,dbus,kmod,mount,iproute2,procps,openssh-server,sudo,nginx-light,nftables \
   --customize-hook='mkdir -p "$1/etc/systemd/network"' \
   --customize-hook='printf "[Match]\nName=en* eth*\n\n[Network]\nDHCP=yes\n" > "$1/etc/systemd/network/10-dhcp.network"' \
-  --customize-hook="copy-in $work/overlay/hostd-boot /usr/local/sbin" \
-  --customize-hook="copy-in $work/overlay/hostd-boot.service /etc/systemd/system" \
-  --customize-hook='chmod 0755 "$1/usr/local/sbin/hostd-boot"' \
-  --customize-hook='chroot "$1" useradd -m -s /bin/bash -c "hostd user" ubuntu' \
-  --customize-hook='echo "ubuntu ALL=(ALL) NOPASSWD:ALL" > "$1/etc/sudoers.d/90-hostd"; chmod 0440 "$1/etc/sudoers.d/90-hostd"' \
-  --customize-hook='chroot "$1" systemctl enable systemd-networkd nginx ssh hostd-boot' \
+  "${VARIANT[@]}" \
+  --customize-hook='chroot "$1" systemctl enable systemd-networkd nginx ssh' \
   --customize-hook='chroot "$1" systemctl mask apt-daily.timer apt-daily-upgrade.timer e2scrub_all.timer e2scrub_reap.service fstrim.timer systemd-networkd-wait-online.service' \
   --customize-hook=': > "$1/etc/machine-id"; rm -f "$1"/etc/ssh/ssh_host_*' \
   --customize-hook='printf "virtio_pci\nvirtio_blk\nvirtio_net\nvirtio_console\next4\nisofs\n" >> "$1/etc/initramfs-tools/modules"; sed -i "s/^MODULES=.*/MODULES=list/" "$1/etc/initramfs-tools/initramfs.conf"; chroot "$1" update-initramfs -u -k all' \
@@ -130,8 +162,8 @@ qemu-img convert -q -f raw -O qcow2 "$work/root.img" "$VER.new/disk.qcow2"
 cp "$kernel" "$VER.new/vmlinuz"; cp "$initrd" "$VER.new/initrd.img"
 secs=$(( $(date +%s) - start ))
 cat > "$VER.new/manifest.json" <<JSON
-{"name": "debian-12", "recipe": "$recipe_hash", "built_at": "$(date -u +%FT%TZ)", "build_seconds": $secs,
- "guest_agent": true,
+{"name": "$IMAGE", "recipe": "$recipe_hash", "built_at": "$(date -u +%FT%TZ)", "build_seconds": $secs,
+ "guest_agent": $AGENT,
  "disk_bytes": $(stat -c %s "$VER.new/disk.qcow2"), "kernel": "$(basename "$kernel")", "initrd_bytes": $(stat -c %s "$VER.new/initrd.img")}
 JSON
 rm -rf "$VER"; mv "$VER.new" "$VER"
@@ -142,7 +174,8 @@ for f in disk.qcow2 vmlinuz initrd.img manifest.json; do
   fi
   ln -sfn "$recipe_hash/$f" "$OUT/.$f.new" && mv -T "$OUT/.$f.new" "$OUT/$f"
 done
-echo "build-image: done in ${secs}s: $(du -h "$VER/disk.qcow2" | cut -f1) disk, $VER"
+echo "build-image: $IMAGE done in ${secs}s: $(du -h "$VER/disk.qcow2" | cut -f1) disk, $VER"
+[ "$IMAGE" = debian-12 ] || exit 0
 
 # ---- tiny: kernel + busybox initramfs -------------------------------------
 TINY="$STATE_DIR/images/tiny/$recipe_hash"

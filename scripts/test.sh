@@ -5,7 +5,8 @@
 # integration tests against real Postgres, real nginx and libvirt's test
 # driver, the lints of the deployment files, the dashboard in a real
 # browser, schemathesis against the OpenAPI document, the end-to-end test with a
-# real VM (scripts/e2e.sh), and the crash matrix (tests/crash_matrix.rs, real
+# real VM (scripts/e2e.sh), the cloud-init image's (scripts/e2e-cloudinit.sh),
+# and the crash matrix (tests/crash_matrix.rs, real
 # hostd processes and qemu:///system guests from the tiny test image).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -40,6 +41,9 @@ log "end-to-end test with a real guest (qemu:///system)"
 
 log "warm pool end-to-end: a claimed guest personalised live, a cold one beside it"
 ./scripts/e2e-warm-pool.sh
+
+log "cloud-init path: a real guest on the debian-12-cloudinit image, beside a default one"
+./scripts/e2e-cloudinit.sh
 
 log "crash matrix: a real reconciler process aborted at every fault point"
 cargo test --locked --test crash_matrix crash_at_every_fault_point -- --ignored --nocapture

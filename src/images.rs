@@ -1,7 +1,8 @@
 //! The image catalogue: maps an image name (as used in a hosting spec) to the
 //! files that boot it. Read from `HOSTD_IMAGES_FILE` (YAML) when present; the
 //! built-in default is `debian-12`, built by `scripts/build-image.sh` into
-//! `$HOSTD_STATE_DIR/images/debian-12/`.
+//! `$HOSTD_STATE_DIR/images/debian-12/`, and `debian-12-cloudinit` once
+//! `scripts/build-image.sh debian-12-cloudinit` has built it.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -76,6 +77,9 @@ impl ImageEntry {
     }
 }
 
+/// The built-in image configured by cloud-init instead of `hostd-boot`.
+pub const CLOUDINIT_IMAGE: &str = "debian-12-cloudinit";
+
 /// The kernel command line of the built-in `debian-12` (pinned with each
 /// disk: hostings created before a change keep theirs). Found by starving
 /// guests of CPU (issue 30, docs/architecture.md "Console"):
@@ -99,12 +103,12 @@ pub const BUILTIN_CMDLINE: &str = "root=/dev/vda rw console=hvc0 panic=10 \
      systemd.show_status=auto systemd.default_timeout_start_sec=600";
 
 impl Catalog {
-    /// The built-in catalogue: `debian-12` under the state directory.
+    /// The built-in catalogue: `debian-12` under the state directory, and
+    /// `debian-12-cloudinit` (configured by cloud-init) once it is built
+    /// (`scripts/build-image.sh debian-12-cloudinit`).
     pub fn builtin(state_dir: &Path) -> Catalog {
-        let dir = state_dir.join("images/debian-12");
-        let mut images = BTreeMap::new();
-        images.insert(
-            "debian-12".to_string(),
+        let entry = |name: &str| {
+            let dir = state_dir.join("images").join(name);
             ImageEntry {
                 disk: dir.join("disk.qcow2"),
                 format: "qcow2".into(),
@@ -112,8 +116,14 @@ impl Catalog {
                 initrd: Some(dir.join("initrd.img")),
                 cmdline: Some(BUILTIN_CMDLINE.into()),
                 guest_agent: false,
-            },
-        );
+            }
+        };
+        let mut images = BTreeMap::new();
+        images.insert("debian-12".to_string(), entry("debian-12"));
+        let cloudinit = entry(CLOUDINIT_IMAGE);
+        if cloudinit.disk.with_file_name("manifest.json").exists() {
+            images.insert(CLOUDINIT_IMAGE.to_string(), cloudinit);
+        }
         Catalog { images }
     }
 
@@ -225,5 +235,21 @@ mod tests {
         ));
         std::fs::write(&f, "images:\n  ubuntu:\n    disk: /x\n    bogus: 1\n").unwrap();
         assert!(Catalog::load(&f, dir.path()).is_err());
+    }
+
+    #[test]
+    fn the_cloud_init_image_is_offered_once_built() {
+        let dir = tempfile::tempdir().unwrap();
+        let name = ImageName::parse(CLOUDINIT_IMAGE).unwrap();
+        let c = Catalog::builtin(dir.path());
+        assert!(matches!(c.get(&name), Err(ImageError::Unknown(_))));
+        let built = dir.path().join("images").join(CLOUDINIT_IMAGE);
+        std::fs::create_dir_all(&built).unwrap();
+        std::fs::write(built.join("manifest.json"), r#"{"guest_agent": false}"#).unwrap();
+        let c = Catalog::builtin(dir.path());
+        let e = c.get(&name).unwrap();
+        assert_eq!(e.disk, built.join("disk.qcow2"));
+        assert_eq!(e.cmdline.as_deref(), Some(BUILTIN_CMDLINE));
+        assert!(c.names().any(|n| n == CLOUDINIT_IMAGE));
     }
 }

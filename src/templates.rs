@@ -56,7 +56,6 @@ pub struct UserData {
     pub hosting_id: String,
     pub hostname: String,
     pub gecos: String,
-    pub ssh_keys: Vec<String>,
     pub sshd_config: String,
     pub nftables: String,
     pub welcome_html: String,

@@ -251,7 +251,6 @@ impl Renderer {
             hosting_id: i.id.to_string(),
             hostname: yaml_quote(&i.username.hostname()),
             gecos: yaml_quote(&format!("hostd user {}", i.username.as_str())),
-            ssh_keys: keys.iter().map(|k| yaml_quote(k)).collect(),
             sshd_config: yaml_quote(&sshd),
             nftables: yaml_quote(&nft),
             welcome_html: yaml_quote(&html),
