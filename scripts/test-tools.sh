@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Installs what the browser test, the OpenAPI fuzzing and the ACME test need
-# (idempotent): Debian's chromium, chromium-driver and pebble (a test ACME CA), and a Python virtualenv with pinned
+# Installs what the browser test, the OpenAPI fuzzing, the ACME test and the
+# container deployment's test need (idempotent): Debian's chromium,
+# chromium-driver, pebble (a test ACME CA) and podman (with runc, set as its
+# runtime), and a Python virtualenv with pinned
 # selenium and schemathesis from PyPI. Prints nothing but progress; sets
 # nothing: callers use "$TEST_VENV/bin/python".
 set -euo pipefail
@@ -10,7 +12,9 @@ TEST_VENV="${HOSTD_TEST_VENV:-/var/cache/hostd-test/venv}"
 PY_PKGS=(selenium==4.51.0 schemathesis==4.32.5)
 
 missing=()
-for p in chromium chromium-driver pebble; do
+# podman (with runc: Debian's crun refuses hybrid cgroups; netavark needs
+# iptables) runs the container deployment's end-to-end test.
+for p in chromium chromium-driver pebble podman runc netavark aardvark-dns iptables; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
 done
 if [ ${#missing[@]} -gt 0 ]; then
@@ -18,6 +22,14 @@ if [ ${#missing[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+# podman's defaults that this kind of host refuses: crun (hybrid cgroups)
+# and the engine's default limits (they cannot be raised here).
+conf=/etc/containers/containers.conf.d/50-hostd.conf
+if [ ! -f "$conf" ]; then
+  mkdir -p "$(dirname "$conf")"
+  printf '[containers]\ndefault_ulimits = ["nofile=16384:16384", "nproc=4096:4096"]\n[engine]\nruntime = "runc"\n' > "$conf"
 fi
 
 stamp="$TEST_VENV/.hostd-pkgs"

@@ -6,7 +6,8 @@
 # driver, the lints of the deployment files, the dashboard in a real
 # browser, schemathesis against the OpenAPI document, the end-to-end test with a
 # real VM (scripts/e2e.sh), the cloud-init image's (scripts/e2e-cloudinit.sh),
-# and the crash matrix (tests/crash_matrix.rs, real
+# the container deployment's under podman (scripts/container-e2e.sh), and the
+# crash matrix (tests/crash_matrix.rs, real
 # hostd processes and qemu:///system guests from the tiny test image).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -44,6 +45,9 @@ log "warm pool end-to-end: a claimed guest personalised live, a cold one beside 
 
 log "cloud-init path: a real guest on the debian-12-cloudinit image, beside a default one"
 ./scripts/e2e-cloudinit.sh
+
+log "container deployment: docker-compose.yml under podman, a real guest through it"
+./scripts/container-e2e.sh
 
 log "crash matrix: a real reconciler process aborted at every fault point"
 cargo test --locked --test crash_matrix crash_at_every_fault_point -- --ignored --nocapture

@@ -98,6 +98,7 @@ impl Application {
             catalog_names: Arc::new(catalog.names().map(String::from).collect()),
             vm: vm.clone(),
             proxy: proxy.clone(),
+            host_checks_remote: mode == Mode::Api,
             metrics: metrics.clone(),
         };
         if mode != Mode::Api {

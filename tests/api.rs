@@ -717,3 +717,48 @@ async fn login_name_with_nul_or_controls_is_a_plain_401() {
     }
     app.stop().await;
 }
+
+/// An API-only process (the container deployment's API cannot see the host)
+/// shows the host checks the reconciler made with its last heartbeat: a
+/// guest isolation the reconciler found missing is an error here too.
+#[tokio::test]
+async fn an_api_only_process_shows_the_reconcilers_host_checks() {
+    let app = TestApp::api().await;
+    let admin = app.admin("hc_admin").await;
+    let stats = hostd::store::ReconcilerStats {
+        host_checks: Some(json!({
+            "libvirt": {"status": "ok", "detail": "qemu:///system: libvirt 11.3.0"},
+            "nginx": {"status": "ok", "detail": "config valid, master running"},
+            "guest_isolation": {"status": "error", "detail": "NOT in force: uid 64055 uncovered"},
+        })),
+        ..Default::default()
+    };
+    app.store
+        .heartbeat(&app.config.instance, "reconciler-host:1", &stats)
+        .await
+        .unwrap();
+    let r = app
+        .client
+        .get(app.url("/api/v1/health/detailed"))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503);
+    let d: Value = r.json().await.unwrap();
+    let iso = &d["checks"]["guest_isolation"];
+    assert_eq!(iso["status"], "error", "{d}");
+    assert_eq!(iso["source"], "reconciler", "{d}");
+    assert!(iso["detail"].as_str().unwrap().contains("uid 64055"), "{d}");
+    assert_eq!(
+        d["checks"]["libvirt"]["detail"],
+        "qemu:///system: libvirt 11.3.0"
+    );
+    assert!(
+        d["checks"]["reconciler"]["counters"]
+            .get("host_checks")
+            .is_none(),
+        "shown once, as checks: {d}"
+    );
+    app.stop().await;
+}

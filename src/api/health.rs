@@ -98,12 +98,42 @@ fn redact(mut body: serde_json::Value) -> serde_json::Value {
 async fn compute(st: &AppState) -> (StatusCode, serde_json::Value) {
     st.metrics.health_checks.inc();
     let db = checks::database(&st.store).await.json();
-    let libvirt = checks::libvirt(&*st.vm).await.json();
-    let nginx = checks::nginx(&*st.proxy).await.json();
     let t = Instant::now();
-    let reconciler = match st.store.last_heartbeat(&st.config.instance).await {
-        Ok(Some((holder, age, stats))) => {
-            let fresh = age < (st.config.resync.as_secs_f64() * 3.0 + 10.0);
+    let heartbeat = st.store.last_heartbeat(&st.config.instance).await;
+    let fresh = |age: f64| age < (st.config.resync.as_secs_f64() * 3.0 + 10.0);
+    // An API-only process (a container) may not see the host: it shows the
+    // host checks the reconciler made with its last heartbeat, if fresh.
+    let remote = match &heartbeat {
+        Ok(Some((_, age, stats))) if st.host_checks_remote && fresh(*age) => {
+            stats.host_checks.clone()
+        }
+        _ => None,
+    };
+    let (libvirt, nginx, isolation) = match remote {
+        Some(h) => {
+            let from_reconciler = |name: &str| {
+                let mut c = h.get(name).cloned().unwrap_or_else(
+                    || json!({"status": "error", "detail": "not in the reconciler's heartbeat"}),
+                );
+                c["source"] = json!("reconciler");
+                c
+            };
+            (
+                from_reconciler("libvirt"),
+                from_reconciler("nginx"),
+                from_reconciler("guest_isolation"),
+            )
+        }
+        None => (
+            checks::libvirt(&*st.vm).await.json(),
+            checks::nginx(&*st.proxy).await.json(),
+            checks::guest_isolation(&st.config).await.json(),
+        ),
+    };
+    let reconciler = match heartbeat {
+        Ok(Some((holder, age, mut stats))) => {
+            let fresh = fresh(age);
+            stats.host_checks = None;
             json!({
                 "status": if fresh { "ok" } else { "error" },
                 "latency_ms": t.elapsed().as_secs_f64() * 1000.0,
@@ -129,7 +159,6 @@ async fn compute(st: &AppState) -> (StatusCode, serde_json::Value) {
                                   "disk_gib": class.disk_gib, "image": class.image.as_str()}}),
         Err(e) => json!({"status": "error", "detail": e.to_string()}),
     };
-    let isolation = checks::guest_isolation(&st.config).await.json();
     // Redis down is not fatal (limits fall back to per-process memory):
     // degraded, but still 200.
     let redis = checks::redis(st.guard.ping_redis()).await.json();

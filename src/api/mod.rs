@@ -40,6 +40,10 @@ pub struct AppState {
     pub vm: Arc<dyn VmDriver>,
     /// The nginx driver, likewise only for `health/detailed`.
     pub proxy: Arc<dyn ProxyDriver>,
+    /// An API-only process: `health/detailed` shows the host checks
+    /// (libvirt, nginx, guest isolation) from the reconciler's heartbeat
+    /// when it has them, since this process may not see the host.
+    pub host_checks_remote: bool,
     /// This process's Prometheus metrics (`/metrics`).
     pub metrics: Arc<Metrics>,
     /// Rate limits, token revocations, the bcrypt bound.

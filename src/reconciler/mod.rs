@@ -248,6 +248,7 @@ impl Context {
             queue_depth: m.queue_depth.get().max(0) as u64,
             last_pass_ms: (m.last_resync_seconds.get() * 1000.0) as u64,
             is_leader: m.is_leader.get() == 1,
+            host_checks: None,
         }
     }
 

@@ -222,7 +222,17 @@ async fn publish(ctx: &Context, queue: &WorkQueue, records: &[Arc<Cached>]) {
     }
     m.set_phases(&phases);
     let holder = format!("{}:{}", hostname(), std::process::id());
-    let stats = ctx.stats();
+    let mut stats = ctx.stats();
+    // What this process sees of the host, for an API process that cannot
+    // (the container deployment: `health/detailed` shows these).
+    let (libvirt, nginx, isolation) = tokio::join!(
+        crate::checks::libvirt(&*ctx.vm),
+        crate::checks::nginx(&*ctx.proxy),
+        crate::checks::guest_isolation(&ctx.config),
+    );
+    stats.host_checks = Some(serde_json::json!({
+        "libvirt": libvirt.json(), "nginx": nginx.json(), "guest_isolation": isolation.json(),
+    }));
     if let Err(e) = ctx
         .store
         .heartbeat(&ctx.config.instance, &holder, &stats)

@@ -26,6 +26,11 @@ pub struct ReconcilerStats {
     pub last_pass_ms: u64,
     /// Whether the writer held the leader lease.
     pub is_leader: bool,
+    /// The host-side checks as the reconciler's process sees them
+    /// (`libvirt`, `nginx`, `guest_isolation`: each `{"status", "detail"}`),
+    /// for an API process that cannot see the host (a container).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_checks: Option<serde_json::Value>,
 }
 
 /// One event in a hosting's history.
