@@ -82,6 +82,16 @@ export HOSTD_PROBE_URL="http://127.0.0.1:$NGINX_PORT" HOSTD_PUBLIC_URL="http://1
 export HOSTD_INSTANCE="$INSTANCE" HOSTD_BCRYPT_COST=4 HOSTD_RESYNC_SECS=5 RUST_LOG="${RUST_LOG:-info}"
 }
 
+# Fails unless a login as ubuntu on 127.0.0.1:$1 without a key is refused
+# for want of one (sshd offers public keys only).
+no_password_login() {
+  if ssh -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o BatchMode=yes -o PubkeyAuthentication=no \
+       -o PreferredAuthentications=password,keyboard-interactive -o ConnectTimeout=20 -p "$1" ubuntu@127.0.0.1 true 2> "$WORK/pw.err"; then
+    fail "login without a key succeeded"
+  fi
+  grep -q "Permission denied (publickey)" "$WORK/pw.err" || fail "unexpected password-login error: $(cat "$WORK/pw.err")"
+}
+
 # Starts `hostd all` in the background (extra environment as arguments).
 start_hostd() {
   env "$@" "$BIN" all >> "$WORK/hostd.log" 2>&1 &

@@ -43,7 +43,7 @@ log "end-to-end test with a real guest (qemu:///system)"
 log "warm pool end-to-end: a claimed guest personalised live, a cold one beside it"
 ./scripts/e2e-warm-pool.sh
 
-log "cloud-init path: a real guest on the debian-12-cloudinit image, beside a default one"
+log "cloud-init path: a real guest on the debian-12-cloudinit image, then a default one (POST -> Ready of both)"
 ./scripts/e2e-cloudinit.sh
 
 log "container deployment: docker-compose.yml under podman, a real guest through it"

@@ -257,64 +257,42 @@ pub(super) async fn hosting_create(
     after_form(&st, &u, result).await
 }
 
+/// A switch of the spec: `running` (start/stop) or `hsts`, "true" or "false".
 #[derive(Deserialize)]
-pub(super) struct PowerForm {
+pub(super) struct SwitchForm {
     #[serde(default)]
     pub(super) csrf: String,
-    #[serde(default)]
-    pub(super) running: String,
+    pub(super) running: Option<String>,
+    pub(super) hsts: Option<String>,
 }
 
-pub(super) async fn hosting_power(
-    State(st): State<AppState>,
-    u: WebUser,
-    headers: HeaderMap,
-    Form(f): Form<PowerForm>,
-) -> Result<Response, WebError> {
-    u.check(&st, &headers, &f.csrf)?;
-    let result = async {
-        let running = match f.running.as_str() {
-            "true" => true,
-            "false" => false,
-            _ => return Err(ApiError::Unprocessable("running: true or false".into())),
-        };
-        host_op(&st, u.user.id).await?;
-        let patch = SpecPatch {
-            running: Some(running),
-            ..SpecPatch::default()
-        };
-        patch_for(&st, u.user.id, &patch).await
+/// "true"/"false" of a form field, or the API's 422.
+fn switch(field: &str, value: Option<&str>) -> Result<Option<bool>, ApiError> {
+    match value {
+        None => Ok(None),
+        Some("true") => Ok(Some(true)),
+        Some("false") => Ok(Some(false)),
+        Some(_) => Err(ApiError::Unprocessable(format!("{field}: true or false"))),
     }
-    .await;
-    after_form(&st, &u, result).await
 }
 
-#[derive(Deserialize)]
-pub(super) struct HstsForm {
-    #[serde(default)]
-    pub(super) csrf: String,
-    #[serde(default)]
-    pub(super) hsts: String,
-}
-
-/// Turns the hosting's HSTS opt-in on or off.
-pub(super) async fn hosting_hsts(
+/// Starts or stops the hosting, or turns its HSTS opt-in on or off.
+pub(super) async fn hosting_switch(
     State(st): State<AppState>,
     u: WebUser,
     headers: HeaderMap,
-    Form(f): Form<HstsForm>,
+    Form(f): Form<SwitchForm>,
 ) -> Result<Response, WebError> {
     u.check(&st, &headers, &f.csrf)?;
     let result = async {
-        let hsts = match f.hsts.as_str() {
-            "true" => true,
-            "false" => false,
-            _ => return Err(ApiError::Unprocessable("hsts: true or false".into())),
-        };
         let patch = SpecPatch {
-            hsts: Some(hsts),
+            running: switch("running", f.running.as_deref())?,
+            hsts: switch("hsts", f.hsts.as_deref())?,
             ..SpecPatch::default()
         };
+        if patch.running.is_some() {
+            host_op(&st, u.user.id).await?;
+        }
         patch_for(&st, u.user.id, &patch).await
     }
     .await;

@@ -46,7 +46,7 @@ use axum::Router;
 use super::AppState;
 use forms::{
     admin_page, console_page, delete_confirm, hosting_create, hosting_delete, hosting_page,
-    hosting_power, hosting_resize, index, login_page, login_submit, logout, signup_page,
+    hosting_resize, hosting_switch, index, login_page, login_submit, logout, signup_page,
     signup_submit,
 };
 
@@ -83,9 +83,9 @@ pub fn router() -> Router<AppState> {
         .route("/ui/signup", get(signup_page).post(signup_submit))
         .route("/ui/logout", post(logout))
         .route("/ui/hosting", get(hosting_page).post(hosting_create))
-        .route("/ui/hosting/power", post(hosting_power))
+        .route("/ui/hosting/power", post(hosting_switch))
         .route("/ui/hosting/resize", post(hosting_resize))
-        .route("/ui/hosting/hsts", post(forms::hosting_hsts))
+        .route("/ui/hosting/hsts", post(hosting_switch))
         .route("/ui/hosting/domains", post(forms::domain_add))
         .route("/ui/hosting/domains/remove", post(forms::domain_remove))
         .route(
