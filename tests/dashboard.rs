@@ -418,3 +418,161 @@ async fn secure_cookies_use_the_host_prefix_and_a_duplicate_is_refused() {
     let bare = session.replacen("__Host-", "", 1);
     assert_eq!(page(bare).await, 303);
 }
+
+/// The account page: a password change ends the other sessions and the API
+/// tokens while this browser continues; forged posts change nothing; the
+/// account cannot be deleted while it has a hosting, then can; "log out
+/// everywhere" ends this session too.
+#[tokio::test]
+async fn the_account_page_changes_the_password_logs_out_everywhere_and_deletes() {
+    let app = TestApp::api().await;
+    let c = client();
+    let (token, _, _) = common::create_hosting(&app, "web-acct").await;
+    let mine = web_login(&app, &c, "web-acct").await;
+    let other = web_login(&app, &c, "web-acct").await;
+    let get = |s: String, path: &'static str| {
+        let (c, url) = (c.clone(), app.url(path));
+        async move {
+            let r = c.get(url).header(COOKIE, s).send().await.unwrap();
+            let loc = r
+                .headers()
+                .get(LOCATION)
+                .map(|v| v.to_str().unwrap().to_string());
+            (r.status().as_u16(), loc, r.text().await.unwrap())
+        }
+    };
+    let post = |s: String, path: &'static str, form: Vec<(&'static str, String)>| {
+        let (c, url) = (c.clone(), app.url(path));
+        async move {
+            c.post(url)
+                .header(COOKIE, s)
+                .form(&form)
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    let (status, _, html) = get(mine.clone(), "/ui/account").await;
+    assert_eq!(status, 200);
+    assert!(
+        html.contains("web-acct@example.com") || html.contains("web-acct"),
+        "{html}"
+    );
+    assert!(html.contains("id=\"delete-account-blocked\""), "{html}");
+    let csrf = csrf_in(&html);
+    let pw = |old: &str, new: &str, csrf: &str| {
+        vec![
+            ("csrf", csrf.to_string()),
+            ("old_password", old.to_string()),
+            ("new_password", new.to_string()),
+        ]
+    };
+
+    // Forged: refused, nothing changed.
+    let r = post(
+        mine.clone(),
+        "/ui/account/password",
+        pw("correct horse", "new horse battery", "forged"),
+    )
+    .await;
+    assert_eq!(r.status(), 403);
+    assert_eq!(app.get_json(&token, "/api/v1/auth/me").await.0, 200);
+    // A wrong current password: the page says so.
+    let r = post(
+        mine.clone(),
+        "/ui/account/password",
+        pw("wrong horse", "new horse battery", &csrf),
+    )
+    .await;
+    assert_eq!(r.status(), 401);
+    assert!(r.text().await.unwrap().contains("id=\"account-error\""));
+    // Changed: this browser gets a new session; the other browser and the
+    // API token are signed out.
+    let r = post(
+        mine.clone(),
+        "/ui/account/password",
+        pw("correct horse", "new horse battery", &csrf),
+    )
+    .await;
+    assert_eq!(r.status(), 303);
+    assert_eq!(r.headers()[LOCATION], "/ui/account?changed=password");
+    let mine = cookie_of(&r, "hostd_session").expect("a fresh session");
+    let (status, _, html) = get(mine.clone(), "/ui/account?changed=password").await;
+    assert_eq!(status, 200);
+    assert!(html.contains("id=\"account-notice\""), "{html}");
+    let (status, loc, _) = get(other.clone(), "/ui/hosting").await;
+    assert_eq!(
+        (status, loc.as_deref()),
+        (303, Some("/ui/login")),
+        "the other session ended"
+    );
+    assert_eq!(
+        app.get_json(&token, "/api/v1/auth/me").await.0,
+        401,
+        "the old token ended"
+    );
+    let csrf = csrf_in(&html);
+    // Deleting is refused while the hosting exists.
+    let del = |password: &str, csrf: &str| {
+        vec![
+            ("csrf", csrf.to_string()),
+            ("password", password.to_string()),
+        ]
+    };
+    let r = post(
+        mine.clone(),
+        "/ui/account/delete",
+        del("new horse battery", &csrf),
+    )
+    .await;
+    assert_eq!(r.status(), 409);
+    assert!(r.text().await.unwrap().contains("delete it first"));
+    // Log out everywhere: this session ends too.
+    let r = post(
+        mine.clone(),
+        "/ui/account/logout-all",
+        vec![("csrf", "forged".into())],
+    )
+    .await;
+    assert_eq!(r.status(), 403);
+    let (status, _, _) = get(mine.clone(), "/ui/account").await;
+    assert_eq!(status, 200, "a forged post ends nothing");
+    let r = post(
+        mine.clone(),
+        "/ui/account/logout-all",
+        vec![("csrf", csrf.clone())],
+    )
+    .await;
+    assert_eq!(r.status(), 303);
+    let (status, loc, _) = get(mine, "/ui/account").await;
+    assert_eq!((status, loc.as_deref()), (303, Some("/ui/login")));
+
+    // An account without a hosting is deleted (forged and wrong-password
+    // posts first change nothing).
+    app.user("web-gone").await;
+    let s = web_login(&app, &c, "web-gone").await;
+    let (_, _, html) = get(s.clone(), "/ui/account").await;
+    let csrf = csrf_in(&html);
+    assert!(!html.contains("delete-account-blocked"));
+    let r = post(
+        s.clone(),
+        "/ui/account/delete",
+        del("correct horse", "forged"),
+    )
+    .await;
+    assert_eq!(r.status(), 403);
+    let r = post(s.clone(), "/ui/account/delete", del("wrong horse", &csrf)).await;
+    assert_eq!(r.status(), 401);
+    app.login("web-gone", "correct horse").await;
+    let r = post(s.clone(), "/ui/account/delete", del("correct horse", &csrf)).await;
+    assert_eq!(r.status(), 303);
+    let r = app
+        .client
+        .post(app.url("/api/v1/auth/login"))
+        .form(&[("username", "web-gone"), ("password", "correct horse")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401, "the account is gone");
+    app.stop().await;
+}

@@ -478,16 +478,16 @@ pub async fn check_credentials(
 /// before the outcome, taken back if right).
 async fn confirm_password(
     st: &AppState,
-    auth: &AuthUser,
+    id: UserId,
     addr: Option<std::net::IpAddr>,
     password: &str,
 ) -> Result<(), ApiError> {
-    let (account, addr) = (auth.id.to_string(), client_key(addr));
+    let (account, addr) = (id.to_string(), client_key(addr));
     let pair = format!("{account}@{addr}");
     let attempt = st.guard.attempt(Rule::LoginAccountAddress, &pair).await?;
     let hash = st
         .store
-        .password_hash(auth.id)
+        .password_hash(id)
         .await?
         .ok_or(ApiError::Unauthorized("invalid user"))?;
     if !password_matches(st, password, hash).await? {
@@ -534,17 +534,46 @@ pub async fn change_password(
     body: Result<Json<PasswordBody>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Json<TokenResponse>, ApiError> {
     let Json(body) = body?;
-    let new = Password::parse(&body.new_password).map_err(|e| {
+    let epoch = set_password(&st, auth.id, addr, &body.old_password, &body.new_password).await?;
+    token_response(&st, auth.id, epoch)
+}
+
+/// Sets a user's password after checking the old one (failures count
+/// against the account's login limit); every earlier token and dashboard
+/// session of the user ends. The API's and the dashboard's rule; the new
+/// token epoch.
+pub async fn set_password(
+    st: &AppState,
+    id: UserId,
+    addr: Option<std::net::IpAddr>,
+    old: &str,
+    new: &str,
+) -> Result<i32, ApiError> {
+    let new = Password::parse(new).map_err(|e| {
         ApiError::Unprocessable(e.to_string().replacen("password", "new_password", 1))
     })?;
-    confirm_password(&st, &auth, addr, &body.old_password).await?;
-    let hash = hash_password(&st, new).await?;
-    let epoch = st.store.change_password(auth.id, &hash).await?;
-    let ttl = std::time::Duration::from_secs(st.jwt.ttl_secs());
-    st.guard.mark_user(auth.id, &epoch.to_string(), ttl).await;
+    confirm_password(st, id, addr, old).await?;
+    let hash = hash_password(st, new).await?;
+    let epoch = st.store.change_password(id, &hash).await?;
+    revoke_all(st, id, epoch).await;
     st.metrics.password_changes.inc();
-    tracing::info!(target: "audit", user = %auth.id, "password changed; every earlier token revoked");
-    token_response(&st, auth.id, epoch)
+    tracing::info!(target: "audit", user = %id, "password changed; every earlier token revoked");
+    Ok(epoch)
+}
+
+/// Tells every API process that the user's tokens before `epoch` are void.
+async fn revoke_all(st: &AppState, id: UserId, epoch: i32) {
+    let ttl = std::time::Duration::from_secs(st.jwt.ttl_secs());
+    st.guard.mark_user(id, &epoch.to_string(), ttl).await;
+}
+
+/// Ends every token and dashboard session of the user ("log out
+/// everywhere"); the new token epoch.
+pub async fn end_every_session(st: &AppState, id: UserId) -> Result<i32, ApiError> {
+    let epoch = st.store.bump_token_epoch(id).await?;
+    revoke_all(st, id, epoch).await;
+    tracing::info!(target: "audit", user = %id, "every token and session ended by the user");
+    Ok(epoch)
 }
 
 /// The body of `DELETE /auth/me`.
@@ -572,8 +601,20 @@ pub async fn delete_me(
     body: Result<Json<DeleteAccountBody>, axum::extract::rejection::JsonRejection>,
 ) -> Result<StatusCode, ApiError> {
     let Json(body) = body?;
-    confirm_password(&st, &auth, addr, &body.password).await?;
-    st.store.delete_user(auth.id).await.map_err(|e| match e {
+    delete_account(&st, auth.id, addr, &body.password).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Deletes the user's account after checking its password; refused while
+/// it has a hosting. The API's and the dashboard's rule.
+pub async fn delete_account(
+    st: &AppState,
+    id: UserId,
+    addr: Option<std::net::IpAddr>,
+    password: &str,
+) -> Result<(), ApiError> {
+    confirm_password(st, id, addr, password).await?;
+    st.store.delete_user(id).await.map_err(|e| match e {
         crate::store::StoreError::Conflict(_) => {
             ApiError::Conflict("the account still has a hosting: delete it first".into())
         }
@@ -581,9 +622,9 @@ pub async fn delete_me(
         o => o.into(),
     })?;
     let ttl = std::time::Duration::from_secs(st.jwt.ttl_secs());
-    st.guard.mark_user(auth.id, "deleted", ttl).await;
-    tracing::info!(target: "audit", user = %auth.id, "account deleted by its owner");
-    Ok(StatusCode::NO_CONTENT)
+    st.guard.mark_user(id, "deleted", ttl).await;
+    tracing::info!(target: "audit", user = %id, "account deleted by its owner");
+    Ok(())
 }
 
 /// `GET /api/v1/auth/me`

@@ -177,6 +177,19 @@ impl Store {
         row.map(|r| r.0).ok_or(StoreError::NotFound)
     }
 
+    /// Moves the user's token epoch: every token and dashboard session made
+    /// before ends ("log out everywhere"). The new epoch.
+    pub async fn bump_token_epoch(&self, id: UserId) -> Result<i32> {
+        let row: Option<(i32,)> = sqlx::query_as(
+            "update users set token_epoch = token_epoch + 1 where id = $1 returning token_epoch",
+        )
+        .bind(id.0)
+        .fetch_optional(&self.pool())
+        .await?;
+        self.touched_user(id);
+        row.map(|r| r.0).ok_or(StoreError::NotFound)
+    }
+
     /// Records a revoked token until its expiry (and purges expired rows).
     pub async fn revoke_token(
         &self,

@@ -50,6 +50,7 @@ use forms::{
     signup_submit,
 };
 
+mod account;
 mod forms;
 mod live;
 mod pages;
@@ -86,6 +87,10 @@ pub fn router() -> Router<AppState> {
         .route("/ui/hosting/power", post(hosting_switch))
         .route("/ui/hosting/resize", post(hosting_resize))
         .route("/ui/hosting/hsts", post(hosting_switch))
+        .route("/ui/account", get(account::account_page))
+        .route("/ui/account/password", post(account::change_password))
+        .route("/ui/account/logout-all", post(account::logout_everywhere))
+        .route("/ui/account/delete", post(account::delete))
         .route("/ui/hosting/domains", post(forms::domain_add))
         .route("/ui/hosting/domains/remove", post(forms::domain_remove))
         .route(

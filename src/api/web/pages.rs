@@ -98,6 +98,18 @@ pub(super) struct HostingPage {
 }
 
 #[derive(Template)]
+#[template(path = "web/account.html")]
+pub(super) struct AccountPage {
+    pub(super) user: Option<Nav>,
+    pub(super) csrf: String,
+    pub(super) email: String,
+    pub(super) error: Option<String>,
+    pub(super) notice: Option<String>,
+    /// Deleting the account is refused while it has a hosting.
+    pub(super) has_hosting: bool,
+}
+
+#[derive(Template)]
 #[template(path = "web/delete.html")]
 pub(super) struct DeletePage {
     pub(super) user: Option<Nav>,
