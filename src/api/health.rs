@@ -25,9 +25,9 @@ pub const CACHE_FOR: Duration = Duration::from_secs(5);
 /// A computed `health/detailed` answer.
 #[derive(Clone)]
 pub struct Cached {
-    at: Instant,
-    code: StatusCode,
-    body: serde_json::Value,
+    pub at: Instant,
+    pub code: StatusCode,
+    pub body: serde_json::Value,
 }
 
 /// `GET /api/v1/health`: cheap liveness.
@@ -54,13 +54,25 @@ pub async fn version() -> impl IntoResponse {
         (status = 503, description = "A check failed (same shape)", body = Object),
     ))]
 pub async fn detailed(State(st): State<AppState>, IsAdmin(admin): IsAdmin) -> impl IntoResponse {
-    let cached = {
+    let cached = cached(&st).await;
+    let body = if admin {
+        cached.body
+    } else {
+        redact(cached.body)
+    };
+    (cached.code, Json(body))
+}
+
+/// The `health/detailed` answer with every detail, computed at most once
+/// per [`CACHE_FOR`] (the dashboard's admin page shows it too).
+pub async fn cached(st: &AppState) -> Cached {
+    {
         // Held while computing: concurrent callers wait for this one answer.
         let mut slot = st.health_cache.lock().await;
         match slot.as_ref() {
             Some(c) if c.at.elapsed() < CACHE_FOR => c.clone(),
             _ => {
-                let (code, body) = compute(&st).await;
+                let (code, body) = compute(st).await;
                 let c = Cached {
                     at: Instant::now(),
                     code,
@@ -70,13 +82,7 @@ pub async fn detailed(State(st): State<AppState>, IsAdmin(admin): IsAdmin) -> im
                 c
             }
         }
-    };
-    let body = if admin {
-        cached.body
-    } else {
-        redact(cached.body)
-    };
-    (cached.code, Json(body))
+    }
 }
 
 /// Only each check's status, for callers who are not admins.

@@ -12,7 +12,7 @@ use super::auth::AuthUser;
 use super::error::{ApiError, ErrorBody};
 use super::AppState;
 use crate::crd::{SpecView, StatusView};
-use crate::domain::{ssh_command, BackupId, HostingSpec, Role, SpecPatch, UserId};
+use crate::domain::{ssh_command, BackupId, HostingSpec, SpecPatch, UserId};
 use crate::store::{Event, HostingRecord, RestoreRefusal, StoreError};
 
 /// The hosting as the API shows it (shape is a contract, see docs/api.md;
@@ -301,12 +301,22 @@ pub async fn reset_mine(
     auth: AuthUser,
 ) -> Result<impl IntoResponse, ApiError> {
     host_op(&st, auth.id).await?;
-    let t = disk_replace(&st, auth.id).await?;
-    let r = st.store.request_disk_reset(auth.id).await;
+    let rec = reset_for(&st, auth.id).await?;
+    accepted(&st, Ok(rec), "disk reset requested")
+}
+
+/// Records a disk reset (shared with the dashboard; the caller has counted
+/// the write): counted against `HOSTD_DISK_REPLACES_PER_HOUR`.
+pub async fn reset_for(st: &AppState, user: UserId) -> Result<HostingRecord, ApiError> {
+    let t = disk_replace(st, user).await?;
+    let r = st.store.request_disk_reset(user).await;
     if r.is_err() {
         st.guard.forgive(t).await;
     }
-    accepted(&st, r, "disk reset requested")
+    r.map_err(|e| match e {
+        StoreError::NotFound => ApiError::NotFound("you have no hosting"),
+        o => o.into(),
+    })
 }
 
 /// `DELETE /api/v1/host/my`: the row stays until the reconciler has cleaned up.
@@ -324,26 +334,6 @@ pub async fn delete_mine(
     host_op(&st, auth.id).await?;
     let r = st.store.request_deletion(auth.id).await;
     accepted(&st, r, "hosting deletion requested")
-}
-
-/// `GET /api/v1/admin/hostings` (admins only)
-#[utoipa::path(get, path = "/api/v1/admin/hostings", tag = "admin",
-    security(("bearer" = [])),
-    responses(
-        (status = 200, description = "Every hosting (warm-pool guests included)", body = Vec<HostingView>),
-        (status = 403, description = "The caller is not an admin", body = ErrorBody),
-    ))]
-pub async fn admin_list(
-    State(st): State<AppState>,
-    auth: AuthUser,
-) -> Result<impl IntoResponse, ApiError> {
-    if auth.role != Role::Admin {
-        return Err(ApiError::Forbidden);
-    }
-    let all = st.store.list_records().await?;
-    Ok(Json(
-        all.iter().map(|r| view(&st, r, None)).collect::<Vec<_>>(),
-    ))
 }
 
 /// The caller's hosting, or 404.
@@ -374,17 +364,20 @@ pub async fn create_backup(
     auth: AuthUser,
 ) -> Result<impl IntoResponse, ApiError> {
     host_op(&st, auth.id).await?;
-    let b = st
-        .store
-        .request_backup(auth.id)
-        .await
-        .map_err(|e| match e {
-            StoreError::NotFound => ApiError::NotFound("you have no hosting"),
-            StoreError::Conflict(what) => ApiError::Conflict(format!("{what} exists")),
-            o => o.into(),
-        })?;
-    tracing::info!(hosting = %b.hosting_id, backup = %b.id, "backup requested");
+    let b = backup_for(&st, auth.id).await?;
     Ok((StatusCode::ACCEPTED, Json(b)))
+}
+
+/// Records a backup request (shared with the dashboard; the caller has
+/// counted the write).
+pub async fn backup_for(st: &AppState, user: UserId) -> Result<crate::store::Backup, ApiError> {
+    let b = st.store.request_backup(user).await.map_err(|e| match e {
+        StoreError::NotFound => ApiError::NotFound("you have no hosting"),
+        StoreError::Conflict(what) => ApiError::Conflict(format!("{what} exists")),
+        o => o.into(),
+    })?;
+    tracing::info!(hosting = %b.hosting_id, backup = %b.id, "backup requested");
+    Ok(b)
 }
 
 /// `GET /api/v1/host/my/backups`: the hosting's backups, newest first.
@@ -427,19 +420,29 @@ pub async fn restore_mine(
 ) -> Result<impl IntoResponse, ApiError> {
     host_op(&st, auth.id).await?;
     let Json(body) = body?;
-    let t = disk_replace(&st, auth.id).await?;
-    let asked = st.store.request_restore(auth.id, body.backup_id).await;
+    let rec = restore_for(&st, auth.id, body.backup_id).await?;
+    accepted(&st, Ok(rec), "restore requested")
+}
+
+/// Records a restore of `backup` (shared with the dashboard; the caller has
+/// counted the write): counted against `HOSTD_DISK_REPLACES_PER_HOUR`.
+pub async fn restore_for(
+    st: &AppState,
+    user: UserId,
+    backup: BackupId,
+) -> Result<HostingRecord, ApiError> {
+    let t = disk_replace(st, user).await?;
+    let asked = st.store.request_restore(user, backup).await;
     if !matches!(asked, Ok(Ok(_))) {
         st.guard.forgive(t).await;
     }
-    let rec = asked?.map_err(|r| match r {
+    asked?.map_err(|r| match r {
         RestoreRefusal::NoHosting => ApiError::NotFound("you have no hosting"),
         RestoreRefusal::NoSuchBackup => {
             ApiError::NotFound("your hosting has no backup with that id")
         }
         o => ApiError::Conflict(o.to_string()),
-    })?;
-    accepted(&st, Ok(rec), "restore requested")
+    })
 }
 
 /// The tail of the hosting's boot console log, as last copied by the

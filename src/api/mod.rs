@@ -12,6 +12,7 @@ use crate::drivers::{ProxyDriver, VmDriver};
 use crate::store::Store;
 use crate::telemetry::Metrics;
 
+pub mod admin;
 pub mod auth;
 pub mod domains;
 pub mod error;
@@ -89,7 +90,10 @@ pub fn api_routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(hosting::restore_mine))
         .routes(routes!(domains::add_domain, domains::list_domains))
         .routes(routes!(domains::remove_domain))
-        .routes(routes!(hosting::admin_list))
+        .routes(routes!(admin::admin_list))
+        .routes(routes!(admin::admin_patch, admin::admin_delete))
+        .routes(routes!(admin::admin_users))
+        .routes(routes!(admin::admin_set_role))
         .routes(routes!(health::health))
         .routes(routes!(health::detailed))
         .routes(routes!(health::version))

@@ -60,6 +60,29 @@ impl SshPublicKey {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+    /// The key type (`ssh-ed25519`, …).
+    pub fn kind(&self) -> &str {
+        self.0.split(' ').next().unwrap_or_default()
+    }
+    /// The comment after the key data ("" when none).
+    pub fn comment(&self) -> &str {
+        self.0.splitn(3, ' ').nth(2).unwrap_or_default()
+    }
+    /// The fingerprint as `ssh-keygen -l` prints it (`SHA256:` and the
+    /// unpadded base64 of the key blob's SHA-256).
+    pub fn fingerprint(&self) -> String {
+        use base64::Engine;
+        use sha2::Digest;
+        let data = self.0.split(' ').nth(1).unwrap_or_default();
+        let blob = base64::engine::general_purpose::STANDARD
+            .decode(data)
+            .unwrap_or_else(|_| data.as_bytes().to_vec());
+        let sum = sha2::Sha256::digest(&blob);
+        format!(
+            "SHA256:{}",
+            base64::engine::general_purpose::STANDARD_NO_PAD.encode(sum)
+        )
+    }
 }
 
 /// The name of a guest image in the image catalogue: `[a-z0-9][a-z0-9._-]{0,63}`.
@@ -364,5 +387,25 @@ impl Quota {
             ValidationError::check(value <= max || value <= was, field, &rule)?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::SshPublicKey;
+
+    #[test]
+    fn a_keys_parts_and_fingerprint_match_ssh_keygen() {
+        // `ssh-keygen -l -f` printed this key's fingerprint.
+        let k = SshPublicKey::parse(
+            "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIApcnVjzEMS6r3zLkxL55QpkySdkMyzbGi6Dcab8Nyi9 me@laptop",
+        )
+        .unwrap();
+        assert_eq!(k.kind(), "ssh-ed25519");
+        assert_eq!(k.comment(), "me@laptop");
+        assert_eq!(
+            k.fingerprint(),
+            "SHA256:O0QDn+r5uGzxHFIX+YrDi/qvTT0DXQXKzaRi5ZwSGtw"
+        );
     }
 }

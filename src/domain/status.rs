@@ -186,6 +186,8 @@ named_enum! {
         CertificateIssued,
         CertificateFailed,
         DomainVerified,
+        // An administrator acted on the hosting (the message names them).
+        AdminAction,
     }
 }
 

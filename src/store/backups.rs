@@ -160,6 +160,16 @@ impl Store {
         Ok(())
     }
 
+    /// Says what a Running backup is doing now (the dashboard shows it live).
+    pub async fn backup_progress(&self, id: BackupId, doing: &str) -> Result<()> {
+        sqlx::query("update backups set message = $2 where id = $1 and state = 'Running'")
+            .bind(id.0)
+            .bind(doing)
+            .execute(&self.pool())
+            .await?;
+        Ok(())
+    }
+
     /// Marks a backup Completed with its file's size and checksum.
     pub async fn backup_completed(&self, id: BackupId, size: u64, sha256: &str) -> Result<()> {
         sqlx::query(

@@ -105,6 +105,18 @@ impl Store {
         Ok(rows.into_iter().map(|r| r.into_user().0).collect())
     }
 
+    /// The people's accounts (not the internal warm-pool one), oldest
+    /// first: the admin's user list.
+    pub async fn list_accounts(&self) -> Result<Vec<User>> {
+        let rows = sqlx::query_as::<_, UserRow>(
+            "select id, email, username, role, created_at, password_hash, token_epoch from users \
+             where role <> 'system' order by created_at, username",
+        )
+        .fetch_all(&self.pool())
+        .await?;
+        Ok(rows.into_iter().map(|r| r.into_user().0).collect())
+    }
+
     /// Finds a user by email (case-insensitive) or username, with the password hash.
     pub async fn find_user_for_login(&self, login: &str) -> Result<Option<(User, String)>> {
         let row = sqlx::query_as::<_, UserRow>(

@@ -9,7 +9,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+pub mod disks;
 pub mod reconciler;
+pub mod web;
 
 use hostd::app::{Application, Mode};
 use hostd::config::{Config, DomainType};

@@ -1,5 +1,5 @@
 //! The dashboard's handlers: login and sign-up, the hosting page and its
-//! forms (create, power, resize, delete), the console and the admin page.
+//! forms (create, power, resize, domains, HSTS, delete) and the console.
 //! Each form is checked for origin and CSRF before anything else.
 
 use axum::extract::{Form, State};
@@ -8,8 +8,7 @@ use axum::response::{IntoResponse, Redirect, Response};
 use serde::Deserialize;
 
 use super::pages::{
-    hosting_view, my_record, AdminPage, AdminRow, ConsolePage, DeletePage, LoginPage, SignupPage,
-    SIZES,
+    hosting_view, my_record, ConsolePage, DeletePage, LoginPage, SignupPage, SIZES,
 };
 use super::session::{
     check_presession, cookie, csrf_token, presession, render, set_cookie, start_session, unb64,
@@ -21,7 +20,7 @@ use crate::api::error::ApiError;
 use crate::api::hosting::{console_of, create_for, host_op, patch_for};
 use crate::api::limits::{client_key, Rule};
 use crate::api::AppState;
-use crate::domain::{Role, SpecPatch};
+use crate::domain::SpecPatch;
 use crate::store::StoreError;
 
 // ---------------------------------------------------------------- handlers
@@ -430,43 +429,5 @@ pub(super) async fn console_page(
             .map(|t| t.format("%Y-%m-%d %H:%M:%S UTC").to_string()),
         truncated: c.truncated,
         text: c.text,
-    }))
-}
-
-pub(super) async fn admin_page(
-    State(st): State<AppState>,
-    u: WebUser,
-) -> Result<Response, WebError> {
-    if u.user.role != Role::Admin {
-        return Err(ApiError::Forbidden.into());
-    }
-    let node = match st.store.last_heartbeat(&st.config.instance).await {
-        Ok(Some((holder, _, _))) => holder,
-        _ => "no reconciler heartbeat".to_string(),
-    };
-    let rows = st
-        .store
-        .list_records()
-        .await?
-        .iter()
-        .map(|r| AdminRow {
-            id: r.id.to_string(),
-            owner: r.username.as_str().to_string(),
-            warm: r.warm,
-            phase: r.status.phase.to_string(),
-            converged: r.status.observed_generation == r.generation,
-            size: format!(
-                "{} vCPU, {} MiB, {} GiB",
-                r.spec.vcpus, r.spec.memory_mib, r.spec.disk_gib
-            ),
-            ssh_port: r.status.ssh_port.map(|p| p.to_string()).unwrap_or_default(),
-            node: format!("{} ({})", st.config.instance, node),
-        })
-        .collect();
-    Ok(render(&AdminPage {
-        user: u.nav(),
-        csrf: u.csrf.clone(),
-        rows,
-        node,
     }))
 }

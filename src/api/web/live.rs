@@ -1,5 +1,7 @@
-//! The live status stream (`/ui/hosting/events`, Server-Sent Events) and the
-//! bounds on how many a user and the process hold open.
+//! The live views (Server-Sent Events): the hosting's status
+//! (`/ui/hosting/events`) and its backups (`/ui/backups/events`), both
+//! through [`follow`], and the bounds on how many a user and the process
+//! hold open.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -56,13 +58,31 @@ impl Drop for StreamSlot {
     }
 }
 
-/// `GET /ui/hosting/events`: Server-Sent Events, one `status` event (JSON
-/// of [`LiveStatus`]) whenever what the page shows changes, `gone` when
-/// the hosting no longer exists, `ended` when the session does.
-pub(super) async fn hosting_events(
-    State(st): State<AppState>,
+/// What one look at the data found.
+pub(super) enum Look {
+    /// The view as JSON (sent when it differs from the last one sent).
+    Json(String),
+    /// The thing followed is gone: a `gone` event ends the stream.
+    Gone,
+    /// Not readable this time (Postgres away): look again next tick.
+    Retry,
+}
+
+/// A Server-Sent Events stream for the signed-in user: `look` runs every
+/// `tick`; each new answer goes out as an `event` event, `gone` ends the
+/// stream, and `ended` when the session ends (checked every
+/// [`SESSION_EVERY`] ticks). Bounded per user and in all by [`WebState`].
+pub(super) fn follow<F, Fut>(
+    st: AppState,
     u: WebUser,
-) -> Result<Response, WebError> {
+    event: &'static str,
+    tick: Duration,
+    look: F,
+) -> Result<Response, WebError>
+where
+    F: Fn(AppState, UserId) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Look> + Send,
+{
     let web = st.web.clone();
     let slot = web.open(u.user.id).ok_or_else(|| {
         WebError::Page(
@@ -70,7 +90,7 @@ pub(super) async fn hosting_events(
             "too many live views open".into(),
         )
     })?;
-    struct Loop {
+    struct Loop<F> {
         st: AppState,
         sid: Vec<u8>,
         user: UserId,
@@ -78,6 +98,7 @@ pub(super) async fn hosting_events(
         first: bool,
         done: bool,
         ticks: u32,
+        look: Arc<F>,
         _slot: StreamSlot,
     }
     let init = Loop {
@@ -88,15 +109,16 @@ pub(super) async fn hosting_events(
         first: true,
         done: false,
         ticks: 0,
+        look: Arc::new(look),
         _slot: slot,
     };
-    let stream = futures_util::stream::unfold(init, |mut l| async move {
+    let stream = futures_util::stream::unfold(init, move |mut l| async move {
         if l.done {
             return None;
         }
         loop {
             if !l.first {
-                tokio::time::sleep(SSE_TICK).await;
+                tokio::time::sleep(tick).await;
             }
             l.first = false;
             // The session is looked at every SESSION_EVERY ticks (a logout
@@ -113,37 +135,19 @@ pub(super) async fn hosting_events(
                     Err(_) => continue,
                 }
             }
-            // The read view when it vouches for the hosting (no query);
-            // Postgres otherwise.
-            let cached = l.st.store.view().and_then(|v| v.live()).and_then(|live| {
-                match live.hosting(l.user) {
-                    crate::store::view::Cached::Hit(h) => Some(h),
-                    _ => None,
+            match (l.look)(l.st.clone(), l.user).await {
+                Look::Retry => continue,
+                Look::Gone => {
+                    l.done = true;
+                    let ev = SseEvent::default().event("gone").data("gone");
+                    return Some((Ok(ev), l));
                 }
-            });
-            let (rec, evs) = match cached {
-                Some(h) => (h.rec.clone(), h.events.clone()),
-                None => {
-                    let rec = match l.st.store.get_record_by_user(l.user).await {
-                        Ok(r) => r,
-                        Err(_) => continue,
-                    };
-                    let Some(rec) = rec else {
-                        l.done = true;
-                        let ev = SseEvent::default().event("gone").data("no hosting");
-                        return Some((Ok(ev), l));
-                    };
-                    let Ok(evs) = l.st.store.recent_events(rec.id, 20).await else {
-                        continue;
-                    };
-                    (rec, evs)
+                Look::Json(json) => {
+                    if l.last.as_deref() != Some(json.as_str()) {
+                        l.last = Some(json.clone());
+                        return Some((Ok(SseEvent::default().event(event).data(json)), l));
+                    }
                 }
-            };
-            let json =
-                serde_json::to_string(&live_status(&l.st, &rec, &evs)).expect("status serializes");
-            if l.last.as_deref() != Some(json.as_str()) {
-                l.last = Some(json.clone());
-                return Some((Ok(SseEvent::default().event("status").data(json)), l));
             }
         }
     });
@@ -151,3 +155,60 @@ pub(super) async fn hosting_events(
         .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
         .into_response())
 }
+
+/// `GET /ui/hosting/events`: one `status` event (JSON of [`LiveStatus`])
+/// whenever what the hosting page shows changes, `gone` when the hosting
+/// no longer exists, `ended` when the session does.
+///
+/// [`LiveStatus`]: super::LiveStatus
+pub(super) async fn hosting_events(
+    State(st): State<AppState>,
+    u: WebUser,
+) -> Result<Response, WebError> {
+    follow(st, u, "status", SSE_TICK, |st, user| async move {
+        // The read view when it vouches for the hosting (no query);
+        // Postgres otherwise.
+        let cached =
+            st.store
+                .view()
+                .and_then(|v| v.live())
+                .and_then(|live| match live.hosting(user) {
+                    crate::store::view::Cached::Hit(h) => Some(h),
+                    _ => None,
+                });
+        let (rec, evs) = match cached {
+            Some(h) => (h.rec.clone(), h.events.clone()),
+            None => {
+                let rec = match st.store.get_record_by_user(user).await {
+                    Ok(Some(r)) => r,
+                    Ok(None) => return Look::Gone,
+                    Err(_) => return Look::Retry,
+                };
+                let Ok(evs) = st.store.recent_events(rec.id, 20).await else {
+                    return Look::Retry;
+                };
+                (rec, evs)
+            }
+        };
+        Look::Json(serde_json::to_string(&live_status(&st, &rec, &evs)).expect("status serializes"))
+    })
+}
+
+/// `GET /ui/backups/events`: one `backups` event (JSON of
+/// [`BackupsLive`](super::backups::BackupsLive)) whenever the backups list
+/// changes (state, what a running one is doing, its elapsed seconds).
+pub(super) async fn backups_events(
+    State(st): State<AppState>,
+    u: WebUser,
+) -> Result<Response, WebError> {
+    follow(st, u, "backups", BACKUPS_TICK, |st, user| async move {
+        match super::backups::backups_live(&st, user).await {
+            Ok(Some(b)) => Look::Json(serde_json::to_string(&b).expect("backups serialize")),
+            Ok(None) => Look::Gone,
+            Err(_) => Look::Retry,
+        }
+    })
+}
+
+/// How often the backups view looks (a query each time).
+const BACKUPS_TICK: Duration = Duration::from_secs(1);

@@ -31,8 +31,10 @@
 //! copy buttons and reads an uploaded key file into the form.
 //!
 //! Map: [`session`] (cookies, CSRF, the signed-in user, errors), [`pages`]
-//! (templates and view models), [`forms`] (handlers), [`live`] (the status
-//! stream).
+//! (templates and view models), [`forms`] (sign-in and the hosting page's
+//! handlers), [`backups`] (backups, restore, reset), [`keys`] (SSH keys),
+//! [`account`], [`admin`] (the admin page that acts), [`live`] (the
+//! Server-Sent Events streams).
 
 use std::time::Duration;
 
@@ -45,13 +47,15 @@ use axum::Router;
 
 use super::AppState;
 use forms::{
-    admin_page, console_page, delete_confirm, hosting_create, hosting_delete, hosting_page,
-    hosting_resize, hosting_switch, index, login_page, login_submit, logout, signup_page,
-    signup_submit,
+    console_page, delete_confirm, hosting_create, hosting_delete, hosting_page, hosting_resize,
+    hosting_switch, index, login_page, login_submit, logout, signup_page, signup_submit,
 };
 
 mod account;
+mod admin;
+mod backups;
 mod forms;
+mod keys;
 mod live;
 mod pages;
 mod session;
@@ -99,7 +103,29 @@ pub fn router() -> Router<AppState> {
         )
         .route("/ui/hosting/events", get(live::hosting_events))
         .route("/ui/hosting/console", get(console_page))
-        .route("/ui/admin", get(admin_page))
+        .route(
+            "/ui/backups",
+            get(backups::backups_page).post(backups::backup_now),
+        )
+        .route("/ui/backups/events", get(live::backups_events))
+        .route(
+            "/ui/backups/restore",
+            get(backups::restore_confirm).post(backups::restore_submit),
+        )
+        .route(
+            "/ui/hosting/reset",
+            get(backups::reset_confirm).post(backups::reset_submit),
+        )
+        .route("/ui/keys", get(keys::keys_page))
+        .route("/ui/keys/add", post(keys::keys_add))
+        .route("/ui/keys/remove", post(keys::keys_remove))
+        .route("/ui/admin", get(admin::admin_page))
+        .route("/ui/admin/hosting/power", post(admin::admin_power))
+        .route(
+            "/ui/admin/hosting/delete",
+            get(admin::admin_delete_confirm).post(admin::admin_delete),
+        )
+        .route("/ui/admin/users/role", post(admin::admin_role))
         .route("/ui/static/app.js", get(app_js))
         .route("/ui/static/app.css", get(app_css))
         .layer(axum::middleware::from_fn(security_headers))

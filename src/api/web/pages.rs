@@ -81,6 +81,10 @@ pub struct LiveStatus {
     pub conditions: Vec<(String, bool, String, String)>,
     pub events: Vec<(String, bool, String, String)>,
     pub deleting: bool,
+    /// The disk is gone and no backup restored it: the owner decides.
+    pub disk_lost: bool,
+    /// Whether the last SSH key change has reached the guest, in words.
+    pub keys_status: String,
 }
 
 #[derive(Template)]
@@ -95,6 +99,8 @@ pub(super) struct HostingPage {
     pub(super) sizes: Vec<(i64, i64, &'static str)>,
     /// The tenant's custom domains.
     pub(super) domains: Vec<DomainItem>,
+    /// After a lost disk: the newest completed backup (id, when taken).
+    pub(super) newest_backup: Option<(String, String)>,
 }
 
 #[derive(Template)]
@@ -134,9 +140,29 @@ pub struct AdminRow {
     pub warm: bool,
     pub phase: String,
     pub converged: bool,
+    pub running: bool,
+    pub deleting: bool,
     pub size: String,
     pub ssh_port: String,
     pub node: String,
+}
+
+/// A health check on the admin page.
+pub struct CheckRow {
+    pub name: String,
+    pub ok: bool,
+    pub status: String,
+    pub detail: String,
+}
+
+/// An account on the admin page.
+pub struct UserItem {
+    pub username: String,
+    pub email: String,
+    pub admin: bool,
+    pub created: String,
+    pub has_hosting: bool,
+    pub is_self: bool,
 }
 
 #[derive(Template)]
@@ -144,8 +170,78 @@ pub struct AdminRow {
 pub(super) struct AdminPage {
     pub(super) user: Option<Nav>,
     pub(super) csrf: String,
+    pub(super) error: Option<String>,
+    pub(super) notice: Option<String>,
+    /// `health/detailed`'s overall status.
+    pub(super) status: String,
+    pub(super) checks: Vec<CheckRow>,
+    /// (what, figures)
+    pub(super) capacity: Vec<(String, String)>,
+    pub(super) warm_pool: String,
     pub(super) rows: Vec<AdminRow>,
+    pub(super) users: Vec<UserItem>,
     pub(super) node: String,
+}
+
+#[derive(Template)]
+#[template(path = "web/admin_delete.html")]
+pub(super) struct AdminDeletePage {
+    pub(super) user: Option<Nav>,
+    pub(super) csrf: String,
+    pub(super) id: String,
+    pub(super) owner: String,
+    pub(super) phase: String,
+}
+
+#[derive(Template)]
+#[template(path = "web/backups.html")]
+pub(super) struct BackupsPage {
+    pub(super) user: Option<Nav>,
+    pub(super) csrf: String,
+    pub(super) error: Option<String>,
+    pub(super) live: super::backups::BackupsLive,
+    pub(super) keep: u32,
+    pub(super) interval_hours: Option<u64>,
+    pub(super) per_minute: u32,
+}
+
+#[derive(Template)]
+#[template(path = "web/restore.html")]
+pub(super) struct RestorePage {
+    pub(super) user: Option<Nav>,
+    pub(super) csrf: String,
+    pub(super) backup: super::backups::BackupItem,
+    pub(super) quarantine_days: u64,
+    pub(super) disk_lost: bool,
+}
+
+#[derive(Template)]
+#[template(path = "web/reset.html")]
+pub(super) struct ResetPage {
+    pub(super) user: Option<Nav>,
+    pub(super) csrf: String,
+    pub(super) username: String,
+    pub(super) quarantine_days: u64,
+    pub(super) disk_lost: bool,
+}
+
+/// An SSH key as the keys page shows it.
+pub struct KeyItem {
+    pub kind: String,
+    pub comment: String,
+    pub fingerprint: String,
+}
+
+#[derive(Template)]
+#[template(path = "web/keys.html")]
+pub(super) struct KeysPage {
+    pub(super) user: Option<Nav>,
+    pub(super) csrf: String,
+    pub(super) error: Option<String>,
+    pub(super) keys: Vec<KeyItem>,
+    pub(super) live: LiveStatus,
+    /// What the add form held when it was refused.
+    pub(super) pasted: String,
 }
 
 /// The sizes offered by the create and resize forms: (vCPUs, MiB, label).
@@ -227,7 +323,44 @@ pub(super) fn live_status(
             })
             .collect(),
         deleting: rec.deletion_requested_at.is_some(),
+        disk_lost: crate::domain::has_true(&s.conditions, ConditionType::DiskLost),
+        keys_status: keys_status(rec, events),
     }
+}
+
+/// Whether the hosting's last SSH key change has reached its guest, from
+/// its generation and its latest seed and boot events (newest first).
+pub fn keys_status(rec: &HostingRecord, events: &[crate::store::Event]) -> String {
+    if !rec.spec.running {
+        return "The hosting is stopped: the keys listed here apply when it starts.".into();
+    }
+    if rec.status.observed_generation != rec.generation {
+        return "Applying your change…".into();
+    }
+    for e in events {
+        match e.reason.as_str() {
+            "SeedApplied" | "Personalised" => {
+                return format!(
+                    "Your last change reached the running guest at {} UTC.",
+                    e.at.format("%H:%M:%S")
+                )
+            }
+            "SeedApplyFailed" => {
+                return "The guest agent could not apply your last change: it takes effect at \
+                        the next boot (stop and start the hosting)."
+                    .into()
+            }
+            "SeedUpdated" if e.message.contains("next boot") => {
+                return "Your last change takes effect at the next boot (stop and start the \
+                        hosting)."
+                    .into()
+            }
+            "SeedUpdated" => return "Applying your change to the running guest…".into(),
+            "Started" | "DomainStarted" | "Restarting" | "Created" => break,
+            _ => {}
+        }
+    }
+    "The keys listed here are the ones your guest has.".into()
 }
 
 /// The signed-in user's hosting, if any.
@@ -284,6 +417,18 @@ pub(super) async fn hosting_view(
         conditions,
         events,
         sizes: SIZES.to_vec(),
+        newest_backup: match &rec {
+            Some(r) if crate::domain::has_true(&r.status.conditions, ConditionType::DiskLost) => {
+                st.store.completed_backups(r.id).await?.first().map(|b| {
+                    let at = b.completed_at.unwrap_or(b.created_at);
+                    (
+                        b.id.to_string(),
+                        at.format("%Y-%m-%d %H:%M UTC").to_string(),
+                    )
+                })
+            }
+            _ => None,
+        },
         domains: match &rec {
             Some(_) => st
                 .store

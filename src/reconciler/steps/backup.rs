@@ -93,6 +93,10 @@ impl Pass<'_> {
         let reserve = self.ctx.config.disk_reserve_bytes;
         space::check(&files.dir(id), "this backup", need, reserve)
             .map_err(ReconcileError::NoSpace)?;
+        self.ctx
+            .store
+            .backup_progress(b.id, "copying the disk")
+            .await?;
         let image = self
             .ctx
             .vm
@@ -100,8 +104,16 @@ impl Pass<'_> {
             .await?;
         self.fault("after_backup_copy").await?;
         let partial = files.partial(id, b.id);
+        self.ctx
+            .store
+            .backup_progress(b.id, "compressing the copy")
+            .await?;
         qemu_img::compress(&image, &partial).await?;
         let _ = std::fs::remove_file(&staging);
+        self.ctx
+            .store
+            .backup_progress(b.id, "checksumming the file")
+            .await?;
         let (final_, p) = (files.file(id, b.id), partial.clone());
         let sum = blocking(move || {
             let sum = digest(&p)?;

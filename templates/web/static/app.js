@@ -1,6 +1,6 @@
 // hostd dashboard: progressive enhancement only. Every form works without
-// this file. It follows the hosting live over Server-Sent Events, adds copy
-// buttons, and reads an uploaded public key into the create form. It writes
+// this file. It follows the hosting and its backups live over Server-Sent
+// Events, adds copy buttons, and reads an uploaded public key into a form. It writes
 // text with textContent only, never HTML, so nothing from the server (event
 // messages, console text) can become markup.
 'use strict';
@@ -30,9 +30,6 @@
     });
   }
 
-  const live = document.getElementById('live');
-  if (!live || !window.EventSource) return;
-
   function setText(id, v) {
     const e = document.getElementById(id);
     if (e) e.textContent = v;
@@ -42,8 +39,73 @@
     td.textContent = text;
     if (cls) td.className = cls;
     row.appendChild(td);
+    return td;
   }
+  if (!window.EventSource) return;
+
+  // The backups page: the list, the busy reason and each running backup's
+  // step and seconds, live.
+  const bl = document.getElementById('backups-live');
+  if (bl) {
+    const bs = new EventSource(bl.dataset.events);
+    bs.addEventListener('backups', function (ev) {
+      const s = JSON.parse(ev.data);
+      setText('backup-storage', s.storage);
+      const btn = document.getElementById('backup-now');
+      if (btn) btn.disabled = !!s.busy;
+      setText('backup-busy', s.busy ? 'Not now: ' + s.busy + '.' : '');
+      const tb = document.getElementById('backups');
+      if (!tb) return;
+      tb.replaceChildren();
+      for (const b of s.backups) {
+        const tr = document.createElement('tr');
+        tr.dataset.state = b.state;
+        cell(tr, b.created);
+        const st = cell(tr, b.state + (b.elapsed_s != null ? ' (' + b.elapsed_s + ' s)' : ''),
+                        b.state === 'Completed' ? 'ok' : (b.state === 'Failed' ? 'bad' : ''));
+        if (b.message) {
+          const m = document.createElement('span');
+          m.className = 'muted';
+          m.textContent = b.message;
+          st.append(document.createElement('br'), m);
+        }
+        cell(tr, b.trigger);
+        cell(tr, b.size);
+        const sha = document.createElement('code');
+        sha.textContent = b.sha;
+        cell(tr, '').appendChild(sha);
+        const id = document.createElement('code');
+        id.textContent = b.short;
+        cell(tr, '').appendChild(id);
+        const act = cell(tr, '');
+        if (b.restorable) {
+          const a = document.createElement('a');
+          a.href = '/ui/backups/restore?id=' + encodeURIComponent(b.id);
+          a.className = 'restore-link';
+          a.textContent = 'Restore…';
+          act.appendChild(a);
+        }
+        tb.appendChild(tr);
+      }
+      if (!s.backups.length) {
+        const tr = document.createElement('tr');
+        cell(tr, 'No backups yet.', 'muted').colSpan = 7;
+        tb.appendChild(tr);
+      }
+    });
+    bs.addEventListener('gone', function () { bs.close(); location.assign('/ui/hosting'); });
+    bs.addEventListener('ended', function () { bs.close(); location.assign('/ui/login'); });
+  }
+
+  const live = document.getElementById('live');
+  if (!live) return;
+
   function update(s) {
+    // A disk lost (or back) changes what the page offers: render it anew.
+    if (live.dataset.diskLost && live.dataset.diskLost !== String(s.disk_lost)) {
+      location.reload();
+      return;
+    }
     live.dataset.phase = s.phase;
     live.dataset.converged = s.converged ? 'true' : 'false';
     setText('phase', s.phase);
@@ -60,6 +122,7 @@
     if (s.ssh_command) setText('ssh-cmd', s.ssh_command);
     setText('size', s.vcpus + ' vCPU, ' + s.memory_mib + ' MiB memory, ' + s.disk_gib + ' GiB disk');
     setText('storage', s.storage);
+    setText('keys-status', s.keys_status);
     setText('generation', s.observed_generation + ' of ' + s.generation);
     const tb = document.getElementById('conditions');
     if (tb) {

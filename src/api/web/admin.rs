@@ -1,0 +1,320 @@
+//! The admin page (`/ui/admin`, admins only): the host's health checks,
+//! capacity and warm pool (from the cached `health/detailed` answer), every
+//! hosting with start/stop and delete (behind a confirmation naming the
+//! owner), and the accounts with their roles. Actions go through the admin
+//! API's functions (`crate::api::admin::{act_on, set_role_of}`), so each is
+//! an audit line naming the admin and an event on the hosting.
+
+use axum::extract::{Form, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Redirect, Response};
+use serde::Deserialize;
+use serde_json::Value;
+
+use super::pages::{AdminDeletePage, AdminPage, AdminRow, CheckRow, UserItem};
+use super::session::{render, WebError, WebUser};
+use crate::api::admin::{act_on, parse_hosting_id, set_role_of, Admin, HostingAction};
+use crate::api::error::ApiError;
+use crate::api::AppState;
+use crate::domain::Role;
+
+fn admin_of(u: &WebUser) -> Result<Admin, WebError> {
+    Ok(Admin::of(u.user.id, &u.user.username, u.user.role)?)
+}
+
+/// A JSON number as text ("?" when absent).
+fn num(v: &Value) -> String {
+    v.as_u64().map_or_else(|| "?".into(), |n| n.to_string())
+}
+
+/// The page, with a form's error (and its status) or a notice.
+async fn page(
+    st: &AppState,
+    u: &WebUser,
+    status: StatusCode,
+    error: Option<String>,
+    notice: Option<String>,
+) -> Result<Response, WebError> {
+    admin_of(u)?;
+    let health = crate::api::health::cached(st).await.body;
+    let checks = health["checks"]
+        .as_object()
+        .map(|o| {
+            o.iter()
+                .map(|(name, c)| CheckRow {
+                    name: name.clone(),
+                    ok: c["status"] == "ok",
+                    status: c["status"].as_str().unwrap_or("?").to_string(),
+                    detail: c["detail"]
+                        .as_str()
+                        .or(c["error"].as_str())
+                        .unwrap_or_default()
+                        .to_string(),
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let c = &health["capacity"];
+    let capacity = if c["host"].is_object() {
+        vec![
+            (
+                "Memory (MiB)".to_string(),
+                format!(
+                    "{} allocated of {} (host {})",
+                    num(&c["allocated"]["memory_mib"]),
+                    num(&c["budget"]["memory_mib"]),
+                    num(&c["host"]["memory_mib"])
+                ),
+            ),
+            (
+                "vCPUs".to_string(),
+                format!(
+                    "{} allocated of {} (host {} CPUs)",
+                    num(&c["allocated"]["vcpus"]),
+                    num(&c["budget"]["vcpus"]),
+                    num(&c["host"]["cpus"])
+                ),
+            ),
+            (
+                "Disk (GiB)".to_string(),
+                format!(
+                    "{} available above the reserve",
+                    num(&c["budget"]["disk_available_gib"])
+                ),
+            ),
+            ("Waiting for room".to_string(), num(&c["waiting"])),
+        ]
+    } else {
+        vec![(
+            "Capacity".to_string(),
+            c["detail"].as_str().unwrap_or("unknown").to_string(),
+        )]
+    };
+    let w = &health["warm_pool"];
+    let warm_pool = format!(
+        "desired {}, ready {}, booting {}, leaving {}",
+        num(&w["desired"]),
+        num(&w["ready"]),
+        num(&w["booting"]),
+        num(&w["leaving"])
+    );
+    let node = match st.store.last_heartbeat(&st.config.instance).await {
+        Ok(Some((holder, _, _))) => holder,
+        _ => "no reconciler heartbeat".to_string(),
+    };
+    let records = st.store.list_records().await?;
+    let rows = records
+        .iter()
+        .map(|r| AdminRow {
+            id: r.id.to_string(),
+            owner: r.username.as_str().to_string(),
+            warm: r.warm,
+            phase: r.status.phase.to_string(),
+            converged: r.status.observed_generation == r.generation,
+            running: r.spec.running,
+            deleting: r.deletion_requested_at.is_some(),
+            size: format!(
+                "{} vCPU, {} MiB, {} GiB",
+                r.spec.vcpus, r.spec.memory_mib, r.spec.disk_gib
+            ),
+            ssh_port: r.status.ssh_port.map(|p| p.to_string()).unwrap_or_default(),
+            node: format!("{} ({})", st.config.instance, node),
+        })
+        .collect();
+    let users = st
+        .store
+        .list_accounts()
+        .await?
+        .into_iter()
+        .map(|a| UserItem {
+            has_hosting: records.iter().any(|r| !r.warm && r.user_id == a.id),
+            is_self: a.id == u.user.id,
+            admin: a.role == Role::Admin,
+            created: a.created_at.format("%Y-%m-%d").to_string(),
+            username: a.username,
+            email: a.email,
+        })
+        .collect();
+    let body = render(&AdminPage {
+        user: u.nav(),
+        csrf: u.csrf.clone(),
+        error,
+        notice,
+        status: health["status"].as_str().unwrap_or("?").to_string(),
+        checks,
+        capacity,
+        warm_pool,
+        rows,
+        users,
+        node,
+    });
+    Ok((status, body).into_response())
+}
+
+#[derive(Deserialize)]
+pub(super) struct PageQuery {
+    done: Option<String>,
+}
+
+/// `GET /ui/admin` (`?done=…` after an action).
+pub(super) async fn admin_page(
+    State(st): State<AppState>,
+    u: WebUser,
+    Query(q): Query<PageQuery>,
+) -> Result<Response, WebError> {
+    let notice = match q.done.as_deref() {
+        Some("start") => Some("Start requested.".to_string()),
+        Some("stop") => Some("Stop requested.".to_string()),
+        Some("delete") => Some("Deletion requested.".to_string()),
+        Some("role") => Some("Role changed.".to_string()),
+        _ => None,
+    };
+    page(&st, &u, StatusCode::OK, None, notice).await
+}
+
+/// A refused action: the page again with the API's status and message.
+async fn refused(st: &AppState, u: &WebUser, e: ApiError) -> Result<Response, WebError> {
+    let status = e.status();
+    if status.is_server_error() {
+        return Err(e.into());
+    }
+    page(st, u, status, Some(e.public_message()), None).await
+}
+
+#[derive(Deserialize)]
+pub(super) struct PowerForm {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    id: String,
+    #[serde(default)]
+    running: String,
+}
+
+/// `POST /ui/admin/hosting/power`: start or stop any hosting.
+pub(super) async fn admin_power(
+    State(st): State<AppState>,
+    u: WebUser,
+    headers: HeaderMap,
+    Form(f): Form<PowerForm>,
+) -> Result<Response, WebError> {
+    let admin = admin_of(&u)?;
+    u.check(&st, &headers, &f.csrf)?;
+    let result = async {
+        let action = match f.running.as_str() {
+            "true" => HostingAction::Start,
+            "false" => HostingAction::Stop,
+            _ => return Err(ApiError::Unprocessable("running: true or false".into())),
+        };
+        act_on(&st, &admin, parse_hosting_id(&f.id)?, action).await?;
+        Ok(action)
+    }
+    .await;
+    match result {
+        Ok(HostingAction::Start) => Ok(Redirect::to("/ui/admin?done=start").into_response()),
+        Ok(_) => Ok(Redirect::to("/ui/admin?done=stop").into_response()),
+        Err(e) => refused(&st, &u, e).await,
+    }
+}
+
+#[derive(Deserialize)]
+pub(super) struct IdQuery {
+    #[serde(default)]
+    id: String,
+}
+
+/// `GET /ui/admin/hosting/delete?id=…`: the confirmation, naming the owner.
+pub(super) async fn admin_delete_confirm(
+    State(st): State<AppState>,
+    u: WebUser,
+    Query(q): Query<IdQuery>,
+) -> Result<Response, WebError> {
+    admin_of(&u)?;
+    let id = parse_hosting_id(&q.id)?;
+    let rec = st
+        .store
+        .get_record(id)
+        .await?
+        .ok_or(ApiError::NotFound("no such hosting"))?;
+    Ok(render(&AdminDeletePage {
+        user: u.nav(),
+        csrf: u.csrf.clone(),
+        id: rec.id.to_string(),
+        owner: rec.username.as_str().to_string(),
+        phase: rec.status.phase.to_string(),
+    }))
+}
+
+#[derive(Deserialize)]
+pub(super) struct DeleteForm {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    id: String,
+    #[serde(default)]
+    confirm: String,
+}
+
+/// `POST /ui/admin/hosting/delete`: the owner's username typed to confirm.
+pub(super) async fn admin_delete(
+    State(st): State<AppState>,
+    u: WebUser,
+    headers: HeaderMap,
+    Form(f): Form<DeleteForm>,
+) -> Result<Response, WebError> {
+    let admin = admin_of(&u)?;
+    u.check(&st, &headers, &f.csrf)?;
+    let result = async {
+        let id = parse_hosting_id(&f.id)?;
+        let rec = st
+            .store
+            .get_record(id)
+            .await?
+            .ok_or(ApiError::NotFound("no such hosting"))?;
+        if f.confirm.trim() != rec.username.as_str() {
+            return Err(ApiError::Unprocessable(
+                "confirm: type the owner's username to delete their hosting".into(),
+            ));
+        }
+        act_on(&st, &admin, id, HostingAction::Delete).await
+    }
+    .await;
+    match result {
+        Ok(_) => Ok(Redirect::to("/ui/admin?done=delete").into_response()),
+        Err(e) => refused(&st, &u, e).await,
+    }
+}
+
+#[derive(Deserialize)]
+pub(super) struct RoleForm {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    username: String,
+    #[serde(default)]
+    role: String,
+}
+
+/// `POST /ui/admin/users/role`: make an account an admin or a user.
+pub(super) async fn admin_role(
+    State(st): State<AppState>,
+    u: WebUser,
+    headers: HeaderMap,
+    Form(f): Form<RoleForm>,
+) -> Result<Response, WebError> {
+    let admin = admin_of(&u)?;
+    u.check(&st, &headers, &f.csrf)?;
+    let result = async {
+        let role = match f.role.as_str() {
+            "admin" => Role::Admin,
+            "user" => Role::User,
+            _ => return Err(ApiError::Unprocessable("role: admin or user".into())),
+        };
+        set_role_of(&st, &admin, &f.username, role).await
+    }
+    .await;
+    match result {
+        Ok(_) => Ok(Redirect::to("/ui/admin?done=role").into_response()),
+        Err(e) => refused(&st, &u, e).await,
+    }
+}
