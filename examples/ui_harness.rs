@@ -6,7 +6,7 @@
 //! really go Provisioning → Ready → Stopped → … through the reconciler.
 //!
 //! Prints one JSON line (`url`, `sites_url`, `admin_user`,
-//! `admin_password`) when ready, then serves until stdin closes.
+//! `admin_password`, `pool_dir`) when ready, then serves until stdin closes.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -65,6 +65,9 @@ async fn main() {
         );
     }
     let sites_url = config.sites.public_url.clone();
+    // Where the test driver's pool keeps disks (its volumes have no files:
+    // the browser test writes a real qcow2 there to back up and restore).
+    let pool_dir = state.path().join("pools").join(&config.instance);
     let app = common::TestApp::spawn_with(config, Mode::All, true, Some(nginx), state).await;
     app.admin("admin").await;
     println!(
@@ -74,6 +77,7 @@ async fn main() {
             "sites_url": sites_url,
             "admin_user": "admin",
             "admin_password": "correct horse",
+            "pool_dir": pool_dir,
         })
     );
     // Serve until the driver closes our stdin.

@@ -844,3 +844,48 @@ async fn the_admin_api_acts_on_any_hosting_and_only_for_admins() {
     let by_admin: Vec<_> = evs.iter().filter(|e| e.reason == "AdminAction").collect();
     assert_eq!(by_admin.len(), 2, "{evs:?}");
 }
+
+/// Reads a live view until an event named `name` (10 s at most).
+async fn until_event(r: &mut reqwest::Response, name: &str) -> bool {
+    let mut buf = String::new();
+    let end = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !buf.contains(&format!("event: {name}\n")) {
+        match tokio::time::timeout_at(end, r.chunk()).await {
+            Ok(Ok(Some(c))) => buf.push_str(&String::from_utf8_lossy(&c)),
+            _ => return false,
+        }
+    }
+    true
+}
+
+#[tokio::test]
+async fn a_users_oldest_live_view_gives_way_to_a_new_one() {
+    let app = TestApp::api().await;
+    common::create_hosting(&app, "web-tabs").await;
+    let session = web_login(&app, &client(), "web-tabs").await;
+    let open = || async {
+        let r = client()
+            .get(app.url("/ui/hosting/events"))
+            .header(COOKIE, &session)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "a new live view is never refused");
+        r
+    };
+    let mut views = Vec::new();
+    for _ in 0..hostd::api::web::SSE_PER_USER {
+        let mut r = open().await;
+        assert!(until_event(&mut r, "status").await);
+        views.push(r);
+    }
+    // One more (a page left without the server noticing, then a new one):
+    // the oldest is told it was replaced and ends; the new one is live.
+    let mut newest = open().await;
+    assert!(until_event(&mut newest, "status").await);
+    assert!(
+        until_event(&mut views[0], "replaced").await,
+        "the oldest view was not replaced"
+    );
+    assert!(views[0].chunk().await.unwrap().is_none(), "and it ended");
+}

@@ -3,7 +3,8 @@
 //! through [`follow`], and the bounds on how many a user and the process
 //! hold open.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -18,30 +19,46 @@ use super::{SESSION_EVERY, SSE_PER_USER, SSE_TICK, SSE_TOTAL};
 use crate::api::AppState;
 use crate::domain::UserId;
 
-/// The dashboard's shared state: open live views.
+/// The dashboard's shared state: open live views, per user, oldest first.
 #[derive(Default)]
 pub struct WebState {
-    pub(super) streams: Mutex<HashMap<UserId, usize>>,
+    pub(super) streams: Mutex<HashMap<UserId, VecDeque<Arc<AtomicBool>>>>,
 }
 
-/// One open live view, counted until dropped.
+/// One open live view, counted until dropped; `replaced` is set when the
+/// user opened more than [`SSE_PER_USER`] and this is the oldest.
 pub(super) struct StreamSlot {
     pub(super) web: Arc<WebState>,
     pub(super) user: UserId,
+    pub(super) replaced: Arc<AtomicBool>,
 }
 
 impl WebState {
+    /// A slot for a new live view of `user`. Past [`SSE_PER_USER`], the
+    /// user's oldest view is told to end (a browser does not say when it
+    /// leaves a page: its stream is noticed gone only at the next write, so
+    /// refusing the newest would leave a user who clicks quickly through
+    /// pages without live updates). `None` past [`SSE_TOTAL`] in all.
     pub(super) fn open(self: &Arc<Self>, user: UserId) -> Option<StreamSlot> {
         let mut m = self.streams.lock().unwrap();
-        let total: usize = m.values().sum();
+        let total: usize = m.values().map(VecDeque::len).sum();
         let mine = m.entry(user).or_default();
-        if *mine >= SSE_PER_USER || total >= SSE_TOTAL {
+        if mine.len() >= SSE_PER_USER {
+            if let Some(oldest) = mine.pop_front() {
+                oldest.store(true, Ordering::Relaxed);
+            }
+        } else if total >= SSE_TOTAL {
+            if mine.is_empty() {
+                m.remove(&user);
+            }
             return None;
         }
-        *mine += 1;
+        let replaced = Arc::new(AtomicBool::new(false));
+        m.entry(user).or_default().push_back(replaced.clone());
         Some(StreamSlot {
             web: self.clone(),
             user,
+            replaced,
         })
     }
 }
@@ -49,9 +66,9 @@ impl WebState {
 impl Drop for StreamSlot {
     fn drop(&mut self) {
         let mut m = self.web.streams.lock().unwrap();
-        if let Some(n) = m.get_mut(&self.user) {
-            *n -= 1;
-            if *n == 0 {
+        if let Some(q) = m.get_mut(&self.user) {
+            q.retain(|f| !Arc::ptr_eq(f, &self.replaced));
+            if q.is_empty() {
                 m.remove(&self.user);
             }
         }
@@ -71,7 +88,8 @@ pub(super) enum Look {
 /// A Server-Sent Events stream for the signed-in user: `look` runs every
 /// `tick`; each new answer goes out as an `event` event, `gone` ends the
 /// stream, and `ended` when the session ends (checked every
-/// [`SESSION_EVERY`] ticks). Bounded per user and in all by [`WebState`].
+/// [`SESSION_EVERY`] ticks), `replaced` when a newer view of the same user
+/// took its slot. Bounded per user and in all by [`WebState`].
 pub(super) fn follow<F, Fut>(
     st: AppState,
     u: WebUser,
@@ -121,6 +139,13 @@ where
                 tokio::time::sleep(tick).await;
             }
             l.first = false;
+            // A newer view of this user took the slot: `replaced` tells the
+            // page to stop (not to reconnect and take another one's).
+            if l._slot.replaced.load(Ordering::Relaxed) {
+                l.done = true;
+                let ev = SseEvent::default().event("replaced").data("replaced");
+                return Some((Ok::<_, std::convert::Infallible>(ev), l));
+            }
             // The session is looked at every SESSION_EVERY ticks (a logout
             // ends the stream within seconds).
             l.ticks += 1;

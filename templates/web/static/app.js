@@ -95,6 +95,7 @@
     });
     bs.addEventListener('gone', function () { bs.close(); location.assign('/ui/hosting'); });
     bs.addEventListener('ended', function () { bs.close(); location.assign('/ui/login'); });
+    bs.addEventListener('replaced', function () { bs.close(); });
   }
 
   const live = document.getElementById('live');
@@ -156,4 +157,6 @@
   es.addEventListener('status', function (ev) { update(JSON.parse(ev.data)); });
   es.addEventListener('gone', function () { es.close(); location.assign('/ui/hosting'); });
   es.addEventListener('ended', function () { es.close(); location.assign('/ui/login'); });
+  // Newer pages of this user hold the live views now: this one stays as it is.
+  es.addEventListener('replaced', function () { es.close(); });
 })();
