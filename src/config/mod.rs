@@ -3,7 +3,8 @@
 //! --help` lists them all and the README table is checked against this list
 //! by a test. [`Settings`] is what clap parses; [`Config`] (here) is the
 //! validated result the rest of hostd uses, with the policies of
-//! `policy.rs`. A bad value stops start-up with one line naming the variable.
+//! `policy.rs`; `validate.rs` turns the one into the other. A bad value stops
+//! start-up with one line naming the variable.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -14,6 +15,7 @@ use crate::faults::Faults;
 
 mod policy;
 mod settings;
+mod validate;
 
 pub use policy::{
     AcmePolicy, BackupPolicy, CapacityPolicy, DomainType, GuestLimits, RateLimits, TlsPolicy,
