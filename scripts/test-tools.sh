@@ -9,7 +9,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
 TEST_VENV="${HOSTD_TEST_VENV:-/var/cache/hostd-test/venv}"
-PY_PKGS=(selenium==4.51.0 schemathesis==4.32.5)
+PY_PKGS=(selenium==4.51.0 schemathesis==4.32.5 "moto[server]==5.2.6")
 
 missing=()
 # podman (with runc: Debian's crun refuses hybrid cgroups; netavark needs

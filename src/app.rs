@@ -41,6 +41,8 @@ pub enum AppError {
     Store(#[from] crate::store::StoreError),
     #[error("{0}")]
     Image(#[from] crate::images::ImageError),
+    #[error("{0}")]
+    Context(#[from] crate::reconciler::ContextError),
     #[error("cannot listen on {0}: {1}")]
     Bind(SocketAddr, std::io::Error),
     #[error("{0}")]

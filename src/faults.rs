@@ -28,6 +28,9 @@ pub const POINTS: &[&str] = &[
     "after_backup_start",
     "after_backup_copy",
     "after_backup_file",
+    "after_backup_seal",
+    "after_backup_upload",
+    "after_backup_manifest",
     "after_restore_quarantine",
     "after_restore_disk",
 ];

@@ -18,6 +18,7 @@
 //! - [`domain`]: validated domain types; raw input never gets past the edge.
 //! - [`config`], [`faults`], [`shutdown`], [`telemetry`]: typed settings,
 //!   fault injection, cooperative shutdown, logging and metrics.
+//! - [`seal`]: encryption of backups before they leave the host.
 
 pub mod api;
 pub mod app;
@@ -31,6 +32,7 @@ pub mod drivers;
 pub mod faults;
 pub mod images;
 pub mod reconciler;
+pub mod seal;
 pub mod shutdown;
 pub mod store;
 pub mod telemetry;

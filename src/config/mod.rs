@@ -18,7 +18,8 @@ mod settings;
 mod validate;
 
 pub use policy::{
-    AcmePolicy, BackupPolicy, CapacityPolicy, DomainType, GuestLimits, RateLimits, TlsPolicy,
+    AcmePolicy, BackupPolicy, CapacityPolicy, DomainType, GuestLimits, OffsitePolicy, RateLimits,
+    TlsPolicy,
 };
 use settings::EnvOnly;
 pub use settings::Settings;

@@ -70,7 +70,7 @@ pub struct RateLimits {
 }
 
 /// When backups are taken and how many are kept.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct BackupPolicy {
     /// Time between scheduled backups of a hosting (`None`: no schedule).
     pub interval: Option<Duration>,
@@ -80,6 +80,86 @@ pub struct BackupPolicy {
     pub quota_bytes: Option<u64>,
     /// Backups running at the same time.
     pub concurrency: u32,
+    /// The off-host store, if any.
+    pub offsite: Option<OffsitePolicy>,
+}
+
+/// Off-host backups (`HOSTD_BACKUP_S3_*`).
+#[derive(Clone, PartialEq, Eq)]
+pub struct OffsitePolicy {
+    /// `http(s)://host[:port]`.
+    pub endpoint: String,
+    pub bucket: String,
+    /// Key prefix inside the bucket, without slashes at either end ("" for none).
+    pub prefix: String,
+    pub region: String,
+    pub access_key: String,
+    pub secret_key: String,
+    /// The backup encryption key's file.
+    pub key_file: std::path::PathBuf,
+    /// Newest backups per hosting also kept on this host.
+    pub local_keep: u32,
+}
+
+impl std::fmt::Debug for OffsitePolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OffsitePolicy")
+            .field("url", &self.url())
+            .field("region", &self.region)
+            .field("key_file", &self.key_file)
+            .field("local_keep", &self.local_keep)
+            .finish_non_exhaustive()
+    }
+}
+
+impl OffsitePolicy {
+    /// Where backups go, for messages (no credentials).
+    pub fn url(&self) -> String {
+        match self.prefix.is_empty() {
+            true => format!("{}/{}", self.endpoint, self.bucket),
+            false => format!("{}/{}/{}", self.endpoint, self.bucket, self.prefix),
+        }
+    }
+
+    /// Parses `http(s)://<endpoint>/<bucket>[/<prefix>]` into (endpoint,
+    /// bucket, prefix).
+    pub fn parse_url(url: &str) -> Result<(String, String, String), String> {
+        let (scheme, rest) = url
+            .split_once("://")
+            .filter(|(s, _)| *s == "http" || *s == "https")
+            .ok_or("expected http(s)://<endpoint>/<bucket>[/<prefix>]")?;
+        let (host, path) = rest.split_once('/').ok_or("no bucket in the URL")?;
+        if host.is_empty() || host.contains(['@', '?', '#']) {
+            return Err(
+                "expected a host[:port] before the bucket (no credentials in the URL)".into(),
+            );
+        }
+        let path = path.trim_end_matches('/');
+        let (bucket, prefix) = path.split_once('/').unwrap_or((path, ""));
+        let bucket_ok = (3..=63).contains(&bucket.len())
+            && bucket
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.');
+        if !bucket_ok {
+            return Err(format!("'{bucket}' is not an S3 bucket name"));
+        }
+        let prefix_ok = prefix
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_./".contains(c))
+            && !prefix
+                .split('/')
+                .any(|s| s.is_empty() || s == "." || s == "..");
+        if !prefix.is_empty() && !prefix_ok {
+            return Err(format!(
+                "'{prefix}' is not a key prefix (a-z, 0-9, '-', '_', '.', '/')"
+            ));
+        }
+        Ok((
+            format!("{scheme}://{host}"),
+            bucket.to_string(),
+            prefix.to_string(),
+        ))
+    }
 }
 
 impl BackupPolicy {

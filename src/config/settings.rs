@@ -307,6 +307,62 @@ pub struct Settings {
     #[arg(long, env = "HOSTD_BACKUP_QUOTA_GIB", value_name = "HOSTD_BACKUP_QUOTA_GIB",
           default_value = "0", value_parser = non_negative_gib)]
     pub backup_quota_gib: f64,
+    /// Off-host backups: an S3-compatible store as
+    /// `http(s)://<endpoint>/<bucket>[/<prefix>]` (path style), e.g.
+    /// `https://s3.eu-west-1.amazonaws.com/my-backups/host1`. Every backup is
+    /// encrypted (HOSTD_BACKUP_KEY_FILE) and uploaded; it is Completed only
+    /// once read back from the store. Unset: backups stay on this host.
+    #[arg(long, env = "HOSTD_BACKUP_S3_URL", value_name = "HOSTD_BACKUP_S3_URL")]
+    pub backup_s3_url: Option<String>,
+    /// The store's region.
+    #[arg(
+        long,
+        env = "HOSTD_BACKUP_S3_REGION",
+        value_name = "HOSTD_BACKUP_S3_REGION",
+        default_value = "us-east-1"
+    )]
+    pub backup_s3_region: String,
+    /// The store's access key id.
+    #[arg(
+        long,
+        env = "HOSTD_BACKUP_S3_ACCESS_KEY",
+        value_name = "HOSTD_BACKUP_S3_ACCESS_KEY"
+    )]
+    pub backup_s3_access_key: Option<String>,
+    /// The store's secret key (or HOSTD_BACKUP_S3_SECRET_KEY_FILE).
+    #[arg(
+        long,
+        env = "HOSTD_BACKUP_S3_SECRET_KEY",
+        value_name = "HOSTD_BACKUP_S3_SECRET_KEY",
+        hide_env_values = true
+    )]
+    pub backup_s3_secret_key: Option<String>,
+    /// A file (mode 0600) holding the store's secret key.
+    #[arg(
+        long,
+        env = "HOSTD_BACKUP_S3_SECRET_KEY_FILE",
+        value_name = "HOSTD_BACKUP_S3_SECRET_KEY_FILE"
+    )]
+    pub backup_s3_secret_key_file: Option<PathBuf>,
+    /// The key every backup is encrypted with before it leaves the host (64
+    /// hex digits, mode 0600; created if missing). Keep a copy elsewhere:
+    /// without it no off-host backup can be restored.
+    #[arg(
+        long,
+        env = "HOSTD_BACKUP_KEY_FILE",
+        value_name = "HOSTD_BACKUP_KEY_FILE",
+        default_value = "/etc/hostd/backup.key"
+    )]
+    pub backup_key_file: PathBuf,
+    /// With off-host backups: how many of each hosting's newest backups are
+    /// also kept on this host, for quick restores (`0`: none).
+    #[arg(
+        long,
+        env = "HOSTD_BACKUP_LOCAL_KEEP",
+        value_name = "HOSTD_BACKUP_LOCAL_KEEP",
+        default_value = "1"
+    )]
+    pub backup_local_keep: u32,
     /// Backups taken at the same time (each reads a whole disk and compresses it).
     #[arg(long, env = "HOSTD_BACKUP_CONCURRENCY", value_name = "HOSTD_BACKUP_CONCURRENCY",
           default_value = "1", value_parser = clap::value_parser!(u32).range(1..))]

@@ -134,6 +134,53 @@ impl Settings {
     }
 
     /// The domain type to use, and why.
+    /// The off-host store from `HOSTD_BACKUP_S3_*`, if a URL is set.
+    fn offsite(&self) -> Result<Option<OffsitePolicy>, ConfigError> {
+        let Some(url) = self.backup_s3_url.as_deref().filter(|u| !u.is_empty()) else {
+            return Ok(None);
+        };
+        let (endpoint, bucket, prefix) =
+            OffsitePolicy::parse_url(url).map_err(|e| bad("HOSTD_BACKUP_S3_URL", &e))?;
+        let access_key = self
+            .backup_s3_access_key
+            .clone()
+            .filter(|k| !k.is_empty())
+            .ok_or_else(|| {
+                bad(
+                    "HOSTD_BACKUP_S3_ACCESS_KEY",
+                    "required with HOSTD_BACKUP_S3_URL",
+                )
+            })?;
+        let secret_key = match (&self.backup_s3_secret_key, &self.backup_s3_secret_key_file) {
+            (Some(k), None) if !k.is_empty() => k.clone(),
+            (None, Some(f)) => std::fs::read_to_string(f)
+                .map(|s| s.trim().to_string())
+                .map_err(|e| {
+                    bad(
+                        "HOSTD_BACKUP_S3_SECRET_KEY_FILE",
+                        format!("{}: {e}", f.display()),
+                    )
+                })?,
+            _ => return Err(bad(
+                "HOSTD_BACKUP_S3_SECRET_KEY",
+                "set it or HOSTD_BACKUP_S3_SECRET_KEY_FILE (one of them) with HOSTD_BACKUP_S3_URL",
+            )),
+        };
+        if !self.backup_key_file.is_absolute() {
+            return Err(bad("HOSTD_BACKUP_KEY_FILE", "must be an absolute path"));
+        }
+        Ok(Some(OffsitePolicy {
+            endpoint,
+            bucket,
+            prefix,
+            region: self.backup_s3_region.clone(),
+            access_key,
+            secret_key,
+            key_file: self.backup_key_file.clone(),
+            local_keep: self.backup_local_keep,
+        }))
+    }
+
     fn domain_type(&self) -> (DomainType, String) {
         match self.domain_type.as_str() {
             "kvm" => (DomainType::Kvm, "HOSTD_DOMAIN_TYPE=kvm".to_string()),
@@ -148,6 +195,7 @@ impl Settings {
     /// Validates the settings into a [`Config`]. With `dev`, a missing JWT
     /// secret is generated; the returned flag says so (the caller warns).
     pub fn into_config(self, dev: bool) -> Result<(Config, bool), ConfigError> {
+        let offsite = self.offsite()?;
         let database_url = self
             .database_url
             .clone()
@@ -241,6 +289,7 @@ impl Settings {
                 quota_bytes: (self.backup_quota_gib > 0.0)
                     .then(|| (self.backup_quota_gib * (1u64 << 30) as f64).max(1.0) as u64),
                 concurrency: self.backup_concurrency,
+                offsite,
             },
             capacity: CapacityPolicy {
                 reserved_mib: self.host_reserved_mib,

@@ -14,6 +14,7 @@ pub mod isolation;
 pub mod kv;
 pub mod libvirt;
 pub mod nginx;
+pub mod offsite;
 pub mod ownership;
 pub mod probe;
 pub mod qemu_img;
@@ -41,6 +42,9 @@ pub enum DriverError {
     NginxReload(String),
     #[error("io: {0}")]
     Io(#[from] std::io::Error),
+    /// The off-host backup store failed (after its retries).
+    #[error("backup store: {0}")]
+    Store(String),
     #[error("{0}")]
     Other(String),
 }

@@ -53,6 +53,11 @@ impl BackupFiles {
         self.staging.join(format!("{id}-{b}.qcow2"))
     }
 
+    /// A backup's sealed copy, on its way to or from the off-host store.
+    pub(crate) fn sealed(&self, id: HostingId, b: BackupId) -> PathBuf {
+        self.staging.join(format!("{id}-{b}.sealed"))
+    }
+
     pub(crate) fn restore_staging(&self, id: HostingId) -> PathBuf {
         self.staging.join(format!("{id}-restore.qcow2"))
     }
@@ -76,7 +81,12 @@ impl BackupFiles {
 
     /// Removes what an unfinished backup may have left.
     pub(crate) fn discard(&self, id: HostingId, b: BackupId) {
-        for p in [self.staging(id, b), self.partial(id, b), self.file(id, b)] {
+        for p in [
+            self.staging(id, b),
+            self.partial(id, b),
+            self.file(id, b),
+            self.sealed(id, b),
+        ] {
             let _ = std::fs::remove_file(p);
         }
     }

@@ -26,6 +26,7 @@ pub mod console;
 pub mod controller;
 pub mod memory;
 pub mod names;
+pub mod offsite;
 pub mod quarantine;
 pub mod queue;
 pub mod reconcile;
@@ -80,9 +81,20 @@ pub struct Context {
     pub memory: memory::Memory,
     /// HTTPS: certificate files, the ACME client, the DNS resolver.
     pub tls: tls::Tls,
+    /// The off-host backup store and key (`HOSTD_BACKUP_S3_URL`), if set.
+    pub offsite: Option<offsite::Offsite>,
     /// The controller's queue, so that a driver finishing work in the
     /// background (a route batch) can wake the hosting it was for.
     pub(crate) queue: std::sync::OnceLock<Arc<queue::WorkQueue>>,
+}
+
+/// Why a reconciler context cannot be built.
+#[derive(Debug, thiserror::Error)]
+pub enum ContextError {
+    #[error("{0}")]
+    Image(#[from] crate::images::ImageError),
+    #[error("off-host backups: {0}")]
+    Offsite(String),
 }
 
 impl Context {
@@ -103,8 +115,12 @@ impl Context {
         config: Config,
         installation: uuid::Uuid,
         metrics: Arc<Metrics>,
-    ) -> Result<Arc<Context>, crate::images::ImageError> {
+    ) -> Result<Arc<Context>, ContextError> {
         let catalog = Catalog::load(&config.images_file, &config.state_dir)?;
+        let offsite = match &config.backups.offsite {
+            Some(p) => Some(offsite::Offsite::new(p, installation).map_err(ContextError::Offsite)?),
+            None => None,
+        };
         let render = render::Renderer::new(&config, vm.storage_pool_name(), installation);
         let slots = config.backups.concurrency as usize;
         let http = reqwest::Client::builder()
@@ -135,6 +151,7 @@ impl Context {
             quarantine,
             memory: Default::default(),
             tls,
+            offsite,
             queue: std::sync::OnceLock::new(),
         }))
     }

@@ -108,6 +108,7 @@ async fn finalize(ctx: &Context, rec: &HostingRecord) -> Result<Action, Reconcil
     ctx.vm.delete_volume(&seed_volume(id)).await?;
     faults.hit("after_volume_delete").await?;
     quarantine_backups(ctx, id)?;
+    super::steps::offsite::delete_offsite(ctx, id).await?;
     ctx.store.release_ports(id).await?;
     faults.hit("after_release_ports").await?;
     ctx.store.delete_hosting(id).await?;

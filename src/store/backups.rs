@@ -27,6 +27,26 @@ pub struct Backup {
     pub sha256: Option<String>,
     /// Why a backup failed, or what a running one is doing.
     pub message: Option<String>,
+    /// Whether a sealed copy is in the off-host store (read back and
+    /// verified before the backup was marked Completed).
+    pub offsite: bool,
+    /// The sealed copy in the off-host store, if any.
+    #[serde(skip)]
+    pub remote: Option<RemoteCopy>,
+    /// An upload to the store in progress (a Running backup's).
+    #[serde(skip)]
+    pub upload: Option<(String, String)>,
+}
+
+/// A backup's sealed copy in the off-host store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteCopy {
+    pub key: String,
+    pub size: u64,
+    /// SHA-256 of the sealed object (hex).
+    pub sha256: String,
+    /// The fingerprint of the key that sealed it.
+    pub key_fingerprint: String,
 }
 
 #[derive(sqlx::FromRow)]
@@ -41,6 +61,11 @@ struct BackupRow {
     size_bytes: Option<i64>,
     sha256: Option<String>,
     message: Option<String>,
+    remote_key: Option<String>,
+    remote_size: Option<i64>,
+    remote_sha256: Option<String>,
+    key_fingerprint: Option<String>,
+    upload_id: Option<String>,
 }
 
 impl From<BackupRow> for Backup {
@@ -57,12 +82,28 @@ impl From<BackupRow> for Backup {
             size_bytes: r.size_bytes,
             sha256: r.sha256,
             message: r.message,
+            offsite: r.remote_sha256.is_some(),
+            remote: match (
+                &r.remote_key,
+                r.remote_size,
+                &r.remote_sha256,
+                &r.key_fingerprint,
+            ) {
+                (Some(k), Some(n), Some(h), Some(f)) => Some(RemoteCopy {
+                    key: k.clone(),
+                    size: n.max(0) as u64,
+                    sha256: h.clone(),
+                    key_fingerprint: f.clone(),
+                }),
+                _ => None,
+            },
+            upload: r.remote_key.zip(r.upload_id),
         }
     }
 }
 
-const COLUMNS: &str =
-    "id, hosting_id, trigger, state, created_at, started_at, completed_at, size_bytes, sha256, message";
+const COLUMNS: &str = "id, hosting_id, trigger, state, created_at, started_at, completed_at, \
+     size_bytes, sha256, message, remote_key, remote_size, remote_sha256, key_fingerprint, upload_id";
 
 /// Why a restore request was refused.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -170,15 +211,51 @@ impl Store {
         Ok(())
     }
 
-    /// Marks a backup Completed with its file's size and checksum.
-    pub async fn backup_completed(&self, id: BackupId, size: u64, sha256: &str) -> Result<()> {
+    /// Records an upload of a Running backup to the off-host store before
+    /// any part is sent: the object's key and the upload's id.
+    pub async fn backup_upload_started(&self, id: BackupId, key: &str, upload: &str) -> Result<()> {
+        sqlx::query(
+            "update backups set remote_key = $2, upload_id = $3, remote_size = null, \
+             remote_sha256 = null, key_fingerprint = null where id = $1",
+        )
+        .bind(id.0)
+        .bind(key)
+        .bind(upload)
+        .execute(&self.pool())
+        .await?;
+        Ok(())
+    }
+
+    /// Forgets a backup's upload (aborted, or finished).
+    pub async fn backup_upload_ended(&self, id: BackupId) -> Result<()> {
+        sqlx::query("update backups set upload_id = null where id = $1")
+            .bind(id.0)
+            .execute(&self.pool())
+            .await?;
+        Ok(())
+    }
+
+    /// Marks a backup Completed with its file's size and checksum, and its
+    /// sealed copy in the off-host store if there is one.
+    pub async fn backup_completed(
+        &self,
+        id: BackupId,
+        size: u64,
+        sha256: &str,
+        remote: Option<&RemoteCopy>,
+    ) -> Result<()> {
         sqlx::query(
             "update backups set state = 'Completed', completed_at = now(), size_bytes = $2, \
-             sha256 = $3, message = null where id = $1",
+             sha256 = $3, message = null, upload_id = null, remote_key = $4, remote_size = $5, \
+             remote_sha256 = $6, key_fingerprint = $7 where id = $1",
         )
         .bind(id.0)
         .bind(i64::try_from(size).unwrap_or(i64::MAX))
         .bind(sha256)
+        .bind(remote.map(|r| r.key.as_str()))
+        .bind(remote.map(|r| i64::try_from(r.size).unwrap_or(i64::MAX)))
+        .bind(remote.map(|r| r.sha256.as_str()))
+        .bind(remote.map(|r| r.key_fingerprint.as_str()))
         .execute(&self.pool())
         .await?;
         Ok(())
@@ -187,7 +264,8 @@ impl Store {
     /// Marks a backup Failed, saying why.
     pub async fn backup_failed(&self, id: BackupId, message: &str) -> Result<()> {
         sqlx::query(
-            "update backups set state = 'Failed', completed_at = now(), message = $2 where id = $1",
+            "update backups set state = 'Failed', completed_at = now(), message = $2, upload_id = null \
+             where id = $1",
         )
         .bind(id.0)
         .bind(message)

@@ -19,7 +19,7 @@ pub mod users;
 pub mod view;
 pub mod warm_pool;
 
-pub use backups::{Backup, RestoreRefusal};
+pub use backups::{Backup, RemoteCopy, RestoreRefusal};
 pub use hostings::{HostingRecord, ObservedStatus, RecordVersion, StorageUse};
 pub use status::{CapacityRow, CapacityUsage, ConsoleTail, Event, NewEvent, ReconcilerStats};
 pub use tls::{AddDomain, CertRow, DomainRow, DueCheck};

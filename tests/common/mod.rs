@@ -11,6 +11,7 @@ use std::time::Duration;
 
 pub mod disks;
 pub mod reconciler;
+pub mod s3;
 pub mod web;
 
 use hostd::app::{Application, Mode};
@@ -203,6 +204,7 @@ pub fn test_config(db: &str, state: &std::path::Path, nginx: Option<&TestNginx>)
             keep: 7,
             quota_bytes: None,
             concurrency: 1,
+            offsite: None,
         },
         redis_url: "redis://127.0.0.1:6379".into(),
         // Generous: tests register and act quickly from one address; the

@@ -15,11 +15,11 @@ use crate::reconciler::backup::{
 use crate::reconciler::names::{disk_volume, domain_name};
 use crate::reconciler::space;
 use crate::reconciler::{Action, ReconcileError};
-use crate::store::Backup;
+use crate::store::{Backup, RemoteCopy};
 
 /// What a restore found about a backup.
 enum Verified {
-    Good(Backup),
+    Good(Box<Backup>),
     Bad(String),
 }
 
@@ -38,6 +38,7 @@ impl Pass<'_> {
         let files = self.files();
         if b.state == BackupState::Running {
             files.discard(id, b.id);
+            self.abort_offsite(&b).await?;
             let msg = format!("backup {} was interrupted; taking it again", b.id);
             self.event(EventType::Warning, Reason::BackupResumed, &msg);
         } else {
@@ -53,8 +54,11 @@ impl Pass<'_> {
             Err(e) => Err(e),
         };
         match taken {
-            Ok((sha, size)) => {
-                self.ctx.store.backup_completed(b.id, size, &sha).await?;
+            Ok((sha, size, remote)) => {
+                self.ctx
+                    .store
+                    .backup_completed(b.id, size, &sha, remote.as_ref())
+                    .await?;
                 self.ctx.metrics.backup_completed(size, t0.elapsed());
                 let msg = format!(
                     "backup {} completed: {:.1} MiB in {:.1} s",
@@ -77,9 +81,14 @@ impl Pass<'_> {
         Ok(None)
     }
 
-    /// Copies, compresses and checksums one backup; its file is in place
-    /// when this returns.
-    async fn take(&self, b: &Backup, files: &BackupFiles) -> Result<(String, u64), ReconcileError> {
+    /// Copies, compresses and checksums one backup, and sends it off-host
+    /// when a store is set; its file is in place when this returns, with
+    /// its copy in the store.
+    async fn take(
+        &self,
+        b: &Backup,
+        files: &BackupFiles,
+    ) -> Result<(String, u64, Option<RemoteCopy>), ReconcileError> {
         let id = self.rec.id;
         files.prepare(id).map_err(DriverError::from)?;
         let staging = files.staging(id, b.id);
@@ -122,7 +131,14 @@ impl Pass<'_> {
         })
         .await?;
         self.fault("after_backup_file").await?;
-        Ok(sum)
+        let remote = match &self.ctx.offsite {
+            Some(o) => Some(
+                self.send_offsite(o, b, &files.file(id, b.id), files)
+                    .await?,
+            ),
+            None => None,
+        };
+        Ok((sum.0, sum.1, remote))
     }
 
     /// The hosting's backup quota (`HOSTD_BACKUP_QUOTA_GIB`), in bytes.
@@ -203,7 +219,13 @@ impl Pass<'_> {
         }
         self.trim_to_quota(self.rec.storage.quarantine_bytes, self.quota())
             .await?;
-        self.write_manifest().await
+        self.write_manifest().await?;
+        // The store may be away (a backup just failed for it): what tidying
+        // leaves (stale manifest, expired objects) is done by the next one.
+        if let Err(e) = self.tidy_offsite().await {
+            tracing::warn!(hosting = %self.rec.id, error = %e, "off-host store not tidied");
+        }
+        Ok(())
     }
 
     /// Rewrites `manifest.json` from the completed backups in the database.
@@ -251,14 +273,24 @@ impl Pass<'_> {
         }
         let path = self.files().file(self.rec.id, b);
         let sum = blocking(move || digest(&path)).await;
-        match sum {
-            Ok((sha, _)) if Some(&sha) == backup.sha256.as_ref() => Ok(Verified::Good(backup)),
-            Ok(_) => Ok(Verified::Bad(format!(
-                "backup {b}'s file does not match its checksum"
-            ))),
-            Err(e) => Ok(Verified::Bad(format!(
-                "backup {b}'s file cannot be read: {e}"
-            ))),
+        let local = match sum {
+            Ok((sha, _)) if Some(&sha) == backup.sha256.as_ref() => {
+                return Ok(Verified::Good(Box::new(backup)))
+            }
+            Ok(_) => format!("backup {b}'s file does not match its checksum"),
+            Err(e) => format!("backup {b}'s file cannot be read: {e}"),
+        };
+        // The local copy is a cache when the backup is also off-host.
+        if backup.remote.is_none() {
+            return Ok(Verified::Bad(local));
+        }
+        match self.fetch_offsite(&backup).await? {
+            Ok(()) => {
+                let msg = format!("{local}: fetched its sealed copy from the off-host store");
+                self.event(EventType::Normal, Reason::Restoring, &msg);
+                Ok(Verified::Good(Box::new(backup)))
+            }
+            Err(why) => Ok(Verified::Bad(format!("{local}, and {why}"))),
         }
     }
 

@@ -18,6 +18,7 @@ use crate::store::{HostingRecord, NewEvent, ObservedStatus};
 
 pub mod backup;
 pub mod disk;
+pub mod offsite;
 pub mod power;
 pub mod readiness;
 pub mod route;
