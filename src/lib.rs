@@ -2,8 +2,8 @@
 //! controller.
 //!
 //! Crate map (dependencies point down this list, never up):
-//! - [`app`], [`doctor`]: wiring: builds the API server and/or reconciler
-//!   for a process; `hostd doctor`.
+//! - [`app`], [`doctor`], [`recover`]: wiring: builds the API server and/or
+//!   reconciler for a process; `hostd doctor`; `hostd recover`.
 //! - [`api`] and [`reconciler`], siblings (neither imports the other):
 //!   the REST API (axum), which validates input and writes *desired* state;
 //!   the control loop that makes reality match it, one named step at a time.
@@ -32,6 +32,7 @@ pub mod drivers;
 pub mod faults;
 pub mod images;
 pub mod reconciler;
+pub mod recover;
 pub mod seal;
 pub mod shutdown;
 pub mod store;

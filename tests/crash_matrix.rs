@@ -36,7 +36,12 @@ const BACKUP_POINTS: &[&str] = &[
     "after_backup_start",
     "after_backup_copy",
     "after_backup_file",
+    "after_backup_seal",
+    "after_backup_upload",
+    "after_backup_manifest",
 ];
+/// The off-host store's bucket (moto, `common::s3`).
+const BUCKET: &str = "hostd-crash";
 const RESTORE_POINTS: &[&str] = &["after_restore_quarantine", "after_restore_disk"];
 /// The personalisation of a claimed warm-pool guest (the claim itself is one
 /// database transaction: it happens entirely or not at all).
@@ -64,6 +69,8 @@ struct Env {
     instance: String,
     api_port: u16,
     client: reqwest::Client,
+    /// The off-host backup store every backup of the matrix goes to.
+    moto: common::s3::Moto,
 }
 
 impl Env {
@@ -93,6 +100,18 @@ impl Env {
                 self.work.path().join("catalog.yaml").display().to_string(),
             ),
             v("HOSTD_BCRYPT_COST", "4".into()),
+            v(
+                "HOSTD_BACKUP_S3_URL",
+                format!("http://127.0.0.1:{}/{BUCKET}/m", self.moto.port),
+            ),
+            v("HOSTD_BACKUP_S3_ACCESS_KEY", "testing".into()),
+            v("HOSTD_BACKUP_S3_SECRET_KEY", "testing".into()),
+            v(
+                "HOSTD_BACKUP_KEY_FILE",
+                self.work.path().join("backup.key").display().to_string(),
+            ),
+            // Every backup file stays local too, so each is checked here.
+            v("HOSTD_BACKUP_LOCAL_KEEP", "1000".into()),
             v("HOSTD_RESYNC_SECS", "3".into()),
             v("HOSTD_BACKOFF_MAX_SECS", "5".into()),
             // The matrix and the chaos soak act faster than any tenant may.
@@ -282,6 +301,36 @@ impl Env {
             if !ok {
                 left.push(format!("completed backup {} has no valid file", b["id"]));
             }
+            if b["offsite"] != true {
+                left.push(format!("completed backup {} is not off-host", b["id"]));
+            }
+        }
+        // The store holds each completed backup's sealed object, nothing
+        // else of this hosting, and no upload is left open.
+        let open = self.moto.open_uploads(BUCKET).await;
+        if open > 0 {
+            left.push(format!("{open} multipart upload(s) left open in the store"));
+        }
+        let sealed: HashSet<String> = self
+            .moto
+            .keys(BUCKET)
+            .await
+            .into_iter()
+            .filter(|k| k.contains(id) && k.ends_with(".qcow2.sealed"))
+            .filter_map(|k| {
+                k.rsplit('/')
+                    .next()
+                    .map(|f| f.trim_end_matches(".qcow2.sealed").to_string())
+            })
+            .collect();
+        let want: HashSet<String> = done
+            .iter()
+            .map(|b| b["id"].as_str().unwrap().to_string())
+            .collect();
+        if sealed != want {
+            left.push(format!(
+                "store objects {sealed:?} != completed backups {want:?}"
+            ));
         }
         left
     }
@@ -422,6 +471,7 @@ impl Harness {
             instance: format!("{tag}-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]),
             api_port: common::free_port(),
             client: reqwest::Client::new(),
+            moto: common::s3::Moto::start(BUCKET).await,
         };
         let api = env.spawn("api", "");
         let deadline = Instant::now() + Duration::from_secs(30);

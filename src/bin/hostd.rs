@@ -53,6 +53,14 @@ enum Cmd {
         #[arg(long)]
         https_listen: Option<String>,
     },
+    /// After the host lost its disks: wake every hosting and watch the
+    /// running reconciler restore it from its newest backup (off-host ones
+    /// included) until each is served again or found lost.
+    Recover {
+        /// Give up watching after this many seconds.
+        #[arg(long, default_value = "1800")]
+        timeout: u64,
+    },
     /// Ask for every certificate (or those of NAME) to be renewed now.
     RenewCertificates { name: Option<String> },
     /// Grant the admin role to a user.
@@ -154,6 +162,9 @@ async fn main() {
             println!("migrations applied");
         }
         Cmd::Doctor => std::process::exit(hostd::doctor::run(config(s, true)).await),
+        Cmd::Recover { timeout } => std::process::exit(
+            hostd::recover::run(config(s, true), std::time::Duration::from_secs(timeout)).await,
+        ),
         Cmd::Crds => print!("{}", hostd::crd::hosting_crd_yaml()),
         Cmd::NginxConf {
             listen,

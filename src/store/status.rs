@@ -312,6 +312,16 @@ impl Store {
     }
 
     /// The last heartbeat: holder, age in seconds, counters.
+    /// Asks the reconciler to look at hosting `id` now (the notification
+    /// its listener follows).
+    pub async fn wake(&self, id: HostingId) -> Result<()> {
+        sqlx::query("select pg_notify('hostd_hostings', $1)")
+            .bind(id.to_string())
+            .execute(&self.pool())
+            .await?;
+        Ok(())
+    }
+
     pub async fn last_heartbeat(
         &self,
         instance: &str,

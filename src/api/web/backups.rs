@@ -36,6 +36,8 @@ pub struct BackupItem {
     /// Seconds since a running one started.
     pub elapsed_s: Option<i64>,
     pub restorable: bool,
+    /// Whether a sealed copy is in the off-host store.
+    pub offsite: bool,
 }
 
 impl From<&Backup> for BackupItem {
@@ -58,6 +60,7 @@ impl From<&Backup> for BackupItem {
                 _ => None,
             },
             restorable: b.state == BackupState::Completed,
+            offsite: b.offsite,
         }
     }
 }
@@ -131,6 +134,7 @@ async fn page(
         keep: b.keep,
         interval_hours: b.interval.map(|d| d.as_secs() / 3600),
         per_minute: st.config.limits.host_ops_per_min,
+        offsite: b.offsite.is_some(),
     });
     Ok((status, body).into_response())
 }

@@ -203,6 +203,8 @@ pub(super) struct BackupsPage {
     pub(super) keep: u32,
     pub(super) interval_hours: Option<u64>,
     pub(super) per_minute: u32,
+    /// Whether backups also go to an off-host store.
+    pub(super) offsite: bool,
 }
 
 #[derive(Template)]

@@ -71,6 +71,7 @@
         }
         cell(tr, b.trigger);
         cell(tr, b.size);
+        cell(tr, b.offsite ? 'yes' : '–');
         const sha = document.createElement('code');
         sha.textContent = b.sha;
         cell(tr, '').appendChild(sha);
@@ -89,7 +90,7 @@
       }
       if (!s.backups.length) {
         const tr = document.createElement('tr');
-        cell(tr, 'No backups yet.', 'muted').colSpan = 7;
+        cell(tr, 'No backups yet.', 'muted').colSpan = 8;
         tb.appendChild(tr);
       }
     });
