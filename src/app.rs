@@ -107,6 +107,9 @@ impl Application {
             claim_state(&config, installation, vm.as_ref()).await?;
             guest_isolation(&config).await?;
         }
+        if mode != Mode::Api {
+            backup_key_present(&config, &store).await?;
+        }
         let controller = if mode != Mode::Api {
             let ctx = Context::new(store, vm, proxy, config.clone(), installation, metrics)?;
             Some(Arc::new(Controller::new(ctx)))
@@ -315,4 +318,28 @@ pub fn nginx_main_conf(l: &NginxLayout) -> String {
     }
     .render()
     .expect("nginx template renders")
+}
+
+/// With off-host backups, a missing key file is created — unless backups
+/// sealed with some key exist: then the file was lost (a new host without
+/// the operator's copy), and a new key would only seal new backups that the
+/// old ones cannot be told apart from; start-up stops and says which key
+/// to bring back.
+async fn backup_key_present(config: &Config, store: &Store) -> Result<(), AppError> {
+    let Some(p) = &config.backups.offsite else {
+        return Ok(());
+    };
+    if p.key_file.exists() {
+        return Ok(());
+    }
+    let sealed = store.offsite_key_fingerprints().await?;
+    if let Some((fp, n)) = sealed.first() {
+        return Err(AppError::Other(format!(
+            "HOSTD_BACKUP_KEY_FILE {} does not exist, but {n} off-host backup(s) were sealed with \
+             the key of fingerprint {fp}: put that key file back (your copy of it) and start again; \
+             hostd will not make a new key while backups need the old one",
+            p.key_file.display()
+        )));
+    }
+    Ok(())
 }

@@ -1,8 +1,8 @@
 //! `hostd doctor`: runs the dependency checks of `health/detailed`
 //! (`crate::checks`, the same list) from the command line, plus what only
 //! an operator's shell can see: who owns the routes and pool directories,
-//! the acceleration in use, whether nginx can reach the TLS files and the
-//! image catalogue's files. One line per
+//! the acceleration in use, whether nginx can reach the TLS files, the
+//! backup key and off-host store, and the image catalogue's files. One line per
 //! check; the exit code is 1 when any failed.
 
 use crate::checks::{self, Check, Outcome};
@@ -112,6 +112,51 @@ fn tls_files(c: &Config, out: &mut Report) {
     }
 }
 
+/// With off-host backups: the key file, and the store answering a listing.
+async fn offsite(c: &Config, installation: uuid::Uuid, out: &mut Report) {
+    let Some(p) = &c.backups.offsite else {
+        return;
+    };
+    match std::fs::read_to_string(&p.key_file) {
+        Ok(text) => match crate::seal::Key::parse(text.trim()) {
+            Ok(k) => out.line(
+                true,
+                "backup key",
+                format!(
+                    "{} (fingerprint {}): keep a copy off this host",
+                    p.key_file.display(),
+                    k.fingerprint()
+                ),
+            ),
+            Err(e) => out.line(
+                false,
+                "backup key",
+                format!("{}: {e}", p.key_file.display()),
+            ),
+        },
+        Err(e) => out.line(
+            false,
+            "backup key",
+            format!(
+                "{}: {e} (made at start only while no backup needs an older key)",
+                p.key_file.display()
+            ),
+        ),
+    }
+    let listed = async {
+        let store = crate::drivers::offsite::S3Store::connect(p)?;
+        store.list(&installation.to_string()).await
+    };
+    match listed.await {
+        Ok(keys) => out.line(
+            true,
+            "off-host backup store",
+            format!("{}: {} objects of this installation", p.url(), keys.len()),
+        ),
+        Err(e) => out.line(false, "off-host backup store", format!("{}: {e}", p.url())),
+    }
+}
+
 /// Every image of the catalogue, with its files.
 fn images(c: &Config, out: &mut Report) {
     let cat = match Catalog::load(&c.images_file, &c.state_dir) {
@@ -134,6 +179,7 @@ pub async fn run(c: Config) -> i32 {
     ownership(&c, id, &mut out);
     services(&c, id, &mut out).await;
     tls_files(&c, &mut out);
+    offsite(&c, id, &mut out).await;
     images(&c, &mut out);
     i32::from(out.failed > 0)
 }

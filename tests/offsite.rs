@@ -311,3 +311,30 @@ async fn an_upload_a_crash_interrupted_is_aborted_not_left_behind() {
     assert!(evs.iter().any(|e| e.reason == "BackupResumed"), "{evs:?}");
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_lost_key_file_stops_start_up_instead_of_making_a_new_key() {
+    let moto = Moto::start(BUCKET).await;
+    let (app, key_file) = app_with_store(&moto, 1).await;
+    let (t, id) = stopped_hosting(&app, "offd", 0x21).await;
+    assert_eq!(backup(&app, &t, id).await["state"], "Completed");
+    let fingerprint = hostd::seal::Key::load_or_create(&key_file)
+        .unwrap()
+        .fingerprint();
+    let config = app.config.clone();
+    // The host is lost (its state directory, where this test keeps the key,
+    // goes with the app); the new one was set up without the operator's
+    // copy of the key.
+    app.stop().await;
+    let _ = std::fs::remove_file(&key_file);
+    let err =
+        match hostd::app::Application::build(config.clone(), hostd::app::Mode::Reconciler).await {
+            Ok(_) => panic!("started without the key the backups need"),
+            Err(e) => e.to_string(),
+        };
+    assert!(
+        err.contains("does not exist") && err.contains(&fingerprint),
+        "{err}"
+    );
+    assert!(!key_file.exists(), "no new key was made");
+}

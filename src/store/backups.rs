@@ -211,6 +211,17 @@ impl Store {
         Ok(())
     }
 
+    /// The keys completed off-host backups were sealed with: (fingerprint,
+    /// how many backups).
+    pub async fn offsite_key_fingerprints(&self) -> Result<Vec<(String, i64)>> {
+        Ok(sqlx::query_as(
+            "select key_fingerprint, count(*) from backups where state = 'Completed' \
+             and key_fingerprint is not null group by 1 order by 2 desc",
+        )
+        .fetch_all(&self.pool())
+        .await?)
+    }
+
     /// Records an upload of a Running backup to the off-host store before
     /// any part is sent: the object's key and the upload's id.
     pub async fn backup_upload_started(&self, id: BackupId, key: &str, upload: &str) -> Result<()> {
