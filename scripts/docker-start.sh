@@ -121,6 +121,8 @@ echo "image built in $(( $(date +%s) - t0 )) s"
 
 log "nginx configuration ($COMPOSE_DIR, port $HOSTD_HTTP_PORT)"
 mkdir -p "$COMPOSE_DIR/nginx/tmp" "$COMPOSE_DIR/routes"
+# Where the reconciler keeps the backup encryption key (mounted into it).
+install -d -m 0700 /etc/hostd
 chmod 0711 "$STATE_DIR" "$COMPOSE_DIR"   # nginx's workers (www-data) traverse to their temp dirs
 "$ENGINE" run --rm localhost/hostd:latest nginx-conf --listen "0.0.0.0:$HOSTD_HTTP_PORT" \
   --prefix "$COMPOSE_DIR/nginx" --routes-dir "$COMPOSE_DIR/routes" > "$COMPOSE_DIR/nginx.conf.new"

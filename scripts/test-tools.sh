@@ -2,8 +2,9 @@
 # Installs what the browser test, the OpenAPI fuzzing, the ACME test and the
 # container deployment's test need (idempotent): Debian's chromium,
 # chromium-driver, pebble (a test ACME CA) and podman (with runc, set as its
-# runtime), and a Python virtualenv with pinned
-# selenium and schemathesis from PyPI. Prints nothing but progress; sets
+# runtime), and a Python virtualenv with pinned selenium, schemathesis and
+# moto[server] (the S3 store of the off-host backup tests) from PyPI.
+# Prints nothing but progress; sets
 # nothing: callers use "$TEST_VENV/bin/python".
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -18,7 +18,7 @@ drop_scratch_databases
 trap drop_scratch_databases EXIT
 export RUST_LOG="${RUST_LOG:-warn}"
 
-log "test tools (Chromium, Selenium, schemathesis, Pebble)"
+log "test tools (Chromium, Selenium, schemathesis, moto, Pebble)"
 ./scripts/test-tools.sh
 
 log "formatting and lints (cargo fmt --check, cargo clippy -D warnings)"

@@ -229,3 +229,35 @@ impl TlsPolicy {
         self.acme.is_some() || self.wildcard.is_some()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::OffsitePolicy;
+
+    #[test]
+    fn store_urls_are_endpoint_bucket_and_prefix() {
+        let p = OffsitePolicy::parse_url;
+        assert_eq!(
+            p("http://127.0.0.1:9000/hostd-backups/site1").unwrap(),
+            ("http://127.0.0.1:9000".into(), "hostd-backups".into(), "site1".into())
+        );
+        assert_eq!(
+            p("https://s3.eu-west-1.amazonaws.com/my.backups/a/b/").unwrap(),
+            ("https://s3.eu-west-1.amazonaws.com".into(), "my.backups".into(), "a/b".into())
+        );
+        assert_eq!(p("https://s3.example.com/bkt").unwrap().2, "");
+        for bad in [
+            "s3://bucket/x",
+            "http://host",
+            "http:///bucket",
+            "http://user:pass@host/bucket",
+            "http://host/UPPER",
+            "http://host/ab",
+            "http://host/bucket/../etc",
+            "http://host/bucket/a//b",
+            "http://host/bucket/sp ace",
+        ] {
+            assert!(p(bad).is_err(), "{bad} accepted");
+        }
+    }
+}

@@ -151,8 +151,14 @@ impl Settings {
                     "required with HOSTD_BACKUP_S3_URL",
                 )
             })?;
-        let secret_key = match (&self.backup_s3_secret_key, &self.backup_s3_secret_key_file) {
-            (Some(k), None) if !k.is_empty() => k.clone(),
+        // An empty value is unset (the compose file passes every variable).
+        let given_key = self.backup_s3_secret_key.as_ref().filter(|k| !k.is_empty());
+        let given_file = self
+            .backup_s3_secret_key_file
+            .as_ref()
+            .filter(|f| !f.as_os_str().is_empty());
+        let secret_key = match (given_key, given_file) {
+            (Some(k), None) => k.clone(),
             (None, Some(f)) => std::fs::read_to_string(f)
                 .map(|s| s.trim().to_string())
                 .map_err(|e| {
