@@ -10,38 +10,12 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::disks::{disk_file, holds, stopped_hosting, write_disk};
+use common::disks::{disk_file, holds, post, stopped_hosting, take_backup as backup, write_disk};
 use common::{create_hosting, settle_stopped, TestApp};
 use hostd::domain::{HostingId, Phase};
 use hostd::drivers::VmDriver;
 use hostd::reconciler::names::disk_volume;
 use serde_json::{json, Value};
-
-async fn post(app: &TestApp, token: &str, path: &str, body: Option<Value>) -> (u16, Value) {
-    let mut req = app.client.post(app.url(path)).bearer_auth(token);
-    if let Some(b) = body {
-        req = req.json(&b);
-    }
-    let r = req.send().await.unwrap();
-    let status = r.status().as_u16();
-    (status, r.json().await.unwrap_or(Value::Null))
-}
-
-/// Requests a backup and drives the reconciler until it is done; the backup.
-async fn backup(app: &TestApp, t: &str, id: HostingId) -> Value {
-    let (s, b) = post(app, t, "/api/v1/host/my/backups", None).await;
-    assert_eq!(s, 202, "{b}");
-    assert_eq!(b["state"], "Pending");
-    settle_stopped(app.controller.as_ref().unwrap(), id).await;
-    let (s, list) = app.get_json(t, "/api/v1/host/my/backups").await;
-    assert_eq!(s, 200);
-    list.as_array()
-        .unwrap()
-        .iter()
-        .find(|x| x["id"] == b["id"])
-        .cloned()
-        .expect("listed")
-}
 
 fn backup_file(app: &TestApp, id: HostingId, b: &Value) -> PathBuf {
     app.config

@@ -8,7 +8,7 @@
 
 mod common;
 
-use common::disks::{disk_file, holds, stopped_hosting, write_disk};
+use common::disks::{disk_file, holds, post, stopped_hosting, take_backup as backup, write_disk};
 use common::s3::Moto;
 use common::{settle_stopped, TestApp};
 use hostd::domain::{BackupId, HostingId, Phase};
@@ -27,29 +27,6 @@ async fn app_with_store(moto: &Moto, local_keep: u32) -> (TestApp, std::path::Pa
     config.backups.offsite = Some(policy);
     let app = TestApp::spawn_with(config, hostd::app::Mode::All, false, Some(nginx), state).await;
     (app, key_file)
-}
-
-async fn post(app: &TestApp, t: &str, path: &str, body: Option<Value>) -> (u16, Value) {
-    let mut r = app.client.post(app.url(path)).bearer_auth(t);
-    if let Some(b) = body {
-        r = r.json(&b);
-    }
-    let r = r.send().await.unwrap();
-    (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
-}
-
-/// Requests a backup, drives the reconciler; the backup as listed.
-async fn backup(app: &TestApp, t: &str, id: HostingId) -> Value {
-    let (s, b) = post(app, t, "/api/v1/host/my/backups", None).await;
-    assert_eq!(s, 202, "{b}");
-    settle_stopped(app.controller.as_ref().unwrap(), id).await;
-    let (_, list) = app.get_json(t, "/api/v1/host/my/backups").await;
-    list.as_array()
-        .unwrap()
-        .iter()
-        .find(|x| x["id"] == b["id"])
-        .cloned()
-        .unwrap()
 }
 
 fn local_file(app: &TestApp, id: HostingId, b: &Value) -> std::path::PathBuf {

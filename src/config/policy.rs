@@ -239,11 +239,19 @@ mod tests {
         let p = OffsitePolicy::parse_url;
         assert_eq!(
             p("http://127.0.0.1:9000/hostd-backups/site1").unwrap(),
-            ("http://127.0.0.1:9000".into(), "hostd-backups".into(), "site1".into())
+            (
+                "http://127.0.0.1:9000".into(),
+                "hostd-backups".into(),
+                "site1".into()
+            )
         );
         assert_eq!(
             p("https://s3.eu-west-1.amazonaws.com/my.backups/a/b/").unwrap(),
-            ("https://s3.eu-west-1.amazonaws.com".into(), "my.backups".into(), "a/b".into())
+            (
+                "https://s3.eu-west-1.amazonaws.com".into(),
+                "my.backups".into(),
+                "a/b".into()
+            )
         );
         assert_eq!(p("https://s3.example.com/bkt").unwrap().2, "");
         for bad in [

@@ -7,7 +7,7 @@ use std::process::Command;
 
 use hostd::domain::{HostingId, Phase};
 use hostd::reconciler::names::disk_volume;
-use serde_json::json;
+use serde_json::{json, Value};
 
 use super::{create_hosting, settle_stopped, TestApp};
 
@@ -64,4 +64,32 @@ pub async fn stopped_hosting(app: &TestApp, name: &str, byte: u8) -> (String, Ho
     assert_eq!(settle_stopped(&ctl, id).await, Phase::Stopped);
     write_disk(&disk_file(app, id), byte);
     (t, id)
+}
+
+/// POSTs JSON (or nothing) with a bearer token: (status, body).
+pub async fn post(app: &TestApp, token: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+    let mut req = app.client.post(app.url(path)).bearer_auth(token);
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    let r = req.send().await.unwrap();
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(Value::Null))
+}
+
+/// Requests a backup and drives the reconciler until it is done; the
+/// backup as the API lists it then.
+pub async fn take_backup(app: &TestApp, t: &str, id: HostingId) -> Value {
+    let (s, b) = post(app, t, "/api/v1/host/my/backups", None).await;
+    assert_eq!(s, 202, "{b}");
+    assert_eq!(b["state"], "Pending");
+    settle_stopped(app.controller.as_ref().unwrap(), id).await;
+    let (s, list) = app.get_json(t, "/api/v1/host/my/backups").await;
+    assert_eq!(s, 200);
+    list.as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["id"] == b["id"])
+        .cloned()
+        .expect("listed")
 }

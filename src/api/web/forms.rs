@@ -218,6 +218,16 @@ pub(super) struct CreateForm {
     pub(super) ssh_key: String,
 }
 
+/// The public keys of a form's text area: one per line, blank and `#`
+/// lines skipped.
+pub(super) fn key_lines(text: &str) -> Vec<String> {
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(String::from)
+        .collect()
+}
+
 /// The size a form picked: "vcpus:mib" among [`SIZES`].
 pub(super) fn parse_size(s: &str) -> Result<(i64, i64), ApiError> {
     SIZES
@@ -237,13 +247,7 @@ pub(super) async fn hosting_create(
     let result = async {
         host_op(&st, u.user.id).await?;
         let (vcpus, memory_mib) = parse_size(&f.size)?;
-        let keys: Vec<String> = f
-            .ssh_key
-            .lines()
-            .map(str::trim)
-            .filter(|l| !l.is_empty() && !l.starts_with('#'))
-            .map(String::from)
-            .collect();
+        let keys = key_lines(&f.ssh_key);
         let patch = SpecPatch {
             vcpus: Some(vcpus),
             memory_mib: Some(memory_mib),

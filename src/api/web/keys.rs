@@ -112,13 +112,7 @@ pub(super) async fn keys_add(
     Form(f): Form<AddForm>,
 ) -> Result<Response, WebError> {
     u.check(&st, &headers, &f.csrf)?;
-    let new: Vec<String> = f
-        .ssh_key
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.starts_with('#'))
-        .map(String::from)
-        .collect();
+    let new = super::forms::key_lines(&f.ssh_key);
     let keys = match current(&st, &u).await {
         Ok(_) if new.is_empty() => Err(ApiError::Unprocessable(
             "ssh_public_keys: paste a public key (or pick a .pub file)".into(),
