@@ -10,7 +10,7 @@ use axum::response::{IntoResponse, Redirect, Response};
 use serde::Deserialize;
 
 use super::pages::AccountPage;
-use super::session::{render, set_cookie, start_session, WebError, WebUser};
+use super::session::{render, set_cookie, shown, start_session, WebError, WebUser};
 use super::SESSION_COOKIE;
 use crate::api::auth::{delete_account, end_every_session, set_password, ClientAddr};
 use crate::api::error::ApiError;
@@ -54,11 +54,8 @@ pub(super) async fn account_page(
 
 /// A failed form: the page again with the API's status and message.
 async fn refused(st: &AppState, u: &WebUser, e: ApiError) -> Result<Response, WebError> {
-    let status = e.status();
-    if status.is_server_error() {
-        return Err(e.into());
-    }
-    page(st, u, status, Some(e.public_message()), None).await
+    let (status, msg) = shown(e)?;
+    page(st, u, status, Some(msg), None).await
 }
 
 /// Back to the login page, with the session cookie cleared.

@@ -12,7 +12,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::pages::{AdminDeletePage, AdminPage, AdminRow, CheckRow, UserItem};
-use super::session::{render, WebError, WebUser};
+use super::session::{render, shown, WebError, WebUser};
 use crate::api::admin::{act_on, parse_hosting_id, set_role_of, Admin, HostingAction};
 use crate::api::error::ApiError;
 use crate::api::AppState;
@@ -174,11 +174,8 @@ pub(super) async fn admin_page(
 
 /// A refused action: the page again with the API's status and message.
 async fn refused(st: &AppState, u: &WebUser, e: ApiError) -> Result<Response, WebError> {
-    let status = e.status();
-    if status.is_server_error() {
-        return Err(e.into());
-    }
-    page(st, u, status, Some(e.public_message()), None).await
+    let (status, msg) = shown(e)?;
+    page(st, u, status, Some(msg), None).await
 }
 
 #[derive(Deserialize)]

@@ -14,7 +14,7 @@ use serde::Deserialize;
 
 use super::forms::to_hosting;
 use super::pages::{my_record, BackupsPage, ResetPage, RestorePage};
-use super::session::{render, WebError, WebUser};
+use super::session::{render, shown, WebError, WebUser};
 use crate::api::error::ApiError;
 use crate::api::hosting::{backup_for, host_op, reset_for, restore_for, StorageView};
 use crate::api::AppState;
@@ -149,11 +149,8 @@ pub(super) async fn backups_page(
 
 /// A refused form: the page again with the API's status and message.
 async fn refused(st: &AppState, u: &WebUser, e: ApiError) -> Result<Response, WebError> {
-    let status = e.status();
-    if status.is_server_error() {
-        return Err(e.into());
-    }
-    page(st, u, status, Some(e.public_message())).await
+    let (status, msg) = shown(e)?;
+    page(st, u, status, Some(msg)).await
 }
 
 #[derive(Deserialize)]

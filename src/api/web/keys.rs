@@ -12,7 +12,7 @@ use serde::Deserialize;
 
 use super::forms::to_hosting;
 use super::pages::{live_status, my_record, KeyItem, KeysPage};
-use super::session::{render, WebError, WebUser};
+use super::session::{render, shown, WebError, WebUser};
 use crate::api::error::ApiError;
 use crate::api::hosting::{host_op, patch_for};
 use crate::api::AppState;
@@ -80,8 +80,10 @@ async fn write_keys(
     .await;
     match result {
         Ok(_) => Ok(Redirect::to("/ui/keys").into_response()),
-        Err(e) if e.status().is_server_error() => Err(e.into()),
-        Err(e) => page(st, u, e.status(), Some(e.public_message()), pasted).await,
+        Err(e) => {
+            let (status, msg) = shown(e)?;
+            page(st, u, status, Some(msg), pasted).await
+        }
     }
 }
 

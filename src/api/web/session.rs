@@ -170,6 +170,16 @@ impl IntoResponse for WebError {
     }
 }
 
+/// A refused form's status and message for the page to show again; a
+/// server error is not shown but becomes the error page (and is logged).
+pub(super) fn shown(e: ApiError) -> Result<(StatusCode, String), WebError> {
+    let status = e.status();
+    if status.is_server_error() {
+        return Err(e.into());
+    }
+    Ok((status, e.public_message()))
+}
+
 pub(super) fn forbidden(why: &str) -> WebError {
     tracing::warn!(target: "audit", why, "dashboard form refused");
     WebError::Page(StatusCode::FORBIDDEN, format!("refused: {why}"))
