@@ -29,7 +29,8 @@ import urllib.parse
 import urllib.request
 
 from selenium import webdriver
-from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
+from selenium.common.exceptions import (NoSuchElementException, StaleElementReferenceException,
+                                        WebDriverException)
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import Select, WebDriverWait
@@ -166,9 +167,12 @@ def main():
     h = Harness(sys.argv[1])
     d = browser()
     # Pages navigate and live views rebuild their tables between a find and
-    # a read: such a look is retried, not failed.
+    # a read: such a look is retried, not failed (Chromium may report an
+    # element of the page just left as a generic inspector error, "Node with
+    # given id does not belong to the document", hence WebDriverException).
     wait = WebDriverWait(d, READY_TIMEOUT, poll_frequency=0.2,
-                         ignored_exceptions=(StaleElementReferenceException, NoSuchElementException))
+                         ignored_exceptions=(StaleElementReferenceException, NoSuchElementException,
+                                             WebDriverException))
     shots = []
 
     def shot(name):
