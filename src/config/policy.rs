@@ -76,6 +76,9 @@ pub struct BackupPolicy {
     pub interval: Option<Duration>,
     /// Completed backups kept per hosting.
     pub keep: u32,
+    /// A chain of backups is at most this long: a full one, then
+    /// incrementals (`1`: every backup full).
+    pub full_every: u32,
     /// Backup and quarantine bytes per hosting (`None`: `keep` × its disk).
     pub quota_bytes: Option<u64>,
     /// Backups running at the same time.

@@ -301,6 +301,12 @@ pub struct Settings {
     #[arg(long, env = "HOSTD_BACKUP_KEEP", value_name = "HOSTD_BACKUP_KEEP", default_value = "7",
           value_parser = clap::value_parser!(u32).range(1..))]
     pub backup_keep: u32,
+    /// Every how many backups of a running guest a full one is taken; the
+    /// others are incremental (only what changed since the previous backup,
+    /// through a libvirt checkpoint). `1`: every backup is full.
+    #[arg(long, env = "HOSTD_BACKUP_FULL_EVERY", value_name = "HOSTD_BACKUP_FULL_EVERY",
+          default_value = "7", value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub backup_full_every: u32,
     /// GiB of backups plus quarantined data each hosting may hold (`0`:
     /// HOSTD_BACKUP_KEEP × the hosting's disk size). Past it the oldest
     /// backups go first; a backup that cannot fit fails with the reason.

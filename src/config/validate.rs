@@ -292,6 +292,7 @@ impl Settings {
                 interval: (self.backup_interval_hours > 0.0)
                     .then(|| Duration::from_secs_f64(self.backup_interval_hours * 3600.0)),
                 keep: self.backup_keep,
+                full_every: self.backup_full_every,
                 quota_bytes: (self.backup_quota_gib > 0.0)
                     .then(|| (self.backup_quota_gib * (1u64 << 30) as f64).max(1.0) as u64),
                 concurrency: self.backup_concurrency,

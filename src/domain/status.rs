@@ -84,6 +84,17 @@ named_enum! {
 }
 
 named_enum! {
+    /// What a backup holds.
+    pub enum BackupKind {
+        /// The whole disk: a standalone qcow2.
+        Full,
+        /// Only what changed since its parent backup was taken (restored
+        /// with the chain of backups down to a full one).
+        Incremental,
+    }
+}
+
+named_enum! {
     /// Event severity.
     pub enum EventType {
         Normal,

@@ -149,17 +149,25 @@ pub trait VmDriver: Send + Sync + 'static {
         to: &std::path::Path,
     ) -> DriverResult<Option<std::path::PathBuf>>;
     /// A crash-consistent image of a domain's disk volume, for a backup.
-    /// While the domain runs, libvirt's backup job (push mode) writes a full,
-    /// standalone qcow2 copy to `staging` and the guest keeps running (a
-    /// backup job an earlier, crashed hostd left running is aborted first).
+    /// While the domain runs, libvirt's backup job (push mode) writes a qcow2
+    /// copy to `staging` and the guest keeps running (a backup job an
+    /// earlier, crashed hostd left running is aborted first): only what
+    /// changed since checkpoint `checkpoints.since` when it can (an
+    /// incremental), else everything; checkpoint `checkpoints.create` is
+    /// made as the copy starts, and other hostd checkpoints are deleted.
     /// While it is stopped (or undefined), nothing writes the volume, so its
-    /// own file is the image. Returns the path of the image to read.
+    /// own file is the (full) image and no checkpoint is made.
     async fn disk_image(
         &self,
         domain: &str,
         volume: &str,
         staging: &std::path::Path,
-    ) -> DriverResult<std::path::PathBuf>;
+        checkpoints: &Checkpoints,
+    ) -> DriverResult<DiskImage>;
+    /// Forgets the domain's checkpoints (libvirt's records only): its disk
+    /// is being replaced, so their bitmaps are not in the new one. Absent
+    /// domain is fine.
+    async fn forget_checkpoints(&self, domain: &str) -> DriverResult<()>;
     /// Makes `name` a volume holding the qcow2 image file `from` (moved into
     /// the pool, so `from` must be on the pool's filesystem). The volume must
     /// not exist.
@@ -188,6 +196,26 @@ pub trait VmDriver: Send + Sync + 'static {
         args: &[&str],
         timeout: std::time::Duration,
     ) -> DriverResult<String>;
+}
+
+/// The checkpoints a backup job works with (see `VmDriver::disk_image`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Checkpoints {
+    /// The checkpoint to make as the copy starts.
+    pub create: String,
+    /// Copy only what changed since this checkpoint, if it still exists.
+    pub since: Option<String>,
+}
+
+/// A disk image to back up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiskImage {
+    pub path: std::path::PathBuf,
+    /// `Some(c)`: holds only the clusters written since checkpoint `c`
+    /// (the others unallocated); `None`: the whole disk.
+    pub since: Option<String>,
+    /// Whether `Checkpoints::create` was made (the guest was running).
+    pub checkpoint: bool,
 }
 
 /// A hosting's desired route.

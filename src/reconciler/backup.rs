@@ -53,6 +53,11 @@ impl BackupFiles {
         self.staging.join(format!("{id}-{b}.qcow2"))
     }
 
+    /// An empty image the size of the disk (compressing an incremental).
+    pub(crate) fn scratch(&self, id: HostingId, b: BackupId) -> PathBuf {
+        self.staging.join(format!("{id}-{b}.empty.qcow2"))
+    }
+
     /// A backup's sealed copy, on its way to or from the off-host store.
     pub(crate) fn sealed(&self, id: HostingId, b: BackupId) -> PathBuf {
         self.staging.join(format!("{id}-{b}.sealed"))
@@ -86,6 +91,7 @@ impl BackupFiles {
             self.partial(id, b),
             self.file(id, b),
             self.sealed(id, b),
+            self.scratch(id, b),
         ] {
             let _ = std::fs::remove_file(p);
         }
@@ -120,6 +126,9 @@ pub(crate) struct ManifestEntry {
     pub(crate) id: BackupId,
     pub(crate) file: String,
     pub(crate) trigger: crate::domain::BackupTrigger,
+    pub(crate) kind: crate::domain::BackupKind,
+    /// An incremental's parent (its file is this one's backing file).
+    pub(crate) parent: Option<BackupId>,
     pub(crate) created_at: chrono::DateTime<chrono::Utc>,
     pub(crate) completed_at: Option<chrono::DateTime<chrono::Utc>>,
     pub(crate) size_bytes: Option<i64>,

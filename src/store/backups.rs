@@ -30,12 +30,28 @@ pub struct Backup {
     /// Whether a sealed copy is in the off-host store (read back and
     /// verified before the backup was marked Completed).
     pub offsite: bool,
+    /// Full, or Incremental (Completed only; a pending one is Full until
+    /// taken).
+    pub kind: BackupKind,
+    /// The backup an Incremental one holds the changes since.
+    pub parent: Option<BackupId>,
+    /// A libvirt checkpoint `hostd-<id>` was made with it.
+    #[serde(skip)]
+    pub checkpoint: bool,
     /// The sealed copy in the off-host store, if any.
     #[serde(skip)]
     pub remote: Option<RemoteCopy>,
     /// An upload to the store in progress (a Running backup's).
     #[serde(skip)]
     pub upload: Option<(String, String)>,
+}
+
+/// How a taken backup relates to the others.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lineage {
+    pub kind: BackupKind,
+    pub parent: Option<BackupId>,
+    pub checkpoint: bool,
 }
 
 /// A backup's sealed copy in the off-host store.
@@ -50,7 +66,7 @@ pub struct RemoteCopy {
 }
 
 #[derive(sqlx::FromRow)]
-struct BackupRow {
+pub(super) struct BackupRow {
     id: Uuid,
     hosting_id: Uuid,
     trigger: String,
@@ -66,6 +82,9 @@ struct BackupRow {
     remote_sha256: Option<String>,
     key_fingerprint: Option<String>,
     upload_id: Option<String>,
+    kind: String,
+    parent_id: Option<Uuid>,
+    checkpoint: bool,
 }
 
 impl From<BackupRow> for Backup {
@@ -83,6 +102,10 @@ impl From<BackupRow> for Backup {
             sha256: r.sha256,
             message: r.message,
             offsite: r.remote_sha256.is_some(),
+            // The check constraint allows only the two names.
+            kind: BackupKind::from_name(&r.kind).unwrap_or(BackupKind::Full),
+            parent: r.parent_id.map(BackupId),
+            checkpoint: r.checkpoint,
             remote: match (
                 &r.remote_key,
                 r.remote_size,
@@ -102,8 +125,9 @@ impl From<BackupRow> for Backup {
     }
 }
 
-const COLUMNS: &str = "id, hosting_id, trigger, state, created_at, started_at, completed_at, \
-     size_bytes, sha256, message, remote_key, remote_size, remote_sha256, key_fingerprint, upload_id";
+pub(super) const COLUMNS: &str = "id, hosting_id, trigger, state, created_at, started_at, \
+     completed_at, size_bytes, sha256, message, remote_key, remote_size, remote_sha256, \
+     key_fingerprint, upload_id, kind, parent_id, checkpoint";
 
 /// Why a restore request was refused.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -156,7 +180,7 @@ impl Store {
     }
 
     /// The hosting's backups matching `tail` (a condition and an order).
-    async fn backups_where(&self, tail: &str, hosting: HostingId) -> Result<Vec<Backup>> {
+    pub(super) async fn backups_where(&self, tail: &str, hosting: HostingId) -> Result<Vec<Backup>> {
         let q = format!("select {COLUMNS} from backups where hosting_id = $1 and {tail}");
         let rows: Vec<BackupRow> = sqlx::query_as(&q)
             .bind(hosting.0)
@@ -246,19 +270,21 @@ impl Store {
         Ok(())
     }
 
-    /// Marks a backup Completed with its file's size and checksum, and its
-    /// sealed copy in the off-host store if there is one.
+    /// Marks a backup Completed with its file's size and checksum, what it
+    /// is (`lineage`), and its sealed copy in the off-host store if any.
     pub async fn backup_completed(
         &self,
         id: BackupId,
         size: u64,
         sha256: &str,
         remote: Option<&RemoteCopy>,
+        lineage: &Lineage,
     ) -> Result<()> {
         sqlx::query(
             "update backups set state = 'Completed', completed_at = now(), size_bytes = $2, \
              sha256 = $3, message = null, upload_id = null, remote_key = $4, remote_size = $5, \
-             remote_sha256 = $6, key_fingerprint = $7 where id = $1",
+             remote_sha256 = $6, key_fingerprint = $7, kind = $8, parent_id = $9, \
+             checkpoint = $10 where id = $1",
         )
         .bind(id.0)
         .bind(i64::try_from(size).unwrap_or(i64::MAX))
@@ -267,16 +293,20 @@ impl Store {
         .bind(remote.map(|r| i64::try_from(r.size).unwrap_or(i64::MAX)))
         .bind(remote.map(|r| r.sha256.as_str()))
         .bind(remote.map(|r| r.key_fingerprint.as_str()))
+        .bind(lineage.kind.as_str())
+        .bind(lineage.parent.map(|p| p.0))
+        .bind(lineage.checkpoint)
         .execute(&self.pool())
         .await?;
         Ok(())
     }
 
-    /// Marks a backup Failed, saying why.
+    /// Marks a backup Failed, saying why. A failed backup needs no parent
+    /// (and starts no chain: its checkpoint no longer counts).
     pub async fn backup_failed(&self, id: BackupId, message: &str) -> Result<()> {
         sqlx::query(
-            "update backups set state = 'Failed', completed_at = now(), message = $2, upload_id = null \
-             where id = $1",
+            "update backups set state = 'Failed', completed_at = now(), message = $2, \
+             upload_id = null, parent_id = null, checkpoint = false where id = $1",
         )
         .bind(id.0)
         .bind(message)
@@ -289,70 +319,6 @@ impl Store {
     pub async fn completed_backups(&self, hosting: HostingId) -> Result<Vec<Backup>> {
         let tail = "state = 'Completed' order by completed_at desc, id";
         self.backups_where(tail, hosting).await
-    }
-
-    /// Removes backup records past retention: all but the newest `keep`
-    /// Completed ones, and Failed ones older than the oldest kept; never the
-    /// backup the hosting's restore names. Returns the Completed ones removed
-    /// (whose files the caller deletes).
-    pub async fn expire_backups(&self, hosting: HostingId, keep: u32) -> Result<Vec<Backup>> {
-        let q = format!(
-            "with kept as ( \
-                 select id, completed_at from backups where hosting_id = $1 and state = 'Completed' \
-                 order by completed_at desc, id limit $2), \
-             oldest as (select min(completed_at) as at from kept) \
-             delete from backups b where b.hosting_id = $1 \
-                 and b.id not in (select id from kept) \
-                 and b.id is distinct from (select restore_backup_id from hostings where id = $1) \
-                 and (b.state = 'Completed' \
-                      or (b.state = 'Failed' and b.created_at < coalesce((select at from oldest), now()) \
-                          and (select count(*) from kept) >= $2)) \
-             returning {COLUMNS}"
-        );
-        let rows: Vec<BackupRow> = sqlx::query_as(&q)
-            .bind(hosting.0)
-            .bind(i64::from(keep))
-            .fetch_all(&self.pool())
-            .await?;
-        Ok(rows
-            .into_iter()
-            .map(Backup::from)
-            .filter(|b| b.state == BackupState::Completed)
-            .collect())
-    }
-
-    /// Deletes the hosting's oldest Completed backups, never its newest nor
-    /// the one a restore waits for, while its backups plus `other` bytes
-    /// (its quarantine) exceed `quota` bytes. Returns what it deleted.
-    pub async fn trim_backups_to_quota(
-        &self,
-        hosting: HostingId,
-        other: u64,
-        quota: u64,
-    ) -> Result<Vec<Backup>> {
-        let q = format!(
-            "with ranked as ( \
-                 select id, row_number() over w as n, \
-                        sum(coalesce(size_bytes, 0)) over w as upto \
-                 from backups where hosting_id = $1 and state = 'Completed' \
-                 window w as (order by completed_at desc, id)) \
-             delete from backups b using ranked r \
-             where b.id = r.id and r.n > 1 and r.upto + $2 > $3 \
-                 and b.id is distinct from (select restore_backup_id from hostings where id = $1) \
-             returning {}",
-            COLUMNS
-                .split(", ")
-                .map(|c| format!("b.{c}"))
-                .collect::<Vec<_>>()
-                .join(", ")
-        );
-        let rows: Vec<BackupRow> = sqlx::query_as(&q)
-            .bind(hosting.0)
-            .bind(other as i64)
-            .bind(quota as i64)
-            .fetch_all(&self.pool())
-            .await?;
-        Ok(rows.into_iter().map(Backup::from).collect())
     }
 
     /// The schedule: a Pending backup for every hosting with a disk whose

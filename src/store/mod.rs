@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use crate::domain::*;
 
+pub mod backup_chains;
 pub mod backups;
 pub mod hostings;
 pub mod lease;
@@ -19,7 +20,7 @@ pub mod users;
 pub mod view;
 pub mod warm_pool;
 
-pub use backups::{Backup, RemoteCopy, RestoreRefusal};
+pub use backups::{Backup, Lineage, RemoteCopy, RestoreRefusal};
 pub use hostings::{HostingRecord, ObservedStatus, RecordVersion, StorageUse};
 pub use status::{CapacityRow, CapacityUsage, ConsoleTail, Event, NewEvent, ReconcilerStats};
 pub use tls::{AddDomain, CertRow, DomainRow, DueCheck};

@@ -202,6 +202,7 @@ pub fn test_config(db: &str, state: &std::path::Path, nginx: Option<&TestNginx>)
         backups: hostd::config::BackupPolicy {
             interval: None,
             keep: 7,
+            full_every: 7,
             quota_bytes: None,
             concurrency: 1,
             offsite: None,

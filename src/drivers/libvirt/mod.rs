@@ -15,11 +15,13 @@ use async_trait::async_trait;
 use virt::error::ErrorNumber;
 
 use super::domain_events::{self, DomainChanges, Watch};
-use super::{DriverError, DriverResult, Marker, ObservedDomain, VmDriver, VolumeSource};
+use super::{Checkpoints, DiskImage, DriverError, DriverResult, Marker, ObservedDomain, VmDriver};
+use super::VolumeSource;
 use crate::domain::HostingId;
 
 mod agent;
 mod backup;
+pub use backup::CHECKPOINT_PREFIX;
 mod connection;
 mod listing;
 mod volumes;
@@ -253,17 +255,35 @@ impl VmDriver for LibvirtDriver {
         domain: &str,
         volume: &str,
         staging: &std::path::Path,
-    ) -> DriverResult<std::path::PathBuf> {
+        checkpoints: &Checkpoints,
+    ) -> DriverResult<DiskImage> {
         let (pool, owner) = (self.storage_pool.clone(), self.owner.clone());
         let (domain, volume) = (domain.to_string(), volume.to_string());
-        let staging = staging.to_path_buf();
+        let (staging, want) = (staging.to_path_buf(), checkpoints.clone());
         self.with_conn(move |c| {
             let dom = Self::lookup_ours(c, &domain, &owner)?;
             if let Some(d) = dom.filter(|d| d.is_active().unwrap_or(false)) {
-                backup::backup_job(&d, &staging)?;
-                return Ok(staging);
+                let since = backup::backup_with_checkpoint(&d, &staging, &want)?;
+                return Ok(DiskImage {
+                    path: staging,
+                    since,
+                    checkpoint: true,
+                });
             }
-            volumes::file_of(c, &pool, &volume)
+            Ok(DiskImage {
+                path: volumes::file_of(c, &pool, &volume)?,
+                since: None,
+                checkpoint: false,
+            })
+        })
+        .await
+    }
+
+    async fn forget_checkpoints(&self, domain: &str) -> DriverResult<()> {
+        let (domain, owner) = (domain.to_string(), self.owner.clone());
+        self.with_conn(move |c| match Self::lookup_ours(c, &domain, &owner)? {
+            Some(d) => backup::forget_checkpoints(&d),
+            None => Ok(()),
         })
         .await
     }
@@ -384,7 +404,14 @@ impl VmDriver for LibvirtDriver {
                 let _ = watch.causing(&name, stopped, || d.destroy());
             }
             let undefined = virt::sys::VIR_DOMAIN_EVENT_UNDEFINED;
-            match watch.causing(&name, undefined, || d.undefine()) {
+            // Checkpoints' records go with it (a driver without
+            // checkpoints refuses the flag: then plainly).
+            let flags = virt::sys::VIR_DOMAIN_UNDEFINE_CHECKPOINTS_METADATA;
+            let undefine = || match d.undefine_flags(flags) {
+                Err(e) if is(&e, ErrorNumber::InvalidArg) => d.undefine(),
+                r => r,
+            };
+            match watch.causing(&name, undefined, undefine) {
                 Ok(()) => Ok(()),
                 Err(e) if is(&e, ErrorNumber::NoDomain) => Ok(()),
                 Err(e) => Err(lv(e)),

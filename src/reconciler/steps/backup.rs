@@ -7,20 +7,37 @@ use std::time::{Duration, Instant};
 
 use super::Pass;
 use crate::domain::{remove_condition, BackupId, BackupState, ConditionType as C, EventType};
-use crate::domain::{Phase, Reason};
-use crate::drivers::{qemu_img, DriverError};
+use crate::domain::{BackupKind, Phase, Reason};
+use crate::drivers::libvirt::CHECKPOINT_PREFIX;
+use crate::drivers::{qemu_img, Checkpoints, DriverError};
 use crate::reconciler::backup::{
     blocking, commit_file, digest, BackupFiles, Manifest, ManifestEntry,
 };
 use crate::reconciler::names::{disk_volume, domain_name};
 use crate::reconciler::space;
 use crate::reconciler::{Action, ReconcileError};
-use crate::store::{Backup, RemoteCopy};
+use crate::store::{Backup, Lineage, RemoteCopy};
 
 /// What a restore found about a backup.
 enum Verified {
-    Good(Box<Backup>),
+    /// The backup and the ones it needs, the Full one first, every file
+    /// present and matching its checksum.
+    Good(Vec<Backup>),
     Bad(String),
+}
+
+/// A backup taken: its file's checksum and size, its copy off-host, and
+/// what it is.
+struct Taken {
+    sha256: String,
+    size: u64,
+    remote: Option<RemoteCopy>,
+    lineage: Lineage,
+}
+
+/// The libvirt checkpoint made with backup `b`.
+fn checkpoint_name(b: BackupId) -> String {
+    format!("{CHECKPOINT_PREFIX}{b}")
 }
 
 impl Pass<'_> {
@@ -54,16 +71,20 @@ impl Pass<'_> {
             Err(e) => Err(e),
         };
         match taken {
-            Ok((sha, size, remote)) => {
+            Ok(t) => {
                 self.ctx
                     .store
-                    .backup_completed(b.id, size, &sha, remote.as_ref())
+                    .backup_completed(b.id, t.size, &t.sha256, t.remote.as_ref(), &t.lineage)
                     .await?;
-                self.ctx.metrics.backup_completed(size, t0.elapsed());
+                self.ctx.metrics.backup_completed(t.size, t0.elapsed());
+                let what = match t.lineage.parent {
+                    Some(p) => format!("incremental since backup {p}"),
+                    None => "full".to_string(),
+                };
                 let msg = format!(
-                    "backup {} completed: {:.1} MiB in {:.1} s",
+                    "backup {} completed ({what}): {:.1} MiB in {:.1} s",
                     b.id,
-                    size as f64 / 1048576.0,
+                    t.size as f64 / 1048576.0,
                     t0.elapsed().as_secs_f64()
                 );
                 self.event(EventType::Normal, Reason::BackupCompleted, &msg);
@@ -81,14 +102,27 @@ impl Pass<'_> {
         Ok(None)
     }
 
-    /// Copies, compresses and checksums one backup, and sends it off-host
-    /// when a store is set; its file is in place when this returns, with
-    /// its copy in the store.
-    async fn take(
-        &self,
-        b: &Backup,
-        files: &BackupFiles,
-    ) -> Result<(String, u64, Option<RemoteCopy>), ReconcileError> {
+    /// The checkpoints backup `b` asks for: its own, and, while the chain
+    /// of the newest backup made with a checkpoint is shorter than
+    /// `HOSTD_BACKUP_FULL_EVERY`, that backup's to be incremental from.
+    async fn plan(&self, b: &Backup) -> Result<(Checkpoints, Option<BackupId>), ReconcileError> {
+        let full_every = self.ctx.config.backups.full_every as usize;
+        let base = match self.ctx.store.checkpoint_base(self.rec.id).await? {
+            Some((base, len)) if len < full_every => Some(base.id),
+            _ => None,
+        };
+        let want = Checkpoints {
+            create: checkpoint_name(b.id),
+            since: base.map(checkpoint_name),
+        };
+        Ok((want, base))
+    }
+
+    /// Copies, compresses and checksums one backup (all of the disk, or
+    /// what changed since the previous one), and sends it off-host when a
+    /// store is set; its file is in place when this returns, with its copy
+    /// in the store.
+    async fn take(&self, b: &Backup, files: &BackupFiles) -> Result<Taken, ReconcileError> {
         let id = self.rec.id;
         files.prepare(id).map_err(DriverError::from)?;
         let staging = files.staging(id, b.id);
@@ -102,6 +136,7 @@ impl Pass<'_> {
         let reserve = self.ctx.config.disk_reserve_bytes;
         space::check(&files.dir(id), "this backup", need, reserve)
             .map_err(ReconcileError::NoSpace)?;
+        let (want, parent) = self.plan(b).await?;
         self.ctx
             .store
             .backup_progress(b.id, "copying the disk")
@@ -109,15 +144,31 @@ impl Pass<'_> {
         let image = self
             .ctx
             .vm
-            .disk_image(&domain_name(id), &disk_volume(id), &staging)
+            .disk_image(&domain_name(id), &disk_volume(id), &staging, &want)
             .await?;
         self.fault("after_backup_copy").await?;
+        let lineage = Lineage {
+            kind: match image.since {
+                Some(_) => BackupKind::Incremental,
+                None => BackupKind::Full,
+            },
+            parent: image.since.as_ref().and(parent),
+            checkpoint: image.checkpoint,
+        };
         let partial = files.partial(id, b.id);
         self.ctx
             .store
             .backup_progress(b.id, "compressing the copy")
             .await?;
-        qemu_img::compress(&image, &partial).await?;
+        match lineage.parent {
+            Some(p) => {
+                let parent_file = format!("{p}.qcow2");
+                let scratch = files.scratch(id, b.id);
+                qemu_img::compress_incremental(&image.path, &partial, &parent_file, &scratch)
+                    .await?
+            }
+            None => qemu_img::compress(&image.path, &partial).await?,
+        }
         let _ = std::fs::remove_file(&staging);
         self.ctx
             .store
@@ -133,12 +184,17 @@ impl Pass<'_> {
         self.fault("after_backup_file").await?;
         let remote = match &self.ctx.offsite {
             Some(o) => Some(
-                self.send_offsite(o, b, &files.file(id, b.id), files)
+                self.send_offsite(o, b, &lineage, &files.file(id, b.id), files)
                     .await?,
             ),
             None => None,
         };
-        Ok((sum.0, sum.1, remote))
+        Ok(Taken {
+            sha256: sum.0,
+            size: sum.1,
+            remote,
+            lineage,
+        })
     }
 
     /// The hosting's backup quota (`HOSTD_BACKUP_QUOTA_GIB`), in bytes.
@@ -235,7 +291,9 @@ impl Pass<'_> {
         let completed = self.ctx.store.completed_backups(id).await?;
         let manifest = Manifest {
             hosting_id: id,
-            format: "qcow2, standalone (no backing file), zstd-compressed clusters",
+            format: "qcow2, zstd-compressed clusters; a Full backup standalone, an Incremental \
+                     one holding the clusters written since its parent, whose file \
+                     (<parent>.qcow2, here) is its backing file",
             image_pin: self.st.image_pin.as_ref(),
             backups: completed
                 .into_iter()
@@ -243,6 +301,8 @@ impl Pass<'_> {
                     id: b.id,
                     file: format!("{}.qcow2", b.id),
                     trigger: b.trigger,
+                    kind: b.kind,
+                    parent: b.parent,
                     created_at: b.created_at,
                     completed_at: b.completed_at,
                     size_bytes: b.size_bytes,
@@ -262,35 +322,62 @@ impl Pass<'_> {
         Ok(())
     }
 
-    /// Checks a backup before it replaces a disk: Completed in the
-    /// database, its file present with the recorded checksum.
+    /// Checks a backup and the backups it needs (its chain) before they
+    /// replace a disk: each Completed, the first a Full one, each file
+    /// present with its recorded checksum (fetched from the off-host store
+    /// when the local copy is missing or damaged).
     async fn verify(&self, b: BackupId) -> Result<Verified, ReconcileError> {
-        let Some(backup) = self.ctx.store.get_backup(self.rec.id, b).await? else {
+        let chain = self.ctx.store.backup_chain(self.rec.id, b).await?;
+        if chain.is_empty() {
             return Ok(Verified::Bad(format!("backup {b} no longer exists")));
-        };
-        if backup.state != BackupState::Completed {
-            return Ok(Verified::Bad(format!("backup {b} is {}", backup.state)));
         }
+        let needs = |l: &Backup, why: String| {
+            if l.id == b {
+                why
+            } else {
+                format!("backup {b} needs backup {}, but {why}", l.id)
+            }
+        };
+        for link in &chain {
+            if link.state != BackupState::Completed {
+                let why = format!("backup {} is {}", link.id, link.state);
+                return Ok(Verified::Bad(needs(link, why)));
+            }
+        }
+        if chain[0].kind != BackupKind::Full {
+            let why = "the backup it was taken after is gone".to_string();
+            return Ok(Verified::Bad(needs(&chain[0], why)));
+        }
+        for link in &chain {
+            if let Err(why) = self.verify_file(link).await? {
+                return Ok(Verified::Bad(needs(link, why)));
+            }
+        }
+        Ok(Verified::Good(chain))
+    }
+
+    /// Checks one backup's file against its checksum; a missing or damaged
+    /// local copy is fetched from the store when the backup is also there.
+    async fn verify_file(&self, backup: &Backup) -> Result<Result<(), String>, ReconcileError> {
+        let b = backup.id;
         let path = self.files().file(self.rec.id, b);
         let sum = blocking(move || digest(&path)).await;
         let local = match sum {
-            Ok((sha, _)) if Some(&sha) == backup.sha256.as_ref() => {
-                return Ok(Verified::Good(Box::new(backup)))
-            }
+            Ok((sha, _)) if Some(&sha) == backup.sha256.as_ref() => return Ok(Ok(())),
             Ok(_) => format!("backup {b}'s file does not match its checksum"),
             Err(e) => format!("backup {b}'s file cannot be read: {e}"),
         };
         // The local copy is a cache when the backup is also off-host.
         if backup.remote.is_none() {
-            return Ok(Verified::Bad(local));
+            return Ok(Err(local));
         }
-        match self.fetch_offsite(&backup).await? {
+        match self.fetch_offsite(backup).await? {
             Ok(()) => {
                 let msg = format!("{local}: fetched its sealed copy from the off-host store");
                 self.event(EventType::Normal, Reason::Restoring, &msg);
-                Ok(Verified::Good(Box::new(backup)))
+                Ok(Ok(()))
             }
-            Err(why) => Ok(Verified::Bad(format!("{local}, and {why}"))),
+            Err(why) => Ok(Err(format!("{local}, and {why}"))),
         }
     }
 
@@ -303,8 +390,8 @@ impl Pass<'_> {
         exists: bool,
     ) -> Result<bool, ReconcileError> {
         match self.verify(b).await? {
-            Verified::Good(backup) => {
-                self.restore(&backup, exists).await?;
+            Verified::Good(chain) => {
+                self.restore(&chain, exists).await?;
                 Ok(true)
             }
             Verified::Bad(why) => {
@@ -322,8 +409,8 @@ impl Pass<'_> {
     pub async fn restore_latest(&mut self) -> Result<bool, ReconcileError> {
         for b in self.ctx.store.completed_backups(self.rec.id).await? {
             match self.verify(b.id).await? {
-                Verified::Good(backup) => {
-                    self.restore(&backup, false).await?;
+                Verified::Good(chain) => {
+                    self.restore(&chain, false).await?;
                     return Ok(true);
                 }
                 Verified::Bad(why) => {
@@ -336,15 +423,22 @@ impl Pass<'_> {
         Ok(false)
     }
 
-    /// Replaces the disk by a verified backup: the guest is stopped, the
-    /// backup copied next to the pool, the old disk (if any) quarantined,
-    /// the copy moved in. Redone from the start if interrupted; the backup
-    /// file is never touched.
-    async fn restore(&mut self, b: &Backup, exists: bool) -> Result<(), ReconcileError> {
+    /// Replaces the disk by a verified backup (`chain`: it, after the ones
+    /// it needs): the guest is stopped, the backup copied next to the pool
+    /// (a chain written out as one image), the old disk (if any)
+    /// quarantined, the copy moved in, the guest's checkpoints forgotten
+    /// (the next backup is a full one). Redone from the start if
+    /// interrupted; backup files are never touched.
+    async fn restore(&mut self, chain: &[Backup], exists: bool) -> Result<(), ReconcileError> {
         let id = self.rec.id;
+        let b = chain.last().expect("a verified chain is not empty");
         let taken = b.completed_at.unwrap_or(b.created_at).to_rfc3339();
+        let what = match chain.len() {
+            1 => String::new(),
+            n => format!(" with the {} backups it needs", n - 1),
+        };
         let msg = format!(
-            "restoring backup {} (taken {taken}): stopping the guest",
+            "restoring backup {} (taken {taken}){what}: stopping the guest",
             b.id
         );
         self.event(EventType::Normal, Reason::Restoring, &msg);
@@ -357,15 +451,25 @@ impl Pass<'_> {
         // The copy must leave the reserve free; until it can, the restore
         // waits (the pass fails with `InsufficientDisk` and is retried).
         let reserve = self.ctx.config.disk_reserve_bytes;
-        let need = std::fs::metadata(&from).map(|m| m.len()).unwrap_or(0);
+        let need = match chain.len() {
+            1 => std::fs::metadata(&from).map(|m| m.len()).unwrap_or(0),
+            _ => qemu_img::flattened_size(&from).await?,
+        };
         space::check(&files.dir(id), "this restore", need, reserve)
             .map_err(ReconcileError::NoSpace)?;
-        blocking(move || {
-            std::fs::copy(&from, &to)?;
-            std::fs::File::open(&to)?.sync_all()
-        })
-        .await?;
+        if chain.len() == 1 {
+            blocking(move || {
+                std::fs::copy(&from, &to)?;
+                std::fs::File::open(&to)?.sync_all()
+            })
+            .await?;
+        } else {
+            let _ = std::fs::remove_file(&to);
+            qemu_img::flatten(&from, &to).await?;
+            blocking(move || std::fs::File::open(&to)?.sync_all()).await?;
+        }
         self.ctx.vm.destroy(&domain_name(id)).await?;
+        self.ctx.vm.forget_checkpoints(&domain_name(id)).await?;
         let name = disk_volume(id);
         if exists {
             match self.ctx.quarantine_volume(&name).await? {

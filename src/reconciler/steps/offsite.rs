@@ -16,7 +16,7 @@ use crate::reconciler::backup::{blocking, commit_file, digest, BackupFiles};
 use crate::reconciler::offsite::Offsite;
 use crate::reconciler::ReconcileError;
 use crate::seal::{open_file, seal_file};
-use crate::store::{Backup, RemoteCopy};
+use crate::store::{Backup, Lineage, RemoteCopy};
 
 /// The hosting's manifest in the store: enough to find, check and open
 /// every completed backup with the key, without the database.
@@ -34,9 +34,13 @@ struct RemoteEntry {
     id: BackupId,
     object: String,
     trigger: crate::domain::BackupTrigger,
+    kind: crate::domain::BackupKind,
+    /// An incremental's parent: its object is opened first, and this one's
+    /// qcow2 names the parent's file `<parent>.qcow2` as its backing file.
+    parent: Option<BackupId>,
     created_at: chrono::DateTime<chrono::Utc>,
     completed_at: Option<chrono::DateTime<chrono::Utc>>,
-    /// The backup file (a standalone qcow2) before sealing.
+    /// The backup file (a qcow2) before sealing.
     size_bytes: Option<i64>,
     sha256: Option<String>,
     /// The sealed object.
@@ -60,6 +64,7 @@ impl Pass<'_> {
         &self,
         o: &Offsite,
         b: &Backup,
+        lineage: &Lineage,
         file: &Path,
         files: &BackupFiles,
     ) -> Result<RemoteCopy, ReconcileError> {
@@ -109,6 +114,7 @@ impl Pass<'_> {
         };
         let mut this = b.clone();
         this.completed_at = Some(chrono::Utc::now());
+        (this.kind, this.parent) = (lineage.kind, lineage.parent);
         self.write_remote_manifest(o, Some((&this, &remote)))
             .await?;
         self.fault("after_backup_manifest").await?;
@@ -131,8 +137,9 @@ impl Pass<'_> {
             .chain(extra.map(|(b, r)| (b.clone(), r.clone())));
         let manifest = RemoteManifest {
             hosting_id: id,
-            format: "each object: a standalone qcow2 backup sealed by hostd (AES-256-GCM STREAM, \
-                     1 MiB chunks, header HOSTDBK1 + key fingerprint + nonce prefix)",
+            format: "each object: a qcow2 backup sealed by hostd (AES-256-GCM STREAM, \
+                     1 MiB chunks, header HOSTDBK1 + key fingerprint + nonce prefix); a Full one \
+                     standalone, an Incremental one backed by its parent's file <parent>.qcow2",
             key_fingerprint: o.key.fingerprint(),
             image_pin: self.st.image_pin.as_ref(),
             backups: with_remote
@@ -140,6 +147,8 @@ impl Pass<'_> {
                     id: b.id,
                     object: r.key,
                     trigger: b.trigger,
+                    kind: b.kind,
+                    parent: b.parent,
                     created_at: b.created_at,
                     completed_at: b.completed_at,
                     size_bytes: b.size_bytes,
