@@ -75,7 +75,7 @@ if [ "$ACTION" = purge ]; then
   for d in $(virsh_ list --all --name | grep '^hostd-' || true); do
     if virsh_ metadata "$d" https://hostd.dev/xmlns/hosting/v1 2>/dev/null | grep -q "instance=\"$INSTANCE\""; then
       virsh_ destroy "$d" >/dev/null 2>&1 || true
-      virsh_ undefine "$d" >/dev/null
+      virsh_ undefine --checkpoints-metadata "$d" >/dev/null
     fi
   done
   if virsh_ pool-info "hostd-$INSTANCE" >/dev/null 2>&1; then

@@ -258,10 +258,6 @@ step "restore of an older backup serves that backup's content"
 write_second() { "${SSH[@]}" ubuntu@127.0.0.1 "echo second-$run_id > /var/www/html/upload.txt; sync"; }
 wait_until 60 3 write_second || fail "cannot change the site over SSH after the restore"
 [ "$(curl -fsS "${SITE}upload.txt")" = "second-$run_id" ] || fail "the second version is not served"
-# Random bytes (incompressible: stored verbatim in a compressed qcow2), to
-# look for in the store later.
-head -c 262144 /dev/urandom > "$WORK/marker.bin"
-"${SSH[@]}" ubuntu@127.0.0.1 "cat > /var/www/html/marker.bin; sync" < "$WORK/marker.bin" || fail "cannot upload marker.bin"
 B2=$(take_backup) || fail "the second backup did not complete"
 "${HOSTCTL[@]}" restore "$B1" > "$WORK/restore.json" || fail "hostctl restore: $(cat "$WORK/restore.json")"
 gen=$(jq -r .generation "$WORK/restore.json")
@@ -273,17 +269,38 @@ wait_until "$READY_TIMEOUT" 3 restored_b1 || fail "restore of $B1 did not serve 
 compgen -G "$STATE_DIR/quarantine/*hostd-$HID-disk.qcow2*" >/dev/null || fail "the replaced disk is not in quarantine"
 echo "e2e: backups $B1 and $B2; restore of the older one served its content"
 
+step "incremental backup: a full one, a 1 MiB change, then only the change"
+kind_of() { jq -r --arg id "$1" '.[] | select(.id == $id) | "\(.kind) \(.parent) \(.size_bytes)"' "$WORK/backups.json"; }
+# The disk was just replaced by a restore: its checkpoints are gone with
+# the old disk, so the next backup must be a full one.
+B3=$(take_backup) || fail "the backup after the restore did not complete"
+read -r kind3 _ size3 <<<"$(kind_of "$B3")"
+[ "$kind3" = Full ] || fail "the first backup after a restore is $kind3, not Full"
+write_third() { "${SSH[@]}" ubuntu@127.0.0.1 "echo third-$run_id > /var/www/html/upload.txt; sync"; }
+wait_until 60 3 write_third || fail "cannot change the site over SSH"
+# 1 MiB of random bytes (incompressible: stored verbatim in a compressed
+# qcow2), to look for in the store later.
+head -c 1048576 /dev/urandom > "$WORK/marker.bin"
+"${SSH[@]}" ubuntu@127.0.0.1 "cat > /var/www/html/marker.bin; sync" < "$WORK/marker.bin" || fail "cannot upload marker.bin"
+B4=$(take_backup) || fail "the incremental backup did not complete"
+read -r kind4 parent4 size4 <<<"$(kind_of "$B4")"
+[ "$kind4 $parent4" = "Incremental $B3" ] || fail "the backup after a 1 MiB change is '$kind4' with parent '$parent4', not Incremental after $B3"
+python3 -c "print('e2e: incremental backup after a 1 MiB change: %.2f MiB, the full one before it %.2f MiB: %.1f %%' % ($size4 / 1048576, $size3 / 1048576, 100 * $size4 / $size3))"
+[ $((size4 * 100)) -lt $((size3 * 5)) ] || fail "the incremental ($size4 bytes) is not under 5 % of the full backup ($size3 bytes)"
+
 step "the host loses its disks: hostd recover brings the site back from the off-host store"
 hosting_gone() { [ "$(curl -s -o /dev/null -w '%{http_code}' "$API/host/my" -H "Authorization: Bearer $1")" = 404 ]; }
 # The second tenant has no backup: it could not come back, so it goes first.
 curl -fsS -o /dev/null -X DELETE "$API/host/my" -H "Authorization: Bearer $TOKEN2"
 wait_until 120 2 hosting_gone "$TOKEN2" || fail "second hosting row not removed"
-marker="second-$run_id"
+marker="third-$run_id"
 scripts/moto.sh objects "$WORK/moto" hostd-e2e "$WORK/objects" > "$WORK/objects.txt"
-grep -q "$B2.qcow2.sealed" "$WORK/objects.txt" || fail "backup $B2 is not in the store: $(cat "$WORK/objects.txt")"
+for b in "$B3" "$B4"; do
+  grep -q "$b.qcow2.sealed" "$WORK/objects.txt" || fail "backup $b is not in the store: $(cat "$WORK/objects.txt")"
+done
 # 64 bytes from the middle of the guest's marker.bin: found in the local
 # (unsealed) copy of the backup — the control — and in no object.
-python3 - "$WORK/marker.bin" "$STATE_DIR/backups/$HID/$B2.qcow2" "$WORK/objects" <<'PY' || fail "plaintext check failed"
+python3 - "$WORK/marker.bin" "$STATE_DIR/backups/$HID/$B4.qcow2" "$WORK/objects" <<'PY' || fail "plaintext check failed"
 import os, sys
 needle = open(sys.argv[1], "rb").read()[100000:100064]
 def has(path):
@@ -304,7 +321,7 @@ for l in open('$WORK/objects.txt'): print('e2e: in the store:', l.strip())"
 # backup key (the operator's copy) remain.
 kill "$HOSTD_PID"; wait "$HOSTD_PID" 2>/dev/null || true; HOSTD_PID=""
 virsh -c qemu:///system destroy "$DOMAIN" >/dev/null 2>&1 || true
-virsh -c qemu:///system undefine "$DOMAIN" >/dev/null
+virsh -c qemu:///system undefine --checkpoints-metadata "$DOMAIN" >/dev/null
 virsh -c qemu:///system pool-destroy "hostd-$INSTANCE" >/dev/null
 virsh -c qemu:///system pool-undefine "hostd-$INSTANCE" >/dev/null
 rm -rf "$STATE_DIR/pools/$INSTANCE" "$STATE_DIR/backups/$HID" "$STATE_DIR"/backup-staging/"$HID"-* "$STATE_DIR"/quarantine/*"$HID"*
@@ -314,11 +331,11 @@ t0=$(date +%s.%N)
 t1=$(date +%s.%N)
 sed 's/^/e2e: recover: /' "$WORK/recover.log"
 grep -q 'recovered 1 of 1 hostings' "$WORK/recover.log" || fail "hostd recover did not report the hosting recovered"
-grep -q "$B2" "$WORK/recover.log" || fail "hostd recover did not show the restore of $B2"
+grep -q "$B4" "$WORK/recover.log" || fail "hostd recover did not show the restore of $B4"
 marker_served() { [ "$(curl -fsS "${SITE}upload.txt" 2>/dev/null)" = "$marker" ]; }
 marker_served || fail "recover said served, but the site does not serve the newest backup's file"
 curl -fsS "${SITE}marker.bin" | cmp -s - "$WORK/marker.bin" || fail "marker.bin differs after recover"
-python3 -c "print('e2e: lost host: hostd recover -> site served again with backup $B2 in %.1f s' % ($t1 - $t0))"
+python3 -c "print('e2e: lost host: hostd recover -> site served again with incremental backup $B4 (and the full $B3 it needs) in %.1f s' % ($t1 - $t0))"
 "${SSH[@]}" ubuntu@127.0.0.1 true || fail "SSH with the user's key does not work after recover"
 
 step "DELETE: everything goes"

@@ -49,7 +49,7 @@ cleanup() {
   for d in $(virsh -c qemu:///system list --all --name | grep '^hostd-'); do
     meta=$(virsh -c qemu:///system metadata "$d" https://hostd.dev/xmlns/hosting/v1 2>/dev/null) || meta=""
     if grep -q "instance=\"$INSTANCE\"" <<<"$meta"; then
-      virsh -c qemu:///system destroy "$d" >/dev/null 2>&1; virsh -c qemu:///system undefine "$d" >/dev/null 2>&1
+      virsh -c qemu:///system destroy "$d" >/dev/null 2>&1; virsh -c qemu:///system undefine --checkpoints-metadata "$d" >/dev/null 2>&1
     fi
   done
   if virsh -c qemu:///system pool-info "hostd-$INSTANCE" >/dev/null 2>&1; then

@@ -305,6 +305,33 @@ impl Env {
                 left.push(format!("completed backup {} is not off-host", b["id"]));
             }
         }
+        // Every incremental's chain is intact.
+        for b in done.iter().filter(|b| b["kind"] == "Incremental") {
+            if !done.iter().any(|p| p["id"] == b["parent"]) {
+                left.push(format!(
+                    "incremental {} needs {}, which is not a completed backup",
+                    b["id"], b["parent"]
+                ));
+            }
+        }
+        // At most two hostd checkpoints are left in libvirt, completed
+        // backups' (the newest one's and its parent's, deleted by the next
+        // backup; what a crashed attempt made is deleted by the retake).
+        let out = std::process::Command::new("virsh")
+            .args(["-c", "qemu:///system", "checkpoint-list", "--name"])
+            .arg(format!("hostd-{id}"))
+            .output()
+            .expect("virsh runs");
+        let names: Vec<String> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(str::trim)
+            .filter(|l| l.starts_with("hostd-"))
+            .map(String::from)
+            .collect();
+        let completed = |n: &String| done.iter().any(|b| format!("hostd-{}", b["id"].as_str().unwrap()) == *n);
+        if names.len() > 2 || !names.iter().all(completed) {
+            left.push(format!("checkpoints {names:?} (at most two, completed backups')"));
+        }
         // The store holds each completed backup's sealed object, nothing
         // else of this hosting, and no upload is left open.
         let open = self.moto.open_uploads(BUCKET).await;
@@ -889,6 +916,11 @@ async fn backup_and_restore_rows(
             disk_kept: Some(inode_before.is_some() && env.disk_inode(&id) == inode_before),
         });
     }
+    let kinds: Vec<Value> = env.backups(&token).await.iter().map(|b| b["kind"].clone()).collect();
+    assert!(
+        kinds.iter().any(|k| k == "Incremental"),
+        "the backup points after the first must cover incremental backups: {kinds:?}"
+    );
     for point in RESTORE_POINTS {
         let b = env
             .backups(&token)

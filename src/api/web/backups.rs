@@ -28,6 +28,8 @@ pub struct BackupItem {
     pub short: String,
     pub state: String,
     pub trigger: String,
+    /// Full, or Incremental and after which backup (Completed ones).
+    pub kind: String,
     pub created: String,
     pub size: String,
     pub sha: String,
@@ -47,6 +49,14 @@ impl From<&Backup> for BackupItem {
             short: b.id.to_string().chars().take(8).collect(),
             state: b.state.to_string(),
             trigger: b.trigger.to_string(),
+            kind: match (b.state, b.parent) {
+                (BackupState::Completed, Some(p)) => format!(
+                    "Incremental after {}",
+                    p.to_string().chars().take(8).collect::<String>()
+                ),
+                (BackupState::Completed, None) => "Full".into(),
+                _ => String::new(),
+            },
             created: b.created_at.format("%Y-%m-%d %H:%M:%S UTC").to_string(),
             size: b.size_bytes.map(|s| mib(s as u64)).unwrap_or_default(),
             sha: b

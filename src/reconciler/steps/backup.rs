@@ -435,6 +435,7 @@ impl Pass<'_> {
         let taken = b.completed_at.unwrap_or(b.created_at).to_rfc3339();
         let what = match chain.len() {
             1 => String::new(),
+            2 => format!(" with the full backup {} it needs", chain[0].id),
             n => format!(" with the {} backups it needs", n - 1),
         };
         let msg = format!(

@@ -70,6 +70,7 @@
           st.append(document.createElement('br'), m);
         }
         cell(tr, b.trigger);
+        cell(tr, b.kind || '–');
         cell(tr, b.size);
         cell(tr, b.offsite ? 'yes' : '–');
         const sha = document.createElement('code');
@@ -90,7 +91,7 @@
       }
       if (!s.backups.length) {
         const tr = document.createElement('tr');
-        cell(tr, 'No backups yet.', 'muted').colSpan = 8;
+        cell(tr, 'No backups yet.', 'muted').colSpan = 9;
         tb.appendChild(tr);
       }
     });
