@@ -100,7 +100,14 @@ async fn a_chain_of_incrementals_restores_and_a_broken_link_falls_back_to_the_fu
     // b2: cluster 0 zeroed by the guest (it must not read through to b1's
     // 0x41), cluster 1 written; b3: cluster 2 written.
     let b2 = bid(&take_backup(&app, &t, id).await);
-    make_incremental(&app, id, b2, b1, &["write -z 0 64k", "write -P 0x42 64k 64k"]).await;
+    make_incremental(
+        &app,
+        id,
+        b2,
+        b1,
+        &["write -z 0 64k", "write -P 0x42 64k 64k"],
+    )
+    .await;
     let b3 = bid(&take_backup(&app, &t, id).await);
     make_incremental(&app, id, b3, b2, &["write -P 0x43 128k 64k"]).await;
     let f3 = file(&app, id, b3);
@@ -127,7 +134,11 @@ async fn a_chain_of_incrementals_restores_and_a_broken_link_falls_back_to_the_fu
     assert_eq!(settle_stopped(&ctl, id).await, Phase::Stopped);
     assert!(cluster(&disk, 0, 0), "the zeroed cluster reads as zeros");
     assert!(cluster(&disk, 1, 0x42) && cluster(&disk, 2, 0x43));
-    let info = Command::new("qemu-img").arg("info").arg(&disk).output().unwrap();
+    let info = Command::new("qemu-img")
+        .arg("info")
+        .arg(&disk)
+        .output()
+        .unwrap();
     assert!(
         !String::from_utf8_lossy(&info.stdout).contains("backing file"),
         "the restored disk is standalone"
@@ -139,7 +150,10 @@ async fn a_chain_of_incrementals_restores_and_a_broken_link_falls_back_to_the_fu
             && e.message.contains("with the 2 backups it needs")),
         "{evs:?}"
     );
-    assert!(holds_files(&app, id, &[b1, b2, b3]), "backup files untouched");
+    assert!(
+        holds_files(&app, id, &[b1, b2, b3]),
+        "backup files untouched"
+    );
 
     // A damaged link: the backups after it cannot be restored; the full
     // one before it is.

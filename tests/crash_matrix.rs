@@ -328,9 +328,14 @@ impl Env {
             .filter(|l| l.starts_with("hostd-"))
             .map(String::from)
             .collect();
-        let completed = |n: &String| done.iter().any(|b| format!("hostd-{}", b["id"].as_str().unwrap()) == *n);
+        let completed = |n: &String| {
+            done.iter()
+                .any(|b| format!("hostd-{}", b["id"].as_str().unwrap()) == *n)
+        };
         if names.len() > 2 || !names.iter().all(completed) {
-            left.push(format!("checkpoints {names:?} (at most two, completed backups')"));
+            left.push(format!(
+                "checkpoints {names:?} (at most two, completed backups')"
+            ));
         }
         // The store holds each completed backup's sealed object, nothing
         // else of this hosting, and no upload is left open.
@@ -916,7 +921,12 @@ async fn backup_and_restore_rows(
             disk_kept: Some(inode_before.is_some() && env.disk_inode(&id) == inode_before),
         });
     }
-    let kinds: Vec<Value> = env.backups(&token).await.iter().map(|b| b["kind"].clone()).collect();
+    let kinds: Vec<Value> = env
+        .backups(&token)
+        .await
+        .iter()
+        .map(|b| b["kind"].clone())
+        .collect();
     assert!(
         kinds.iter().any(|k| k == "Incremental"),
         "the backup points after the first must cover incremental backups: {kinds:?}"

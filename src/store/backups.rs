@@ -180,7 +180,11 @@ impl Store {
     }
 
     /// The hosting's backups matching `tail` (a condition and an order).
-    pub(super) async fn backups_where(&self, tail: &str, hosting: HostingId) -> Result<Vec<Backup>> {
+    pub(super) async fn backups_where(
+        &self,
+        tail: &str,
+        hosting: HostingId,
+    ) -> Result<Vec<Backup>> {
         let q = format!("select {COLUMNS} from backups where hosting_id = $1 and {tail}");
         let rows: Vec<BackupRow> = sqlx::query_as(&q)
             .bind(hosting.0)

@@ -28,7 +28,11 @@ pub(super) fn checkpoints(d: &Domain) -> DriverResult<Vec<String>> {
             let c = *list.add(i);
             let name = sys::virDomainCheckpointGetName(c);
             if !name.is_null() {
-                names.push(std::ffi::CStr::from_ptr(name).to_string_lossy().into_owned());
+                names.push(
+                    std::ffi::CStr::from_ptr(name)
+                        .to_string_lossy()
+                        .into_owned(),
+                );
             }
             sys::virDomainCheckpointFree(c);
         }
@@ -93,7 +97,10 @@ pub(super) fn backup_with_checkpoint(
             delete_checkpoint(d, &name, false)?;
         }
     }
-    if since.as_ref().is_some_and(|s| !checkpoints(d).unwrap_or_default().contains(s)) {
+    if since
+        .as_ref()
+        .is_some_and(|s| !checkpoints(d).unwrap_or_default().contains(s))
+    {
         since = None;
     }
     match backup_job(d, target, since.as_deref(), Some(&want.create)) {
@@ -169,9 +176,7 @@ pub(super) fn backup_job(
             .map_err(nul)
         })
         .transpose()?;
-    let checkpoint_ptr = checkpoint
-        .as_ref()
-        .map_or(std::ptr::null(), |c| c.as_ptr());
+    let checkpoint_ptr = checkpoint.as_ref().map_or(std::ptr::null(), |c| c.as_ptr());
     // SAFETY: a live domain handle and NUL-terminated strings that outlive
     // the call; a null checkpoint XML is allowed (no checkpoint).
     let r = unsafe { sys::virDomainBackupBegin(d.as_ptr(), xml.as_ptr(), checkpoint_ptr, 0) };

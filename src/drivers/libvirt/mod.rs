@@ -15,8 +15,8 @@ use async_trait::async_trait;
 use virt::error::ErrorNumber;
 
 use super::domain_events::{self, DomainChanges, Watch};
-use super::{Checkpoints, DiskImage, DriverError, DriverResult, Marker, ObservedDomain, VmDriver};
 use super::VolumeSource;
+use super::{Checkpoints, DiskImage, DriverError, DriverResult, Marker, ObservedDomain, VmDriver};
 use crate::domain::HostingId;
 
 mod agent;
