@@ -121,12 +121,7 @@ async fn a_chain_of_incrementals_restores_and_a_broken_link_falls_back_to_the_fu
 
     // Retention keeps what the newest needs, whatever HOSTD_BACKUP_KEEP says.
     assert!(app.store.expire_backups(id, 1).await.unwrap().is_empty());
-    assert!(app
-        .store
-        .trim_backups_to_quota(id, 0, 1)
-        .await
-        .unwrap()
-        .is_empty());
+    assert!(trims_nothing(&app, id).await);
 
     // The disk vanishes: the newest backup comes back through its chain.
     vm(&app).delete_volume(&disk_volume(id)).await.unwrap();
@@ -188,6 +183,12 @@ async fn a_chain_of_incrementals_restores_and_a_broken_link_falls_back_to_the_fu
     app.stop().await;
 }
 
+/// Whether a quota of one byte deletes nothing (the newest chain stays).
+async fn trims_nothing(app: &TestApp, id: HostingId) -> bool {
+    let gone = app.store.trim_backups_to_quota(id, 0, 1).await.unwrap();
+    gone.is_empty()
+}
+
 fn holds_files(app: &TestApp, id: HostingId, bs: &[BackupId]) -> bool {
     bs.iter().all(|b| file(app, id, *b).exists())
 }
@@ -216,12 +217,7 @@ async fn the_quota_deletes_whole_chains_never_the_newest() {
     want.sort_by_key(|x| x.0);
     assert_eq!(ids, want);
     // No room even for it: the newest chain stays all the same.
-    assert!(app
-        .store
-        .trim_backups_to_quota(id, 0, 1)
-        .await
-        .unwrap()
-        .is_empty());
+    assert!(trims_nothing(&app, id).await);
     assert_eq!(state(&app, id, b).await, Some(BackupState::Completed));
     // A parent cannot be deleted under a kept incremental (the database
     // refuses, whatever the caller's bug).

@@ -30,20 +30,22 @@ fn os(s: &str) -> &std::ffi::OsStr {
     s.as_ref()
 }
 
+/// `qemu-img convert` into a qcow2 with zstd-compressed clusters.
+const COMPRESSED: [&str; 7] = [
+    "convert",
+    "-q",
+    "-c",
+    "-O",
+    "qcow2",
+    "-o",
+    "compression_type=zstd",
+];
+
 /// Writes `from` (any qcow2 chain) as one standalone qcow2 file `to` with
 /// zstd-compressed clusters. qemu reads such a file as a normal disk (new
 /// writes are stored uncompressed), so a restore needs no decompression.
 pub async fn compress(from: &Path, to: &Path) -> DriverResult<()> {
-    let args = [
-        "convert",
-        "-q",
-        "-c",
-        "-O",
-        "qcow2",
-        "-o",
-        "compression_type=zstd",
-    ];
-    let mut a: Vec<&std::ffi::OsStr> = args.iter().map(|s| os(s)).collect();
+    let mut a: Vec<&std::ffi::OsStr> = COMPRESSED.iter().map(|s| os(s)).collect();
     a.extend([from.as_os_str(), to.as_os_str()]);
     run(&a).await.map(drop)
 }
@@ -94,16 +96,7 @@ pub async fn compress_incremental(
         set_backing(from, &empty).await?;
         // With a backing file named (-B), convert copies only the clusters
         // the top image holds; over an empty one, nothing else differs.
-        let args = [
-            "convert",
-            "-q",
-            "-c",
-            "-O",
-            "qcow2",
-            "-o",
-            "compression_type=zstd",
-        ];
-        let mut a: Vec<&std::ffi::OsStr> = args.iter().map(|s| os(s)).collect();
+        let mut a: Vec<&std::ffi::OsStr> = COMPRESSED.iter().map(|s| os(s)).collect();
         a.extend([os("-B"), os(&empty), os("-F"), os("qcow2")]);
         a.extend([from.as_os_str(), to.as_os_str()]);
         run(&a).await?;
