@@ -93,8 +93,10 @@ pub(super) fn backup_with_checkpoint(
 ) -> DriverResult<Option<String>> {
     let mut since = want.since.clone();
     for name in checkpoints(d)? {
-        if Some(&name) != since.as_ref() {
-            delete_checkpoint(d, &name, false)?;
+        if Some(&name) != since.as_ref() && delete_checkpoint(d, &name, false).is_err() {
+            // Its bitmap is not in the disk (replaced behind libvirt's
+            // back): only the record is left to delete.
+            delete_checkpoint(d, &name, true)?;
         }
     }
     if since
