@@ -103,6 +103,10 @@ async fn the_backups_page_backs_up_live_and_restores_behind_a_confirmation() {
     assert_eq!(b["sha"].as_str().unwrap().len(), 12);
     assert!(b["restorable"].as_bool().unwrap());
     assert!(done["busy"].is_null(), "{done}");
+    // A stopped guest's backup is full; the page says so too.
+    assert_eq!(b["kind"], "Full", "{done}");
+    let html = page(&app, &session, "/ui/backups").await;
+    assert!(html.contains("<td>Full</td>"), "the Kind column: {html}");
     let backup_id = b["id"].as_str().unwrap().to_string();
     drop(stream);
 
