@@ -288,8 +288,75 @@ read -r kind4 parent4 size4 <<<"$(kind_of "$B4")"
 python3 -c "print('e2e: incremental backup after a 1 MiB change: %.2f MiB, the full one before it %.2f MiB: %.1f %%' % ($size4 / 1048576, $size3 / 1048576, 100 * $size4 / $size3))"
 [ $((size4 * 100)) -lt $((size3 * 5)) ] || fail "the incremental ($size4 bytes) is not under 5 % of the full backup ($size3 bytes)"
 
-step "the host loses its disks: hostd recover brings the site back from the off-host store"
 hosting_gone() { [ "$(curl -s -o /dev/null -w '%{http_code}' "$API/host/my" -H "Authorization: Bearer $1")" = 404 ]; }
+step "clones: two new hostings start from the template at once, each with its own identity"
+tpl_ready() { compgen -G "$STATE_DIR/templates/$INSTANCE/*/template.json" >/dev/null; }
+wait_until 300 2 tpl_ready || fail "no template for clones after 300 s: $(grep -i template "$WORK/hostd.log" | tail -n 3)"
+jq -r '"e2e: template \(.hash): booted in \(.boot_seconds | floor) s, saved in \(.save_seconds * 100 | floor / 100) s, memory file \(.memory_bytes / 1048576 | floor) MiB"' "$STATE_DIR"/templates/"$INSTANCE"/*/template.json
+declare -A CT CPORT CUID
+for c in clone_a clone_b; do
+  curl -fsS -X POST "$API/auth/register" -H 'content-type: application/json' \
+    -d "{\"email\":\"$c@example.com\",\"username\":\"$c\",\"password\":\"correct horse\"}" >/dev/null
+  CT[$c]=$(curl -fsS -X POST "$API/auth/login" -d "username=$c&password=correct horse" | jq -r .access_token)
+  ssh-keygen -q -t ed25519 -N '' -f "$WORK/$c.key"
+done
+t_clones=$(date +%s.%N); posts=()
+for c in clone_a clone_b; do
+  body=$(jq -nc --arg k "$(cat "$WORK/$c.key.pub")" '{ssh_public_keys: [$k]}')
+  curl -fsS -o /dev/null -X POST "$API/host" -H "Authorization: Bearer ${CT[$c]}" -H 'content-type: application/json' -d "$body" &
+  posts+=($!)
+done
+wait "${posts[@]}"   # (a bare `wait` would wait for hostd too)
+clone_ready() { curl -fsS "$API/host/my" -H "Authorization: Bearer ${CT[$1]}" > "$WORK/$1.json" && [ "$(jq -r .status.phase "$WORK/$1.json")" = Ready ]; }
+for c in clone_a clone_b; do
+  wait_until 300 0.5 clone_ready "$c" || fail "$c not Ready: $(jq -c '.status.phase, [.events[].reason]' "$WORK/$c.json")"
+  python3 -c "print('e2e: $c: POST -> Ready as a clone in %.1f s (both created at once)' % ($(date +%s.%N) - $t_clones))"
+  reasons=$(jq -r '[.events[].reason] | join(" ")' "$WORK/$c.json")
+  grep -qw Cloned <<<"$reasons" && grep -qw Personalised <<<"$reasons" ||
+    fail "$c was not started as a clone: $(jq -c '[.events[] | "\(.reason): \(.message)"]' "$WORK/$c.json")"
+  CPORT[$c]=$(jq -r .status.ssh_port "$WORK/$c.json"); CUID[$c]=$(jq -r .user_id "$WORK/$c.json")
+  page=$(curl -fsS "http://127.0.0.1:$NGINX_PORT/${CUID[$c]}/") || fail "$c: the site does not answer"
+  grep -q "Welcome, $c" <<<"$page" || fail "$c: the welcome page does not name its owner"
+done
+cssh() { ssh -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o BatchMode=yes -o ConnectTimeout=20 -o LogLevel=ERROR -i "$WORK/$2.key" -p "${CPORT[$1]}" ubuntu@127.0.0.1 "${@:3}"; }
+cssh clone_a clone_b true 2>/dev/null && fail "clone_b's key logs into clone_a"
+cssh clone_b clone_a true 2>/dev/null && fail "clone_a's key logs into clone_b"
+ident='sudo ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub | cut -d" " -f2; sudo ssh-keygen -lf /etc/ssh/ssh_host_ecdsa_key.pub | cut -d" " -f2; cat /etc/machine-id; head -c 32 /dev/urandom | od -An -tx1 | tr -d " \n"; echo; cat /proc/sys/kernel/random/boot_id; hostname; date +%s'
+for c in clone_a clone_b; do cssh "$c" "$c" "$ident" > "$WORK/$c.ident" || fail "$c: SSH with its owner's key failed"; done
+python3 - "$WORK/clone_a.ident" "$WORK/clone_b.ident" <<'PY' || fail "the clones share an identity"
+import sys
+names = ["SSH ed25519 host key", "SSH ECDSA host key", "machine-id", "32 bytes of /dev/urandom", "boot_id", "hostname", "clock"]
+a, b = (open(p).read().split("\n") for p in sys.argv[1:3])
+for n, x, y in zip(names, a, b):
+    if n == "clock":
+        import time
+        for c in (x, y):
+            assert abs(int(c) - time.time()) < 30, f"a clone's clock is {int(c) - time.time():.0f} s off after restore"
+        print("e2e: clones' clocks: within 30 s of the host's")
+        continue
+    if n == "boot_id":
+        # The kernel makes it once per boot and it is read-only: clones of
+        # one memory share it until their first reboot. Reported, not failed.
+        print(f"e2e: clones' {n}: {'the same (read-only until a reboot)' if x == y else 'different'}")
+        continue
+    assert x and y and x != y, f"both clones have the same {n}: {x}"
+    print(f"e2e: clones' {n}: different ({x[:16]}... vs {y[:16]}...)")
+PY
+step "a clone is an ordinary guest afterwards: an uploaded file survives virsh destroy"
+cssh clone_a clone_a "echo clone-$run_id > /var/www/html/upload.txt; sync" || fail "cannot upload to clone_a"
+hostkey_before=$(head -n 1 "$WORK/clone_a.ident")
+CDOM=hostd-$(jq -r .id "$WORK/clone_a.json")
+virsh -c qemu:///system destroy "$CDOM" >/dev/null
+clone_upload() { clone_ready clone_a && [ "$(curl -fsS "http://127.0.0.1:$NGINX_PORT/${CUID[clone_a]}/upload.txt" 2>/dev/null)" = "clone-$run_id" ]; }
+wait_until "$READY_TIMEOUT" 2 clone_upload || fail "clone_a's upload is not served after virsh destroy"
+[ "$(cssh clone_a clone_a 'sudo ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub | cut -d" " -f2')" = "$hostkey_before" ] ||
+  fail "clone_a's SSH host key changed across a reboot"
+virsh -c qemu:///system dumpxml "$CDOM" | grep -q -- '-incoming' && fail "clone_a booted with the template's memory again"
+for c in clone_a clone_b; do curl -fsS -o /dev/null -X DELETE "$API/host/my" -H "Authorization: Bearer ${CT[$c]}"; done
+for c in clone_a clone_b; do wait_until 120 2 hosting_gone "${CT[$c]}" || fail "$c not deleted"; done
+echo "e2e: clones: page, SSH with the owner's key only, own identity, upload survived virsh destroy"
+
+step "the host loses its disks: hostd recover brings the site back from the off-host store"
 # The second tenant has no backup: it could not come back, so it goes first.
 curl -fsS -o /dev/null -X DELETE "$API/host/my" -H "Authorization: Bearer $TOKEN2"
 wait_until 120 2 hosting_gone "$TOKEN2" || fail "second hosting row not removed"
@@ -348,7 +415,8 @@ code=$(curl -sS -o /dev/null -w '%{http_code}' -X DELETE "$API/host/my" -H "Auth
 wait_until 120 2 hosting_gone "$TOKEN" || fail "hosting row not removed"
 virsh -c qemu:///system dominfo "$DOMAIN" >/dev/null 2>&1 && fail "domain $DOMAIN still exists"
 vols=$(pool_volumes "hostd-$INSTANCE") || fail "cannot list the volumes of pool hostd-$INSTANCE"
-vols=$(grep -vx '.hostd-installation' <<< "$vols" || true)   # the ownership marker stays
+# The ownership marker stays, and the instance's template for clones.
+vols=$(grep -vx -e '.hostd-installation' -e 'hostd-tpl-[0-9a-f]*-disk.qcow2' -e 'hostd-tpl-[0-9a-f]*-seed.iso' <<< "$vols" || true)
 [ -z "$vols" ] || fail "volumes left behind: $vols"
 # The route map stays (empty); no entry of either hosting, no other file.
 others=$(ls "$WORK/routes" | grep -vx 'routes.map' || true)

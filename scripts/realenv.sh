@@ -56,7 +56,7 @@ cleanup() {
     for v in $(pool_volumes "hostd-$INSTANCE"); do virsh -c qemu:///system vol-delete "$v" --pool "hostd-$INSTANCE" >/dev/null 2>&1; done
     virsh -c qemu:///system pool-destroy "hostd-$INSTANCE" >/dev/null 2>&1; virsh -c qemu:///system pool-undefine "hostd-$INSTANCE" >/dev/null 2>&1
   fi
-  rm -rf "$STATE_DIR/pools/$INSTANCE"
+  rm -rf "$STATE_DIR/pools/$INSTANCE" "$STATE_DIR/templates/$INSTANCE"
   nginx -c "$WORK/nginx/nginx.conf" -s stop 2>/dev/null
   su postgres -c "psql -qc 'drop database if exists $DB'" >/dev/null 2>&1
   rm -rf "$WORK"

@@ -172,6 +172,47 @@ fn images(c: &Config, out: &mut Report) {
     }
 }
 
+/// The templates for clones on the host's disk (informational: none is no
+/// error, the reconciler builds one when the host is idle).
+fn clone_templates(c: &Config, out: &mut Report) {
+    let all = crate::reconciler::clone_templates::on_disk_status(&c.state_dir, &c.instance);
+    if !c.clone_templates {
+        return out.line(
+            true,
+            "clone templates",
+            "off (HOSTD_CLONE_TEMPLATES=false): new hostings boot",
+        );
+    }
+    if all.is_empty() {
+        let msg = "none yet: the reconciler builds one when no guest boots (its log says why not)";
+        return out.line(true, "clone templates", msg);
+    }
+    for t in all {
+        let what = format!("clone template {}", t.hash);
+        match t.info {
+            Some(i) => out.line(
+                true,
+                &what,
+                format!(
+                    "{} {} MiB {} vCPU {} GiB, memory file {} MiB, disk {} MiB, built {}",
+                    i.image,
+                    i.memory_mib,
+                    i.vcpus,
+                    i.disk_gib,
+                    i.memory_bytes >> 20,
+                    t.disk_bytes.unwrap_or(0) >> 20,
+                    i.built_at.to_rfc3339()
+                ),
+            ),
+            None => out.line(
+                true,
+                &what,
+                "incomplete (being built, or interrupted: removed by the reconciler)",
+            ),
+        }
+    }
+}
+
 /// Runs the checks; returns the exit code (0 all good, 1 otherwise).
 pub async fn run(c: Config) -> i32 {
     let mut out = Report::default();
@@ -181,5 +222,6 @@ pub async fn run(c: Config) -> i32 {
     tls_files(&c, &mut out);
     offsite(&c, id, &mut out).await;
     images(&c, &mut out);
+    clone_templates(&c, &mut out);
     i32::from(out.failed > 0)
 }

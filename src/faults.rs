@@ -14,8 +14,12 @@ pub const POINTS: &[&str] = &[
     "after_seed_upload",
     "after_define",
     "after_start",
+    "before_clone_restore",
+    "after_clone_restore",
     "before_agent_call",
     "after_seed_apply",
+    "after_clone_personalise",
+    "after_clone_fallback_disk",
     "before_route_write",
     "after_route_write",
     "before_status_write",
@@ -33,6 +37,7 @@ pub const POINTS: &[&str] = &[
     "after_backup_manifest",
     "after_restore_quarantine",
     "after_restore_disk",
+    "after_template_capture",
 ];
 
 #[derive(Debug, Clone, PartialEq, Eq)]

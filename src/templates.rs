@@ -22,8 +22,17 @@ pub struct DomainXml<'a> {
     pub instance: &'a str,
     pub installation: &'a str,
     pub hosting_id: String,
+    /// The domain's UUID: the hosting id, or a template's own.
+    pub uuid: String,
     pub generation: i64,
     pub spec_hash: &'a str,
+    /// A VM generation ID device (`<genid/>`, a new random id at every
+    /// define or create): templates and the clones restored from them, so
+    /// a clone's kernel learns it is a copy and reseeds its RNG.
+    pub genid: bool,
+    /// Start by loading this memory file (`-incoming file:…`): a clone's
+    /// first start from a template.
+    pub incoming: Option<String>,
     pub memory_mib: crate::domain::MemoryMib,
     pub vcpus: crate::domain::Vcpus,
     pub kernel: Option<String>,
@@ -180,15 +189,17 @@ mod tests {
         assert_eq!(v["k"].as_str().unwrap(), hostile);
     }
 
-    #[test]
-    fn domain_xml_escapes() {
-        let x = DomainXml {
+    fn xml(genid: bool, incoming: Option<&str>) -> DomainXml<'static> {
+        DomainXml {
             domain_type: "qemu",
             name: "hostd-x",
             ns: MARKER_NS,
             instance: "t",
             installation: "i",
             hosting_id: "id".into(),
+            uuid: "id".into(),
+            genid,
+            incoming: incoming.map(String::from),
             generation: 1,
             spec_hash: "h",
             memory_mib: crate::domain::MemoryMib::parse(512).unwrap(),
@@ -209,8 +220,44 @@ mod tests {
             guest_agent: true,
             virtio_console: false,
         }
-        .render()
-        .unwrap();
+    }
+
+    #[test]
+    fn a_clones_first_start_loads_the_memory_file_and_nothing_else_does() {
+        let plain = xml(false, None).render().unwrap();
+        assert!(
+            !plain.contains("genid") && !plain.contains("qemu:"),
+            "{plain}"
+        );
+        let clone = xml(true, Some("/s/t/<m>&'.bin")).render().unwrap();
+        assert!(clone.contains("\n  <genid/>\n"), "{clone}");
+        assert!(
+            clone.contains("xmlns:qemu='http://libvirt.org/schemas/domain/qemu/1.0'"),
+            "{clone}"
+        );
+        assert!(clone.contains("<qemu:arg value='-incoming'/>"), "{clone}");
+        let arg = &clone[clone.find("value='file:").unwrap()..];
+        let arg = &arg[..arg.find("/>").unwrap()];
+        assert!(
+            !arg[6..].contains('<') && !arg[12..arg.len() - 1].contains('\''),
+            "{arg}"
+        );
+        // Only these lines differ: the saved machine fits the hosting's own XML.
+        let extra: Vec<&str> = clone
+            .lines()
+            .filter(|l| !plain.lines().any(|p| p == *l))
+            .collect();
+        assert_eq!(extra.len(), 6, "{extra:?}");
+        let mut r = quick_xml::Reader::from_str(&clone);
+        while !matches!(
+            r.read_event().expect("well-formed"),
+            quick_xml::events::Event::Eof
+        ) {}
+    }
+
+    #[test]
+    fn domain_xml_escapes() {
+        let x = xml(false, None).render().unwrap();
         assert!(x.contains("name='org.qemu.guest_agent.0'"), "{x}");
         // Per-guest limits: CPU per vCPU, the data disk's throttle.
         assert!(x.contains("<quota>50000</quota>"), "{x}");

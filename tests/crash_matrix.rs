@@ -53,6 +53,15 @@ const CLAIM_POINTS: &[&str] = &[
     "before_route_write",
     "before_status_write",
 ];
+/// A new hosting's first start as a clone of a template (after the
+/// template's own build, crashed once at `after_template_capture`).
+const CLONE_POINTS: &[&str] = &[
+    "after_disk_create",
+    "before_clone_restore",
+    "after_clone_restore",
+    "before_agent_call",
+    "after_clone_personalise",
+];
 const DELETE_POINTS: &[&str] = &[
     "after_route_remove",
     "after_domain_destroy",
@@ -114,6 +123,9 @@ impl Env {
             v("HOSTD_BACKUP_LOCAL_KEEP", "1000".into()),
             v("HOSTD_RESYNC_SECS", "3".into()),
             v("HOSTD_BACKOFF_MAX_SECS", "5".into()),
+            // Templates for clones only where a row asks (`clone_rows`): a
+            // template's boot would otherwise run beside every other row.
+            v("HOSTD_CLONE_TEMPLATES", "false".into()),
             // The matrix and the chaos soak act faster than any tenant may.
             v("HOSTD_HOST_OPS_PER_MIN", "100000".into()),
             v("HOSTD_REGISTER_PER_HOUR", "100000".into()),
@@ -390,6 +402,8 @@ impl Env {
         for v in vm.list_volumes().await.unwrap() {
             match hostd::reconciler::names::volume_owner(&v) {
                 Some(o) if live.contains(&o.to_string()) => {}
+                // The instance's template for clones (checked by `clone_rows`).
+                None if v.starts_with("hostd-tpl-") => {}
                 _ => leaks.push(format!("volume {v}")),
             }
         }
@@ -634,6 +648,7 @@ async fn crash_at_every_fault_point_then_converge() {
     }
     rows.extend(backup_and_restore_rows(&env, &store, &vm, converge_timeout).await);
     rows.extend(claim_rows(&env, &store, &vm, converge_timeout).await);
+    rows.extend(clone_rows(&env, &store, &vm, converge_timeout).await);
     rows.push(boot_restart_row(&env, &store, &vm, converge_timeout).await);
     let (polls, five_xx) = poll.finish().await;
     stop(api);
@@ -868,6 +883,127 @@ async fn claim_rows(
     rows
 }
 
+/// The templates of the run's instance: (complete, incomplete) directories.
+fn templates(env: &Env) -> (usize, usize) {
+    let all = hostd::reconciler::clone_templates::on_disk_status(&env.state, &env.instance);
+    let complete = all.iter().filter(|t| t.complete).count();
+    (complete, all.len() - complete)
+}
+
+/// The clone points. First the template: a reconciler crashes right after
+/// capturing it (memory saved, record not written); a fresh one must remove
+/// the incomplete template and build it anew. Then for each point: a
+/// default-size create (debian-12, the guest agent) starts as a clone, a
+/// reconciler crashes at the point, and a fresh one must bring it to Ready
+/// for its owner (the welcome page names them) still as a clone (a
+/// `Cloned` event and no `CloneFallback`), with nothing leaked.
+async fn clone_rows(
+    env: &Env,
+    store: &hostd::store::Store,
+    vm: &LibvirtDriver,
+    timeout: Duration,
+) -> Vec<Row> {
+    let on = [("HOSTD_CLONE_TEMPLATES", "true")];
+    let build_timeout = Duration::from_secs(600);
+    let mut rows = vec![];
+    let point = "after_template_capture";
+    let mut rec = env.spawn_with("reconciler", &format!("{point}:crash"), &on);
+    let crashed = wait_exit(&mut rec, build_timeout).is_some_and(|s| !s.success());
+    if !crashed {
+        stop(rec);
+    }
+    let left = templates(env);
+    let t = Instant::now();
+    let rec = env.spawn_with("reconciler", "", &on);
+    let converged = common::eventually(build_timeout, || async {
+        (templates(env) == (1, 0)).then_some(())
+    })
+    .await
+    .is_some();
+    let secs = t.elapsed().as_secs_f64();
+    let mut leaks = env.leaks(store, vm).await;
+    if left.0 != 0 {
+        leaks.push(format!("the crashed build left {left:?} (complete, incomplete) templates: a complete one it never recorded"));
+    }
+    stop(rec);
+    rows.push(Row {
+        point,
+        path: "template",
+        crashed,
+        converged,
+        secs,
+        leaks,
+        disk_kept: None,
+    });
+    for (i, point) in CLONE_POINTS.iter().enumerate() {
+        let name = format!("clone{i}");
+        let token = env.user(&name).await;
+        let mut rec = env.spawn_with("reconciler", &format!("{point}:crash"), &on);
+        let r = env
+            .client
+            .post(env.url("/host"))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 202);
+        let uid = r.json::<Value>().await.unwrap()["user_id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let crashed = wait_exit(&mut rec, Duration::from_secs(120)).is_some_and(|s| !s.success());
+        if !crashed {
+            stop(rec);
+        }
+        let t = Instant::now();
+        let rec = env.spawn_with("reconciler", "", &on);
+        let page = env.nginx.url(&format!("/{uid}/"));
+        let welcome = format!("Welcome, {name}");
+        let last = std::sync::Mutex::new(Value::Null);
+        let converged = common::eventually(timeout, || async {
+            let (_, v) = env.my(&token).await;
+            *last.lock().unwrap() = v.clone();
+            let done = v["status"]["phase"] == "Ready"
+                && v["status"]["observed_generation"] == v["generation"];
+            let body = reqwest::get(&page).await.ok()?.text().await.ok()?;
+            (done && body.contains(&welcome)).then_some(())
+        })
+        .await
+        .is_some();
+        let last = last.into_inner().unwrap();
+        let secs = t.elapsed().as_secs_f64();
+        let reasons: Vec<&str> = last["events"]
+            .as_array()
+            .map(|e| e.iter().filter_map(|e| e["reason"].as_str()).collect())
+            .unwrap_or_default();
+        let mut leaks = env.leaks(store, vm).await;
+        if !reasons.contains(&"Cloned") || reasons.contains(&"CloneFallback") {
+            leaks.push(format!("not converged as a clone: events {reasons:?}"));
+        }
+        env.client
+            .delete(env.url("/host/my"))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap();
+        assert!(
+            env.wait_gone(&token, timeout).await,
+            "cleanup of clone {point}"
+        );
+        stop(rec);
+        rows.push(Row {
+            point,
+            path: "clone",
+            crashed,
+            converged,
+            secs,
+            leaks,
+            disk_kept: None,
+        });
+    }
+    rows
+}
+
 /// The backup and restore points, on one Ready hosting: each backup (and
 /// then each restore) is crashed at its point, the reconciler restarted, and
 /// the backup must complete (the restore reach Ready) with no stray file, no
@@ -1016,6 +1152,7 @@ fn cleanup_pool(instance: &str, state: &Path) {
             .status();
     }
     let _ = std::fs::remove_dir_all(state.join("pools").join(instance));
+    let _ = std::fs::remove_dir_all(state.join("templates").join(instance));
 }
 
 /// The chaos soak (`scripts/chaos.sh DURATION N`; a short run in test.sh):

@@ -96,6 +96,7 @@ fn redact(mut body: serde_json::Value) -> serde_json::Value {
         o.remove("domain_type_reason");
         o.remove("capacity");
         o.remove("warm_pool");
+        o.remove("clone_templates");
         o.remove("read_view");
     }
     body
@@ -165,6 +166,11 @@ async fn compute(st: &AppState) -> (StatusCode, serde_json::Value) {
                                   "disk_gib": class.disk_gib, "image": class.image.as_str()}}),
         Err(e) => json!({"status": "error", "detail": e.to_string()}),
     };
+    // Templates for clones, from their files (admins only).
+    let templates = json!({
+        "enabled": st.config.clone_templates,
+        "templates": crate::reconciler::clone_templates::on_disk_status(&st.config.state_dir, &st.config.instance),
+    });
     // Redis down is not fatal (limits fall back to per-process memory):
     // degraded, but still 200.
     let redis = checks::redis(st.guard.ping_redis()).await.json();
@@ -190,6 +196,7 @@ async fn compute(st: &AppState) -> (StatusCode, serde_json::Value) {
                        "guest_isolation": isolation, "redis": redis},
             "capacity": capacity,
             "warm_pool": warm_pool,
+            "clone_templates": templates,
             // This process's read view (admins only): live, sizes, and how
             // stale it ran over the last changes it applied.
             "read_view": st.store.view().map(|v| json!(v.stats())),

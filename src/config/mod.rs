@@ -128,6 +128,8 @@ pub struct Config {
     pub guest_egress: crate::domain::EgressPolicy,
     /// Warm-pool guests to keep booted (HOSTD_WARM_POOL; 0 = none).
     pub warm_pool: u32,
+    /// Clones from templates (HOSTD_CLONE_TEMPLATES).
+    pub clone_templates: bool,
     /// Dashboard cookies carry `Secure` (`HOSTD_SECURE_COOKIES`).
     pub secure_cookies: bool,
     /// Bytes kept free for the host (`HOSTD_DISK_RESERVE_GIB`).

@@ -378,6 +378,13 @@ pub struct Settings {
     #[arg(long, env = "HOSTD_WARM_POOL", value_name = "HOSTD_WARM_POOL", default_value = "0",
           value_parser = clap::value_parser!(u32).range(0..=64))]
     pub warm_pool: u32,
+    /// Start new hostings from a template (a generic guest booted once and
+    /// saved with its memory) instead of booting them, where the hypervisor
+    /// can (QEMU) and the image has the guest agent. Costs one template's
+    /// memory file and disk per size on the host's disk.
+    #[arg(long, env = "HOSTD_CLONE_TEMPLATES", value_name = "HOSTD_CLONE_TEMPLATES",
+          default_value = "true", action = clap::ArgAction::Set)]
+    pub clone_templates: bool,
     /// ACME directory URL (e.g. Let's Encrypt's
     /// `https://acme-v02.api.letsencrypt.org/directory`): with it, the
     /// reconciler issues and renews a certificate for every name it serves.

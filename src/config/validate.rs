@@ -270,6 +270,7 @@ impl Settings {
             )
             .map_err(|e| bad("HOSTD_GUEST_DENY_CIDRS", e.to_string()))?,
             warm_pool: self.warm_pool,
+            clone_templates: self.clone_templates,
             secure_cookies: self.secure_cookies,
             tls,
             quarantine: Duration::from_secs(self.quarantine_days * 86400),

@@ -171,9 +171,11 @@ named_enum! {
         Restoring,
         DiskRestored,
         RestoreFailed,
-        // Warm pool.
+        // Warm pool and clones.
         Personalised,
         PersonaliseFallback,
+        Cloned,
+        CloneFallback,
         // Drift repairs (Warning events).
         DomainRecreated,
         DomainStarted,

@@ -184,6 +184,51 @@ pub trait VmDriver: Send + Sync + 'static {
     async fn destroy(&self, name: &str) -> DriverResult<()>;
     /// Removes a domain definition; absent is fine. Refuses unmarked domains.
     async fn undefine(&self, name: &str) -> DriverResult<()>;
+    /// Whether this hypervisor can save a running guest's memory to a file
+    /// and start clones from it (QEMU; not libvirt's test driver).
+    fn clones_supported(&self) -> bool {
+        false
+    }
+    /// The file of a volume in hostd's pool.
+    async fn volume_path(&self, name: &str) -> DriverResult<std::path::PathBuf>;
+    /// Captures a template: starts the transient domain `xml` (named `name`;
+    /// a leftover of that name is removed first), waits up to `boot_timeout`
+    /// for its guest to have booted (guest agent), freezes its filesystems,
+    /// writes its memory to `memory` (a file QEMU creates; its directory is
+    /// made writable for QEMU's user and the file read-only afterwards) and
+    /// stops it. Its disk is left as of the freeze.
+    async fn capture_template(
+        &self,
+        name: &str,
+        xml: &str,
+        memory: &std::path::Path,
+        boot_timeout: std::time::Duration,
+    ) -> DriverResult<Captured> {
+        let _ = (name, xml, memory, boot_timeout);
+        Err(DriverError::Other(
+            "this hypervisor cannot save a guest's memory".into(),
+        ))
+    }
+    /// Removes a template's domain, if one is left (a crashed capture's).
+    async fn remove_template_domain(&self, name: &str) -> DriverResult<()> {
+        let _ = name;
+        Ok(())
+    }
+    /// Starts the defined, stopped domain `name` from `xml` (its definition
+    /// plus `-incoming` of a template's memory file) for this run only (the
+    /// persistent definition stays), then thaws the guest's filesystems,
+    /// within `timeout`. On an error the domain is stopped.
+    async fn restore_clone(
+        &self,
+        name: &str,
+        xml: &str,
+        timeout: std::time::Duration,
+    ) -> DriverResult<()> {
+        let _ = (name, xml, timeout);
+        Err(DriverError::Other(
+            "this hypervisor cannot start clones".into(),
+        ))
+    }
     /// Runs `path args…` as root inside a running guest through the QEMU
     /// guest agent (a virtio-serial channel: no network to the guest) and
     /// waits up to `timeout` for it to exit. A non-zero exit is an error
@@ -196,6 +241,16 @@ pub trait VmDriver: Send + Sync + 'static {
         args: &[&str],
         timeout: std::time::Duration,
     ) -> DriverResult<String>;
+}
+
+/// What capturing a template took (see `VmDriver::capture_template`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Captured {
+    /// From creating the domain to a booted guest.
+    pub boot: std::time::Duration,
+    /// Freezing the filesystems and writing the memory file.
+    pub save: std::time::Duration,
+    pub memory_bytes: u64,
 }
 
 /// The checkpoints a backup job works with (see `VmDriver::disk_image`).

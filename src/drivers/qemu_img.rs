@@ -136,3 +136,14 @@ pub async fn flattened_size(top: &Path) -> DriverResult<u64> {
         .as_u64()
         .ok_or_else(|| DriverError::Other("qemu-img measure: no required size".into()))
 }
+
+/// The backing file of qcow2 image `image`, as an absolute path (`None`: a
+/// standalone image). Reads only the header, also of a disk in use (`-U`).
+pub async fn backing_file(image: &Path) -> DriverResult<Option<std::path::PathBuf>> {
+    let a = [os("info"), os("-U"), os("--output=json"), image.as_os_str()];
+    let json: serde_json::Value = serde_json::from_slice(&run(&a).await?)
+        .map_err(|e| DriverError::Other(format!("qemu-img info: {e}")))?;
+    Ok(json["full-backing-filename"]
+        .as_str()
+        .map(std::path::PathBuf::from))
+}

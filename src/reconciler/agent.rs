@@ -28,6 +28,43 @@ pub const CLAIM_CALLS: usize = 4;
 /// for the next boot instead of calling the agent again.
 pub const AGENT_COOLDOWN: Duration = Duration::from_secs(300);
 
+/// What a call does, and whose slots it takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CallKind {
+    /// A tenant's new seed, applied live (`hostd-boot --live`).
+    Tenant,
+    /// A claimed warm-pool guest's personalisation (still hostd's agent).
+    Claim,
+    /// A clone's first personalisation: its identity reset first
+    /// ([`CLONE_RESET`]), then as a claim. Takes the claims' slots.
+    Clone,
+}
+
+/// Run in a clone right after its start from a template, as root and before
+/// its owner has any access: everything the template's guest generated that
+/// must not be shared between clones is made anew. `$1`: 64 random bytes from
+/// the host (hex); `$2`: the host's clock (seconds since the epoch). The
+/// kernel RNG gets the host's bytes, credited (`RNDADDENTROPY`), and reseeds
+/// its CRNG at once (`RNDRESEEDCRNG`): every clone's CRNG state differs from
+/// here on (the VM generation ID does the same where the kernel has
+/// `vmgenid`). The clock jumps from the template's save to now. New SSH host
+/// keys (ed25519 and ECDSA, as `hostd-boot` makes them: RSA takes 5-16 s
+/// under TCG) and a new machine-id. The boot id cannot be changed without a
+/// reboot (`/proc/sys/kernel/random/boot_id` is read-only).
+pub const CLONE_RESET: &str = r#"set -eu
+date -u -s "@$2" >/dev/null
+perl -e 'open(my $f, ">", "/dev/urandom") or die "urandom: $!";
+  my $b = pack("H*", $ARGV[0]);
+  ioctl($f, 0x40085203, pack("ii", 8 * length($b), length($b)) . $b) or die "RNDADDENTROPY: $!";
+  ioctl($f, 0x5207, 0) or die "RNDRESEEDCRNG: $!";' "$1"
+rm -f /etc/ssh/ssh_host_*
+ssh-keygen -q -t ed25519 -N '' -C '' -f /etc/ssh/ssh_host_ed25519_key
+ssh-keygen -q -t ecdsa -N '' -C '' -f /etc/ssh/ssh_host_ecdsa_key
+systemd-id128 new > /etc/machine-id.new
+mv /etc/machine-id.new /etc/machine-id
+rm -f /var/lib/systemd/random-seed
+"#;
+
 /// How a submitted call ended: the time it took, or why it failed.
 pub type Outcome = Result<Duration, String>;
 
@@ -73,7 +110,7 @@ impl AgentCalls {
     /// The outcome of the call applying `seed` to hosting `id`'s guest,
     /// submitting it if there is none (its end wakes the hosting). A finished call for another
     /// seed is dropped and a new one submitted; a running one is waited for.
-    pub fn poll(&self, ctx: &super::Context, id: HostingId, seed: &str, claim: bool) -> Poll {
+    pub fn poll(&self, ctx: &super::Context, id: HostingId, seed: &str, kind: CallKind) -> Poll {
         let mut jobs = self.jobs.lock().unwrap_or_else(|p| p.into_inner());
         match jobs.get(&id) {
             Some(j) if j.outcome.is_none() => return Poll::Pending,
@@ -91,7 +128,10 @@ impl AgentCalls {
             },
         );
         drop(jobs);
-        let slots = if claim { &self.claims } else { &self.tenants };
+        let slots = match kind {
+            CallKind::Tenant => &self.tenants,
+            CallKind::Claim | CallKind::Clone => &self.claims,
+        };
         let (slots, vm) = (slots.clone(), ctx.vm.clone());
         let (name, wake) = (super::names::domain_name(id), ctx.waker(id));
         let faults = ctx.config.faults.clone();
@@ -107,8 +147,17 @@ impl AgentCalls {
                     let r = match faults.hit("before_agent_call").await {
                         Err(e) => Err(crate::drivers::DriverError::GuestAgent(e.to_string())),
                         Ok(()) => {
-                            let (path, args) = ("/usr/local/sbin/hostd-boot", ["--live"]);
-                            vm.guest_exec(&name, path, &args, AGENT_TIMEOUT).await
+                            let reset = match kind {
+                                CallKind::Clone => clone_reset(vm.as_ref(), &name).await,
+                                _ => Ok(String::new()),
+                            };
+                            match reset {
+                                Ok(_) => {
+                                    let (path, args) = ("/usr/local/sbin/hostd-boot", ["--live"]);
+                                    vm.guest_exec(&name, path, &args, AGENT_TIMEOUT).await
+                                }
+                                Err(e) => Err(e),
+                            }
                         }
                     };
                     running.fetch_sub(1, SeqCst);
@@ -139,4 +188,24 @@ impl AgentCalls {
             .unwrap_or_else(|p| p.into_inner())
             .contains_key(&id)
     }
+}
+
+/// Runs [`CLONE_RESET`] in the clone `name` with fresh bytes from the host's
+/// RNG and the host's clock.
+async fn clone_reset(
+    vm: &dyn crate::drivers::VmDriver,
+    name: &str,
+) -> crate::drivers::DriverResult<String> {
+    let mut bytes = [0u8; 64];
+    rand::RngCore::try_fill_bytes(&mut rand::rngs::OsRng, &mut bytes)
+        .map_err(|e| crate::drivers::DriverError::Other(format!("host RNG: {e}")))?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let (entropy, clock) = (
+        hex::encode(bytes),
+        format!("{}.{:09}", now.as_secs(), now.subsec_nanos()),
+    );
+    let args = ["-c", CLONE_RESET, "hostd-clone-reset", &entropy, &clock];
+    vm.guest_exec(name, "/bin/sh", &args, AGENT_TIMEOUT).await
 }

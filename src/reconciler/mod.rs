@@ -22,6 +22,7 @@ pub mod action;
 pub mod agent;
 pub mod backup;
 pub mod boot_gate;
+pub mod clone_templates;
 pub mod console;
 pub mod controller;
 pub mod memory;
@@ -71,6 +72,8 @@ pub struct Context {
     pub(crate) backup_slots: Arc<tokio::sync::Semaphore>,
     /// At most `HOSTD_BOOT_CONCURRENCY` guests booting at once (see `boot_gate`).
     pub boot_gate: boot_gate::BootGate,
+    /// Templates for clones (see `clone_templates`).
+    pub templates: clone_templates::Templates,
     /// Guest-agent calls, run off the workers (see `agent`).
     pub agent: agent::AgentCalls,
     /// Where replaced and orphaned disks and deleted hostings' backups are
@@ -131,6 +134,7 @@ impl Context {
         let boot_gate = boot_gate::BootGate::new(config.boot_concurrency);
         let quarantine = quarantine::Quarantine::new(&config.state_dir, config.quarantine);
         let tls = tls::Tls::new(&config);
+        let templates = clone_templates::Templates::new(&config.state_dir, &config.instance);
         Ok(Arc::new(Context {
             // Its own pool slot: fenced by the leader term once it leads,
             // while the API's statements stay on the shared pool.
@@ -147,6 +151,7 @@ impl Context {
             scheduler: tokio::sync::Mutex::new(Ledger::default()),
             backup_slots: Arc::new(tokio::sync::Semaphore::new(slots)),
             boot_gate,
+            templates,
             agent: Default::default(),
             quarantine,
             memory: Default::default(),

@@ -69,7 +69,7 @@ async fn converge(pass: &mut Pass<'_>) -> Result<Action, ReconcileError> {
     if !rec.spec.running {
         return pass.stop(&def).await;
     }
-    if !pass.power(&def, &want.seed).await? {
+    if !pass.power(&def, &inputs, &want).await? {
         return Ok(Action::Requeue(super::steps::BOOT_WAIT));
     }
     if !pass.live_seed(&want, &image).await? {

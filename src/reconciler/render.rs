@@ -64,6 +64,25 @@ impl<'a> Inputs<'a> {
     }
 }
 
+/// How a domain XML differs from a hosting's own definition (which is the
+/// default, and the only shape that feeds the desired-state hash).
+#[derive(Debug, Default, Clone)]
+struct Shape {
+    /// A template's own names instead of the hosting's.
+    template: Option<TemplateNames>,
+    genid: bool,
+    incoming: Option<String>,
+}
+
+/// A template domain's names (see `reconciler::clone_templates`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TemplateNames {
+    pub name: String,
+    pub uuid: uuid::Uuid,
+    pub disk: String,
+    pub seed: String,
+}
+
 /// The template files, for [`Renderer::set_edit`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TemplateFile {
@@ -174,7 +193,38 @@ impl Renderer {
 
     /// The domain XML, with the marker carrying `generation` and `spec_hash`.
     pub fn domain_xml(&self, i: &Inputs, generation: i64, spec_hash: &str) -> String {
-        self.domain_xml_marked(i, &self.installation, generation, spec_hash)
+        let shape = Shape::default();
+        self.domain_xml_marked(i, &self.installation, generation, spec_hash, &shape)
+    }
+
+    /// The hosting's domain XML for its first start as a clone: loading the
+    /// template's memory file `memory`, with a VM generation ID. Only the
+    /// host side (names, ports, volumes, console) differs from the
+    /// template's XML, so the saved machine fits it.
+    pub fn clone_xml(
+        &self,
+        i: &Inputs,
+        generation: i64,
+        spec_hash: &str,
+        memory: &std::path::Path,
+    ) -> String {
+        let shape = Shape {
+            genid: true,
+            incoming: Some(memory.display().to_string()),
+            ..Shape::default()
+        };
+        self.domain_xml_marked(i, &self.installation, generation, spec_hash, &shape)
+    }
+
+    /// A template's domain XML: `i` (a generic hosting of the template's
+    /// class) under the template's own names, SSH forwarded on loopback only.
+    pub fn template_xml(&self, i: &Inputs, names: &TemplateNames) -> String {
+        let shape = Shape {
+            genid: true,
+            template: Some(names.clone()),
+            ..Shape::default()
+        };
+        self.domain_xml_marked(i, &self.installation, 0, "template", &shape)
     }
 
     fn domain_xml_marked(
@@ -183,33 +233,39 @@ impl Renderer {
         installation: &str,
         generation: i64,
         spec_hash: &str,
+        shape: &Shape,
     ) -> String {
-        let name = domain_name(i.id);
+        let t = shape.template.as_ref();
+        let name = t.map_or_else(|| domain_name(i.id), |t| t.name.clone());
+        let uuid = t.map_or_else(|| i.id.to_string(), |t| t.uuid.to_string());
+        let console = t.map_or_else(|| console_log(i.id), |t| format!("{}.log", t.name));
         let xml = DomainXml {
             domain_type: self.domain_type.as_str(),
             name: &name,
             ns: MARKER_NS,
             instance: &self.instance,
             installation,
-            hosting_id: i.id.to_string(),
+            hosting_id: uuid.clone(),
+            uuid,
             generation,
             spec_hash,
+            genid: shape.genid,
+            incoming: shape.incoming.clone(),
             memory_mib: i.spec.memory_mib,
             vcpus: i.spec.vcpus,
             kernel: i.image.kernel.as_ref().map(|p| p.display().to_string()),
             initrd: i.image.initrd.as_ref().map(|p| p.display().to_string()),
             cmdline: i.image.cmdline.clone(),
             storage_pool: &self.storage_pool,
-            disk_volume: &disk_volume(i.id),
-            seed_volume: &seed_volume(i.id),
-            ssh_bind: self.ssh_bind.clone(),
+            disk_volume: &t.map_or_else(|| disk_volume(i.id), |t| t.disk.clone()),
+            seed_volume: &t.map_or_else(|| seed_volume(i.id), |t| t.seed.clone()),
+            ssh_bind: match t {
+                Some(_) => "127.0.0.1".to_string(),
+                None => self.ssh_bind.clone(),
+            },
             ssh_port: i.ssh_port,
             http_port: i.http_port,
-            console_log: self
-                .console_dir
-                .join(console_log(i.id))
-                .display()
-                .to_string(),
+            console_log: self.console_dir.join(console).display().to_string(),
             guest_agent: i.image.guest_agent,
             cpu_quota_us: self.limits.cpu_percent * 1000,
             disk_bytes_sec: self.limits.disk_bytes_per_sec,
@@ -289,7 +345,7 @@ impl Renderer {
             }
         }
         // The marker's own fields are fixed here so they never feed the hash.
-        let xml = self.domain_xml_marked(i, "", 0, "");
+        let xml = self.domain_xml_marked(i, "", 0, "", &Shape::default());
         let s = self.seed(i);
         let hashes = Hashes {
             domain: short_hash(&[&xml]),

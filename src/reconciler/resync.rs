@@ -52,6 +52,9 @@ pub async fn resync(ctx: &Context, queue: &WorkQueue) -> Result<ResyncStats, Rec
     let mut queued = queue_drifted(ctx, queue, &records, &seen);
     queued += queue_backups(ctx, queue).await?;
     let orphans = collect_orphans(ctx, &records, &seen).await?;
+    if let Err(e) = super::clone_templates::maintain(ctx).await {
+        tracing::warn!(error = %e, "templates for clones: maintenance failed");
+    }
     if let Err(e) = super::warm_pool::maintain(ctx).await {
         tracing::warn!(error = %e, "warm pool: cannot converge its size; will retry");
     }
@@ -137,8 +140,13 @@ async fn collect_orphans(
         }
     }
     let mut orphans = 0;
-    let gone =
-        |d: &&ObservedDomain| d.marker.installation == ours && !ids.contains(&d.marker.hosting_id);
+    // Template domains are `clone_templates`' (a build's, or a crashed one's
+    // that its maintenance removes).
+    let gone = |d: &&ObservedDomain| {
+        d.marker.installation == ours
+            && !ids.contains(&d.marker.hosting_id)
+            && !d.name.starts_with("hostd-tpl-")
+    };
     for d in seen.domains.iter().filter(gone) {
         tracing::warn!(domain = %d.name, hosting = %d.marker.hosting_id, "removing orphaned domain (its disk is kept)");
         ctx.vm.destroy(&d.name).await?;

@@ -22,6 +22,9 @@ pub async fn maintain(ctx: &Context) -> Result<WarmPoolCounts, ReconcileError> {
     if want > 0 && !live_personalisation(ctx, &class) {
         want = 0;
     }
+    // A template for clones is on its way: the pool's guests will be its
+    // clones (seconds each) instead of cold boots competing with it.
+    let waiting_for_template = ctx.templates.pending(ctx);
     ctx.metrics.warm_pool_guests.set(counts.total);
     ctx.metrics.warm_pool_ready.set(counts.ready);
     if counts.total > want {
@@ -31,6 +34,7 @@ pub async fn maintain(ctx: &Context) -> Result<WarmPoolCounts, ReconcileError> {
             .await?;
         tracing::info!(removed = n, want, "warm pool: shrinking");
     } else if counts.total < want
+        && !waiting_for_template
         && counts.total == counts.ready
         && room_for(ctx, &class).await? > 0
     {
@@ -65,7 +69,7 @@ fn live_personalisation(ctx: &Context, class: &HostingSpec) -> bool {
 
 /// How many more guests of `class` fit now; none while a hosting waits for
 /// room (tenants come first: the scheduler also evicts pool guests for them).
-async fn room_for(ctx: &Context, class: &HostingSpec) -> Result<i64, ReconcileError> {
+pub(super) async fn room_for(ctx: &Context, class: &HostingSpec) -> Result<i64, ReconcileError> {
     let usage = ctx.store.capacity_usage(None).await?;
     if usage.waiting > 0 {
         return Ok(0);

@@ -81,6 +81,10 @@ pub struct Metrics {
     pub warm_pool_claims: Counter,
     /// Claims whose live personalisation failed, so the guest was restarted.
     pub warm_pool_claim_fallbacks: Counter,
+    /// Guests started as clones of a template, and personalised.
+    pub clones: Counter,
+    /// Clones given up for a cold boot (template gone, start or agent failed).
+    pub clone_fallbacks: Counter,
     /// Failed logins (wrong password or unknown account).
     pub login_failures: Counter,
     /// Requests refused by a rate limit, by rule.
@@ -123,6 +127,8 @@ impl Default for Metrics {
             warm_pool_ready: Gauge::default(),
             warm_pool_claims: Counter::default(),
             warm_pool_claim_fallbacks: Counter::default(),
+            clones: Counter::default(),
+            clone_fallbacks: Counter::default(),
             login_failures: Counter::default(),
             rate_limited: Family::default(),
             password_changes: Counter::default(),
@@ -160,6 +166,8 @@ impl Default for Metrics {
             "hostd_warm_pool_ready", "Warm-pool guests Ready to be claimed", m.warm_pool_ready;
             "hostd_warm_pool_claims", "Hostings given a warm-pool guest", m.warm_pool_claims;
             "hostd_warm_pool_claim_fallbacks", "Claims personalised by a restart (guest agent failed)", m.warm_pool_claim_fallbacks;
+            "hostd_clones", "Guests started as clones of a template and personalised", m.clones;
+            "hostd_clone_fallbacks", "Clones given up for a cold boot (template gone, start or guest agent failed)", m.clone_fallbacks;
             "hostd_login_failures", "Failed logins", m.login_failures;
             "hostd_rate_limited", "Requests refused by a rate limit, by rule", m.rate_limited;
             "hostd_password_changes", "Password changes", m.password_changes;

@@ -188,6 +188,7 @@ pub fn test_config(db: &str, state: &std::path::Path, nginx: Option<&TestNginx>)
         trusted_proxies: vec![],
         guest_limits: Default::default(),
         warm_pool: 0,
+        clone_templates: true,
         secure_cookies: false,
         tls: hostd::config::TlsPolicy {
             acme: None,

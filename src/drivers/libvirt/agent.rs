@@ -9,7 +9,7 @@ use crate::drivers::{DriverError, DriverResult};
 /// One guest-agent command; its `return` value. The answer comes from the
 /// guest (a tenant's root can replace the agent), so it is parsed as
 /// untrusted JSON and only the fields used here are read.
-fn agent_call(d: &Domain, cmd: &serde_json::Value) -> DriverResult<serde_json::Value> {
+pub(super) fn agent_call(d: &Domain, cmd: &serde_json::Value) -> DriverResult<serde_json::Value> {
     let out = d
         .qemu_agent_command(&cmd.to_string(), 5, 0)
         .map_err(|e| DriverError::GuestAgent(e.to_string()))?;

@@ -7,7 +7,8 @@
 //! also delivers domain events (`domain_events`).//!
 //! Map: [`connection`] (the shared connection and `spawn_blocking`),
 //! [`listing`] (domains and their markers), [`volumes`] (the storage pool,
-//! volumes, quarantine), [`backup`] (backup jobs), [`agent`] (the guest agent).
+//! volumes, quarantine), [`backup`] (backup jobs), [`agent`] (the guest agent),
+//! [`clone`] (templates and clones from a memory snapshot).
 
 use std::sync::{Arc, Mutex};
 
@@ -21,6 +22,7 @@ use crate::domain::HostingId;
 
 mod agent;
 mod backup;
+mod clone;
 pub use backup::CHECKPOINT_PREFIX;
 mod connection;
 mod listing;
@@ -382,6 +384,71 @@ impl VmDriver for LibvirtDriver {
             let d = Self::lookup_ours(c, &name, &owner)?
                 .ok_or_else(|| DriverError::GuestAgent(format!("no domain {name}")))?;
             agent::agent_exec(&d, &path, &args, timeout)
+        })
+        .await
+    }
+
+    fn clones_supported(&self) -> bool {
+        !self.uri.starts_with("test:")
+    }
+
+    async fn volume_path(&self, name: &str) -> DriverResult<std::path::PathBuf> {
+        let (pool, name) = (self.storage_pool.clone(), name.to_string());
+        self.with_conn(move |c| {
+            let vol = volumes::pool(c, &pool)?
+                .lookup_storage_vol_by_name(&name)
+                .map_err(lv)?;
+            Ok(std::path::PathBuf::from(vol.path().map_err(lv)?))
+        })
+        .await
+    }
+
+    async fn capture_template(
+        &self,
+        name: &str,
+        xml: &str,
+        memory: &std::path::Path,
+        boot_timeout: std::time::Duration,
+    ) -> DriverResult<super::Captured> {
+        parse_marker(xml)
+            .filter(|m| m.installation == Some(self.owner.installation) && self.owner.may_touch(m))
+            .ok_or_else(|| DriverError::Other("template XML without this hostd's marker".into()))?;
+        let dir = memory
+            .parent()
+            .ok_or_else(|| DriverError::Other("memory file without a directory".into()))?;
+        clone::qemu_writable(dir)?;
+        let (name, xml, owner) = (name.to_string(), xml.to_string(), self.owner.clone());
+        let memory = memory.to_path_buf();
+        self.with_conn(move |c| {
+            let r = clone::capture(c, &xml, &name, &owner, &memory, boot_timeout);
+            clone::seal(&memory)?;
+            r
+        })
+        .await
+    }
+
+    async fn remove_template_domain(&self, name: &str) -> DriverResult<()> {
+        let (name, owner) = (name.to_string(), self.owner.clone());
+        self.with_conn(move |c| clone::remove(c, &name, &owner))
+            .await
+    }
+
+    async fn restore_clone(
+        &self,
+        name: &str,
+        xml: &str,
+        timeout: std::time::Duration,
+    ) -> DriverResult<()> {
+        if xml_name(xml).as_deref() != Some(name) {
+            return Err(DriverError::Other("clone XML names another domain".into()));
+        }
+        let (name, xml, owner) = (name.to_string(), xml.to_string(), self.owner.clone());
+        let watch = self.watch.clone();
+        self.with_conn(move |c| {
+            let started = virt::sys::VIR_DOMAIN_EVENT_STARTED;
+            watch.causing(&name, started, || {
+                clone::restore(c, &name, &owner, &xml, timeout).map(|_| ())
+            })
         })
         .await
     }

@@ -63,6 +63,13 @@ impl Pass<'_> {
         };
         let name = disk_volume(self.id());
         let mut exists = self.ctx.vm.volume_exists(&name).await?;
+        if exists && !self.st.disk_created {
+            // Made by a pass a crash cut short before it was recorded: never
+            // started, so nothing of the tenant's is on it; made anew (it may
+            // be from another source than this pass will choose).
+            self.ctx.vm.delete_volume(&name).await?;
+            exists = false;
+        }
         let new_epoch = self.st.disk_created && self.st.disk_epoch < self.rec.disk_epoch;
         let mut reset = false;
         if new_epoch {
@@ -87,18 +94,34 @@ impl Pass<'_> {
             self.disk_lost().await?;
             return Ok(None);
         }
-        let source = VolumeSource::Overlay {
+        let mut source = VolumeSource::Overlay {
             backing: image.disk.clone(),
             backing_format: image.format.clone(),
             capacity_gib: spec.disk_gib,
         };
+        // A first disk of a class with a ready template: a clone's.
+        let template = match !self.st.disk_created && !exists {
+            true => self.clone_source(&image),
+            false => None,
+        };
+        if let Some(t) = &template {
+            source = self.clone_disk(t);
+        }
         if !exists || reset {
             self.ctx.vm.create_volume(&name, source).await?;
-            let msg = format!(
-                "{} GiB disk from image {}",
-                spec.disk_gib,
-                spec.image.as_str()
-            );
+            let msg = match &template {
+                Some(t) => format!(
+                    "{} GiB disk from image {}, as a clone of template {}",
+                    spec.disk_gib,
+                    spec.image.as_str(),
+                    t.hash
+                ),
+                None => format!(
+                    "{} GiB disk from image {}",
+                    spec.disk_gib,
+                    spec.image.as_str()
+                ),
+            };
             let reason = if reset {
                 Reason::DiskReset
             } else {
@@ -108,6 +131,10 @@ impl Pass<'_> {
             self.fault("after_disk_create").await?;
         }
         if !self.st.disk_created || self.st.image_pin.is_none() || reset {
+            if let Some(t) = &template {
+                // Recorded with the disk: this guest's first start is a clone's.
+                self.st.applied_seed = Some(format!("{}{}", super::clone::CLONE_MARK, t.hash));
+            }
             self.st.disk_created = true;
             self.st.disk_epoch = self.rec.disk_epoch;
             self.st.image_pin = Some(image.clone());

@@ -63,10 +63,27 @@ impl Pass<'_> {
     /// Step 5: power. Restarts for a definition change, starts a stopped
     /// domain, each once the boot gate gives it a place (`Ok(false)`:
     /// queued, the status says its place).
-    pub async fn power(&mut self, def: &Definition, seed: &str) -> Result<bool, ReconcileError> {
+    pub async fn power(
+        &mut self,
+        def: &Definition,
+        inputs: &Inputs<'_>,
+        want: &Hashes,
+    ) -> Result<bool, ReconcileError> {
         let name = domain_name(self.id());
+        let seed = want.seed.as_str();
         self.ctx.memory.with(self.id(), |m| m.shutdown_asked = None);
         let running_now = def.observed.as_ref().is_some_and(|o| o.running);
+        if !running_now && !def.restart {
+            // A clone's first start loads memory instead of booting: it
+            // takes no place at the boot gate.
+            if let Some(hash) = self.clone_pending() {
+                if self.start_clone(&hash, inputs, want).await? {
+                    let msg = format!("domain {name} is running");
+                    self.condition(C::VMRunning, true, Reason::Running, &msg);
+                    return Ok(true);
+                }
+            }
+        }
         if (!running_now || def.restart) && !self.boot_turn().await? {
             return Ok(false);
         }
@@ -80,6 +97,13 @@ impl Pass<'_> {
             self.event(EventType::Normal, Reason::Restarting, msg);
         }
         if !running_now || def.restart {
+            if self.clone_pending().is_some() {
+                // A clone restarted before its identity reset (resized in
+                // those seconds): booting its disk would keep the template's
+                // SSH host keys and machine-id, so it boots a fresh one.
+                self.uncloned("the clone was restarted before its personalisation")
+                    .await?;
+            }
             self.ctx.vm.start(&name).await?;
             let was_ready = matches!(self.rec.status.phase, Phase::Ready);
             if def.observed.is_some() && !def.restart && was_ready && !self.disk_replaced {

@@ -9,7 +9,7 @@ use crate::domain::{EventType, Reason};
 use crate::drivers::seed::build_iso;
 use crate::drivers::{ObservedDomain, VolumeSource};
 use crate::images::ImageEntry;
-use crate::reconciler::agent::{Poll, AGENT_COOLDOWN};
+use crate::reconciler::agent::{CallKind, Poll, AGENT_COOLDOWN};
 use crate::reconciler::names::{domain_name, seed_volume};
 use crate::reconciler::render::{Hashes, Inputs};
 use crate::reconciler::{Action, ReconcileError};
@@ -73,8 +73,12 @@ impl Pass<'_> {
             return Ok(true);
         }
         let claim = self.rec.claim_pending();
+        let clone = self.clone_pending();
         if !image.guest_agent || (applied.is_none() && !claim) {
             return Ok(true);
+        }
+        if clone.is_some() {
+            return self.personalise_clone(want).await;
         }
         let id = self.id();
         let cooling = self.ctx.memory.with(id, |m| {
@@ -87,7 +91,11 @@ impl Pass<'_> {
             return Ok(true);
         }
         let name = domain_name(id);
-        let run = match self.ctx.agent.poll(self.ctx, id, &want.seed, claim) {
+        let kind = match claim {
+            true => CallKind::Claim,
+            false => CallKind::Tenant,
+        };
+        let run = match self.ctx.agent.poll(self.ctx, id, &want.seed, kind) {
             Poll::Pending => return Ok(false),
             Poll::Done(run) => run,
         };
@@ -128,6 +136,49 @@ impl Pass<'_> {
                 self.write_status().await?;
                 let msg = format!("{e}; the new seed applies at the next boot");
                 self.event(EventType::Warning, Reason::SeedApplyFailed, &msg);
+            }
+        }
+        Ok(true)
+    }
+
+    /// Step 5b for a clone: its identity reset and its seed applied through
+    /// the agent (`agent::CLONE_RESET`, then `hostd-boot --live`), off the
+    /// workers like a claim. If that fails, the clone is given up: the guest
+    /// boots cold on a disk made anew from the image (see `steps::clone`).
+    async fn personalise_clone(&mut self, want: &Hashes) -> Result<bool, ReconcileError> {
+        let id = self.id();
+        let run = match self
+            .ctx
+            .agent
+            .poll(self.ctx, id, &want.seed, CallKind::Clone)
+        {
+            Poll::Pending => return Ok(false),
+            Poll::Done(run) => run,
+        };
+        match run {
+            Ok(took) => {
+                self.st.applied_seed = Some(want.seed.clone());
+                self.fault("after_clone_personalise").await?;
+                self.write_status().await?;
+                self.ctx.metrics.clones.inc();
+                let msg = format!(
+                    "clone personalised in {} ms: new SSH host keys and machine-id, kernel RNG \
+                     reseeded, clock set; hostname, SSH keys, welcome page",
+                    took.as_millis()
+                );
+                self.event(EventType::Normal, Reason::Personalised, &msg);
+            }
+            Err(e) => {
+                self.uncloned(&format!("personalising the clone failed: {e}"))
+                    .await?;
+                let name = domain_name(id);
+                self.ctx.vm.start(&name).await?;
+                self.st.applied_seed = Some(want.seed.clone());
+                self.st.provisioning_since = Some(Utc::now());
+                self.st.boot_restarts = Some(0);
+                self.write_status().await?;
+                let msg = format!("domain {name} started");
+                self.event(EventType::Normal, Reason::Started, &msg);
             }
         }
         Ok(true)
