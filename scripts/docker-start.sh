@@ -75,7 +75,8 @@ if [ "$ACTION" = purge ]; then
   for d in $(virsh_ list --all --name | grep '^hostd-' || true); do
     if virsh_ metadata "$d" https://hostd.dev/xmlns/hosting/v1 2>/dev/null | grep -q "instance=\"$INSTANCE\""; then
       virsh_ destroy "$d" >/dev/null 2>&1 || true
-      virsh_ undefine --checkpoints-metadata "$d" >/dev/null
+      # (A template for clones is transient: gone once destroyed.)
+      if virsh_ dominfo "$d" >/dev/null 2>&1; then virsh_ undefine --checkpoints-metadata "$d" >/dev/null; fi
     fi
   done
   if virsh_ pool-info "hostd-$INSTANCE" >/dev/null 2>&1; then
@@ -83,7 +84,7 @@ if [ "$ACTION" = purge ]; then
     virsh_ pool-destroy "hostd-$INSTANCE" >/dev/null 2>&1 || true
     virsh_ pool-undefine "hostd-$INSTANCE" >/dev/null
   fi
-  rm -rf "$COMPOSE_DIR" "$STATE_DIR/pools/$INSTANCE"
+  rm -rf "$COMPOSE_DIR" "$STATE_DIR/pools/$INSTANCE" "$STATE_DIR/templates/$INSTANCE"
   exit 0
 fi
 [ "$ACTION" = up ] || die "usage: docker-start.sh [up|down|purge]"

@@ -17,7 +17,8 @@ t_build=$(date +%s)
 HOSTD_STATE_DIR="$STATE_DIR" ./scripts/build-image.sh debian-12-cloudinit
 step "debian-12-cloudinit image ready ($(( $(date +%s) - t_build )) s, built or up to date)"
 realenv_up
-start_hostd
+# No template for clones: its build would only compete with these two boots.
+start_hostd HOSTD_CLONE_TEMPLATES=false
 
 register() {  # $1 username; prints a token
   curl -fsS -X POST "$API/auth/register" -H 'content-type: application/json' \

@@ -12,7 +12,8 @@ cd "$(dirname "$0")/.."
 LABEL=e2e-pool
 . scripts/realenv.sh
 realenv_up
-start_hostd HOSTD_WARM_POOL=1
+# Clones are e2e.sh's: here the second hosting must take the cold path.
+start_hostd HOSTD_WARM_POOL=1 HOSTD_CLONE_TEMPLATES=false
 
 sql() { su postgres -c "psql -d $DB -tAc \"$1\""; }
 pool_ready() {

@@ -416,7 +416,7 @@ wait_until 120 2 hosting_gone "$TOKEN" || fail "hosting row not removed"
 virsh -c qemu:///system dominfo "$DOMAIN" >/dev/null 2>&1 && fail "domain $DOMAIN still exists"
 vols=$(pool_volumes "hostd-$INSTANCE") || fail "cannot list the volumes of pool hostd-$INSTANCE"
 # The ownership marker stays, and the instance's template for clones.
-vols=$(grep -vx -e '.hostd-installation' -e 'hostd-tpl-[0-9a-f]*-disk.qcow2' -e 'hostd-tpl-[0-9a-f]*-seed.iso' <<< "$vols" || true)
+vols=$(grep -vx -e '.hostd-installation' -e 'hostd-tpl-.*-disk.qcow2' -e 'hostd-tpl-.*-seed.iso' <<< "$vols" || true)
 [ -z "$vols" ] || fail "volumes left behind: $vols"
 # The route map stays (empty); no entry of either hosting, no other file.
 others=$(ls "$WORK/routes" | grep -vx 'routes.map' || true)

@@ -8,16 +8,20 @@
 //! rendered template domain XML and seed, the image version's files and
 //! [`FORMAT`], so any change to them means a new template, built beside the
 //! old one; nothing is recorded in Postgres. Its actual state is files: the
-//! pool volumes `hostd-tpl-<hash>-disk.qcow2` and `-seed.iso`, and
+//! pool volumes `hostd-tpl-<hash>-<build>-disk.qcow2` and `-seed.iso` (named
+//! per build, so a rebuild under the same hash never reuses a disk that
+//! clones are overlays of), and
 //! `<state>/templates/<instance>/<hash>/` holding `memory.bin` and `template.json`
 //! (written last: a template without it is incomplete and never serves a
 //! clone). One template is built at a time, off the workers, only when no
 //! guest boots or waits and the host has room for one more guest. A build
 //! that fails is retried after [`RETRY_AFTER`]; a build a crash interrupted
-//! is removed (domain, volumes, directory) at the next maintenance.
-//! Superseded templates lose their memory file and directory at once; their
-//! disk stays while a hosting's disk is an overlay of it.
+//! is removed (domain, directory; its volumes with the unused ones) at the
+//! next maintenance. Superseded templates lose their memory file and
+//! directory at once. A template volume no template names is deleted, a disk
+//! only once no hosting's disk and no quarantined disk is an overlay of it.
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -51,8 +55,12 @@ pub struct TemplateInfo {
     pub memory_mib: u32,
     pub vcpus: u32,
     pub disk_gib: u32,
-    /// The pool volume holding the frozen disk.
+    /// The pool volume holding the frozen disk (named per build: a template
+    /// rebuilt under the same hash never reuses a disk a clone may need).
     pub disk_volume: String,
+    /// The pool volume of the template's seed.
+    #[serde(default)]
+    pub seed_volume: String,
     /// Its file (a clone's overlay names it as backing file).
     pub disk_file: PathBuf,
     pub memory_file: PathBuf,
@@ -79,13 +87,12 @@ struct Desired {
     hash: String,
     class: HostingSpec,
     image: ImageEntry,
-    names: TemplateNames,
 }
 
 #[derive(Default)]
 struct State {
-    /// The hash of the template being built.
-    building: Option<String>,
+    /// The template being built: its hash and names.
+    building: Option<(String, TemplateNames)>,
     /// The last failed build: its hash, why, when.
     failed: Option<(String, String, Instant)>,
     /// The ready template last read (hash → info).
@@ -215,8 +222,9 @@ fn read_info(dir: &Path) -> Option<TemplateInfo> {
     serde_json::from_slice(&bytes).ok()
 }
 
-/// The names of a template's libvirt objects.
-pub fn names(hash: &str) -> TemplateNames {
+/// The names of a template's libvirt objects: the domain by its hash, the
+/// volumes by hash and `build` (random per build).
+pub fn names(hash: &str, build: &str) -> TemplateNames {
     let mut b = [0u8; 16];
     let raw = hex::decode(hash).unwrap_or_default();
     for (i, x) in raw.iter().take(8).enumerate() {
@@ -226,8 +234,8 @@ pub fn names(hash: &str) -> TemplateNames {
     TemplateNames {
         name: format!("hostd-tpl-{hash}"),
         uuid: uuid::Builder::from_random_bytes(b).into_uuid(),
-        disk: format!("hostd-tpl-{hash}-disk.qcow2"),
-        seed: format!("hostd-tpl-{hash}-seed.iso"),
+        disk: format!("hostd-tpl-{hash}-{build}-disk.qcow2"),
+        seed: format!("hostd-tpl-{hash}-{build}-seed.iso"),
     }
 }
 
@@ -267,7 +275,7 @@ fn desired(ctx: &Context) -> Option<Desired> {
     }
     let user = template_user();
     let i = inputs(&class, &image, &user, (0, 0));
-    let placeholder = names("0000000000000000");
+    let placeholder = names("0000000000000000", "0");
     let xml = ctx.render.template_xml(&i, &placeholder);
     let seed = crate::drivers::seed::build_iso(&ctx.render.seed(&i));
     let mut h = sha2::Sha256::new();
@@ -283,62 +291,60 @@ fn desired(ctx: &Context) -> Option<Desired> {
         h.update(part);
     }
     let hash = hex::encode(&h.finalize()[..8]);
-    Some(Desired {
-        names: names(&hash),
-        hash,
-        class,
-        image,
-    })
+    Some(Desired { hash, class, image })
 }
 
 /// Converges the templates: builds the desired one when missing (in the
 /// background, one at a time, when the host is idle enough), removes
-/// incomplete and superseded ones. Called by every resync.
+/// incomplete and superseded ones, and template volumes nothing uses.
+/// Called by every resync.
 pub async fn maintain(ctx: &Context) -> Result<(), ReconcileError> {
     let want = desired(ctx);
     let t = &ctx.templates;
     let building = t.lock().building.clone();
-    // Leftovers: incomplete directories (a crashed build) and superseded
-    // templates' memory files.
+    let mut keep = HashSet::new();
+    if let Some((_, n)) = &building {
+        keep.extend([n.disk.clone(), n.seed.clone()]);
+    }
+    // Incomplete directories (a crashed build) and superseded templates'
+    // memory files go; the current template's volumes stay.
     for (hash, info) in on_disk(&t.dir) {
-        if Some(&hash) == building.as_ref() {
+        if building.as_ref().is_some_and(|b| b.0 == hash) {
             continue;
         }
         let wanted = want.as_ref().is_some_and(|d| d.hash == hash);
         match info {
-            Some(_) if wanted => {}
-            Some(info) => {
+            Some(info) if wanted => {
+                keep.extend([info.disk_volume, info.seed_volume]);
+            }
+            Some(_) => {
                 tracing::info!(template = %hash, "removing a superseded template's memory file");
                 remove_dir(&t.dir.join(&hash));
-                if !disk_in_use(ctx, &info.disk_file).await? {
-                    ctx.vm.delete_volume(&info.disk_volume).await?;
-                    ctx.vm.delete_volume(&names(&hash).seed).await?;
-                }
             }
             None => {
                 tracing::warn!(template = %hash, "removing an incomplete template (a build was interrupted)");
-                discard(ctx.vm.as_ref(), &t.dir, &hash).await?;
+                ctx.vm
+                    .remove_template_domain(&names(&hash, "").name)
+                    .await?;
+                remove_dir(&t.dir.join(&hash));
             }
         }
     }
-    // Superseded templates' disks whose directory is gone already.
-    for v in ctx.vm.list_volumes().await? {
-        let Some(hash) = v
-            .strip_prefix("hostd-tpl-")
-            .and_then(|r| r.strip_suffix("-disk.qcow2"))
-        else {
-            continue;
-        };
-        let current = want.as_ref().is_some_and(|d| d.hash == hash);
-        if current || Some(hash) == building.as_deref() || t.dir.join(hash).exists() {
-            continue;
+    // Template volumes no template or build names: removed, a disk only
+    // once no hosting's disk (nor a quarantined one) is an overlay of it.
+    let volumes = ctx.vm.list_volumes().await?;
+    for v in volumes
+        .iter()
+        .filter(|v| v.starts_with("hostd-tpl-") && !keep.contains(*v))
+    {
+        if v.ends_with("-disk.qcow2") {
+            let file = ctx.vm.volume_path(v).await?;
+            if disk_in_use(ctx, &volumes, &file).await? {
+                continue;
+            }
         }
-        let file = ctx.vm.volume_path(&v).await?;
-        if !disk_in_use(ctx, &file).await? {
-            tracing::info!(template = %hash, "removing a superseded template's disk: no hosting's disk is an overlay of it");
-            ctx.vm.delete_volume(&v).await?;
-            ctx.vm.delete_volume(&names(hash).seed).await?;
-        }
+        tracing::info!(volume = %v, "removing a template volume no template uses and no disk is an overlay of");
+        ctx.vm.delete_volume(v).await?;
     }
     let Some(d) = want else { return Ok(()) };
     if building.is_some() || t.ready(&d.hash).is_some() {
@@ -355,20 +361,32 @@ pub async fn maintain(ctx: &Context) -> Result<(), ReconcileError> {
     start_build(ctx, d).await
 }
 
-/// Whether any volume of the pool other than a template's is a qcow2
-/// overlay of `file` (`qemu-img info`; a volume it cannot read counts as
-/// using it).
-async fn disk_in_use(ctx: &Context, file: &Path) -> Result<bool, ReconcileError> {
-    for v in ctx.vm.list_volumes().await? {
-        if !v.ends_with("-disk.qcow2") || v.starts_with("hostd-tpl-") {
-            continue;
+/// Whether a hosting's disk volume in `volumes`, or a quarantined disk, is
+/// a qcow2 overlay of `file` (`qemu-img info`; a disk it cannot read counts
+/// as one: the template's disk is kept).
+async fn disk_in_use(
+    ctx: &Context,
+    volumes: &[String],
+    file: &Path,
+) -> Result<bool, ReconcileError> {
+    let mut disks = vec![];
+    for v in volumes {
+        if v.ends_with("-disk.qcow2") && !v.starts_with("hostd-tpl-") {
+            disks.push(ctx.vm.volume_path(v).await?);
         }
-        let path = ctx.vm.volume_path(&v).await?;
+    }
+    let quarantined = ctx.quarantine.entries().into_iter().map(|e| e.path);
+    disks.extend(quarantined.filter(|p| {
+        p.is_file()
+            && p.file_name()
+                .is_some_and(|n| n.to_string_lossy().contains("-disk.qcow2"))
+    }));
+    for path in disks {
         match crate::drivers::qemu_img::backing_file(&path).await {
             Ok(Some(b)) if b == file => return Ok(true),
             Ok(_) => {}
             Err(e) => {
-                tracing::warn!(volume = %v, error = %e, "cannot read a disk's backing file; keeping the old template's disk");
+                tracing::warn!(disk = %path.display(), error = %e, "cannot read a disk's backing file; keeping the template's disk");
                 return Ok(true);
             }
         }
@@ -384,9 +402,14 @@ fn remove_dir(dir: &Path) {
     }
 }
 
-/// Removes every part of template `hash`: domain, volumes, directory.
-async fn discard(vm: &dyn VmDriver, dir: &Path, hash: &str) -> Result<(), ReconcileError> {
-    let n = names(hash);
+/// Removes a failed build: its domain, volumes (no clone can use them: it
+/// never completed) and directory.
+async fn discard(
+    vm: &dyn VmDriver,
+    dir: &Path,
+    hash: &str,
+    n: &TemplateNames,
+) -> Result<(), ReconcileError> {
     vm.remove_template_domain(&n.name).await?;
     vm.delete_volume(&n.disk).await?;
     vm.delete_volume(&n.seed).await?;
@@ -404,17 +427,21 @@ fn free_port() -> std::io::Result<u16> {
 /// Prepares template `d` (volumes, XML) and captures it in the background.
 async fn start_build(ctx: &Context, d: Desired) -> Result<(), ReconcileError> {
     let t = &ctx.templates;
+    let n = names(&d.hash, &format!("{:08x}", rand::random::<u32>()));
     {
         let mut st = t.lock();
         if st.building.is_some() {
             return Ok(());
         }
-        st.building = Some(d.hash.clone());
+        st.building = Some((d.hash.clone(), n.clone()));
     }
-    let prepared = prepare(ctx, &d).await;
+    let prepared = prepare(ctx, &d, &n).await;
     let (xml, memory, disk_file) = match prepared {
         Ok(p) => p,
         Err(e) => {
+            if let Err(e) = discard(ctx.vm.as_ref(), &t.dir, &d.hash, &n).await {
+                tracing::warn!(template = %d.hash, error = %e, "removing the template that could not be prepared");
+            }
             t.lock().building = None;
             return Err(e);
         }
@@ -426,7 +453,7 @@ async fn start_build(ctx: &Context, d: Desired) -> Result<(), ReconcileError> {
         let hash = d.hash.clone();
         let r = async {
             let c = vm
-                .capture_template(&d.names.name, &xml, &memory, BOOT_TIMEOUT)
+                .capture_template(&n.name, &xml, &memory, BOOT_TIMEOUT)
                 .await
                 .map_err(|e| e.to_string())?;
             faults
@@ -440,7 +467,8 @@ async fn start_build(ctx: &Context, d: Desired) -> Result<(), ReconcileError> {
                 memory_mib: d.class.memory_mib.get(),
                 vcpus: d.class.vcpus.get(),
                 disk_gib: d.class.disk_gib.get(),
-                disk_volume: d.names.disk.clone(),
+                disk_volume: n.disk.clone(),
+                seed_volume: n.seed.clone(),
                 disk_file,
                 memory_file: memory.clone(),
                 memory_bytes: c.memory_bytes,
@@ -463,7 +491,7 @@ async fn start_build(ctx: &Context, d: Desired) -> Result<(), ReconcileError> {
             }
             Err(e) => {
                 tracing::warn!(template = %hash, error = %e, "building the template failed; new hostings boot cold (retried in 10 min)");
-                if let Err(e) = discard(vm.as_ref(), &dir, &hash).await {
+                if let Err(e) = discard(vm.as_ref(), &dir, &hash, &n).await {
                     tracing::warn!(template = %hash, error = %e, "removing the failed template");
                 }
                 let mut st = state.lock().unwrap_or_else(|p| p.into_inner());
@@ -475,10 +503,16 @@ async fn start_build(ctx: &Context, d: Desired) -> Result<(), ReconcileError> {
     Ok(())
 }
 
-/// The template's volumes (a leftover of the same hash replaced), its
-/// directory and domain XML: (XML, memory file, disk file).
-async fn prepare(ctx: &Context, d: &Desired) -> Result<(String, PathBuf, PathBuf), ReconcileError> {
-    discard(ctx.vm.as_ref(), &ctx.templates.dir, &d.hash).await?;
+/// The template's volumes (named by this build), its directory (a
+/// leftover of the same hash removed) and domain XML: (XML, memory file,
+/// disk file).
+async fn prepare(
+    ctx: &Context,
+    d: &Desired,
+    n: &TemplateNames,
+) -> Result<(String, PathBuf, PathBuf), ReconcileError> {
+    ctx.vm.remove_template_domain(&n.name).await?;
+    remove_dir(&ctx.templates.dir.join(&d.hash));
     let user = template_user();
     let ports = (
         free_port().map_err(crate::drivers::DriverError::from)?,
@@ -491,14 +525,13 @@ async fn prepare(ctx: &Context, d: &Desired) -> Result<(String, PathBuf, PathBuf
         backing_format: d.image.format.clone(),
         capacity_gib: d.class.disk_gib,
     };
-    vm.create_volume(&d.names.disk, overlay).await?;
+    vm.create_volume(&n.disk, overlay).await?;
     let iso = crate::drivers::seed::build_iso(&ctx.render.seed(&i));
-    vm.create_volume(&d.names.seed, VolumeSource::Bytes(iso))
-        .await?;
+    vm.create_volume(&n.seed, VolumeSource::Bytes(iso)).await?;
     std::fs::create_dir_all(ctx.render.console_dir()).map_err(crate::drivers::DriverError::from)?;
-    let xml = ctx.render.template_xml(&i, &d.names);
+    let xml = ctx.render.template_xml(&i, n);
     let memory = ctx.templates.dir.join(&d.hash).join("memory.bin");
-    let disk_file = vm.volume_path(&d.names.disk).await?;
+    let disk_file = vm.volume_path(&n.disk).await?;
     Ok((xml, memory, disk_file))
 }
 
@@ -516,11 +549,15 @@ mod tests {
 
     #[test]
     fn names_are_stable_and_distinct_per_hash() {
-        let a = names("0123456789abcdef");
-        assert_eq!(a, names("0123456789abcdef"));
-        let b = names("0123456789abcdee");
+        let a = names("0123456789abcdef", "1");
+        assert_eq!(a, names("0123456789abcdef", "1"));
+        let b = names("0123456789abcdee", "1");
         assert_ne!(a.uuid, b.uuid);
         assert_eq!(a.name, "hostd-tpl-0123456789abcdef");
+        // A rebuild under the same hash: the same domain, new volumes.
+        let again = names("0123456789abcdef", "2");
+        assert_eq!((a.name.as_str(), a.uuid), (again.name.as_str(), again.uuid));
+        assert_ne!(a.disk, again.disk);
         assert!(is_hash("0123456789abcdef"));
         assert!(!is_hash("0123456789ABCDEF"));
         assert!(!is_hash("../../etc/passwd"));

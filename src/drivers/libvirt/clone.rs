@@ -165,43 +165,56 @@ pub(super) fn restore(
     }
 }
 
-/// The uid and gid QEMU runs as (Debian's `libvirt-qemu`), if that user exists.
-fn qemu_user() -> Option<(u32, u32)> {
-    let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
-    passwd.lines().find_map(|l| {
-        let f: Vec<&str> = l.split(':').collect();
-        (f.first() == Some(&"libvirt-qemu") && f.len() > 3)
-            .then(|| Some((f[2].parse().ok()?, f[3].parse().ok()?)))
-            .flatten()
-    })
+/// The uid and gid QEMU runs as: libvirt's DAC base label from its
+/// capabilities (right also where hostd runs in a container, whose
+/// `/etc/passwd` does not know the host's users); `None` without one.
+pub(super) fn qemu_label(c: &Connect) -> Option<(u32, u32)> {
+    let caps = c.capabilities().ok()?;
+    let at = caps.find("<baselabel type='")?;
+    let rest = &caps[at..];
+    let label = &rest[rest.find('>')? + 1..rest.find("</baselabel>")?];
+    let (u, g) = label.split_once(':')?;
+    Some((
+        u.trim_start_matches('+').parse().ok()?,
+        g.trim_start_matches('+').parse().ok()?,
+    ))
 }
 
 /// Makes `dir` a directory QEMU's user may write a memory file into (QEMU,
 /// not libvirt, opens a migration's `file:`).
-pub(super) fn qemu_writable(dir: &Path) -> DriverResult<()> {
+pub(super) fn qemu_writable(dir: &Path, label: Option<(u32, u32)>) -> DriverResult<()> {
     use std::os::unix::fs::PermissionsExt;
     std::fs::create_dir_all(dir)?;
-    if let Some((uid, gid)) = qemu_user() {
+    if let Some((uid, gid)) = label {
         std::os::unix::fs::chown(dir, Some(uid), Some(gid))?;
     }
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o750))?;
     Ok(())
 }
 
-/// After a capture: the memory file (if any) and its directory belong to
-/// root again and only root writes them, so no guest's QEMU (all run as one
-/// user) can change what every later clone will run; QEMU's user may read
-/// them.
-pub(super) fn seal(memory: &Path) -> DriverResult<()> {
+/// After a capture: the memory file (if any; a regular file, never a link)
+/// and its directory belong to root again and only root writes them, so no
+/// guest's QEMU (all run as one user) can change what every later clone
+/// will run; QEMU's group may read them.
+pub(super) fn seal(memory: &Path, label: Option<(u32, u32)>) -> DriverResult<()> {
     use std::os::unix::fs::PermissionsExt;
-    let gid = qemu_user().map(|(_, g)| g);
-    if memory.exists() {
-        std::os::unix::fs::chown(memory, Some(0), gid)?;
-        std::fs::set_permissions(memory, std::fs::Permissions::from_mode(0o640))?;
-    }
+    let gid = label.map(|(_, g)| g);
     if let Some(dir) = memory.parent() {
         std::os::unix::fs::chown(dir, Some(0), gid)?;
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o750))?;
+    }
+    match std::fs::symlink_metadata(memory) {
+        Ok(m) if m.file_type().is_file() => {
+            std::os::unix::fs::lchown(memory, Some(0), gid)?;
+            std::fs::set_permissions(memory, std::fs::Permissions::from_mode(0o640))?;
+        }
+        Ok(_) => {
+            std::fs::remove_file(memory)?;
+            return Err(DriverError::Other(
+                "the memory file was not a regular file; removed".into(),
+            ));
+        }
+        Err(_) => {}
     }
     Ok(())
 }

@@ -416,12 +416,13 @@ impl VmDriver for LibvirtDriver {
         let dir = memory
             .parent()
             .ok_or_else(|| DriverError::Other("memory file without a directory".into()))?;
-        clone::qemu_writable(dir)?;
         let (name, xml, owner) = (name.to_string(), xml.to_string(), self.owner.clone());
-        let memory = memory.to_path_buf();
+        let (memory, dir) = (memory.to_path_buf(), dir.to_path_buf());
         self.with_conn(move |c| {
+            let label = clone::qemu_label(c);
+            clone::qemu_writable(&dir, label)?;
             let r = clone::capture(c, &xml, &name, &owner, &memory, boot_timeout);
-            clone::seal(&memory)?;
+            clone::seal(&memory, label)?;
             r
         })
         .await
