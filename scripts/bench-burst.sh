@@ -92,7 +92,10 @@ PY
   how=$(for i in $(seq 0 $((n - 1))); do curl -fsS "$API/host/my" -H "Authorization: Bearer ${tokens[$i]}" |
     jq -r 'if any(.events[]; .message | startswith("warm-pool guest personalised")) then "pool"
       elif any(.events[]; .reason == "Cloned") then "clone" else "cold" end'; done | sort | uniq -c | tr -s ' \n' ' ')
-  line="$line; started as: $how"
+  ms=$(for i in $(seq 0 $((n - 1))); do curl -fsS "$API/host/my" -H "Authorization: Bearer ${tokens[$i]}" |
+    jq -r '[.events[] | select(.reason == "Cloned" or (.reason == "Personalised" and (.message | startswith("clone"))))
+            | .message | capture("in (?<ms>[0-9]+) ms").ms] | reverse | join("/")'; done | grep . | tr '\n' ' ')
+  line="$line; started as: $how${ms:+; clone start/personalisation ms: $ms}"
   step "$line"
   summary+=("$line")
   for i in $(seq 0 $((n - 1))); do

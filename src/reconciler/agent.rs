@@ -22,6 +22,10 @@ use crate::domain::HostingId;
 pub const AGENT_TIMEOUT: Duration = Duration::from_secs(30);
 /// Tenants' agent calls at once (per reconciler).
 pub const TENANT_CALLS: usize = 4;
+/// Clones' personalisations at once: as many as clones start at once
+/// (`clone_templates::RESTORES_AT_ONCE`), so a burst's clones are not
+/// queued twice.
+pub const CLONE_CALLS: usize = super::clone_templates::RESTORES_AT_ONCE;
 /// Warm-pool claims' agent calls at once.
 pub const CLAIM_CALLS: usize = 4;
 /// After a tenant's agent call failed, how long its live seed changes wait
@@ -35,8 +39,9 @@ pub enum CallKind {
     Tenant,
     /// A claimed warm-pool guest's personalisation (still hostd's agent).
     Claim,
-    /// A clone's first personalisation: its identity reset first
-    /// ([`CLONE_RESET`]), then as a claim. Takes the claims' slots.
+    /// A clone's first personalisation: its identity reset
+    /// ([`CLONE_RESET`]), then `hostd-boot --live` as for a claim, in one
+    /// guest command. Its own slots ([`CLONE_CALLS`]).
     Clone,
 }
 
@@ -63,6 +68,7 @@ ssh-keygen -q -t ecdsa -N '' -C '' -f /etc/ssh/ssh_host_ecdsa_key
 systemd-id128 new > /etc/machine-id.new
 mv /etc/machine-id.new /etc/machine-id
 rm -f /var/lib/systemd/random-seed
+exec /usr/local/sbin/hostd-boot --live
 "#;
 
 /// How a submitted call ended: the time it took, or why it failed.
@@ -88,6 +94,7 @@ struct Job {
 pub struct AgentCalls {
     tenants: Arc<Semaphore>,
     claims: Arc<Semaphore>,
+    clones: Arc<Semaphore>,
     jobs: Arc<Mutex<HashMap<HostingId, Job>>>,
     /// Most calls seen running at once (for tests and the closing figures).
     pub peak: Arc<std::sync::atomic::AtomicUsize>,
@@ -99,6 +106,7 @@ impl Default for AgentCalls {
         AgentCalls {
             tenants: Arc::new(Semaphore::new(TENANT_CALLS)),
             claims: Arc::new(Semaphore::new(CLAIM_CALLS)),
+            clones: Arc::new(Semaphore::new(CLONE_CALLS)),
             jobs: Default::default(),
             peak: Default::default(),
             running: Default::default(),
@@ -130,7 +138,8 @@ impl AgentCalls {
         drop(jobs);
         let slots = match kind {
             CallKind::Tenant => &self.tenants,
-            CallKind::Claim | CallKind::Clone => &self.claims,
+            CallKind::Claim => &self.claims,
+            CallKind::Clone => &self.clones,
         };
         let (slots, vm) = (slots.clone(), ctx.vm.clone());
         let (name, wake) = (super::names::domain_name(id), ctx.waker(id));
@@ -146,18 +155,10 @@ impl AgentCalls {
                     // A `delay` here stands for an agent that answers late.
                     let r = match faults.hit("before_agent_call").await {
                         Err(e) => Err(crate::drivers::DriverError::GuestAgent(e.to_string())),
+                        Ok(()) if kind == CallKind::Clone => clone_reset(vm.as_ref(), &name).await,
                         Ok(()) => {
-                            let reset = match kind {
-                                CallKind::Clone => clone_reset(vm.as_ref(), &name).await,
-                                _ => Ok(String::new()),
-                            };
-                            match reset {
-                                Ok(_) => {
-                                    let (path, args) = ("/usr/local/sbin/hostd-boot", ["--live"]);
-                                    vm.guest_exec(&name, path, &args, AGENT_TIMEOUT).await
-                                }
-                                Err(e) => Err(e),
-                            }
+                            let (path, args) = ("/usr/local/sbin/hostd-boot", ["--live"]);
+                            vm.guest_exec(&name, path, &args, AGENT_TIMEOUT).await
                         }
                     };
                     running.fetch_sub(1, SeqCst);
@@ -190,8 +191,8 @@ impl AgentCalls {
     }
 }
 
-/// Runs [`CLONE_RESET`] in the clone `name` with fresh bytes from the host's
-/// RNG and the host's clock.
+/// Runs [`CLONE_RESET`] (and with it `hostd-boot --live`) in the clone
+/// `name` with fresh bytes from the host's RNG and the host's clock.
 async fn clone_reset(
     vm: &dyn crate::drivers::VmDriver,
     name: &str,
