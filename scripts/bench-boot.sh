@@ -11,7 +11,7 @@ prepare_host
 LABEL=bench-boot
 . scripts/realenv.sh
 realenv_up
-start_hostd
+start_hostd HOSTD_CLONE_TEMPLATES=false   # a cold boot is what it looks at
 
 curl -fsS -X POST "$API/auth/register" -H 'content-type: application/json' \
   -d '{"email":"boot@example.com","username":"boot","password":"correct horse"}' >/dev/null

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Provisioning benchmark with real guests, in one run:
+# Provisioning benchmark with real guests, in one run (templates for clones
+# off: bench-burst.sh compares clones):
 # - warm path: with a warm pool of 2 booted guests (HOSTD_WARM_POOL=2), time
 #   from POST /api/v1/host to Ready (this generation: personalised, site
 #   through nginx and SSH banner) for 1 hosting, then (pool refilled) for 2
@@ -56,7 +57,7 @@ warm_run() {
   echo "${out[*]}"
 }
 step "warm path: HOSTD_WARM_POOL=2, waiting for two Ready pool guests"
-start_hostd HOSTD_WARM_POOL=2
+start_hostd HOSTD_WARM_POOL=2 HOSTD_CLONE_TEMPLATES=false
 wait_until "$READY_TIMEOUT" 1 pool_ready_n 2 || fail "the pool did not fill"
 w1=$(warm_run "$(new_user warm1)")
 step "warm path: 1 hosting: $w1 s; waiting for the pool to refill"
@@ -69,7 +70,7 @@ for u in warm1 warm2a warm2b; do
 done
 kill "$HOSTD_PID"; wait "$HOSTD_PID" 2>/dev/null || true; HOSTD_PID=""
 step "cold path: no pool (HOSTD_WARM_POOL=0 shrinks it to nothing)"
-start_hostd HOSTD_WARM_POOL=0
+start_hostd HOSTD_WARM_POOL=0 HOSTD_CLONE_TEMPLATES=false
 pool_gone() { [ "$(sql "select count(*) from hostings where warm_pool or deletion_requested_at is not null")" = 0 ]; }
 wait_until 300 1 pool_gone || fail "the pool and the warm hostings were not removed"
 accel=$(curl -fsS "$API/health/detailed" | jq -r .domain_type)
