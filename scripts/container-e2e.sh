@@ -141,7 +141,9 @@ curl -fsS -o /dev/null -X DELETE "$API/host/my" -H "Authorization: Bearer $TOKEN
 gone() { [ "$(curl -s -o /dev/null -w '%{http_code}' "$API/host/my" -H "Authorization: Bearer $TOKEN")" = 404 ]; }
 wait_until 120 2 gone || fail "hosting not removed"
 virsh -c qemu:///system dominfo "$DOMAIN" >/dev/null 2>&1 && fail "domain $DOMAIN still exists"
-vols=$(pool_volumes "hostd-$INSTANCE" | grep -vx '.hostd-installation' || true)
+# The ownership marker stays, and the instance's template for clones (or
+# the volumes of one being built).
+vols=$(pool_volumes "hostd-$INSTANCE" | grep -vx -e '.hostd-installation' -e 'hostd-tpl-.*-disk.qcow2' -e 'hostd-tpl-.*-seed.iso' || true)
 [ -z "$vols" ] || fail "volumes left behind: $vols"
 entries=$(grep -c '^# hosting ' "$STATE_DIR/compose-$INSTANCE/routes/routes.map" 2>/dev/null || true)
 [ "${entries:-0}" = 0 ] || fail "route entries left behind"
