@@ -134,6 +134,7 @@ async fn main() {
                 hosting_id: h,
                 user_id: u,
                 http_port: Some(port),
+                upstream_host: hostd::domain::NodeAddress::LOOPBACK,
                 hosts: vec![],
                 hsts: false,
             }));

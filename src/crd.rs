@@ -65,6 +65,9 @@ pub struct StatusView {
     pub ssh_port: Option<u16>,
     pub http_port: Option<u16>,
     pub message: Option<String>,
+    /// The node the hosting is placed on (absent until it is placed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
 }
 
 fn schema_of<T: JsonSchema>() -> Value {

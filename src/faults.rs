@@ -9,6 +9,7 @@ use std::time::Duration;
 
 /// Every fault point, in the order reconcile and cleanup reach them.
 pub const POINTS: &[&str] = &[
+    "after_node_placed",
     "after_port_allocation",
     "after_disk_create",
     "after_seed_upload",

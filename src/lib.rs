@@ -2,8 +2,9 @@
 //! controller.
 //!
 //! Crate map (dependencies point down this list, never up):
-//! - [`app`], [`doctor`], [`recover`]: wiring: builds the API server and/or
-//!   reconciler for a process; `hostd doctor`; `hostd recover`.
+//! - [`app`], [`doctor`], [`recover`], [`node_cli`]: wiring: builds the API
+//!   server and/or reconciler for a process; `hostd doctor`; `hostd recover`;
+//!   `hostd node …`.
 //! - [`api`] and [`reconciler`], siblings (neither imports the other):
 //!   the REST API (axum), which validates input and writes *desired* state;
 //!   the control loop that makes reality match it, one named step at a time.
@@ -31,6 +32,7 @@ pub mod domain;
 pub mod drivers;
 pub mod faults;
 pub mod images;
+pub mod node_cli;
 pub mod reconciler;
 pub mod recover;
 pub mod seal;

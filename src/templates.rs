@@ -42,6 +42,8 @@ pub struct DomainXml<'a> {
     pub disk_volume: &'a str,
     pub seed_volume: &'a str,
     pub ssh_bind: String,
+    /// Address the guest's HTTP port is forwarded on (its node's address).
+    pub http_bind: String,
     pub ssh_port: u16,
     pub http_port: u16,
     pub console_log: String,
@@ -214,6 +216,7 @@ mod tests {
             disk_volume: "d",
             seed_volume: "s",
             ssh_bind: "127.0.0.1".into(),
+            http_bind: "127.0.0.1".into(),
             ssh_port: 10000,
             http_port: 30000,
             console_log: "/tmp/x.log".into(),

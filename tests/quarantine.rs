@@ -69,7 +69,12 @@ async fn a_quarantined_disk_is_kept_for_the_period_whatever_its_files_age() {
     vm.create_volume(&name, VolumeSource::Bytes(b"newer".to_vec()))
         .await
         .unwrap();
-    let second = ctl.ctx.quarantine_volume(&name).await.unwrap().unwrap();
+    let second = ctl
+        .ctx
+        .quarantine_volume(&*ctl.ctx.vm, &name)
+        .await
+        .unwrap()
+        .unwrap();
     assert_ne!(first, second);
     assert!(
         !first.exists(),

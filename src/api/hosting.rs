@@ -92,6 +92,7 @@ pub fn view(st: &AppState, r: &HostingRecord, events: Option<Vec<Event>>) -> Hos
             ssh_port: s.ssh_port,
             http_port: s.http_port,
             message: s.message.clone(),
+            node: r.node.as_ref().map(|n| n.to_string()),
         },
         web_url: s
             .http_port

@@ -19,6 +19,7 @@ pub mod error;
 pub mod health;
 pub mod hosting;
 pub mod limits;
+pub mod nodes;
 pub mod openapi;
 pub mod web;
 
@@ -94,6 +95,10 @@ pub fn api_routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(admin::admin_patch, admin::admin_delete))
         .routes(routes!(admin::admin_users))
         .routes(routes!(admin::admin_set_role))
+        .routes(routes!(nodes::list_nodes, nodes::add_node))
+        .routes(routes!(nodes::get_node, nodes::remove_node))
+        .routes(routes!(nodes::cordon_node))
+        .routes(routes!(nodes::uncordon_node))
         .routes(routes!(health::health))
         .routes(routes!(health::detailed))
         .routes(routes!(health::version))

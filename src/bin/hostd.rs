@@ -65,6 +65,11 @@ enum Cmd {
     RenewCertificates { name: Option<String> },
     /// Grant the admin role to a user.
     MakeAdmin { username: String },
+    /// Hypervisor nodes: list, add, cordon, uncordon, remove.
+    Node {
+        #[command(subcommand)]
+        cmd: hostd::node_cli::NodeCmd,
+    },
     /// GET a URL and exit 0 on a 2xx answer within 5 s, else 1: the
     /// containers' health check (the runtime image has no curl).
     Probe { url: String },
@@ -162,6 +167,7 @@ async fn main() {
             println!("migrations applied");
         }
         Cmd::Doctor => std::process::exit(hostd::doctor::run(config(s, true)).await),
+        Cmd::Node { cmd } => std::process::exit(hostd::node_cli::run(config(s, true), cmd).await),
         Cmd::Recover { timeout } => std::process::exit(
             hostd::recover::run(config(s, true), std::time::Duration::from_secs(timeout)).await,
         ),

@@ -97,6 +97,10 @@ pub struct Config {
     pub domain_type_reason: String,
     /// Separates several hostd installations sharing one libvirtd (`HOSTD_INSTANCE`).
     pub instance: String,
+    /// The implicit node's name (`HOSTD_NODE_NAME`).
+    pub node_name: crate::domain::NodeName,
+    /// Silence after which a node is down (`HOSTD_NODE_DOWN_SECS`).
+    pub node_down: Duration,
     /// Full resync period (`HOSTD_RESYNC_SECS`).
     pub resync: Duration,
     /// Concurrent reconciles (`HOSTD_RECONCILE_CONCURRENCY`).

@@ -159,6 +159,20 @@ pub struct Settings {
         default_value = "default"
     )]
     pub instance: String,
+    /// Name of the node `HOSTD_LIBVIRT_URI` reaches (the implicit first
+    /// node; more are added with `hostd node add`).
+    #[arg(
+        long,
+        env = "HOSTD_NODE_NAME",
+        value_name = "HOSTD_NODE_NAME",
+        default_value = "local"
+    )]
+    pub node_name: String,
+    /// Seconds without a good heartbeat before a node counts as down
+    /// (`NodeReady=False`; its hostings `Unknown`).
+    #[arg(long, env = "HOSTD_NODE_DOWN_SECS", value_name = "HOSTD_NODE_DOWN_SECS", default_value = "60",
+          value_parser = clap::value_parser!(u64).range(2..=86400))]
+    pub node_down_secs: u64,
     /// Full resync period in seconds.
     #[arg(long, env = "HOSTD_RESYNC_SECS", value_name = "HOSTD_RESYNC_SECS", default_value = "15",
           value_parser = clap::value_parser!(u64).range(1..))]

@@ -238,6 +238,9 @@ impl Settings {
             domain_type,
             domain_type_reason,
             instance: self.instance,
+            node_name: crate::domain::NodeName::parse(&self.node_name)
+                .map_err(|e| bad("HOSTD_NODE_NAME", e.message))?,
+            node_down: Duration::from_secs(self.node_down_secs),
             resync: Duration::from_secs(self.resync_secs),
             concurrency: self.reconcile_concurrency as usize,
             ready_timeout: Duration::from_secs(self.ready_timeout_secs),

@@ -9,11 +9,13 @@ use uuid::Uuid;
 
 mod account;
 mod egress;
+mod node;
 mod site_name;
 mod spec;
 mod status;
 pub use account::*;
 pub use egress::*;
+pub use node::*;
 pub use site_name::*;
 pub use spec::*;
 pub use status::*;

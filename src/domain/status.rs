@@ -49,6 +49,8 @@ named_enum! {
         Stopped,
         Deleting,
         Failed,
+        /// Its node is down: nobody can tell what its guest does.
+        Unknown,
     }
 }
 
@@ -119,6 +121,8 @@ named_enum! {
         Scheduled,
         /// The disk vanished and no backup could restore it: the owner decides.
         DiskLost,
+        /// Its node answers (present as False only while the node is down).
+        NodeReachable,
     }
 }
 
@@ -149,8 +153,12 @@ named_enum! {
         Stopping,
         ShuttingDown,
         Stopped,
-        // Scheduling.
+        // Scheduling and nodes.
         Admitted,
+        Placed,
+        NoNodeFits,
+        NodeDown,
+        NodeBack,
         InsufficientMemory,
         InsufficientCpu,
         InsufficientDisk,

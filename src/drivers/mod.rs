@@ -83,7 +83,7 @@ pub struct ObservedDomain {
 }
 
 /// What the host offers guests, as libvirt reports it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct HostResources {
     /// Physical memory, MiB.
     pub memory_mib: u64,
@@ -280,6 +280,8 @@ pub struct RouteSpec {
     pub user_id: crate::domain::UserId,
     /// `Some(port)`: proxy to the guest; `None`: serve the "stopped" 503 page.
     pub http_port: Option<u16>,
+    /// Where that port is forwarded: the hosting's node's address.
+    pub upstream_host: crate::domain::NodeAddress,
     /// Host names routed to it as well: the tenant's own name under
     /// `HOSTD_SITES_DOMAIN`, then its verified custom domains.
     pub hosts: Vec<String>,

@@ -118,7 +118,14 @@ impl AgentCalls {
     /// The outcome of the call applying `seed` to hosting `id`'s guest,
     /// submitting it if there is none (its end wakes the hosting). A finished call for another
     /// seed is dropped and a new one submitted; a running one is waited for.
-    pub fn poll(&self, ctx: &super::Context, id: HostingId, seed: &str, kind: CallKind) -> Poll {
+    pub fn poll(
+        &self,
+        ctx: &super::Context,
+        vm: std::sync::Arc<dyn crate::drivers::VmDriver>,
+        id: HostingId,
+        seed: &str,
+        kind: CallKind,
+    ) -> Poll {
         let mut jobs = self.jobs.lock().unwrap_or_else(|p| p.into_inner());
         match jobs.get(&id) {
             Some(j) if j.outcome.is_none() => return Poll::Pending,
@@ -141,7 +148,7 @@ impl AgentCalls {
             CallKind::Claim => &self.claims,
             CallKind::Clone => &self.clones,
         };
-        let (slots, vm) = (slots.clone(), ctx.vm.clone());
+        let slots = slots.clone();
         let (name, wake) = (super::names::domain_name(id), ctx.waker(id));
         let faults = ctx.config.faults.clone();
         let (table, running, peak) = (self.jobs.clone(), self.running.clone(), self.peak.clone());

@@ -174,7 +174,10 @@ pub async fn pending(
     let Some(rec) = ctx.store.get_record(id).await? else {
         return Ok(None);
     };
-    let pass = Pass::new(ctx, &rec);
+    let Ok(vm) = ctx.node_driver(&rec) else {
+        return Ok(None);
+    };
+    let pass = Pass::new(ctx, &rec, vm);
     let result = pass.backup(b).await;
     pass.finish(result).await
 }

@@ -255,6 +255,7 @@ fn inputs<'a>(
         ssh_port: ports.0,
         http_port: ports.1,
         from_warm_pool: false,
+        address: crate::domain::NodeAddress::LOOPBACK,
     }
 }
 

@@ -102,12 +102,17 @@ impl Controller {
         if let Err(e) = ctx.vm.ensure_storage_pool().await {
             tracing::error!(error = %e, "cannot prepare the storage pool; will retry");
         }
+        // The nodes are known (and pinged once) before any hosting is looked at.
+        if let Err(e) = ctx.nodes.load(&ctx.store).await {
+            tracing::error!(error = %e, "cannot read the nodes; will retry");
+        }
         // Stops this term's tasks (lease lost) as well as on process shutdown.
         let stop = shutdown.child_token();
         let listener = tokio::spawn(listen(ctx.clone(), self.queue.clone(), stop.clone()));
         let watcher = tokio::spawn(watch_domains(ctx.clone(), self.queue.clone(), stop.clone()));
         let workers = tokio::spawn(self.clone().work(stop.clone()));
         let tls = tokio::spawn(super::tls::run(ctx.clone(), stop.clone()));
+        let heartbeats = tokio::spawn(heartbeats(ctx.clone(), self.queue.clone(), stop.clone()));
         let mut next_resync = Instant::now();
         let mut lease_check = tokio::time::interval(Duration::from_secs(2));
         loop {
@@ -138,6 +143,7 @@ impl Controller {
         let _ = watcher.await;
         let _ = workers.await;
         let _ = tls.await;
+        let _ = heartbeats.await;
     }
 
     /// Works the queue with bounded concurrency until `stop`.
@@ -235,6 +241,39 @@ async fn listen(ctx: Arc<Context>, queue: Arc<queue::WorkQueue>, stop: Shutdown)
                         break;
                     }
                 }
+            }
+        }
+    }
+}
+
+/// Reads the nodes table and pings every node, every
+/// [`super::nodes::heartbeat_interval`]; a node whose health changed has its
+/// hostings queued (marked `Unknown` when it went down, repaired when it
+/// returns).
+async fn heartbeats(ctx: Arc<Context>, queue: Arc<queue::WorkQueue>, stop: Shutdown) {
+    let every = super::nodes::heartbeat_interval(ctx.config.node_down);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+        if let Err(e) = ctx.nodes.load(&ctx.store).await {
+            tracing::warn!(error = %e, "cannot read the nodes; will retry");
+            continue;
+        }
+        if let Err(e) = ctx.nodes.refresh(&ctx.store).await {
+            tracing::warn!(error = %e, "cannot read the nodes; will retry");
+            continue;
+        }
+        for (node, health) in ctx.nodes.heartbeat(&ctx.store).await {
+            match ctx.store.hostings_on(&node).await {
+                Ok(ids) => {
+                    tracing::info!(%node, ?health, hostings = ids.len(), "node health changed; looking at its hostings");
+                    for id in ids {
+                        queue.add_now(id);
+                    }
+                }
+                Err(e) => tracing::warn!(%node, error = %e, "cannot list the node's hostings"),
             }
         }
     }

@@ -27,6 +27,7 @@ pub mod console;
 pub mod controller;
 pub mod memory;
 pub mod names;
+pub mod nodes;
 pub mod offsite;
 pub mod quarantine;
 pub mod queue;
@@ -47,8 +48,11 @@ pub use steps::schedule::Ledger;
 pub struct Context {
     /// Desired state, status and events.
     pub store: Store,
-    /// The hypervisor.
+    /// The implicit node's hypervisor (`HOSTD_LIBVIRT_URI`): templates and
+    /// host checks. A hosting's own node's driver comes from [`Context::nodes`].
     pub vm: Arc<dyn VmDriver>,
+    /// Every node: connections, heartbeats, addresses (see `nodes`).
+    pub nodes: nodes::Nodes,
     /// The host nginx.
     pub proxy: Arc<dyn ProxyDriver>,
     /// Validated settings (fault injection included).
@@ -89,6 +93,15 @@ pub struct Context {
     /// The controller's queue, so that a driver finishing work in the
     /// background (a route batch) can wake the hosting it was for.
     pub(crate) queue: std::sync::OnceLock<Arc<queue::WorkQueue>>,
+}
+
+/// Why a hosting's node cannot be used now.
+#[derive(Debug, Clone)]
+pub struct NodeAway {
+    pub node: crate::domain::NodeName,
+    /// Silent for `HOSTD_NODE_DOWN_SECS` or more (else: briefly unreachable).
+    pub down: bool,
+    pub message: String,
 }
 
 /// Why a reconciler context cannot be built.
@@ -135,7 +148,27 @@ impl Context {
         let quarantine = quarantine::Quarantine::new(&config.state_dir, config.quarantine);
         let tls = tls::Tls::new(&config);
         let templates = clone_templates::Templates::new(&config.state_dir, &config.instance);
+        let factory: nodes::DriverFactory = {
+            let (instance, state) = (config.instance.clone(), config.state_dir.clone());
+            Box::new(move |n: &crate::store::Node| -> Arc<dyn VmDriver> {
+                Arc::new(crate::drivers::libvirt::LibvirtDriver::for_node(
+                    n.uri.as_str(),
+                    n.name.as_str(),
+                    &instance,
+                    installation,
+                    &state,
+                ))
+            })
+        };
+        let nodes = nodes::Nodes::new(
+            config.node_name.clone(),
+            &config.libvirt_uri,
+            vm.clone(),
+            factory,
+            config.node_down,
+        );
         Ok(Arc::new(Context {
+            nodes,
             // Its own pool slot: fenced by the leader term once it leads,
             // while the API's statements stay on the shared pool.
             store: store.detached(),
@@ -159,6 +192,36 @@ impl Context {
             offsite,
             queue: std::sync::OnceLock::new(),
         }))
+    }
+
+    /// The driver of `rec`'s node, if that node is usable now (a hosting not
+    /// placed yet: the implicit node's, which placement replaces).
+    pub fn node_driver(
+        &self,
+        rec: &crate::store::HostingRecord,
+    ) -> Result<Arc<dyn VmDriver>, NodeAway> {
+        let Some(name) = rec.node.as_ref() else {
+            return Ok(self.vm.clone());
+        };
+        let Some(h) = self.nodes.get(name) else {
+            return Err(NodeAway {
+                node: name.clone(),
+                down: false,
+                message: "not connected yet".into(),
+            });
+        };
+        match h.health {
+            nodes::Health::Ready => Ok(h.driver),
+            health => Err(NodeAway {
+                node: name.clone(),
+                down: health == nodes::Health::Down,
+                message: h
+                    .row
+                    .message
+                    .clone()
+                    .unwrap_or_else(|| "its libvirt does not answer".into()),
+            }),
+        }
     }
 
     /// The error policy: next delay for this hosting (exponential with jitter,
@@ -192,13 +255,14 @@ impl Context {
     /// older quarantined entry of that kind. Where it went, if anywhere.
     pub async fn quarantine_volume(
         &self,
+        vm: &dyn VmDriver,
         name: &str,
     ) -> Result<Option<std::path::PathBuf>, ReconcileError> {
         let to = self
             .quarantine
             .target(name, chrono::Utc::now())
             .map_err(crate::drivers::DriverError::from)?;
-        match self.vm.quarantine_volume(name, &to).await? {
+        match vm.quarantine_volume(name, &to).await? {
             Some(to) => {
                 let q = self.quarantine.clone();
                 let kept = to.clone();
@@ -248,10 +312,22 @@ impl Context {
     /// The route a hosting should have: to its guest on `http`, or the 503
     /// page (`None`); on its own host name too when host routing is on.
     pub fn route_spec(&self, rec: &crate::store::HostingRecord, http: Option<u16>) -> RouteSpec {
+        self.route_spec_on(rec, rec.node.as_ref(), http)
+    }
+
+    /// [`Context::route_spec`] for a hosting on `node` (placed by the pass
+    /// that asks, so not in its record yet).
+    pub fn route_spec_on(
+        &self,
+        rec: &crate::store::HostingRecord,
+        node: Option<&crate::domain::NodeName>,
+        http: Option<u16>,
+    ) -> RouteSpec {
         RouteSpec {
             hosting_id: rec.id,
             user_id: rec.user_id,
             http_port: http,
+            upstream_host: self.nodes.address(node),
             hosts: (self.config.sites.vhost(&rec.username).into_iter())
                 .chain(rec.domains.iter().map(|d| d.to_string()))
                 .collect(),

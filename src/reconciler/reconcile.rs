@@ -21,8 +21,13 @@ pub async fn reconcile(ctx: &Context, id: HostingId) -> Result<Action, Reconcile
         ctx.forget(id);
         return Ok(Action::Gone);
     };
-    let span = tracing::info_span!("reconcile", hosting = %id, generation = rec.generation);
+    ctx.nodes.load(&ctx.store).await?;
+    let node = rec.node.as_ref().map(|n| n.as_str()).unwrap_or("");
+    let span = tracing::info_span!("reconcile", hosting = %id, generation = rec.generation, node);
     async move {
+        if let Err(away) = ctx.node_driver(&rec) {
+            return node_away(ctx, &rec, away).await;
+        }
         if rec.deletion_requested_at.is_some() {
             finalize(ctx, &rec).await
         } else {
@@ -36,7 +41,9 @@ pub async fn reconcile(ctx: &Context, id: HostingId) -> Result<Action, Reconcile
 /// Converges an existing hosting towards its spec; the pass's events are
 /// written when it ends, whether it succeeded or not.
 async fn apply(ctx: &Context, rec: HostingRecord) -> Result<Action, ReconcileError> {
-    let mut pass = Pass::new(ctx, &rec);
+    let vm = ctx.node_driver(&rec).expect("checked by the caller");
+    let mut pass = Pass::new(ctx, &rec, vm);
+    pass.node_back();
     let result = converge(&mut pass).await;
     let action = pass.finish(result).await?;
     if action != Action::AwaitChange {
@@ -61,7 +68,8 @@ async fn converge(pass: &mut Pass<'_>) -> Result<Action, ReconcileError> {
     let Some(image) = pass.disk().await? else {
         return Ok(Action::AwaitChange);
     };
-    let inputs = Inputs::of(rec, &image, ports);
+    let address = ctx.nodes.address(pass.node.as_ref());
+    let inputs = Inputs::of(rec, &image, ports).at(address);
     let want = ctx.render.hashes(&inputs);
     let observed = pass.seed(&inputs, &want).await?;
     let def = pass.definition(&inputs, &want, observed).await?;
@@ -86,6 +94,55 @@ async fn converge(pass: &mut Pass<'_>) -> Result<Action, ReconcileError> {
     pass.readiness(ports).await
 }
 
+/// A hosting whose node is not usable now: nothing is done to it. While
+/// the node has been silent for less than `HOSTD_NODE_DOWN_SECS` it waits
+/// quietly; after that it is `Unknown` with `NodeReachable=False` (its
+/// guest may still run: nobody can tell). Nothing is recreated elsewhere;
+/// the node's return queues it again.
+async fn node_away(
+    ctx: &Context,
+    rec: &HostingRecord,
+    away: super::NodeAway,
+) -> Result<Action, ReconcileError> {
+    let super::NodeAway {
+        node,
+        down,
+        message,
+    } = away;
+    if !down {
+        return Ok(Action::Requeue(super::nodes::heartbeat_interval(
+            ctx.config.node_down,
+        )));
+    }
+    let mut st = rec.status.clone();
+    let msg = format!("node {node} is down: {message}");
+    let was = st
+        .conditions
+        .iter()
+        .any(|c| c.type_ == ConditionType::NodeReachable && !c.is_true());
+    set_condition(
+        &mut st.conditions,
+        ConditionType::NodeReachable,
+        false,
+        crate::domain::Reason::NodeDown,
+        &msg,
+    );
+    st.phase = Phase::Unknown;
+    st.message = Some(msg.clone());
+    if !was || rec.status.phase != Phase::Unknown {
+        let event = crate::store::NewEvent {
+            type_: EventType::Warning,
+            reason: crate::domain::Reason::NodeDown,
+            message: format!("{msg}; its guest may still run there. Nothing is recreated elsewhere by itself: the hosting returns with the node, or an operator evacuates the node"),
+        };
+        ctx.store
+            .write_status_with_events(rec.id, &st, &[event])
+            .await?;
+    }
+    ctx.release_boot(rec.id);
+    Ok(Action::Requeue(Duration::from_secs(30)))
+}
+
 /// The finalizer: route → reload → domain → volumes → ports → row. Every step
 /// is idempotent, so it works whatever state apply left behind.
 async fn finalize(ctx: &Context, rec: &HostingRecord) -> Result<Action, ReconcileError> {
@@ -98,14 +155,15 @@ async fn finalize(ctx: &Context, rec: &HostingRecord) -> Result<Action, Reconcil
         ctx.store.write_status(id, &st).await?;
     }
     let faults = &ctx.config.faults;
+    let vm = ctx.node_driver(rec).expect("checked by the caller");
     ctx.proxy.apply(id, None).await?;
     faults.hit("after_route_remove").await?;
-    ctx.vm.destroy(&name).await?;
+    vm.destroy(&name).await?;
     faults.hit("after_domain_destroy").await?;
-    ctx.vm.undefine(&name).await?;
+    vm.undefine(&name).await?;
     faults.hit("after_domain_undefine").await?;
-    ctx.vm.delete_volume(&disk_volume(id)).await?;
-    ctx.vm.delete_volume(&seed_volume(id)).await?;
+    vm.delete_volume(&disk_volume(id)).await?;
+    vm.delete_volume(&seed_volume(id)).await?;
     faults.hit("after_volume_delete").await?;
     quarantine_backups(ctx, id)?;
     super::steps::offsite::delete_offsite(ctx, id).await?;

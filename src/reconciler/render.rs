@@ -46,6 +46,8 @@ pub struct Inputs<'a> {
     /// instance id then names its owner, so a claim is a new instance to the
     /// guest (its welcome page is written for the new owner).
     pub from_warm_pool: bool,
+    /// Where its node's forwarded HTTP port is bound (the node's address).
+    pub address: crate::domain::NodeAddress,
 }
 
 impl<'a> Inputs<'a> {
@@ -60,7 +62,13 @@ impl<'a> Inputs<'a> {
             ssh_port: ports.0,
             http_port: ports.1,
             from_warm_pool: rec.warm || rec.claimed_at.is_some(),
+            address: crate::domain::NodeAddress::LOOPBACK,
         }
+    }
+
+    /// The same inputs for a guest on a node reached at `address`.
+    pub fn at(self, address: crate::domain::NodeAddress) -> Inputs<'a> {
+        Inputs { address, ..self }
     }
 }
 
@@ -265,6 +273,7 @@ impl Renderer {
             },
             ssh_port: i.ssh_port,
             http_port: i.http_port,
+            http_bind: i.address.ip().to_string(),
             console_log: self.console_dir.join(console).display().to_string(),
             guest_agent: i.image.guest_agent,
             cpu_quota_us: self.limits.cpu_percent * 1000,

@@ -8,12 +8,13 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use super::names::{disk_volume, domain_name, seed_volume, volume_owner};
+use super::nodes::Health;
 use super::queue::WorkQueue;
 use super::records::{Cached, Derived};
 use super::render::Inputs;
 use super::{Context, ReconcileError};
-use crate::domain::{HostingId, Phase};
-use crate::drivers::ObservedDomain;
+use crate::domain::{HostingId, NodeName, Phase};
+use crate::drivers::{ObservedDomain, VmDriver};
 use crate::store::HostingRecord;
 
 /// What one resync pass found.
@@ -29,8 +30,8 @@ pub struct ResyncStats {
 
 /// Reality, as one resync pass lists it.
 struct Observed {
-    domains: Vec<ObservedDomain>,
-    volumes: Vec<String>,
+    /// Each ready node's domains and volumes.
+    nodes: Vec<NodeListing>,
     routes: Vec<(HostingId, String)>,
     /// Files in the routes directory that are not hostd routes.
     stray: Vec<String>,
@@ -42,9 +43,9 @@ pub async fn resync(ctx: &Context, queue: &WorkQueue) -> Result<ResyncStats, Rec
     // hosting after this point belongs to a row the query below will see, so
     // nothing in use can be mistaken for an orphan.
     let (routes, stray) = ctx.proxy.list_routes().await?;
+    ctx.nodes.load(&ctx.store).await?;
     let seen = Observed {
-        domains: ctx.vm.list_domains().await?,
-        volumes: ctx.vm.list_volumes().await?,
+        nodes: list_nodes(ctx).await?,
         routes,
         stray,
     };
@@ -73,6 +74,42 @@ pub async fn resync(ctx: &Context, queue: &WorkQueue) -> Result<ResyncStats, Rec
     })
 }
 
+/// One ready node's domains and volumes.
+struct NodeListing {
+    node: NodeName,
+    vm: Arc<dyn VmDriver>,
+    domains: Vec<ObservedDomain>,
+    volumes: Vec<String>,
+}
+
+/// Lists the domains and volumes of every ready node. A node that fails
+/// to answer is left out of this pass (its heartbeat decides its health);
+/// with one node, its error is the pass's, as before there were nodes.
+async fn list_nodes(ctx: &Context) -> Result<Vec<NodeListing>, ReconcileError> {
+    let all = ctx.nodes.all();
+    let ready: Vec<_> = all.iter().filter(|n| n.health == Health::Ready).collect();
+    let lists = ready.iter().map(|n| async move {
+        let domains = n.driver.list_domains().await?;
+        let volumes = n.driver.list_volumes().await?;
+        Ok::<_, crate::drivers::DriverError>((domains, volumes))
+    });
+    let lists = futures_util::future::join_all(lists).await;
+    let mut out = Vec::new();
+    for (n, l) in ready.into_iter().zip(lists) {
+        match l {
+            Ok((domains, volumes)) => out.push(NodeListing {
+                node: n.name().clone(),
+                vm: n.driver.clone(),
+                domains,
+                volumes,
+            }),
+            Err(e) if all.len() == 1 => return Err(e.into()),
+            Err(e) => tracing::warn!(node = %n.name(), error = %e, "resync: cannot list the node"),
+        }
+    }
+    Ok(out)
+}
+
 /// Queues every hosting whose observed state differs from its desired state.
 fn queue_drifted(
     ctx: &Context,
@@ -80,16 +117,29 @@ fn queue_drifted(
     records: &[Arc<Cached>],
     seen: &Observed,
 ) -> usize {
-    let domains: HashMap<&str, _> = seen.domains.iter().map(|d| (d.name.as_str(), d)).collect();
-    let volumes: HashSet<&str> = seen.volumes.iter().map(|s| s.as_str()).collect();
+    let listed: HashMap<&NodeName, (HashMap<&str, &ObservedDomain>, HashSet<&str>)> = seen
+        .nodes
+        .iter()
+        .map(|l| {
+            let domains = l.domains.iter().map(|d| (d.name.as_str(), d)).collect();
+            let volumes = l.volumes.iter().map(|s| s.as_str()).collect();
+            (&l.node, (domains, volumes))
+        })
+        .collect();
     let routes: HashMap<HostingId, &str> =
         seen.routes.iter().map(|(i, c)| (*i, c.as_str())).collect();
+    let implicit = ctx.nodes.implicit();
     let mut queued = 0;
     for rec in records {
         if queue.is_queued_or_running(rec.id) {
             continue;
         }
-        if let Some(why) = drift(ctx, rec, &domains, &volumes, &routes) {
+        // A hosting on a node not listed in this pass (down, unreachable)
+        // is left to that node's heartbeat.
+        let Some((domains, volumes)) = listed.get(rec.node.as_ref().unwrap_or(implicit)) else {
+            continue;
+        };
+        if let Some(why) = drift(ctx, rec, domains, volumes, &routes) {
             tracing::debug!(hosting = %rec.id, why, "resync: not converged");
             queue.add_now(rec.id);
             queued += 1;
@@ -125,11 +175,11 @@ async fn collect_orphans(
     records: &[Arc<Cached>],
     seen: &Observed,
 ) -> Result<usize, ReconcileError> {
-    let ids: HashSet<HostingId> = records.iter().map(|r| r.id).collect();
+    let all: HashSet<HostingId> = records.iter().map(|r| r.id).collect();
+    let implicit = ctx.nodes.implicit();
     let ours = Some(ctx.installation);
-    let foreign = seen
-        .domains
-        .iter()
+    let foreign = (seen.nodes.iter())
+        .flat_map(|l| l.domains.iter())
         .filter(|d| d.marker.installation.is_some_and(|i| Some(i) != ours));
     let foreign: Vec<&ObservedDomain> = foreign.collect();
     let before = ctx.metrics.foreign_domains.set(foreign.len() as i64);
@@ -140,35 +190,16 @@ async fn collect_orphans(
         }
     }
     let mut orphans = 0;
-    // Template domains are `clone_templates`' (a build's, or a crashed one's
-    // that its maintenance removes).
-    let gone = |d: &&ObservedDomain| {
-        d.marker.installation == ours
-            && !ids.contains(&d.marker.hosting_id)
-            && !d.name.starts_with("hostd-tpl-")
-    };
-    for d in seen.domains.iter().filter(gone) {
-        tracing::warn!(domain = %d.name, hosting = %d.marker.hosting_id, "removing orphaned domain (its disk is kept)");
-        ctx.vm.destroy(&d.name).await?;
-        ctx.vm.undefine(&d.name).await?;
-        orphans += 1;
+    for l in &seen.nodes {
+        // What is placed on this node; a domain or volume of a hosting
+        // placed elsewhere is no less an orphan here (it must never run twice).
+        let ids: HashSet<HostingId> = (records.iter())
+            .filter(|r| r.node.as_ref().unwrap_or(implicit) == &l.node)
+            .map(|r| r.id)
+            .collect();
+        orphans += collect_node_orphans(ctx, l, &ids).await?;
     }
-    for v in &seen.volumes {
-        let Some(owner) = volume_owner(v).filter(|o| !ids.contains(o)) else {
-            continue;
-        };
-        if ctx.store.has_tombstone(owner).await? {
-            tracing::warn!(volume = %v, "removing a leftover volume of a deleted hosting");
-            ctx.vm.delete_volume(v).await?;
-        } else {
-            match ctx.quarantine_volume(v).await? {
-                Some(to) => tracing::warn!(volume = %v, to = %to.display(),
-                    "a volume without a hosting was moved to quarantine, not deleted"),
-                None => continue,
-            }
-        }
-        orphans += 1;
-    }
+    let ids = all;
     for (id, _) in seen.routes.iter().filter(|(id, _)| !ids.contains(id)) {
         tracing::warn!(hosting = %id, "removing the route entry of a hosting that no longer exists");
         ctx.proxy.apply(*id, None).await?;
@@ -181,6 +212,47 @@ async fn collect_orphans(
     }
     ctx.metrics.repairs.inc_by(orphans as u64);
     expire_quarantine(ctx).await;
+    Ok(orphans)
+}
+
+/// One node's orphans: domains of this installation and volumes whose
+/// hosting is not placed on that node (see [`collect_orphans`]).
+async fn collect_node_orphans(
+    ctx: &Context,
+    l: &NodeListing,
+    ids: &HashSet<HostingId>,
+) -> Result<usize, ReconcileError> {
+    let ours = Some(ctx.installation);
+    let mut orphans = 0;
+    // Template domains are `clone_templates`' (a build's, or a crashed one's
+    // that its maintenance removes).
+    let gone = |d: &&ObservedDomain| {
+        d.marker.installation == ours
+            && !ids.contains(&d.marker.hosting_id)
+            && !d.name.starts_with("hostd-tpl-")
+    };
+    for d in l.domains.iter().filter(gone) {
+        tracing::warn!(node = %l.node, domain = %d.name, hosting = %d.marker.hosting_id, "removing orphaned domain (its disk is kept)");
+        l.vm.destroy(&d.name).await?;
+        l.vm.undefine(&d.name).await?;
+        orphans += 1;
+    }
+    for v in &l.volumes {
+        let Some(owner) = volume_owner(v).filter(|o| !ids.contains(o)) else {
+            continue;
+        };
+        if ctx.store.has_tombstone(owner).await? {
+            tracing::warn!(node = %l.node, volume = %v, "removing a leftover volume of a deleted hosting");
+            l.vm.delete_volume(v).await?;
+        } else {
+            match ctx.quarantine_volume(&*l.vm, v).await? {
+                Some(to) => tracing::warn!(node = %l.node, volume = %v, to = %to.display(),
+                    "a volume without a hosting was moved to quarantine, not deleted"),
+                None => continue,
+            }
+        }
+        orphans += 1;
+    }
     Ok(orphans)
 }
 
@@ -310,9 +382,10 @@ fn drift(
 /// What a hosting's observed state must match, from its record.
 fn desired(ctx: &Context, rec: &HostingRecord) -> Derived {
     let ports = rec.status.ssh_port.zip(rec.status.http_port);
-    let marker = ports
-        .zip(rec.status.image_pin.as_ref())
-        .map(|(p, image)| ctx.render.hashes(&Inputs::of(rec, image, p)).marker());
+    let marker = ports.zip(rec.status.image_pin.as_ref()).map(|(p, image)| {
+        let inputs = Inputs::of(rec, image, p).at(ctx.nodes.address(rec.node.as_ref()));
+        ctx.render.hashes(&inputs).marker()
+    });
     let route = ports.filter(|_| !rec.warm).map(|(_, http)| {
         ctx.proxy
             .render(&ctx.route_spec(rec, rec.spec.running.then_some(http)))

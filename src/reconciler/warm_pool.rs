@@ -67,6 +67,36 @@ fn live_personalisation(ctx: &Context, class: &HostingSpec) -> bool {
     ok
 }
 
+/// What guests may take on every node new hostings may be placed on (read
+/// now with one node; from the last heartbeats with several).
+async fn total_budget(ctx: &Context) -> Result<crate::capacity::Budget, ReconcileError> {
+    let policy = &ctx.config.capacity;
+    let nodes = ctx.nodes.all();
+    if nodes.len() <= 1 {
+        let mut host = ctx.vm.resources().await?;
+        if let Some(n) = nodes.first() {
+            host = super::nodes::apply_overrides(&n.row, host);
+        }
+        return Ok(crate::capacity::budget(&host, policy));
+    }
+    let mut total = crate::capacity::Budget {
+        memory_mib: 0,
+        vcpus: 0,
+        disk_available_gib: 0,
+    };
+    for r in nodes
+        .iter()
+        .filter(|n| n.placeable())
+        .filter_map(|n| n.resources)
+    {
+        let b = crate::capacity::budget(&r, policy);
+        total.memory_mib += b.memory_mib;
+        total.vcpus += b.vcpus;
+        total.disk_available_gib = total.disk_available_gib.max(b.disk_available_gib);
+    }
+    Ok(total)
+}
+
 /// How many more guests of `class` fit now; none while a hosting waits for
 /// room (tenants come first: the scheduler also evicts pool guests for them).
 pub(super) async fn room_for(ctx: &Context, class: &HostingSpec) -> Result<i64, ReconcileError> {
@@ -74,8 +104,7 @@ pub(super) async fn room_for(ctx: &Context, class: &HostingSpec) -> Result<i64, 
     if usage.waiting > 0 {
         return Ok(0);
     }
-    let host = ctx.vm.resources().await?;
-    let b = crate::capacity::budget(&host, &ctx.config.capacity);
+    let b = total_budget(ctx).await?;
     let mem = b.memory_mib.saturating_sub(usage.memory_mib.max(0) as u64)
         / u64::from(class.memory_mib.get());
     let cpu = b.vcpus.saturating_sub(usage.vcpus.max(0) as u64) / u64::from(class.vcpus.get());

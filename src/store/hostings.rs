@@ -76,6 +76,8 @@ pub struct HostingRecord {
     pub storage: StorageUse,
     /// Its owner's verified custom domains (served like its own host name).
     pub domains: Vec<CustomDomain>,
+    /// The node it is placed on (`None`: not placed yet).
+    pub node: Option<NodeName>,
 }
 
 impl HostingRecord {
@@ -124,6 +126,7 @@ struct RecordRow {
     backup_bytes: Option<i64>,
     quarantine_bytes: Option<i64>,
     domains: Vec<String>,
+    node: Option<String>,
 }
 
 /// What [`Store::record_versions`] reports of one record.
@@ -137,7 +140,7 @@ const RECORD_SELECT: &str = "select h.id, h.user_id, u.username, h.vcpus, h.memo
      h.disk_epoch, s.disk_epoch as observed_disk_epoch, h.restore_backup_id, h.warm_pool, h.claimed_at, h.claim_generation, \
      s.applied_seed, s.boot_restarts, s.backup_bytes, s.quarantine_bytes, \
      array(select d.name from custom_domains d where d.user_id = h.user_id and d.state = 'Verified' \
-       order by d.name) as domains \
+       order by d.name) as domains, h.node \
      from hostings h join users u on u.id = h.user_id left join hosting_status s on s.hosting_id = h.id";
 
 impl RecordRow {
@@ -198,6 +201,7 @@ impl RecordRow {
                 .into_iter()
                 .map(CustomDomain::from_stored)
                 .collect(),
+            node: self.node.as_deref().map(NodeName::parse).transpose()?,
         })
     }
 }

@@ -13,6 +13,7 @@ pub mod backup_chains;
 pub mod backups;
 pub mod hostings;
 pub mod lease;
+pub mod nodes;
 pub mod sessions;
 pub mod status;
 pub mod tls;
@@ -22,6 +23,7 @@ pub mod warm_pool;
 
 pub use backups::{Backup, Lineage, RemoteCopy, RestoreRefusal};
 pub use hostings::{HostingRecord, ObservedStatus, RecordVersion, StorageUse};
+pub use nodes::{NewNode, Node};
 pub use status::{CapacityRow, CapacityUsage, ConsoleTail, Event, NewEvent, ReconcilerStats};
 pub use tls::{AddDomain, CertRow, DomainRow, DueCheck};
 pub use users::User;

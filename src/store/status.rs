@@ -353,9 +353,11 @@ pub struct CapacityUsage {
 }
 
 /// One hosting's part in capacity decisions (see [`crate::capacity::usage`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CapacityRow {
     pub id: HostingId,
+    /// The node it is placed on (`None`: not placed yet).
+    pub node: Option<NodeName>,
     pub memory_mib: i64,
     pub vcpus: i64,
     pub created_at: DateTime<Utc>,
@@ -372,19 +374,29 @@ impl Store {
     /// admission ledger (one query; [`Store::capacity_usage`] sums the same
     /// rows in SQL).
     pub async fn capacity_rows(&self) -> Result<Vec<CapacityRow>> {
-        type Row = (Uuid, i32, i32, DateTime<Utc>, bool, bool, bool);
+        type Row = (
+            Uuid,
+            i32,
+            i32,
+            DateTime<Utc>,
+            bool,
+            bool,
+            bool,
+            Option<String>,
+        );
         let rows: Vec<Row> = sqlx::query_as(
             "select h.id, h.memory_mib, h.vcpus, h.created_at, s.ssh_port is not null, \
                s.conditions @> '[{\"type\":\"Scheduled\",\"status\":\"False\"}]', \
-               h.running and h.deletion_requested_at is null \
+               h.running and h.deletion_requested_at is null, h.node \
              from hostings h join hosting_status s on s.hosting_id = h.id",
         )
         .fetch_all(&self.pool())
         .await?;
         Ok(rows
             .into_iter()
-            .map(|(id, m, v, c, a, w, r)| CapacityRow {
+            .map(|(id, m, v, c, a, w, r, n)| CapacityRow {
                 id: HostingId(id),
+                node: n.and_then(|n| NodeName::parse(&n).ok()),
                 memory_mib: m as i64,
                 vcpus: v as i64,
                 created_at: c,

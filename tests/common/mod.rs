@@ -173,6 +173,8 @@ pub fn test_config(db: &str, state: &std::path::Path, nginx: Option<&TestNginx>)
         domain_type: DomainType::Qemu,
         domain_type_reason: "tests".into(),
         instance,
+        node_name: hostd::domain::NodeName::parse("local").unwrap(),
+        node_down: Duration::from_secs(10),
         resync: Duration::from_secs(1),
         concurrency: 32,
         ready_timeout: Duration::from_secs(300),
@@ -325,6 +327,17 @@ impl TestApp {
         if let Some(h) = self.handle.take() {
             let _ = tokio::time::timeout(Duration::from_secs(10), h).await;
         }
+    }
+
+    /// Stops the app and hands back its state directory, for a next
+    /// process on the same database and state (a restart).
+    #[allow(dead_code)]
+    pub async fn stop_keeping_state(mut self) -> tempfile::TempDir {
+        self.shutdown.cancel();
+        if let Some(h) = self.handle.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(10), h).await;
+        }
+        self.state
     }
 
     /// Registers an admin and logs in; returns its token.

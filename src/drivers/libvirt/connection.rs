@@ -51,6 +51,12 @@ impl LibvirtDriver {
         }
         let events = domain_events::ensure_event_loop();
         let c = Connect::open(Some(uri)).map_err(|e| DriverError::Connection(e.to_string()))?;
+        if events {
+            // A peer that stops answering (a dead node, a cut network) fails
+            // calls after ~15 s instead of hanging them; needs the event loop.
+            // Local test drivers have no keepalive: ignored.
+            let _ = c.set_keep_alive(5, 3);
+        }
         let events = events.then(|| Registration::new(&c, watch)).flatten();
         {
             // Changes made while no connection watched are unknown: read

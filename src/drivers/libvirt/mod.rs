@@ -106,11 +106,35 @@ pub fn parse_marker(xml: &str) -> Option<Marker> {
 }
 
 impl LibvirtDriver {
+    /// The driver of the implicit node (`HOSTD_LIBVIRT_URI`).
     pub fn new(
         uri: &str,
         instance: &str,
         installation: uuid::Uuid,
         state_dir: &std::path::Path,
+    ) -> Self {
+        Self::with_pool_dir(uri, instance, installation, pool_dir(state_dir, instance))
+    }
+
+    /// The driver of node `node` (one added with `hostd node add`): its
+    /// storage pool has a directory of its own, so two nodes on one machine
+    /// (or sharing a filesystem) never list each other's volumes.
+    pub fn for_node(
+        uri: &str,
+        node: &str,
+        instance: &str,
+        installation: uuid::Uuid,
+        state_dir: &std::path::Path,
+    ) -> Self {
+        let dir = state_dir.join("pools").join(format!("{instance}@{node}"));
+        Self::with_pool_dir(uri, instance, installation, dir)
+    }
+
+    fn with_pool_dir(
+        uri: &str,
+        instance: &str,
+        installation: uuid::Uuid,
+        pool_dir: std::path::PathBuf,
     ) -> Self {
         // libvirt's default handler prints every error (even expected ones,
         // like a domain without our metadata) to stderr; we report errors ourselves.
@@ -122,7 +146,7 @@ impl LibvirtDriver {
                 installation,
             },
             storage_pool: format!("hostd-{instance}"),
-            pool_dir: pool_dir(state_dir, instance),
+            pool_dir,
             conn: Arc::new(Mutex::new(None)),
             watch: Arc::new(Watch {
                 markers: Default::default(),

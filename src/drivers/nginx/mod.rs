@@ -104,7 +104,7 @@ impl NginxDriver {
 impl ProxyDriver for NginxDriver {
     fn render(&self, route: &RouteSpec) -> String {
         let upstream = match route.http_port {
-            Some(port) => format!("127.0.0.1:{port}"),
+            Some(port) => format!("{}:{port}", route.upstream_host.host()),
             None => "stopped".into(),
         };
         let entry = RouteMap {

@@ -469,16 +469,16 @@ impl Pass<'_> {
             qemu_img::flatten(&from, &to).await?;
             blocking(move || std::fs::File::open(&to)?.sync_all()).await?;
         }
-        self.ctx.vm.destroy(&domain_name(id)).await?;
-        self.ctx.vm.forget_checkpoints(&domain_name(id)).await?;
+        self.vm.destroy(&domain_name(id)).await?;
+        self.vm.forget_checkpoints(&domain_name(id)).await?;
         let name = disk_volume(id);
         if exists {
-            match self.ctx.quarantine_volume(&name).await? {
+            match self.ctx.quarantine_volume(&*self.vm, &name).await? {
                 Some(to) => {
                     let msg = format!("the previous disk was moved to {}", to.display());
                     self.event(EventType::Normal, Reason::DiskQuarantined, &msg);
                 }
-                None => self.ctx.vm.delete_volume(&name).await?,
+                None => self.vm.delete_volume(&name).await?,
             }
         }
         self.fault("after_restore_quarantine").await?;

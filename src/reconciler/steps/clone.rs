@@ -46,7 +46,10 @@ impl Pass<'_> {
     /// Step 2, for a disk made for the first time: the template to clone it
     /// from, if one fits.
     pub(super) fn clone_source(&self, image: &ImageEntry) -> Option<TemplateInfo> {
-        if !image.guest_agent {
+        // Templates live on the implicit node (their memory file in hostd's
+        // state directory, their disk in its pool).
+        let implicit = self.ctx.nodes.implicit();
+        if !image.guest_agent || self.node.as_ref().is_some_and(|n| n != implicit) {
             return None;
         }
         self.ctx
@@ -81,8 +84,8 @@ impl Pass<'_> {
             return Ok(false);
         };
         let vol = disk_volume(id);
-        ctx.vm.delete_volume(&vol).await?;
-        ctx.vm.create_volume(&vol, self.clone_disk(&t)).await?;
+        self.vm.delete_volume(&vol).await?;
+        self.vm.create_volume(&vol, self.clone_disk(&t)).await?;
         self.fault("before_clone_restore").await?;
         let xml = ctx
             .render
@@ -90,10 +93,10 @@ impl Pass<'_> {
         let started = Instant::now();
         let restored = {
             let _slot = ctx.templates.restores.acquire().await;
-            ctx.vm.restore_clone(&name, &xml, RESTORE_TIMEOUT).await
+            self.vm.restore_clone(&name, &xml, RESTORE_TIMEOUT).await
         };
         if let Err(e) = restored {
-            ctx.vm.destroy(&name).await?;
+            self.vm.destroy(&name).await?;
             self.uncloned(&format!("starting the clone failed: {e}"))
                 .await?;
             return Ok(false);
@@ -118,15 +121,15 @@ impl Pass<'_> {
             Some(p) => p.clone(),
             None => ctx.catalog.pin(&self.rec.spec.image)?,
         };
-        ctx.vm.destroy(&domain_name(id)).await?;
+        self.vm.destroy(&domain_name(id)).await?;
         let vol = disk_volume(id);
-        ctx.vm.delete_volume(&vol).await?;
+        self.vm.delete_volume(&vol).await?;
         let source = VolumeSource::Overlay {
             backing: image.disk.clone(),
             backing_format: image.format.clone(),
             capacity_gib: self.rec.spec.disk_gib,
         };
-        ctx.vm.create_volume(&vol, source).await?;
+        self.vm.create_volume(&vol, source).await?;
         self.fault("after_clone_fallback_disk").await?;
         self.st.applied_seed = None;
         self.write_status().await?;

@@ -62,12 +62,12 @@ impl Pass<'_> {
             None => self.ctx.catalog.pin(&spec.image)?,
         };
         let name = disk_volume(self.id());
-        let mut exists = self.ctx.vm.volume_exists(&name).await?;
+        let mut exists = self.vm.volume_exists(&name).await?;
         if exists && !self.st.disk_created {
             // Made by a pass a crash cut short before it was recorded: never
             // started, so nothing of the tenant's is on it; made anew (it may
             // be from another source than this pass will choose).
-            self.ctx.vm.delete_volume(&name).await?;
+            self.vm.delete_volume(&name).await?;
             exists = false;
         }
         let new_epoch = self.st.disk_created && self.st.disk_epoch < self.rec.disk_epoch;
@@ -108,7 +108,7 @@ impl Pass<'_> {
             source = self.clone_disk(t);
         }
         if !exists || reset {
-            self.ctx.vm.create_volume(&name, source).await?;
+            self.vm.create_volume(&name, source).await?;
             let msg = match &template {
                 Some(t) => format!(
                     "{} GiB disk from image {}, as a clone of template {}",
@@ -165,7 +165,7 @@ impl Pass<'_> {
     /// Before a consented reset: stops the guest and moves the old disk (if
     /// any) to quarantine instead of deleting it.
     async fn replace_disk(&mut self, exists: bool) -> Result<(), ReconcileError> {
-        self.ctx.vm.destroy(&domain_name(self.id())).await?;
+        self.vm.destroy(&domain_name(self.id())).await?;
         // The new disk has none of the old one's bitmaps.
         self.ctx
             .vm
@@ -173,13 +173,13 @@ impl Pass<'_> {
             .await?;
         if exists {
             let name = disk_volume(self.id());
-            match self.ctx.quarantine_volume(&name).await? {
+            match self.ctx.quarantine_volume(&*self.vm, &name).await? {
                 Some(to) => {
                     let msg = format!("the previous disk was moved to {}", to.display());
                     self.event(EventType::Normal, Reason::DiskQuarantined, &msg);
                 }
                 // A simulated volume has no file to keep.
-                None => self.ctx.vm.delete_volume(&name).await?,
+                None => self.vm.delete_volume(&name).await?,
             }
         }
         Ok(())

@@ -47,6 +47,11 @@ pub const ROUTE_WAIT: Duration = Duration::from_secs(5);
 pub struct Pass<'a> {
     pub ctx: &'a Context,
     pub rec: &'a HostingRecord,
+    /// The hypervisor of the hosting's node (the implicit node's until the
+    /// schedule step places a new hosting).
+    pub vm: std::sync::Arc<dyn crate::drivers::VmDriver>,
+    /// The node it is placed on (set by the schedule step for a new one).
+    pub node: Option<crate::domain::NodeName>,
     /// The status this pass will write.
     pub st: ObservedStatus,
     /// The disk step replaced the disk (a restore): the guest was stopped on
@@ -67,11 +72,17 @@ pub struct Definition {
 }
 
 impl<'a> Pass<'a> {
-    pub fn new(ctx: &'a Context, rec: &'a HostingRecord) -> Pass<'a> {
+    pub fn new(
+        ctx: &'a Context,
+        rec: &'a HostingRecord,
+        vm: std::sync::Arc<dyn crate::drivers::VmDriver>,
+    ) -> Pass<'a> {
         let st = rec.status.clone();
         Pass {
             ctx,
             rec,
+            vm,
+            node: rec.node.clone(),
             st,
             disk_replaced: false,
             events: Default::default(),
@@ -122,6 +133,27 @@ impl<'a> Pass<'a> {
         let mut pending = self.events.lock().unwrap();
         events.append(&mut pending);
         *pending = events;
+    }
+
+    /// Its node answers: a `NodeReachable=False` left from while it was down
+    /// goes, with an event (the steps then repair whatever drifted).
+    pub fn node_back(&mut self) {
+        let was_down =
+            (self.st.conditions.iter()).any(|c| c.type_ == C::NodeReachable && !c.is_true());
+        if !was_down {
+            return;
+        }
+        remove_condition(&mut self.st.conditions, C::NodeReachable);
+        if self.st.phase == Phase::Unknown {
+            self.st.phase = Phase::Provisioning;
+        }
+        let node = self
+            .node
+            .as_ref()
+            .map(|n| n.to_string())
+            .unwrap_or_default();
+        let msg = format!("node {node} answers again; checking the hosting against its spec");
+        self.event(EventType::Normal, Reason::NodeBack, &msg);
     }
 
     /// Records a drift repair: a Warning event and the repairs counter.

@@ -35,7 +35,7 @@ impl Pass<'_> {
                 .ctx
                 .render
                 .domain_xml(inputs, self.rec.generation, &marker);
-            self.ctx.vm.define(&xml).await?;
+            self.vm.define(&xml).await?;
             match &observed {
                 None if self.st.vm_name.is_some() => {
                     let msg = "the domain was missing and was redefined on the existing disk";
@@ -92,7 +92,7 @@ impl Pass<'_> {
             self.condition(C::RestartRequired, true, Reason::SpecChanged, msg);
             self.st.phase = Phase::Updating;
             self.write_status().await?;
-            self.ctx.vm.destroy(&name).await?;
+            self.vm.destroy(&name).await?;
             let msg = "restarting the VM to apply the new memory/vCPU settings";
             self.event(EventType::Normal, Reason::Restarting, msg);
         }
@@ -104,7 +104,7 @@ impl Pass<'_> {
                 self.uncloned("the clone was restarted before its personalisation")
                     .await?;
             }
-            self.ctx.vm.start(&name).await?;
+            self.vm.start(&name).await?;
             let was_ready = matches!(self.rec.status.phase, Phase::Ready);
             if def.observed.is_some() && !def.restart && was_ready && !self.disk_replaced {
                 let msg = "the VM was found shut off while it should run; started it";
@@ -196,7 +196,7 @@ impl Pass<'_> {
         let asked = self.ctx.memory.with(id, |m| m.shutdown_asked);
         match asked {
             None => {
-                self.ctx.vm.shutdown(&name).await?;
+                self.vm.shutdown(&name).await?;
                 let now = tokio::time::Instant::now();
                 self.ctx.memory.with(id, |m| m.shutdown_asked = Some(now));
                 self.event(
@@ -206,7 +206,7 @@ impl Pass<'_> {
                 );
             }
             Some(t) if t.elapsed() > Duration::from_secs(60) => {
-                self.ctx.vm.destroy(&name).await?;
+                self.vm.destroy(&name).await?;
                 let msg = "the guest did not shut down within 60 s; powered it off";
                 self.event(EventType::Warning, Reason::ForcedOff, msg);
             }

@@ -62,15 +62,19 @@ impl Pass<'_> {
         self.event(EventType::Warning, Reason::BootRestarted, &msg);
         self.write_status().await?;
         let name = crate::reconciler::names::domain_name(id);
-        self.ctx.vm.destroy(&name).await?;
-        self.ctx.vm.start(&name).await?;
+        self.vm.destroy(&name).await?;
+        self.vm.start(&name).await?;
         self.fault("after_boot_restart").await?;
         Ok(Action::Requeue(PROBE_INTERVAL))
     }
 
     fn ssh_probe_addr(&self, port: u16) -> SocketAddr {
         let bind = self.ctx.config.ssh_bind;
-        let ip = if bind.is_unspecified() {
+        let node = self.ctx.nodes.address(self.node.as_ref());
+        let ip = if node != crate::domain::NodeAddress::LOOPBACK {
+            // Another host: its SSH ports are reached at its address.
+            node.ip()
+        } else if bind.is_unspecified() {
             std::net::Ipv4Addr::LOCALHOST.into()
         } else {
             bind
@@ -83,7 +87,10 @@ impl Pass<'_> {
     pub async fn readiness(&mut self, (ssh, http): (u16, u16)) -> Result<Action, ReconcileError> {
         // A pool guest has no route (no owner yet): its port forward is probed.
         let url = match self.rec.warm {
-            true => format!("http://127.0.0.1:{http}/"),
+            true => format!(
+                "http://{}:{http}/",
+                self.ctx.nodes.address(self.node.as_ref()).host()
+            ),
             false => format!("{}/{}/", self.ctx.config.probe_url, self.rec.user_id),
         };
         // SSH only once the site answers: every probe of a port whose

@@ -15,7 +15,7 @@ impl Pass<'_> {
     /// hosting when it is done. `Ok(true)`: nginx serves the wanted route.
     pub async fn route(&mut self, http: Option<u16>) -> Result<bool, ReconcileError> {
         let rec = self.rec;
-        let spec = self.ctx.route_spec(rec, http);
+        let spec = self.ctx.route_spec_on(rec, self.node.as_ref(), http);
         let proxy = &self.ctx.proxy;
         let want = proxy.render(&spec);
         match proxy.outcome(rec.id, Some(&want)) {
@@ -58,7 +58,11 @@ impl Pass<'_> {
         let (reason, msg) = match http {
             Some(p) => (
                 Reason::Configured,
-                format!("/{}/ proxied to 127.0.0.1:{p}", rec.user_id),
+                format!(
+                    "/{}/ proxied to {}:{p}",
+                    rec.user_id,
+                    self.ctx.nodes.address(self.node.as_ref()).host()
+                ),
             ),
             None => (
                 Reason::Stopped,
@@ -95,7 +99,8 @@ impl Pass<'_> {
         };
         let ours = |h: &str| {
             [rec.status.http_port, None].into_iter().any(|p| {
-                without_hosts(&proxy.render(&self.ctx.route_spec(rec, p))) == without_hosts(h)
+                without_hosts(&proxy.render(&self.ctx.route_spec_on(rec, self.node.as_ref(), p)))
+                    == without_hosts(h)
             })
         };
         match have {

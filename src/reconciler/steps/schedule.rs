@@ -8,17 +8,18 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::Pass;
-use crate::domain::{ConditionType as C, EventType, HostingId, Phase, Reason};
-use crate::drivers::VmDriver;
+use crate::domain::{ConditionType as C, EventType, HostingId, NodeName, Phase, Reason};
+use crate::reconciler::nodes::{Health, NodeHandle};
 use crate::reconciler::{Action, ReconcileError};
 
 impl Pass<'_> {
-    /// Step 0: scheduling. A new hosting is admitted only if it fits the
-    /// host, oldest first; so is a stopped one being started again. The
-    /// decision is made under the scheduler lock, so the next one sees it;
-    /// the new hosting's ports are then allocated outside it (the ledger
-    /// keeps it admitted meanwhile), so admissions are not serialised behind
-    /// the database. One that does not fit waits with `Scheduled=False`:
+    /// Step 0: scheduling. A new hosting is placed on a node and admitted
+    /// only if it fits there, oldest first; a stopped one being started
+    /// again is admitted on its own node. The decision is made under the
+    /// scheduler lock, so the next one sees it; the placement and the new
+    /// hosting's ports are then written outside it (the ledger keeps it
+    /// admitted meanwhile), so admissions are not serialised behind the
+    /// database. One that does not fit waits with `Scheduled=False`:
     /// `Some(requeue)`.
     pub async fn schedule(&mut self) -> Result<Option<Action>, ReconcileError> {
         let new = self.st.ssh_port.is_none();
@@ -28,29 +29,45 @@ impl Pass<'_> {
             return Ok(None);
         }
         let verdict = {
+            let nodes = match &self.node {
+                Some(n) => self.ctx.nodes.get(n).into_iter().collect(),
+                None => self.ctx.nodes.all(),
+            };
             let mut ledger = self.ctx.scheduler.lock().await;
-            let host = ledger.refresh(&self.ctx.store, &*self.ctx.vm).await?;
-            let usage = ledger.usage((self.id(), self.rec.created_at));
+            ledger.refresh(&self.ctx.store, &nodes).await?;
             let policy = &self.ctx.config.capacity;
-            let verdict = crate::capacity::admit(&usage, self.rec, &host, policy, new);
-            ledger.decided(self.rec, verdict.is_ok());
+            let me = (self.id(), self.rec.created_at);
+            let verdict = place(&ledger, &nodes, self.rec, me, policy, new);
+            let node = verdict.as_ref().ok().map(|(n, _)| n.clone());
+            ledger.decided(
+                self.rec,
+                node.clone().or(self.node.clone()),
+                verdict.is_ok(),
+            );
             if verdict.is_ok() && new {
                 ledger.admitting(self.id());
             }
             verdict
         };
         match verdict {
-            Ok(()) => {
+            Ok((node, detail)) => {
                 if new {
-                    let ports = self.ports().await;
+                    let written = self.placed(&node, &detail).await;
+                    let ports = match written {
+                        Ok(()) => self.ports().await,
+                        Err(e) => Err(e),
+                    };
                     let recorded = self.st.ssh_port.is_some();
                     let mut ledger = self.ctx.scheduler.lock().await;
                     ledger.admitted(self.id(), recorded);
                     drop(ledger);
                     ports?;
                 }
-                let msg = "the host has room for this hosting";
-                self.condition(C::Scheduled, true, Reason::Admitted, msg);
+                let msg = match self.ctx.nodes.all().len() {
+                    1 => "the host has room for this hosting".to_string(),
+                    _ => format!("node {node} has room for this hosting"),
+                };
+                self.condition(C::Scheduled, true, Reason::Admitted, &msg);
                 if !new {
                     self.write_status().await?;
                 }
@@ -85,6 +102,107 @@ impl Pass<'_> {
             }
         }
     }
+
+    /// Writes a new hosting's placement (once: a decision made by an
+    /// earlier pass wins) and makes this pass act on that node.
+    async fn placed(&mut self, node: &NodeName, detail: &str) -> Result<(), ReconcileError> {
+        if self.node.as_ref() == Some(node) {
+            return Ok(());
+        }
+        let bound = self.ctx.store.place(self.id(), node).await?;
+        let Some(vm) = self.ctx.nodes.driver(Some(&bound)) else {
+            return Err(ReconcileError::Driver(crate::drivers::DriverError::Other(
+                format!("node {bound} is not connected"),
+            )));
+        };
+        if self.ctx.nodes.all().len() > 1 {
+            let msg = format!("placed on node {bound}: {detail}");
+            self.event(EventType::Normal, Reason::Placed, &msg);
+        }
+        self.node = Some(bound);
+        self.vm = vm;
+        self.fault("after_node_placed").await
+    }
+}
+
+/// Chooses where a hosting runs: among `nodes` (its own node only, once it
+/// is placed), those that are ready, schedulable and have room for it
+/// (see [`crate::capacity::admit`]); of those, the one with the most room
+/// left afterwards (memory and vCPUs, as fractions of the node's budget),
+/// plus a small random term so that equal nodes share a burst. The error
+/// is the reason and message of the refusal.
+pub(crate) fn place(
+    ledger: &Ledger,
+    nodes: &[NodeHandle],
+    rec: &crate::store::HostingRecord,
+    me: (HostingId, chrono::DateTime<chrono::Utc>),
+    policy: &crate::config::CapacityPolicy,
+    new: bool,
+) -> Result<(NodeName, String), (Reason, String)> {
+    use rand::Rng;
+    let mut best: Option<(f64, NodeName, String)> = None;
+    let mut refusals: Vec<(NodeName, Reason, String)> = Vec::new();
+    let mut rng = rand::thread_rng();
+    for n in nodes {
+        let name = n.name();
+        let host = match ledger.host(name) {
+            Some(h) if n.placeable() || (!new && n.health == Health::Ready) => h,
+            _ => {
+                let why = match (n.health, n.row.schedulable) {
+                    (Health::Ready, false) => "cordoned",
+                    (Health::Ready, true) => "its resources are not known yet",
+                    _ => "not ready",
+                };
+                refusals.push((name.clone(), Reason::NoNodeFits, why.to_string()));
+                continue;
+            }
+        };
+        let usage = ledger.usage(name, me);
+        match crate::capacity::admit(&usage, rec, &host, policy, new) {
+            Ok(()) => {
+                let b = crate::capacity::budget(&host, policy);
+                let mem = u64::from(rec.spec.memory_mib.get());
+                let cpu = u64::from(rec.spec.vcpus.get());
+                let taken_mem = (usage.memory_mib + usage.queued_memory_mib).max(0) as u64;
+                let taken_cpu = (usage.vcpus + usage.queued_vcpus).max(0) as u64;
+                let free_mem = b.memory_mib.saturating_sub(taken_mem + mem);
+                let free_cpu = b.vcpus.saturating_sub(taken_cpu + cpu);
+                let score = free_mem as f64 / b.memory_mib.max(1) as f64
+                    + 0.5 * free_cpu as f64 / b.vcpus.max(1) as f64
+                    + rng.gen_range(0.0..0.05);
+                let detail = format!(
+                    "{free_mem} of {} MiB and {free_cpu} of {} vCPUs left there",
+                    b.memory_mib, b.vcpus
+                );
+                if best.as_ref().is_none_or(|(s, _, _)| score > *s) {
+                    best = Some((score, name.clone(), detail));
+                }
+            }
+            Err((reason, msg)) => refusals.push((name.clone(), reason, msg)),
+        }
+    }
+    if let Some((_, name, detail)) = best {
+        return Ok((name, detail));
+    }
+    match refusals.as_slice() {
+        [] => Err((
+            Reason::NoNodeFits,
+            "waiting for a node: none is known yet".to_string(),
+        )),
+        // One node: its own words (what a one-machine install always said).
+        [(_, reason, msg)] if nodes.len() == 1 && *reason != Reason::NoNodeFits => {
+            Err((*reason, msg.clone()))
+        }
+        all => {
+            let same = all.iter().all(|(_, r, _)| *r == all[0].1);
+            let reason = if same { all[0].1 } else { Reason::NoNodeFits };
+            let each: Vec<String> = all.iter().map(|(n, _, m)| format!("{n}: {m}")).collect();
+            Err((
+                reason,
+                format!("no node has room for it ({})", each.join("; ")),
+            ))
+        }
+    }
 }
 
 /// How long the admission ledger's rows are used before they are read again.
@@ -106,7 +224,8 @@ pub const LEDGER_TTL: Duration = Duration::from_secs(1);
 #[derive(Debug, Default)]
 pub struct Ledger {
     rows: HashMap<HostingId, crate::store::CapacityRow>,
-    host: Option<crate::drivers::HostResources>,
+    /// Each ready node's resources (capacity overrides applied).
+    hosts: HashMap<NodeName, crate::drivers::HostResources>,
     read_at: Option<Instant>,
     /// Admitted here, ports not yet recorded: the database does not show
     /// them as holding room yet, so a refresh keeps them admitted.
@@ -114,37 +233,59 @@ pub struct Ledger {
 }
 
 impl Ledger {
-    /// Reads the rows and the host's resources again if they are older
-    /// than [`LEDGER_TTL`]; returns the host's resources.
+    /// Reads the rows and the resources of `nodes` again if they are older
+    /// than [`LEDGER_TTL`] (or a node's are missing).
     pub(crate) async fn refresh(
         &mut self,
         store: &crate::store::Store,
-        vm: &dyn VmDriver,
-    ) -> Result<crate::drivers::HostResources, ReconcileError> {
-        if let (Some(host), Some(t)) = (self.host, self.read_at) {
-            if t.elapsed() < LEDGER_TTL {
-                return Ok(host);
-            }
+        nodes: &[NodeHandle],
+    ) -> Result<(), ReconcileError> {
+        let fresh = self.read_at.is_some_and(|t| t.elapsed() < LEDGER_TTL);
+        let ready: Vec<&NodeHandle> = nodes.iter().filter(|n| n.health == Health::Ready).collect();
+        if fresh && ready.iter().all(|n| self.hosts.contains_key(n.name())) {
+            return Ok(());
         }
         let rows = store.capacity_rows().await?;
-        let host = vm.resources().await?;
+        let reads = ready.iter().map(|n| n.driver.resources());
+        let reads = futures_util::future::join_all(reads).await;
+        for (n, r) in ready.iter().zip(reads) {
+            match r {
+                Ok(r) => {
+                    let r = crate::reconciler::nodes::apply_overrides(&n.row, r);
+                    self.hosts.insert(n.name().clone(), r);
+                }
+                // One node: its error is the pass's (as before nodes).
+                Err(e) if nodes.len() == 1 => return Err(e.into()),
+                Err(e) => {
+                    tracing::warn!(node = %n.name(), error = %e, "cannot read the node's resources")
+                }
+            }
+        }
         self.rows = rows.into_iter().map(|r| (r.id, r)).collect();
         for id in &self.admitting {
             if let Some(r) = self.rows.get_mut(id) {
                 (r.admitted, r.waiting) = (true, false);
             }
         }
-        self.host = Some(host);
         self.read_at = Some(Instant::now());
-        Ok(host)
+        Ok(())
     }
 
-    /// What the others hold and older waiting hostings want, for `me`.
+    /// A node's resources as last read.
+    pub(crate) fn host(&self, node: &NodeName) -> Option<crate::drivers::HostResources> {
+        self.hosts.get(node).copied()
+    }
+
+    /// What the others hold on `node` and older waiting hostings want
+    /// there, for `me`. Older hostings not placed yet count against every
+    /// node: a younger one never overtakes them.
     pub(crate) fn usage(
         &self,
+        node: &NodeName,
         me: (HostingId, chrono::DateTime<chrono::Utc>),
     ) -> crate::store::CapacityUsage {
-        crate::capacity::usage(self.rows.values(), Some(me))
+        let rows = (self.rows.values()).filter(|r| r.node.as_ref().is_none_or(|n| n == node));
+        crate::capacity::usage(rows, Some(me))
     }
 
     /// A hosting stopped or was deleted here: it holds nothing now (and
@@ -172,9 +313,15 @@ impl Ledger {
 
     /// Records a decision made for `rec`: admitted (it holds room now) or
     /// told to wait.
-    pub(crate) fn decided(&mut self, rec: &crate::store::HostingRecord, admitted: bool) {
+    pub(crate) fn decided(
+        &mut self,
+        rec: &crate::store::HostingRecord,
+        node: Option<NodeName>,
+        admitted: bool,
+    ) {
         let row = crate::store::CapacityRow {
             id: rec.id,
+            node,
             memory_mib: i64::from(rec.spec.memory_mib.get()),
             vcpus: i64::from(rec.spec.vcpus.get()),
             created_at: rec.created_at,

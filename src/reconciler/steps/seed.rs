@@ -23,16 +23,16 @@ impl Pass<'_> {
         want: &Hashes,
     ) -> Result<Option<ObservedDomain>, ReconcileError> {
         let id = self.id();
-        let observed = self.ctx.vm.get_domain(&domain_name(id)).await?;
+        let observed = self.vm.get_domain(&domain_name(id)).await?;
         let have_seed = observed
             .as_ref()
             .map(|o| Hashes::split(&o.marker.spec_hash).1);
-        let seed_missing = !self.ctx.vm.volume_exists(&seed_volume(id)).await?;
+        let seed_missing = !self.vm.volume_exists(&seed_volume(id)).await?;
         if !seed_missing && have_seed == Some(want.seed.as_str()) {
             return Ok(observed);
         }
         let iso = build_iso(&self.ctx.render.seed(inputs));
-        let vm = &self.ctx.vm;
+        let vm = &self.vm;
         if !vm
             .create_volume(&seed_volume(id), VolumeSource::Bytes(iso.clone()))
             .await?
@@ -95,7 +95,11 @@ impl Pass<'_> {
             true => CallKind::Claim,
             false => CallKind::Tenant,
         };
-        let run = match self.ctx.agent.poll(self.ctx, id, &want.seed, kind) {
+        let run = match self
+            .ctx
+            .agent
+            .poll(self.ctx, self.vm.clone(), id, &want.seed, kind)
+        {
             Poll::Pending => return Ok(false),
             Poll::Done(run) => run,
         };
@@ -117,8 +121,8 @@ impl Pass<'_> {
                 }
             }
             Err(e) if claim => {
-                self.ctx.vm.destroy(&name).await?;
-                self.ctx.vm.start(&name).await?;
+                self.vm.destroy(&name).await?;
+                self.vm.start(&name).await?;
                 self.ctx.metrics.warm_pool_claim_fallbacks.inc();
                 self.st.applied_seed = Some(want.seed.clone());
                 self.st.provisioning_since = Some(Utc::now());
@@ -147,14 +151,15 @@ impl Pass<'_> {
     /// boots cold on a disk made anew from the image (see `steps::clone`).
     async fn personalise_clone(&mut self, want: &Hashes) -> Result<bool, ReconcileError> {
         let id = self.id();
-        let run = match self
-            .ctx
-            .agent
-            .poll(self.ctx, id, &want.seed, CallKind::Clone)
-        {
-            Poll::Pending => return Ok(false),
-            Poll::Done(run) => run,
-        };
+        let run =
+            match self
+                .ctx
+                .agent
+                .poll(self.ctx, self.vm.clone(), id, &want.seed, CallKind::Clone)
+            {
+                Poll::Pending => return Ok(false),
+                Poll::Done(run) => run,
+            };
         match run {
             Ok(took) => {
                 self.st.applied_seed = Some(want.seed.clone());
@@ -172,7 +177,7 @@ impl Pass<'_> {
                 self.uncloned(&format!("personalising the clone failed: {e}"))
                     .await?;
                 let name = domain_name(id);
-                self.ctx.vm.start(&name).await?;
+                self.vm.start(&name).await?;
                 self.st.applied_seed = Some(want.seed.clone());
                 self.st.provisioning_since = Some(Utc::now());
                 self.st.boot_restarts = Some(0);

@@ -1,0 +1,305 @@
+//! The admin API's nodes (`/api/v1/admin/nodes…`, admins only): list, add,
+//! cordon, uncordon and remove hypervisor nodes. Desired state only: the
+//! reconciler connects to a node added here at its next heartbeat, and it
+//! alone writes a node's readiness. `hostd node …` and the dashboard call
+//! the same functions ([`add`], [`cordon`], [`remove`]). Each change is an
+//! audit log line naming the admin.
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::Json;
+use serde::{Deserialize, Serialize};
+
+use super::admin::Admin;
+use super::auth::AuthUser;
+use super::error::{ApiError, ErrorBody};
+use super::AppState;
+use crate::domain::{NodeAddress, NodeName, NodeUri, ValidationError};
+use crate::store::{NewNode, Node, Store};
+
+/// A node as the API shows it.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct NodeView {
+    pub name: String,
+    /// The libvirt URI hostd connects to.
+    pub uri: String,
+    /// Where the host reaches the ports its guests forward.
+    pub address: String,
+    /// New hostings may be placed here (`false`: cordoned).
+    pub schedulable: bool,
+    #[schema(value_type = Object)]
+    pub labels: serde_json::Map<String, serde_json::Value>,
+    /// Capacity overrides (what the node is taken to have).
+    pub memory_mib: Option<u64>,
+    pub vcpus: Option<u32>,
+    /// The node of `HOSTD_LIBVIRT_URI`.
+    pub implicit: bool,
+    /// Its last heartbeat answered (`false`: unreachable or down).
+    pub ready: bool,
+    /// Why it is not ready.
+    pub message: Option<String>,
+    /// When it last answered.
+    pub heartbeat_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// What libvirt reported: memory_mib, cpus, disk_available_bytes.
+    #[schema(value_type = Option<Object>)]
+    pub resources: Option<crate::drivers::HostResources>,
+    /// Hostings placed on it.
+    pub hostings: i64,
+}
+
+impl From<Node> for NodeView {
+    fn from(n: Node) -> NodeView {
+        NodeView {
+            name: n.name.to_string(),
+            uri: n.uri.to_string(),
+            address: n.address.to_string(),
+            schedulable: n.schedulable,
+            labels: n.labels,
+            memory_mib: n.memory_mib,
+            vcpus: n.vcpus,
+            implicit: n.implicit,
+            ready: n.ready,
+            message: n.message,
+            heartbeat_at: n.heartbeat_at,
+            resources: n.resources,
+            hostings: n.hostings,
+        }
+    }
+}
+
+/// The body of `POST /api/v1/admin/nodes`.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AddNode {
+    /// 1-32 characters of a-z, 0-9 and '-'.
+    pub name: String,
+    /// libvirt URI: `qemu+ssh://host/system`, `qemu+tls://host/system`,
+    /// `qemu+unix:///system?socket=PATH`, `qemu:///system` or `test:///…`.
+    pub uri: String,
+    /// IP address at which the host reaches the node's forwarded ports
+    /// (default 127.0.0.1: a node on this machine).
+    #[serde(default)]
+    pub address: Option<String>,
+    /// Free-form labels (string values).
+    #[serde(default)]
+    #[schema(value_type = Object)]
+    pub labels: serde_json::Map<String, serde_json::Value>,
+    /// Take the node to have this much memory (MiB) whatever libvirt reports.
+    #[serde(default)]
+    pub memory_mib: Option<u64>,
+    /// Take the node to have this many CPUs.
+    #[serde(default)]
+    pub vcpus: Option<u32>,
+}
+
+impl AddNode {
+    /// Parses the request into a node to add; nothing is stored on error.
+    pub fn parse(self) -> Result<NewNode, ValidationError> {
+        let labels_ok = self.labels.len() <= 32
+            && self.labels.iter().all(|(k, v)| {
+                (1..=63).contains(&k.len())
+                    && k.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"-_./".contains(&b))
+                    && v.as_str()
+                        .is_some_and(|s| s.len() <= 256 && !s.chars().any(char::is_control))
+            });
+        ValidationError::check(
+            labels_ok,
+            "labels",
+            "at most 32 labels; keys of 1-63 of a-z, A-Z, 0-9, '-', '_', '.', '/'; string values of at most 256 characters",
+        )?;
+        ValidationError::check(
+            self.memory_mib.is_none_or(|m| (256..=1 << 30).contains(&m)),
+            "memory_mib",
+            "must be between 256 and 1073741824",
+        )?;
+        ValidationError::check(
+            self.vcpus.is_none_or(|v| (1..=4096).contains(&v)),
+            "vcpus",
+            "must be between 1 and 4096",
+        )?;
+        Ok(NewNode {
+            name: NodeName::parse(&self.name)?,
+            uri: NodeUri::parse(&self.uri)?,
+            address: match self.address.as_deref() {
+                Some(a) => NodeAddress::parse(a)?,
+                None => NodeAddress::LOOPBACK,
+            },
+            labels: self.labels,
+            memory_mib: self.memory_mib,
+            vcpus: self.vcpus,
+        })
+    }
+}
+
+fn parse_name(name: &str) -> Result<NodeName, ApiError> {
+    NodeName::parse(name).map_err(|_| ApiError::NotFound("no such node"))
+}
+
+/// Adds a node (for the API, the CLI and the dashboard).
+pub async fn add(store: &Store, by: &str, n: NewNode) -> Result<Node, ApiError> {
+    let node = store.add_node(&n).await?;
+    tracing::info!(target: "audit", by, node = %node.name, uri = %node.uri, address = %node.address, "node added");
+    Ok(node)
+}
+
+/// Cordons (`schedulable = false`) or uncordons a node.
+pub async fn cordon(
+    store: &Store,
+    by: &str,
+    name: &NodeName,
+    schedulable: bool,
+) -> Result<Node, ApiError> {
+    let node = store
+        .set_schedulable(name, schedulable)
+        .await
+        .map_err(|e| match e {
+            crate::store::StoreError::NotFound => ApiError::NotFound("no such node"),
+            e => e.into(),
+        })?;
+    let what = if schedulable {
+        "uncordoned"
+    } else {
+        "cordoned"
+    };
+    tracing::info!(target: "audit", by, node = %name, "node {what}");
+    Ok(node)
+}
+
+/// Removes a node that holds no hosting (never the implicit one).
+pub async fn remove(store: &Store, by: &str, name: &NodeName) -> Result<(), ApiError> {
+    store.remove_node(name).await.map_err(|e| match e {
+        crate::store::StoreError::NotFound => ApiError::NotFound("no such node"),
+        crate::store::StoreError::Invalid(v) => ApiError::Conflict(v.to_string()),
+        e => e.into(),
+    })?;
+    tracing::info!(target: "audit", by, node = %name, "node removed");
+    Ok(())
+}
+
+/// `GET /api/v1/admin/nodes`: every node, with its last heartbeat.
+#[utoipa::path(get, path = "/api/v1/admin/nodes", tag = "admin",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Every node", body = Vec<NodeView>),
+        (status = 403, description = "The caller is not an admin", body = ErrorBody),
+    ))]
+pub async fn list_nodes(
+    State(st): State<AppState>,
+    auth: AuthUser,
+) -> Result<impl IntoResponse, ApiError> {
+    Admin::of(auth.id, auth.username.as_str(), auth.role)?;
+    let nodes = st.store.list_nodes().await?;
+    Ok(Json(
+        nodes.into_iter().map(NodeView::from).collect::<Vec<_>>(),
+    ))
+}
+
+/// `POST /api/v1/admin/nodes`: add a node.
+#[utoipa::path(post, path = "/api/v1/admin/nodes", tag = "admin",
+    security(("bearer" = [])),
+    request_body = AddNode,
+    responses(
+        (status = 201, description = "The node, as stored (the reconciler connects at its next heartbeat)", body = NodeView),
+        (status = 403, description = "The caller is not an admin", body = ErrorBody),
+        (status = 409, description = "A node of that name exists", body = ErrorBody),
+        (status = 422, description = "Invalid name, URI, address, labels or capacity", body = ErrorBody),
+    ))]
+pub async fn add_node(
+    State(st): State<AppState>,
+    auth: AuthUser,
+    body: Result<Json<AddNode>, axum::extract::rejection::JsonRejection>,
+) -> Result<impl IntoResponse, ApiError> {
+    let admin = Admin::of(auth.id, auth.username.as_str(), auth.role)?;
+    let Json(body) = body?;
+    let new = body
+        .parse()
+        .map_err(|e| ApiError::Unprocessable(e.to_string()))?;
+    let node = add(&st.store, &admin.username, new).await?;
+    Ok((StatusCode::CREATED, Json(NodeView::from(node))))
+}
+
+/// `GET /api/v1/admin/nodes/{name}`: one node.
+#[utoipa::path(get, path = "/api/v1/admin/nodes/{name}", tag = "admin",
+    security(("bearer" = [])),
+    params(("name" = String, Path, description = "The node's name")),
+    responses(
+        (status = 200, description = "The node", body = NodeView),
+        (status = 403, description = "The caller is not an admin", body = ErrorBody),
+        (status = 404, description = "No such node", body = ErrorBody),
+    ))]
+pub async fn get_node(
+    State(st): State<AppState>,
+    auth: AuthUser,
+    Path(name): Path<String>,
+) -> Result<impl IntoResponse, ApiError> {
+    Admin::of(auth.id, auth.username.as_str(), auth.role)?;
+    let node = st
+        .store
+        .get_node(&parse_name(&name)?)
+        .await
+        .map_err(|e| match e {
+            crate::store::StoreError::NotFound => ApiError::NotFound("no such node"),
+            e => e.into(),
+        })?;
+    Ok(Json(NodeView::from(node)))
+}
+
+/// `DELETE /api/v1/admin/nodes/{name}`: remove a node that holds no hosting.
+#[utoipa::path(delete, path = "/api/v1/admin/nodes/{name}", tag = "admin",
+    security(("bearer" = [])),
+    params(("name" = String, Path, description = "The node's name")),
+    responses(
+        (status = 204, description = "Removed"),
+        (status = 403, description = "The caller is not an admin", body = ErrorBody),
+        (status = 404, description = "No such node", body = ErrorBody),
+        (status = 409, description = "The implicit node, or hostings are placed on it", body = ErrorBody),
+    ))]
+pub async fn remove_node(
+    State(st): State<AppState>,
+    auth: AuthUser,
+    Path(name): Path<String>,
+) -> Result<impl IntoResponse, ApiError> {
+    let admin = Admin::of(auth.id, auth.username.as_str(), auth.role)?;
+    remove(&st.store, &admin.username, &parse_name(&name)?).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `POST /api/v1/admin/nodes/{name}/cordon`: place no new hosting there.
+#[utoipa::path(post, path = "/api/v1/admin/nodes/{name}/cordon", tag = "admin",
+    security(("bearer" = [])),
+    params(("name" = String, Path, description = "The node's name")),
+    responses(
+        (status = 200, description = "The node, cordoned", body = NodeView),
+        (status = 403, description = "The caller is not an admin", body = ErrorBody),
+        (status = 404, description = "No such node", body = ErrorBody),
+    ))]
+pub async fn cordon_node(
+    State(st): State<AppState>,
+    auth: AuthUser,
+    Path(name): Path<String>,
+) -> Result<impl IntoResponse, ApiError> {
+    let admin = Admin::of(auth.id, auth.username.as_str(), auth.role)?;
+    let node = cordon(&st.store, &admin.username, &parse_name(&name)?, false).await?;
+    Ok(Json(NodeView::from(node)))
+}
+
+/// `POST /api/v1/admin/nodes/{name}/uncordon`: place new hostings there again.
+#[utoipa::path(post, path = "/api/v1/admin/nodes/{name}/uncordon", tag = "admin",
+    security(("bearer" = [])),
+    params(("name" = String, Path, description = "The node's name")),
+    responses(
+        (status = 200, description = "The node, schedulable", body = NodeView),
+        (status = 403, description = "The caller is not an admin", body = ErrorBody),
+        (status = 404, description = "No such node", body = ErrorBody),
+    ))]
+pub async fn uncordon_node(
+    State(st): State<AppState>,
+    auth: AuthUser,
+    Path(name): Path<String>,
+) -> Result<impl IntoResponse, ApiError> {
+    let admin = Admin::of(auth.id, auth.username.as_str(), auth.role)?;
+    let node = cordon(&st.store, &admin.username, &parse_name(&name)?, true).await?;
+    Ok(Json(NodeView::from(node)))
+}

@@ -1,0 +1,172 @@
+//! `hostd node …`: the operator's commands for nodes, on the database (the
+//! same functions as the admin API's, so the same validation and audit
+//! lines). The reconciler connects to a node added here at its next heartbeat.
+
+use crate::api::nodes::{self, AddNode};
+use crate::config::Config;
+use crate::domain::NodeName;
+use crate::store::Store;
+
+/// What `hostd node` was asked to do.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum NodeCmd {
+    /// Lists the nodes with their readiness and load.
+    List,
+    /// Adds a node: `hostd node add NAME URI [--address IP]`.
+    Add {
+        name: String,
+        /// libvirt URI (qemu+ssh://host/system, qemu+tls://host/system,
+        /// qemu+unix:///system?socket=PATH).
+        uri: String,
+        /// IP address at which this host reaches the node's forwarded ports.
+        #[arg(long)]
+        address: Option<String>,
+        /// Take the node to have this much memory (MiB).
+        #[arg(long)]
+        memory_mib: Option<u64>,
+        /// Take the node to have this many CPUs.
+        #[arg(long)]
+        vcpus: Option<u32>,
+        /// A label, KEY=VALUE (repeatable).
+        #[arg(long = "label")]
+        labels: Vec<String>,
+    },
+    /// Places no new hosting on the node (those there stay).
+    Cordon { name: String },
+    /// Places new hostings on the node again.
+    Uncordon { name: String },
+    /// Removes a node that holds no hosting.
+    Remove { name: String },
+}
+
+/// Runs one command; the exit code (0 ok, 1 failed, 2 bad input).
+pub async fn run(config: Config, cmd: NodeCmd) -> i32 {
+    let store = match Store::connect(&config.database_url, 2).await {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("hostd: {e}");
+            return 1;
+        }
+    };
+    if let Err(e) = store.migrate().await {
+        eprintln!("hostd: {e}");
+        return 1;
+    }
+    let by = "hostd node (operator)";
+    let name = |n: &str| {
+        NodeName::parse(n).map_err(|e| {
+            eprintln!("hostd: {e}");
+            2
+        })
+    };
+    let result = match cmd {
+        NodeCmd::List => match store.list_nodes().await {
+            Ok(list) => {
+                print_list(&list);
+                Ok(())
+            }
+            Err(e) => Err(e.into()),
+        },
+        NodeCmd::Add {
+            name,
+            uri,
+            address,
+            memory_mib,
+            vcpus,
+            labels,
+        } => {
+            let mut map = serde_json::Map::new();
+            for l in labels {
+                let Some((k, v)) = l.split_once('=') else {
+                    eprintln!("hostd: --label {l}: must be KEY=VALUE");
+                    return 2;
+                };
+                map.insert(k.to_string(), v.into());
+            }
+            let req = AddNode {
+                name,
+                uri,
+                address,
+                labels: map,
+                memory_mib,
+                vcpus,
+            };
+            let new = match req.parse() {
+                Ok(n) => n,
+                Err(e) => {
+                    eprintln!("hostd: {e}");
+                    return 2;
+                }
+            };
+            nodes::add(&store, by, new).await.map(|n| {
+                println!(
+                    "node {} added ({}, address {}); the reconciler connects at its next heartbeat",
+                    n.name, n.uri, n.address
+                );
+            })
+        }
+        NodeCmd::Cordon { name: n } | NodeCmd::Uncordon { name: n }
+            if NodeName::parse(&n).is_err() =>
+        {
+            return name(&n).err().unwrap_or(2);
+        }
+        NodeCmd::Cordon { name: n } => {
+            let n = NodeName::parse(&n).expect("checked");
+            nodes::cordon(&store, by, &n, false)
+                .await
+                .map(|_| println!("node {n} cordoned: no new hosting is placed there"))
+        }
+        NodeCmd::Uncordon { name: n } => {
+            let n = NodeName::parse(&n).expect("checked");
+            nodes::cordon(&store, by, &n, true)
+                .await
+                .map(|_| println!("node {n} uncordoned"))
+        }
+        NodeCmd::Remove { name: n } => {
+            let n = match name(&n) {
+                Ok(n) => n,
+                Err(code) => return code,
+            };
+            nodes::remove(&store, by, &n)
+                .await
+                .map(|_| println!("node {n} removed"))
+        }
+    };
+    match result {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("hostd: {}", e.public_message());
+            1
+        }
+    }
+}
+
+fn print_list(list: &[crate::store::Node]) {
+    println!(
+        "{:<16} {:<8} {:<11} {:>8} {:>12} {:>5}  {:<15} URI",
+        "NAME", "READY", "SCHEDULING", "HOSTINGS", "MEMORY MiB", "CPUS", "ADDRESS"
+    );
+    for n in list {
+        let (mem, cpus) = n.resources.map_or(("-".to_string(), "-".to_string()), |r| {
+            (
+                n.memory_mib.unwrap_or(r.memory_mib).to_string(),
+                n.vcpus.unwrap_or(r.cpus).to_string(),
+            )
+        });
+        println!(
+            "{:<16} {:<8} {:<11} {:>8} {:>12} {:>5}  {:<15} {}{}",
+            n.name.to_string() + if n.implicit { "*" } else { "" },
+            if n.ready { "yes" } else { "no" },
+            if n.schedulable { "on" } else { "cordoned" },
+            n.hostings,
+            mem,
+            cpus,
+            n.address.to_string(),
+            n.uri,
+            n.message
+                .as_deref()
+                .map(|m| format!("  ({m})"))
+                .unwrap_or_default(),
+        );
+    }
+}

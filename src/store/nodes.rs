@@ -1,0 +1,258 @@
+//! Nodes: the hypervisor hosts hostings are placed on. Desired columns are
+//! the operator's (CLI, admin API); observed ones (heartbeat, readiness,
+//! resources) the reconciler's. A hosting's `node` is its placement: written
+//! once, before anything is created for it on that node.
+
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+use super::{Result, Store, StoreError};
+use crate::domain::{HostingId, NodeAddress, NodeName, NodeUri, ValidationError};
+use crate::drivers::HostResources;
+
+/// A node as stored: what the operator asked for and what was last observed.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Node {
+    pub name: NodeName,
+    pub uri: NodeUri,
+    pub address: NodeAddress,
+    /// New hostings may be placed here (`false`: cordoned).
+    pub schedulable: bool,
+    pub labels: serde_json::Map<String, serde_json::Value>,
+    /// Capacity overrides: what the host is taken to have, whatever libvirt reports.
+    pub memory_mib: Option<u64>,
+    pub vcpus: Option<u32>,
+    /// `HOSTD_LIBVIRT_URI`'s node (upserted at startup).
+    pub implicit: bool,
+    pub created_at: DateTime<Utc>,
+    pub heartbeat_at: Option<DateTime<Utc>>,
+    pub ready: bool,
+    pub message: Option<String>,
+    pub resources: Option<HostResources>,
+    /// Hostings placed on it.
+    pub hostings: i64,
+}
+
+/// A node to add.
+#[derive(Debug, Clone)]
+pub struct NewNode {
+    pub name: NodeName,
+    pub uri: NodeUri,
+    pub address: NodeAddress,
+    pub labels: serde_json::Map<String, serde_json::Value>,
+    pub memory_mib: Option<u64>,
+    pub vcpus: Option<u32>,
+}
+
+type NodeDbRow = (
+    String,
+    String,
+    String,
+    bool,
+    serde_json::Value,
+    Option<i64>,
+    Option<i32>,
+    bool,
+    DateTime<Utc>,
+    Option<DateTime<Utc>>,
+    bool,
+    Option<String>,
+    Option<sqlx::types::Json<HostResources>>,
+    i64,
+);
+
+const NODE_SELECT: &str = "select n.name, n.libvirt_uri, host(n.address), n.schedulable, n.labels, \
+     n.memory_mib, n.vcpus, n.implicit, n.created_at, n.heartbeat_at, n.ready, n.message, n.resources, \
+     (select count(*) from hostings h where h.node = n.name) \
+     from nodes n";
+
+fn node(r: NodeDbRow) -> Result<Node> {
+    // Stored values passed these parsers when they were written; a row
+    // edited by hand into something else is refused, not used.
+    Ok(Node {
+        name: NodeName::parse(&r.0)?,
+        uri: NodeUri::parse(&r.1)?,
+        address: NodeAddress::parse(&r.2)?,
+        schedulable: r.3,
+        labels: match r.4 {
+            serde_json::Value::Object(m) => m,
+            _ => Default::default(),
+        },
+        memory_mib: r.5.map(|m| m as u64),
+        vcpus: r.6.map(|v| v as u32),
+        implicit: r.7,
+        created_at: r.8,
+        heartbeat_at: r.9,
+        ready: r.10,
+        message: r.11,
+        resources: r.12.map(|j| j.0),
+        hostings: r.13,
+    })
+}
+
+impl Store {
+    /// Makes `name` the implicit node at `uri` (the one `HOSTD_LIBVIRT_URI`
+    /// names) and binds every admitted hosting placed before nodes existed
+    /// to it: they run there.
+    pub async fn ensure_implicit_node(&self, name: &NodeName, uri: &NodeUri) -> Result<()> {
+        let mut tx = self.pool().begin().await?;
+        sqlx::query("update nodes set implicit = false where implicit and name <> $1")
+            .bind(name.as_str())
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(
+            "insert into nodes (name, libvirt_uri, implicit) values ($1, $2, true) \
+             on conflict (name) do update set libvirt_uri = excluded.libvirt_uri, implicit = true",
+        )
+        .bind(name.as_str())
+        .bind(uri.as_str())
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "update hostings h set node = $1 from hosting_status s \
+             where s.hosting_id = h.id and h.node is null and s.ssh_port is not null",
+        )
+        .bind(name.as_str())
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub async fn list_nodes(&self) -> Result<Vec<Node>> {
+        let rows: Vec<NodeDbRow> = sqlx::query_as(&format!("{NODE_SELECT} order by n.name"))
+            .fetch_all(&self.pool())
+            .await?;
+        rows.into_iter().map(node).collect()
+    }
+
+    pub async fn get_node(&self, name: &NodeName) -> Result<Node> {
+        let row: Option<NodeDbRow> = sqlx::query_as(&format!("{NODE_SELECT} where n.name = $1"))
+            .bind(name.as_str())
+            .fetch_optional(&self.pool())
+            .await?;
+        node(row.ok_or(StoreError::NotFound)?)
+    }
+
+    /// Adds a node (schedulable; the reconciler connects to it at its next
+    /// look at the nodes).
+    pub async fn add_node(&self, n: &NewNode) -> Result<Node> {
+        let r = sqlx::query(
+            "insert into nodes (name, libvirt_uri, address, labels, memory_mib, vcpus) \
+             values ($1, $2, $3::inet, $4, $5, $6)",
+        )
+        .bind(n.name.as_str())
+        .bind(n.uri.as_str())
+        .bind(n.address.ip().to_string())
+        .bind(serde_json::Value::Object(n.labels.clone()))
+        .bind(n.memory_mib.map(|m| m as i64))
+        .bind(n.vcpus.map(|v| v as i32))
+        .execute(&self.pool())
+        .await;
+        match r {
+            Err(e) if super::is_unique_violation(&e).is_some() => {
+                return Err(StoreError::Conflict("node"))
+            }
+            r => r?,
+        };
+        self.get_node(&n.name).await
+    }
+
+    /// Cordons (`false`) or uncordons a node: whether new hostings may be
+    /// placed on it. Hostings already there stay.
+    pub async fn set_schedulable(&self, name: &NodeName, schedulable: bool) -> Result<Node> {
+        let r = sqlx::query("update nodes set schedulable = $2 where name = $1")
+            .bind(name.as_str())
+            .bind(schedulable)
+            .execute(&self.pool())
+            .await?;
+        if r.rows_affected() == 0 {
+            return Err(StoreError::NotFound);
+        }
+        self.get_node(name).await
+    }
+
+    /// Removes a node that holds no hosting and is not the implicit one.
+    pub async fn remove_node(&self, name: &NodeName) -> Result<()> {
+        let n = self.get_node(name).await?;
+        if n.implicit {
+            return Err(ValidationError::new(
+                "name",
+                "is the node of HOSTD_LIBVIRT_URI: change that setting instead",
+            )
+            .into());
+        }
+        // The foreign key refuses the delete while a hosting is placed there.
+        let r = sqlx::query("delete from nodes where name = $1 and not implicit")
+            .bind(name.as_str())
+            .execute(&self.pool())
+            .await;
+        match r {
+            Err(sqlx::Error::Database(d)) if d.code().as_deref() == Some("23503") => {
+                Err(ValidationError::new(
+                    "name",
+                    format!(
+                        "still holds {} hosting(s): move or delete them first",
+                        n.hostings
+                    ),
+                )
+                .into())
+            }
+            r => {
+                r?;
+                Ok(())
+            }
+        }
+    }
+
+    /// Records a heartbeat: `ready` with what libvirt reported (the time of
+    /// the last good heartbeat moves only then), or not ready and why.
+    pub async fn node_heartbeat(
+        &self,
+        name: &NodeName,
+        ready: bool,
+        message: Option<&str>,
+        resources: Option<&HostResources>,
+    ) -> Result<()> {
+        sqlx::query(
+            "update nodes set ready = $2, message = $3, \
+               heartbeat_at = case when $2 then now() else heartbeat_at end, \
+               resources = coalesce($4, resources) \
+             where name = $1",
+        )
+        .bind(name.as_str())
+        .bind(ready)
+        .bind(message)
+        .bind(resources.map(sqlx::types::Json))
+        .execute(&self.pool())
+        .await?;
+        Ok(())
+    }
+
+    /// Places a hosting on `node` unless it is placed already; returns the
+    /// node it is placed on (the one chosen earlier, if any, so a decision
+    /// is never made twice).
+    pub async fn place(&self, id: HostingId, node: &NodeName) -> Result<NodeName> {
+        let placed: Option<(Option<String>,)> = sqlx::query_as(
+            "with u as (update hostings set node = $2 where id = $1 and node is null returning node) \
+             select coalesce((select node from u), (select node from hostings where id = $1))",
+        )
+        .bind(id.0)
+        .bind(node.as_str())
+        .fetch_optional(&self.pool())
+        .await?;
+        match placed.and_then(|p| p.0) {
+            Some(n) => Ok(NodeName::parse(&n)?),
+            None => Err(StoreError::NotFound),
+        }
+    }
+
+    /// The hostings placed on `node`.
+    pub async fn hostings_on(&self, node: &NodeName) -> Result<Vec<HostingId>> {
+        let ids: Vec<(Uuid,)> = sqlx::query_as("select id from hostings where node = $1")
+            .bind(node.as_str())
+            .fetch_all(&self.pool())
+            .await?;
+        Ok(ids.into_iter().map(|(i,)| HostingId(i)).collect())
+    }
+}

@@ -1,0 +1,360 @@
+//! Nodes: the admin API (and its validation), placement across several
+//! libvirt test-driver hypervisors (each `test:///<file>` connection is a
+//! hypervisor of its own), a placement interrupted after its write, and a
+//! node that stops answering.
+
+mod common;
+
+use common::TestApp;
+use futures_util::StreamExt;
+use hostd::app::Mode;
+use hostd::domain::{Email, HostingId, HostingSpec, Phase, Role, Username};
+use serde_json::{json, Value};
+use std::collections::{HashMap, HashSet};
+
+/// A test-driver hypervisor description with `cpus` CPUs and `mib` memory.
+fn node_xml(dir: &std::path::Path, name: &str, cpus: u32, mib: u64) -> String {
+    let path = dir.join(format!("{name}.xml"));
+    let xml = format!(
+        "<node><cpu><mhz>2000</mhz><model>i686</model><nodes>1</nodes><sockets>1</sockets>\
+         <cores>{cpus}</cores><threads>1</threads></cpu><memory>{}</memory></node>",
+        mib * 1024
+    );
+    std::fs::write(&path, xml).unwrap();
+    format!("test://{}", path.display())
+}
+
+async fn post(app: &TestApp, token: &str, path: &str, body: Value) -> (u16, Value) {
+    let r = app
+        .client
+        .post(app.url(path))
+        .bearer_auth(token)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test]
+async fn nodes_are_desired_state_that_only_admins_change_and_bad_input_changes_nothing() {
+    let app = TestApp::manual().await;
+    let ctl = app.controller.clone().unwrap();
+    // The reconciler records the implicit node as its term starts.
+    ctl.ctx.nodes.load(&app.store).await.unwrap();
+    let admin = app.admin("root").await;
+    let (user, _) = app.user("alice").await;
+    let dir = tempfile::tempdir().unwrap();
+    let uri = node_xml(dir.path(), "n2", 8, 8192);
+
+    let (s, _) = post(
+        &app,
+        &user,
+        "/api/v1/admin/nodes",
+        json!({"name": "n2", "uri": uri}),
+    )
+    .await;
+    assert_eq!(s, 403, "a tenant cannot add nodes");
+    for bad in [
+        json!({"name": "N2", "uri": uri}),
+        json!({"name": "../x", "uri": uri}),
+        json!({"name": "n2", "uri": "qemu+tcp://h/system"}),
+        json!({"name": "n2", "uri": "qemu:///system\nx"}),
+        json!({"name": "n2", "uri": uri, "address": "h2.example"}),
+        json!({"name": "n2", "uri": uri, "address": "0.0.0.0"}),
+        json!({"name": "n2", "uri": uri, "memory_mib": 1}),
+        json!({"name": "n2", "uri": uri, "labels": {"a": 1}}),
+        json!({"name": "n2", "uri": uri, "evil": true}),
+    ] {
+        let (s, body) = post(&app, &admin, "/api/v1/admin/nodes", bad.clone()).await;
+        assert!(s == 422 || s == 400, "{bad} → {s} {body}");
+    }
+    let (s, list) = app.get_json(&admin, "/api/v1/admin/nodes").await;
+    assert_eq!(s, 200);
+    let names: Vec<&str> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["local"], "refused input stored nothing: {list}");
+    assert_eq!(list[0]["implicit"], true);
+    assert_eq!(
+        list[0]["ready"], true,
+        "the implicit node answered its first heartbeat: {list}"
+    );
+
+    let (s, n) = post(
+        &app,
+        &admin,
+        "/api/v1/admin/nodes",
+        json!({"name": "n2", "uri": uri, "address": "127.0.0.2", "labels": {"zone": "a"}, "memory_mib": 4096}),
+    )
+    .await;
+    assert_eq!(s, 201, "{n}");
+    assert_eq!(n["address"], "127.0.0.2");
+    assert_eq!(n["schedulable"], true);
+    let (s, _) = post(
+        &app,
+        &admin,
+        "/api/v1/admin/nodes",
+        json!({"name": "n2", "uri": uri}),
+    )
+    .await;
+    assert_eq!(s, 409, "a second node of one name");
+
+    let (s, n) = post(&app, &admin, "/api/v1/admin/nodes/n2/cordon", json!({})).await;
+    assert_eq!((s, &n["schedulable"]), (200, &json!(false)));
+    let (s, n) = post(&app, &admin, "/api/v1/admin/nodes/n2/uncordon", json!({})).await;
+    assert_eq!((s, &n["schedulable"]), (200, &json!(true)));
+    let (s, _) = post(&app, &admin, "/api/v1/admin/nodes/nope/cordon", json!({})).await;
+    assert_eq!(s, 404);
+
+    // The heartbeat connects to the new node and reads it (capacity override applied).
+    ctl.ctx.nodes.refresh(&app.store).await.unwrap();
+    ctl.ctx.nodes.heartbeat(&app.store).await;
+    let (_, n) = app.get_json(&admin, "/api/v1/admin/nodes/n2").await;
+    assert_eq!(n["ready"], true, "{n}");
+    assert_eq!(n["resources"]["cpus"], 8, "{n}");
+
+    let del = |name: &str| {
+        app.client
+            .delete(app.url(&format!("/api/v1/admin/nodes/{name}")))
+            .bearer_auth(&admin)
+            .send()
+    };
+    assert_eq!(
+        del("local").await.unwrap().status(),
+        409,
+        "the implicit node stays"
+    );
+    assert_eq!(del("nope").await.unwrap().status(), 404);
+    // A node holding a hosting cannot be removed.
+    let (_, _, id) = common::create_hosting(&app, "bob").await;
+    app.store
+        .place(id, &hostd::domain::NodeName::parse("n2").unwrap())
+        .await
+        .unwrap();
+    let (s, h) = app.get_json(&user, "/api/v1/admin/hostings").await;
+    assert_eq!(s, 403, "{h}");
+    let (_, all) = app.get_json(&admin, "/api/v1/admin/hostings").await;
+    let shown = all
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|h| h["id"] == id.to_string())
+        .unwrap();
+    assert_eq!(
+        shown["status"]["node"], "n2",
+        "the placement shows in the API: {shown}"
+    );
+    assert_eq!(del("n2").await.unwrap().status(), 409);
+    let r = app
+        .client
+        .delete(app.url(&format!("/api/v1/admin/hostings/{id}")))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    assert_eq!(
+        common::settle(&ctl, id).await,
+        hostd::reconciler::Action::Gone
+    );
+    assert_eq!(del("n2").await.unwrap().status(), 204);
+    app.stop().await;
+}
+
+/// Creates `n` users with one default hosting each, straight in the store.
+async fn many_hostings(store: &hostd::store::Store, n: usize) -> Vec<HostingId> {
+    let mut ids = Vec::with_capacity(n);
+    for i in 0..n {
+        let name = format!("u{i:04}");
+        let u = store
+            .create_user(
+                &Email::parse(&format!("{name}@example.com")).unwrap(),
+                &Username::parse(&name).unwrap(),
+                "x",
+                Role::User,
+            )
+            .await
+            .unwrap();
+        let rec = store
+            .create_hosting(u.id, &HostingSpec::default(), false)
+            .await
+            .unwrap();
+        ids.push(rec.id);
+    }
+    ids
+}
+
+/// One pass of each hosting, 32 at once.
+async fn pass_all(ctl: &hostd::reconciler::Controller, ids: &[HostingId]) {
+    futures_util::stream::iter(ids.iter().copied())
+        .map(|id| async move {
+            let _ = ctl.reconcile_once(id).await;
+        })
+        .buffer_unordered(32)
+        .collect::<Vec<_>>()
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_thousand_hostings_are_placed_on_three_nodes_within_capacity_and_never_on_two() {
+    const N: usize = 1000;
+    let db = common::fresh_database().await;
+    let nginx = common::TestNginx::start();
+    let state = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = common::test_config(&db, state.path(), Some(&nginx));
+    // No overcommit: memory is what limits (512 MiB per hosting).
+    config.capacity = hostd::config::CapacityPolicy {
+        reserved_mib: 0,
+        memory_overcommit: 1.0,
+        cpu_overcommit: 1.0,
+        reserved_disk_bytes: 0,
+    };
+    // First a reconciler whose passes die right after the placement write.
+    let mut faulty = config.clone();
+    faulty.faults = hostd::faults::Faults::parse("after_node_placed:error").unwrap();
+    let app = TestApp::spawn_with(faulty, Mode::All, false, None, state).await;
+    let ctl = app.controller.clone().unwrap();
+    ctl.ctx.nodes.load(&app.store).await.unwrap();
+    let admin = app.admin("root").await;
+    // Nodes of 200,000 and 150,000 MiB (capacity overrides) beside the
+    // implicit test:///default (3 GiB, 16 CPUs).
+    for (name, mib) in [("n2", 200_000u64), ("n3", 150_000)] {
+        let uri = node_xml(dir.path(), name, 64, 65536);
+        let body = json!({"name": name, "uri": uri, "memory_mib": mib, "vcpus": 2000});
+        let (s, n) = post(&app, &admin, "/api/v1/admin/nodes", body).await;
+        assert_eq!(s, 201, "{n}");
+    }
+    ctl.ctx.nodes.refresh(&app.store).await.unwrap();
+    ctl.ctx.nodes.heartbeat(&app.store).await;
+    let ids = many_hostings(&app.store, N).await;
+    let first: Vec<HostingId> = ids[..100].to_vec();
+    pass_all(&ctl, &first).await;
+    let mut placed_before = HashMap::new();
+    for id in &first {
+        let rec = app.store.get_record(*id).await.unwrap().unwrap();
+        let node = rec.node.expect("placed before the pass died");
+        assert!(
+            rec.status.ssh_port.is_none(),
+            "the pass died right after placing"
+        );
+        placed_before.insert(*id, node);
+    }
+    // The "killed" reconciler made nothing on any node.
+    for h in ctl.ctx.nodes.all() {
+        assert!(
+            h.driver.list_domains().await.unwrap().is_empty(),
+            "{}",
+            h.name()
+        );
+    }
+    drop(ctl);
+    let state = app.stop_keeping_state().await;
+
+    // A new reconciler on the same database and state.
+    let app = TestApp::spawn_with(config, Mode::All, false, Some(nginx), state).await;
+    let ctl = app.controller.clone().unwrap();
+    ctl.ctx.nodes.load(&app.store).await.unwrap();
+    pass_all(&ctl, &ids).await;
+    // Those that waited are decided again, oldest first, until nothing changes.
+    loop {
+        let mut waiting = vec![];
+        for r in app.store.list_records().await.unwrap() {
+            if r.node.is_none() || r.status.ssh_port.is_none() {
+                waiting.push((r.created_at, r.id));
+            }
+        }
+        waiting.sort();
+        let before = waiting.len();
+        for (_, id) in &waiting {
+            let _ = ctl.reconcile_once(*id).await;
+        }
+        let after = (app.store.list_records().await.unwrap().iter())
+            .filter(|r| r.status.ssh_port.is_none())
+            .count();
+        if after == before {
+            break;
+        }
+    }
+
+    let records = app.store.list_records().await.unwrap();
+    assert_eq!(records.len(), N);
+    let mut per_node: HashMap<String, (u64, usize)> = HashMap::new();
+    let mut waiting = 0;
+    for r in &records {
+        if let Some(n) = placed_before.get(&r.id) {
+            assert_eq!(r.node.as_ref(), Some(n), "a placement is never made twice");
+        }
+        match (&r.node, r.status.ssh_port) {
+            (Some(n), Some(_)) => {
+                let e = per_node.entry(n.to_string()).or_default();
+                e.0 += u64::from(r.spec.memory_mib.get());
+                e.1 += 1;
+            }
+            _ => {
+                waiting += 1;
+                assert_eq!(r.status.phase, Phase::Pending, "{:?}", r.status);
+                let c = r
+                    .status
+                    .conditions
+                    .iter()
+                    .find(|c| c.type_ == hostd::domain::ConditionType::Scheduled);
+                assert!(
+                    c.is_some_and(|c| !c.is_true()),
+                    "waits with Scheduled=False: {:?}",
+                    r.status
+                );
+            }
+        }
+    }
+    // Every node is filled to what it holds, and no further.
+    let mut expected_total = 0;
+    for h in ctl.ctx.nodes.all() {
+        let res = h.resources.expect("read by the heartbeat");
+        let budget = hostd::capacity::budget(&res, &app.config.capacity);
+        let (mem, count) = per_node.get(h.name().as_str()).copied().unwrap_or_default();
+        assert!(
+            mem <= budget.memory_mib,
+            "{}: {mem} MiB placed, budget {}",
+            h.name(),
+            budget.memory_mib
+        );
+        let fits = (budget.memory_mib / 512) as usize;
+        assert_eq!(count, fits, "{} is filled: {per_node:?}", h.name());
+        expected_total += fits;
+    }
+    println!("placed per node (MiB, hostings): {per_node:?}; waiting: {waiting}");
+    assert_eq!(N - waiting, expected_total);
+    // Each placed hosting's domain is on its node, and on no other.
+    let mut seen: HashMap<HostingId, String> = HashMap::new();
+    for h in ctl.ctx.nodes.all() {
+        for d in h.driver.list_domains().await.unwrap() {
+            let id = d.marker.hosting_id;
+            assert!(
+                seen.insert(id, h.name().to_string()).is_none(),
+                "{id} has domains on two nodes"
+            );
+        }
+    }
+    let placed: HashSet<HostingId> = records
+        .iter()
+        .filter(|r| r.status.ssh_port.is_some())
+        .map(|r| r.id)
+        .collect();
+    assert_eq!(seen.keys().copied().collect::<HashSet<_>>(), placed);
+    for r in records.iter().filter(|r| placed.contains(&r.id)) {
+        assert_eq!(seen[&r.id], r.node.as_ref().unwrap().to_string());
+    }
+    // A resync finds nothing to collect: no node holds another's hostings.
+    let q = hostd::reconciler::queue::WorkQueue::default();
+    let stats = hostd::reconciler::resync::resync(&ctl.ctx, &q)
+        .await
+        .unwrap();
+    assert_eq!(stats.orphans_removed, 0);
+    app.stop().await;
+}
