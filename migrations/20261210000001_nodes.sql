@@ -3,7 +3,7 @@
 -- the address the host nginx and probes use to reach the ports that node's
 -- guests forward, whether new hostings may be placed there, labels and
 -- capacity overrides. The reconciler writes the observed columns (last
--- heartbeat, readiness, resources). `HOSTD_LIBVIRT_URI` is upserted at
+-- heartbeat, readiness and health, resources). `HOSTD_LIBVIRT_URI` is upserted at
 -- startup as the implicit node, so a one-machine install changes nothing.
 create table nodes (
     name text primary key check (name ~ '^[a-z0-9]([a-z0-9-]{0,30}[a-z0-9])?$'),
@@ -19,6 +19,7 @@ create table nodes (
     -- counts as up, why not, and what libvirt reported of its resources.
     heartbeat_at timestamptz,
     ready boolean not null default false,
+    health text not null default 'Unreachable' check (health in ('Ready', 'Unreachable', 'Down')),
     message text,
     resources jsonb
 );
@@ -31,3 +32,8 @@ create index hostings_node on hostings (node);
 
 create trigger fence before insert or update or delete on nodes
     for each statement execute function hostd_fence();
+
+-- A hosting whose node is down is `Unknown`: nobody can tell what its guest does.
+alter table hosting_status drop constraint hosting_status_phase_check;
+alter table hosting_status add constraint hosting_status_phase_check
+    check (phase in ('Pending', 'Provisioning', 'Ready', 'Updating', 'Stopped', 'Deleting', 'Failed', 'Unknown'));

@@ -50,7 +50,10 @@ start() {
     cp -a /etc/libvirt/. "$root/etc/"
     rm -rf "$root/etc/qemu/networks" "$root/etc/qemu/"*.xml
     printf '\nhost_uuid = "%s"\n' "$(cat /proc/sys/kernel/random/uuid)" >> "$root/etc/libvirtd.conf"
-    printf '\ncgroup_controllers = [ ]\n' >> "$root/etc/qemu.conf"
+    # cgroup v1 controllers are shared with the first daemon: only those the
+    # guests' limits need (cputune needs cpu); guest scope names differ
+    # per hosting, and a hosting lives on one node.
+    printf '\ncgroup_controllers = [ "cpu", "cpuacct" ]\n' >> "$root/etc/qemu.conf"
   fi
   rm -f "$root/libvirtd.pid" "$root/virtlogd.pid"
   # The namespace lives as long as its daemons; its id tells their guests.

@@ -5,7 +5,7 @@
 # integration tests against real Postgres, real nginx and libvirt's test
 # driver, the lints of the deployment files, the dashboard in a real
 # browser, schemathesis against the OpenAPI document, the end-to-end test with a
-# real VM (scripts/e2e.sh), the cloud-init image's (scripts/e2e-cloudinit.sh),
+# real VM (scripts/e2e.sh), two nodes (scripts/e2e-nodes.sh), the cloud-init image's (scripts/e2e-cloudinit.sh),
 # the container deployment's under podman (scripts/container-e2e.sh), and the
 # crash matrix (tests/crash_matrix.rs, real
 # hostd processes and qemu:///system guests from the tiny test image).
@@ -39,6 +39,9 @@ log "OpenAPI contract fuzzed by schemathesis (at least 1000 requests, no 5xx)"
 
 log "end-to-end test with a real guest (qemu:///system)"
 ./scripts/e2e.sh
+
+log "two nodes end-to-end: placement across two libvirt daemons, a node killed and back"
+./scripts/e2e-nodes.sh
 
 log "warm pool end-to-end: a claimed guest personalised live, a cold one beside it"
 ./scripts/e2e-warm-pool.sh

@@ -143,8 +143,8 @@ pub async fn run(config: Config, cmd: NodeCmd) -> i32 {
 
 fn print_list(list: &[crate::store::Node]) {
     println!(
-        "{:<16} {:<8} {:<11} {:>8} {:>12} {:>5}  {:<15} URI",
-        "NAME", "READY", "SCHEDULING", "HOSTINGS", "MEMORY MiB", "CPUS", "ADDRESS"
+        "{:<16} {:<11} {:<11} {:>8} {:>12} {:>5}  {:<15} URI",
+        "NAME", "HEALTH", "SCHEDULING", "HOSTINGS", "MEMORY MiB", "CPUS", "ADDRESS"
     );
     for n in list {
         let (mem, cpus) = n.resources.map_or(("-".to_string(), "-".to_string()), |r| {
@@ -154,9 +154,9 @@ fn print_list(list: &[crate::store::Node]) {
             )
         });
         println!(
-            "{:<16} {:<8} {:<11} {:>8} {:>12} {:>5}  {:<15} {}{}",
+            "{:<16} {:<11} {:<11} {:>8} {:>12} {:>5}  {:<15} {}{}",
             n.name.to_string() + if n.implicit { "*" } else { "" },
-            if n.ready { "yes" } else { "no" },
+            n.health,
             if n.schedulable { "on" } else { "cordoned" },
             n.hostings,
             mem,

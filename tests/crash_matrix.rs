@@ -23,6 +23,7 @@ use hostd::drivers::VmDriver;
 use serde_json::{json, Value};
 
 const CREATE_POINTS: &[&str] = &[
+    "after_node_placed",
     "after_port_allocation",
     "after_disk_create",
     "after_seed_upload",

@@ -358,3 +358,244 @@ async fn a_thousand_hostings_are_placed_on_three_nodes_within_capacity_and_never
     assert_eq!(stats.orphans_removed, 0);
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_silent_node_goes_down_its_hostings_become_unknown_and_new_ones_go_elsewhere() {
+    let db = common::fresh_database().await;
+    let nginx = common::TestNginx::start();
+    let state = tempfile::tempdir().unwrap();
+    let mut config = common::test_config(&db, state.path(), Some(&nginx));
+    config.node_down = std::time::Duration::from_secs(2);
+    let app = TestApp::spawn_with(config, Mode::All, false, Some(nginx), state).await;
+    let ctl = app.controller.clone().unwrap();
+    let nodes = &ctl.ctx.nodes;
+    nodes.load(&app.store).await.unwrap();
+    let admin = app.admin("root").await;
+    // A libvirt that is not there: every call fails at once.
+    let dead = format!(
+        "qemu+unix:///system?socket={}/nothing-here",
+        app.state.path().display()
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let cordoned = node_xml(dir.path(), "n3", 64, 65536);
+    for (name, uri) in [("n2", dead.as_str()), ("n3", cordoned.as_str())] {
+        let (s, n) = post(
+            &app,
+            &admin,
+            "/api/v1/admin/nodes",
+            json!({"name": name, "uri": uri, "memory_mib": 1_000_000}),
+        )
+        .await;
+        assert_eq!(s, 201, "{n}");
+    }
+    let (s, _) = post(&app, &admin, "/api/v1/admin/nodes/n3/cordon", json!({})).await;
+    assert_eq!(s, 200);
+    nodes.refresh(&app.store).await.unwrap();
+    nodes.heartbeat(&app.store).await;
+    use hostd::reconciler::nodes::Health;
+    let n2 = hostd::domain::NodeName::parse("n2").unwrap();
+    assert_eq!(
+        nodes.get(&n2).unwrap().health,
+        Health::Unreachable,
+        "silent, not yet for long"
+    );
+    let (_, n) = app.get_json(&admin, "/api/v1/admin/nodes/n2").await;
+    assert_eq!(
+        (&n["ready"], &n["health"]),
+        (&json!(false), &json!("Unreachable")),
+        "{n}"
+    );
+    // A hosting placed there (before it fell silent) is left alone meanwhile.
+    let (t_on_dead, _, on_dead) = common::create_hosting(&app, "alice").await;
+    app.store.place(on_dead, &n2).await.unwrap();
+    let a = ctl.reconcile_once(on_dead).await.unwrap();
+    assert!(matches!(a, hostd::reconciler::Action::Requeue(_)), "{a:?}");
+    let rec = app.store.get_record(on_dead).await.unwrap().unwrap();
+    assert_eq!(
+        rec.status.phase,
+        Phase::Pending,
+        "nothing is done to it: {:?}",
+        rec.status
+    );
+    assert!(rec.status.ssh_port.is_none());
+
+    tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
+    let changed = nodes.heartbeat(&app.store).await;
+    assert_eq!(changed, vec![(n2.clone(), Health::Down)]);
+    let (_, n) = app.get_json(&admin, "/api/v1/admin/nodes/n2").await;
+    assert_eq!(n["ready"], false, "{n}");
+    assert_eq!(n["health"], "Down", "{n}");
+    assert!(
+        n["message"].as_str().unwrap().contains("does not answer"),
+        "{n}"
+    );
+    ctl.reconcile_once(on_dead).await.unwrap();
+    let (_, h) = app.get_json(&t_on_dead, "/api/v1/host/my").await;
+    assert_eq!(h["status"]["phase"], "Unknown", "{h}");
+    assert_eq!(h["status"]["node"], "n2");
+    let c = h["status"]["conditions"].as_array().unwrap();
+    assert!(
+        c.iter()
+            .any(|c| c["type"] == "NodeReachable" && c["status"] == "False"),
+        "{h}"
+    );
+    // A second pass writes no second NodeDown event.
+    ctl.reconcile_once(on_dead).await.unwrap();
+    let (_, h) = app.get_json(&t_on_dead, "/api/v1/host/my").await;
+    let downs = (h["events"].as_array().unwrap().iter())
+        .filter(|e| e["reason"] == "NodeDown")
+        .count();
+    assert_eq!(downs, 1, "{h}");
+
+    // New hostings go neither to the dead node nor to the cordoned one.
+    for name in ["bob", "carol", "dave"] {
+        let (_, _, id) = common::create_hosting(&app, name).await;
+        ctl.reconcile_once(id).await.unwrap();
+        let rec = app.store.get_record(id).await.unwrap().unwrap();
+        assert_eq!(
+            rec.node.as_ref().map(|n| n.as_str()),
+            Some("local"),
+            "{name}"
+        );
+    }
+    // With the implicit node cordoned too, a new hosting waits.
+    let (s, _) = post(&app, &admin, "/api/v1/admin/nodes/local/cordon", json!({})).await;
+    assert_eq!(s, 200);
+    nodes.refresh(&app.store).await.unwrap();
+    let (t, _, id) = common::create_hosting(&app, "erin").await;
+    ctl.reconcile_once(id).await.unwrap();
+    let (_, h) = app.get_json(&t, "/api/v1/host/my").await;
+    assert_eq!(h["status"]["phase"], "Pending", "{h}");
+    assert!(h["status"].get("node").is_none(), "{h}");
+    let sched = (h["status"]["conditions"].as_array().unwrap().iter())
+        .find(|c| c["type"] == "Scheduled")
+        .cloned()
+        .unwrap();
+    assert_eq!(sched["status"], "False", "{h}");
+    assert_eq!(sched["reason"], "NoNodeFits", "{h}");
+    assert!(
+        sched["message"].as_str().unwrap().contains("n2: not ready"),
+        "{h}"
+    );
+    assert!(
+        sched["message"].as_str().unwrap().contains("cordoned"),
+        "{h}"
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn the_dashboard_adds_cordons_and_removes_nodes_with_the_apis_rules() {
+    use common::web::{client, csrf_in, page, post_form, web_login};
+    let app = TestApp::manual().await;
+    let ctl = app.controller.clone().unwrap();
+    ctl.ctx.nodes.load(&app.store).await.unwrap();
+    app.admin("boss").await;
+    app.user("tenant").await;
+    let admin = web_login(&app, &client(), "boss").await;
+    let tenant = web_login(&app, &client(), "tenant").await;
+    let html = page(&app, &admin, "/ui/admin").await;
+    assert!(html.contains(r#"data-node="local""#), "{html}");
+    let csrf = csrf_in(&html);
+    let dir = tempfile::tempdir().unwrap();
+    let uri = node_xml(dir.path(), "n2", 8, 8192);
+    let add = |csrf: String, session: String, name: &'static str, uri: String| {
+        let app = &app;
+        async move {
+            post_form(
+                app,
+                &session,
+                "/ui/admin/nodes/add",
+                &[
+                    ("csrf", &csrf),
+                    ("name", name),
+                    ("uri", &uri),
+                    ("address", ""),
+                ],
+            )
+            .await
+        }
+    };
+    assert_eq!(
+        add("forged".into(), admin.clone(), "n2", uri.clone())
+            .await
+            .0,
+        403
+    );
+    let tcsrf = csrf_in(&page(&app, &tenant, "/ui/hosting").await);
+    assert_eq!(
+        add(tcsrf, tenant.clone(), "n2", uri.clone()).await.0,
+        403,
+        "tenants cannot"
+    );
+    let (s, body) = add(
+        csrf.clone(),
+        admin.clone(),
+        "n2",
+        "qemu+tcp://h/system".into(),
+    )
+    .await;
+    assert_eq!(s, 422);
+    assert!(body.contains("libvirt URI"), "the page says why: {body}");
+    // An address that would be pasted into nginx's upstream is checked too.
+    let (s, _) = post_form(
+        &app,
+        &admin,
+        "/ui/admin/nodes/add",
+        &[
+            ("csrf", &csrf),
+            ("name", "n2"),
+            ("uri", &uri),
+            ("address", "1.2.3.4; evil"),
+        ],
+    )
+    .await;
+    assert_eq!(s, 422);
+    assert_eq!(
+        app.store.list_nodes().await.unwrap().len(),
+        1,
+        "nothing stored"
+    );
+    assert_eq!(
+        add(csrf.clone(), admin.clone(), "n2", uri.clone()).await.0,
+        303
+    );
+    let html = page(&app, &admin, "/ui/admin").await;
+    assert!(html.contains(r#"data-node="n2""#), "{html}");
+    let sched = |on: &'static str| {
+        let (app, admin, csrf) = (&app, admin.clone(), csrf.clone());
+        async move {
+            post_form(
+                app,
+                &admin,
+                "/ui/admin/nodes/schedule",
+                &[("csrf", &csrf), ("name", "n2"), ("schedulable", on)],
+            )
+            .await
+            .0
+        }
+    };
+    assert_eq!(sched("maybe").await, 422);
+    assert_eq!(sched("false").await, 303);
+    let n2 = hostd::domain::NodeName::parse("n2").unwrap();
+    assert!(!app.store.get_node(&n2).await.unwrap().schedulable);
+    assert_eq!(sched("true").await, 303);
+    assert!(app.store.get_node(&n2).await.unwrap().schedulable);
+    let remove = |name: &'static str| {
+        let (app, admin, csrf) = (&app, admin.clone(), csrf.clone());
+        async move {
+            post_form(
+                app,
+                &admin,
+                "/ui/admin/nodes/remove",
+                &[("csrf", &csrf), ("name", name)],
+            )
+            .await
+            .0
+        }
+    };
+    assert_eq!(remove("local").await, 409);
+    assert_eq!(remove("n2").await, 303);
+    assert_eq!(app.store.list_nodes().await.unwrap().len(), 1);
+    app.stop().await;
+}

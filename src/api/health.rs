@@ -97,6 +97,7 @@ fn redact(mut body: serde_json::Value) -> serde_json::Value {
         o.remove("capacity");
         o.remove("warm_pool");
         o.remove("clone_templates");
+        o.remove("nodes");
         o.remove("read_view");
     }
     body
@@ -171,6 +172,14 @@ async fn compute(st: &AppState) -> (StatusCode, serde_json::Value) {
         "enabled": st.config.clone_templates,
         "templates": crate::reconciler::clone_templates::on_disk_status(&st.config.state_dir, &st.config.instance),
     });
+    // The nodes as the reconciler last saw them (admins only).
+    let nodes = match st.store.list_nodes().await {
+        Ok(n) => json!(n
+            .into_iter()
+            .map(crate::api::nodes::NodeView::from)
+            .collect::<Vec<_>>()),
+        Err(e) => json!({"status": "error", "detail": e.to_string()}),
+    };
     // Redis down is not fatal (limits fall back to per-process memory):
     // degraded, but still 200.
     let redis = checks::redis(st.guard.ping_redis()).await.json();
@@ -197,6 +206,7 @@ async fn compute(st: &AppState) -> (StatusCode, serde_json::Value) {
             "capacity": capacity,
             "warm_pool": warm_pool,
             "clone_templates": templates,
+            "nodes": nodes,
             // This process's read view (admins only): live, sizes, and how
             // stale it ran over the last changes it applied.
             "read_view": st.store.view().map(|v| json!(v.stats())),

@@ -37,6 +37,8 @@ pub struct NodeView {
     pub implicit: bool,
     /// Its last heartbeat answered (`false`: unreachable or down).
     pub ready: bool,
+    /// `Ready`, `Unreachable` (silent for less than HOSTD_NODE_DOWN_SECS) or `Down`.
+    pub health: String,
     /// Why it is not ready.
     pub message: Option<String>,
     /// When it last answered.
@@ -60,6 +62,7 @@ impl From<Node> for NodeView {
             vcpus: n.vcpus,
             implicit: n.implicit,
             ready: n.ready,
+            health: n.health,
             message: n.message,
             heartbeat_at: n.heartbeat_at,
             resources: n.resources,

@@ -46,6 +46,16 @@ pub enum Health {
     Down,
 }
 
+impl Health {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Health::Ready => "Ready",
+            Health::Unreachable => "Unreachable",
+            Health::Down => "Down",
+        }
+    }
+}
+
 /// One node: its row, its driver and its health.
 #[derive(Clone)]
 pub struct NodeHandle {
@@ -258,6 +268,7 @@ impl Nodes {
                     }
                     m.health = health;
                     m.row.ready = health == Health::Ready;
+                    m.row.health = health.as_str().to_string();
                     m.row.message = message.clone();
                     if r.is_ok() {
                         m.last_ok = Some(now);
@@ -269,10 +280,9 @@ impl Nodes {
                     }
                 }
             }
-            let ready = health == Health::Ready;
             let raw = r.as_ref().ok();
             if let Err(e) = store
-                .node_heartbeat(h.name(), ready, message.as_deref(), raw)
+                .node_heartbeat(h.name(), health.as_str(), message.as_deref(), raw)
                 .await
             {
                 tracing::warn!(node = %h.name(), error = %e, "cannot record the node's heartbeat");

@@ -27,6 +27,9 @@ pub struct Node {
     pub created_at: DateTime<Utc>,
     pub heartbeat_at: Option<DateTime<Utc>>,
     pub ready: bool,
+    /// `Ready`, `Unreachable` (silent for less than `HOSTD_NODE_DOWN_SECS`)
+    /// or `Down`, as the reconciler last saw it.
+    pub health: String,
     pub message: Option<String>,
     pub resources: Option<HostResources>,
     /// Hostings placed on it.
@@ -59,11 +62,12 @@ type NodeDbRow = (
     Option<String>,
     Option<sqlx::types::Json<HostResources>>,
     i64,
+    String,
 );
 
 const NODE_SELECT: &str = "select n.name, n.libvirt_uri, host(n.address), n.schedulable, n.labels, \
      n.memory_mib, n.vcpus, n.implicit, n.created_at, n.heartbeat_at, n.ready, n.message, n.resources, \
-     (select count(*) from hostings h where h.node = n.name) \
+     (select count(*) from hostings h where h.node = n.name), n.health \
      from nodes n";
 
 fn node(r: NodeDbRow) -> Result<Node> {
@@ -87,6 +91,7 @@ fn node(r: NodeDbRow) -> Result<Node> {
         message: r.11,
         resources: r.12.map(|j| j.0),
         hostings: r.13,
+        health: r.14,
     })
 }
 
@@ -205,23 +210,23 @@ impl Store {
         }
     }
 
-    /// Records a heartbeat: `ready` with what libvirt reported (the time of
-    /// the last good heartbeat moves only then), or not ready and why.
+    /// Records a heartbeat: `Ready` with what libvirt reported (the time of
+    /// the last good heartbeat moves only then), or `Unreachable`/`Down` and why.
     pub async fn node_heartbeat(
         &self,
         name: &NodeName,
-        ready: bool,
+        health: &str,
         message: Option<&str>,
         resources: Option<&HostResources>,
     ) -> Result<()> {
         sqlx::query(
-            "update nodes set ready = $2, message = $3, \
-               heartbeat_at = case when $2 then now() else heartbeat_at end, \
+            "update nodes set ready = ($2 = 'Ready'), health = $2, message = $3, \
+               heartbeat_at = case when $2 = 'Ready' then now() else heartbeat_at end, \
                resources = coalesce($4, resources) \
              where name = $1",
         )
         .bind(name.as_str())
-        .bind(ready)
+        .bind(health)
         .bind(message)
         .bind(resources.map(sqlx::types::Json))
         .execute(&self.pool())

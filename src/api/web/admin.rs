@@ -1,7 +1,8 @@
 //! The admin page (`/ui/admin`, admins only): the host's health checks,
 //! capacity and warm pool (from the cached `health/detailed` answer), every
 //! hosting with start/stop and delete (behind a confirmation naming the
-//! owner), and the accounts with their roles. Actions go through the admin
+//! owner), the nodes (add, cordon, uncordon, remove) and the accounts with
+//! their roles. Actions go through the admin
 //! API's functions (`crate::api::admin::{act_on, set_role_of}`), so each is
 //! an audit line naming the admin and an event on the hosting.
 
@@ -15,7 +16,9 @@ use super::pages::{AdminDeletePage, AdminPage, AdminRow, CheckRow, UserItem};
 use super::session::{render, shown, WebError, WebUser};
 use crate::api::admin::{act_on, parse_hosting_id, set_role_of, Admin, HostingAction};
 use crate::api::error::ApiError;
+use crate::api::nodes::{self, AddNode, NodeView};
 use crate::api::AppState;
+use crate::domain::NodeName;
 use crate::domain::Role;
 
 fn admin_of(u: &WebUser) -> Result<Admin, WebError> {
@@ -118,8 +121,19 @@ async fn page(
                 r.spec.vcpus, r.spec.memory_mib, r.spec.disk_gib
             ),
             ssh_port: r.status.ssh_port.map(|p| p.to_string()).unwrap_or_default(),
-            node: format!("{} ({})", st.config.instance, node),
+            node: r
+                .node
+                .as_ref()
+                .map(|n| n.to_string())
+                .unwrap_or_else(|| "–".into()),
         })
+        .collect();
+    let nodes = st
+        .store
+        .list_nodes()
+        .await?
+        .into_iter()
+        .map(NodeView::from)
         .collect();
     let users = st
         .store
@@ -146,7 +160,8 @@ async fn page(
         warm_pool,
         rows,
         users,
-        node,
+        node: format!("{} ({})", st.config.instance, node),
+        nodes,
     });
     Ok((status, body).into_response())
 }
@@ -167,6 +182,12 @@ pub(super) async fn admin_page(
         Some("stop") => Some("Stop requested.".to_string()),
         Some("delete") => Some("Deletion requested.".to_string()),
         Some("role") => Some("Role changed.".to_string()),
+        Some("node-added") => {
+            Some("Node added; the reconciler connects at its next heartbeat.".to_string())
+        }
+        Some("node-cordoned") => Some("Node cordoned: no new hosting is placed there.".to_string()),
+        Some("node-uncordoned") => Some("Node uncordoned.".to_string()),
+        Some("node-removed") => Some("Node removed.".to_string()),
         _ => None,
     };
     page(&st, &u, StatusCode::OK, None, notice).await
@@ -312,6 +333,98 @@ pub(super) async fn admin_role(
     .await;
     match result {
         Ok(_) => Ok(Redirect::to("/ui/admin?done=role").into_response()),
+        Err(e) => refused(&st, &u, e).await,
+    }
+}
+
+#[derive(Deserialize)]
+pub(super) struct NodeForm {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    name: String,
+    #[serde(default)]
+    uri: String,
+    #[serde(default)]
+    address: String,
+    /// For cordon/uncordon: "true" (schedulable) or "false".
+    #[serde(default)]
+    schedulable: String,
+}
+
+/// `POST /ui/admin/nodes/add`: add a node (the API's validation).
+pub(super) async fn admin_node_add(
+    State(st): State<AppState>,
+    u: WebUser,
+    headers: HeaderMap,
+    Form(f): Form<NodeForm>,
+) -> Result<Response, WebError> {
+    let admin = admin_of(&u)?;
+    u.check(&st, &headers, &f.csrf)?;
+    let req = AddNode {
+        name: f.name.trim().to_string(),
+        uri: f.uri.trim().to_string(),
+        address: Some(f.address.trim().to_string()).filter(|a| !a.is_empty()),
+        labels: Default::default(),
+        memory_mib: None,
+        vcpus: None,
+    };
+    let result = async {
+        let new = req
+            .parse()
+            .map_err(|e| ApiError::Unprocessable(e.to_string()))?;
+        nodes::add(&st.store, &admin.username, new).await
+    }
+    .await;
+    match result {
+        Ok(_) => Ok(Redirect::to("/ui/admin?done=node-added").into_response()),
+        Err(e) => refused(&st, &u, e).await,
+    }
+}
+
+/// `POST /ui/admin/nodes/schedule`: cordon (`schedulable=false`) or uncordon.
+pub(super) async fn admin_node_schedule(
+    State(st): State<AppState>,
+    u: WebUser,
+    headers: HeaderMap,
+    Form(f): Form<NodeForm>,
+) -> Result<Response, WebError> {
+    let admin = admin_of(&u)?;
+    u.check(&st, &headers, &f.csrf)?;
+    let result = async {
+        let on = match f.schedulable.as_str() {
+            "true" => true,
+            "false" => false,
+            _ => return Err(ApiError::Unprocessable("schedulable: true or false".into())),
+        };
+        let name = NodeName::parse(&f.name).map_err(|_| ApiError::NotFound("no such node"))?;
+        nodes::cordon(&st.store, &admin.username, &name, on).await?;
+        Ok(on)
+    }
+    .await;
+    match result {
+        Ok(true) => Ok(Redirect::to("/ui/admin?done=node-uncordoned").into_response()),
+        Ok(false) => Ok(Redirect::to("/ui/admin?done=node-cordoned").into_response()),
+        Err(e) => refused(&st, &u, e).await,
+    }
+}
+
+/// `POST /ui/admin/nodes/remove`: remove a node no hosting is placed on.
+pub(super) async fn admin_node_remove(
+    State(st): State<AppState>,
+    u: WebUser,
+    headers: HeaderMap,
+    Form(f): Form<NodeForm>,
+) -> Result<Response, WebError> {
+    let admin = admin_of(&u)?;
+    u.check(&st, &headers, &f.csrf)?;
+    let result = async {
+        let name = NodeName::parse(&f.name).map_err(|_| ApiError::NotFound("no such node"))?;
+        nodes::remove(&st.store, &admin.username, &name).await
+    }
+    .await;
+    match result {
+        Ok(()) => Ok(Redirect::to("/ui/admin?done=node-removed").into_response()),
         Err(e) => refused(&st, &u, e).await,
     }
 }

@@ -126,6 +126,9 @@ pub fn router() -> Router<AppState> {
             get(admin::admin_delete_confirm).post(admin::admin_delete),
         )
         .route("/ui/admin/users/role", post(admin::admin_role))
+        .route("/ui/admin/nodes/add", post(admin::admin_node_add))
+        .route("/ui/admin/nodes/schedule", post(admin::admin_node_schedule))
+        .route("/ui/admin/nodes/remove", post(admin::admin_node_remove))
         .route("/ui/static/app.js", get(app_js))
         .route("/ui/static/app.css", get(app_css))
         .layer(axum::middleware::from_fn(security_headers))

@@ -181,6 +181,7 @@ pub(super) struct AdminPage {
     pub(super) rows: Vec<AdminRow>,
     pub(super) users: Vec<UserItem>,
     pub(super) node: String,
+    pub(super) nodes: Vec<crate::api::nodes::NodeView>,
 }
 
 #[derive(Template)]

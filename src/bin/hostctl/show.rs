@@ -194,6 +194,7 @@ pub fn describe(h: &HostingView) -> String {
         opt(&st.ssh_port),
         opt(&st.http_port)
     );
+    let _ = writeln!(o, "  {:<12} {}", "node", opt(&st.node));
     let _ = writeln!(o, "Conditions:");
     let _ = writeln!(
         o,
