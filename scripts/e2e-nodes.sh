@@ -2,13 +2,17 @@
 # End-to-end test of two hypervisor nodes with real guests: the implicit node
 # (qemu:///system) and a second libvirtd on this machine in its own mount
 # namespace (scripts/node-libvirtd.sh), added with `hostd node add`. Two
-# hostings created at once are placed one per node and both are served; then
-# the second node dies (its libvirtd, virtlogd and guests killed): within
-# HOSTD_NODE_DOWN_SECS it is NodeReady=False and its hosting Unknown with
-# NodeReachable=False, while the first node's hosting stays Ready and served
-# and nothing of the dead node's hosting appears on the live one. When the
-# daemon returns, its hosting is started again there (its uploaded file
-# intact) and runs once, on that node only. Loopback only.
+# hostings created at once are placed one per node, a third (local cordoned)
+# goes to the second node; all are served. One guest on the second node gets
+# an upload and a backup, the other an upload only. Then the second node dies
+# (its libvirtd, virtlogd and guests killed): within HOSTD_NODE_DOWN_SECS it
+# is Down and its hostings Unknown with NodeReachable=False, while the first
+# node's hosting stays Ready and served and nothing of the dead node's
+# hostings appears on the live one. Evacuation is refused until the node is
+# fenced; then the backed-up hosting is restored on the first node (same
+# ports, its upload intact) and the other stays. When the daemon returns,
+# the one left there runs again (its upload intact), the evacuated one's old
+# domain there is removed, and each runs once. Loopback only.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
@@ -52,47 +56,68 @@ register() {  # name → token
 }
 ssh-keygen -q -t ed25519 -N '' -f "$WORK/key"
 body=$(jq -nc --arg k "$(cat "$WORK/key.pub")" '{ssh_public_keys: [$k]}')
-step "two hostings created at once"
-T1=$(register alice); T2=$(register bob)
-curl -fsS -X POST "$API/host" -H "Authorization: Bearer $T1" -H 'content-type: application/json' -d "$body" > "$WORK/h1.json" &
+step "two hostings created at once, then a third with local cordoned"
+T1=$(register alice); T2=$(register bob); T3=$(register carol)
+create() { curl -fsS -X POST "$API/host" -H "Authorization: Bearer $1" -H 'content-type: application/json' -d "$body" > "$2"; }
+create "$T1" "$WORK/h1.json" &
 p1=$!
-curl -fsS -X POST "$API/host" -H "Authorization: Bearer $T2" -H 'content-type: application/json' -d "$body" > "$WORK/h2.json" &
+create "$T2" "$WORK/h2.json" &
 p2=$!
 wait "$p1" "$p2"
+"$BIN" node cordon local
+create "$T3" "$WORK/h3.json"
+placed3() { [ -n "$(sql "select node from hostings where id = '$(jq -r .id "$WORK/h3.json")'")" ]; }
+wait_until 30 0.2 placed3 || fail "carol's hosting was not placed"
+"$BIN" node uncordon local
 ready() {  # token, file → 0 when Ready
   curl -fsS "$API/host/my" -H "Authorization: Bearer $1" > "$2" || return 1
   jq -e '.status.phase == "Ready" and .status.observed_generation == .generation' "$2" >/dev/null
 }
 t0=$(date +%s)
-wait_until "$READY_TIMEOUT" 1 ready "$T1" "$WORK/m1.json" || { jq .status "$WORK/m1.json"; fail "alice's hosting not Ready"; }
-wait_until "$READY_TIMEOUT" 1 ready "$T2" "$WORK/m2.json" || { jq .status "$WORK/m2.json"; fail "bob's hosting not Ready"; }
-step "both Ready after $(( $(date +%s) - t0 )) s"
-N1=$(jq -r .status.node "$WORK/m1.json"); N2=$(jq -r .status.node "$WORK/m2.json")
-echo "alice on $N1, bob on $N2"
-[ "$N1" != "$N2" ] || fail "both hostings were placed on $N1: placement does not spread"
-jq -r '.events[] | select(.reason == "Placed") | .message' "$WORK/m1.json" "$WORK/m2.json"
-# The token of the hosting on the second node, and the other's.
+for i in 1 2 3; do
+  tok="T$i"
+  wait_until "$READY_TIMEOUT" 1 ready "${!tok}" "$WORK/m$i.json" || { jq .status "$WORK/m$i.json"; fail "hosting $i not Ready"; }
+done
+step "all three Ready after $(( $(date +%s) - t0 )) s"
+N1=$(jq -r .status.node "$WORK/m1.json"); N2=$(jq -r .status.node "$WORK/m2.json"); N3=$(jq -r .status.node "$WORK/m3.json")
+echo "alice on $N1, bob on $N2, carol on $N3"
+[ "$N1" != "$N2" ] || fail "alice and bob were both placed on $N1: placement does not spread"
+[ "$N3" = "$NODE" ] || fail "carol is on $N3 although local was cordoned"
+jq -r '.events[] | select(.reason == "Placed") | .message' "$WORK/m1.json" "$WORK/m2.json" "$WORK/m3.json"
+# D: the other hosting on the second node (evacuated), C: carol (no backup), L: on local.
 if [ "$N1" = "$NODE" ]; then TD=$T1; MD=m1; TL=$T2; ML=m2; else TD=$T2; MD=m2; TL=$T1; ML=m1; fi
+TC=$T3; MC=m3
 site() { echo "http://127.0.0.1:$NGINX_PORT/$(jq -r .user_id "$WORK/$1.json")/"; }
-SITE_D=$(site "$MD"); SITE_L=$(site "$ML")
-ID_D=$(jq -r .id "$WORK/$MD.json"); ID_L=$(jq -r .id "$WORK/$ML.json")
+SITE_D=$(site "$MD"); SITE_L=$(site "$ML"); SITE_C=$(site "$MC")
+ID_D=$(jq -r .id "$WORK/$MD.json"); ID_L=$(jq -r .id "$WORK/$ML.json"); ID_C=$(jq -r .id "$WORK/$MC.json")
+backup_cleanup() { rm -rf "$STATE_DIR/backups/$ID_D" "$STATE_DIR"/backup-staging/"$ID_D"-* "$STATE_DIR"/quarantine/*"$ID_D"* "$STATE_DIR"/quarantine/*"$ID_C"*; }
+CLEANUP_HOOKS+=(backup_cleanup)
 
 step "each domain runs on its own node only"
 on() { virsh -c "$1" list --name | grep -c "$2" || true; }
-[ "$(on "$URI2" "$ID_D")" = 1 ] && [ "$(on qemu:///system "$ID_D")" = 0 ] || fail "$ID_D is not (only) on $NODE"
-[ "$(on qemu:///system "$ID_L")" = 1 ] && [ "$(on "$URI2" "$ID_L")" = 0 ] || fail "$ID_L is not (only) on local"
-curl -fsS "$SITE_D" | grep -q Welcome || fail "the site on $NODE is not served"
-curl -fsS "$SITE_L" | grep -q Welcome || fail "the site on local is not served"
+defined() { virsh -c "$1" list --all --name | grep -c "$2" || true; }
+[ "$(on "$URI2" "$ID_D")" = 1 ] && [ "$(defined qemu:///system "$ID_D")" = 0 ] || fail "$ID_D is not (only) on $NODE"
+[ "$(on "$URI2" "$ID_C")" = 1 ] && [ "$(defined qemu:///system "$ID_C")" = 0 ] || fail "$ID_C is not (only) on $NODE"
+[ "$(on qemu:///system "$ID_L")" = 1 ] && [ "$(defined "$URI2" "$ID_L")" = 0 ] || fail "$ID_L is not (only) on local"
+for s in "$SITE_D" "$SITE_L" "$SITE_C"; do curl -fsS "$s" | grep -q Welcome || fail "$s is not served"; done
 
-step "an upload on the $NODE guest"
-SSH_D=$(jq -r .status.ssh_port "$WORK/$MD.json")
-echo "kept-$run_id" > "$WORK/upload.txt"
-scp -q -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o BatchMode=yes -o LogLevel=ERROR \
-  -o ConnectTimeout=20 -i "$WORK/key" -P "$SSH_D" "$WORK/upload.txt" ubuntu@127.0.0.1:/var/www/html/upload.txt
-ssh -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o BatchMode=yes -o LogLevel=ERROR \
-  -i "$WORK/key" -p "$SSH_D" ubuntu@127.0.0.1 sync
-[ "$(curl -fsS "$SITE_D/upload.txt")" = "kept-$run_id" ] || fail "upload not served"
+upload() {  # file, token of the hosting → uploads "kept-<run>-<name>" as upload.txt
+  local port
+  port=$(jq -r .status.ssh_port "$WORK/$1.json")
+  echo "kept-$run_id-$1" > "$WORK/upload-$1.txt"
+  scp -q -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o BatchMode=yes -o LogLevel=ERROR \
+    -o ConnectTimeout=20 -i "$WORK/key" -P "$port" "$WORK/upload-$1.txt" ubuntu@127.0.0.1:/var/www/html/upload.txt
+  ssh -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o BatchMode=yes -o LogLevel=ERROR \
+    -i "$WORK/key" -p "$port" ubuntu@127.0.0.1 sync
+}
+step "uploads on both guests of $NODE; a backup of one of them"
+upload "$MD"; upload "$MC"
+[ "$(curl -fsS "$SITE_D/upload.txt")" = "kept-$run_id-$MD" ] || fail "upload not served"
+BID=$(curl -fsS -X POST "$API/host/my/backups" -H "Authorization: Bearer $TD" | jq -r .id)
+backup_done() { curl -fsS "$API/host/my/backups" -H "Authorization: Bearer $TD" > "$WORK/b.json" && [ "$(jq -r --arg id "$BID" '.[] | select(.id == $id) | .state' "$WORK/b.json")" = Completed ]; }
+wait_until 300 1 backup_done || { jq . "$WORK/b.json"; fail "the backup on $NODE did not complete"; }
 
+SSH_D_BEFORE=$(jq -r .status.ssh_port "$WORK/$MD.json")
 step "node $NODE dies: its libvirtd, virtlogd and guests killed"
 t_kill=$(date +%s.%N)
 ./scripts/node-libvirtd.sh kill "$NODE"
@@ -100,27 +125,49 @@ wait_until 20 0.2 node_ready "$NODE" f || fail "node $NODE still ready"
 t_unreachable=$(date +%s.%N)
 wait_until $(( DOWN_SECS + 20 )) 0.2 node_health "$NODE" Down || fail "node $NODE not marked Down"
 t_down=$(date +%s.%N)
-unknown() { curl -fsS "$API/host/my" -H "Authorization: Bearer $TD" > "$WORK/u.json" && jq -e '.status.phase == "Unknown"' "$WORK/u.json" >/dev/null; }
-wait_until 30 0.5 unknown || { jq .status "$WORK/u.json"; fail "the hosting on the dead node is not Unknown"; }
+unknown() { curl -fsS "$API/host/my" -H "Authorization: Bearer $1" > "$WORK/u.json" && jq -e '.status.phase == "Unknown"' "$WORK/u.json" >/dev/null; }
+wait_until 30 0.5 unknown "$TD" || { jq .status "$WORK/u.json"; fail "the hosting on the dead node is not Unknown"; }
 python3 -c "print('e2e-nodes: after the kill, node not ready in %.1f s, Down in %.1f s (HOSTD_NODE_DOWN_SECS=$DOWN_SECS, counted from its last good heartbeat), hosting Unknown in %.1f s' % ($t_unreachable - $t_kill, $t_down - $t_kill, $(date +%s.%N) - $t_kill))"
 jq -e '.status.conditions[] | select(.type == "NodeReachable" and .status == "False")' "$WORK/u.json" >/dev/null ||
   { jq .status "$WORK/u.json"; fail "no NodeReachable=False"; }
+wait_until 30 0.5 unknown "$TC" || fail "carol's hosting is not Unknown"
 "$BIN" node list
 step "the live node's hosting is untouched; nothing of the dead one appears there"
 sleep 3
 ready "$TL" "$WORK/l.json" || { jq .status "$WORK/l.json"; fail "the hosting on local is disturbed"; }
 curl -fsS "$SITE_L" | grep -q Welcome || fail "the site on local stopped being served"
-[ "$(virsh -c qemu:///system list --all --name | grep -c "$ID_D" || true)" = 0 ] || fail "the dead node's hosting was recreated on local"
-[ "$(virsh -c qemu:///system list --name | grep -c "$ID_L")" = 1 ] || fail "the local guest is not running"
+[ "$(defined qemu:///system "$ID_D")" = 0 ] && [ "$(defined qemu:///system "$ID_C")" = 0 ] || fail "the dead node's hostings were recreated on local"
+[ "$(on qemu:///system "$ID_L")" = 1 ] || fail "the local guest is not running"
 
-step "node $NODE returns: its hosting runs again there, once"
+step "evacuation: refused before the fence, then the backed-up hosting restored on local"
+if "$BIN" node evacuate "$NODE" 2> "$WORK/ev.err"; then fail "evacuated a node that is not fenced"; fi
+grep -q "not fenced" "$WORK/ev.err" || fail "unexpected refusal: $(cat "$WORK/ev.err")"
+"$BIN" node fence "$NODE"
+t_evac=$(date +%s)
+"$BIN" node evacuate "$NODE" | tee "$WORK/ev.out"
+grep -q "$ID_D: restored elsewhere from backup $BID" "$WORK/ev.out" || fail "bob's hosting not evacuated"
+grep -q "$ID_C: no completed backup" "$WORK/ev.out" || fail "carol's hosting should stay"
+# The node comes back meanwhile: carol's hosting runs there again.
 ./scripts/node-libvirtd.sh start "$NODE" >/dev/null
-t_back=$(date +%s)
+wait_until "$READY_TIMEOUT" 1 ready "$TD" "$WORK/$MD.json" || { jq .status "$WORK/$MD.json"; fail "the evacuated hosting is not Ready"; }
+step "evacuated hosting Ready on $(jq -r .status.node "$WORK/$MD.json") $(( $(date +%s) - t_evac )) s after the evacuation"
+[ "$(jq -r .status.node "$WORK/$MD.json")" = local ] || fail "evacuated to $(jq -r .status.node "$WORK/$MD.json")"
+jq -r '.events[] | select(.reason == "Evacuated" or .reason == "DiskRestored") | "\(.reason): \(.message)"' "$WORK/$MD.json"
+[ "$(curl -fsS "$SITE_D/upload.txt")" = "kept-$run_id-$MD" ] || fail "the backed-up upload did not survive the evacuation"
+[ "$(jq -r .status.ssh_port "$WORK/$MD.json")" = "$SSH_D_BEFORE" ] || fail "the evacuated hosting's SSH port changed"
+[ "$(ssh -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o BatchMode=yes -o LogLevel=ERROR \
+   -o ConnectTimeout=20 -i "$WORK/key" -p "$SSH_D_BEFORE" ubuntu@127.0.0.1 cat /var/www/html/upload.txt)" = "kept-$run_id-$MD" ] ||
+  fail "SSH on the same port does not reach the evacuated guest"
+
+step "node $NODE is back: carol's hosting runs there again; bob's old guest there is removed"
 wait_until 60 0.5 node_ready "$NODE" t || fail "node $NODE not ready again"
-wait_until "$READY_TIMEOUT" 1 ready "$TD" "$WORK/$MD.json" || { jq .status "$WORK/$MD.json"; fail "the hosting on $NODE did not come back"; }
-step "Ready again $(( $(date +%s) - t_back )) s after the node returned"
-jq -r '.events[] | select(.reason == "NodeDown" or .reason == "NodeBack") | "\(.reason): \(.message)"' "$WORK/$MD.json"
-[ "$(curl -fsS "$SITE_D/upload.txt")" = "kept-$run_id" ] || fail "the upload did not survive"
-[ "$(on "$URI2" "$ID_D")" = 1 ] && [ "$(virsh -c qemu:///system list --all --name | grep -c "$ID_D" || true)" = 0 ] ||
-  fail "the hosting does not run exactly once, on $NODE"
+t_back=$(date +%s)
+wait_until "$READY_TIMEOUT" 1 ready "$TC" "$WORK/$MC.json" || { jq .status "$WORK/$MC.json"; fail "carol's hosting did not come back"; }
+step "carol's hosting Ready again $(( $(date +%s) - t_back )) s after the node returned"
+jq -r '.events[] | select(.reason == "NodeDown" or .reason == "NodeBack" or .reason == "NotEvacuated") | "\(.reason): \(.message)"' "$WORK/$MC.json"
+[ "$(curl -fsS "$SITE_C/upload.txt")" = "kept-$run_id-$MC" ] || fail "carol's upload did not survive"
+gone_there() { [ "$(defined "$URI2" "$ID_D")" = 0 ]; }
+wait_until 30 1 gone_there || fail "bob's old domain is still defined on $NODE"
+[ "$(on qemu:///system "$ID_D")" = 1 ] || fail "bob's hosting is not running on local"
+[ "$(on "$URI2" "$ID_C")" = 1 ] && [ "$(defined qemu:///system "$ID_C")" = 0 ] || fail "carol's hosting does not run exactly once, on $NODE"
 step "passed"

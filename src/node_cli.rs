@@ -37,6 +37,14 @@ pub enum NodeCmd {
     Uncordon { name: String },
     /// Removes a node that holds no hosting.
     Remove { name: String },
+    /// Declares a node dead (also cordons it): only then can it be evacuated.
+    /// Make sure its guests are stopped for good (machine off, or cut off).
+    Fence { name: String },
+    /// Lifts the fence (the node stays cordoned).
+    Unfence { name: String },
+    /// Restores a fenced node's hostings on other nodes from their newest
+    /// backups; those without a backup stay.
+    Evacuate { name: String },
 }
 
 /// Runs one command; the exit code (0 ok, 1 failed, 2 bad input).
@@ -122,6 +130,45 @@ pub async fn run(config: Config, cmd: NodeCmd) -> i32 {
                 .await
                 .map(|_| println!("node {n} uncordoned"))
         }
+        NodeCmd::Fence { name: n } | NodeCmd::Unfence { name: n }
+            if NodeName::parse(&n).is_err() =>
+        {
+            return name(&n).err().unwrap_or(2);
+        }
+        NodeCmd::Fence { name: n } => {
+            let n = NodeName::parse(&n).expect("checked");
+            nodes::fence(&store, by, &n, true).await.map(|_| {
+                println!("node {n} fenced (declared dead) and cordoned; `hostd node evacuate {n}` restores its hostings elsewhere from their backups")
+            })
+        }
+        NodeCmd::Unfence { name: n } => {
+            let n = NodeName::parse(&n).expect("checked");
+            nodes::fence(&store, by, &n, false)
+                .await
+                .map(|_| println!("node {n} unfenced (still cordoned)"))
+        }
+        NodeCmd::Evacuate { name: n } => {
+            let n = match name(&n) {
+                Ok(n) => n,
+                Err(code) => return code,
+            };
+            nodes::evacuate(&store, by, &n).await.map(|e| {
+                for (h, b, t) in &e.moved {
+                    println!(
+                        "{h}: restored elsewhere from backup {} taken {t} (later changes are lost)",
+                        b.0
+                    );
+                }
+                for h in &e.stranded {
+                    println!("{h}: no completed backup; stays on {n}");
+                }
+                println!(
+                    "{} hosting(s) to be restored elsewhere, {} left on {n}",
+                    e.moved.len(),
+                    e.stranded.len()
+                );
+            })
+        }
         NodeCmd::Remove { name: n } => {
             let n = match name(&n) {
                 Ok(n) => n,
@@ -156,7 +203,11 @@ fn print_list(list: &[crate::store::Node]) {
         println!(
             "{:<16} {:<11} {:<11} {:>8} {:>12} {:>5}  {:<15} {}{}",
             n.name.to_string() + if n.implicit { "*" } else { "" },
-            n.health,
+            if n.fenced_at.is_some() {
+                "Fenced"
+            } else {
+                n.health.as_str()
+            },
             if n.schedulable { "on" } else { "cordoned" },
             n.hostings,
             mem,

@@ -599,3 +599,213 @@ async fn the_dashboard_adds_cordons_and_removes_nodes_with_the_apis_rules() {
     assert_eq!(app.store.list_nodes().await.unwrap().len(), 1);
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_fenced_node_is_evacuated_from_backups_and_nothing_of_it_runs_twice() {
+    use common::disks::{holds, take_backup, write_disk};
+    use hostd::reconciler::names::{disk_volume, domain_name};
+    let app = TestApp::manual().await;
+    let ctl = app.controller.clone().unwrap();
+    let nodes = &ctl.ctx.nodes;
+    nodes.load(&app.store).await.unwrap();
+    let admin = app.admin("root").await;
+    let dir = tempfile::tempdir().unwrap();
+    let uri = node_xml(dir.path(), "n2", 64, 65536);
+    let (s, _) = post(
+        &app,
+        &admin,
+        "/api/v1/admin/nodes",
+        json!({"name": "n2", "uri": uri}),
+    )
+    .await;
+    assert_eq!(s, 201);
+    // Everything new goes to n2 while local is cordoned.
+    let (s, _) = post(&app, &admin, "/api/v1/admin/nodes/local/cordon", json!({})).await;
+    assert_eq!(s, 200);
+    nodes.refresh(&app.store).await.unwrap();
+    nodes.heartbeat(&app.store).await;
+    let pool = |node: &str| {
+        let name = match node {
+            "local" => app.config.instance.clone(),
+            n => format!("{}@{n}", app.config.instance),
+        };
+        app.config.state_dir.join("pools").join(name)
+    };
+    // alice: a stopped hosting on n2 with a backup of a disk holding 7s.
+    let (ta, _, a) = common::create_hosting(&app, "alice").await;
+    ctl.reconcile_once(a).await.unwrap();
+    let r = app
+        .client
+        .patch(app.url("/api/v1/host/my"))
+        .bearer_auth(&ta)
+        .json(&json!({"running": false}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(common::settle_stopped(&ctl, a).await, Phase::Stopped);
+    assert_eq!(
+        app.store
+            .get_record(a)
+            .await
+            .unwrap()
+            .unwrap()
+            .node
+            .unwrap()
+            .as_str(),
+        "n2"
+    );
+    write_disk(&pool("n2").join(disk_volume(a)), 7);
+    let b = take_backup(&app, &ta, a).await;
+    assert_eq!(b["state"], "Completed", "{b}");
+    // bob: on n2 too, without a backup.
+    let (_, _, bob) = common::create_hosting(&app, "bob").await;
+    ctl.reconcile_once(bob).await.unwrap();
+    assert_eq!(
+        app.store
+            .get_record(bob)
+            .await
+            .unwrap()
+            .unwrap()
+            .node
+            .unwrap()
+            .as_str(),
+        "n2"
+    );
+
+    // Not fenced: refused, nothing changes.
+    let (s, e) = post(&app, &admin, "/api/v1/admin/nodes/n2/evacuate", json!({})).await;
+    assert_eq!(s, 409, "{e}");
+    assert_eq!(
+        app.store
+            .get_record(a)
+            .await
+            .unwrap()
+            .unwrap()
+            .node
+            .unwrap()
+            .as_str(),
+        "n2"
+    );
+    let (s, n) = post(&app, &admin, "/api/v1/admin/nodes/n2/fence", json!({})).await;
+    assert_eq!(s, 200);
+    assert!(
+        n["fenced_at"].is_string() && n["schedulable"] == false,
+        "{n}"
+    );
+    let (s, _) = post(
+        &app,
+        &admin,
+        "/api/v1/admin/nodes/local/uncordon",
+        json!({}),
+    )
+    .await;
+    assert_eq!(s, 200);
+    nodes.refresh(&app.store).await.unwrap();
+    let (s, e) = post(&app, &admin, "/api/v1/admin/nodes/n2/evacuate", json!({})).await;
+    assert_eq!(s, 202, "{e}");
+    assert_eq!(e["moved"].as_array().unwrap().len(), 1, "{e}");
+    assert_eq!(e["moved"][0]["hosting_id"], a.to_string());
+    assert_eq!(e["moved"][0]["backup_id"], b["id"]);
+    assert_eq!(e["stranded"], json!([bob.to_string()]));
+    let evs = app.store.recent_events(a, 50).await.unwrap();
+    let ev = (evs.iter())
+        .find(|e| e.reason == "Evacuated")
+        .cloned()
+        .unwrap_or_else(|| panic!("an Evacuated event: {evs:?}"));
+    assert!(
+        ev.message.contains("is lost"),
+        "the loss window is told: {ev:?}"
+    );
+    // The owner sees it too.
+    let shown = common::eventually(std::time::Duration::from_secs(5), || async {
+        let (_, h) = app.get_json(&ta, "/api/v1/host/my").await;
+        let seen = (h["events"].as_array()?.iter()).any(|e| e["reason"] == "Evacuated");
+        seen.then_some(())
+    })
+    .await;
+    assert!(shown.is_some(), "the owner's API shows the Evacuated event");
+    let evs = app.store.recent_events(bob, 50).await.unwrap();
+    assert!(evs.iter().any(|e| e.reason == "NotEvacuated"), "{evs:?}");
+
+    // The reconciler places alice on local (never on the fenced n2) and
+    // restores her disk there; her ports, so her URLs, stay.
+    let before = app.store.get_record(a).await.unwrap().unwrap();
+    common::settle_stopped(&ctl, a).await;
+    let rec = app.store.get_record(a).await.unwrap().unwrap();
+    assert_eq!(
+        rec.node.as_ref().unwrap().as_str(),
+        "local",
+        "{:?}",
+        rec.status
+    );
+    assert_eq!(
+        (rec.status.ssh_port, rec.status.http_port),
+        (before.status.ssh_port, before.status.http_port)
+    );
+    assert_eq!(rec.status.phase, Phase::Stopped, "{:?}", rec.status);
+    assert!(
+        holds(&pool("local").join(disk_volume(a)), 7),
+        "the disk came from the backup"
+    );
+    let (_, h) = app.get_json(&ta, "/api/v1/host/my").await;
+    assert_eq!(h["status"]["node"], "local");
+    assert!(
+        h["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["reason"] == "DiskRestored"),
+        "{h}"
+    );
+    // n2 still answers here (fenced is the operator's word): the resync
+    // removes alice's old domain there and keeps her old disk in quarantine.
+    let n2 = nodes
+        .get(&hostd::domain::NodeName::parse("n2").unwrap())
+        .unwrap();
+    assert!(n2
+        .driver
+        .get_domain(&domain_name(a))
+        .await
+        .unwrap()
+        .is_some());
+    let q = hostd::reconciler::queue::WorkQueue::default();
+    hostd::reconciler::resync::resync(&ctl.ctx, &q)
+        .await
+        .unwrap();
+    assert!(
+        n2.driver
+            .get_domain(&domain_name(a))
+            .await
+            .unwrap()
+            .is_none(),
+        "alice runs once"
+    );
+    assert!(!n2.driver.volume_exists(&disk_volume(a)).await.unwrap());
+    assert!(ctl
+        .ctx
+        .vm
+        .get_domain(&domain_name(a))
+        .await
+        .unwrap()
+        .is_some());
+    // bob stays on n2, untouched.
+    assert!(n2
+        .driver
+        .get_domain(&domain_name(bob))
+        .await
+        .unwrap()
+        .is_some());
+    assert_eq!(
+        app.store
+            .get_record(bob)
+            .await
+            .unwrap()
+            .unwrap()
+            .node
+            .unwrap()
+            .as_str(),
+        "n2"
+    );
+    app.stop().await;
+}

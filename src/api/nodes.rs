@@ -48,6 +48,8 @@ pub struct NodeView {
     pub resources: Option<crate::drivers::HostResources>,
     /// Hostings placed on it.
     pub hostings: i64,
+    /// When an operator declared it dead (`null`: not fenced).
+    pub fenced_at: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 impl From<Node> for NodeView {
@@ -67,6 +69,7 @@ impl From<Node> for NodeView {
             heartbeat_at: n.heartbeat_at,
             resources: n.resources,
             hostings: n.hostings,
+            fenced_at: n.fenced_at,
         }
     }
 }
@@ -179,6 +182,135 @@ pub async fn remove(store: &Store, by: &str, name: &NodeName) -> Result<(), ApiE
     })?;
     tracing::info!(target: "audit", by, node = %name, "node removed");
     Ok(())
+}
+
+/// Fences a node (`true`: the operator declares it dead; it is also
+/// cordoned) or lifts the fence.
+pub async fn fence(
+    store: &Store,
+    by: &str,
+    name: &NodeName,
+    fenced: bool,
+) -> Result<Node, ApiError> {
+    let node = store.fence_node(name, fenced).await.map_err(|e| match e {
+        crate::store::StoreError::NotFound => ApiError::NotFound("no such node"),
+        e => e.into(),
+    })?;
+    let what = if fenced {
+        "fenced (declared dead)"
+    } else {
+        "unfenced"
+    };
+    tracing::warn!(target: "audit", by, node = %name, "node {what}");
+    Ok(node)
+}
+
+/// Evacuates a fenced node: its hostings are restored on other nodes from
+/// their newest backups (those without one stay).
+pub async fn evacuate(
+    store: &Store,
+    by: &str,
+    name: &NodeName,
+) -> Result<crate::store::Evacuation, ApiError> {
+    let e = store.evacuate_node(name).await.map_err(|e| match e {
+        crate::store::StoreError::NotFound => ApiError::NotFound("no such node"),
+        crate::store::StoreError::Invalid(v) => ApiError::Conflict(v.to_string()),
+        e => e.into(),
+    })?;
+    tracing::warn!(target: "audit", by, node = %name, moved = e.moved.len(), stranded = e.stranded.len(),
+        "node evacuated: its hostings are restored elsewhere from their newest backups");
+    Ok(e)
+}
+
+/// What `POST /api/v1/admin/nodes/{name}/evacuate` answers.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct EvacuationView {
+    /// Hostings to be restored on other nodes, with the backup each comes
+    /// from and when it was taken (what changed after is lost).
+    pub moved: Vec<EvacuatedHosting>,
+    /// Hostings without a completed backup, left on the fenced node.
+    pub stranded: Vec<String>,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct EvacuatedHosting {
+    pub hosting_id: String,
+    pub backup_id: String,
+    pub backup_taken_at: chrono::DateTime<chrono::Utc>,
+}
+
+impl From<crate::store::Evacuation> for EvacuationView {
+    fn from(e: crate::store::Evacuation) -> Self {
+        EvacuationView {
+            moved: (e.moved.into_iter())
+                .map(|(h, b, t)| EvacuatedHosting {
+                    hosting_id: h.to_string(),
+                    backup_id: b.0.to_string(),
+                    backup_taken_at: t,
+                })
+                .collect(),
+            stranded: e.stranded.into_iter().map(|h| h.to_string()).collect(),
+        }
+    }
+}
+
+/// `POST /api/v1/admin/nodes/{name}/fence`: declare the node dead.
+#[utoipa::path(post, path = "/api/v1/admin/nodes/{name}/fence", tag = "admin",
+    security(("bearer" = [])),
+    params(("name" = String, Path, description = "The node's name")),
+    responses(
+        (status = 200, description = "The node, fenced and cordoned", body = NodeView),
+        (status = 403, description = "The caller is not an admin", body = ErrorBody),
+        (status = 404, description = "No such node", body = ErrorBody),
+    ))]
+pub async fn fence_node(
+    State(st): State<AppState>,
+    auth: AuthUser,
+    Path(name): Path<String>,
+) -> Result<impl IntoResponse, ApiError> {
+    let admin = Admin::of(auth.id, auth.username.as_str(), auth.role)?;
+    let node = fence(&st.store, &admin.username, &parse_name(&name)?, true).await?;
+    Ok(Json(NodeView::from(node)))
+}
+
+/// `POST /api/v1/admin/nodes/{name}/unfence`: lift the fence (the node stays cordoned).
+#[utoipa::path(post, path = "/api/v1/admin/nodes/{name}/unfence", tag = "admin",
+    security(("bearer" = [])),
+    params(("name" = String, Path, description = "The node's name")),
+    responses(
+        (status = 200, description = "The node, no longer fenced", body = NodeView),
+        (status = 403, description = "The caller is not an admin", body = ErrorBody),
+        (status = 404, description = "No such node", body = ErrorBody),
+    ))]
+pub async fn unfence_node(
+    State(st): State<AppState>,
+    auth: AuthUser,
+    Path(name): Path<String>,
+) -> Result<impl IntoResponse, ApiError> {
+    let admin = Admin::of(auth.id, auth.username.as_str(), auth.role)?;
+    let node = fence(&st.store, &admin.username, &parse_name(&name)?, false).await?;
+    Ok(Json(NodeView::from(node)))
+}
+
+/// `POST /api/v1/admin/nodes/{name}/evacuate`: restore a fenced node's
+/// hostings on other nodes from their newest backups.
+#[utoipa::path(post, path = "/api/v1/admin/nodes/{name}/evacuate", tag = "admin",
+    security(("bearer" = [])),
+    params(("name" = String, Path, description = "The node's name")),
+    responses(
+        (status = 202, description = "Requested: what is restored elsewhere, and from which backup", body = EvacuationView),
+        (status = 403, description = "The caller is not an admin", body = ErrorBody),
+        (status = 404, description = "No such node", body = ErrorBody),
+        (status = 409, description = "The node is not fenced", body = ErrorBody),
+    ))]
+pub async fn evacuate_node(
+    State(st): State<AppState>,
+    auth: AuthUser,
+    Path(name): Path<String>,
+) -> Result<impl IntoResponse, ApiError> {
+    let admin = Admin::of(auth.id, auth.username.as_str(), auth.role)?;
+    let e = evacuate(&st.store, &admin.username, &parse_name(&name)?).await?;
+    Ok((StatusCode::ACCEPTED, Json(EvacuationView::from(e))))
 }
 
 /// `GET /api/v1/admin/nodes`: every node, with its last heartbeat.

@@ -159,6 +159,8 @@ named_enum! {
         NoNodeFits,
         NodeDown,
         NodeBack,
+        Evacuated,
+        NotEvacuated,
         InsufficientMemory,
         InsufficientCpu,
         InsufficientDisk,

@@ -101,6 +101,8 @@ pub struct NodeAway {
     pub node: crate::domain::NodeName,
     /// Silent for `HOSTD_NODE_DOWN_SECS` or more (else: briefly unreachable).
     pub down: bool,
+    /// Declared dead by an operator (`hostd node fence`).
+    pub fenced: bool,
     pub message: String,
 }
 
@@ -207,6 +209,7 @@ impl Context {
             return Err(NodeAway {
                 node: name.clone(),
                 down: false,
+                fenced: false,
                 message: "not connected yet".into(),
             });
         };
@@ -215,6 +218,7 @@ impl Context {
             health => Err(NodeAway {
                 node: name.clone(),
                 down: health == nodes::Health::Down,
+                fenced: h.row.fenced_at.is_some(),
                 message: h
                     .row
                     .message

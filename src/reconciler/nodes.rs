@@ -81,7 +81,10 @@ impl NodeHandle {
 
     /// New hostings may be placed here now.
     pub fn placeable(&self) -> bool {
-        self.health == Health::Ready && self.row.schedulable && self.resources.is_some()
+        self.health == Health::Ready
+            && self.row.schedulable
+            && self.row.fenced_at.is_none()
+            && self.resources.is_some()
     }
 }
 

@@ -25,11 +25,17 @@ pub async fn reconcile(ctx: &Context, id: HostingId) -> Result<Action, Reconcile
     let node = rec.node.as_ref().map(|n| n.as_str()).unwrap_or("");
     let span = tracing::info_span!("reconcile", hosting = %id, generation = rec.generation, node);
     async move {
-        if let Err(away) = ctx.node_driver(&rec) {
-            return node_away(ctx, &rec, away).await;
+        match ctx.node_driver(&rec) {
+            // A fenced node's leftovers are collected when it returns.
+            Err(away) if away.fenced && rec.deletion_requested_at.is_some() => {
+                return finalize(ctx, &rec, None).await;
+            }
+            Err(away) => return node_away(ctx, &rec, away).await,
+            Ok(_) => {}
         }
         if rec.deletion_requested_at.is_some() {
-            finalize(ctx, &rec).await
+            let vm = ctx.node_driver(&rec).ok();
+            finalize(ctx, &rec, vm).await
         } else {
             apply(ctx, rec).await
         }
@@ -108,6 +114,7 @@ async fn node_away(
         node,
         down,
         message,
+        ..
     } = away;
     if !down {
         return Ok(Action::Requeue(super::nodes::heartbeat_interval(
@@ -145,7 +152,11 @@ async fn node_away(
 
 /// The finalizer: route → reload → domain → volumes → ports → row. Every step
 /// is idempotent, so it works whatever state apply left behind.
-async fn finalize(ctx: &Context, rec: &HostingRecord) -> Result<Action, ReconcileError> {
+async fn finalize(
+    ctx: &Context,
+    rec: &HostingRecord,
+    vm: Option<std::sync::Arc<dyn crate::drivers::VmDriver>>,
+) -> Result<Action, ReconcileError> {
     let id = rec.id;
     let name = domain_name(id);
     if rec.status.phase != Phase::Deleting {
@@ -155,16 +166,19 @@ async fn finalize(ctx: &Context, rec: &HostingRecord) -> Result<Action, Reconcil
         ctx.store.write_status(id, &st).await?;
     }
     let faults = &ctx.config.faults;
-    let vm = ctx.node_driver(rec).expect("checked by the caller");
     ctx.proxy.apply(id, None).await?;
     faults.hit("after_route_remove").await?;
-    vm.destroy(&name).await?;
-    faults.hit("after_domain_destroy").await?;
-    vm.undefine(&name).await?;
-    faults.hit("after_domain_undefine").await?;
-    vm.delete_volume(&disk_volume(id)).await?;
-    vm.delete_volume(&seed_volume(id)).await?;
-    faults.hit("after_volume_delete").await?;
+    if let Some(vm) = vm {
+        vm.destroy(&name).await?;
+        faults.hit("after_domain_destroy").await?;
+        vm.undefine(&name).await?;
+        faults.hit("after_domain_undefine").await?;
+        vm.delete_volume(&disk_volume(id)).await?;
+        vm.delete_volume(&seed_volume(id)).await?;
+        faults.hit("after_volume_delete").await?;
+    } else {
+        tracing::warn!("the hosting's node is fenced: its domain and volumes there are removed when the node returns");
+    }
     quarantine_backups(ctx, id)?;
     super::steps::offsite::delete_offsite(ctx, id).await?;
     ctx.store.release_ports(id).await?;

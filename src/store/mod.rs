@@ -23,7 +23,7 @@ pub mod warm_pool;
 
 pub use backups::{Backup, Lineage, RemoteCopy, RestoreRefusal};
 pub use hostings::{HostingRecord, ObservedStatus, RecordVersion, StorageUse};
-pub use nodes::{NewNode, Node};
+pub use nodes::{Evacuation, NewNode, Node};
 pub use status::{CapacityRow, CapacityUsage, ConsoleTail, Event, NewEvent, ReconcilerStats};
 pub use tls::{AddDomain, CertRow, DomainRow, DueCheck};
 pub use users::User;

@@ -7,7 +7,9 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use super::{Result, Store, StoreError};
-use crate::domain::{HostingId, NodeAddress, NodeName, NodeUri, ValidationError};
+use crate::domain::{
+    EventType, HostingId, NodeAddress, NodeName, NodeUri, Reason, ValidationError,
+};
 use crate::drivers::HostResources;
 
 /// A node as stored: what the operator asked for and what was last observed.
@@ -34,6 +36,17 @@ pub struct Node {
     pub resources: Option<HostResources>,
     /// Hostings placed on it.
     pub hostings: i64,
+    /// When an operator declared it dead (see [`Store::fence_node`]).
+    pub fenced_at: Option<DateTime<Utc>>,
+}
+
+/// What an evacuation did.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct Evacuation {
+    /// Hostings to be restored elsewhere: (hosting, backup, taken at).
+    pub moved: Vec<(HostingId, crate::domain::BackupId, DateTime<Utc>)>,
+    /// Hostings without a backup, left on the fenced node.
+    pub stranded: Vec<HostingId>,
 }
 
 /// A node to add.
@@ -63,11 +76,12 @@ type NodeDbRow = (
     Option<sqlx::types::Json<HostResources>>,
     i64,
     String,
+    Option<DateTime<Utc>>,
 );
 
 const NODE_SELECT: &str = "select n.name, n.libvirt_uri, host(n.address), n.schedulable, n.labels, \
      n.memory_mib, n.vcpus, n.implicit, n.created_at, n.heartbeat_at, n.ready, n.message, n.resources, \
-     (select count(*) from hostings h where h.node = n.name), n.health \
+     (select count(*) from hostings h where h.node = n.name), n.health, n.fenced_at \
      from nodes n";
 
 fn node(r: NodeDbRow) -> Result<Node> {
@@ -92,6 +106,7 @@ fn node(r: NodeDbRow) -> Result<Node> {
         resources: r.12.map(|j| j.0),
         hostings: r.13,
         health: r.14,
+        fenced_at: r.15,
     })
 }
 
@@ -208,6 +223,105 @@ impl Store {
                 Ok(())
             }
         }
+    }
+
+    /// Fences a node (the operator says it is dead: nothing is placed there
+    /// any more, and its hostings may be evacuated) or lifts the fence.
+    /// Fencing also cordons it; lifting the fence leaves it cordoned.
+    pub async fn fence_node(&self, name: &NodeName, fenced: bool) -> Result<Node> {
+        let r = sqlx::query(
+            "update nodes set fenced_at = case when $2 then coalesce(fenced_at, now()) end, \
+               schedulable = schedulable and not $2 \
+             where name = $1",
+        )
+        .bind(name.as_str())
+        .bind(fenced)
+        .execute(&self.pool())
+        .await?;
+        if r.rows_affected() == 0 {
+            return Err(StoreError::NotFound);
+        }
+        self.get_node(name).await
+    }
+
+    /// Evacuates a fenced node: each hosting placed there with a Completed
+    /// backup is unplaced and given a new disk epoch naming its newest one,
+    /// so the reconciler places it on another node and restores it there
+    /// (the loss window, the backup's time, is in its event); a hosting
+    /// without a backup stays (Warning event); warm-pool guests there are
+    /// deleted. One transaction. Refused unless the node is fenced.
+    pub async fn evacuate_node(&self, name: &NodeName) -> Result<Evacuation> {
+        let mut tx = self.pool().begin().await?;
+        let fenced: Option<(Option<DateTime<Utc>>,)> =
+            sqlx::query_as("select fenced_at from nodes where name = $1 for update")
+                .bind(name.as_str())
+                .fetch_optional(&mut *tx)
+                .await?;
+        match fenced {
+            None => return Err(StoreError::NotFound),
+            Some((None,)) => {
+                return Err(ValidationError::new(
+                    "name",
+                    "is not fenced: fence it first (hostd node fence), once it is dead or its guests are stopped for good",
+                )
+                .into())
+            }
+            Some(_) => {}
+        }
+        sqlx::query(
+            "update hostings set deletion_requested_at = now() \
+             where node = $1 and warm_pool and deletion_requested_at is null",
+        )
+        .bind(name.as_str())
+        .execute(&mut *tx)
+        .await?;
+        type Row = (Uuid, Option<Uuid>, Option<DateTime<Utc>>);
+        let rows: Vec<Row> = sqlx::query_as(
+            "select h.id, b.id, b.created_at from hostings h \
+             left join lateral (select id, coalesce(started_at, created_at) as created_at from backups \
+                 where hosting_id = h.id and state = 'Completed' \
+                 order by coalesce(started_at, created_at) desc limit 1) b on true \
+             where h.node = $1 and not h.warm_pool and h.deletion_requested_at is null \
+             order by h.created_at for update of h",
+        )
+        .bind(name.as_str())
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut out = Evacuation::default();
+        for (id, backup, taken) in rows {
+            let hosting = HostingId(id);
+            match (backup, taken) {
+                (Some(b), Some(t)) => {
+                    sqlx::query(
+                        "update hostings set node = null, disk_epoch = disk_epoch + 1, \
+                           generation = generation + 1, restore_backup_id = $2 where id = $1",
+                    )
+                    .bind(id)
+                    .bind(b)
+                    .execute(&mut *tx)
+                    .await?;
+                    let msg = format!(
+                        "node {name} is fenced: this hosting is restored on another node from backup {b} \
+                         taken {}; what changed after that time is lost",
+                        t.format("%Y-%m-%d %H:%M:%S UTC")
+                    );
+                    let (ty, r) = (EventType::Warning, Reason::Evacuated);
+                    super::status::insert_event(&mut tx, hosting, ty, r, &msg).await?;
+                    out.moved.push((hosting, crate::domain::BackupId(b), t));
+                }
+                _ => {
+                    let msg = format!(
+                        "node {name} is fenced and this hosting has no completed backup: it stays \
+                         there until the node returns, or its owner resets it"
+                    );
+                    let (ty, r) = (EventType::Warning, Reason::NotEvacuated);
+                    super::status::insert_event(&mut tx, hosting, ty, r, &msg).await?;
+                    out.stranded.push(hosting);
+                }
+            }
+        }
+        tx.commit().await?;
+        Ok(out)
     }
 
     /// Records a heartbeat: `Ready` with what libvirt reported (the time of

@@ -188,6 +188,12 @@ pub(super) async fn admin_page(
         Some("node-cordoned") => Some("Node cordoned: no new hosting is placed there.".to_string()),
         Some("node-uncordoned") => Some("Node uncordoned.".to_string()),
         Some("node-removed") => Some("Node removed.".to_string()),
+        Some("node-fenced") => Some("Node fenced (declared dead) and cordoned.".to_string()),
+        Some("node-unfenced") => Some("Node unfenced; it stays cordoned.".to_string()),
+        Some("node-evacuated") => Some(
+            "Evacuation requested: the node's hostings with a backup are restored on other nodes."
+                .to_string(),
+        ),
         _ => None,
     };
     page(&st, &u, StatusCode::OK, None, notice).await
@@ -350,6 +356,9 @@ pub(super) struct NodeForm {
     /// For cordon/uncordon: "true" (schedulable) or "false".
     #[serde(default)]
     schedulable: String,
+    /// For fence/unfence: "true" (fenced) or "false".
+    #[serde(default)]
+    fenced: String,
 }
 
 /// `POST /ui/admin/nodes/add`: add a node (the API's validation).
@@ -425,6 +434,53 @@ pub(super) async fn admin_node_remove(
     .await;
     match result {
         Ok(()) => Ok(Redirect::to("/ui/admin?done=node-removed").into_response()),
+        Err(e) => refused(&st, &u, e).await,
+    }
+}
+
+/// `POST /ui/admin/nodes/fence`: fence (`fenced=true`) or unfence a node.
+pub(super) async fn admin_node_fence(
+    State(st): State<AppState>,
+    u: WebUser,
+    headers: HeaderMap,
+    Form(f): Form<NodeForm>,
+) -> Result<Response, WebError> {
+    let admin = admin_of(&u)?;
+    u.check(&st, &headers, &f.csrf)?;
+    let result = async {
+        let on = match f.fenced.as_str() {
+            "true" => true,
+            "false" => false,
+            _ => return Err(ApiError::Unprocessable("fenced: true or false".into())),
+        };
+        let name = NodeName::parse(&f.name).map_err(|_| ApiError::NotFound("no such node"))?;
+        nodes::fence(&st.store, &admin.username, &name, on).await?;
+        Ok(on)
+    }
+    .await;
+    match result {
+        Ok(true) => Ok(Redirect::to("/ui/admin?done=node-fenced").into_response()),
+        Ok(false) => Ok(Redirect::to("/ui/admin?done=node-unfenced").into_response()),
+        Err(e) => refused(&st, &u, e).await,
+    }
+}
+
+/// `POST /ui/admin/nodes/evacuate`: restore a fenced node's hostings elsewhere.
+pub(super) async fn admin_node_evacuate(
+    State(st): State<AppState>,
+    u: WebUser,
+    headers: HeaderMap,
+    Form(f): Form<NodeForm>,
+) -> Result<Response, WebError> {
+    let admin = admin_of(&u)?;
+    u.check(&st, &headers, &f.csrf)?;
+    let result = async {
+        let name = NodeName::parse(&f.name).map_err(|_| ApiError::NotFound("no such node"))?;
+        nodes::evacuate(&st.store, &admin.username, &name).await
+    }
+    .await;
+    match result {
+        Ok(_) => Ok(Redirect::to("/ui/admin?done=node-evacuated").into_response()),
         Err(e) => refused(&st, &u, e).await,
     }
 }

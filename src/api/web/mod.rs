@@ -129,6 +129,8 @@ pub fn router() -> Router<AppState> {
         .route("/ui/admin/nodes/add", post(admin::admin_node_add))
         .route("/ui/admin/nodes/schedule", post(admin::admin_node_schedule))
         .route("/ui/admin/nodes/remove", post(admin::admin_node_remove))
+        .route("/ui/admin/nodes/fence", post(admin::admin_node_fence))
+        .route("/ui/admin/nodes/evacuate", post(admin::admin_node_evacuate))
         .route("/ui/static/app.js", get(app_js))
         .route("/ui/static/app.css", get(app_css))
         .layer(axum::middleware::from_fn(security_headers))

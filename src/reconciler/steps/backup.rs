@@ -142,7 +142,6 @@ impl Pass<'_> {
             .backup_progress(b.id, "copying the disk")
             .await?;
         let image = self
-            .ctx
             .vm
             .disk_image(&domain_name(id), &disk_volume(id), &staging, &want)
             .await?;
@@ -482,8 +481,7 @@ impl Pass<'_> {
             }
         }
         self.fault("after_restore_quarantine").await?;
-        self.ctx
-            .vm
+        self.vm
             .restore_volume(&name, &files.restore_staging(id))
             .await?;
         let msg = format!("the disk was restored from backup {} (taken {taken})", b.id);

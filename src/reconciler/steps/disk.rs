@@ -167,10 +167,7 @@ impl Pass<'_> {
     async fn replace_disk(&mut self, exists: bool) -> Result<(), ReconcileError> {
         self.vm.destroy(&domain_name(self.id())).await?;
         // The new disk has none of the old one's bitmaps.
-        self.ctx
-            .vm
-            .forget_checkpoints(&domain_name(self.id()))
-            .await?;
+        self.vm.forget_checkpoints(&domain_name(self.id())).await?;
         if exists {
             let name = disk_volume(self.id());
             match self.ctx.quarantine_volume(&*self.vm, &name).await? {

@@ -147,6 +147,10 @@ impl<'a> Pass<'a> {
         if self.st.phase == Phase::Unknown {
             self.st.phase = Phase::Provisioning;
         }
+        if self.node.is_none() {
+            // Evacuated from a fenced node (its `Evacuated` event says so).
+            return;
+        }
         let node = self
             .node
             .as_ref()

@@ -212,11 +212,6 @@ impl Pass<'_> {
             }
             Some(_) => {}
         }
-        Ok(self
-            .ctx
-            .vm
-            .get_domain(&name)
-            .await?
-            .is_some_and(|d| d.running))
+        Ok(self.vm.get_domain(&name).await?.is_some_and(|d| d.running))
     }
 }

@@ -22,7 +22,10 @@ impl Pass<'_> {
     /// database. One that does not fit waits with `Scheduled=False`:
     /// `Some(requeue)`.
     pub async fn schedule(&mut self) -> Result<Option<Action>, ReconcileError> {
-        let new = self.st.ssh_port.is_none();
+        // Not placed: new, or evacuated from a fenced node (it keeps its
+        // ports, so its URLs and SSH port do not change).
+        let unplaced = self.node.is_none();
+        let new = self.st.ssh_port.is_none() || unplaced;
         let starting = self.rec.spec.running
             && (self.rec.status.phase == Phase::Stopped || crate::capacity::waiting(self.rec));
         if !new && !starting {
@@ -53,6 +56,7 @@ impl Pass<'_> {
             Ok((node, detail)) => {
                 if new {
                     let written = self.placed(&node, &detail).await;
+                    // An evacuated hosting's ports are recorded already.
                     let ports = match written {
                         Ok(()) => self.ports().await,
                         Err(e) => Err(e),
