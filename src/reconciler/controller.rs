@@ -252,7 +252,20 @@ async fn listen(ctx: Arc<Context>, queue: Arc<queue::WorkQueue>, stop: Shutdown)
 /// returns).
 async fn heartbeats(ctx: Arc<Context>, queue: Arc<queue::WorkQueue>, stop: Shutdown) {
     let every = super::nodes::heartbeat_interval(ctx.config.node_down);
+    // Domain events of the other nodes (the implicit node's are watched by
+    // `watch_domains`), one task each, for the nodes known so far.
+    let mut watched = std::collections::HashSet::new();
+    let mut watchers = tokio::task::JoinSet::new();
     loop {
+        for n in ctx.nodes.all() {
+            if n.name() == ctx.nodes.implicit() || !watched.insert(n.name().clone()) {
+                continue;
+            }
+            if let Some(changes) = n.driver.domain_changes() {
+                let (queue, stop) = (queue.clone(), stop.clone());
+                watchers.spawn(watch_changes(changes, queue, stop));
+            }
+        }
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(every) => {}
@@ -296,6 +309,25 @@ async fn watch_domains(ctx: Arc<Context>, queue: Arc<queue::WorkQueue>, stop: Sh
             n = changes.next() => n,
         };
         ctx.metrics.domain_events.inc_by(names.len() as u64);
+        for name in names {
+            if let Some(id) = super::names::domain_owner(&name) {
+                queue.add_now(id);
+            }
+        }
+    }
+}
+
+/// [`watch_domains`] for another node's driver.
+async fn watch_changes(
+    changes: Arc<crate::drivers::domain_events::DomainChanges>,
+    queue: Arc<queue::WorkQueue>,
+    stop: Shutdown,
+) {
+    loop {
+        let names = tokio::select! {
+            _ = stop.cancelled() => return,
+            n = changes.next() => n,
+        };
         for name in names {
             if let Some(id) = super::names::domain_owner(&name) {
                 queue.add_now(id);

@@ -391,6 +391,72 @@ pub(super) async fn admin_node_add(
     }
 }
 
+/// What a node form on the admin page asks for.
+#[derive(Debug, Clone, Copy)]
+enum NodeAction {
+    /// Cordon (`false`) or uncordon.
+    Schedule,
+    /// Fence (`true`) or unfence.
+    Fence,
+    Remove,
+    Evacuate,
+}
+
+/// Runs one node action of the admin page through the admin API's
+/// functions; redirects with its notice, or shows the page with why not.
+async fn node_action(
+    st: &AppState,
+    u: &WebUser,
+    headers: &HeaderMap,
+    f: &NodeForm,
+    action: NodeAction,
+) -> Result<Response, WebError> {
+    let admin = admin_of(u)?;
+    u.check(st, headers, &f.csrf)?;
+    let flag = |v: &str, field: &str| match v {
+        "true" => Ok(true),
+        "false" => Ok(false),
+        _ => Err(ApiError::Unprocessable(format!("{field}: true or false"))),
+    };
+    let result = async {
+        let name = NodeName::parse(&f.name).map_err(|_| ApiError::NotFound("no such node"))?;
+        let by = admin.username.as_str();
+        Ok::<_, ApiError>(match action {
+            NodeAction::Schedule => {
+                let on = flag(&f.schedulable, "schedulable")?;
+                nodes::cordon(&st.store, by, &name, on).await?;
+                if on {
+                    "node-uncordoned"
+                } else {
+                    "node-cordoned"
+                }
+            }
+            NodeAction::Fence => {
+                let on = flag(&f.fenced, "fenced")?;
+                nodes::fence(&st.store, by, &name, on).await?;
+                if on {
+                    "node-fenced"
+                } else {
+                    "node-unfenced"
+                }
+            }
+            NodeAction::Remove => {
+                nodes::remove(&st.store, by, &name).await?;
+                "node-removed"
+            }
+            NodeAction::Evacuate => {
+                nodes::evacuate(&st.store, by, &name).await?;
+                "node-evacuated"
+            }
+        })
+    }
+    .await;
+    match result {
+        Ok(done) => Ok(Redirect::to(&format!("/ui/admin?done={done}")).into_response()),
+        Err(e) => refused(st, u, e).await,
+    }
+}
+
 /// `POST /ui/admin/nodes/schedule`: cordon (`schedulable=false`) or uncordon.
 pub(super) async fn admin_node_schedule(
     State(st): State<AppState>,
@@ -398,24 +464,7 @@ pub(super) async fn admin_node_schedule(
     headers: HeaderMap,
     Form(f): Form<NodeForm>,
 ) -> Result<Response, WebError> {
-    let admin = admin_of(&u)?;
-    u.check(&st, &headers, &f.csrf)?;
-    let result = async {
-        let on = match f.schedulable.as_str() {
-            "true" => true,
-            "false" => false,
-            _ => return Err(ApiError::Unprocessable("schedulable: true or false".into())),
-        };
-        let name = NodeName::parse(&f.name).map_err(|_| ApiError::NotFound("no such node"))?;
-        nodes::cordon(&st.store, &admin.username, &name, on).await?;
-        Ok(on)
-    }
-    .await;
-    match result {
-        Ok(true) => Ok(Redirect::to("/ui/admin?done=node-uncordoned").into_response()),
-        Ok(false) => Ok(Redirect::to("/ui/admin?done=node-cordoned").into_response()),
-        Err(e) => refused(&st, &u, e).await,
-    }
+    node_action(&st, &u, &headers, &f, NodeAction::Schedule).await
 }
 
 /// `POST /ui/admin/nodes/remove`: remove a node no hosting is placed on.
@@ -425,17 +474,7 @@ pub(super) async fn admin_node_remove(
     headers: HeaderMap,
     Form(f): Form<NodeForm>,
 ) -> Result<Response, WebError> {
-    let admin = admin_of(&u)?;
-    u.check(&st, &headers, &f.csrf)?;
-    let result = async {
-        let name = NodeName::parse(&f.name).map_err(|_| ApiError::NotFound("no such node"))?;
-        nodes::remove(&st.store, &admin.username, &name).await
-    }
-    .await;
-    match result {
-        Ok(()) => Ok(Redirect::to("/ui/admin?done=node-removed").into_response()),
-        Err(e) => refused(&st, &u, e).await,
-    }
+    node_action(&st, &u, &headers, &f, NodeAction::Remove).await
 }
 
 /// `POST /ui/admin/nodes/fence`: fence (`fenced=true`) or unfence a node.
@@ -445,24 +484,7 @@ pub(super) async fn admin_node_fence(
     headers: HeaderMap,
     Form(f): Form<NodeForm>,
 ) -> Result<Response, WebError> {
-    let admin = admin_of(&u)?;
-    u.check(&st, &headers, &f.csrf)?;
-    let result = async {
-        let on = match f.fenced.as_str() {
-            "true" => true,
-            "false" => false,
-            _ => return Err(ApiError::Unprocessable("fenced: true or false".into())),
-        };
-        let name = NodeName::parse(&f.name).map_err(|_| ApiError::NotFound("no such node"))?;
-        nodes::fence(&st.store, &admin.username, &name, on).await?;
-        Ok(on)
-    }
-    .await;
-    match result {
-        Ok(true) => Ok(Redirect::to("/ui/admin?done=node-fenced").into_response()),
-        Ok(false) => Ok(Redirect::to("/ui/admin?done=node-unfenced").into_response()),
-        Err(e) => refused(&st, &u, e).await,
-    }
+    node_action(&st, &u, &headers, &f, NodeAction::Fence).await
 }
 
 /// `POST /ui/admin/nodes/evacuate`: restore a fenced node's hostings elsewhere.
@@ -472,15 +494,5 @@ pub(super) async fn admin_node_evacuate(
     headers: HeaderMap,
     Form(f): Form<NodeForm>,
 ) -> Result<Response, WebError> {
-    let admin = admin_of(&u)?;
-    u.check(&st, &headers, &f.csrf)?;
-    let result = async {
-        let name = NodeName::parse(&f.name).map_err(|_| ApiError::NotFound("no such node"))?;
-        nodes::evacuate(&st.store, &admin.username, &name).await
-    }
-    .await;
-    match result {
-        Ok(_) => Ok(Redirect::to("/ui/admin?done=node-evacuated").into_response()),
-        Err(e) => refused(&st, &u, e).await,
-    }
+    node_action(&st, &u, &headers, &f, NodeAction::Evacuate).await
 }
