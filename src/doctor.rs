@@ -2,8 +2,9 @@
 //! (`crate::checks`, the same list) from the command line, plus what only
 //! an operator's shell can see: who owns the routes and pool directories,
 //! the acceleration in use, whether nginx can reach the TLS files, the
-//! backup key and off-host store, and the image catalogue's files. One line per
-//! check; the exit code is 1 when any failed.
+//! backup key and off-host store, the image catalogue's files, and each
+//! node's libvirt (pinged from here). One line per check; the exit code is 1
+//! when any failed.
 
 use crate::checks::{self, Check, Outcome};
 use crate::config::Config;
@@ -213,6 +214,45 @@ fn clone_templates(c: &Config, out: &mut Report) {
     }
 }
 
+/// Every node of the table but the implicit one (checked with the
+/// services): pinged from here, with what the reconciler last recorded.
+async fn nodes(c: &Config, id: uuid::Uuid, out: &mut Report) {
+    let Ok(store) = crate::store::Store::connect(&c.database_url, 1).await else {
+        return;
+    };
+    let Ok(list) = store.list_nodes().await else {
+        return;
+    };
+    for n in list.into_iter().filter(|n| !n.implicit) {
+        use crate::drivers::VmDriver;
+        let what = format!("node {}", n.name);
+        if n.fenced_at.is_some() {
+            out.line(true, &what, "fenced (declared dead by an operator)");
+            continue;
+        }
+        let d = LibvirtDriver::for_node(
+            n.uri.as_str(),
+            n.name.as_str(),
+            &c.instance,
+            id,
+            &c.state_dir,
+        );
+        let ping = tokio::time::timeout(std::time::Duration::from_secs(10), d.ping()).await;
+        match ping {
+            Ok(Ok(v)) => out.line(
+                true,
+                &what,
+                format!(
+                    "{v}; reconciler says {} ({} hostings)",
+                    n.health, n.hostings
+                ),
+            ),
+            Ok(Err(e)) => out.line(false, &what, format!("{e}; reconciler says {}", n.health)),
+            Err(_) => out.line(false, &what, "no answer within 10 s"),
+        }
+    }
+}
+
 /// Runs the checks; returns the exit code (0 all good, 1 otherwise).
 pub async fn run(c: Config) -> i32 {
     let mut out = Report::default();
@@ -223,5 +263,6 @@ pub async fn run(c: Config) -> i32 {
     offsite(&c, id, &mut out).await;
     images(&c, &mut out);
     clone_templates(&c, &mut out);
+    nodes(&c, id, &mut out).await;
     i32::from(out.failed > 0)
 }

@@ -439,7 +439,9 @@ def main():
         d.get(h.url + "/ui/admin")
         assert "Memory (MiB)" in d.find_element(By.ID, "capacity").text
         admin_cookie = "hostd_session=" + d.get_cookie("hostd_session")["value"]
-        for path in ["/ui/admin/hosting/power", "/ui/admin/hosting/delete", "/ui/admin/users/role"]:
+        for path in ["/ui/admin/hosting/power", "/ui/admin/hosting/delete", "/ui/admin/users/role",
+                     "/ui/admin/nodes/add", "/ui/admin/nodes/schedule", "/ui/admin/nodes/fence",
+                     "/ui/admin/nodes/evacuate", "/ui/admin/nodes/remove"]:
             assert raw_post(h, path, admin_cookie, {"id": me["id"], "running": "false",
                                                      "confirm": user, "username": user,
                                                      "role": "admin"}) == 403, path

@@ -32,11 +32,17 @@ impl Pass<'_> {
             return Ok(None);
         }
         let verdict = {
+            let mut ledger = self.ctx.scheduler.lock().await;
+            // A cordon, fence or new node applies to decisions made from
+            // at most LEDGER_TTL after it was written.
+            if ledger.nodes_stale() {
+                self.ctx.nodes.refresh(&self.ctx.store).await?;
+                ledger.nodes_read();
+            }
             let nodes = match &self.node {
                 Some(n) => self.ctx.nodes.get(n).into_iter().collect(),
                 None => self.ctx.nodes.all(),
             };
-            let mut ledger = self.ctx.scheduler.lock().await;
             ledger.refresh(&self.ctx.store, &nodes).await?;
             let policy = &self.ctx.config.capacity;
             let me = (self.id(), self.rec.created_at);
@@ -231,6 +237,8 @@ pub struct Ledger {
     /// Each ready node's resources (capacity overrides applied).
     hosts: HashMap<NodeName, crate::drivers::HostResources>,
     read_at: Option<Instant>,
+    /// When the nodes table (cordons, fences, new nodes) was last read.
+    nodes_read_at: Option<Instant>,
     /// Admitted here, ports not yet recorded: the database does not show
     /// them as holding room yet, so a refresh keeps them admitted.
     admitting: std::collections::HashSet<HostingId>,
@@ -273,6 +281,16 @@ impl Ledger {
         }
         self.read_at = Some(Instant::now());
         Ok(())
+    }
+
+    /// Whether the nodes table was read more than [`LEDGER_TTL`] ago.
+    pub(crate) fn nodes_stale(&self) -> bool {
+        self.nodes_read_at.is_none_or(|t| t.elapsed() >= LEDGER_TTL)
+    }
+
+    /// The nodes table was just read.
+    pub(crate) fn nodes_read(&mut self) {
+        self.nodes_read_at = Some(Instant::now());
     }
 
     /// A node's resources as last read.
