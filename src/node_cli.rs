@@ -47,6 +47,21 @@ pub enum NodeCmd {
     Evacuate { name: String },
 }
 
+impl NodeCmd {
+    /// The node the command names, as typed (`list` and `add` name none here).
+    fn target(&self) -> Option<&str> {
+        match self {
+            NodeCmd::List | NodeCmd::Add { .. } => None,
+            NodeCmd::Cordon { name }
+            | NodeCmd::Uncordon { name }
+            | NodeCmd::Fence { name }
+            | NodeCmd::Unfence { name }
+            | NodeCmd::Evacuate { name }
+            | NodeCmd::Remove { name } => Some(name),
+        }
+    }
+}
+
 /// Runs one command; the exit code (0 ok, 1 failed, 2 bad input).
 pub async fn run(config: Config, cmd: NodeCmd) -> i32 {
     let store = match Store::connect(&config.database_url, 2).await {
@@ -61,12 +76,15 @@ pub async fn run(config: Config, cmd: NodeCmd) -> i32 {
         return 1;
     }
     let by = "hostd node (operator)";
-    let name = |n: &str| {
-        NodeName::parse(n).map_err(|e| {
+    // The node a command names, parsed once (`add` parses its own request).
+    let target = match cmd.target().map(NodeName::parse).transpose() {
+        Ok(t) => t,
+        Err(e) => {
             eprintln!("hostd: {e}");
-            2
-        })
+            return 2;
+        }
     };
+    let named = || target.clone().expect("a command naming a node");
     let result = match cmd {
         NodeCmd::List => match store.list_nodes().await {
             Ok(list) => {
@@ -113,45 +131,32 @@ pub async fn run(config: Config, cmd: NodeCmd) -> i32 {
                 );
             })
         }
-        NodeCmd::Cordon { name: n } | NodeCmd::Uncordon { name: n }
-            if NodeName::parse(&n).is_err() =>
-        {
-            return name(&n).err().unwrap_or(2);
-        }
-        NodeCmd::Cordon { name: n } => {
-            let n = NodeName::parse(&n).expect("checked");
+        NodeCmd::Cordon { .. } => {
+            let n = named();
             nodes::cordon(&store, by, &n, false)
                 .await
                 .map(|_| println!("node {n} cordoned: no new hosting is placed there"))
         }
-        NodeCmd::Uncordon { name: n } => {
-            let n = NodeName::parse(&n).expect("checked");
+        NodeCmd::Uncordon { .. } => {
+            let n = named();
             nodes::cordon(&store, by, &n, true)
                 .await
                 .map(|_| println!("node {n} uncordoned"))
         }
-        NodeCmd::Fence { name: n } | NodeCmd::Unfence { name: n }
-            if NodeName::parse(&n).is_err() =>
-        {
-            return name(&n).err().unwrap_or(2);
-        }
-        NodeCmd::Fence { name: n } => {
-            let n = NodeName::parse(&n).expect("checked");
+        NodeCmd::Fence { .. } => {
+            let n = named();
             nodes::fence(&store, by, &n, true).await.map(|_| {
                 println!("node {n} fenced (declared dead) and cordoned; `hostd node evacuate {n}` restores its hostings elsewhere from their backups")
             })
         }
-        NodeCmd::Unfence { name: n } => {
-            let n = NodeName::parse(&n).expect("checked");
+        NodeCmd::Unfence { .. } => {
+            let n = named();
             nodes::fence(&store, by, &n, false)
                 .await
                 .map(|_| println!("node {n} unfenced (still cordoned)"))
         }
-        NodeCmd::Evacuate { name: n } => {
-            let n = match name(&n) {
-                Ok(n) => n,
-                Err(code) => return code,
-            };
+        NodeCmd::Evacuate { .. } => {
+            let n = named();
             nodes::evacuate(&store, by, &n).await.map(|e| {
                 for (h, b, t) in &e.moved {
                     println!(
@@ -169,11 +174,8 @@ pub async fn run(config: Config, cmd: NodeCmd) -> i32 {
                 );
             })
         }
-        NodeCmd::Remove { name: n } => {
-            let n = match name(&n) {
-                Ok(n) => n,
-                Err(code) => return code,
-            };
+        NodeCmd::Remove { .. } => {
+            let n = named();
             nodes::remove(&store, by, &n)
                 .await
                 .map(|_| println!("node {n} removed"))

@@ -139,6 +139,23 @@ impl AddNode {
     }
 }
 
+/// A store error about a node, as the API answers it.
+fn node_error(e: crate::store::StoreError) -> ApiError {
+    match e {
+        crate::store::StoreError::NotFound => ApiError::NotFound("no such node"),
+        e => e.into(),
+    }
+}
+
+/// [`node_error`], where the store's refusal is a conflict with the node's
+/// state (the implicit node, hostings on it, not fenced).
+fn node_conflict(e: crate::store::StoreError) -> ApiError {
+    match e {
+        crate::store::StoreError::Invalid(v) => ApiError::Conflict(v.to_string()),
+        e => node_error(e),
+    }
+}
+
 fn parse_name(name: &str) -> Result<NodeName, ApiError> {
     NodeName::parse(name).map_err(|_| ApiError::NotFound("no such node"))
 }
@@ -160,10 +177,7 @@ pub async fn cordon(
     let node = store
         .set_schedulable(name, schedulable)
         .await
-        .map_err(|e| match e {
-            crate::store::StoreError::NotFound => ApiError::NotFound("no such node"),
-            e => e.into(),
-        })?;
+        .map_err(node_error)?;
     let what = if schedulable {
         "uncordoned"
     } else {
@@ -175,11 +189,7 @@ pub async fn cordon(
 
 /// Removes a node that holds no hosting (never the implicit one).
 pub async fn remove(store: &Store, by: &str, name: &NodeName) -> Result<(), ApiError> {
-    store.remove_node(name).await.map_err(|e| match e {
-        crate::store::StoreError::NotFound => ApiError::NotFound("no such node"),
-        crate::store::StoreError::Invalid(v) => ApiError::Conflict(v.to_string()),
-        e => e.into(),
-    })?;
+    store.remove_node(name).await.map_err(node_conflict)?;
     tracing::info!(target: "audit", by, node = %name, "node removed");
     Ok(())
 }
@@ -192,10 +202,7 @@ pub async fn fence(
     name: &NodeName,
     fenced: bool,
 ) -> Result<Node, ApiError> {
-    let node = store.fence_node(name, fenced).await.map_err(|e| match e {
-        crate::store::StoreError::NotFound => ApiError::NotFound("no such node"),
-        e => e.into(),
-    })?;
+    let node = store.fence_node(name, fenced).await.map_err(node_error)?;
     let what = if fenced {
         "fenced (declared dead)"
     } else {
@@ -212,11 +219,7 @@ pub async fn evacuate(
     by: &str,
     name: &NodeName,
 ) -> Result<crate::store::Evacuation, ApiError> {
-    let e = store.evacuate_node(name).await.map_err(|e| match e {
-        crate::store::StoreError::NotFound => ApiError::NotFound("no such node"),
-        crate::store::StoreError::Invalid(v) => ApiError::Conflict(v.to_string()),
-        e => e.into(),
-    })?;
+    let e = store.evacuate_node(name).await.map_err(node_conflict)?;
     tracing::warn!(target: "audit", by, node = %name, moved = e.moved.len(), stranded = e.stranded.len(),
         "node evacuated: its hostings are restored elsewhere from their newest backups");
     Ok(e)
@@ -374,10 +377,7 @@ pub async fn get_node(
         .store
         .get_node(&parse_name(&name)?)
         .await
-        .map_err(|e| match e {
-            crate::store::StoreError::NotFound => ApiError::NotFound("no such node"),
-            e => e.into(),
-        })?;
+        .map_err(node_error)?;
     Ok(Json(NodeView::from(node)))
 }
 

@@ -96,6 +96,8 @@ pub struct Nodes {
     implicit: NodeName,
     implicit_uri: String,
     loaded: tokio::sync::Mutex<bool>,
+    /// `load` has run (read on every reconcile without taking the lock).
+    ready: std::sync::atomic::AtomicBool,
     local: Arc<dyn VmDriver>,
     factory: DriverFactory,
     down_after: Duration,
@@ -116,6 +118,7 @@ impl Nodes {
             implicit,
             implicit_uri: implicit_uri.to_string(),
             loaded: Default::default(),
+            ready: Default::default(),
             local,
             factory,
             down_after,
@@ -131,6 +134,11 @@ impl Nodes {
     /// One node, if it is known.
     pub fn get(&self, name: &NodeName) -> Option<NodeHandle> {
         self.nodes.read().unwrap().get(name).cloned()
+    }
+
+    /// How many nodes are known.
+    pub fn count(&self) -> usize {
+        self.nodes.read().unwrap().len()
     }
 
     /// Every known node, by name.
@@ -160,6 +168,10 @@ impl Nodes {
     /// Records the implicit node, reads the table and pings every node:
     /// what a leader does as its term starts. Later calls do nothing.
     pub async fn load(&self, store: &Store) -> Result<(), crate::store::StoreError> {
+        use std::sync::atomic::Ordering;
+        if self.ready.load(Ordering::Acquire) {
+            return Ok(());
+        }
         let mut loaded = self.loaded.lock().await;
         if *loaded {
             return Ok(());
@@ -169,6 +181,7 @@ impl Nodes {
         self.refresh(store).await?;
         self.heartbeat(store).await;
         *loaded = true;
+        self.ready.store(true, Ordering::Release);
         Ok(())
     }
 

@@ -25,19 +25,18 @@ pub async fn reconcile(ctx: &Context, id: HostingId) -> Result<Action, Reconcile
     let node = rec.node.as_ref().map(|n| n.as_str()).unwrap_or("");
     let span = tracing::info_span!("reconcile", hosting = %id, generation = rec.generation, node);
     async move {
-        match ctx.node_driver(&rec) {
+        let vm = match ctx.node_driver(&rec) {
             // A fenced node's leftovers are collected when it returns.
             Err(away) if away.fenced && rec.deletion_requested_at.is_some() => {
                 return finalize(ctx, &rec, None).await;
             }
             Err(away) => return node_away(ctx, &rec, away).await,
-            Ok(_) => {}
-        }
+            Ok(vm) => vm,
+        };
         if rec.deletion_requested_at.is_some() {
-            let vm = ctx.node_driver(&rec).ok();
-            finalize(ctx, &rec, vm).await
+            finalize(ctx, &rec, Some(vm)).await
         } else {
-            apply(ctx, rec).await
+            apply(ctx, rec, vm).await
         }
     }
     .instrument(span)
@@ -46,8 +45,11 @@ pub async fn reconcile(ctx: &Context, id: HostingId) -> Result<Action, Reconcile
 
 /// Converges an existing hosting towards its spec; the pass's events are
 /// written when it ends, whether it succeeded or not.
-async fn apply(ctx: &Context, rec: HostingRecord) -> Result<Action, ReconcileError> {
-    let vm = ctx.node_driver(&rec).expect("checked by the caller");
+async fn apply(
+    ctx: &Context,
+    rec: HostingRecord,
+    vm: std::sync::Arc<dyn crate::drivers::VmDriver>,
+) -> Result<Action, ReconcileError> {
     let mut pass = Pass::new(ctx, &rec, vm);
     pass.node_back();
     let result = converge(&mut pass).await;

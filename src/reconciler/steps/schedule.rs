@@ -73,7 +73,7 @@ impl Pass<'_> {
                     drop(ledger);
                     ports?;
                 }
-                let msg = match self.ctx.nodes.all().len() {
+                let msg = match self.ctx.nodes.count() {
                     1 => "the host has room for this hosting".to_string(),
                     _ => format!("node {node} has room for this hosting"),
                 };
@@ -125,7 +125,7 @@ impl Pass<'_> {
                 format!("node {bound} is not connected"),
             )));
         };
-        if self.ctx.nodes.all().len() > 1 {
+        if self.ctx.nodes.count() > 1 {
             let msg = format!("placed on node {bound}: {detail}");
             self.event(EventType::Normal, Reason::Placed, &msg);
         }
