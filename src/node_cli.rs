@@ -21,6 +21,9 @@ pub enum NodeCmd {
         /// IP address at which this host reaches the node's forwarded ports.
         #[arg(long)]
         address: Option<String>,
+        /// IP address its guests forward SSH on (default: HOSTD_SSH_BIND).
+        #[arg(long)]
+        ssh_address: Option<String>,
         /// Take the node to have this much memory (MiB).
         #[arg(long)]
         memory_mib: Option<u64>,
@@ -37,6 +40,9 @@ pub enum NodeCmd {
     Uncordon { name: String },
     /// Removes a node that holds no hosting.
     Remove { name: String },
+    /// Cordons the node and moves its hostings to other nodes by live
+    /// migration, one at a time (`uncordon` ends the drain).
+    Drain { name: String },
     /// Declares a node dead (also cordons it): only then can it be evacuated.
     /// Make sure its guests are stopped for good (machine off, or cut off).
     Fence { name: String },
@@ -57,6 +63,7 @@ impl NodeCmd {
             | NodeCmd::Fence { name }
             | NodeCmd::Unfence { name }
             | NodeCmd::Evacuate { name }
+            | NodeCmd::Drain { name }
             | NodeCmd::Remove { name } => Some(name),
         }
     }
@@ -97,6 +104,7 @@ pub async fn run(config: Config, cmd: NodeCmd) -> i32 {
             name,
             uri,
             address,
+            ssh_address,
             memory_mib,
             vcpus,
             labels,
@@ -113,6 +121,7 @@ pub async fn run(config: Config, cmd: NodeCmd) -> i32 {
                 name,
                 uri,
                 address,
+                ssh_address,
                 labels: map,
                 memory_mib,
                 vcpus,
@@ -172,6 +181,15 @@ pub async fn run(config: Config, cmd: NodeCmd) -> i32 {
                     e.moved.len(),
                     e.stranded.len()
                 );
+            })
+        }
+        NodeCmd::Drain { .. } => {
+            let n = named();
+            nodes::drain(&store, by, &n).await.map(|node| {
+                println!(
+                    "node {n} cordoned and draining: its {} hosting(s) move to other nodes by live migration, one at a time (`hostd node list` shows what is left)",
+                    node.hostings
+                )
             })
         }
         NodeCmd::Remove { .. } => {

@@ -102,6 +102,7 @@ pub fn api_routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(nodes::fence_node))
         .routes(routes!(nodes::unfence_node))
         .routes(routes!(nodes::evacuate_node))
+        .routes(routes!(nodes::drain_node))
         .routes(routes!(health::health))
         .routes(routes!(health::detailed))
         .routes(routes!(health::version))

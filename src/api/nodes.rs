@@ -1,5 +1,5 @@
 //! The admin API's nodes (`/api/v1/admin/nodes…`, admins only): list, add,
-//! cordon, uncordon and remove hypervisor nodes. Desired state only: the
+//! cordon, uncordon, drain, fence, evacuate and remove hypervisor nodes. Desired state only: the
 //! reconciler connects to a node added here at its next heartbeat, and it
 //! alone writes a node's readiness. `hostd node …` and the dashboard call
 //! the same functions ([`add`], [`cordon`], [`remove`]). Each change is an
@@ -50,6 +50,13 @@ pub struct NodeView {
     pub hostings: i64,
     /// When an operator declared it dead (`null`: not fenced).
     pub fenced_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// Where its guests forward SSH (`null`: HOSTD_SSH_BIND).
+    pub ssh_address: Option<String>,
+    /// When an operator asked for it to be drained (`null`: not draining;
+    /// uncordoning ends a drain). It is drained when `hostings` is 0.
+    pub draining_since: Option<chrono::DateTime<chrono::Utc>>,
+    /// Why the drain makes no progress, if it does not.
+    pub drain_message: Option<String>,
 }
 
 impl From<Node> for NodeView {
@@ -70,6 +77,9 @@ impl From<Node> for NodeView {
             resources: n.resources,
             hostings: n.hostings,
             fenced_at: n.fenced_at,
+            ssh_address: n.ssh_address.map(|a| a.to_string()),
+            draining_since: n.draining_since,
+            drain_message: n.drain_message,
         }
     }
 }
@@ -87,6 +97,11 @@ pub struct AddNode {
     /// (default 127.0.0.1: a node on this machine).
     #[serde(default)]
     pub address: Option<String>,
+    /// IP address its guests forward SSH on (default: HOSTD_SSH_BIND).
+    /// Two nodes on one machine need different ones to move hostings
+    /// between them.
+    #[serde(default)]
+    pub ssh_address: Option<String>,
     /// Free-form labels (string values).
     #[serde(default)]
     #[schema(value_type = Object)]
@@ -131,6 +146,12 @@ impl AddNode {
             address: match self.address.as_deref() {
                 Some(a) => NodeAddress::parse(a)?,
                 None => NodeAddress::LOOPBACK,
+            },
+            ssh_address: match self.ssh_address.as_deref() {
+                Some(a) => Some(a.parse().map_err(|_| {
+                    ValidationError::new("ssh_address", "must be an IP address")
+                })?),
+                None => None,
             },
             labels: self.labels,
             memory_mib: self.memory_mib,
@@ -209,6 +230,15 @@ pub async fn fence(
         "unfenced"
     };
     tracing::warn!(target: "audit", by, node = %name, "node {what}");
+    Ok(node)
+}
+
+/// Drains a node: cordons it and moves its hostings to other nodes by live
+/// migration, one at a time (the reconciler does the moves).
+pub async fn drain(store: &Store, by: &str, name: &NodeName) -> Result<Node, ApiError> {
+    let node = store.drain_node(name).await.map_err(node_conflict)?;
+    tracing::warn!(target: "audit", by, node = %name, hostings = node.hostings,
+        "node drained: its hostings are moved to other nodes by live migration");
     Ok(node)
 }
 
@@ -293,6 +323,27 @@ pub async fn unfence_node(
     let admin = Admin::of(auth.id, auth.username.as_str(), auth.role)?;
     let node = fence(&st.store, &admin.username, &parse_name(&name)?, false).await?;
     Ok(Json(NodeView::from(node)))
+}
+
+/// `POST /api/v1/admin/nodes/{name}/drain`: cordon the node and move its
+/// hostings to other nodes by live migration, one at a time.
+#[utoipa::path(post, path = "/api/v1/admin/nodes/{name}/drain", tag = "admin",
+    security(("bearer" = [])),
+    params(("name" = String, Path, description = "The node's name")),
+    responses(
+        (status = 202, description = "Requested: the node, cordoned and draining", body = NodeView),
+        (status = 403, description = "The caller is not an admin", body = ErrorBody),
+        (status = 404, description = "No such node", body = ErrorBody),
+        (status = 409, description = "The node is fenced (evacuate it instead)", body = ErrorBody),
+    ))]
+pub async fn drain_node(
+    State(st): State<AppState>,
+    auth: AuthUser,
+    Path(name): Path<String>,
+) -> Result<impl IntoResponse, ApiError> {
+    let admin = Admin::of(auth.id, auth.username.as_str(), auth.role)?;
+    let node = drain(&st.store, &admin.username, &parse_name(&name)?).await?;
+    Ok((StatusCode::ACCEPTED, Json(NodeView::from(node))))
 }
 
 /// `POST /api/v1/admin/nodes/{name}/evacuate`: restore a fenced node's

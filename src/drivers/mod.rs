@@ -189,6 +189,29 @@ pub trait VmDriver: Send + Sync + 'static {
     fn clones_supported(&self) -> bool {
         false
     }
+    /// This driver as `Any` (to reach the other node's connection in a migration).
+    fn as_any(&self) -> Option<&dyn std::any::Any> {
+        None
+    }
+    /// Moves domain `name` to `target`'s hypervisor: a live migration with
+    /// its writable disk copied into `target`'s pool (a stopped guest is
+    /// started paused for the copy, never running, and stopped there), the
+    /// definition persisted there as `xml` and removed here. The streams go
+    /// to `address` (the target node's). An unfinished job is aborted after
+    /// `timeout`; on any error the guest is left here as it was.
+    async fn migrate(
+        &self,
+        name: &str,
+        target: &dyn VmDriver,
+        xml: &str,
+        address: std::net::IpAddr,
+        timeout: std::time::Duration,
+    ) -> DriverResult<()> {
+        let _ = (name, target, xml, address, timeout);
+        Err(DriverError::Other(
+            "this hypervisor cannot migrate guests".into(),
+        ))
+    }
     /// The file of a volume in hostd's pool.
     async fn volume_path(&self, name: &str) -> DriverResult<std::path::PathBuf>;
     /// Captures a template: starts the transient domain `xml` (named `name`;

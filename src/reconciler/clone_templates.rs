@@ -256,6 +256,7 @@ fn inputs<'a>(
         http_port: ports.1,
         from_warm_pool: false,
         address: crate::domain::NodeAddress::LOOPBACK,
+        ssh_address: None,
     }
 }
 

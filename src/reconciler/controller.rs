@@ -289,6 +289,9 @@ async fn heartbeats(ctx: Arc<Context>, queue: Arc<queue::WorkQueue>, stop: Shutd
                 Err(e) => tracing::warn!(%node, error = %e, "cannot list the node's hostings"),
             }
         }
+        if let Err(e) = super::drain::tick(&ctx, &queue).await {
+            tracing::warn!(error = %e, "drain: cannot look at the draining nodes; will retry");
+        }
     }
 }
 

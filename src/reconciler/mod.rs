@@ -25,6 +25,7 @@ pub mod boot_gate;
 pub mod clone_templates;
 pub mod console;
 pub mod controller;
+pub mod drain;
 pub mod memory;
 pub mod names;
 pub mod nodes;

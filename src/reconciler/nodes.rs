@@ -165,6 +165,15 @@ impl Nodes {
             .map_or(NodeAddress::LOOPBACK, |h| h.address())
     }
 
+    /// Where the guests of `node` forward their ports: its address (HTTP)
+    /// and its SSH address (`None`: `HOSTD_SSH_BIND`).
+    pub fn binds(&self, node: Option<&NodeName>) -> (NodeAddress, Option<std::net::IpAddr>) {
+        match node.and_then(|n| self.get(n)) {
+            Some(h) => (h.address(), h.row.ssh_address),
+            None => (NodeAddress::LOOPBACK, None),
+        }
+    }
+
     /// Records the implicit node, reads the table and pings every node:
     /// what a leader does as its term starts. Later calls do nothing.
     pub async fn load(&self, store: &Store) -> Result<(), crate::store::StoreError> {

@@ -76,8 +76,10 @@ async fn converge(pass: &mut Pass<'_>) -> Result<Action, ReconcileError> {
     let Some(image) = pass.disk().await? else {
         return Ok(Action::AwaitChange);
     };
-    let address = ctx.nodes.address(pass.node.as_ref());
-    let inputs = Inputs::of(rec, &image, ports).at(address);
+    if let Some(action) = pass.move_node(&image, ports).await? {
+        return Ok(action);
+    }
+    let inputs = Inputs::of(rec, &image, ports).at(ctx.nodes.binds(pass.node.as_ref()));
     let want = ctx.render.hashes(&inputs);
     let observed = pass.seed(&inputs, &want).await?;
     let def = pass.definition(&inputs, &want, observed).await?;

@@ -48,6 +48,8 @@ pub struct Inputs<'a> {
     pub from_warm_pool: bool,
     /// Where its node's forwarded HTTP port is bound (the node's address).
     pub address: crate::domain::NodeAddress,
+    /// Where its node's forwarded SSH port is bound (`None`: `HOSTD_SSH_BIND`).
+    pub ssh_address: Option<std::net::IpAddr>,
 }
 
 impl<'a> Inputs<'a> {
@@ -63,12 +65,21 @@ impl<'a> Inputs<'a> {
             http_port: ports.1,
             from_warm_pool: rec.warm || rec.claimed_at.is_some(),
             address: crate::domain::NodeAddress::LOOPBACK,
+            ssh_address: None,
         }
     }
 
-    /// The same inputs for a guest on a node reached at `address`.
-    pub fn at(self, address: crate::domain::NodeAddress) -> Inputs<'a> {
-        Inputs { address, ..self }
+    /// The same inputs for a guest on a node reached at `address`, whose
+    /// guests forward SSH on `ssh_address`.
+    pub fn at(
+        self,
+        (address, ssh_address): (crate::domain::NodeAddress, Option<std::net::IpAddr>),
+    ) -> Inputs<'a> {
+        Inputs {
+            address,
+            ssh_address,
+            ..self
+        }
     }
 }
 
@@ -269,7 +280,7 @@ impl Renderer {
             seed_volume: &t.map_or_else(|| seed_volume(i.id), |t| t.seed.clone()),
             ssh_bind: match t {
                 Some(_) => "127.0.0.1".to_string(),
-                None => self.ssh_bind.clone(),
+                None => i.ssh_address.map_or_else(|| self.ssh_bind.clone(), |a| a.to_string()),
             },
             ssh_port: i.ssh_port,
             http_port: i.http_port,

@@ -191,10 +191,14 @@ async fn collect_orphans(
     }
     let mut orphans = 0;
     for l in &seen.nodes {
-        // What is placed on this node; a domain or volume of a hosting
-        // placed elsewhere is no less an orphan here (it must never run twice).
+        // What is placed on this node, or moving to it; a domain or volume
+        // of a hosting placed elsewhere is no less an orphan here (it must
+        // never run twice).
         let ids: HashSet<HostingId> = (records.iter())
-            .filter(|r| r.node.as_ref().unwrap_or(implicit) == &l.node)
+            .filter(|r| {
+                r.node.as_ref().unwrap_or(implicit) == &l.node
+                    || r.move_to.as_ref() == Some(&l.node)
+            })
             .map(|r| r.id)
             .collect();
         orphans += collect_node_orphans(ctx, l, &ids).await?;
@@ -383,7 +387,7 @@ fn drift(
 fn desired(ctx: &Context, rec: &HostingRecord) -> Derived {
     let ports = rec.status.ssh_port.zip(rec.status.http_port);
     let marker = ports.zip(rec.status.image_pin.as_ref()).map(|(p, image)| {
-        let inputs = Inputs::of(rec, image, p).at(ctx.nodes.address(rec.node.as_ref()));
+        let inputs = Inputs::of(rec, image, p).at(ctx.nodes.binds(rec.node.as_ref()));
         ctx.render.hashes(&inputs).marker()
     });
     let route = ports.filter(|_| !rec.warm).map(|(_, http)| {

@@ -78,6 +78,8 @@ pub struct HostingRecord {
     pub domains: Vec<CustomDomain>,
     /// The node it is placed on (`None`: not placed yet).
     pub node: Option<NodeName>,
+    /// The node it is being moved to by a drain, if any.
+    pub move_to: Option<NodeName>,
 }
 
 impl HostingRecord {
@@ -127,6 +129,7 @@ struct RecordRow {
     quarantine_bytes: Option<i64>,
     domains: Vec<String>,
     node: Option<String>,
+    move_to: Option<String>,
 }
 
 /// What [`Store::record_versions`] reports of one record.
@@ -140,7 +143,7 @@ const RECORD_SELECT: &str = "select h.id, h.user_id, u.username, h.vcpus, h.memo
      h.disk_epoch, s.disk_epoch as observed_disk_epoch, h.restore_backup_id, h.warm_pool, h.claimed_at, h.claim_generation, \
      s.applied_seed, s.boot_restarts, s.backup_bytes, s.quarantine_bytes, \
      array(select d.name from custom_domains d where d.user_id = h.user_id and d.state = 'Verified' \
-       order by d.name) as domains, h.node \
+       order by d.name) as domains, h.node, h.move_to \
      from hostings h join users u on u.id = h.user_id left join hosting_status s on s.hosting_id = h.id";
 
 impl RecordRow {
@@ -202,6 +205,7 @@ impl RecordRow {
                 .map(CustomDomain::from_stored)
                 .collect(),
             node: self.node.as_deref().map(NodeName::parse).transpose()?,
+            move_to: self.move_to.as_deref().map(NodeName::parse).transpose()?,
         })
     }
 }

@@ -13,6 +13,7 @@ pub mod backup_chains;
 pub mod backups;
 pub mod hostings;
 pub mod lease;
+pub mod moves;
 pub mod nodes;
 pub mod sessions;
 pub mod status;
@@ -23,6 +24,7 @@ pub mod warm_pool;
 
 pub use backups::{Backup, Lineage, RemoteCopy, RestoreRefusal};
 pub use hostings::{HostingRecord, ObservedStatus, RecordVersion, StorageUse};
+pub use moves::DrainWork;
 pub use nodes::{Evacuation, NewNode, Node};
 pub use status::{CapacityRow, CapacityUsage, ConsoleTail, Event, NewEvent, ReconcilerStats};
 pub use tls::{AddDomain, CertRow, DomainRow, DueCheck};

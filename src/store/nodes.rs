@@ -38,6 +38,12 @@ pub struct Node {
     pub hostings: i64,
     /// When an operator declared it dead (see [`Store::fence_node`]).
     pub fenced_at: Option<DateTime<Utc>>,
+    /// Where its guests forward SSH (`None`: `HOSTD_SSH_BIND`).
+    pub ssh_address: Option<std::net::IpAddr>,
+    /// When an operator asked for it to be emptied (see [`Store::drain_node`]).
+    pub draining_since: Option<DateTime<Utc>>,
+    /// Why the drain makes no progress, if it does not.
+    pub drain_message: Option<String>,
 }
 
 /// What an evacuation did.
@@ -55,58 +61,68 @@ pub struct NewNode {
     pub name: NodeName,
     pub uri: NodeUri,
     pub address: NodeAddress,
+    pub ssh_address: Option<std::net::IpAddr>,
     pub labels: serde_json::Map<String, serde_json::Value>,
     pub memory_mib: Option<u64>,
     pub vcpus: Option<u32>,
 }
 
-type NodeDbRow = (
-    String,
-    String,
-    String,
-    bool,
-    serde_json::Value,
-    Option<i64>,
-    Option<i32>,
-    bool,
-    DateTime<Utc>,
-    Option<DateTime<Utc>>,
-    bool,
-    Option<String>,
-    Option<sqlx::types::Json<HostResources>>,
-    i64,
-    String,
-    Option<DateTime<Utc>>,
-);
+#[derive(sqlx::FromRow)]
+struct NodeDbRow {
+    name: String,
+    libvirt_uri: String,
+    address: String,
+    ssh_address: Option<String>,
+    schedulable: bool,
+    labels: serde_json::Value,
+    memory_mib: Option<i64>,
+    vcpus: Option<i32>,
+    implicit: bool,
+    created_at: DateTime<Utc>,
+    heartbeat_at: Option<DateTime<Utc>>,
+    ready: bool,
+    message: Option<String>,
+    resources: Option<sqlx::types::Json<HostResources>>,
+    hostings: i64,
+    health: String,
+    fenced_at: Option<DateTime<Utc>>,
+    draining_since: Option<DateTime<Utc>>,
+    drain_message: Option<String>,
+}
 
-const NODE_SELECT: &str = "select n.name, n.libvirt_uri, host(n.address), n.schedulable, n.labels, \
+const NODE_SELECT: &str = "select n.name, n.libvirt_uri, host(n.address) as address, \
+     host(n.ssh_address) as ssh_address, n.schedulable, n.labels, \
      n.memory_mib, n.vcpus, n.implicit, n.created_at, n.heartbeat_at, n.ready, n.message, n.resources, \
-     (select count(*) from hostings h where h.node = n.name), n.health, n.fenced_at \
+     (select count(*) from hostings h where h.node = n.name) as hostings, n.health, n.fenced_at, \
+     n.draining_since, n.drain_message \
      from nodes n";
 
 fn node(r: NodeDbRow) -> Result<Node> {
     // Stored values passed these parsers when they were written; a row
     // edited by hand into something else is refused, not used.
     Ok(Node {
-        name: NodeName::parse(&r.0)?,
-        uri: NodeUri::parse(&r.1)?,
-        address: NodeAddress::parse(&r.2)?,
-        schedulable: r.3,
-        labels: match r.4 {
+        name: NodeName::parse(&r.name)?,
+        uri: NodeUri::parse(&r.libvirt_uri)?,
+        address: NodeAddress::parse(&r.address)?,
+        ssh_address: r.ssh_address.as_deref().and_then(|a| a.parse().ok()),
+        schedulable: r.schedulable,
+        labels: match r.labels {
             serde_json::Value::Object(m) => m,
             _ => Default::default(),
         },
-        memory_mib: r.5.map(|m| m as u64),
-        vcpus: r.6.map(|v| v as u32),
-        implicit: r.7,
-        created_at: r.8,
-        heartbeat_at: r.9,
-        ready: r.10,
-        message: r.11,
-        resources: r.12.map(|j| j.0),
-        hostings: r.13,
-        health: r.14,
-        fenced_at: r.15,
+        memory_mib: r.memory_mib.map(|m| m as u64),
+        vcpus: r.vcpus.map(|v| v as u32),
+        implicit: r.implicit,
+        created_at: r.created_at,
+        heartbeat_at: r.heartbeat_at,
+        ready: r.ready,
+        message: r.message,
+        resources: r.resources.map(|j| j.0),
+        hostings: r.hostings,
+        health: r.health,
+        fenced_at: r.fenced_at,
+        draining_since: r.draining_since,
+        drain_message: r.drain_message,
     })
 }
 
@@ -158,8 +174,8 @@ impl Store {
     /// look at the nodes).
     pub async fn add_node(&self, n: &NewNode) -> Result<Node> {
         let r = sqlx::query(
-            "insert into nodes (name, libvirt_uri, address, labels, memory_mib, vcpus) \
-             values ($1, $2, $3::inet, $4, $5, $6)",
+            "insert into nodes (name, libvirt_uri, address, labels, memory_mib, vcpus, ssh_address) \
+             values ($1, $2, $3::inet, $4, $5, $6, $7::inet)",
         )
         .bind(n.name.as_str())
         .bind(n.uri.as_str())
@@ -167,6 +183,7 @@ impl Store {
         .bind(serde_json::Value::Object(n.labels.clone()))
         .bind(n.memory_mib.map(|m| m as i64))
         .bind(n.vcpus.map(|v| v as i32))
+        .bind(n.ssh_address.map(|a| a.to_string()))
         .execute(&self.pool())
         .await;
         match r {
@@ -181,7 +198,13 @@ impl Store {
     /// Cordons (`false`) or uncordons a node: whether new hostings may be
     /// placed on it. Hostings already there stay.
     pub async fn set_schedulable(&self, name: &NodeName, schedulable: bool) -> Result<Node> {
-        let r = sqlx::query("update nodes set schedulable = $2 where name = $1")
+        // Uncordoning also ends a drain (moves under way finish).
+        let r = sqlx::query(
+            "update nodes set schedulable = $2, \
+               draining_since = case when $2 then null else draining_since end, \
+               drain_message = case when $2 then null else drain_message end \
+             where name = $1",
+        )
             .bind(name.as_str())
             .bind(schedulable)
             .execute(&self.pool())

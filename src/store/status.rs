@@ -387,7 +387,7 @@ impl Store {
         let rows: Vec<Row> = sqlx::query_as(
             "select h.id, h.memory_mib, h.vcpus, h.created_at, s.ssh_port is not null, \
                s.conditions @> '[{\"type\":\"Scheduled\",\"status\":\"False\"}]', \
-               h.running and h.deletion_requested_at is null, h.node \
+               h.running and h.deletion_requested_at is null, coalesce(h.move_to, h.node) \
              from hostings h join hosting_status s on s.hosting_id = h.id",
         )
         .fetch_all(&self.pool())

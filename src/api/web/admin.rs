@@ -190,6 +190,10 @@ pub(super) async fn admin_page(
         Some("node-removed") => Some("Node removed.".to_string()),
         Some("node-fenced") => Some("Node fenced (declared dead) and cordoned.".to_string()),
         Some("node-unfenced") => Some("Node unfenced; it stays cordoned.".to_string()),
+        Some("node-draining") => Some(
+            "Drain requested: the node is cordoned and its hostings move to other nodes by live migration, one at a time."
+                .to_string(),
+        ),
         Some("node-evacuated") => Some(
             "Evacuation requested: the node's hostings with a backup are restored on other nodes."
                 .to_string(),
@@ -353,6 +357,8 @@ pub(super) struct NodeForm {
     uri: String,
     #[serde(default)]
     address: String,
+    #[serde(default)]
+    ssh_address: String,
     /// For cordon/uncordon: "true" (schedulable) or "false".
     #[serde(default)]
     schedulable: String,
@@ -374,6 +380,7 @@ pub(super) async fn admin_node_add(
         name: f.name.trim().to_string(),
         uri: f.uri.trim().to_string(),
         address: Some(f.address.trim().to_string()).filter(|a| !a.is_empty()),
+        ssh_address: Some(f.ssh_address.trim().to_string()).filter(|a| !a.is_empty()),
         labels: Default::default(),
         memory_mib: None,
         vcpus: None,
@@ -400,6 +407,7 @@ enum NodeAction {
     Fence,
     Remove,
     Evacuate,
+    Drain,
 }
 
 /// Runs one node action of the admin page through the admin API's
@@ -448,6 +456,10 @@ async fn node_action(
                 nodes::evacuate(&st.store, by, &name).await?;
                 "node-evacuated"
             }
+            NodeAction::Drain => {
+                nodes::drain(&st.store, by, &name).await?;
+                "node-draining"
+            }
         })
     }
     .await;
@@ -495,4 +507,14 @@ pub(super) async fn admin_node_evacuate(
     Form(f): Form<NodeForm>,
 ) -> Result<Response, WebError> {
     node_action(&st, &u, &headers, &f, NodeAction::Evacuate).await
+}
+
+/// `POST /ui/admin/nodes/drain`: cordon a node and move its hostings away.
+pub(super) async fn admin_node_drain(
+    State(st): State<AppState>,
+    u: WebUser,
+    headers: HeaderMap,
+    Form(f): Form<NodeForm>,
+) -> Result<Response, WebError> {
+    node_action(&st, &u, &headers, &f, NodeAction::Drain).await
 }

@@ -131,6 +131,7 @@ pub fn router() -> Router<AppState> {
         .route("/ui/admin/nodes/remove", post(admin::admin_node_remove))
         .route("/ui/admin/nodes/fence", post(admin::admin_node_fence))
         .route("/ui/admin/nodes/evacuate", post(admin::admin_node_evacuate))
+        .route("/ui/admin/nodes/drain", post(admin::admin_node_drain))
         .route("/ui/static/app.js", get(app_js))
         .route("/ui/static/app.css", get(app_css))
         .layer(axum::middleware::from_fn(security_headers))

@@ -8,7 +8,8 @@
 //! Map: [`connection`] (the shared connection and `spawn_blocking`),
 //! [`listing`] (domains and their markers), [`volumes`] (the storage pool,
 //! volumes, quarantine), [`backup`] (backup jobs), [`agent`] (the guest agent),
-//! [`clone`] (templates and clones from a memory snapshot).
+//! [`clone`] (templates and clones from a memory snapshot), [`migrate`]
+//! (moving a domain to another node).
 
 use std::sync::{Arc, Mutex};
 
@@ -26,6 +27,7 @@ mod clone;
 pub use backup::CHECKPOINT_PREFIX;
 mod connection;
 mod listing;
+mod migrate;
 mod volumes;
 
 use connection::Live;
@@ -414,6 +416,31 @@ impl VmDriver for LibvirtDriver {
 
     fn clones_supported(&self) -> bool {
         !self.uri.starts_with("test:")
+    }
+
+    fn as_any(&self) -> Option<&dyn std::any::Any> {
+        Some(self)
+    }
+
+    async fn migrate(
+        &self,
+        name: &str,
+        target: &dyn VmDriver,
+        xml: &str,
+        address: std::net::IpAddr,
+        timeout: std::time::Duration,
+    ) -> DriverResult<()> {
+        if self.uri.starts_with("test:") {
+            return Err(DriverError::Other(
+                "libvirt's test driver cannot migrate guests".into(),
+            ));
+        }
+        let Some(t) = target.as_any().and_then(|a| a.downcast_ref::<LibvirtDriver>()) else {
+            return Err(DriverError::Other(
+                "the target node is not a libvirt hypervisor".into(),
+            ));
+        };
+        self.migrate_to(name, t, xml, address, timeout).await
     }
 
     async fn volume_path(&self, name: &str) -> DriverResult<std::path::PathBuf> {

@@ -1,5 +1,5 @@
 //! The steps of converging one hosting, in order, one file each:
-//! [`schedule`], ports and [`disk`], [`seed`], definition and [`power`]
+//! [`schedule`], ports and [`disk`], a move to another node ([`moves`]), [`seed`], definition and [`power`]
 //! (a new hosting's first start as a [`clone`] of a template)
 //! (and stop, when it should not run), [`route`], [`readiness`]; [`backup`]
 //! and restore. This file holds the [`Pass`] they share: its status, its
@@ -20,6 +20,7 @@ use crate::store::{HostingRecord, NewEvent, ObservedStatus};
 pub mod backup;
 pub mod clone;
 pub mod disk;
+pub mod moves;
 pub mod offsite;
 pub mod power;
 pub mod readiness;

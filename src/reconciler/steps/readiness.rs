@@ -69,15 +69,15 @@ impl Pass<'_> {
     }
 
     fn ssh_probe_addr(&self, port: u16) -> SocketAddr {
+        let (node, ssh) = self.ctx.nodes.binds(self.node.as_ref());
         let bind = self.ctx.config.ssh_bind;
-        let node = self.ctx.nodes.address(self.node.as_ref());
-        let ip = if node != crate::domain::NodeAddress::LOOPBACK {
+        let ip = match ssh {
+            // The node's own SSH address.
+            Some(a) if !a.is_unspecified() => a,
             // Another host: its SSH ports are reached at its address.
-            node.ip()
-        } else if bind.is_unspecified() {
-            std::net::Ipv4Addr::LOCALHOST.into()
-        } else {
-            bind
+            _ if node != crate::domain::NodeAddress::LOOPBACK => node.ip(),
+            _ if bind.is_unspecified() => std::net::Ipv4Addr::LOCALHOST.into(),
+            _ => bind,
         };
         SocketAddr::new(ip, port)
     }

@@ -1,0 +1,146 @@
+//! Step 2b: a move to another node, decided by a drain
+//! (`reconciler::drain`). The hosting's record says where it runs (`node`)
+//! and where it is going (`move_to`); this step looks at both nodes and
+//! takes the next step:
+//!
+//! ```text
+//!   here, not there ────────────▶ migrate (live, disk copied; a stopped
+//!                                 guest is copied paused and stays stopped)
+//!   here and there ─────────────▶ a leftover of an attempt cut short
+//!                                 there: removed, then migrate (what runs
+//!                                 here is what is served)
+//!   not here, there ────────────▶ the guest answers there? route to it,
+//!                                 then `node = move_to` in one statement
+//!   neither ────────────────────▶ nothing to move yet: converge here first
+//! ```
+//!
+//! Never two running copies: libvirt's migration pauses the source before
+//! the target runs, and a failed or cancelled one (hostd died: libvirt
+//! cancels a managed migration whose client is gone) leaves the source
+//! running and removes the target's copy. A failed move is given up: the
+//! hosting stays, served, where it is.
+
+use std::time::{Duration, Instant};
+
+use super::Pass;
+use crate::domain::{EventType, NodeName, Reason};
+use crate::drivers::seed::build_iso;
+use crate::drivers::{probe, VolumeSource};
+use crate::images::ImageEntry;
+use crate::reconciler::names::{disk_volume, domain_name, seed_volume};
+use crate::reconciler::nodes::Health;
+use crate::reconciler::render::Inputs;
+use crate::reconciler::{Action, ReconcileError};
+
+/// How long one migration may take before it is aborted.
+pub const MIGRATION_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// How long the moved guest has to answer on its new node.
+pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(120);
+
+impl Pass<'_> {
+    /// Step 2b: the next step of a move, if the hosting is being moved.
+    /// `Some(action)`: the pass ends here.
+    pub async fn move_node(
+        &mut self,
+        image: &ImageEntry,
+        ports: (u16, u16),
+    ) -> Result<Option<Action>, ReconcileError> {
+        let Some(to) = self.rec.move_to.clone() else {
+            return Ok(None);
+        };
+        let (ctx, id) = (self.ctx, self.id());
+        let from = self.node.clone();
+        let target = match ctx.nodes.get(&to) {
+            Some(t) if t.row.fenced_at.is_some() => {
+                let msg = format!("the move to node {to} is given up: that node is fenced");
+                ctx.store.give_up_move(id, &msg).await?;
+                return Ok(Some(Action::Requeue(Duration::ZERO)));
+            }
+            Some(t) if t.health == Health::Ready => t,
+            // It waits (served here) for the target to answer.
+            _ => return Ok(Some(Action::Requeue(Duration::from_secs(5)))),
+        };
+        let name = domain_name(id);
+        let here = self.vm.get_domain(&name).await?;
+        let there = target.driver.get_domain(&name).await?;
+        let inputs = Inputs::of(self.rec, image, ports).at(ctx.nodes.binds(Some(&to)));
+        let mut took = None;
+        match (&here, &there) {
+            (None, None) => return Ok(None),
+            (Some(_), _) => {
+                if there.is_some() {
+                    tracing::warn!(node = %to, "a copy left there by a move cut short is removed; the guest here is the one served");
+                    target.driver.destroy(&name).await?;
+                    target.driver.undefine(&name).await?;
+                }
+                if target.driver.volume_exists(&disk_volume(id)).await? {
+                    target.driver.delete_volume(&disk_volume(id)).await?;
+                }
+                // The target's own seed volume (read-only: not copied).
+                target.driver.ensure_storage_pool().await?;
+                let iso = build_iso(&ctx.render.seed(&inputs));
+                if !(target.driver)
+                    .create_volume(&seed_volume(id), VolumeSource::Bytes(iso.clone()))
+                    .await?
+                {
+                    target.driver.replace_volume_bytes(&seed_volume(id), iso).await?;
+                }
+                // Checkpoints stay behind: the next backup is a full one.
+                ctx.store.drop_checkpoints(id).await?;
+                self.vm.forget_checkpoints(&name).await?;
+                let want = ctx.render.hashes(&inputs);
+                let xml = ctx.render.domain_xml(&inputs, self.rec.generation, &want.marker());
+                std::fs::create_dir_all(ctx.render.console_dir())
+                    .map_err(crate::drivers::DriverError::from)?;
+                self.flush_events().await?;
+                self.fault("before_migrate").await?;
+                let t0 = Instant::now();
+                let r = (self.vm)
+                    .migrate(&name, target.driver.as_ref(), &xml, target.address().ip(), MIGRATION_TIMEOUT)
+                    .await;
+                if let Err(e) = r {
+                    let msg = format!(
+                        "live migration to node {to} failed; the hosting stays on {}: {e}",
+                        from.as_ref().map_or("its node", |n| n.as_str())
+                    );
+                    ctx.store.give_up_move(id, &msg).await?;
+                    return Ok(Some(Action::Requeue(Duration::ZERO)));
+                }
+                took = Some(t0.elapsed());
+                self.fault("after_migrate").await?;
+            }
+            (None, Some(_)) => {}
+        }
+        // The guest runs there: it must answer there before it is routed to.
+        if self.rec.spec.running {
+            let url = format!("http://{}:{}/", target.address().host(), ports.1);
+            let deadline = Instant::now() + ANSWER_TIMEOUT;
+            while let Err(e) = probe::http_ok(&ctx.http, &url).await {
+                if Instant::now() >= deadline {
+                    let msg = format!("moved to node {to}, but its guest does not answer there: {e}");
+                    self.event(EventType::Warning, Reason::MigrationFailed, &msg);
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            if !self.rec.warm {
+                (ctx.proxy)
+                    .apply(id, Some(ctx.route_spec_on(self.rec, Some(&to), Some(ports.1))))
+                    .await?;
+            }
+            self.fault("after_move_route").await?;
+        }
+        let msg = match took {
+            Some(t) => format!(
+                "live-migrated from node {} to node {to} in {:.1} s (disk copied); it is served from there",
+                from.as_ref().map_or("?", NodeName::as_str),
+                t.as_secs_f64()
+            ),
+            None => format!("moved to node {to}; it is served from there"),
+        };
+        ctx.store.finish_move(id, &to, &msg).await?;
+        tracing::info!(node = %to, "{msg}");
+        Ok(Some(Action::Requeue(Duration::ZERO)))
+    }
+}
