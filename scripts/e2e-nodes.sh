@@ -12,7 +12,12 @@
 # fenced; then the backed-up hosting is restored on the first node (same
 # ports, its upload intact) and the other stays. When the daemon returns,
 # the one left there runs again (its upload intact), the evacuated one's old
-# domain there is removed, and each runs once. Loopback only.
+# domain there is removed, and each runs once. Then the second node is
+# drained: its hosting live-migrates to the first (upload, URL and SSH port
+# kept; a client polling the site counts failed requests), and the first
+# node is drained back with a hostd that crashes right after the first
+# migration (HOSTD_FAULTS=after_migrate:crash): the restarted one routes
+# and records it, and moves the next. Loopback only.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
@@ -43,7 +48,11 @@ start_hostd HOSTD_CLONE_TEMPLATES=false HOSTD_BOOT_CONCURRENCY=2 HOSTD_NODE_DOWN
 
 sql() { su postgres -c "psql -d $DB -tAc \"$1\""; }
 step "hostd node add $NODE $URI2"
-"$BIN" node add "$NODE" "$URI2" --address 127.0.0.1 || fail "node add failed"
+# Its own loopback address, for HTTP and SSH: a hosting being migrated has
+# a guest on both nodes of this one machine for a moment, each forwarding
+# the same ports.
+N2_ADDR=127.0.0.2
+"$BIN" node add "$NODE" "$URI2" --address "$N2_ADDR" --ssh-address "$N2_ADDR" || fail "node add failed"
 node_ready() { [ "$(sql "select ready from nodes where name = '$1'")" = "$2" ]; }
 node_health() { [ "$(sql "select health from nodes where name = '$1'")" = "$2" ]; }
 wait_until 30 0.5 node_ready "$NODE" t || { "$BIN" node list; fail "node $NODE never became ready"; }
@@ -102,14 +111,18 @@ defined() { virsh -c "$1" list --all --name | grep -c "$2" || true; }
 [ "$(on qemu:///system "$ID_L")" = 1 ] && [ "$(defined "$URI2" "$ID_L")" = 0 ] || fail "$ID_L is not (only) on local"
 for s in "$SITE_D" "$SITE_L" "$SITE_C"; do curl -fsS "$s" | grep -q Welcome || fail "$s is not served"; done
 
+ssh_host() {  # file of the hosting → the address its node forwards SSH on
+  if [ "$(jq -r .status.node "$WORK/$1.json")" = "$NODE" ]; then echo "$N2_ADDR"; else echo 127.0.0.1; fi
+}
 upload() {  # file, token of the hosting → uploads "kept-<run>-<name>" as upload.txt
-  local port
+  local port host
   port=$(jq -r .status.ssh_port "$WORK/$1.json")
+  host=$(ssh_host "$1")
   echo "kept-$run_id-$1" > "$WORK/upload-$1.txt"
   scp -q -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o BatchMode=yes -o LogLevel=ERROR \
-    -o ConnectTimeout=20 -i "$WORK/key" -P "$port" "$WORK/upload-$1.txt" ubuntu@127.0.0.1:/var/www/html/upload.txt
+    -o ConnectTimeout=20 -i "$WORK/key" -P "$port" "$WORK/upload-$1.txt" "ubuntu@$host:/var/www/html/upload.txt"
   ssh -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o BatchMode=yes -o LogLevel=ERROR \
-    -i "$WORK/key" -p "$port" ubuntu@127.0.0.1 sync
+    -i "$WORK/key" -p "$port" "ubuntu@$host" sync
 }
 step "uploads on both guests of $NODE; a backup of one of them"
 upload "$MD"; upload "$MC"
@@ -171,4 +184,89 @@ gone_there() { [ "$(defined "$URI2" "$ID_D")" = 0 ]; }
 wait_until 30 1 gone_there || fail "bob's old domain is still defined on $NODE"
 [ "$(on qemu:///system "$ID_D")" = 1 ] || fail "bob's hosting is not running on local"
 [ "$(on "$URI2" "$ID_C")" = 1 ] && [ "$(defined qemu:///system "$ID_C")" = 0 ] || fail "carol's hosting does not run exactly once, on $NODE"
+
+# A client polls a site through the host nginx every 50 ms while it moves;
+# it counts answers that are not 200.
+poll_start() {  # URL [direct URL of the guest's port, logged apart]
+  rm -f "$WORK/poll.log" "$WORK/poll.stop" "$WORK/direct.log"
+  ( while [ ! -e "$WORK/poll.stop" ]; do
+      echo "$(date +%s.%N) $(curl -s -o /dev/null -w '%{http_code}' --max-time 2 "$1")" >> "$WORK/poll.log"
+      if [ -n "${2:-}" ]; then
+        c=$(curl -s -o /dev/null -w '%{http_code}' --max-time 2 "$2")
+        echo "$(date +%s.%N) $c" >> "$WORK/direct.log"
+        if [ "$c" != 200 ] && [ ! -e "$WORK/direct.diag" ]; then
+          { ss -ltnp; pgrep -af passt; virsh -c "$URI2" list --all; virsh list --all; } > "$WORK/direct.diag" 2>&1
+        fi
+      fi
+      sleep 0.05
+    done ) &
+  POLL_PID=$!
+}
+poll_stop() {  # → "failed total"; fails unless the last 10 answers are 200 (served again)
+  touch "$WORK/poll.stop"; wait "$POLL_PID" 2>/dev/null || true
+  tail -n 10 "$WORK/poll.log" | grep -qv ' 200$' && { cat "$WORK/poll.log" >&2; fail "the site is not served again after the move"; }
+  echo "$(grep -vc ' 200$' "$WORK/poll.log" || true) $(wc -l < "$WORK/poll.log")"
+}
+# Requests (one per 50 ms) a client may see fail while its site moves: the
+# guest stops answering at the source when the migration switches over,
+# and the route follows once it answers at the target.
+MAX_FAILED=${E2E_MAX_FAILED:-40}   # requests a client may see fail while its site moves
+node_of() {  # token, file → the hosting's node, once it is not moving
+  curl -fsS "$API/host/my" -H "Authorization: Bearer $1" > "$WORK/$2.json" && jq -r .status.node "$WORK/$2.json"
+}
+migrated_msg() { jq -r '[.events[] | select(.reason == "Migrated")][0].message' "$WORK/$1.json"; }
+
+step "drain $NODE: carol's hosting live-migrates to local while a client polls her site"
+"$BIN" node unfence "$NODE"
+SSH_C=$(jq -r .status.ssh_port "$WORK/$MC.json")
+poll_start "$SITE_C/upload.txt" "http://$N2_ADDR:$(jq -r .status.http_port "$WORK/$MC.json")/upload.txt"
+sleep 1
+t_drain=$(date +%s.%N)
+"$BIN" node drain "$NODE"
+on_local() { [ "$(node_of "$1" "$2")" = local ]; }
+wait_until 600 0.5 on_local "$TC" "$MC" || { jq '.status, .events' "$WORK/$MC.json"; fail "carol's hosting was not moved to local"; }
+t_moved=$(date +%s.%N)
+sleep 2
+poll_stop > "$WORK/poll.sum"; read -r failed total < "$WORK/poll.sum"
+python3 -c "print('e2e-nodes: drain: carol moved in %.1f s from the drain request; $failed of $total requests failed while it moved' % ($t_moved - $t_drain))"
+echo "e2e-nodes: drain: $(migrated_msg "$MC")"
+[ "$failed" -le "$MAX_FAILED" ] || { cat "$WORK/poll.log"; echo "-- direct:"; cat "$WORK/direct.log"; cat "$WORK/direct.diag"; tail -n 60 "$WORK/hostd.log" | cut -c1-400; fail "$failed requests failed during the migration"; }
+wait_until 60 1 ready "$TC" "$WORK/$MC.json" || { jq .status "$WORK/$MC.json"; fail "carol's hosting is not Ready after the move"; }
+[ "$(curl -fsS "$SITE_C/upload.txt")" = "kept-$run_id-$MC" ] || fail "carol's upload did not survive the migration"
+[ "$(jq -r .status.ssh_port "$WORK/$MC.json")" = "$SSH_C" ] || fail "carol's SSH port changed"
+[ "$(ssh -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o BatchMode=yes -o LogLevel=ERROR \
+   -o ConnectTimeout=20 -i "$WORK/key" -p "$SSH_C" ubuntu@127.0.0.1 cat /var/www/html/upload.txt)" = "kept-$run_id-$MC" ] ||
+  fail "SSH on carol's port does not reach her moved guest"
+[ "$(on qemu:///system "$ID_C")" = 1 ] && [ "$(defined "$URI2" "$ID_C")" = 0 ] || fail "carol's hosting does not run exactly once, on local"
+"$BIN" node list | tee "$WORK/nodes.txt"
+grep -E "^$NODE " "$WORK/nodes.txt" | grep -q drained || fail "$NODE is not shown drained"
+
+step "drain local with a reconciler that dies right after the first migration: the restarted one finishes it"
+"$BIN" node uncordon "$NODE"
+kill "$HOSTD_PID"; wait "$HOSTD_PID" 2>/dev/null || true; HOSTD_PID=""
+start_hostd HOSTD_CLONE_TEMPLATES=false HOSTD_NODE_DOWN_SECS=$DOWN_SECS HOSTD_FAULTS=after_migrate:crash
+CRASHED_PID=$HOSTD_PID
+poll_start "$SITE_L"
+t_drain=$(date +%s.%N)
+"$BIN" node drain local
+wait_until 600 0.5 bash -c "! kill -0 $CRASHED_PID 2>/dev/null" || fail "hostd did not crash at after_migrate"
+wait "$CRASHED_PID" 2>/dev/null || true
+grep -q "crashing at fault point" "$WORK/hostd.log" || fail "hostd stopped, but not at the fault point"
+start_hostd HOSTD_CLONE_TEMPLATES=false HOSTD_NODE_DOWN_SECS=$DOWN_SECS
+on_n2() { [ "$(node_of "$1" "$2")" = "$NODE" ]; }
+wait_until 900 0.5 on_n2 "$TL" "$ML" || { jq '.status, .events' "$WORK/$ML.json"; fail "alice's hosting was not moved to $NODE"; }
+t_moved=$(date +%s.%N)
+sleep 2
+poll_stop > "$WORK/poll.sum"; read -r failed total < "$WORK/poll.sum"
+python3 -c "print('e2e-nodes: drain with a crash: alice moved in %.1f s from the drain request (hostd killed and restarted meanwhile); $failed of $total requests failed' % ($t_moved - $t_drain))"
+wait_until 900 0.5 on_n2 "$TD" "$MD" || { jq '.status, .events' "$WORK/$MD.json"; fail "bob's hosting was not moved to $NODE"; }
+for f in "$ML" "$MD"; do echo "e2e-nodes: drain: $(migrated_msg "$f")"; done
+for t in "$TL:$ML" "$TD:$MD"; do
+  wait_until 60 1 ready "${t%%:*}" "$WORK/${t##*:}.json" || { jq .status "$WORK/${t##*:}.json"; fail "${t##*:} is not Ready on $NODE"; }
+done
+[ "$(curl -fsS "$SITE_D/upload.txt")" = "kept-$run_id-$MD" ] || fail "bob's upload did not survive two moves"
+curl -fsS "$SITE_L" | grep -q Welcome || fail "alice's site is not served from $NODE"
+for id in "$ID_L" "$ID_D"; do
+  [ "$(on "$URI2" "$id")" = 1 ] && [ "$(defined qemu:///system "$id")" = 0 ] || fail "$id does not run exactly once, on $NODE"
+done
 step "passed"

@@ -228,14 +228,18 @@ fn print_list(list: &[crate::store::Node]) {
             } else {
                 n.health.as_str()
             },
-            if n.schedulable { "on" } else { "cordoned" },
+            match (n.schedulable, n.draining_since, n.hostings) {
+                (true, _, _) => "on",
+                (false, None, _) => "cordoned",
+                (false, Some(_), 0) => "drained",
+                (false, Some(_), _) => "draining",
+            },
             n.hostings,
             mem,
             cpus,
             n.address.to_string(),
             n.uri,
-            n.message
-                .as_deref()
+            (n.message.as_deref().or(n.drain_message.as_deref()))
                 .map(|m| format!("  ({m})"))
                 .unwrap_or_default(),
         );

@@ -870,7 +870,10 @@ async fn a_drain_whose_migration_fails_leaves_the_hosting_served_where_it_was() 
 
     let (s, n) = post(&app, &admin, "/api/v1/admin/nodes/local/drain", json!({})).await;
     assert_eq!(s, 202, "{n}");
-    assert!(n["draining_since"].is_string() && n["schedulable"] == false, "{n}");
+    assert!(
+        n["draining_since"].is_string() && n["schedulable"] == false,
+        "{n}"
+    );
     // The drain loop gives alice a target; she holds room there meanwhile.
     let q = hostd::reconciler::queue::WorkQueue::default();
     hostd::reconciler::drain::tick(&ctl.ctx, &q).await.unwrap();
@@ -901,24 +904,54 @@ async fn a_drain_whose_migration_fails_leaves_the_hosting_served_where_it_was() 
         "{failed:?}"
     );
     assert!(evs.iter().any(|e| e.reason == "Migrating"), "{evs:?}");
-    assert!(ctl.ctx.vm.get_domain(&domain_name(a)).await.unwrap().is_some());
-    let n2 = nodes.get(&hostd::domain::NodeName::parse("n2").unwrap()).unwrap();
-    assert!(n2.driver.get_domain(&domain_name(a)).await.unwrap().is_none());
+    assert!(ctl
+        .ctx
+        .vm
+        .get_domain(&domain_name(a))
+        .await
+        .unwrap()
+        .is_some());
+    let n2 = nodes
+        .get(&hostd::domain::NodeName::parse("n2").unwrap())
+        .unwrap();
+    assert!(n2
+        .driver
+        .get_domain(&domain_name(a))
+        .await
+        .unwrap()
+        .is_none());
     let route = ctl.ctx.proxy.read_route(a).await.unwrap().unwrap();
-    assert!(route.contains("127.0.0.1:") && !route.contains("127.0.0.2"), "{route}");
+    assert!(
+        route.contains("127.0.0.1:") && !route.contains("127.0.0.2"),
+        "{route}"
+    );
 
     // Not tried again at once: the drain says why it does not go on.
     hostd::reconciler::drain::tick(&ctl.ctx, &q).await.unwrap();
-    assert_eq!(app.store.get_record(a).await.unwrap().unwrap().move_to, None);
+    assert_eq!(
+        app.store.get_record(a).await.unwrap().unwrap().move_to,
+        None
+    );
     let (_, n) = app.get_json(&admin, "/api/v1/admin/nodes/local").await;
     assert!(
-        n["drain_message"].as_str().is_some_and(|m| m.contains("failed lately")),
+        n["drain_message"]
+            .as_str()
+            .is_some_and(|m| m.contains("failed lately")),
         "{n}"
     );
     // Uncordoning ends the drain.
-    let (s, n) = post(&app, &admin, "/api/v1/admin/nodes/local/uncordon", json!({})).await;
+    let (s, n) = post(
+        &app,
+        &admin,
+        "/api/v1/admin/nodes/local/uncordon",
+        json!({}),
+    )
+    .await;
     assert_eq!(s, 200);
-    assert!(n["draining_since"].is_null() && n["drain_message"].is_null(), "{n}");
+    assert!(
+        n["draining_since"].is_null() && n["drain_message"].is_null(),
+        "{n}"
+    );
     assert!(app.store.drain_work().await.unwrap().is_empty());
     // A fenced node is evacuated, not drained.
     let (s, _) = post(&app, &admin, "/api/v1/admin/nodes/n2/fence", json!({})).await;

@@ -148,9 +148,11 @@ impl AddNode {
                 None => NodeAddress::LOOPBACK,
             },
             ssh_address: match self.ssh_address.as_deref() {
-                Some(a) => Some(a.parse().map_err(|_| {
-                    ValidationError::new("ssh_address", "must be an IP address")
-                })?),
+                Some(a) => {
+                    Some(a.parse().map_err(|_| {
+                        ValidationError::new("ssh_address", "must be an IP address")
+                    })?)
+                }
                 None => None,
             },
             labels: self.labels,

@@ -93,6 +93,18 @@ pub struct HostResources {
     pub disk_available_bytes: u64,
 }
 
+/// How a migration's streams (memory and disk copy) reach the target's QEMU.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MigrationVia {
+    /// UNIX sockets in this directory, which both nodes see (nodes on one
+    /// machine). Guest isolation does not apply to them.
+    Unix(std::path::PathBuf),
+    /// TCP to the target's address (libvirt's migration ports). QEMU makes
+    /// these connections as the guests' user, which guest isolation refuses
+    /// towards local and private addresses.
+    Tcp(std::net::IpAddr),
+}
+
 /// A volume to create in hostd's storage pool.
 #[derive(Debug, Clone)]
 pub enum VolumeSource {
@@ -197,17 +209,18 @@ pub trait VmDriver: Send + Sync + 'static {
     /// its writable disk copied into `target`'s pool (a stopped guest is
     /// started paused for the copy, never running, and stopped there), the
     /// definition persisted there as `xml` and removed here. The streams go
-    /// to `address` (the target node's). An unfinished job is aborted after
-    /// `timeout`; on any error the guest is left here as it was.
+    /// `via` a socket directory both nodes see, or the target's address.
+    /// An unfinished job is aborted after `timeout`; on any error the guest
+    /// is left here as it was.
     async fn migrate(
         &self,
         name: &str,
         target: &dyn VmDriver,
         xml: &str,
-        address: std::net::IpAddr,
+        via: &MigrationVia,
         timeout: std::time::Duration,
     ) -> DriverResult<()> {
-        let _ = (name, target, xml, address, timeout);
+        let _ = (name, target, xml, via, timeout);
         Err(DriverError::Other(
             "this hypervisor cannot migrate guests".into(),
         ))

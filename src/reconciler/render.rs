@@ -280,7 +280,9 @@ impl Renderer {
             seed_volume: &t.map_or_else(|| seed_volume(i.id), |t| t.seed.clone()),
             ssh_bind: match t {
                 Some(_) => "127.0.0.1".to_string(),
-                None => i.ssh_address.map_or_else(|| self.ssh_bind.clone(), |a| a.to_string()),
+                None => i
+                    .ssh_address
+                    .map_or_else(|| self.ssh_bind.clone(), |a| a.to_string()),
             },
             ssh_port: i.ssh_port,
             http_port: i.http_port,

@@ -205,10 +205,10 @@ impl Store {
                drain_message = case when $2 then null else drain_message end \
              where name = $1",
         )
-            .bind(name.as_str())
-            .bind(schedulable)
-            .execute(&self.pool())
-            .await?;
+        .bind(name.as_str())
+        .bind(schedulable)
+        .execute(&self.pool())
+        .await?;
         if r.rows_affected() == 0 {
             return Err(StoreError::NotFound);
         }

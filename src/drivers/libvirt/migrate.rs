@@ -5,7 +5,10 @@
 //! and removed here. Managed (not peer-to-peer): hostd holds both
 //! connections, so a hostd that dies mid-way makes libvirt cancel the job
 //! and the guest keeps running here. The migration stream and the disk
-//! copy go to the target's address (never a name libvirt would resolve).
+//! copy go through UNIX sockets in a directory both nodes see (nodes on one
+//! machine: guest isolation refuses QEMU's TCP connections to local
+//! addresses, and QEMU runs as the guests' user), or to the target's
+//! address (never a name libvirt would resolve).
 
 use std::net::IpAddr;
 use std::time::Duration;
@@ -23,20 +26,30 @@ impl LibvirtDriver {
         name: &str,
         target: &LibvirtDriver,
         xml: &str,
-        address: IpAddr,
+        via: &crate::drivers::MigrationVia,
         timeout: Duration,
     ) -> DriverResult<()> {
-        let (tconn, turi, twatch) = (target.conn.clone(), target.uri.clone(), target.watch.clone());
+        let (tconn, turi, twatch) = (
+            target.conn.clone(),
+            target.uri.clone(),
+            target.watch.clone(),
+        );
         let (name, owner, xml) = (name.to_string(), self.owner.clone(), xml.to_string());
-        let host = match address {
-            IpAddr::V6(a) => format!("[{a}]"),
-            IpAddr::V4(a) => a.to_string(),
+        let via = via.clone();
+        let sockets = match &via {
+            crate::drivers::MigrationVia::Unix(dir) => Some(dir.join(&name)),
+            crate::drivers::MigrationVia::Tcp(_) => None,
         };
+        let cleanup = sockets.clone();
         let r = self
             .with_conn(move |c| {
                 let d = Self::lookup_ours(c, &name, &owner)?
                     .ok_or_else(|| DriverError::Other(format!("no domain {name} to migrate")))?;
                 let dconn = Self::handle(&tconn, &turi, &twatch)?;
+                // What libvirt generated when the domain was defined must
+                // be the same there (the guest sees it): its MAC address.
+                let live = d.xml_desc(0).map_err(lv)?;
+                let xml = with_mac_of(&xml, &live);
                 // A stopped guest is started paused (it never runs) so that
                 // QEMU can copy its disk, and stopped again there.
                 let was_running = d.is_active().map_err(lv)?;
@@ -44,13 +57,37 @@ impl LibvirtDriver {
                     d.create_with_flags(sys::VIR_DOMAIN_START_PAUSED)
                         .map_err(lv)?;
                 }
-                let params = MigrateParameters {
+                let mut params = MigrateParameters {
+                    // The live definition there and the persistent one (by
+                    // default libvirt persists the source's, with this
+                    // node's addresses).
+                    persist_xml: Some(xml.clone()),
                     dest_xml: Some(xml),
-                    uri: Some(format!("tcp://{host}")),
-                    listen_address: Some(address.to_string()),
                     migrate_disks: vec!["vda".to_string()],
                     ..Default::default()
                 };
+                match (&via, &sockets) {
+                    (_, Some(dir)) => {
+                        // The target's QEMU creates the sockets, the
+                        // source's connects: both run as QEMU's user.
+                        let _ = std::fs::remove_dir_all(dir);
+                        super::clone::qemu_writable(dir, super::clone::qemu_label(&dconn))?;
+                        let at = |f: &str| format!("unix://{}", dir.join(f).display());
+                        params.uri = Some(at("memory.sock"));
+                        params.disks_uri = Some(at("disk.sock"));
+                    }
+                    (crate::drivers::MigrationVia::Tcp(address), None) => {
+                        let host = match address {
+                            IpAddr::V6(a) => format!("[{a}]"),
+                            IpAddr::V4(a) => a.to_string(),
+                        };
+                        params.uri = Some(format!("tcp://{host}"));
+                        params.listen_address = Some(address.to_string());
+                    }
+                    (crate::drivers::MigrationVia::Unix(_), None) => {
+                        unreachable!("sockets named above")
+                    }
+                }
                 let mut flags = sys::VIR_MIGRATE_PERSIST_DEST
                     | sys::VIR_MIGRATE_UNDEFINE_SOURCE
                     | sys::VIR_MIGRATE_NON_SHARED_DISK;
@@ -97,8 +134,51 @@ impl LibvirtDriver {
                 }
             })
             .await;
+        if let Some(dir) = cleanup {
+            let _ = std::fs::remove_dir_all(dir);
+        }
         crate::drivers::VmDriver::expire_listing(self);
         crate::drivers::VmDriver::expire_listing(target);
         r
+    }
+}
+
+/// `xml` with the MAC address of `live`'s network interface (hostd's
+/// domains have one, and hostd's XML names none: libvirt generates it).
+fn with_mac_of(xml: &str, live: &str) -> String {
+    let mac = live
+        .split("<mac address='")
+        .nth(1)
+        .and_then(|rest| rest.split('\'').next())
+        .filter(|m| m.len() == 17 && m.bytes().all(|b| b.is_ascii_hexdigit() || b == b':'));
+    match (mac, xml.contains("<mac ")) {
+        (Some(mac), false) => xml.replacen(
+            "<interface type='user'>",
+            &format!("<interface type='user'>\n      <mac address='{mac}'/>"),
+            1,
+        ),
+        _ => xml.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::with_mac_of;
+
+    #[test]
+    fn the_target_xml_gets_the_running_domains_mac() {
+        let ours = "<devices>\n    <interface type='user'>\n      <backend type='passt'/>\n    </interface>";
+        let live = "<interface type='user'>\n      <mac address='52:54:00:1c:a6:4d'/>\n      <source dev='x'/>";
+        let out = with_mac_of(ours, live);
+        assert!(
+            out.contains(
+                "<interface type='user'>\n      <mac address='52:54:00:1c:a6:4d'/>\n      <backend"
+            ),
+            "{out}"
+        );
+        // Nothing to take, or one there already: unchanged.
+        assert_eq!(with_mac_of(ours, "<domain/>"), ours);
+        assert_eq!(with_mac_of(&out, "<mac address='52:54:00:00:00:01'/>"), out);
+        assert_eq!(with_mac_of(ours, "<mac address='x'/><interface"), ours);
     }
 }

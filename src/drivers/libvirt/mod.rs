@@ -427,7 +427,7 @@ impl VmDriver for LibvirtDriver {
         name: &str,
         target: &dyn VmDriver,
         xml: &str,
-        address: std::net::IpAddr,
+        via: &crate::drivers::MigrationVia,
         timeout: std::time::Duration,
     ) -> DriverResult<()> {
         if self.uri.starts_with("test:") {
@@ -435,12 +435,15 @@ impl VmDriver for LibvirtDriver {
                 "libvirt's test driver cannot migrate guests".into(),
             ));
         }
-        let Some(t) = target.as_any().and_then(|a| a.downcast_ref::<LibvirtDriver>()) else {
+        let Some(t) = target
+            .as_any()
+            .and_then(|a| a.downcast_ref::<LibvirtDriver>())
+        else {
             return Err(DriverError::Other(
                 "the target node is not a libvirt hypervisor".into(),
             ));
         };
-        self.migrate_to(name, t, xml, address, timeout).await
+        self.migrate_to(name, t, xml, via, timeout).await
     }
 
     async fn volume_path(&self, name: &str) -> DriverResult<std::path::PathBuf> {

@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use super::Pass;
 use crate::domain::{EventType, NodeName, Reason};
 use crate::drivers::seed::build_iso;
-use crate::drivers::{probe, VolumeSource};
+use crate::drivers::{probe, MigrationVia, VolumeSource};
 use crate::images::ImageEntry;
 use crate::reconciler::names::{disk_volume, domain_name, seed_volume};
 use crate::reconciler::nodes::Health;
@@ -54,6 +54,7 @@ impl Pass<'_> {
         let target = match ctx.nodes.get(&to) {
             Some(t) if t.row.fenced_at.is_some() => {
                 let msg = format!("the move to node {to} is given up: that node is fenced");
+                tracing::warn!("{msg}");
                 ctx.store.give_up_move(id, &msg).await?;
                 return Ok(Some(Action::Requeue(Duration::ZERO)));
             }
@@ -84,26 +85,43 @@ impl Pass<'_> {
                     .create_volume(&seed_volume(id), VolumeSource::Bytes(iso.clone()))
                     .await?
                 {
-                    target.driver.replace_volume_bytes(&seed_volume(id), iso).await?;
+                    target
+                        .driver
+                        .replace_volume_bytes(&seed_volume(id), iso)
+                        .await?;
                 }
                 // Checkpoints stay behind: the next backup is a full one.
                 ctx.store.drop_checkpoints(id).await?;
                 self.vm.forget_checkpoints(&name).await?;
                 let want = ctx.render.hashes(&inputs);
-                let xml = ctx.render.domain_xml(&inputs, self.rec.generation, &want.marker());
+                let xml = ctx
+                    .render
+                    .domain_xml(&inputs, self.rec.generation, &want.marker());
                 std::fs::create_dir_all(ctx.render.console_dir())
                     .map_err(crate::drivers::DriverError::from)?;
                 self.flush_events().await?;
                 self.fault("before_migrate").await?;
+                // Nodes on one machine share hostd's state directory: UNIX
+                // sockets there (guest isolation refuses QEMU's TCP to
+                // local addresses); otherwise the target's address.
+                let here_addr = ctx.nodes.address(from.as_ref());
+                let via = match here_addr.ip().is_loopback() && target.address().ip().is_loopback()
+                {
+                    true => MigrationVia::Unix(ctx.config.state_dir.join("migrate")),
+                    false => MigrationVia::Tcp(target.address().ip()),
+                };
                 let t0 = Instant::now();
                 let r = (self.vm)
-                    .migrate(&name, target.driver.as_ref(), &xml, target.address().ip(), MIGRATION_TIMEOUT)
+                    .migrate(&name, target.driver.as_ref(), &xml, &via, MIGRATION_TIMEOUT)
                     .await;
                 if let Err(e) = r {
                     let msg = format!(
                         "live migration to node {to} failed; the hosting stays on {}: {e}",
                         from.as_ref().map_or("its node", |n| n.as_str())
                     );
+                    tracing::warn!(node = %to, "{msg}");
+                    // libvirt removed its copy there; the seed made for it goes too.
+                    target.driver.delete_volume(&seed_volume(id)).await?;
                     ctx.store.give_up_move(id, &msg).await?;
                     return Ok(Some(Action::Requeue(Duration::ZERO)));
                 }
@@ -118,7 +136,8 @@ impl Pass<'_> {
             let deadline = Instant::now() + ANSWER_TIMEOUT;
             while let Err(e) = probe::http_ok(&ctx.http, &url).await {
                 if Instant::now() >= deadline {
-                    let msg = format!("moved to node {to}, but its guest does not answer there: {e}");
+                    let msg =
+                        format!("moved to node {to}, but its guest does not answer there: {e}");
                     self.event(EventType::Warning, Reason::MigrationFailed, &msg);
                     break;
                 }
@@ -126,7 +145,10 @@ impl Pass<'_> {
             }
             if !self.rec.warm {
                 (ctx.proxy)
-                    .apply(id, Some(ctx.route_spec_on(self.rec, Some(&to), Some(ports.1))))
+                    .apply(
+                        id,
+                        Some(ctx.route_spec_on(self.rec, Some(&to), Some(ports.1))),
+                    )
                     .await?;
             }
             self.fault("after_move_route").await?;
