@@ -11,6 +11,9 @@ alter table nodes add column drain_message text;
 alter table hostings add column move_to text references nodes (name);
 alter table hostings add column move_started_at timestamptz;
 alter table hostings add column move_failed_at timestamptz;
+-- The live migration failed: the move goes on with the guest stopped
+-- (stop, copy, start there).
+alter table hostings add column move_cold boolean not null default false;
 alter table hostings add constraint hostings_move_elsewhere check (move_to is null or move_to <> node);
 create index hostings_moving on hostings (move_to) where move_to is not null;
 

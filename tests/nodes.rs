@@ -888,20 +888,49 @@ async fn a_drain_whose_migration_fails_leaves_the_hosting_served_where_it_was() 
     let work = app.store.drain_work().await.unwrap();
     assert_eq!(work[0].moving, vec![a]);
 
-    // libvirt's test driver cannot migrate: the move is given up, alice
-    // stays on local, running and routed there.
-    common::settle(&ctl, a).await;
+    // libvirt's test driver cannot migrate: the live migration fails, the
+    // move goes on cold (alice is shut down for it), that fails too and the
+    // move is given up: alice stays on local and is started again there,
+    // routed there all along.
+    ctl.reconcile_once(a).await.unwrap();
+    let rec = app.store.get_record(a).await.unwrap().unwrap();
+    assert!(
+        rec.move_cold,
+        "after a failed live migration the move goes on cold"
+    );
+    assert_eq!(rec.move_to.as_ref().map(|n| n.as_str()), Some("n2"));
+    ctl.reconcile_once(a).await.unwrap();
     let rec = app.store.get_record(a).await.unwrap().unwrap();
     assert_eq!(rec.move_to, None);
+    assert!(!rec.move_cold);
+    let dom = ctl
+        .ctx
+        .vm
+        .get_domain(&domain_name(a))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(!dom.running, "shut down for the cold move");
+    common::settle(&ctl, a).await;
+    let rec = app.store.get_record(a).await.unwrap().unwrap();
     assert_eq!(rec.node.as_ref().unwrap().as_str(), "local");
     assert_eq!(rec.status.phase, Phase::Ready, "{:?}", rec.status);
     let evs = app.store.recent_events(a, 50).await.unwrap();
-    let failed = (evs.iter())
-        .find(|e| e.reason == "MigrationFailed")
-        .unwrap_or_else(|| panic!("a MigrationFailed event: {evs:?}"));
+    let failed: Vec<_> = (evs.iter())
+        .filter(|e| e.reason == "MigrationFailed")
+        .collect();
+    assert_eq!(failed.len(), 2, "{evs:?}");
+    // Newest first: the cold move's failure, then the live one's.
     assert!(
-        failed.message.contains("stays on local") && failed.message.contains("cannot migrate"),
-        "{failed:?}"
+        failed[0].message.contains("stays on local")
+            && failed[0].message.contains("cannot migrate"),
+        "{:?}",
+        failed[0]
+    );
+    assert!(
+        failed[1].message.contains("moved stopped instead"),
+        "{:?}",
+        failed[1]
     );
     assert!(evs.iter().any(|e| e.reason == "Migrating"), "{evs:?}");
     assert!(ctl

@@ -35,9 +35,19 @@ pub async fn tick(ctx: &Context, queue: &WorkQueue) -> Result<(), ReconcileError
                 ctx.nodes.refresh(&ctx.store).await?;
                 ledger.nodes_read();
             }
+            // Only nodes its guests can migrate to (see
+            // `steps::moves::migration_via`).
+            let from = ctx.nodes.address(Some(&w.node));
             let others: Vec<_> = (ctx.nodes.all().into_iter())
                 .filter(|n| n.name() != &w.node)
+                .filter(|n| super::steps::moves::migration_via(ctx, from, n.address()).is_some())
                 .collect();
+            if others.is_empty() {
+                drop(ledger);
+                let msg = "no other node its guests can migrate to: only nodes on one machine (loopback addresses) can today";
+                ctx.store.set_drain_message(&w.node, Some(msg)).await?;
+                continue;
+            }
             ledger.refresh(&ctx.store, &others).await?;
             let me = (rec.id, rec.created_at);
             let v = place(&ledger, &others, &rec, me, &ctx.config.capacity, true);

@@ -80,6 +80,8 @@ pub struct HostingRecord {
     pub node: Option<NodeName>,
     /// The node it is being moved to by a drain, if any.
     pub move_to: Option<NodeName>,
+    /// The move goes on with the guest stopped (its live migration failed).
+    pub move_cold: bool,
 }
 
 impl HostingRecord {
@@ -130,6 +132,7 @@ struct RecordRow {
     domains: Vec<String>,
     node: Option<String>,
     move_to: Option<String>,
+    move_cold: bool,
 }
 
 /// What [`Store::record_versions`] reports of one record.
@@ -143,7 +146,7 @@ const RECORD_SELECT: &str = "select h.id, h.user_id, u.username, h.vcpus, h.memo
      h.disk_epoch, s.disk_epoch as observed_disk_epoch, h.restore_backup_id, h.warm_pool, h.claimed_at, h.claim_generation, \
      s.applied_seed, s.boot_restarts, s.backup_bytes, s.quarantine_bytes, \
      array(select d.name from custom_domains d where d.user_id = h.user_id and d.state = 'Verified' \
-       order by d.name) as domains, h.node, h.move_to \
+       order by d.name) as domains, h.node, h.move_to, h.move_cold \
      from hostings h join users u on u.id = h.user_id left join hosting_status s on s.hosting_id = h.id";
 
 impl RecordRow {
@@ -206,6 +209,7 @@ impl RecordRow {
                 .collect(),
             node: self.node.as_deref().map(NodeName::parse).transpose()?,
             move_to: self.move_to.as_deref().map(NodeName::parse).transpose()?,
+            move_cold: self.move_cold,
         })
     }
 }

@@ -115,7 +115,7 @@ impl Store {
     pub async fn start_move(&self, id: HostingId, from: &NodeName, to: &NodeName) -> Result<bool> {
         let mut tx = self.pool().begin().await?;
         let r = sqlx::query(
-            "update hostings set move_to = $3, move_started_at = now() \
+            "update hostings set move_to = $3, move_started_at = now(), move_cold = false \
              where id = $1 and node = $2 and move_to is null and deletion_requested_at is null",
         )
         .bind(id.0)
@@ -139,7 +139,7 @@ impl Store {
         let mut tx = self.pool().begin().await?;
         let r = sqlx::query(
             "update hostings set node = move_to, move_to = null, move_started_at = null, \
-               move_failed_at = null where id = $1 and move_to = $2",
+               move_failed_at = null, move_cold = false where id = $1 and move_to = $2",
         )
         .bind(id.0)
         .bind(to.as_str())
@@ -163,13 +163,32 @@ impl Store {
         Ok(())
     }
 
+    /// The live migration of `id` failed: its move goes on with the guest
+    /// stopped (stop, copy, start there). `false`: it was not moving live.
+    pub async fn move_cold(&self, id: HostingId, msg: &str) -> Result<bool> {
+        let mut tx = self.pool().begin().await?;
+        let r = sqlx::query(
+            "update hostings set move_cold = true where id = $1 and move_to is not null and not move_cold",
+        )
+        .bind(id.0)
+        .execute(&mut *tx)
+        .await?;
+        if r.rows_affected() == 0 {
+            return Ok(false);
+        }
+        let (t, reason) = (EventType::Warning, Reason::MigrationFailed);
+        super::status::insert_event(&mut tx, id, t, reason, msg).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
     /// Gives up the move of `id` (it stays, served, where it is); its
     /// node's drain tries it again after the others.
     pub async fn give_up_move(&self, id: HostingId, msg: &str) -> Result<()> {
         let mut tx = self.pool().begin().await?;
         let r = sqlx::query(
-            "update hostings set move_to = null, move_started_at = null, move_failed_at = now() \
-             where id = $1 and move_to is not null",
+            "update hostings set move_to = null, move_started_at = null, move_failed_at = now(), \
+               move_cold = false where id = $1 and move_to is not null",
         )
         .bind(id.0)
         .execute(&mut *tx)

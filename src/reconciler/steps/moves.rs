@@ -17,8 +17,11 @@
 //! Never two running copies: libvirt's migration pauses the source before
 //! the target runs, and a failed or cancelled one (hostd died: libvirt
 //! cancels a managed migration whose client is gone) leaves the source
-//! running and removes the target's copy. A failed move is given up: the
-//! hosting stays, served, where it is.
+//! running and removes the target's copy. When the live migration fails,
+//! the move goes on cold (`move_cold`): the guest is shut down here, its
+//! disk copied with the guest paused (it never runs), and it is started
+//! there by the passes on its new node. When that fails too, the move is
+//! given up: the hosting stays where it is (and is started again there).
 
 use std::time::{Duration, Instant};
 
@@ -35,8 +38,25 @@ use crate::reconciler::{Action, ReconcileError};
 /// How long one migration may take before it is aborted.
 pub const MIGRATION_TIMEOUT: Duration = Duration::from_secs(600);
 
+/// How long a guest moved stopped has to shut down before it is stopped hard.
+pub const COLD_STOP_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// How long the moved guest has to answer on its new node.
 pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// How a guest can migrate between nodes at these addresses: nodes on one
+/// machine (loopback addresses) share hostd's state directory, so UNIX
+/// sockets there. Between machines QEMU would make TCP connections as the
+/// guests' user, which guest isolation refuses (and which would need TLS
+/// to be safe from other guests): `None`, not supported.
+pub fn migration_via(
+    ctx: &crate::reconciler::Context,
+    from: crate::domain::NodeAddress,
+    to: crate::domain::NodeAddress,
+) -> Option<MigrationVia> {
+    (from.ip().is_loopback() && to.ip().is_loopback())
+        .then(|| MigrationVia::Unix(ctx.config.state_dir.join("migrate")))
+}
 
 impl Pass<'_> {
     /// Step 2b: the next step of a move, if the hosting is being moved.
@@ -69,7 +89,10 @@ impl Pass<'_> {
         let mut took = None;
         match (&here, &there) {
             (None, None) => return Ok(None),
-            (Some(_), _) => {
+            (Some(h), _) => {
+                if self.rec.move_cold && h.running {
+                    self.stop_for_cold_move(&name).await?;
+                }
                 if there.is_some() {
                     tracing::warn!(node = %to, "a copy left there by a move cut short is removed; the guest here is the one served");
                     target.driver.destroy(&name).await?;
@@ -115,14 +138,23 @@ impl Pass<'_> {
                     .migrate(&name, target.driver.as_ref(), &xml, &via, MIGRATION_TIMEOUT)
                     .await;
                 if let Err(e) = r {
-                    let msg = format!(
-                        "live migration to node {to} failed; the hosting stays on {}: {e}",
-                        from.as_ref().map_or("its node", |n| n.as_str())
-                    );
-                    tracing::warn!(node = %to, "{msg}");
+                    let here_name = from.as_ref().map_or("its node", |n| n.as_str());
                     // libvirt removed its copy there; the seed made for it goes too.
                     target.driver.delete_volume(&seed_volume(id)).await?;
-                    ctx.store.give_up_move(id, &msg).await?;
+                    if h.running && !self.rec.move_cold {
+                        let msg = format!(
+                            "live migration to node {to} failed: {e}; the hosting is moved stopped instead \
+                             (shut down here, disk copied, started there)"
+                        );
+                        tracing::warn!(node = %to, "{msg}");
+                        ctx.store.move_cold(id, &msg).await?;
+                    } else {
+                        let msg = format!(
+                            "the move to node {to} failed; the hosting stays on {here_name}: {e}"
+                        );
+                        tracing::warn!(node = %to, "{msg}");
+                        ctx.store.give_up_move(id, &msg).await?;
+                    }
                     return Ok(Some(Action::Requeue(Duration::ZERO)));
                 }
                 took = Some(t0.elapsed());
@@ -130,8 +162,11 @@ impl Pass<'_> {
             }
             (None, Some(_)) => {}
         }
-        // The guest runs there: it must answer there before it is routed to.
-        if self.rec.spec.running {
+        // A guest running there must answer there before it is routed to
+        // (one moved stopped is started and routed by the passes on its
+        // new node).
+        let running_there = (target.driver.get_domain(&name).await?).is_some_and(|d| d.running);
+        if running_there {
             let url = format!("http://{}:{}/", target.address().host(), ports.1);
             let deadline = Instant::now() + ANSWER_TIMEOUT;
             while let Err(e) = probe::http_ok(&ctx.http, &url).await {
@@ -153,16 +188,35 @@ impl Pass<'_> {
             }
             self.fault("after_move_route").await?;
         }
-        let msg = match took {
-            Some(t) => format!(
-                "live-migrated from node {} to node {to} in {:.1} s (disk copied); it is served from there",
-                from.as_ref().map_or("?", NodeName::as_str),
+        let from = from.as_ref().map_or("?", NodeName::as_str);
+        let msg = match (took, running_there) {
+            (Some(t), true) => format!(
+                "live-migrated from node {from} to node {to} in {:.1} s (disk copied); it is served from there",
                 t.as_secs_f64()
             ),
-            None => format!("moved to node {to}; it is served from there"),
+            (Some(t), false) => format!(
+                "moved stopped from node {from} to node {to} in {:.1} s (disk copied); it runs there from now on",
+                t.as_secs_f64()
+            ),
+            (None, _) => format!("moved to node {to}; it runs there from now on"),
         };
         ctx.store.finish_move(id, &to, &msg).await?;
         tracing::info!(node = %to, "{msg}");
         Ok(Some(Action::Requeue(Duration::ZERO)))
+    }
+
+    /// Stops the guest for a move without live migration: a clean shutdown,
+    /// then, after [`COLD_STOP_TIMEOUT`], a hard stop.
+    async fn stop_for_cold_move(&self, name: &str) -> Result<(), ReconcileError> {
+        self.vm.shutdown(name).await?;
+        let deadline = Instant::now() + COLD_STOP_TIMEOUT;
+        while (self.vm.get_domain(name).await?).is_some_and(|d| d.running) {
+            if Instant::now() >= deadline {
+                self.vm.destroy(name).await?;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        Ok(())
     }
 }
