@@ -8,7 +8,7 @@
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
-use super::{Result, Store, StoreError};
+use super::{Result, Store};
 use crate::domain::{EventType, HostingId, NodeName, Reason, ValidationError};
 
 /// How long a hosting whose move failed is passed over by its node's drain.
@@ -34,21 +34,12 @@ impl Store {
     /// its guests cannot move, it is evacuated instead.
     pub async fn drain_node(&self, name: &NodeName) -> Result<super::Node> {
         let mut tx = self.pool().begin().await?;
-        let fenced: Option<(Option<DateTime<Utc>>,)> =
-            sqlx::query_as("select fenced_at from nodes where name = $1 for update")
-                .bind(name.as_str())
-                .fetch_optional(&mut *tx)
-                .await?;
-        match fenced {
-            None => return Err(StoreError::NotFound),
-            Some((Some(_),)) => {
-                return Err(ValidationError::new(
-                    "name",
-                    "is fenced: its guests cannot be migrated; evacuate it instead (hostd node evacuate)",
-                )
-                .into())
-            }
-            Some((None,)) => {}
+        if super::nodes::lock_node(&mut tx, name).await?.is_some() {
+            return Err(ValidationError::new(
+                "name",
+                "is fenced: its guests cannot be migrated; evacuate it instead (hostd node evacuate)",
+            )
+            .into());
         }
         sqlx::query(
             "update nodes set schedulable = false, draining_since = coalesce(draining_since, now()), \
@@ -57,13 +48,7 @@ impl Store {
         .bind(name.as_str())
         .execute(&mut *tx)
         .await?;
-        sqlx::query(
-            "update hostings set deletion_requested_at = now() \
-             where node = $1 and warm_pool and deletion_requested_at is null",
-        )
-        .bind(name.as_str())
-        .execute(&mut *tx)
-        .await?;
+        super::nodes::delete_warm_guests_on(&mut tx, name).await?;
         tx.commit().await?;
         self.get_node(name).await
     }

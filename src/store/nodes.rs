@@ -126,6 +126,36 @@ fn node(r: NodeDbRow) -> Result<Node> {
     })
 }
 
+/// Locks a node's row for the rest of `tx`; returns when it was fenced
+/// (`NotFound`: no such node).
+pub(super) async fn lock_node(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    name: &NodeName,
+) -> Result<Option<DateTime<Utc>>> {
+    let row: Option<(Option<DateTime<Utc>>,)> =
+        sqlx::query_as("select fenced_at from nodes where name = $1 for update")
+            .bind(name.as_str())
+            .fetch_optional(&mut **tx)
+            .await?;
+    row.map(|r| r.0).ok_or(StoreError::NotFound)
+}
+
+/// Deletes the unclaimed warm-pool guests placed on a node (the pool
+/// refills on the others).
+pub(super) async fn delete_warm_guests_on(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    name: &NodeName,
+) -> Result<()> {
+    sqlx::query(
+        "update hostings set deletion_requested_at = now() \
+         where node = $1 and warm_pool and deletion_requested_at is null",
+    )
+    .bind(name.as_str())
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
 impl Store {
     /// Makes `name` the implicit node at `uri` (the one `HOSTD_LIBVIRT_URI`
     /// names) and binds every admitted hosting placed before nodes existed
@@ -275,29 +305,14 @@ impl Store {
     /// deleted. One transaction. Refused unless the node is fenced.
     pub async fn evacuate_node(&self, name: &NodeName) -> Result<Evacuation> {
         let mut tx = self.pool().begin().await?;
-        let fenced: Option<(Option<DateTime<Utc>>,)> =
-            sqlx::query_as("select fenced_at from nodes where name = $1 for update")
-                .bind(name.as_str())
-                .fetch_optional(&mut *tx)
-                .await?;
-        match fenced {
-            None => return Err(StoreError::NotFound),
-            Some((None,)) => {
-                return Err(ValidationError::new(
-                    "name",
-                    "is not fenced: fence it first (hostd node fence), once it is dead or its guests are stopped for good",
-                )
-                .into())
-            }
-            Some(_) => {}
+        if lock_node(&mut tx, name).await?.is_none() {
+            return Err(ValidationError::new(
+                "name",
+                "is not fenced: fence it first (hostd node fence), once it is dead or its guests are stopped for good",
+            )
+            .into());
         }
-        sqlx::query(
-            "update hostings set deletion_requested_at = now() \
-             where node = $1 and warm_pool and deletion_requested_at is null",
-        )
-        .bind(name.as_str())
-        .execute(&mut *tx)
-        .await?;
+        delete_warm_guests_on(&mut tx, name).await?;
         type Row = (Uuid, Option<Uuid>, Option<DateTime<Utc>>);
         let rows: Vec<Row> = sqlx::query_as(
             "select h.id, b.id, b.created_at from hostings h \

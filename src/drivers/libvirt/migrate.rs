@@ -35,10 +35,10 @@ impl LibvirtDriver {
             target.watch.clone(),
         );
         let (name, owner, xml) = (name.to_string(), self.owner.clone(), xml.to_string());
-        let via = via.clone();
-        let sockets = match &via {
-            crate::drivers::MigrationVia::Unix(dir) => Some(dir.join(&name)),
-            crate::drivers::MigrationVia::Tcp(_) => None,
+        // Either a directory for this domain's sockets, or the address.
+        let (sockets, tcp) = match via {
+            crate::drivers::MigrationVia::Unix(dir) => (Some(dir.join(&name)), None),
+            crate::drivers::MigrationVia::Tcp(address) => (None, Some(*address)),
         };
         let cleanup = sockets.clone();
         let r = self
@@ -66,27 +66,21 @@ impl LibvirtDriver {
                     migrate_disks: vec!["vda".to_string()],
                     ..Default::default()
                 };
-                match (&via, &sockets) {
-                    (_, Some(dir)) => {
-                        // The target's QEMU creates the sockets, the
-                        // source's connects: both run as QEMU's user.
-                        let _ = std::fs::remove_dir_all(dir);
-                        super::clone::qemu_writable(dir, super::clone::qemu_label(&dconn))?;
-                        let at = |f: &str| format!("unix://{}", dir.join(f).display());
-                        params.uri = Some(at("memory.sock"));
-                        params.disks_uri = Some(at("disk.sock"));
-                    }
-                    (crate::drivers::MigrationVia::Tcp(address), None) => {
-                        let host = match address {
-                            IpAddr::V6(a) => format!("[{a}]"),
-                            IpAddr::V4(a) => a.to_string(),
-                        };
-                        params.uri = Some(format!("tcp://{host}"));
-                        params.listen_address = Some(address.to_string());
-                    }
-                    (crate::drivers::MigrationVia::Unix(_), None) => {
-                        unreachable!("sockets named above")
-                    }
+                if let Some(dir) = &sockets {
+                    // The target's QEMU creates the sockets, the
+                    // source's connects: both run as QEMU's user.
+                    let _ = std::fs::remove_dir_all(dir);
+                    super::clone::qemu_writable(dir, super::clone::qemu_label(&dconn))?;
+                    let at = |f: &str| format!("unix://{}", dir.join(f).display());
+                    params.uri = Some(at("memory.sock"));
+                    params.disks_uri = Some(at("disk.sock"));
+                } else if let Some(address) = tcp {
+                    let host = match address {
+                        IpAddr::V6(a) => format!("[{a}]"),
+                        IpAddr::V4(a) => a.to_string(),
+                    };
+                    params.uri = Some(format!("tcp://{host}"));
+                    params.listen_address = Some(address.to_string());
                 }
                 let mut flags = sys::VIR_MIGRATE_PERSIST_DEST
                     | sys::VIR_MIGRATE_UNDEFINE_SOURCE
