@@ -2,7 +2,7 @@
 # Shared helpers for start.sh and test.sh: start the daemons hostd needs
 # without systemd, idempotently.
 
-log() { printf '\033[1m==> %s\033[0m\n' "$*"; }
+log() { printf '\033[1m==> [%s] %s\033[0m\n' "$(date +%T)" "$*"; }  # the time: CI's stage durations
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }
 
 ensure_cargo() {

@@ -13,6 +13,7 @@ pub const POINTS: &[&str] = &[
     "after_port_allocation",
     "after_disk_create",
     "before_migrate",
+    "during_migrate",
     "after_migrate",
     "after_move_route",
     "after_seed_upload",

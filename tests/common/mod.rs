@@ -432,11 +432,23 @@ pub async fn fake_guest_with_headers(
     body: &str,
     headers: &[&str],
 ) -> FakeGuest {
+    fake_guest_on([127, 0, 0, 1].into(), ssh_port, http_port, body, headers).await
+}
+
+/// A stand-in guest answering at `ip` (a node's address other than
+/// 127.0.0.1).
+pub async fn fake_guest_on(
+    ip: std::net::IpAddr,
+    ssh_port: u16,
+    http_port: u16,
+    body: &str,
+    headers: &[&str],
+) -> FakeGuest {
     let extra: String = headers.iter().map(|h| format!("{h}\r\n")).collect();
-    let http = tokio::net::TcpListener::bind(("127.0.0.1", http_port))
+    let http = tokio::net::TcpListener::bind((ip, http_port))
         .await
         .expect("bind stand-in http");
-    let ssh = tokio::net::TcpListener::bind(("127.0.0.1", ssh_port))
+    let ssh = tokio::net::TcpListener::bind((ip, ssh_port))
         .await
         .expect("bind stand-in ssh");
     let body = body.to_string();

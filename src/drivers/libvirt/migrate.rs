@@ -8,7 +8,9 @@
 //! copy go through UNIX sockets in a directory both nodes see (nodes on one
 //! machine: guest isolation refuses QEMU's TCP connections to local
 //! addresses, and QEMU runs as the guests' user), or to the target's
-//! address (never a name libvirt would resolve).
+//! address (never a name libvirt would resolve). Between two nodes of
+//! libvirt's test driver (tests), which has no migration, the move is
+//! simulated with the same end state.
 
 use std::net::IpAddr;
 use std::time::Duration;
@@ -137,6 +139,77 @@ impl LibvirtDriver {
     }
 }
 
+impl LibvirtDriver {
+    /// libvirt's test driver (a hypervisor simulated in this process, for
+    /// tests) has no migration. Between two test-driver nodes a move is
+    /// simulated with the end state [`LibvirtDriver::migrate_to`] leaves:
+    /// the disk volume (same name and size) in the target's pool, the
+    /// domain defined there from `xml` with this domain's MAC and running
+    /// if it ran here, and the domain removed here (its volumes stay, as
+    /// after a real migration). Never used with a real hypervisor.
+    pub(super) async fn migrate_simulated(
+        &self,
+        name: &str,
+        target: &LibvirtDriver,
+        xml: &str,
+    ) -> DriverResult<()> {
+        let (tconn, turi, twatch, tpool) = (
+            target.conn.clone(),
+            target.uri.clone(),
+            target.watch.clone(),
+            target.storage_pool.clone(),
+        );
+        let (name, owner, xml, pool) = (
+            name.to_string(),
+            self.owner.clone(),
+            xml.to_string(),
+            self.storage_pool.clone(),
+        );
+        let r = self
+            .with_conn(move |c| {
+                let d = Self::lookup_ours(c, &name, &owner)?
+                    .ok_or_else(|| DriverError::Other(format!("no domain {name} to migrate")))?;
+                let live = d.xml_desc(0).map_err(lv)?;
+                let xml = with_mac_of(&xml, &live);
+                let running = d.is_active().map_err(lv)?;
+                let dconn = Self::handle(&tconn, &turi, &twatch)?;
+                if let Some(disk) = first_volume(&live) {
+                    let vol = super::volumes::pool(c, &pool)?
+                        .lookup_storage_vol_by_name(&disk)
+                        .map_err(lv)?;
+                    let capacity = vol.info().map_err(lv)?.capacity;
+                    let there = super::volumes::pool(&dconn, &tpool)?;
+                    if there.lookup_storage_vol_by_name(&disk).is_err() {
+                        let vxml = format!(
+                            "<volume><name>{}</name><capacity unit='bytes'>{capacity}</capacity>\
+                             <target><format type='qcow2'/></target></volume>",
+                            super::xml_escape(&disk)
+                        );
+                        virt::storage_vol::StorageVol::create_xml(&there, &vxml, 0).map_err(lv)?;
+                    }
+                }
+                let moved = dconn.define_domain_xml(&xml).map_err(lv)?;
+                if running {
+                    d.destroy().map_err(lv)?;
+                    moved.create().map_err(lv)?;
+                }
+                d.undefine().map_err(lv)?;
+                Ok(())
+            })
+            .await;
+        crate::drivers::VmDriver::expire_listing(self);
+        crate::drivers::VmDriver::expire_listing(target);
+        r
+    }
+}
+
+/// The volume of a domain's first disk (`<source pool=… volume=…/>`).
+fn first_volume(xml: &str) -> Option<String> {
+    let rest = xml.split("<source pool='").nth(1)?;
+    let vol = rest.split_once("volume='")?.1.split('\'').next()?;
+    Some(vol.to_string())
+}
+
 /// `xml` with the MAC address of `live`'s network interface (hostd's
 /// domains have one, and hostd's XML names none: libvirt generates it).
 fn with_mac_of(xml: &str, live: &str) -> String {
@@ -157,7 +230,14 @@ fn with_mac_of(xml: &str, live: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::with_mac_of;
+    use super::{first_volume, with_mac_of};
+
+    #[test]
+    fn the_first_disks_volume_is_found() {
+        let xml = "<disk type='volume' device='disk'>\n<driver name='qemu'/>\n<source pool='hostd-x' volume='h-1-disk.qcow2'/>\n</disk><disk><source pool='hostd-x' volume='seed'/>";
+        assert_eq!(first_volume(xml).as_deref(), Some("h-1-disk.qcow2"));
+        assert_eq!(first_volume("<domain/>"), None);
+    }
 
     #[test]
     fn the_target_xml_gets_the_running_domains_mac() {

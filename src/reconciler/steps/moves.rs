@@ -10,7 +10,8 @@
 //!                                 there: removed, then migrate (what runs
 //!                                 here is what is served)
 //!   not here, there ────────────▶ the guest answers there? route to it,
-//!                                 then `node = move_to` in one statement
+//!                                 remove the stale volumes here, then
+//!                                 `node = move_to` in one statement
 //!   neither ────────────────────▶ nothing to move yet: converge here first
 //! ```
 //!
@@ -134,9 +135,17 @@ impl Pass<'_> {
                     false => MigrationVia::Tcp(target.address().ip()),
                 };
                 let t0 = Instant::now();
-                let r = (self.vm)
-                    .migrate(&name, target.driver.as_ref(), &xml, &via, MIGRATION_TIMEOUT)
-                    .await;
+                // `during_migrate:error` fails the migration as libvirt
+                // would (the failure paths' test: libvirt's test driver,
+                // whose moves are simulated, does not fail by itself).
+                let r = match self.fault("during_migrate").await {
+                    Ok(()) => {
+                        (self.vm)
+                            .migrate(&name, target.driver.as_ref(), &xml, &via, MIGRATION_TIMEOUT)
+                            .await
+                    }
+                    Err(e) => Err(crate::drivers::DriverError::Other(e.to_string())),
+                };
                 if let Err(e) = r {
                     let here_name = from.as_ref().map_or("its node", |n| n.as_str());
                     // libvirt removed its copy there; the seed made for it goes too.
@@ -187,6 +196,14 @@ impl Pass<'_> {
                     .await?;
             }
             self.fault("after_move_route").await?;
+        }
+        // The volumes left here are stale copies (the guest's disk is the
+        // one there now): removed, not left for orphan collection (which
+        // would quarantine them). A pass cut short after this finds them gone.
+        for v in [disk_volume(id), seed_volume(id)] {
+            if self.vm.volume_exists(&v).await? {
+                self.vm.delete_volume(&v).await?;
+            }
         }
         let from = from.as_ref().map_or("?", NodeName::as_str);
         let msg = match (took, running_there) {
