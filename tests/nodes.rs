@@ -6,24 +6,12 @@
 
 mod common;
 
-use common::TestApp;
+use common::{node_xml, TestApp};
 use futures_util::StreamExt;
 use hostd::app::Mode;
 use hostd::domain::{Email, HostingId, HostingSpec, Phase, Role, Username};
 use serde_json::{json, Value};
 use std::collections::{HashMap, HashSet};
-
-/// A test-driver hypervisor description with `cpus` CPUs and `mib` memory.
-fn node_xml(dir: &std::path::Path, name: &str, cpus: u32, mib: u64) -> String {
-    let path = dir.join(format!("{name}.xml"));
-    let xml = format!(
-        "<node><cpu><mhz>2000</mhz><model>i686</model><nodes>1</nodes><sockets>1</sockets>\
-         <cores>{cpus}</cores><threads>1</threads></cpu><memory>{}</memory></node>",
-        mib * 1024
-    );
-    std::fs::write(&path, xml).unwrap();
-    format!("test://{}", path.display())
-}
 
 async fn post(app: &TestApp, token: &str, path: &str, body: Value) -> (u16, Value) {
     let r = app

@@ -398,3 +398,126 @@ async fn the_pool_account_cannot_log_in_or_be_registered() {
     assert_eq!(r.status(), 409);
     app.stop().await;
 }
+
+/// Boots the pool rows not Ready yet with stand-in guests.
+async fn boot_new_pool_rows(app: &TestApp, guests: &mut Vec<common::FakeGuest>) {
+    let ctl = app.controller.clone().unwrap();
+    for r in pool_rows(app).await {
+        if r.status.phase == Phase::Ready {
+            continue;
+        }
+        ctl.reconcile_once(r.id).await.unwrap();
+        let rec = app.store.get_record(r.id).await.unwrap().unwrap();
+        let (s, h) = (rec.status.ssh_port.unwrap(), rec.status.http_port.unwrap());
+        guests.push(fake_guest(s, h, "pool guest").await);
+        assert_eq!(settle(&ctl, r.id).await, Action::AwaitChange);
+    }
+}
+
+/// Each node that takes new hostings keeps a pool of its own (one guest
+/// booting at a time, across nodes); a cordoned node's pool guest is never
+/// claimed, and is removed.
+#[tokio::test]
+async fn each_node_keeps_its_own_pool_and_a_cordoned_nodes_guest_is_not_claimed() {
+    let app = manual_pool_app(1).await;
+    let ctl = app.controller.clone().unwrap();
+    let admin = app.admin("root").await;
+    // A second hypervisor, named to sort before the implicit node "local"
+    // (so its pool guest is the older one).
+    let dir = tempfile::tempdir().unwrap();
+    let uri = common::node_xml(dir.path(), "a1", 16, 16384);
+    let r = app
+        .client
+        .post(app.url("/api/v1/admin/nodes"))
+        .bearer_auth(&admin)
+        .json(&serde_json::json!({"name": "a1", "uri": uri}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let node_of = |r: &HostingRecord| r.node.as_ref().map(|n| n.to_string());
+    let mut guests = vec![];
+    warm_pool::maintain(&ctl.ctx).await.unwrap();
+    warm_pool::maintain(&ctl.ctx).await.unwrap();
+    let rows = pool_rows(&app).await;
+    assert_eq!(rows.len(), 1, "one booting at a time");
+    assert_eq!(node_of(&rows[0]).as_deref(), Some("a1"));
+    let a1_guest = rows[0].id;
+    boot_new_pool_rows(&app, &mut guests).await;
+    warm_pool::maintain(&ctl.ctx).await.unwrap();
+    boot_new_pool_rows(&app, &mut guests).await;
+    warm_pool::maintain(&ctl.ctx).await.unwrap();
+    let rows = pool_rows(&app).await;
+    let mut placed: Vec<_> = rows
+        .iter()
+        .map(|r| (node_of(r), r.status.phase.as_str()))
+        .collect();
+    placed.sort();
+    assert_eq!(
+        placed,
+        [
+            (Some("a1".to_string()), "Ready"),
+            (Some("local".to_string()), "Ready")
+        ],
+        "one Ready pool guest on each node"
+    );
+    // Admins see each node's pool.
+    let (_, h) = app.get_json(&admin, "/api/v1/health/detailed").await;
+    let p = &h["warm_pool"];
+    assert_eq!(
+        (p["desired"].as_i64(), p["ready"].as_i64()),
+        (Some(1), Some(2)),
+        "{h}"
+    );
+    for n in ["a1", "local"] {
+        assert_eq!(p["nodes"][n]["ready"].as_i64(), Some(1), "{h}");
+    }
+    let local_guest = rows.iter().find(|r| r.id != a1_guest).unwrap().id;
+    // The domain is on its own node.
+    let a1 = ctl
+        .ctx
+        .nodes
+        .get(&hostd::domain::NodeName::parse("a1").unwrap())
+        .unwrap();
+    assert!(a1
+        .driver
+        .get_domain(&domain_name(a1_guest))
+        .await
+        .unwrap()
+        .is_some());
+
+    // Cordoned: its (older) guest is not claimed.
+    let r = app
+        .client
+        .post(app.url("/api/v1/admin/nodes/a1/cordon"))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let (t, _) = app.user("pia").await;
+    let r = app
+        .client
+        .post(app.url("/api/v1/host"))
+        .bearer_auth(&t)
+        .json(&serde_json::json!({"ssh_public_keys": [KEY]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let h: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(h["id"], local_guest.to_string(), "{h}");
+    // ... and it is removed; local's pool is refilled.
+    ctl.ctx.nodes.refresh(&app.store).await.unwrap();
+    warm_pool::maintain(&ctl.ctx).await.unwrap();
+    let gone = app.store.get_record(a1_guest).await.unwrap().unwrap();
+    assert!(
+        gone.deletion_requested_at.is_some(),
+        "the cordoned node's pool guest is removed"
+    );
+    let rows = pool_rows(&app).await;
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(node_of(&rows[0]).as_deref(), Some("local"));
+    assert_ne!(rows[0].id, local_guest);
+    drop(guests);
+}

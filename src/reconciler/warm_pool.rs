@@ -1,5 +1,5 @@
 //! The warm pool's size is desired state too: `HOSTD_WARM_POOL` guests of the
-//! default hosting size, booted and idle, so a new hosting of that size is
+//! default hosting size on each node that takes new hostings, booted and idle, so a new hosting of that size is
 //! served by a guest that only needs personalising (seconds) instead of a
 //! cold boot (tens of seconds under TCG). Pool guests are hosting rows owned
 //! by the internal pool account (`store::warm_pool`); this module only converges
@@ -7,17 +7,30 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use super::nodes::{Health, NodeHandle};
 use super::{Context, ReconcileError};
-use crate::domain::HostingSpec;
+use crate::domain::{HostingId, HostingSpec};
 use crate::store::WarmPoolCounts;
 
-/// Converges the pool towards `HOSTD_WARM_POOL` guests: adds a row when
-/// none is booting, the host has room for one more guest of the class and
-/// nobody waits for room; removes extras (those not yet Ready first). Idempotent; called by
-/// every resync and after a claim. Returns the counts before any change.
+/// Converges each node's pool towards `HOSTD_WARM_POOL` guests: on a node
+/// that takes new hostings, adds a row bound to it when no pool guest is
+/// booting anywhere, the node has room for one more guest of the class and
+/// nobody waits for room; removes extras (those not yet Ready first), and
+/// every pool guest of a node that is cordoned or fenced (a node that does
+/// not answer keeps its own until it does). Idempotent; called by every
+/// resync and after a claim. Returns the counts (all nodes) before any
+/// change.
 pub async fn maintain(ctx: &Context) -> Result<WarmPoolCounts, ReconcileError> {
     let class = HostingSpec::default();
-    let counts = ctx.store.warm_pool_counts(&class).await?;
+    // The nodes and their health (what a leader reads as its term starts).
+    ctx.nodes.load(&ctx.store).await?;
+    let by_node = ctx.store.warm_pool_counts_by_node(&class).await?;
+    let mut counts = WarmPoolCounts::default();
+    for c in by_node.values() {
+        counts.total += c.total;
+        counts.ready += c.ready;
+        counts.deleting += c.deleting;
+    }
     let mut want = i64::from(ctx.config.warm_pool);
     if want > 0 && !live_personalisation(ctx, &class) {
         want = 0;
@@ -27,24 +40,76 @@ pub async fn maintain(ctx: &Context) -> Result<WarmPoolCounts, ReconcileError> {
     let waiting_for_template = ctx.templates.pending(ctx);
     ctx.metrics.warm_pool_guests.set(counts.total);
     ctx.metrics.warm_pool_ready.set(counts.ready);
-    if counts.total > want {
-        let n = ctx
-            .store
-            .shrink_warm_pool(&class, counts.total - want)
-            .await?;
-        tracing::info!(removed = n, want, "warm pool: shrinking");
-    } else if counts.total < want
-        && !waiting_for_template
-        && counts.total == counts.ready
-        && room_for(ctx, &class).await? > 0
-    {
-        // One pool guest boots at a time: a boot under TCG takes a whole
-        // core for tens of seconds, and tenants' claims and boots come
-        // first. The next is added once this one is Ready.
-        let id = ctx.store.add_warm_guest(&class).await?;
-        tracing::info!(pool_guest = %id, have = counts.total, want, "warm pool: adding a guest");
+    // One pool guest boots at a time (on any node: nodes on one machine
+    // share its cores): a boot under TCG takes a whole core for tens of
+    // seconds, and tenants' claims and boots come first. The next is added
+    // once this one is Ready.
+    let mut booting = by_node.iter().any(|(n, c)| {
+        c.total > c.ready
+            && n.as_ref()
+                .is_none_or(|n| ctx.nodes.get(n).is_some_and(|h| h.health == Health::Ready))
+    });
+    for node in ctx.nodes.all() {
+        let have = by_node
+            .get(&Some(node.name().clone()))
+            .copied()
+            .unwrap_or_default();
+        let want_here = match (node.placeable(), node.health == Health::Ready) {
+            (true, _) => want,
+            // Cordoned or fenced: claims do not take its guests.
+            (false, true) => 0,
+            (false, false) if node.row.fenced_at.is_some() => 0,
+            // Not answering: left as they are until it does.
+            (false, false) => have.total,
+        };
+        if have.total > want_here {
+            let n = (ctx.store)
+                .shrink_warm_pool(&class, node.name(), have.total - want_here)
+                .await?;
+            tracing::info!(node = %node.name(), removed = n, want = want_here, "warm pool: shrinking");
+        } else if have.total < want_here
+            && !booting
+            && !waiting_for_template
+            && room_on(ctx, &node, &class).await? > 0
+        {
+            let id = ctx.store.add_warm_guest(&class, node.name()).await?;
+            tracing::info!(node = %node.name(), pool_guest = %id, have = have.total, want, "warm pool: adding a guest");
+            booting = true;
+        }
     }
     Ok(counts)
+}
+
+/// How many more guests of `class` fit on `node` now (the scheduler's
+/// ledger); none while a hosting waits for room anywhere (tenants come
+/// first: the scheduler also evicts pool guests for them).
+async fn room_on(
+    ctx: &Context,
+    node: &NodeHandle,
+    class: &HostingSpec,
+) -> Result<i64, ReconcileError> {
+    if ctx.store.capacity_usage(None).await?.waiting > 0 {
+        return Ok(0);
+    }
+    let mut ledger = ctx.scheduler.lock().await;
+    ledger
+        .refresh(&ctx.store, std::slice::from_ref(node))
+        .await?;
+    let Some(host) = ledger.host(node.name()) else {
+        return Ok(0);
+    };
+    let usage = ledger.usage(
+        node.name(),
+        (HostingId(uuid::Uuid::nil()), chrono::Utc::now()),
+    );
+    drop(ledger);
+    let b = crate::capacity::budget(&host, &ctx.config.capacity);
+    let taken_mem = (usage.memory_mib + usage.queued_memory_mib).max(0) as u64;
+    let taken_cpu = (usage.vcpus + usage.queued_vcpus).max(0) as u64;
+    let mem = b.memory_mib.saturating_sub(taken_mem) / u64::from(class.memory_mib.get());
+    let cpu = b.vcpus.saturating_sub(taken_cpu) / u64::from(class.vcpus.get());
+    let disk = b.disk_available_gib / u64::from(class.disk_gib.get());
+    Ok(mem.min(cpu).min(disk) as i64)
 }
 
 /// Whether the class's image can be personalised while running (guest agent

@@ -233,30 +233,32 @@ impl Store {
             }
         }
         let msg = "hosting requested; waiting for the reconciler";
-        let id = self.insert_hosting(user, spec, false, msg).await?;
+        let id = self.insert_hosting(user, spec, None, msg).await?;
         self.must_get(id).await
     }
 
-    /// Inserts a desired hosting (a warm-pool guest with `warm`), its Pending
-    /// status and a `Created` event saying `msg`, in one transaction. The
-    /// unique index on the user's hosting answers `Conflict`.
+    /// Inserts a desired hosting (a warm-pool guest bound to the node
+    /// `warm`), its Pending status and a `Created` event saying `msg`, in
+    /// one transaction. The unique index on the user's hosting answers
+    /// `Conflict`.
     pub(super) async fn insert_hosting(
         &self,
         user: UserId,
         spec: &HostingSpec,
-        warm: bool,
+        warm: Option<&NodeName>,
         msg: &str,
     ) -> Result<HostingId> {
         let id = Uuid::new_v4();
         let mut tx = self.pool().begin().await?;
         let q = sqlx::query(
-            "insert into hostings (id, user_id, vcpus, memory_mib, disk_gib, image, ssh_public_keys, running, hsts, warm_pool) \
-             values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+            "insert into hostings (id, user_id, vcpus, memory_mib, disk_gib, image, ssh_public_keys, running, hsts, warm_pool, node) \
+             values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
         )
         .bind(id)
         .bind(user.0);
         bind_spec(q, spec)
-            .bind(warm)
+            .bind(warm.is_some())
+            .bind(warm.map(NodeName::as_str))
             .execute(&mut *tx)
             .await
             .map_err(|e| match is_unique_violation(&e) {

@@ -4,6 +4,8 @@
 //! repair, deletion), so the pool is desired state with no second code path.
 //! A claim re-owns a Ready pool row inside the create transaction.
 
+use std::collections::HashMap;
+
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
@@ -59,24 +61,68 @@ impl Store {
         })
     }
 
-    /// Adds one pool guest of `class` (desired state; the reconciler boots it).
-    pub async fn add_warm_guest(&self, class: &HostingSpec) -> Result<HostingId> {
+    /// Counts the pool's rows of `class` on each node (`None`: rows not
+    /// placed yet, from before pools were per node).
+    pub async fn warm_pool_counts_by_node(
+        &self,
+        class: &HostingSpec,
+    ) -> Result<HashMap<Option<NodeName>, WarmPoolCounts>> {
+        let rows: Vec<(Option<String>, i64, i64, i64)> = sqlx::query_as(
+            "select h.node, count(*) filter (where h.deletion_requested_at is null), \
+                    count(*) filter (where h.deletion_requested_at is null and s.phase = 'Ready' \
+                                     and s.observed_generation = h.generation), \
+                    count(*) filter (where h.deletion_requested_at is not null) \
+             from hostings h join hosting_status s on s.hosting_id = h.id \
+             where h.warm_pool and h.vcpus = $1 and h.memory_mib = $2 and h.disk_gib = $3 and h.image = $4 \
+             group by h.node",
+        )
+        .bind(class.vcpus.as_i32())
+        .bind(class.memory_mib.as_i32())
+        .bind(class.disk_gib.as_i32())
+        .bind(class.image.as_str())
+        .fetch_all(&self.pool())
+        .await?;
+        rows.into_iter()
+            .map(|(node, total, ready, deleting)| {
+                let node = node.map(|n| NodeName::parse(&n)).transpose()?;
+                Ok((
+                    node,
+                    WarmPoolCounts {
+                        total,
+                        ready,
+                        deleting,
+                    },
+                ))
+            })
+            .collect()
+    }
+
+    /// Adds one pool guest of `class` bound to `node` (desired state; the
+    /// reconciler admits it there and boots it, or drops it if it does not
+    /// fit).
+    pub async fn add_warm_guest(&self, class: &HostingSpec, node: &NodeName) -> Result<HostingId> {
         let class = HostingSpec {
             ssh_public_keys: vec![],
             running: true,
             ..class.clone()
         };
-        self.insert_hosting(WARM_POOL_USER, &class, true, "warm-pool guest requested")
+        let msg = format!("warm-pool guest requested on node {node}");
+        self.insert_hosting(WARM_POOL_USER, &class, Some(node), &msg)
             .await
     }
 
-    /// Asks for `n` pool guests of `class` to be deleted, those not yet
-    /// claimable first, then the newest. Returns how many were asked.
-    pub async fn shrink_warm_pool(&self, class: &HostingSpec, n: i64) -> Result<u64> {
+    /// Asks for `n` pool guests of `class` on `node` to be deleted, those
+    /// not yet claimable first, then the newest. Returns how many were asked.
+    pub async fn shrink_warm_pool(
+        &self,
+        class: &HostingSpec,
+        node: &NodeName,
+        n: i64,
+    ) -> Result<u64> {
         let r = sqlx::query(
             "update hostings set deletion_requested_at = now() where id in ( \
                select h.id from hostings h join hosting_status s on s.hosting_id = h.id \
-               where h.warm_pool and h.deletion_requested_at is null \
+               where h.warm_pool and h.deletion_requested_at is null and h.node = $6 \
                  and h.vcpus = $1 and h.memory_mib = $2 and h.disk_gib = $3 and h.image = $4 \
                order by (s.phase = 'Ready') asc, h.created_at desc limit $5 \
                for update of h skip locked)",
@@ -86,6 +132,7 @@ impl Store {
         .bind(class.disk_gib.as_i32())
         .bind(class.image.as_str())
         .bind(n)
+        .bind(node.as_str())
         .execute(&self.pool())
         .await?;
         Ok(r.rows_affected())
@@ -137,6 +184,8 @@ impl Store {
                where h.warm_pool and h.deletion_requested_at is null and s.phase = 'Ready' \
                  and s.observed_generation = h.generation \
                  and h.vcpus = $2 and h.memory_mib = $3 and h.disk_gib = $4 and h.image = $5 \
+                 and exists (select 1 from nodes n where n.name = h.node and n.schedulable \
+                             and n.fenced_at is null and n.draining_since is null) \
                order by h.created_at limit 1 for update of h skip locked) \
              update hostings h set user_id = $1, warm_pool = false, claimed_at = now(), created_at = now(), \
                ssh_public_keys = $6, hsts = $7, generation = h.generation + 1, claim_generation = h.generation + 1 \

@@ -635,3 +635,17 @@ impl Drop for SystemPoolGuard {
         }
     }
 }
+
+/// A libvirt test-driver hypervisor with `cpus` CPUs and `mib` memory,
+/// described in a file in `dir`: its `test:///<file>` URI (each connection
+/// to it is a hypervisor of its own).
+pub fn node_xml(dir: &std::path::Path, name: &str, cpus: u32, mib: u64) -> String {
+    let path = dir.join(format!("{name}.xml"));
+    let xml = format!(
+        "<node><cpu><mhz>2000</mhz><model>i686</model><nodes>1</nodes><sockets>1</sockets>\
+         <cores>{cpus}</cores><threads>1</threads></cpu><memory>{}</memory></node>",
+        mib * 1024
+    );
+    std::fs::write(&path, xml).unwrap();
+    format!("test://{}", path.display())
+}

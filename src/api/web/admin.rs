@@ -95,7 +95,7 @@ async fn page(
     };
     let w = &health["warm_pool"];
     let warm_pool = format!(
-        "desired {}, ready {}, booting {}, leaving {}",
+        "desired {} per node, ready {}, booting {}, leaving {}",
         num(&w["desired"]),
         num(&w["ready"]),
         num(&w["booting"]),
