@@ -172,6 +172,13 @@ impl<'a> Pass<'a> {
         set_condition(&mut self.st.conditions, type_, status, reason, msg);
     }
 
+    /// The machine this hosting's node is on, for the boot gate (`None`:
+    /// this one, a node at a loopback address).
+    pub(super) fn machine(&self) -> crate::reconciler::boot_gate::Machine {
+        let ip = self.ctx.nodes.address(self.node.as_ref()).ip();
+        (!ip.is_loopback()).then_some(ip)
+    }
+
     pub(super) async fn fault(&self, point: &'static str) -> Result<(), ReconcileError> {
         Ok(self.ctx.config.faults.hit(point).await?)
     }

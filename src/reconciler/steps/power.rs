@@ -136,13 +136,13 @@ impl Pass<'_> {
             place,
             waiting,
             booting,
-        } = gate.enter(self.id(), self.rec.warm)
+        } = gate.enter(self.id(), self.rec.warm, self.machine())
         else {
             return Ok(true);
         };
         let msg = format!(
             "queued to boot: place {place} of {waiting}; {booting} guest(s) booting, at most {} at once \
-             (HOSTD_BOOT_CONCURRENCY)",
+             on a machine (HOSTD_BOOT_CONCURRENCY)",
             gate.limit()
         );
         let first = !self

@@ -128,7 +128,7 @@ impl Pass<'_> {
         self.st.message = Some("waiting for the guest to boot".into());
         if self.st.boot_restarts.is_some() {
             // Still booting (also after a restart of hostd): it holds a place.
-            self.ctx.boot_gate.booting(self.id());
+            self.ctx.boot_gate.booting(self.id(), self.machine());
         }
         let since = *self.st.provisioning_since.get_or_insert_with(Utc::now);
         let waited = (Utc::now() - since).to_std().unwrap_or_default();
