@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the browser test, the OpenAPI fuzzing, the ACME test and the
 # container deployment's test need (idempotent): Debian's chromium,
-# chromium-driver, pebble (a test ACME CA) and podman (with runc, set as its
-# runtime), and a Python virtualenv with pinned selenium, schemathesis and
+# chromium-driver, pebble (a test ACME CA), podman (with runc, set as its
+# runtime) and prometheus (promtool), and a Python virtualenv with pinned selenium, schemathesis and
 # moto[server] (the S3 store of the off-host backup tests) from PyPI.
 # Prints nothing but progress; sets
 # nothing: callers use "$TEST_VENV/bin/python".
@@ -15,14 +15,22 @@ PY_PKGS=(selenium==4.51.0 schemathesis==4.32.5 "moto[server]==5.2.6")
 missing=()
 # podman (with runc: Debian's crun refuses hybrid cgroups; netavark needs
 # iptables) runs the container deployment's end-to-end test.
-for p in chromium chromium-driver pebble podman runc netavark aardvark-dns iptables; do
+# prometheus brings promtool (the alert rules' tests, scripts/lint-deploy.sh).
+for p in chromium chromium-driver pebble podman runc netavark aardvark-dns iptables prometheus; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
 done
 if [ ${#missing[@]} -gt 0 ]; then
   log "installing ${missing[*]} (Debian)"
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
+  # The packages' scripts start no daemon (prometheus would): the tests
+  # start what they need themselves.
+  made_policy=""
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d && made_policy=1
+  fi
   apt-get install -y -qq --no-install-recommends "${missing[@]}"
+  [ -z "$made_policy" ] || rm -f /usr/sbin/policy-rc.d
 fi
 
 # podman's defaults that this kind of host refuses: crun (hybrid cgroups)

@@ -3,7 +3,9 @@
 # genisoimage; Chromium, Selenium and schemathesis for the browser and
 # OpenAPI tests), then runs the whole suite: unit tests, API and reconciler
 # integration tests against real Postgres, real nginx and libvirt's test
-# driver, the lints of the deployment files, the dashboard in a real
+# driver, the lints of the deployment files (with the alert rules'
+# promtool tests), a real Prometheus scraping hostd (the rules evaluate, the
+# Grafana dashboard's queries return data), the dashboard in a real
 # browser, schemathesis against the OpenAPI document, the end-to-end test with a
 # real VM (scripts/e2e.sh), two nodes (scripts/e2e-nodes.sh), the cloud-init image's (scripts/e2e-cloudinit.sh),
 # the container deployment's under podman (scripts/container-e2e.sh), and the
@@ -28,8 +30,11 @@ cargo clippy --locked --all-targets -- -D warnings
 log "cargo test"
 cargo test --locked --all-targets -- --test-threads=4
 
-log "checking deployment files"
+log "checking deployment files (and the alert rules' promtool tests)"
 ./scripts/lint-deploy.sh
+
+log "a real Prometheus scrapes hostd: every alert rule evaluates, every dashboard query returns data"
+./scripts/prometheus-check.sh
 
 log "dashboard in a real browser (Chromium + Selenium; screenshots in target/artifacts/browser)"
 ./scripts/browser-test.sh

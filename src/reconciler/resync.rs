@@ -270,14 +270,17 @@ async fn guest_isolation(ctx: &Context) {
     }
     let iso = crate::drivers::isolation::Isolation::new(ctx.config.guest_egress.clone());
     let Err(why) = iso.check().await else {
+        ctx.metrics.isolation_missing.set(0);
         return;
     };
     match iso.ensure().await {
         Ok(detail) => {
             ctx.metrics.isolation_restored.inc();
+            ctx.metrics.isolation_missing.set(0);
             tracing::warn!(%why, %detail, "guest isolation was not in force: put it back");
         }
         Err(e) => {
+            ctx.metrics.isolation_missing.set(1);
             tracing::error!(%why, error = %e, "guest isolation is NOT in force and cannot be put back")
         }
     }
@@ -305,6 +308,7 @@ async fn publish(ctx: &Context, queue: &WorkQueue, records: &[Arc<Cached>]) {
         }
     }
     m.set_phases(&phases);
+    alert_gauges(ctx).await;
     let holder = format!("{}:{}", hostname(), std::process::id());
     let mut stats = ctx.stats();
     // What this process sees of the host, for an API process that cannot
@@ -323,6 +327,40 @@ async fn publish(ctx: &Context, queue: &WorkQueue, records: &[Arc<Cached>]) {
         .await
     {
         tracing::warn!(error = %e, "cannot write the reconciler heartbeat");
+    }
+}
+
+/// The gauges the operator's alert rules watch (`deploy/prometheus/`):
+/// nodes, disk space, overdue backups, the first certificate to expire.
+async fn alert_gauges(ctx: &Context) {
+    let m = &ctx.metrics;
+    let nodes: Vec<(String, bool)> = (ctx.nodes.all().iter())
+        .map(|n| {
+            (
+                n.name().to_string(),
+                n.health == super::nodes::Health::Ready,
+            )
+        })
+        .collect();
+    m.set_nodes_ready(&nodes);
+    let dir = ctx.config.state_dir.clone();
+    match tokio::task::spawn_blocking(move || super::space::free_bytes(&dir)).await {
+        Ok(Ok(free)) => {
+            m.state_disk_free_bytes
+                .set(i64::try_from(free).unwrap_or(i64::MAX));
+        }
+        _ => tracing::warn!("cannot read the state directory's free space"),
+    }
+    let reserve = ctx.config.disk_reserve_bytes;
+    m.disk_reserve_bytes
+        .set(i64::try_from(reserve).unwrap_or(i64::MAX));
+    match ctx.store.alert_facts(ctx.config.backups.interval).await {
+        Ok(f) => {
+            m.backups_overdue.set(f.backups_overdue);
+            let t = f.earliest_certificate_expiry.map_or(0, |t| t.timestamp());
+            m.certificate_earliest_expiry.set(t);
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot read what the alert rules watch"),
     }
 }
 

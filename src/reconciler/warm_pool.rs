@@ -54,12 +54,13 @@ pub async fn maintain(ctx: &Context) -> Result<WarmPoolCounts, ReconcileError> {
             .get(&Some(node.name().clone()))
             .copied()
             .unwrap_or_default();
-        let want_here = match (node.placeable(), node.health == Health::Ready) {
-            (true, _) => want,
-            // Cordoned or fenced: claims do not take its guests.
-            (false, true) => 0,
-            (false, false) if node.row.fenced_at.is_some() => 0,
-            // Not answering: left as they are until it does.
+        let cordoned = !node.row.schedulable || node.row.fenced_at.is_some();
+        let want_here = match (cordoned, node.placeable()) {
+            // Cordoned (or draining) or fenced: claims do not take its guests.
+            (true, _) => 0,
+            (false, true) => want,
+            // Not answering, or its resources not read yet: left as they
+            // are until it does.
             (false, false) => have.total,
         };
         if have.total > want_here {

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use crate::domain::*;
 
+pub mod alert_facts;
 pub mod backup_chains;
 pub mod backups;
 pub mod hostings;

@@ -32,6 +32,13 @@ pub struct PhaseLabel {
     pub phase: String,
 }
 
+/// Label set of per-node series (as many as the operator's nodes).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct NodeLabel {
+    /// The node's name, e.g. `local`.
+    pub node: String,
+}
+
 /// The process's metrics. Cheap to update from any task.
 pub struct Metrics {
     registry: Registry,
@@ -95,6 +102,22 @@ pub struct Metrics {
     pub revocations: Counter,
     /// Dependency checks run by `health/detailed` (cached answers not counted).
     pub health_checks: Counter,
+    /// 1 for a node whose heartbeat answers, 0 for one that does not (as of
+    /// the last resync).
+    pub node_ready: Family<NodeLabel, Gauge>,
+    /// 1 when the resync found the guest isolation table missing and could
+    /// not put it back (real guests only), else 0.
+    pub isolation_missing: Gauge,
+    /// Free bytes of the filesystem holding hostd's state directory.
+    pub state_disk_free_bytes: Gauge,
+    /// `HOSTD_DISK_RESERVE_GIB` in bytes.
+    pub disk_reserve_bytes: Gauge,
+    /// Hostings whose newest completed backup (or, without one, creation)
+    /// is older than twice `HOSTD_BACKUP_INTERVAL_HOURS`.
+    pub backups_overdue: Gauge,
+    /// Unix time at which the first of the served certificates expires
+    /// (0: none issued).
+    pub certificate_earliest_expiry: Gauge,
     /// Whether a reconciler runs in this process at all.
     pub enabled: AtomicBool,
     /// Sum of `failures` over every reason (for the heartbeat's counters).
@@ -134,6 +157,12 @@ impl Default for Metrics {
             password_changes: Counter::default(),
             revocations: Counter::default(),
             health_checks: Counter::default(),
+            node_ready: Family::default(),
+            isolation_missing: Gauge::default(),
+            state_disk_free_bytes: Gauge::default(),
+            disk_reserve_bytes: Gauge::default(),
+            backups_overdue: Gauge::default(),
+            certificate_earliest_expiry: Gauge::default(),
             enabled: AtomicBool::new(false),
             failures_sum: AtomicU64::new(0),
         };
@@ -173,6 +202,12 @@ impl Default for Metrics {
             "hostd_password_changes", "Password changes", m.password_changes;
             "hostd_token_revocations", "Tokens revoked by logout", m.revocations;
             "hostd_health_checks", "Dependency checks run by health/detailed", m.health_checks;
+            "hostd_node_ready", "1 if the node's heartbeat answers, 0 if not (last resync)", m.node_ready;
+            "hostd_guest_isolation_missing", "1 if the guest isolation table is missing and could not be put back (real guests only)", m.isolation_missing;
+            "hostd_state_disk_free_bytes", "Free bytes of the filesystem holding the state directory", m.state_disk_free_bytes;
+            "hostd_disk_reserve_bytes", "Bytes kept free for the host (HOSTD_DISK_RESERVE_GIB)", m.disk_reserve_bytes;
+            "hostd_backups_overdue", "Hostings whose newest completed backup is older than twice the backup interval", m.backups_overdue;
+            "hostd_certificate_earliest_expiry_timestamp_seconds", "Unix time at which the first served certificate expires (0: none)", m.certificate_earliest_expiry;
         }
         m
     }
@@ -226,6 +261,16 @@ impl Metrics {
                     phase: p.as_str().to_string(),
                 })
                 .set(n);
+        }
+    }
+
+    /// Sets each node's readiness (nodes not listed are left out: a removed
+    /// node's series keeps its last value until the process restarts).
+    pub fn set_nodes_ready(&self, nodes: &[(String, bool)]) {
+        for (name, ready) in nodes {
+            self.node_ready
+                .get_or_create(&NodeLabel { node: name.clone() })
+                .set(i64::from(*ready));
         }
     }
 
