@@ -155,6 +155,17 @@ async fn nodes_are_desired_state_that_only_admins_change_and_bad_input_changes_n
     app.stop().await;
 }
 
+/// A capacity policy with nothing reserved and no overcommit: memory is
+/// what limits (512 MiB per default hosting).
+fn no_overcommit() -> hostd::config::CapacityPolicy {
+    hostd::config::CapacityPolicy {
+        reserved_mib: 0,
+        memory_overcommit: 1.0,
+        cpu_overcommit: 1.0,
+        reserved_disk_bytes: 0,
+    }
+}
+
 /// Creates `n` users with one default hosting each, straight in the store.
 async fn many_hostings(store: &hostd::store::Store, n: usize) -> Vec<HostingId> {
     many_hostings_of(store, n, &HostingSpec::default()).await
@@ -203,13 +214,7 @@ async fn a_thousand_hostings_are_placed_on_three_nodes_within_capacity_and_never
     let state = tempfile::tempdir().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let mut config = common::test_config(&db, state.path(), Some(&nginx));
-    // No overcommit: memory is what limits (512 MiB per hosting).
-    config.capacity = hostd::config::CapacityPolicy {
-        reserved_mib: 0,
-        memory_overcommit: 1.0,
-        cpu_overcommit: 1.0,
-        reserved_disk_bytes: 0,
-    };
+    config.capacity = no_overcommit();
     // First a reconciler whose passes die right after the placement write.
     let mut faulty = config.clone();
     faulty.faults = hostd::faults::Faults::parse("after_node_placed:error").unwrap();
@@ -1016,13 +1021,7 @@ async fn a_drain_interrupted_at_every_move_moves_each_hosting_once_within_capaci
     let state = tempfile::tempdir().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let mut config = common::test_config(&db, state.path(), Some(&nginx));
-    // No overcommit: memory is what limits (512 MiB per hosting).
-    config.capacity = hostd::config::CapacityPolicy {
-        reserved_mib: 0,
-        memory_overcommit: 1.0,
-        cpu_overcommit: 1.0,
-        reserved_disk_bytes: 0,
-    };
+    config.capacity = no_overcommit();
     config.faults = hostd::faults::Faults::parse("after_migrate:error").unwrap();
     let app = TestApp::spawn_with(config, Mode::All, false, Some(nginx), state).await;
     let ctl = app.controller.clone().unwrap();
