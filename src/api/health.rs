@@ -161,9 +161,9 @@ async fn compute(st: &AppState) -> (StatusCode, serde_json::Value) {
     // The warm pool, as the store sees it (admins only, like capacity).
     let class = crate::domain::HostingSpec::default();
     // `desired` is per node (each node that takes new hostings keeps one).
-    let per_node = st.store.warm_pool_counts_by_node(&class).await;
-    let warm_pool = match (st.store.warm_pool_counts(&class).await, per_node) {
-        (Ok(c), Ok(by_node)) => {
+    let warm_pool = match st.store.warm_pool_counts_by_node(&class).await {
+        Ok(by_node) => {
+            let c = crate::store::WarmPoolCounts::sum(by_node.values());
             let nodes: serde_json::Map<String, serde_json::Value> = (by_node.into_iter())
                 .map(|(n, c)| {
                     let name = n.map_or_else(|| "(not placed)".to_string(), |n| n.to_string());
@@ -178,7 +178,7 @@ async fn compute(st: &AppState) -> (StatusCode, serde_json::Value) {
                    "class": {"vcpus": class.vcpus, "memory_mib": class.memory_mib,
                              "disk_gib": class.disk_gib, "image": class.image.as_str()}})
         }
-        (Err(e), _) | (_, Err(e)) => json!({"status": "error", "detail": e.to_string()}),
+        Err(e) => json!({"status": "error", "detail": e.to_string()}),
     };
     // Templates for clones, from their files (admins only).
     let templates = json!({

@@ -25,12 +25,7 @@ pub async fn maintain(ctx: &Context) -> Result<WarmPoolCounts, ReconcileError> {
     // The nodes and their health (what a leader reads as its term starts).
     ctx.nodes.load(&ctx.store).await?;
     let by_node = ctx.store.warm_pool_counts_by_node(&class).await?;
-    let mut counts = WarmPoolCounts::default();
-    for c in by_node.values() {
-        counts.total += c.total;
-        counts.ready += c.ready;
-        counts.deleting += c.deleting;
-    }
+    let counts = WarmPoolCounts::sum(by_node.values());
     let mut want = i64::from(ctx.config.warm_pool);
     if want > 0 && !live_personalisation(ctx, &class) {
         want = 0;

@@ -28,6 +28,19 @@ pub struct WarmPoolCounts {
     pub deleting: i64,
 }
 
+impl WarmPoolCounts {
+    /// The counts of several nodes added up.
+    pub fn sum<'a>(counts: impl IntoIterator<Item = &'a WarmPoolCounts>) -> WarmPoolCounts {
+        counts
+            .into_iter()
+            .fold(WarmPoolCounts::default(), |a, c| WarmPoolCounts {
+                total: a.total + c.total,
+                ready: a.ready + c.ready,
+                deleting: a.deleting + c.deleting,
+            })
+    }
+}
+
 /// The pool's class: the spec fields a hosting must match to be claimable.
 pub fn fits(spec: &HostingSpec, class: &HostingSpec) -> bool {
     spec.running
@@ -38,27 +51,11 @@ pub fn fits(spec: &HostingSpec, class: &HostingSpec) -> bool {
 }
 
 impl Store {
-    /// Counts the pool's rows of `class`.
+    /// Counts the pool's rows of `class` on all nodes.
     pub async fn warm_pool_counts(&self, class: &HostingSpec) -> Result<WarmPoolCounts> {
-        let (total, ready, deleting): (i64, i64, i64) = sqlx::query_as(
-            "select count(*) filter (where h.deletion_requested_at is null), \
-                    count(*) filter (where h.deletion_requested_at is null and s.phase = 'Ready' \
-                                     and s.observed_generation = h.generation), \
-                    count(*) filter (where h.deletion_requested_at is not null) \
-             from hostings h join hosting_status s on s.hosting_id = h.id \
-             where h.warm_pool and h.vcpus = $1 and h.memory_mib = $2 and h.disk_gib = $3 and h.image = $4",
-        )
-        .bind(class.vcpus.as_i32())
-        .bind(class.memory_mib.as_i32())
-        .bind(class.disk_gib.as_i32())
-        .bind(class.image.as_str())
-        .fetch_one(&self.pool())
-        .await?;
-        Ok(WarmPoolCounts {
-            total,
-            ready,
-            deleting,
-        })
+        Ok(WarmPoolCounts::sum(
+            self.warm_pool_counts_by_node(class).await?.values(),
+        ))
     }
 
     /// Counts the pool's rows of `class` on each node (`None`: rows not

@@ -125,15 +125,11 @@ impl Pass<'_> {
                     .map_err(crate::drivers::DriverError::from)?;
                 self.flush_events().await?;
                 self.fault("before_migrate").await?;
-                // Nodes on one machine share hostd's state directory: UNIX
-                // sockets there (guest isolation refuses QEMU's TCP to
-                // local addresses); otherwise the target's address.
+                // Nodes on one machine: UNIX sockets in the state directory
+                // (see `migration_via`); otherwise the target's address.
                 let here_addr = ctx.nodes.address(from.as_ref());
-                let via = match here_addr.ip().is_loopback() && target.address().ip().is_loopback()
-                {
-                    true => MigrationVia::Unix(ctx.config.state_dir.join("migrate")),
-                    false => MigrationVia::Tcp(target.address().ip()),
-                };
+                let via = migration_via(ctx, here_addr, target.address())
+                    .unwrap_or(MigrationVia::Tcp(target.address().ip()));
                 let t0 = Instant::now();
                 // `during_migrate:error` fails the migration as libvirt
                 // would (the failure paths' test: libvirt's test driver,
