@@ -18,6 +18,7 @@ pub const POINTS: &[&str] = &[
     "after_move_route",
     "after_seed_upload",
     "after_define",
+    "after_restart_destroy",
     "after_start",
     "before_clone_restore",
     "after_clone_restore",

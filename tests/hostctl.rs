@@ -256,3 +256,52 @@ async fn domain_add_ls_rm() {
     let o = hostctl(&app, Some(&t), &["domain", "rm", "shop.example.org"]);
     assert_eq!(o.status.code(), Some(1));
 }
+
+/// `hostctl usage`: the totals of the caller's records in hours, the
+/// charges at the prices set; `-o json` is the API's answer; a malformed
+/// time is the API's 400 (exit 1).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn usage_prints_hours_and_charges() {
+    let app = TestApp::api().await;
+    let (t, uid) = app.user("meter_user").await;
+    let admin = app.admin("meter_admin").await;
+    // 2 vCPUs for 90 minutes and 10 GiB of disk for 3 hours, written as
+    // the reconciler's status writes would.
+    sqlx::query(
+        "insert into usage (hosting_id, owner_id, kind, quantity, period) values \
+         (gen_random_uuid(), $1, 'vcpu', 2, tstzrange('2026-11-02T10:00:00Z', '2026-11-02T11:30:00Z')), \
+         (gen_random_uuid(), $1, 'disk_gib', 10, tstzrange('2026-11-02T10:00:00Z', '2026-11-02T13:00:00Z'))",
+    )
+    .bind(uid.parse::<uuid::Uuid>().unwrap())
+    .execute(&app.store.db())
+    .await
+    .unwrap();
+    let r = app
+        .client
+        .post(app.url("/api/v1/admin/rates"))
+        .bearer_auth(&admin)
+        .json(&serde_json::json!({"kind": "vcpu", "price": 0.5, "currency": "EUR", "from": "2026-01-01T00:00:00Z"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let range = ["--from", "2026-11-01T00:00:00Z", "--to", "2026-12-01T00:00:00Z"];
+    let o = hostctl(&app, Some(&t), &[&["usage"][..], &range].concat());
+    assert_eq!(o.status.code(), Some(0), "{o:?}");
+    let text = out(&o);
+    for want in [
+        "vCPU:    3.000 vCPU-hours",
+        "Disk:    30.000 GiB-hours",
+        "Charges: 1.50 EUR",
+        "Records: 2",
+    ] {
+        assert!(text.contains(want), "{want} not in:\n{text}");
+    }
+    let o = hostctl(&app, Some(&t), &[&["usage", "-o", "json"][..], &range].concat());
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["totals"]["vcpu_seconds"], 10800.0);
+    let o = hostctl(&app, Some(&t), &["usage", "--from", "last week"]);
+    assert_eq!(o.status.code(), Some(1), "{o:?}");
+    assert!(out(&o).contains("RFC 3339"), "{}", out(&o));
+    app.stop().await;
+}

@@ -21,6 +21,7 @@ pub mod hosting;
 pub mod limits;
 pub mod nodes;
 pub mod openapi;
+pub mod usage;
 pub mod web;
 
 /// Largest accepted request body.
@@ -89,6 +90,9 @@ pub fn api_routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(hosting::console_mine))
         .routes(routes!(hosting::list_backups, hosting::create_backup))
         .routes(routes!(hosting::restore_mine))
+        .routes(routes!(usage::my_usage))
+        .routes(routes!(usage::admin_usage_csv))
+        .routes(routes!(usage::list_rates, usage::set_rate))
         .routes(routes!(domains::add_domain, domains::list_domains))
         .routes(routes!(domains::remove_domain))
         .routes(routes!(admin::admin_list))

@@ -76,6 +76,7 @@ async fn converge(pass: &mut Pass<'_>) -> Result<Action, ReconcileError> {
     let Some(image) = pass.disk().await? else {
         return Ok(Action::AwaitChange);
     };
+    pass.meter_disk();
     if let Some(action) = pass.move_node(&image, ports).await? {
         return Ok(action);
     }

@@ -33,6 +33,19 @@ pub struct ObservedStatus {
     /// Restarts of a guest that has not been ready since hostd started it
     /// (`HOSTD_BOOT_RETRIES`); `None` once it was ready.
     pub boot_restarts: Option<i32>,
+    /// What the reconciler last saw this hosting use, as its usage
+    /// records hold it (written with the status, in its transaction).
+    pub meter: Meter,
+}
+
+/// The resources a hosting is seen to use, for its usage records: vCPUs
+/// and memory while its guest runs, disk while its disk exists; `None`
+/// while it uses none. A change opens and closes spans in `usage`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Meter {
+    pub vcpus: Option<i32>,
+    pub memory_mib: Option<i32>,
+    pub disk_gib: Option<i32>,
 }
 
 /// What a hosting's data other than its disk holds on the host's disk.
@@ -127,6 +140,9 @@ struct RecordRow {
     claim_generation: Option<i64>,
     applied_seed: Option<String>,
     boot_restarts: Option<i32>,
+    metered_vcpus: Option<i32>,
+    metered_memory_mib: Option<i32>,
+    metered_disk_gib: Option<i32>,
     backup_bytes: Option<i64>,
     quarantine_bytes: Option<i64>,
     domains: Vec<String>,
@@ -144,7 +160,7 @@ const RECORD_SELECT: &str = "select h.id, h.user_id, u.username, h.vcpus, h.memo
      s.phase, s.conditions, s.observed_generation, s.ssh_port, s.http_port, s.vm_name, s.message, \
      s.disk_created, s.image_pin, s.provisioning_since, s.last_reconciled_at, \
      h.disk_epoch, s.disk_epoch as observed_disk_epoch, h.restore_backup_id, h.warm_pool, h.claimed_at, h.claim_generation, \
-     s.applied_seed, s.boot_restarts, s.backup_bytes, s.quarantine_bytes, \
+     s.applied_seed, s.boot_restarts, s.metered_vcpus, s.metered_memory_mib, s.metered_disk_gib, s.backup_bytes, s.quarantine_bytes, \
      array(select d.name from custom_domains d where d.user_id = h.user_id and d.state = 'Verified' \
        order by d.name) as domains, h.node, h.move_to, h.move_cold \
      from hostings h join users u on u.id = h.user_id left join hosting_status s on s.hosting_id = h.id";
@@ -197,6 +213,11 @@ impl RecordRow {
                 disk_epoch: self.observed_disk_epoch.unwrap_or(0),
                 applied_seed: self.applied_seed,
                 boot_restarts: self.boot_restarts,
+                meter: Meter {
+                    vcpus: self.metered_vcpus,
+                    memory_mib: self.metered_memory_mib,
+                    disk_gib: self.metered_disk_gib,
+                },
             },
             storage: StorageUse {
                 backup_bytes: self.backup_bytes.unwrap_or(0).max(0) as u64,

@@ -19,12 +19,13 @@ pub mod nodes;
 pub mod sessions;
 pub mod status;
 pub mod tls;
+pub mod usage;
 pub mod users;
 pub mod view;
 pub mod warm_pool;
 
 pub use backups::{Backup, Lineage, RemoteCopy, RestoreRefusal};
-pub use hostings::{HostingRecord, ObservedStatus, RecordVersion, StorageUse};
+pub use hostings::{HostingRecord, Meter, ObservedStatus, RecordVersion, StorageUse};
 pub use moves::DrainWork;
 pub use nodes::{Evacuation, NewNode, Node};
 pub use status::{CapacityRow, CapacityUsage, ConsoleTail, Event, NewEvent, ReconcilerStats};
@@ -95,6 +96,9 @@ pub struct Store {
     url: String,
     /// The API's read view, when this process serves reads from one.
     view: std::sync::Arc<std::sync::OnceLock<std::sync::Arc<view::ReadView>>>,
+    /// The time usage records are written at: the system's, or one a
+    /// test sets and moves ([`Store::set_clock`]). Shared by clones.
+    clock: std::sync::Arc<std::sync::Mutex<Option<chrono::DateTime<chrono::Utc>>>>,
 }
 
 #[derive(Debug)]
@@ -132,6 +136,25 @@ fn pool_options(max_connections: u32) -> PgPoolOptions {
 }
 
 impl Store {
+    /// Now, as usage records see it.
+    pub fn now(&self) -> chrono::DateTime<chrono::Utc> {
+        self.clock.lock().unwrap().unwrap_or_else(chrono::Utc::now)
+    }
+
+    /// Stops this store's clock at `t` (`None`: the system's again), for
+    /// tests that play a timeline of hours in seconds; [`Store::advance`]
+    /// moves it on.
+    pub fn set_clock(&self, t: Option<chrono::DateTime<chrono::Utc>>) {
+        *self.clock.lock().unwrap() = t;
+    }
+
+    /// Moves a stopped clock on by `d` (nothing for the system's).
+    pub fn advance(&self, d: std::time::Duration) {
+        if let Some(t) = self.clock.lock().unwrap().as_mut() {
+            *t += chrono::Duration::from_std(d).expect("a test's step fits");
+        }
+    }
+
     /// Connects a pool of at most `max_connections` (fails at once if
     /// Postgres is unreachable; `app` retries start-up for 30 s).
     pub async fn connect(url: &str, max_connections: u32) -> Result<Store> {
@@ -142,6 +165,7 @@ impl Store {
             slot: std::sync::Arc::new(std::sync::RwLock::new(Slot { pool, own: false })),
             url: url.to_string(),
             view: Default::default(),
+            clock: Default::default(),
         })
     }
 
@@ -163,6 +187,7 @@ impl Store {
             slot: std::sync::Arc::new(std::sync::RwLock::new(Slot { pool, own: false })),
             url: self.url.clone(),
             view: self.view.clone(),
+            clock: self.clock.clone(),
         }
     }
 

@@ -119,11 +119,12 @@ impl Store {
                  with ordinality as e(t, r, m, n) order by e.n) \
              insert into hosting_status (hosting_id, phase, conditions, observed_generation, vm_name, message, \
                disk_created, provisioning_since, image_pin, disk_epoch, applied_seed, boot_restarts, \
-               last_reconciled_at) \
-               values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $15, now()) \
+               metered_vcpus, metered_memory_mib, metered_disk_gib, metered_at, last_reconciled_at) \
+               values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $15, $16, $17, $18, $19, now()) \
              on conflict (hosting_id) do update set phase = $2, conditions = $3, observed_generation = $4, \
                vm_name = $5, message = $6, disk_created = $7, provisioning_since = $8, image_pin = $9, \
-               disk_epoch = $10, applied_seed = $11, boot_restarts = $15, last_reconciled_at = now()",
+               disk_epoch = $10, applied_seed = $11, boot_restarts = $15, metered_vcpus = $16, \
+               metered_memory_mib = $17, metered_disk_gib = $18, metered_at = $19, last_reconciled_at = now()",
         )
         .bind(id.0)
         .bind(s.phase.as_str())
@@ -140,6 +141,10 @@ impl Store {
         .bind(r)
         .bind(m)
         .bind(s.boot_restarts)
+        .bind(s.meter.vcpus)
+        .bind(s.meter.memory_mib)
+        .bind(s.meter.disk_gib)
+        .bind(self.now())
         .execute(&self.pool())
         .await?;
         self.touched_hosting(id);
@@ -219,6 +224,17 @@ impl Store {
     pub async fn delete_hosting(&self, id: HostingId) -> Result<()> {
         let mut tx = self.pool().begin().await?;
         delete_ports(&mut tx, id).await?;
+        // Its usage ends now, by this store's clock (the row's delete
+        // trigger would end it at the database's).
+        sqlx::query(
+            "update usage set period = tstzrange(lower(period), greatest($2, lower(period) + interval '1 microsecond'), '[)') \
+             where hosting_id = $1 and upper_inf(period) \
+               and exists (select 1 from hostings where id = $1 and deletion_requested_at is not null)",
+        )
+        .bind(id.0)
+        .bind(self.now())
+        .execute(&mut *tx)
+        .await?;
         sqlx::query(
             "insert into hosting_tombstones (hosting_id) select id from hostings \
              where id = $1 and deletion_requested_at is not null on conflict do nothing",

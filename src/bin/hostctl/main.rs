@@ -109,6 +109,19 @@ enum Cmd {
     Reset,
     /// Print the tail of your hosting's boot console log (guest text).
     Console,
+    /// What your hostings used over a range (default: this month so far):
+    /// vCPU-, memory-, disk- and backup-hours, egress, and the charges at
+    /// the operator's prices; `-o json`: the API's answer with every record.
+    Usage {
+        /// Start, RFC 3339 (like 2026-12-01T00:00:00Z).
+        #[arg(long)]
+        from: Option<String>,
+        /// End, RFC 3339, exclusive (default: now).
+        #[arg(long)]
+        to: Option<String>,
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: Output,
+    },
     /// Your custom domains: `add NAME` (prints the TXT record that proves
     /// you control it), `ls`, `rm NAME`.
     Domain {
@@ -294,6 +307,22 @@ async fn main() {
             show(send(req).await).await
         }
         Cmd::Domain { cmd } => domain(&c, &url, cmd).await,
+        Cmd::Usage { from, to, output } => {
+            let mut q = vec![];
+            q.extend(from.map(|f| ("from", f)));
+            q.extend(to.map(|t| ("to", t)));
+            let r = send(c.get(url("/host/my/usage")).query(&q).bearer_auth(token())).await;
+            if !r.status().is_success() || !matches!(output, Output::Table) {
+                show(r).await
+            } else {
+                let u: hostd::api::usage::UsageView = r
+                    .json()
+                    .await
+                    .unwrap_or_else(|e| fail(format!("unexpected answer: {e}")));
+                print!("{}", show::usage(&u));
+                0
+            }
+        }
         Cmd::Console => {
             let r = send(c.get(url("/host/my/console")).bearer_auth(token())).await;
             if !r.status().is_success() {

@@ -226,3 +226,31 @@ pub fn describe(h: &HostingView) -> String {
     }
     o
 }
+
+/// `hostctl usage`: the totals over the range in hours and GiB.
+pub fn usage(u: &hostd::api::usage::UsageView) -> String {
+    use std::fmt::Write as _;
+    let t = &u.totals;
+    let mut o = String::new();
+    let _ = writeln!(o, "From:    {}", u.from.to_rfc3339());
+    let _ = writeln!(o, "To:      {}", u.to.to_rfc3339());
+    let h = |s: f64| s / 3600.0;
+    let _ = writeln!(o, "vCPU:    {:.3} vCPU-hours", h(t.vcpu_seconds));
+    let _ = writeln!(
+        o,
+        "Memory:  {:.3} GiB-hours",
+        h(t.memory_mib_seconds) / 1024.0
+    );
+    let _ = writeln!(o, "Disk:    {:.3} GiB-hours", h(t.disk_gib_seconds));
+    let _ = writeln!(o, "Backups: {:.3} GiB-hours", h(t.backup_gib_seconds));
+    let _ = writeln!(
+        o,
+        "Egress:  {:.3} GiB",
+        t.egress_bytes / 1024.0 / 1024.0 / 1024.0
+    );
+    for (currency, amount) in &t.charges {
+        let _ = writeln!(o, "Charges: {amount:.2} {currency}");
+    }
+    let _ = writeln!(o, "Records: {}", u.spans.len());
+    o
+}

@@ -179,6 +179,44 @@ impl<'a> Pass<'a> {
         (!ip.is_loopback()).then_some(ip)
     }
 
+    /// Records what the hosting is now seen to use (`running`: its guest
+    /// runs with the spec's size, or does not run): the next status write opens and closes its usage spans
+    /// to match, in its transaction. A pool guest is nobody's: unmetered.
+    pub(super) fn meter(&mut self, running: bool) {
+        let spec = &self.rec.spec;
+        let metered = !self.rec.warm;
+        let size = (metered && running).then(|| {
+            (
+                spec.vcpus.get() as i32,
+                spec.memory_mib.get() as i32,
+            )
+        });
+        self.st.meter = crate::store::Meter {
+            vcpus: size.map(|s| s.0),
+            memory_mib: size.map(|s| s.1),
+            disk_gib: self.st.meter.disk_gib,
+        };
+    }
+
+    /// Records that the hosting's disk exists, of the spec's size (its
+    /// vCPUs and memory stay as last seen until the power step looks).
+    pub(super) fn meter_disk(&mut self) {
+        let metered = !self.rec.warm;
+        self.st.meter.disk_gib = metered.then(|| self.rec.spec.disk_gib.get() as i32);
+    }
+
+    /// [`Pass::meter`], written at once when it changed: a guest just
+    /// started (or resized, or stopped) is billed from now, not from the
+    /// pass's last status write.
+    pub(super) async fn metered(&mut self, running: bool) -> Result<(), ReconcileError> {
+        let before = self.st.meter;
+        self.meter(running);
+        if self.st.meter != before {
+            self.write_status().await?;
+        }
+        Ok(())
+    }
+
     pub(super) async fn fault(&self, point: &'static str) -> Result<(), ReconcileError> {
         Ok(self.ctx.config.faults.hit(point).await?)
     }

@@ -80,6 +80,7 @@ impl Pass<'_> {
                 if self.start_clone(&hash, inputs, want).await? {
                     let msg = format!("domain {name} is running");
                     self.condition(C::VMRunning, true, Reason::Running, &msg);
+                    self.metered(true).await?;
                     return Ok(true);
                 }
             }
@@ -93,6 +94,7 @@ impl Pass<'_> {
             self.st.phase = Phase::Updating;
             self.write_status().await?;
             self.vm.destroy(&name).await?;
+            self.fault("after_restart_destroy").await?;
             let msg = "restarting the VM to apply the new memory/vCPU settings";
             self.event(EventType::Normal, Reason::Restarting, msg);
         }
@@ -125,6 +127,7 @@ impl Pass<'_> {
         remove_condition(&mut self.st.conditions, C::RestartRequired);
         let msg = format!("domain {name} is running");
         self.condition(C::VMRunning, true, Reason::Running, &msg);
+        self.metered(true).await?;
         Ok(true)
     }
 
@@ -178,6 +181,7 @@ impl Pass<'_> {
         }
         self.ctx.memory.with(self.id(), |m| m.shutdown_asked = None);
         self.ctx.release_boot(self.id());
+        self.meter(false);
         let msg = "the VM is stopped as requested";
         self.condition(C::VMRunning, false, Reason::Stopped, msg);
         self.condition(C::WebReady, false, Reason::Stopped, "the VM is stopped");
