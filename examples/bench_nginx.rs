@@ -113,6 +113,7 @@ async fn main() {
             tls_dir: "",
             sites_domain: None,
             panel: None,
+            site_log: None,
         });
         let driver = NginxDriver::new(
             &p.join("map"),

@@ -27,6 +27,8 @@ create table usage (
 );
 create index usage_owner on usage (owner_id, kind);
 create index usage_open on usage (hosting_id, kind) where upper_inf(period);
+-- One egress row per hosting and hour, added to by each statistics round.
+create unique index usage_egress_hour on usage (hosting_id, (lower(period))) where kind = 'egress_bytes';
 
 create trigger fence before insert or update or delete on usage
     for each statement execute function hostd_fence();

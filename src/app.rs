@@ -275,6 +275,8 @@ pub struct NginxLayout<'a> {
     pub sites_domain: Option<&'a str>,
     /// The dashboard's host name and the API listener it proxies to.
     pub panel: Option<(&'a str, &'a str)>,
+    /// Where nginx writes the per-site log hostd reads for statistics.
+    pub site_log: Option<&'a str>,
 }
 
 /// Renders the host nginx main config (used by start.sh and the tests).
@@ -298,6 +300,7 @@ pub fn nginx_main_conf(l: &NginxLayout) -> String {
         pid_file: format!("{prefix}/nginx.pid"),
         error_log: format!("{prefix}/error.log"),
         access_log: format!("{prefix}/access.log"),
+        site_log: l.site_log.map(str::to_string),
         temp_dir: format!("{prefix}/tmp"),
         listen: l.listen.to_string(),
         routes_dir: l.routes_dir.to_string(),

@@ -121,6 +121,8 @@ pub struct NginxMainConf {
     pub pid_file: String,
     pub error_log: String,
     pub access_log: String,
+    /// The per-site statistics log hostd reads (`HOSTD_NGINX_SITE_LOG`).
+    pub site_log: Option<String>,
     pub temp_dir: String,
     pub listen: String,
     pub routes_dir: String,

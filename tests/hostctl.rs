@@ -285,7 +285,12 @@ async fn usage_prints_hours_and_charges() {
         .await
         .unwrap();
     assert_eq!(r.status(), 201);
-    let range = ["--from", "2026-11-01T00:00:00Z", "--to", "2026-12-01T00:00:00Z"];
+    let range = [
+        "--from",
+        "2026-11-01T00:00:00Z",
+        "--to",
+        "2026-12-01T00:00:00Z",
+    ];
     let o = hostctl(&app, Some(&t), &[&["usage"][..], &range].concat());
     assert_eq!(o.status.code(), Some(0), "{o:?}");
     let text = out(&o);
@@ -297,7 +302,11 @@ async fn usage_prints_hours_and_charges() {
     ] {
         assert!(text.contains(want), "{want} not in:\n{text}");
     }
-    let o = hostctl(&app, Some(&t), &[&["usage", "-o", "json"][..], &range].concat());
+    let o = hostctl(
+        &app,
+        Some(&t),
+        &[&["usage", "-o", "json"][..], &range].concat(),
+    );
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(v["totals"]["vcpu_seconds"], 10800.0);
     let o = hostctl(&app, Some(&t), &["usage", "--from", "last week"]);

@@ -223,14 +223,23 @@ async fn the_timeline_gives_exactly_240_vcpu_seconds_and_prices_make_charges() {
             .json(&json!({"kind": "vcpu", "price": price, "currency": "EUR", "from": from.to_rfc3339()}))
             .send()
     };
-    assert_eq!(rate(0.036, t0() - chrono::Duration::days(1)).await.unwrap().status(), 201);
+    assert_eq!(
+        rate(0.036, t0() - chrono::Duration::days(1))
+            .await
+            .unwrap()
+            .status(),
+        201
+    );
     let charge = |token: String| {
         let app = &app;
         async move {
             let u: Value = app
                 .client
                 .get(app.url("/api/v1/host/my/usage"))
-                .query(&[("from", "2026-11-01T00:00:00Z"), ("to", "2026-11-03T00:00:00Z")])
+                .query(&[
+                    ("from", "2026-11-01T00:00:00Z"),
+                    ("to", "2026-11-03T00:00:00Z"),
+                ])
                 .bearer_auth(token)
                 .send()
                 .await
@@ -243,7 +252,13 @@ async fn the_timeline_gives_exactly_240_vcpu_seconds_and_prices_make_charges() {
     };
     let eur = charge(token.clone()).await;
     assert!((eur - 240.0 * 0.036 / 3600.0).abs() < 1e-9, "{eur}");
-    assert_eq!(rate(0.072, t0() + chrono::Duration::seconds(100)).await.unwrap().status(), 201);
+    assert_eq!(
+        rate(0.072, t0() + chrono::Duration::seconds(100))
+            .await
+            .unwrap()
+            .status(),
+        201
+    );
     let eur = charge(token.clone()).await;
     let want = (2.0 * 90.0 + 10.0) * 0.036 / 3600.0 + 50.0 * 0.072 / 3600.0;
     assert!((eur - want).abs() < 1e-9, "{eur}, want {want}");
@@ -268,13 +283,27 @@ async fn the_timeline_gives_exactly_240_vcpu_seconds_and_prices_make_charges() {
 
     // The admin's export: the same four records, named by owner.
     let csv_url = "/api/v1/admin/usage.csv?from=2026-11-01T00:00:00Z&to=2026-11-03T00:00:00Z";
-    let r = app.client.get(app.url(csv_url)).bearer_auth(&admin).send().await.unwrap();
+    let r = app
+        .client
+        .get(app.url(csv_url))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
-    assert!(r.headers()["content-type"].to_str().unwrap().starts_with("text/csv"));
+    assert!(r.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/csv"));
     let csv = r.text().await.unwrap();
     let lines: Vec<&str> = csv.lines().collect();
     assert_eq!(lines.len(), 5, "{csv}");
-    assert!(lines[1..].iter().all(|l| l.split(',').nth(1) == Some("tina")), "{csv}");
+    assert!(
+        lines[1..]
+            .iter()
+            .all(|l| l.split(',').nth(1) == Some("tina")),
+        "{csv}"
+    );
     let vcpu: f64 = lines[1..]
         .iter()
         .filter(|l| l.split(',').nth(3) == Some("vcpu"))
@@ -282,9 +311,19 @@ async fn the_timeline_gives_exactly_240_vcpu_seconds_and_prices_make_charges() {
         .sum();
     assert_eq!(vcpu, 240.0, "{csv}");
     // Only for admins; a bad range is a 400 that says why.
-    let r = app.client.get(app.url(csv_url)).bearer_auth(&token).send().await.unwrap();
+    let r = app
+        .client
+        .get(app.url(csv_url))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 403);
-    for q in ["from=yesterday", "from=2026-11-02T00:00:00Z&to=2026-11-01T00:00:00Z", "until=x"] {
+    for q in [
+        "from=yesterday",
+        "from=2026-11-02T00:00:00Z&to=2026-11-01T00:00:00Z",
+        "until=x",
+    ] {
         let r = app
             .client
             .get(app.url(&format!("/api/v1/host/my/usage?{q}")))
@@ -376,7 +415,11 @@ async fn status_writes_open_and_close_spans_idempotently() {
     .unwrap();
     let s = |n| t0() + chrono::Duration::seconds(n);
     assert_eq!(rows[0], (2.0, s(0), Some(s(20))));
-    assert_eq!(rows.len(), 2, "the span of 1 vCPU written at an earlier time is empty: {rows:?}");
+    assert_eq!(
+        rows.len(),
+        2,
+        "the span of 1 vCPU written at an earlier time is empty: {rows:?}"
+    );
     assert_eq!(rows[1], (3.0, s(20), None));
     app.stop().await;
 }

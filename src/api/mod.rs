@@ -21,6 +21,7 @@ pub mod hosting;
 pub mod limits;
 pub mod nodes;
 pub mod openapi;
+pub mod stats;
 pub mod usage;
 pub mod web;
 
@@ -91,6 +92,7 @@ pub fn api_routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(hosting::list_backups, hosting::create_backup))
         .routes(routes!(hosting::restore_mine))
         .routes(routes!(usage::my_usage))
+        .routes(routes!(stats::my_stats))
         .routes(routes!(usage::admin_usage_csv))
         .routes(routes!(usage::list_rates, usage::set_rate))
         .routes(routes!(domains::add_domain, domains::list_domains))

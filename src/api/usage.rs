@@ -245,7 +245,9 @@ pub async fn set_rate(
             Err(_) => return bad("from: an RFC 3339 time"),
         },
     };
-    st.store.set_rate(&b.kind, b.price, &b.currency, from).await?;
+    st.store
+        .set_rate(&b.kind, b.price, &b.currency, from)
+        .await?;
     tracing::info!(admin = %admin.username, kind = %b.kind, price = b.price, currency = %b.currency, %from, "rate set");
     Ok((StatusCode::CREATED, Json(st.store.rates().await?)))
 }
@@ -267,7 +269,9 @@ mod tests {
         let r = q(None, None).parse(now).unwrap();
         assert_eq!(r.from, Utc.with_ymd_and_hms(2026, 12, 1, 0, 0, 0).unwrap());
         assert_eq!(r.to, now);
-        let r = q(Some("2026-12-07T10:00:00+01:00"), None).parse(now).unwrap();
+        let r = q(Some("2026-12-07T10:00:00+01:00"), None)
+            .parse(now)
+            .unwrap();
         assert_eq!(r.from, Utc.with_ymd_and_hms(2026, 12, 7, 9, 0, 0).unwrap());
         for (f, t) in [
             (Some("yesterday"), None),

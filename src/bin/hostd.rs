@@ -52,6 +52,10 @@ enum Cmd {
         /// `HOSTD_STATE_DIR/tls`); none: HTTP only.
         #[arg(long)]
         https_listen: Option<String>,
+        /// Where nginx writes the per-site log for hostd's statistics
+        /// [default: HOSTD_NGINX_SITE_LOG's value; none: no site log].
+        #[arg(long)]
+        site_log: Option<std::path::PathBuf>,
     },
     /// After the host lost its disks: wake every hosting and watch the
     /// running reconciler restore it from its newest backup (off-host ones
@@ -177,7 +181,11 @@ async fn main() {
             prefix,
             routes_dir,
             https_listen,
+            site_log,
         } => {
+            let site_log = site_log
+                .or_else(|| s.nginx_site_log.clone())
+                .map(|p| p.display().to_string());
             let routes = routes_dir.unwrap_or_else(|| s.routes_dir());
             let routes = routes.display().to_string();
             let tls_dir = s.tls_dir().display().to_string();
@@ -190,6 +198,7 @@ async fn main() {
                 tls_dir: &tls_dir,
                 sites_domain: s.sites_domain.as_deref(),
                 panel: s.panel_host.as_deref().map(|p| (p, api.as_str())),
+                site_log: site_log.as_deref(),
             });
             print!("{conf}")
         }

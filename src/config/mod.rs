@@ -101,6 +101,10 @@ pub struct Config {
     pub node_name: crate::domain::NodeName,
     /// Silence after which a node is down (`HOSTD_NODE_DOWN_SECS`).
     pub node_down: Duration,
+    /// Per-hosting statistics: the sampling period (`HOSTD_STATS_SECS`;
+    /// `None`: off), the site log (`HOSTD_NGINX_SITE_LOG`) and per-hosting
+    /// series on `/metrics` (`HOSTD_METRICS_PER_HOSTING`).
+    pub stats: StatsSettings,
     /// Full resync period (`HOSTD_RESYNC_SECS`).
     pub resync: Duration,
     /// Concurrent reconciles (`HOSTD_RECONCILE_CONCURRENCY`).
@@ -270,4 +274,12 @@ mod tests {
             );
         }
     }
+}
+
+/// Per-hosting statistics settings (see [`Config::stats`]).
+#[derive(Debug, Clone, Default)]
+pub struct StatsSettings {
+    pub interval: Option<Duration>,
+    pub site_log: Option<PathBuf>,
+    pub per_hosting_metrics: bool,
 }

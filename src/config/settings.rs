@@ -173,6 +173,25 @@ pub struct Settings {
     #[arg(long, env = "HOSTD_NODE_DOWN_SECS", value_name = "HOSTD_NODE_DOWN_SECS", default_value = "60",
           value_parser = clap::value_parser!(u64).range(2..=86400))]
     pub node_down_secs: u64,
+    /// Seconds between per-hosting statistics samples (CPU, memory, disk,
+    /// network from libvirt; requests from the site log); 0: none taken.
+    #[arg(long, env = "HOSTD_STATS_SECS", value_name = "HOSTD_STATS_SECS", default_value = "15",
+          value_parser = clap::value_parser!(u64).range(0..=3600))]
+    pub stats_secs: u64,
+    /// The host nginx's per-site log hostd reads for requests and bytes per
+    /// site (`hostd nginx-conf` writes the `access_log` for it); unset: no
+    /// HTTP statistics.
+    #[arg(
+        long,
+        env = "HOSTD_NGINX_SITE_LOG",
+        value_name = "HOSTD_NGINX_SITE_LOG"
+    )]
+    pub nginx_site_log: Option<PathBuf>,
+    /// Export per-hosting series on `/metrics` (`hostd_hosting_*{hosting}`):
+    /// one series per hosting and kind, so off by default.
+    #[arg(long, env = "HOSTD_METRICS_PER_HOSTING", value_name = "HOSTD_METRICS_PER_HOSTING",
+          default_value = "false", action = clap::ArgAction::Set)]
+    pub metrics_per_hosting: bool,
     /// Full resync period in seconds.
     #[arg(long, env = "HOSTD_RESYNC_SECS", value_name = "HOSTD_RESYNC_SECS", default_value = "15",
           value_parser = clap::value_parser!(u64).range(1..))]

@@ -241,6 +241,11 @@ impl Settings {
             node_name: crate::domain::NodeName::parse(&self.node_name)
                 .map_err(|e| bad("HOSTD_NODE_NAME", e.message))?,
             node_down: Duration::from_secs(self.node_down_secs),
+            stats: super::StatsSettings {
+                interval: (self.stats_secs > 0).then(|| Duration::from_secs(self.stats_secs)),
+                site_log: self.nginx_site_log.clone(),
+                per_hosting_metrics: self.metrics_per_hosting,
+            },
             resync: Duration::from_secs(self.resync_secs),
             concurrency: self.reconcile_concurrency as usize,
             ready_timeout: Duration::from_secs(self.ready_timeout_secs),

@@ -82,6 +82,22 @@ pub struct ObservedDomain {
     pub running: bool,
 }
 
+/// A running domain's counters (since it started) and gauges, as the
+/// hypervisor reports them; `None` where it cannot tell.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DomainStats {
+    /// CPU time used, all vCPUs, nanoseconds.
+    pub cpu_time_ns: u64,
+    /// Memory the guest holds on the host (resident, else its balloon).
+    pub memory_bytes: u64,
+    pub disk_read_bytes: Option<u64>,
+    pub disk_write_bytes: Option<u64>,
+    /// Host storage the system disk's image occupies.
+    pub disk_allocation_bytes: Option<u64>,
+    pub net_rx_bytes: Option<u64>,
+    pub net_tx_bytes: Option<u64>,
+}
+
 /// What the host offers guests, as libvirt reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct HostResources {
@@ -131,6 +147,9 @@ pub trait VmDriver: Send + Sync + 'static {
     fn storage_pool_name(&self) -> &str;
     /// All domains carrying this instance's marker.
     async fn list_domains(&self) -> DriverResult<Vec<ObservedDomain>>;
+    /// The counters of each named domain that runs now (names of this
+    /// instance's domains, from a listing); others are left out.
+    async fn domain_stats(&self, names: Vec<String>) -> DriverResult<Vec<(String, DomainStats)>>;
     /// Names of domains that changed (any domain of the hypervisor: defined,
     /// undefined, started, stopped, metadata changed), as the hypervisor
     /// reports them; `None` when it reports nothing and only listings tell.

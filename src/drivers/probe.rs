@@ -12,6 +12,10 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
 /// to send its banner, which is not a failure.
 const BANNER_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// The readiness probe's `User-Agent`: requests with it from 127.0.0.1 are
+/// the host's own and stay out of the site log (`templates/nginx-main.conf`).
+pub const USER_AGENT: &str = "hostd-probe";
+
 /// GETs `url`; `Ok(status)` when it answered 2xx.
 pub async fn http_ok(client: &reqwest::Client, url: &str) -> Result<u16, String> {
     match client.get(url).timeout(PROBE_TIMEOUT).send().await {

@@ -113,6 +113,7 @@ impl Controller {
         let workers = tokio::spawn(self.clone().work(stop.clone()));
         let tls = tokio::spawn(super::tls::run(ctx.clone(), stop.clone()));
         let heartbeats = tokio::spawn(heartbeats(ctx.clone(), self.queue.clone(), stop.clone()));
+        let stats = tokio::spawn(super::stats::run(ctx.clone(), stop.clone()));
         let mut next_resync = Instant::now();
         let mut lease_check = tokio::time::interval(Duration::from_secs(2));
         loop {
@@ -144,6 +145,7 @@ impl Controller {
         let _ = workers.await;
         let _ = tls.await;
         let _ = heartbeats.await;
+        let _ = stats.await;
     }
 
     /// Works the queue with bounded concurrency until `stop`.

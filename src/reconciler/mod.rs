@@ -37,6 +37,7 @@ pub mod records;
 pub mod render;
 pub mod resync;
 pub mod space;
+pub mod stats;
 pub mod steps;
 pub mod tls;
 pub mod warm_pool;
@@ -94,6 +95,8 @@ pub struct Context {
     /// The controller's queue, so that a driver finishing work in the
     /// background (a route batch) can wake the hosting it was for.
     pub(crate) queue: std::sync::OnceLock<Arc<queue::WorkQueue>>,
+    /// Per-hosting statistics between rounds (see `stats`).
+    pub sampler: stats::Sampler,
 }
 
 /// Why a hosting's node cannot be used now.
@@ -144,6 +147,9 @@ impl Context {
         let slots = config.backups.concurrency as usize;
         let http = reqwest::Client::builder()
             .no_proxy()
+            // The host nginx leaves the readiness probe out of the site log
+            // (statistics, egress usage) when it comes from 127.0.0.1.
+            .user_agent(crate::drivers::probe::USER_AGENT)
             .redirect(reqwest::redirect::Policy::none())
             .build()
             .expect("http client");
@@ -194,6 +200,7 @@ impl Context {
             tls,
             offsite,
             queue: std::sync::OnceLock::new(),
+            sampler: Default::default(),
         }))
     }
 

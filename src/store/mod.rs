@@ -16,6 +16,7 @@ pub mod hostings;
 pub mod lease;
 pub mod moves;
 pub mod nodes;
+pub mod samples;
 pub mod sessions;
 pub mod status;
 pub mod tls;

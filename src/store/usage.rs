@@ -13,7 +13,13 @@ use crate::domain::UserId;
 
 /// Seconds of a span of `kind` count as `quantity × seconds`; the counter
 /// kind (`egress_bytes`) counts its rows' bytes.
-pub const KINDS: [&str; 5] = ["vcpu", "memory_mib", "disk_gib", "backup_gib", "egress_bytes"];
+pub const KINDS: [&str; 5] = [
+    "vcpu",
+    "memory_mib",
+    "disk_gib",
+    "backup_gib",
+    "egress_bytes",
+];
 
 /// One usage record, clipped to the range asked for.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
@@ -34,7 +40,9 @@ pub struct UsageSpan {
 }
 
 /// What was used over a range.
-#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+#[derive(
+    Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize, utoipa::ToSchema,
+)]
 pub struct UsageTotals {
     pub vcpu_seconds: f64,
     pub memory_mib_seconds: f64,
@@ -184,22 +192,23 @@ impl Store {
         .await?)
     }
 
-    /// Adds `bytes` to the hosting's egress for the clock hour of `at`.
-    pub async fn add_egress(&self, hosting: Uuid, bytes: u64, at: DateTime<Utc>) -> Result<()> {
-        if bytes == 0 {
+    /// Adds each hosting's bytes to its egress for the clock hour of `at`
+    /// (one statement; pool guests and hostings gone are left out).
+    pub async fn add_egress(&self, bytes: &[(Uuid, i64)], at: DateTime<Utc>) -> Result<()> {
+        let bytes: Vec<&(Uuid, i64)> = bytes.iter().filter(|(_, b)| *b > 0).collect();
+        if bytes.is_empty() {
             return Ok(());
         }
         sqlx::query(
-            "with h as (select date_trunc('hour', $3::timestamptz) as t0), \
-                  up as (update usage set quantity = quantity + $2 from h \
-                         where hosting_id = $1 and kind = 'egress_bytes' \
-                           and period = tstzrange(h.t0, h.t0 + interval '1 hour', '[)') returning 1) \
-             insert into usage (hosting_id, owner_id, kind, quantity, period) \
-             select $1, x.user_id, 'egress_bytes', $2, tstzrange(h.t0, h.t0 + interval '1 hour', '[)') \
-               from h, hostings x where x.id = $1 and not x.warm_pool and not exists (select 1 from up)",
+            "insert into usage (hosting_id, owner_id, kind, quantity, period) \
+             select t.h, x.user_id, 'egress_bytes', t.b, \
+               tstzrange(date_trunc('hour', $3::timestamptz), date_trunc('hour', $3::timestamptz) + interval '1 hour', '[)') \
+             from unnest($1::uuid[], $2::int8[]) as t(h, b) join hostings x on x.id = t.h and not x.warm_pool \
+             on conflict (hosting_id, (lower(period))) where kind = 'egress_bytes' \
+               do update set quantity = usage.quantity + excluded.quantity",
         )
-        .bind(hosting)
-        .bind(bytes as i64)
+        .bind(bytes.iter().map(|(h, _)| *h).collect::<Vec<_>>())
+        .bind(bytes.iter().map(|(_, b)| *b).collect::<Vec<_>>())
         .bind(at)
         .execute(&self.pool())
         .await?;

@@ -39,6 +39,41 @@ pub struct NodeLabel {
     pub node: String,
 }
 
+/// Label set of the per-hosting series (`HOSTD_METRICS_PER_HOSTING` only:
+/// one series per hosting).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HostingLabel {
+    /// The hosting's id.
+    pub hosting: String,
+}
+
+/// The per-hosting series, filled by the statistics sampler when
+/// `HOSTD_METRICS_PER_HOSTING` is on (empty otherwise).
+#[derive(Default)]
+pub struct PerHosting {
+    pub cpu_seconds: Family<HostingLabel, Counter<f64, AtomicU64>>,
+    pub memory_bytes: Family<HostingLabel, Gauge>,
+    pub disk_read_bytes: Family<HostingLabel, Counter>,
+    pub disk_write_bytes: Family<HostingLabel, Counter>,
+    pub http_requests: Family<HostingLabel, Counter>,
+    pub http_bytes: Family<HostingLabel, Counter>,
+}
+
+impl PerHosting {
+    /// Drops the series of a hosting that is gone.
+    pub fn remove(&self, hosting: &str) {
+        let l = HostingLabel {
+            hosting: hosting.to_string(),
+        };
+        self.cpu_seconds.remove(&l);
+        self.memory_bytes.remove(&l);
+        self.disk_read_bytes.remove(&l);
+        self.disk_write_bytes.remove(&l);
+        self.http_requests.remove(&l);
+        self.http_bytes.remove(&l);
+    }
+}
+
 /// The process's metrics. Cheap to update from any task.
 pub struct Metrics {
     registry: Registry,
@@ -118,6 +153,11 @@ pub struct Metrics {
     /// Unix time at which the first of the served certificates expires
     /// (0: none issued).
     pub certificate_earliest_expiry: Gauge,
+    /// Per-hosting series (`HOSTD_METRICS_PER_HOSTING`).
+    pub per_hosting: PerHosting,
+    /// Statistics samples taken (rounds), and hostings in the last one.
+    pub stats_rounds: Counter,
+    pub stats_hostings: Gauge,
     /// Whether a reconciler runs in this process at all.
     pub enabled: AtomicBool,
     /// Sum of `failures` over every reason (for the heartbeat's counters).
@@ -163,6 +203,9 @@ impl Default for Metrics {
             disk_reserve_bytes: Gauge::default(),
             backups_overdue: Gauge::default(),
             certificate_earliest_expiry: Gauge::default(),
+            per_hosting: PerHosting::default(),
+            stats_rounds: Counter::default(),
+            stats_hostings: Gauge::default(),
             enabled: AtomicBool::new(false),
             failures_sum: AtomicU64::new(0),
         };
@@ -208,6 +251,14 @@ impl Default for Metrics {
             "hostd_disk_reserve_bytes", "Bytes kept free for the host (HOSTD_DISK_RESERVE_GIB)", m.disk_reserve_bytes;
             "hostd_backups_overdue", "Hostings whose newest completed backup is older than twice the backup interval", m.backups_overdue;
             "hostd_certificate_earliest_expiry_timestamp_seconds", "Unix time at which the first served certificate expires (0: none)", m.certificate_earliest_expiry;
+            "hostd_stats_rounds", "Per-hosting statistics rounds sampled", m.stats_rounds;
+            "hostd_stats_hostings", "Hostings sampled in the last statistics round", m.stats_hostings;
+            "hostd_hosting_cpu_seconds", "CPU time a hosting's guest used (HOSTD_METRICS_PER_HOSTING)", m.per_hosting.cpu_seconds;
+            "hostd_hosting_memory_bytes", "Memory a hosting's guest holds on the host (HOSTD_METRICS_PER_HOSTING)", m.per_hosting.memory_bytes;
+            "hostd_hosting_disk_read_bytes", "Bytes a hosting's guest read from its disk (HOSTD_METRICS_PER_HOSTING)", m.per_hosting.disk_read_bytes;
+            "hostd_hosting_disk_write_bytes", "Bytes a hosting's guest wrote to its disk (HOSTD_METRICS_PER_HOSTING)", m.per_hosting.disk_write_bytes;
+            "hostd_hosting_http_requests", "Requests the host nginx passed to a hosting's site (HOSTD_METRICS_PER_HOSTING)", m.per_hosting.http_requests;
+            "hostd_hosting_http_bytes", "Bytes the host nginx sent for a hosting's site (HOSTD_METRICS_PER_HOSTING)", m.per_hosting.http_bytes;
         }
         m
     }

@@ -99,6 +99,7 @@ impl TestNginx {
             tls_dir: &tls,
             sites_domain,
             panel,
+            site_log: Some(&dir.path().join("sites.log").display().to_string()),
         });
         std::fs::write(&conf, text).unwrap();
         let st = std::process::Command::new("nginx")
@@ -175,6 +176,12 @@ pub fn test_config(db: &str, state: &std::path::Path, nginx: Option<&TestNginx>)
         instance,
         node_name: hostd::domain::NodeName::parse("local").unwrap(),
         node_down: Duration::from_secs(10),
+        // Sampled by the tests that look at statistics (`stats::sample`).
+        stats: hostd::config::StatsSettings {
+            interval: None,
+            site_log: nginx.map(|n| n.dir.path().join("sites.log")),
+            per_hosting_metrics: false,
+        },
         resync: Duration::from_secs(1),
         concurrency: 32,
         ready_timeout: Duration::from_secs(300),

@@ -9,7 +9,8 @@
 //! [`listing`] (domains and their markers), [`volumes`] (the storage pool,
 //! volumes, quarantine), [`backup`] (backup jobs), [`agent`] (the guest agent),
 //! [`clone`] (templates and clones from a memory snapshot), [`migrate`]
-//! (moving a domain to another node).
+//! (moving a domain to another node), [`stats`] (a running domain's
+//! counters).
 
 use std::sync::{Arc, Mutex};
 
@@ -18,7 +19,10 @@ use virt::error::ErrorNumber;
 
 use super::domain_events::{self, DomainChanges, Watch};
 use super::VolumeSource;
-use super::{Checkpoints, DiskImage, DriverError, DriverResult, Marker, ObservedDomain, VmDriver};
+use super::{
+    Checkpoints, DiskImage, DomainStats, DriverError, DriverResult, Marker, ObservedDomain,
+    VmDriver,
+};
 use crate::domain::HostingId;
 
 mod agent;
@@ -28,6 +32,7 @@ pub use backup::CHECKPOINT_PREFIX;
 mod connection;
 mod listing;
 mod migrate;
+mod stats;
 mod volumes;
 
 use connection::Live;
@@ -239,6 +244,10 @@ impl VmDriver for LibvirtDriver {
             Err(e) => Err(lv(e)),
         })
         .await
+    }
+
+    async fn domain_stats(&self, names: Vec<String>) -> DriverResult<Vec<(String, DomainStats)>> {
+        self.with_conn(move |c| stats::read(c, &names)).await
     }
 
     async fn list_volumes(&self) -> DriverResult<Vec<String>> {

@@ -31,6 +31,7 @@ use crate::templates::RouteMap;
 
 mod batcher;
 mod map_file;
+pub mod site_log;
 
 use batcher::{clone_err, nginx, Batcher};
 use map_file::{scan_stray, MapFile, Table};

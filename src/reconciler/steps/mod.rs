@@ -185,12 +185,8 @@ impl<'a> Pass<'a> {
     pub(super) fn meter(&mut self, running: bool) {
         let spec = &self.rec.spec;
         let metered = !self.rec.warm;
-        let size = (metered && running).then(|| {
-            (
-                spec.vcpus.get() as i32,
-                spec.memory_mib.get() as i32,
-            )
-        });
+        let size =
+            (metered && running).then(|| (spec.vcpus.get() as i32, spec.memory_mib.get() as i32));
         self.st.meter = crate::store::Meter {
             vcpus: size.map(|s| s.0),
             memory_mib: size.map(|s| s.1),
