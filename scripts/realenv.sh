@@ -70,14 +70,14 @@ mkdir -p "$WORK/nginx/tmp" "$WORK/routes"
 # The run's own TLS directory (certificates from the test CA, if any).
 export HOSTD_TLS_DIR="$WORK/tls"
 "$BIN" nginx-conf --listen "127.0.0.1:$NGINX_PORT" --https-listen "127.0.0.1:$HTTPS_PORT" \
-  --prefix "$WORK/nginx" --routes-dir "$WORK/routes" > "$WORK/nginx/nginx.conf"
+  --prefix "$WORK/nginx" --routes-dir "$WORK/routes" --site-log "$WORK/nginx/sites.log" > "$WORK/nginx/nginx.conf"
 nginx -c "$WORK/nginx/nginx.conf"
 su postgres -c "psql -qc 'create database $DB owner hostd'"
 
 export DATABASE_URL="postgres://hostd:hostd@127.0.0.1:5432/$DB"
 export HOSTD_JWT_SECRET="e2e-$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')"
 export HOSTD_LISTEN="127.0.0.1:$API_PORT" HOSTD_METRICS_LISTEN="127.0.0.1:$METRICS_PORT" HOSTD_LIBVIRT_URI=qemu:///system HOSTD_STATE_DIR="$STATE_DIR"
-export HOSTD_NGINX_ROUTES_DIR="$WORK/routes" HOSTD_NGINX_CONF="$WORK/nginx/nginx.conf"
+export HOSTD_NGINX_ROUTES_DIR="$WORK/routes" HOSTD_NGINX_CONF="$WORK/nginx/nginx.conf" HOSTD_NGINX_SITE_LOG="$WORK/nginx/sites.log"
 export HOSTD_PROBE_URL="http://127.0.0.1:$NGINX_PORT" HOSTD_PUBLIC_URL="http://127.0.0.1:$NGINX_PORT"
 export HOSTD_INSTANCE="$INSTANCE" HOSTD_BCRYPT_COST=4 HOSTD_RESYNC_SECS=5 RUST_LOG="${RUST_LOG:-info}"
 }

@@ -40,6 +40,7 @@ fi
 
 log "host nginx on $HTTP_LISTEN${HTTPS_LISTEN:+ and $HTTPS_LISTEN (TLS)}"
 "$BIN" nginx-conf --listen "$HTTP_LISTEN" --prefix "$NGINX_PREFIX" --routes-dir "$ROUTES_DIR" \
+  --site-log "$NGINX_PREFIX/sites.log" \
   ${HTTPS_LISTEN:+--https-listen "$HTTPS_LISTEN"} > "$NGINX_CONF"
 nginx -t -q -c "$NGINX_CONF"
 if [ -f "$NGINX_PREFIX/nginx.pid" ] && kill -0 "$(cat "$NGINX_PREFIX/nginx.pid")" 2>/dev/null; then
@@ -54,6 +55,7 @@ HOSTD_STATE_DIR="$STATE_DIR" ./scripts/build-image.sh
 export DATABASE_URL="${DATABASE_URL:-postgres://hostd:hostd@127.0.0.1:5432/hostd}"
 export HOSTD_JWT_SECRET="${HOSTD_JWT_SECRET:-$(cat "$STATE_DIR/jwt-secret")}"
 export HOSTD_LISTEN="$API_LISTEN" HOSTD_STATE_DIR="$STATE_DIR" HOSTD_NGINX_ROUTES_DIR="$ROUTES_DIR" HOSTD_NGINX_CONF="$NGINX_CONF"
+export HOSTD_NGINX_SITE_LOG="$NGINX_PREFIX/sites.log"
 export HOSTD_PROBE_URL="${HOSTD_PROBE_URL:-http://127.0.0.1:$http_port}"
 export HOSTD_PUBLIC_URL="${HOSTD_PUBLIC_URL:-http://localhost$([ "$http_port" = 80 ] || echo ":$http_port")}"
 # The dashboard on its own host name (HOSTD_PANEL_HOST) behind the host

@@ -314,3 +314,46 @@ async fn usage_prints_hours_and_charges() {
     assert!(out(&o).contains("RFC 3339"), "{}", out(&o));
     app.stop().await;
 }
+
+/// `hostctl top`: the newest sample in rates; before any, says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn top_prints_the_newest_sample() {
+    let app = TestApp::api().await;
+    let (t, _, id) = common::create_hosting(&app, "top_user").await;
+    let o = hostctl(&app, Some(&t), &["top"]);
+    assert_eq!(o.status.code(), Some(0), "{o:?}");
+    assert!(out(&o).contains("no statistics yet"), "{}", out(&o));
+    let s = hostd::store::samples::Sample {
+        hosting: id,
+        at: chrono::Utc::now() - chrono::Duration::seconds(20),
+        seconds: 15.0,
+        cpu_ns: Some(7_500_000_000),
+        memory_bytes: Some(300 << 20),
+        disk_read: Some(0),
+        disk_write: Some(15 << 20),
+        disk_alloc_bytes: Some(2 << 30),
+        net_rx: None,
+        net_tx: None,
+        http: Some(hostd::store::samples::HttpCounts {
+            requests: 30,
+            bytes: 30 << 10,
+            s2xx: 29,
+            s3xx: 0,
+            s4xx: 0,
+            s5xx: 1,
+        }),
+    };
+    app.store.insert_samples(&[s]).await.unwrap();
+    let o = hostctl(&app, Some(&t), &["top"]);
+    let text = out(&o);
+    for want in [
+        "CPU       50.0 %",
+        "MEMORY    300.0 MiB",
+        "write 1.0 MiB/s",
+        "REQUESTS  2.0/s, 2.0 KiB/s sent; 2xx 29 3xx 0 4xx 0 5xx 1",
+        "NETWORK   in -/s",
+    ] {
+        assert!(text.contains(want), "{want} not in:\n{text}");
+    }
+    app.stop().await;
+}

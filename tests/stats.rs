@@ -111,6 +111,31 @@ async fn a_round_samples_libvirt_and_the_site_log_and_the_tenant_sees_it() {
     assert!(m.contains(&series), "{series} not in /metrics");
     assert!(m.contains(&format!("hostd_hosting_memory_bytes{{hosting=\"{id}\"}}")));
 
+    // The dashboard draws it: six graphs, the requests one with a line
+    // and its newest value, no script.
+    let session = common::web::web_login(&app, &common::web::client(), "stella").await;
+    let html = common::web::page(&app, &session, "/ui/stats?range=1h").await;
+    for g in ["cpu", "memory", "disk", "network", "requests", "traffic"] {
+        assert!(
+            html.contains(&format!("id=\"graph-{g}\"")),
+            "graph {g} missing"
+        );
+    }
+    let requests = &html[html.find("id=\"graph-requests\"").unwrap()..];
+    let requests = &requests[..requests.find("</figure>").unwrap()];
+    assert!(
+        requests.contains("<polyline class=\"s1\" points=\""),
+        "{requests}"
+    );
+    assert!(requests.contains("/s</span>"), "{requests}");
+    assert!(
+        !requests.contains("<script") && requests.contains("<svg "),
+        "drawn as SVG, no script"
+    );
+    assert!(html.contains("Usage this month"));
+    let html = common::web::page(&app, &session, "/ui/stats?range=30d").await;
+    assert!(html.contains("<strong>30d</strong>"));
+
     // Ranges: the others answer, an unknown one is a 400.
     for r in ["24h", "30d"] {
         let (s, v) = app

@@ -21,7 +21,7 @@ use crate::store::usage::{Rate, UsageSpan, UsageTotals, KINDS};
 const MAX_RANGE_DAYS: i64 = 400;
 
 /// `?from=&to=`, RFC 3339 (default: from the start of this month to now).
-#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
 pub struct RangeQuery {
     /// Start of the range, RFC 3339 (default: the first of this month, 00:00 UTC).

@@ -33,7 +33,8 @@
 //! Map: [`session`] (cookies, CSRF, the signed-in user, errors), [`pages`]
 //! (templates and view models), [`forms`] (sign-in and the hosting page's
 //! handlers), [`backups`] (backups, restore, reset), [`keys`] (SSH keys),
-//! [`account`], [`admin`] (the admin page that acts), [`live`] (the
+//! [`account`], [`admin`] (the admin page that acts), [`graphs`] (the
+//! statistics page's SVG graphs), [`live`] (the
 //! Server-Sent Events streams).
 
 use std::time::Duration;
@@ -55,6 +56,7 @@ mod account;
 mod admin;
 mod backups;
 mod forms;
+mod graphs;
 mod keys;
 mod live;
 mod pages;
@@ -103,6 +105,7 @@ pub fn router() -> Router<AppState> {
         )
         .route("/ui/hosting/events", get(live::hosting_events))
         .route("/ui/hosting/console", get(console_page))
+        .route("/ui/stats", get(graphs::stats_page))
         .route(
             "/ui/backups",
             get(backups::backups_page).post(backups::backup_now),

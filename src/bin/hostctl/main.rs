@@ -109,6 +109,12 @@ enum Cmd {
     Reset,
     /// Print the tail of your hosting's boot console log (guest text).
     Console,
+    /// Your hosting's newest statistics: CPU, memory, disk and network
+    /// rates, requests to its site (`-w`: again every sample until ^C).
+    Top {
+        #[arg(short, long)]
+        watch: bool,
+    },
     /// What your hostings used over a range (default: this month so far):
     /// vCPU-, memory-, disk- and backup-hours, egress, and the charges at
     /// the operator's prices; `-o json`: the API's answer with every record.
@@ -307,6 +313,30 @@ async fn main() {
             show(send(req).await).await
         }
         Cmd::Domain { cmd } => domain(&c, &url, cmd).await,
+        Cmd::Top { watch } => {
+            let tok = token();
+            loop {
+                let r = send(
+                    c.get(url("/host/my/stats"))
+                        .query(&[("range", "1h")])
+                        .bearer_auth(&tok),
+                )
+                .await;
+                if !r.status().is_success() {
+                    break show(r).await;
+                }
+                let v: hostd::api::stats::StatsView = r
+                    .json()
+                    .await
+                    .unwrap_or_else(|e| fail(format!("unexpected answer: {e}")));
+                print!("{}", show::top(&v));
+                if !watch {
+                    break 0;
+                }
+                let secs = v.sample_seconds.max(5);
+                tokio::time::sleep(std::time::Duration::from_secs(secs)).await;
+            }
+        }
         Cmd::Usage { from, to, output } => {
             let mut q = vec![];
             q.extend(from.map(|f| ("from", f)));

@@ -254,3 +254,50 @@ pub fn usage(u: &hostd::api::usage::UsageView) -> String {
     let _ = writeln!(o, "Records: {}", u.spans.len());
     o
 }
+
+/// `hostctl top`: the newest point of the statistics.
+pub fn top(v: &hostd::api::stats::StatsView) -> String {
+    use std::fmt::Write as _;
+    let Some(p) = v.points.last() else {
+        return "no statistics yet (the first samples come within two sampling periods of the guest's start)\n".into();
+    };
+    let bytes = |b: Option<f64>| match b {
+        None => "-".to_string(),
+        Some(b) if b >= 1048576.0 => format!("{:.1} MiB", b / 1048576.0),
+        Some(b) if b >= 1024.0 => format!("{:.1} KiB", b / 1024.0),
+        Some(b) => format!("{b:.0} B"),
+    };
+    let num = |v: Option<f64>, unit: &str| v.map_or("-".to_string(), |v| format!("{v:.1}{unit}"));
+    let mut o = String::new();
+    let _ = writeln!(
+        o,
+        "AT        {} ({} s)",
+        p.at.format("%Y-%m-%d %H:%M:%S UTC"),
+        p.seconds
+    );
+    let _ = writeln!(o, "CPU       {}", num(p.cpu_percent, " %"));
+    let _ = writeln!(o, "MEMORY    {}", bytes(p.memory_bytes));
+    let _ = writeln!(
+        o,
+        "DISK      read {}/s, write {}/s, allocated {}",
+        bytes(p.disk_read_bps),
+        bytes(p.disk_write_bps),
+        bytes(p.disk_allocation_bytes)
+    );
+    let _ = writeln!(
+        o,
+        "NETWORK   in {}/s, out {}/s",
+        bytes(p.net_rx_bps),
+        bytes(p.net_tx_bps)
+    );
+    let status = p.status.map_or("-".to_string(), |s| {
+        format!("2xx {} 3xx {} 4xx {} 5xx {}", s[0], s[1], s[2], s[3])
+    });
+    let _ = writeln!(
+        o,
+        "REQUESTS  {}, {}/s sent; {status}",
+        num(p.requests_per_s, "/s"),
+        bytes(p.http_bytes_per_s)
+    );
+    o
+}
