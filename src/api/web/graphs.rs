@@ -69,20 +69,31 @@ impl Unit {
 
 type Pick = fn(&Point) -> Option<f64>;
 
-/// Draws the series `picks` of `points` over `[from, from + span)`.
+/// What the graphs span: `[from, from + span)` in buckets of `step` s.
+struct Frame<'a> {
+    points: &'a [Point],
+    from: chrono::DateTime<chrono::Utc>,
+    span: chrono::Duration,
+    step: f64,
+}
+
+/// Draws the series `picks` of the frame's points.
 fn graph(
     id: &'static str,
     title: &'static str,
     unit: Unit,
-    points: &[Point],
-    from: chrono::DateTime<chrono::Utc>,
-    span: chrono::Duration,
-    step: f64,
+    frame: &Frame,
     picks: &[(&'static str, &'static str, Pick)],
 ) -> Graph {
+    let Frame {
+        points,
+        from,
+        span,
+        step,
+    } = *frame;
     let max = picks
         .iter()
-        .flat_map(|(_, _, f)| points.iter().filter_map(|p| f(p)))
+        .flat_map(|(_, _, f)| points.iter().filter_map(f))
         .fold(0.0_f64, f64::max);
     let top = if max > 0.0 { max * 1.1 } else { 1.0 };
     let span_s = span.num_seconds() as f64;
@@ -132,10 +143,14 @@ fn graph(
 /// The graphs of a hosting's points.
 pub fn graphs(points: &[Point], range: StatsRange, step: u32) -> Vec<Graph> {
     let (span, _) = range.span(step.into());
-    let from = chrono::Utc::now() - span;
-    let step = f64::from(step);
+    let frame = Frame {
+        points,
+        from: chrono::Utc::now() - span,
+        span,
+        step: f64::from(step),
+    };
     let g = |id, title, unit, picks: &[(&'static str, &'static str, Pick)]| {
-        graph(id, title, unit, points, from, span, step, picks)
+        graph(id, title, unit, &frame, picks)
     };
     vec![
         g(
