@@ -181,6 +181,26 @@ scp -q -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o BatchMode=
 [ "$(curl -fsS "${SITE}upload.txt")" = "uploaded-$run_id" ] || fail "uploaded file not served"
 "${SSH[@]}" ubuntu@127.0.0.1 sync
 
+step "statistics: dd in the guest and requests to its site show up in stats within 30 s"
+# (HOSTD_STATS_SECS=15; nginx flushes the site log every 5 s.)
+stats_from=$(date -u +%s)
+"${SSH[@]}" ubuntu@127.0.0.1 "dd if=/dev/zero of=/var/tmp/stats-dd bs=1M count=64 oflag=direct 2>/dev/null; rm -f /var/tmp/stats-dd"
+for _ in $(seq 25); do curl -fsS -o /dev/null "$SITE"; done
+stats_seen() {  # the points since $stats_from: >= 60 MiB written, >= 25 requests
+  curl -fsS "$API/host/my/stats?range=1h" -H "Authorization: Bearer $TOKEN" > "$WORK/stats.json" || return 1
+  jq -e --argjson from "$((stats_from - 20))" '[.points[] | select((.at | sub("\\.[0-9]+"; "") | fromdate) >= $from)]
+    | ((map((.disk_write_bps // 0) * .seconds) | add // 0) >= 62914560)
+      and ((map((.requests_per_s // 0) * .seconds) | add // 0) >= 25)' "$WORK/stats.json" >/dev/null
+}
+wait_until 30 1 stats_seen || { jq -c '.points[-4:]' "$WORK/stats.json"; fail "the dd and the requests are not in stats after 30 s"; }
+echo "e2e: stats show the guest's 64 MiB dd and 25 requests $(( $(date -u +%s) - stats_from )) s after they began; newest point: $(jq -c '.points[-1] | {cpu_percent, memory_bytes, disk_write_bps, net_tx_bps, requests_per_s, status}' "$WORK/stats.json")"
+if [ -x "${HOSTD_TEST_VENV:-/var/cache/hostd-test/venv}/bin/python" ] && [ -x /usr/bin/chromium ]; then
+  "${HOSTD_TEST_VENV:-/var/cache/hostd-test/venv}/bin/python" tests/browser/stats_screenshot.py \
+    "http://127.0.0.1:$API_PORT" e2e_user "correct horse" "$PWD/target/artifacts/e2e" ||
+    fail "the statistics page does not draw the guest's numbers"
+  echo "e2e: statistics page screenshots in target/artifacts/e2e/stats-{desktop,phone}.png"
+fi
+
 step "per-guest limits are in force in QEMU"
 DOMAIN="hostd-$(jq -r .id "$WORK/my.json")"
 iotune=$(virsh -c qemu:///system blkdeviotune "$DOMAIN" vda)

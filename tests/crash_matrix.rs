@@ -425,6 +425,37 @@ impl Env {
                 leaks.push(format!("hosting {h} holds {n} ports"));
             }
         }
+        // Usage records: nothing open for a hosting that is gone; a Ready
+        // one's open spans are its spec's vCPUs, memory and disk.
+        let records = store.list_records().await.unwrap();
+        let open = store.open_usage().await.unwrap();
+        for (h, kind, _) in &open {
+            if !live.contains(&h.to_string()) {
+                leaks.push(format!("usage {kind} still open for deleted hosting {h}"));
+            }
+        }
+        for r in records
+            .iter()
+            .filter(|r| r.status.phase == hostd::domain::Phase::Ready && !r.warm)
+        {
+            let want = [
+                ("disk_gib", f64::from(r.spec.disk_gib.get())),
+                ("memory_mib", f64::from(r.spec.memory_mib.get())),
+                ("vcpu", f64::from(r.spec.vcpus.get())),
+            ];
+            let have: Vec<(&str, f64)> = open
+                .iter()
+                .filter(|(h, _, _)| *h == r.id.0)
+                .map(|(_, k, q)| (k.as_str(), *q))
+                .filter(|(k, _)| *k != "backup_gib")
+                .collect();
+            if have != want {
+                leaks.push(format!(
+                    "usage of Ready hosting {}: open {have:?}, want {want:?}",
+                    r.id
+                ));
+            }
+        }
         leaks
     }
 }
