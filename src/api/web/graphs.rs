@@ -35,6 +35,8 @@ pub struct Graph {
     pub lines: Vec<Line>,
     /// Whether any line has a point.
     pub any: bool,
+    /// What the page says when no line has one.
+    pub empty: &'static str,
 }
 
 /// How a value is shown.
@@ -137,6 +139,7 @@ fn graph(
         max: unit.fmt(top),
         any: lines.iter().any(|l| !l.segments.is_empty()),
         lines,
+        empty: "No data in this range.",
     }
 }
 
@@ -174,15 +177,23 @@ pub fn graphs(points: &[Point], range: StatsRange, step: u32) -> Vec<Graph> {
                 ("written", "s2", |p| p.disk_write_bps),
             ],
         ),
-        g(
-            "network",
-            "Network (guest interface)",
-            Unit::BytesPerS,
-            &[
-                ("received", "s1", |p| p.net_rx_bps),
-                ("sent", "s2", |p| p.net_tx_bps),
-            ],
-        ),
+        Graph {
+            empty: if points.is_empty() {
+                "No data in this range."
+            } else {
+                "Not counted: this host's guests use user-mode networking (passt), which has no \
+                 host-side device for libvirt to count. What the site sends is below."
+            },
+            ..g(
+                "network",
+                "Network (guest interface)",
+                Unit::BytesPerS,
+                &[
+                    ("received", "s1", |p| p.net_rx_bps),
+                    ("sent", "s2", |p| p.net_tx_bps),
+                ],
+            )
+        },
         g(
             "requests",
             "Requests to the site",
