@@ -63,6 +63,14 @@ const CLONE_POINTS: &[&str] = &[
     "before_agent_call",
     "after_clone_personalise",
 ];
+/// A resize that needs a restart (memory): the guest destroyed, started
+/// again, and its status written, each a point a reconciler may die at
+/// before recording it (its usage spans among it).
+const RESIZE_POINTS: &[&str] = &[
+    "after_restart_destroy",
+    "after_start",
+    "before_status_write",
+];
 const DELETE_POINTS: &[&str] = &[
     "after_route_remove",
     "after_domain_destroy",
@@ -690,6 +698,9 @@ async fn crash_at_every_fault_point_then_converge() {
             disk_kept: None,
         });
     }
+    if wanted("resize") {
+        rows.extend(resize_rows(&env, &store, &vm, converge_timeout).await);
+    }
     if wanted("backup") {
         rows.extend(backup_and_restore_rows(&env, &store, &vm, converge_timeout).await);
     }
@@ -826,6 +837,51 @@ async fn converge_to_ready(
         leaks,
         disk_kept,
     }
+}
+
+/// The resize points: for each, a Ready tiny hosting is resized from 256
+/// to 320 MiB under a reconciler that crashes at the point; a fresh one
+/// must bring it to Ready at the new size on the same disk, its usage
+/// spans those of the new size (checked by `leaks`), nothing leaked.
+async fn resize_rows(
+    env: &Env,
+    store: &hostd::store::Store,
+    vm: &LibvirtDriver,
+    timeout: Duration,
+) -> Vec<Row> {
+    let mut rows = vec![];
+    for (i, point) in RESIZE_POINTS.iter().enumerate() {
+        let token = env.user(&format!("resize{i}")).await;
+        let rec = env.spawn("reconciler", "");
+        let id = env.create_tiny(&token).await;
+        let ready = env.wait_phase(&token, "Ready", timeout).await;
+        stop(rec);
+        assert!(ready.is_some(), "setup for {point}: never Ready");
+        let mut rec = env.spawn("reconciler", &format!("{point}:crash"));
+        let r = env
+            .client
+            .patch(env.url("/host/my"))
+            .bearer_auth(&token)
+            .json(&json!({"memory_mib": 320}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{point}: resize request");
+        let crashed = wait_exit(&mut rec, Duration::from_secs(120))
+            .map(|s| !s.success())
+            .unwrap_or(false);
+        if !crashed {
+            stop(rec);
+        }
+        let row = converge_to_ready(env, store, vm, &token, &id, timeout).await;
+        rows.push(Row {
+            point,
+            path: "resize",
+            crashed,
+            ..row
+        });
+    }
+    rows
 }
 
 /// The claim points: for each, a reconciler with a pool of one boots a pool
