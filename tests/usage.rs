@@ -423,3 +423,56 @@ async fn status_writes_open_and_close_spans_idempotently() {
     assert_eq!(rows[1], (3.0, s(20), None));
     app.stop().await;
 }
+
+/// Backups: a Completed backup opens a backup_gib span of its size, a
+/// second one changes it to their total, deleting them ends it (by the
+/// trigger on `backups`, in the transaction that changes them).
+#[tokio::test]
+async fn completed_backups_are_metered_in_gib() {
+    let app = TestApp::api().await;
+    let (_, _, id) = common::create_hosting(&app, "bert").await;
+    let db = app.store.db();
+    let add = |size: i64| {
+        let db = db.clone();
+        async move {
+            sqlx::query(
+                "insert into backups (id, hosting_id, trigger, state, completed_at, size_bytes) \
+                 values (gen_random_uuid(), $1, 'Manual', 'Completed', now(), $2)",
+            )
+            .bind(id.0)
+            .bind(size)
+            .execute(&db)
+            .await
+            .unwrap();
+        }
+    };
+    let open = || async {
+        app.store
+            .open_usage()
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|(h, k, _)| *h == id.0 && k == "backup_gib")
+            .map(|(_, _, q)| q)
+            .collect::<Vec<f64>>()
+    };
+    add(1 << 30).await;
+    assert_eq!(open().await, vec![1.0]);
+    add(1 << 29).await;
+    assert_eq!(open().await, vec![1.5]);
+    sqlx::query("delete from backups where hosting_id = $1")
+        .bind(id.0)
+        .execute(&db)
+        .await
+        .unwrap();
+    assert!(open().await.is_empty());
+    let spans: i64 = sqlx::query_scalar(
+        "select count(*) from usage where hosting_id = $1 and kind = 'backup_gib'",
+    )
+    .bind(id.0)
+    .fetch_one(&db)
+    .await
+    .unwrap();
+    assert!(spans >= 1, "the closed spans stay for the bill");
+    app.stop().await;
+}
