@@ -1,8 +1,8 @@
 //! The leader lease's fencing token (issue 22): a reconciler whose term is
 //! over (another process took the lease, e.g. after a Postgres restart killed
 //! the lease connection) has its writes refused by Postgres itself, while the
-//! API's writes and the new term's go through. Real Postgres; libvirt's test
-//! driver.
+//! API's writes and the new term's go through, and its hypervisor changes
+//! are refused before they are made. Real Postgres; libvirt's test driver.
 
 mod common;
 
@@ -150,5 +150,79 @@ async fn a_new_term_waits_for_the_old_terms_writes_in_flight() {
     assert_eq!(events_with(&app, id, "in flight").await, 1);
     let late = ctl.ctx.store.add_events(id, &[note("after")]).await;
     assert!(matches!(late, Err(StoreError::Fenced)), "{late:?}");
+    second.release().await;
+}
+
+/// The hypervisor side (issue 27): once another process has taken the
+/// lease, the deposed reconciler's libvirt changes are refused before
+/// they are made (the domain stays running; the pass ends `Deposed`),
+/// while its reads still work; the new term acts.
+#[tokio::test]
+async fn a_deposed_leader_changes_no_hypervisor() {
+    use hostd::drivers::DriverError;
+    use hostd::reconciler::ReconcileError;
+    let app = TestApp::manual().await;
+    let ctl = app.controller.clone().unwrap();
+    let ctx = ctl.ctx.clone();
+    let instance = app.config.instance.clone();
+    let (_t, id, _guest) = common::reconciler::ready_manual(&app, &ctl, "deposed").await;
+    let name = hostd::reconciler::names::domain_name(id);
+
+    let mut first = Lease::new(&instance);
+    assert!(first.try_acquire(&app.store).await.unwrap());
+    ctx.store.fence(&instance, first.epoch().unwrap()).unwrap();
+    first.release().await;
+    let mut second = Lease::new(&instance);
+    assert!(second.try_acquire(&app.store).await.unwrap());
+
+    // Term 1 is over: a destroy (here, as a reconcile would after its
+    // lease check missed the change) is refused and the guest still runs.
+    let refused = ctx.vm.destroy(&name).await;
+    assert!(matches!(refused, Err(DriverError::Deposed)), "{refused:?}");
+    assert!(
+        ctx.vm.get_domain(&name).await.unwrap().unwrap().running,
+        "reads work, nothing changed"
+    );
+    let nodes = ctx.nodes.all();
+    assert!(!nodes.is_empty());
+    for node in nodes {
+        let r = node.driver.undefine(&name).await;
+        assert!(
+            matches!(r, Err(DriverError::Deposed)),
+            "node {}: {r:?}",
+            node.name()
+        );
+    }
+    // A whole pass that would restart the guest (a new size) ends Deposed
+    // without touching it.
+    sqlx::query("update hostings set memory_mib = 1024, generation = generation + 1 where id = $1")
+        .bind(id.0)
+        .execute(&app.store.db())
+        .await
+        .unwrap();
+    let before = ctx.vm.get_domain(&name).await.unwrap().unwrap();
+    let r = ctl.reconcile_once(id).await;
+    assert!(
+        matches!(r, Err(ReconcileError::Driver(DriverError::Deposed))),
+        "{r:?}"
+    );
+    let after = ctx.vm.get_domain(&name).await.unwrap().unwrap();
+    assert_eq!(
+        before.marker.spec_hash, after.marker.spec_hash,
+        "not redefined"
+    );
+    assert!(after.running);
+
+    // The new term acts.
+    ctx.store.fence(&instance, second.epoch().unwrap()).unwrap();
+    assert_eq!(
+        common::settle(&ctl, id).await,
+        hostd::reconciler::Action::AwaitChange
+    );
+    let after = ctx.vm.get_domain(&name).await.unwrap().unwrap();
+    assert_ne!(
+        before.marker.spec_hash, after.marker.spec_hash,
+        "term 2 redefined it"
+    );
     second.release().await;
 }

@@ -42,6 +42,10 @@ pub enum DriverError {
     NginxReload(String),
     #[error("io: {0}")]
     Io(#[from] std::io::Error),
+    /// This reconciler's leader term is over (another took the lease): it
+    /// must not change any hypervisor (see [`fenced`]).
+    #[error("refused: this reconciler's leader term is over")]
+    Deposed,
     /// The off-host backup store failed (after its retries).
     #[error("backup store: {0}")]
     Store(String),

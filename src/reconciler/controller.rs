@@ -45,7 +45,8 @@ impl Controller {
         match &r {
             Ok(Action::Requeue(d)) => self.queue.add_at(id, Instant::now() + *d),
             Ok(Action::AwaitChange) | Ok(Action::Gone) => {}
-            Err(ReconcileError::Store(crate::store::StoreError::Fenced)) => {
+            Err(ReconcileError::Store(crate::store::StoreError::Fenced))
+            | Err(ReconcileError::Driver(crate::drivers::DriverError::Deposed)) => {
                 tracing::warn!(hosting = %id, "write refused: this leader's term is over");
                 self.deposed.notify_one();
             }

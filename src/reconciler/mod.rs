@@ -26,6 +26,7 @@ pub mod clone_templates;
 pub mod console;
 pub mod controller;
 pub mod drain;
+pub mod fenced;
 pub mod memory;
 pub mod names;
 pub mod nodes;
@@ -138,6 +139,11 @@ impl Context {
         installation: uuid::Uuid,
         metrics: Arc<Metrics>,
     ) -> Result<Arc<Context>, ContextError> {
+        // Its own pool slot: fenced by the leader term once it leads,
+        // while the API's statements stay on the shared pool; every
+        // hypervisor's changes are fenced by the same term.
+        let store = store.detached();
+        let vm = fenced::Fenced::wrap(vm, store.clone());
         let catalog = Catalog::load(&config.images_file, &config.state_dir)?;
         let offsite = match &config.backups.offsite {
             Some(p) => Some(offsite::Offsite::new(p, installation).map_err(ContextError::Offsite)?),
@@ -159,14 +165,16 @@ impl Context {
         let templates = clone_templates::Templates::new(&config.state_dir, &config.instance);
         let factory: nodes::DriverFactory = {
             let (instance, state) = (config.instance.clone(), config.state_dir.clone());
+            let store = store.clone();
             Box::new(move |n: &crate::store::Node| -> Arc<dyn VmDriver> {
-                Arc::new(crate::drivers::libvirt::LibvirtDriver::for_node(
+                let driver = Arc::new(crate::drivers::libvirt::LibvirtDriver::for_node(
                     n.uri.as_str(),
                     n.name.as_str(),
                     &instance,
                     installation,
                     &state,
-                ))
+                ));
+                fenced::Fenced::wrap(driver, store.clone())
             })
         };
         let nodes = nodes::Nodes::new(
@@ -178,9 +186,7 @@ impl Context {
         );
         Ok(Arc::new(Context {
             nodes,
-            // Its own pool slot: fenced by the leader term once it leads,
-            // while the API's statements stay on the shared pool.
-            store: store.detached(),
+            store,
             vm,
             proxy,
             config,

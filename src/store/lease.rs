@@ -125,3 +125,14 @@ async fn begin_term(conn: &mut PgConnection, instance: &str) -> Result<i64, sqlx
     tx.commit().await?;
     Ok(epoch)
 }
+
+impl Store {
+    /// Whether the leader term this store's connections carry is still the
+    /// current one (always, for a store that was never fenced). Asked
+    /// before every call that changes a hypervisor (`drivers::fenced`).
+    pub async fn term_valid(&self) -> Result<bool> {
+        Ok(sqlx::query_scalar("select hostd_term_valid()")
+            .fetch_one(&self.pool())
+            .await?)
+    }
+}
