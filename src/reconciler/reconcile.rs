@@ -164,8 +164,8 @@ async fn finalize(
 ) -> Result<Action, ReconcileError> {
     let id = rec.id;
     let name = domain_name(id);
+    let mut st = rec.status.clone();
     if rec.status.phase != Phase::Deleting {
-        let mut st = rec.status.clone();
         st.phase = Phase::Deleting;
         st.message = Some("cleaning up".into());
         ctx.store.write_status(id, &st).await?;
@@ -175,6 +175,13 @@ async fn finalize(
     faults.hit("after_route_remove").await?;
     if let Some(vm) = vm {
         vm.destroy(&name).await?;
+        if st.meter.vcpus.is_some() || st.meter.memory_mib.is_some() {
+            // The guest no longer runs: its vCPUs and memory stop counting
+            // now, not when the row goes.
+            st.meter.vcpus = None;
+            st.meter.memory_mib = None;
+            ctx.store.write_status(id, &st).await?;
+        }
         faults.hit("after_domain_destroy").await?;
         vm.undefine(&name).await?;
         faults.hit("after_domain_undefine").await?;
