@@ -43,19 +43,6 @@ fn value(metrics: &str, series: &str) -> Option<f64> {
         .map(|v| v.trim().parse().unwrap())
 }
 
-/// `/metrics` as an admin sees it.
-async fn scrape(app: &TestApp, admin: &str) -> String {
-    let r = app
-        .client
-        .get(app.url("/metrics"))
-        .bearer_auth(admin)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    r.text().await.unwrap()
-}
-
 #[tokio::test]
 async fn every_series_the_alert_rules_read_is_exported_with_its_meaning() {
     let db = common::fresh_database().await;
@@ -102,7 +89,7 @@ async fn every_series_the_alert_rules_read_is_exported_with_its_meaning() {
         .await
         .unwrap();
 
-    let metrics = scrape(&app, &admin).await;
+    let metrics = app.scrape(&admin).await;
     let names = names_in_rules();
     assert!(names.len() >= 10, "{names:?}");
     for name in &names {
@@ -159,7 +146,7 @@ async fn every_series_the_alert_rules_read_is_exported_with_its_meaning() {
     hostd::reconciler::resync::resync(&ctl.ctx, &q)
         .await
         .unwrap();
-    let metrics = scrape(&app, &admin).await;
+    let metrics = app.scrape(&admin).await;
     assert_eq!(
         value(&metrics, "hostd_backups_overdue"),
         Some(0.0),

@@ -15,18 +15,6 @@ use hostd::reconciler::stats::sample;
 use hostd::store::samples::{HttpCounts, Sample};
 use serde_json::Value;
 
-async fn scrape(app: &TestApp, admin: &str) -> String {
-    let r = app
-        .client
-        .get(app.url("/metrics"))
-        .bearer_auth(admin)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    r.text().await.unwrap()
-}
-
 #[tokio::test]
 async fn a_round_samples_libvirt_and_the_site_log_and_the_tenant_sees_it() {
     let nginx = common::TestNginx::start();
@@ -106,7 +94,7 @@ async fn a_round_samples_libvirt_and_the_site_log_and_the_tenant_sees_it() {
     );
 
     // Per-hosting series, asked for here.
-    let m = scrape(&app, &admin).await;
+    let m = app.scrape(&admin).await;
     let series = format!("hostd_hosting_http_requests_total{{hosting=\"{id}\"}} {sent}");
     assert!(m.contains(&series), "{series} not in /metrics");
     assert!(m.contains(&format!("hostd_hosting_memory_bytes{{hosting=\"{id}\"}}")));
@@ -157,7 +145,7 @@ async fn without_the_opt_in_metrics_carry_no_per_hosting_series() {
     let (_t, _id, _guest) = ready_manual(&app, &ctl, "quiet").await;
     sample(&ctl.ctx).await.unwrap();
     sample(&ctl.ctx).await.unwrap();
-    let m = scrape(&app, &admin).await;
+    let m = app.scrape(&admin).await;
     assert!(m.contains("hostd_stats_rounds_total 2"), "rounds counted");
     assert!(
         !m.lines()

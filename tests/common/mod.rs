@@ -400,6 +400,20 @@ impl TestApp {
         )
     }
 
+    /// `/metrics` as an admin (token `admin`) sees it.
+    #[allow(dead_code)]
+    pub async fn scrape(&self, admin: &str) -> String {
+        let r = self
+            .client
+            .get(self.url("/metrics"))
+            .bearer_auth(admin)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        r.text().await.unwrap()
+    }
+
     pub async fn get_json(&self, token: &str, path: &str) -> (u16, serde_json::Value) {
         let r = self
             .client
