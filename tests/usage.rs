@@ -476,3 +476,39 @@ async fn completed_backups_are_metered_in_gib() {
     assert!(spans >= 1, "the closed spans stay for the bill");
     app.stop().await;
 }
+
+/// Egress: each round's bytes add to the hosting's row of that clock hour
+/// (one row per hour, never overlapping); an unknown hosting's are left out.
+#[tokio::test]
+async fn egress_adds_up_per_clock_hour() {
+    let app = TestApp::api().await;
+    let (t, _, id) = common::create_hosting(&app, "egon").await;
+    let at = |m: i64| t0() + chrono::Duration::minutes(m);
+    app.store.add_egress(&[(id.0, 1000)], at(5)).await.unwrap();
+    app.store
+        .add_egress(&[(id.0, 500), (uuid::Uuid::new_v4(), 7)], at(50))
+        .await
+        .unwrap();
+    app.store.add_egress(&[(id.0, 0)], at(55)).await.unwrap();
+    app.store.add_egress(&[(id.0, 20)], at(65)).await.unwrap();
+    let rows: Vec<(f64, DateTime<Utc>)> = sqlx::query_as(
+        "select quantity::float8, lower(period) from usage where kind = 'egress_bytes' order by 2",
+    )
+    .fetch_all(&app.store.db())
+    .await
+    .unwrap();
+    assert_eq!(rows, vec![(1500.0, at(0)), (20.0, at(60))]);
+    let u: Value = app
+        .client
+        .get(app.url("/api/v1/host/my/usage"))
+        .query(&[("from", at(0).to_rfc3339()), ("to", at(60).to_rfc3339())])
+        .bearer_auth(&t)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(u["totals"]["egress_bytes"], 1500.0, "{u}");
+    app.stop().await;
+}
