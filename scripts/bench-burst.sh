@@ -3,7 +3,8 @@
 # (default 10) create a default-size hosting at the same moment, a warm pool
 # of BURST_POOL Ready guests (default 2; 0 for none), the CPU overcommit
 # raised so that all fit; each POST -> Ready (site through nginx and SSH) is
-# printed, with the median and the maximum, once per mode:
+# printed, with the median and the maximum, and where the host's CPU time
+# went until the last was Ready (scripts/cpu-account.py), once per mode:
 #   cold    templates for clones off: the pool, then cold boots (the boot
 #           gate at BURST_GATE, default: its default for this host);
 #   clones  a template for clones built first: the pool, then clones;
@@ -58,6 +59,8 @@ for mode in "${MODES[@]}"; do
     ready+=("")
   done
   posts=()
+  python3 scripts/cpu-account.py snap "$WORK/cpu.json"
+  burst_t0=$(now)
   for i in $(seq 0 $((n - 1))); do
     t0+=("$(now)")
     curl -fsS -X POST "$API/host" -H "Authorization: Bearer ${tokens[$i]}" >/dev/null &
@@ -79,6 +82,7 @@ for mode in "${MODES[@]}"; do
     [ "$(date +%s)" -lt "$deadline" ] || break
     sleep 0.2
   done
+  cpu=$(python3 scripts/cpu-account.py diff "$WORK/cpu.json" "$(python3 -c "print($(now) - $burst_t0)")")
   line=$(python3 - "$mode (pool $pool)" "$TIMEOUT" "${ready[@]/#/x}" <<'PY'
 import statistics, sys
 mode, timeout, raw = sys.argv[1], float(sys.argv[2]), sys.argv[3:]
@@ -95,7 +99,11 @@ PY
   ms=$(for i in $(seq 0 $((n - 1))); do curl -fsS "$API/host/my" -H "Authorization: Bearer ${tokens[$i]}" |
     jq -r '[.events[] | select(.reason == "Cloned" or (.reason == "Personalised" and (.message | startswith("clone"))))
             | .message | capture("in (?<ms>[0-9]+) ms").ms] | reverse | join("/")'; done | grep . | tr '\n' ' ')
-  line="$line; started as: $how${ms:+; clone start/personalisation ms: $ms}"
+  steps=$(for i in $(seq 0 $((n - 1))); do curl -fsS "$API/host/my" -H "Authorization: Bearer ${tokens[$i]}" |
+    jq -r '.events[] | select(.reason == "Personalised" and (.message | startswith("clone"))) | .message
+            | capture("in the guest, ms: (?<s>[^;]*); the agent and the shell.s start: (?<a>[0-9]+) ms")
+            | "[\(.s), agent+shell \(.a)]"'; done | tr '\n' ' ')
+  line="$line; started as: $how${ms:+; clone start/personalisation ms: $ms}${steps:+; personalisation steps ms: $steps}; $cpu"
   step "$line"
   summary+=("$line")
   for i in $(seq 0 $((n - 1))); do

@@ -334,6 +334,7 @@ for c in clone_a clone_b; do
   reasons=$(jq -r '[.events[].reason] | join(" ")' "$WORK/$c.json")
   grep -qw Cloned <<<"$reasons" && grep -qw Personalised <<<"$reasons" ||
     fail "$c was not started as a clone: $(jq -c '[.events[] | "\(.reason): \(.message)"]' "$WORK/$c.json")"
+  jq -r --arg c "$c" '.events[] | select(.reason == "Cloned" or .reason == "Personalised") | "e2e: \($c): \(.message)"' "$WORK/$c.json"
   CPORT[$c]=$(jq -r .status.ssh_port "$WORK/$c.json"); CUID[$c]=$(jq -r .user_id "$WORK/$c.json")
   page=$(curl -fsS "http://127.0.0.1:$NGINX_PORT/${CUID[$c]}/") || fail "$c: the site does not answer"
   grep -q "Welcome, $c" <<<"$page" || fail "$c: the welcome page does not name its owner"

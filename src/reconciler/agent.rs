@@ -55,24 +55,76 @@ pub enum CallKind {
 /// `vmgenid`). The clock jumps from the template's save to now. New SSH host
 /// keys (ed25519 and ECDSA, as `hostd-boot` makes them: RSA takes 5-16 s
 /// under TCG) and a new machine-id. The boot id cannot be changed without a
-/// reboot (`/proc/sys/kernel/random/boot_id` is read-only).
+/// reboot (`/proc/sys/kernel/random/boot_id` is read-only). After each
+/// step a line `hostd-step NAME UPTIME` (the guest's `/proc/uptime`, read
+/// by the shell itself) says when it ended: [`step_times`] turns them into
+/// the event's breakdown.
 pub const CLONE_RESET: &str = r#"set -eu
+t() { read -r up _ < /proc/uptime; echo "hostd-step $1 $up"; }
+t start
 date -u -s "@$2" >/dev/null
+t clock
 perl -e 'open(my $f, ">", "/dev/urandom") or die "urandom: $!";
   my $b = pack("H*", $ARGV[0]);
   ioctl($f, 0x40085203, pack("ii", 8 * length($b), length($b)) . $b) or die "RNDADDENTROPY: $!";
   ioctl($f, 0x5207, 0) or die "RNDRESEEDCRNG: $!";' "$1"
+t rng
 rm -f /etc/ssh/ssh_host_*
 ssh-keygen -q -t ed25519 -N '' -C '' -f /etc/ssh/ssh_host_ed25519_key
 ssh-keygen -q -t ecdsa -N '' -C '' -f /etc/ssh/ssh_host_ecdsa_key
+t host-keys
 systemd-id128 new > /etc/machine-id.new
 mv /etc/machine-id.new /etc/machine-id
 rm -f /var/lib/systemd/random-seed
-exec /usr/local/sbin/hostd-boot --live
+t machine-id
+/usr/local/sbin/hostd-boot --live
+t seed
 "#;
 
-/// How a submitted call ended: the time it took, or why it failed.
-pub type Outcome = Result<Duration, String>;
+/// The steps' durations in milliseconds, from the `hostd-step NAME UPTIME`
+/// lines [`CLONE_RESET`] prints (the guest's output: at most 16 steps,
+/// names of at most 16 letters, digits and dashes; anything else is
+/// ignored). A `start` line begins a new reference without a step.
+pub fn step_times(output: &str) -> Vec<(String, u64)> {
+    let mut out = Vec::new();
+    let mut last: Option<f64> = None;
+    for line in output.lines() {
+        let mut f = line.split_ascii_whitespace();
+        let (Some("hostd-step"), Some(name), Some(up), None) =
+            (f.next(), f.next(), f.next(), f.next())
+        else {
+            continue;
+        };
+        let Ok(up) = up.parse::<f64>() else { continue };
+        let ok = name.len() <= 16 && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
+        if !ok || !up.is_finite() || up < 0.0 {
+            continue;
+        }
+        if let (Some(before), true) = (last, name != "start") {
+            out.push((
+                name.to_string(),
+                ((up - before).max(0.0) * 1000.0).round() as u64,
+            ));
+        }
+        last = Some(up);
+        if out.len() == 16 {
+            break;
+        }
+    }
+    out
+}
+
+/// What a call that ended well gives back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ran {
+    /// How long it took, seen from the host.
+    pub took: Duration,
+    /// What it printed (at most 2,000 characters; the guest's words).
+    pub output: String,
+}
+
+/// How a submitted call ended: what it ran, or why it failed.
+pub type Outcome = Result<Ran, String>;
 
 /// Where a hosting's call stands.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -169,7 +221,11 @@ impl AgentCalls {
                         }
                     };
                     running.fetch_sub(1, SeqCst);
-                    r.map(|_| started.elapsed()).map_err(|e| e.to_string())
+                    r.map(|output| Ran {
+                        took: started.elapsed(),
+                        output,
+                    })
+                    .map_err(|e| e.to_string())
                 }
                 Err(_) => Err("the agent calls were closed".to_string()),
             };
@@ -216,4 +272,27 @@ async fn clone_reset(
     );
     let args = ["-c", CLONE_RESET, "hostd-clone-reset", &entropy, &clock];
     vm.guest_exec(name, "/bin/sh", &args, AGENT_TIMEOUT).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::step_times;
+
+    #[test]
+    fn step_times_are_the_differences_of_the_step_lines_and_ignore_the_rest() {
+        let out = "hostd-step start 100.00 0\nhostd-step start 100.00\nhostd-step clock 100.01\n\
+                   hostd-step start 3.50\nhostd-step rng 3.75\nhostd-boot: seed applied\n\
+                   hostd-step host-keys 4.05\nhostd-step seed nan\nhostd-step a/b 5.0\n\
+                   hostd-step seed 4.65\n";
+        assert_eq!(
+            step_times(out),
+            vec![
+                ("clock".to_string(), 10),
+                ("rng".to_string(), 250),
+                ("host-keys".to_string(), 300),
+                ("seed".to_string(), 600),
+            ]
+        );
+        assert!(step_times("").is_empty());
+    }
 }

@@ -92,6 +92,14 @@ async fn converge(pass: &mut Pass<'_>) -> Result<Action, ReconcileError> {
         return Ok(Action::Requeue(super::steps::BOOT_WAIT));
     }
     if !pass.live_seed(&want, &image).await? {
+        // The route's batch (validation and reload) runs while the agent
+        // works, not after it: a clone or claimed guest is Ready that much
+        // sooner. Until its seed is applied the guest serves only the
+        // generic page it was made with (nothing of anyone's), and Ready
+        // still waits for the agent's call.
+        if !rec.warm {
+            pass.route(Some(ports.1)).await?;
+        }
         return pass.agent_pending().await;
     }
     if !rec.warm {

@@ -104,7 +104,8 @@ impl Pass<'_> {
             Poll::Done(run) => run,
         };
         match run {
-            Ok(took) => {
+            Ok(ran) => {
+                let took = ran.took;
                 self.st.applied_seed = Some(want.seed.clone());
                 self.fault("after_seed_apply").await?;
                 self.write_status().await?;
@@ -161,15 +162,21 @@ impl Pass<'_> {
                 Poll::Done(run) => run,
             };
         match run {
-            Ok(took) => {
+            Ok(ran) => {
                 self.st.applied_seed = Some(want.seed.clone());
                 self.fault("after_clone_personalise").await?;
                 self.write_status().await?;
                 self.ctx.metrics.clones.inc();
+                let steps = crate::reconciler::agent::step_times(&ran.output);
+                let in_guest: u64 = steps.iter().map(|(_, ms)| ms).sum();
+                let steps: Vec<String> = steps.iter().map(|(n, ms)| format!("{n} {ms}")).collect();
                 let msg = format!(
                     "clone personalised in {} ms: new SSH host keys and machine-id, kernel RNG \
-                     reseeded, clock set; hostname, SSH keys, welcome page",
-                    took.as_millis()
+                     reseeded, clock set; hostname, SSH keys, welcome page (in the guest, ms: {}; \
+                     the agent and the shell's start: {} ms)",
+                    ran.took.as_millis(),
+                    steps.join(", "),
+                    (ran.took.as_millis() as u64).saturating_sub(in_guest)
                 );
                 self.event(EventType::Normal, Reason::Personalised, &msg);
             }
