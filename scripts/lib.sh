@@ -12,6 +12,7 @@ ensure_cargo() {
   command -v cargo >/dev/null || die "cargo (Rust toolchain) not found: install Rust with rustup first"
 }
 
+PG_MAX_CONNECTIONS=300
 start_postgres() {
   local ver
   ver=$(ls /etc/postgresql 2>/dev/null | sort -n | tail -1)
@@ -21,10 +22,15 @@ start_postgres() {
   # with many databases that took over a minute here and pg_ctl's default
   # 60 s wait gave up. syncfs(2) syncs the file system once instead (PG 14+),
   # and the wait below is long enough for a big cluster's recovery.
-  local confd="/etc/postgresql/$ver/main/conf.d"
-  if [ -d "$confd" ] && [ ! -f "$confd/hostd.conf" ]; then
-    printf '%s\n' "# written by hostd's scripts/lib.sh" \
-      "recovery_init_sync_method = syncfs" >"$confd/hostd.conf"
+  # Connections: each hostd process pools up to 20, and the tests run
+  # several at once (four tests of a binary in parallel, some with two
+  # processes): Debian's 100 ran out once (2026-12-08, "remaining connection
+  # slots are reserved").
+  local confd="/etc/postgresql/$ver/main/conf.d" want
+  want=$(printf '%s\n' "# written by hostd's scripts/lib.sh" \
+    "recovery_init_sync_method = syncfs" "max_connections = $PG_MAX_CONNECTIONS")
+  if [ -d "$confd" ] && [ "$(cat "$confd/hostd.conf" 2>/dev/null)" != "$want" ]; then
+    printf '%s\n' "$want" >"$confd/hostd.conf"
   fi
   if ! pg_lsclusters -h | awk '{print $4}' | grep -q online; then
     log "starting PostgreSQL $ver"
@@ -33,6 +39,13 @@ start_postgres() {
   fi
   wait_until 120 1 su postgres -c "psql -qtAc 'select 1'" >/dev/null 2>&1 ||
     die "PostgreSQL did not come up"
+  if [ "$(su postgres -c "psql -qtAc 'show max_connections'")" -lt "$PG_MAX_CONNECTIONS" ]; then
+    log "restarting PostgreSQL $ver (max_connections = $PG_MAX_CONNECTIONS)"
+    pg_ctlcluster "$ver" main restart -- -t 600 ||
+      die "PostgreSQL $ver did not restart: see /var/log/postgresql/postgresql-$ver-main.log"
+    wait_until 120 1 su postgres -c "psql -qtAc 'select 1'" >/dev/null 2>&1 ||
+      die "PostgreSQL did not come up"
+  fi
   # Role used by hostd and its tests (password auth over TCP on loopback).
   su postgres -c "psql -qtAc \"select 1 from pg_roles where rolname='hostd'\"" | grep -q 1 ||
     su postgres -c "psql -qc \"create role hostd login createdb password 'hostd'\""
