@@ -35,6 +35,27 @@ async fn a_round_samples_libvirt_and_the_site_log_and_the_tenant_sees_it() {
     // Seven requests through the host nginx (the reconciler's readiness
     // probe, also through it, is left out of the site log).
     let site = app.nginx.as_ref().unwrap().url(&format!("/{uid}/"));
+    // Right after the reload that routed the site, an old nginx worker may
+    // still take a connection (and answer 404): wait until three requests
+    // in a row are served, as the probe (left out of the site log).
+    let probe = reqwest::Client::builder()
+        .user_agent(hostd::drivers::probe::USER_AGENT)
+        .build()
+        .unwrap();
+    let mut served = 0;
+    for _ in 0..100 {
+        let ok = probe
+            .get(&site)
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == 200);
+        served = if ok { served + 1 } else { 0 };
+        if served == 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(served, 3, "the site is served");
     let client = reqwest::Client::new();
     let mut sent = 0;
     for _ in 0..7 {
