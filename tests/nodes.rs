@@ -195,6 +195,40 @@ async fn many_hostings_of(
     ids
 }
 
+/// Each hosting's node, from the domains every node holds; fails if a
+/// hosting has domains on two nodes.
+async fn domains_by_node(ctl: &hostd::reconciler::Controller) -> HashMap<HostingId, String> {
+    let mut found: HashMap<HostingId, String> = HashMap::new();
+    for h in ctl.ctx.nodes.all() {
+        for d in h.driver.list_domains().await.unwrap() {
+            let id = d.marker.hosting_id;
+            assert!(
+                found.insert(id, h.name().to_string()).is_none(),
+                "{id} has domains on two nodes"
+            );
+        }
+    }
+    found
+}
+
+/// One drain tick, then the move it started or continues (one at a time),
+/// if any.
+async fn next_move(
+    app: &TestApp,
+    ctl: &hostd::reconciler::Controller,
+    q: &hostd::reconciler::queue::WorkQueue,
+) -> Option<(HostingId, hostd::domain::NodeName)> {
+    hostd::reconciler::drain::tick(&ctl.ctx, q).await.unwrap();
+    let moving: Vec<_> = (app.store.list_records().await.unwrap().into_iter())
+        .filter(|r| r.move_to.is_some())
+        .collect();
+    assert!(moving.len() <= 1, "one move at a time");
+    moving
+        .into_iter()
+        .next()
+        .map(|r| (r.id, r.move_to.unwrap()))
+}
+
 /// One pass of each hosting, 32 at once.
 async fn pass_all(ctl: &hostd::reconciler::Controller, ids: &[HostingId]) {
     futures_util::stream::iter(ids.iter().copied())
@@ -333,16 +367,7 @@ async fn a_thousand_hostings_are_placed_on_three_nodes_within_capacity_and_never
     println!("placed per node (MiB, hostings): {per_node:?}; waiting: {waiting}");
     assert_eq!(N - waiting, expected_total);
     // Each placed hosting's domain is on its node, and on no other.
-    let mut seen: HashMap<HostingId, String> = HashMap::new();
-    for h in ctl.ctx.nodes.all() {
-        for d in h.driver.list_domains().await.unwrap() {
-            let id = d.marker.hosting_id;
-            assert!(
-                seen.insert(id, h.name().to_string()).is_none(),
-                "{id} has domains on two nodes"
-            );
-        }
-    }
+    let seen = domains_by_node(&ctl).await;
     let placed: HashSet<HostingId> = records
         .iter()
         .filter(|r| r.status.ssh_port.is_some())
@@ -396,15 +421,9 @@ async fn a_thousand_hostings_are_placed_on_three_nodes_within_capacity_and_never
     assert_eq!(s, 202, "{n}");
     let mut interrupted = 0;
     for _ in 0..on_n3.len() {
-        hostd::reconciler::drain::tick(&ctl.ctx, &q).await.unwrap();
-        let moving: Vec<_> = (app.store.list_records().await.unwrap().into_iter())
-            .filter(|r| r.move_to.is_some())
-            .collect();
-        if moving.is_empty() {
+        let Some((id, _)) = next_move(&app, &ctl, &q).await else {
             break;
-        }
-        assert_eq!(moving.len(), 1, "one move at a time");
-        let id = moving[0].id;
+        };
         for _ in 0..10 {
             if let Err(e) = ctl.reconcile_once(id).await {
                 assert!(e.to_string().contains("after_migrate"), "{e}");
@@ -446,16 +465,7 @@ async fn a_thousand_hostings_are_placed_on_three_nodes_within_capacity_and_never
     );
     assert_eq!(per_node["n3"], on_n3.len() - MOVABLE);
     // Each domain is on its hosting's node, and on no other.
-    let mut seen: HashMap<HostingId, String> = HashMap::new();
-    for h in ctl.ctx.nodes.all() {
-        for d in h.driver.list_domains().await.unwrap() {
-            let id = d.marker.hosting_id;
-            assert!(
-                seen.insert(id, h.name().to_string()).is_none(),
-                "{id} has domains on two nodes"
-            );
-        }
-    }
+    let seen = domains_by_node(&ctl).await;
     for r in records.iter().filter(|r| r.status.ssh_port.is_some()) {
         assert_eq!(seen[&r.id], r.node.as_ref().unwrap().to_string());
     }
@@ -1193,15 +1203,9 @@ async fn a_drain_interrupted_at_every_move_moves_each_hosting_once_within_capaci
     let q = hostd::reconciler::queue::WorkQueue::default();
     let mut interrupted = 0;
     for _ in 0..N {
-        hostd::reconciler::drain::tick(&ctl.ctx, &q).await.unwrap();
-        let moving: Vec<_> = (app.store.list_records().await.unwrap().into_iter())
-            .filter(|r| r.move_to.is_some())
-            .collect();
-        if moving.is_empty() {
+        let Some((id, to)) = next_move(&app, &ctl, &q).await else {
             break;
-        }
-        assert_eq!(moving.len(), 1, "one move at a time");
-        let (id, to) = (moving[0].id, moving[0].move_to.clone().unwrap());
+        };
         for _ in 0..10 {
             let r = ctl.reconcile_once(id).await;
             let rec = app.store.get_record(id).await.unwrap().unwrap();
