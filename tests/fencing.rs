@@ -226,3 +226,80 @@ async fn a_deposed_leader_changes_no_hypervisor() {
     );
     second.release().await;
 }
+
+/// The host nginx (issue 27): once another process has taken the lease, the
+/// deposed reconciler's route changes are refused before nginx sees them
+/// (a submitted change ends `Failed(Deposed)` and wakes its hosting; a
+/// direct one is refused; a pass that would rewrite the route ends
+/// `Deposed`), the route keeps serving, and the new term changes it.
+#[tokio::test]
+async fn a_deposed_leader_changes_no_route() {
+    use hostd::drivers::{DriverError, RouteOutcome};
+    use hostd::reconciler::ReconcileError;
+    let app = TestApp::manual().await;
+    let ctl = app.controller.clone().unwrap();
+    let ctx = ctl.ctx.clone();
+    let instance = app.config.instance.clone();
+    let (_t, id, _guest) = common::reconciler::ready_manual(&app, &ctl, "routed").await;
+    let served = ctx.proxy.read_route(id).await.unwrap().expect("routed");
+
+    let mut first = Lease::new(&instance);
+    assert!(first.try_acquire(&app.store).await.unwrap());
+    ctx.store.fence(&instance, first.epoch().unwrap()).unwrap();
+    first.release().await;
+    let mut second = Lease::new(&instance);
+    assert!(second.try_acquire(&app.store).await.unwrap());
+
+    let r = ctx.proxy.apply(id, None).await;
+    assert!(matches!(r, Err(DriverError::Deposed)), "{r:?}");
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let woken = Box::new(move || {
+        let _ = tx.send(());
+    });
+    ctx.proxy.submit(id, None, woken);
+    tokio::time::timeout(Duration::from_secs(10), rx)
+        .await
+        .expect("the refused change wakes its hosting")
+        .unwrap();
+    let out = ctx.proxy.outcome(id, None);
+    assert!(
+        matches!(out, Some(RouteOutcome::Failed(DriverError::Deposed))),
+        "{out:?}"
+    );
+    ctx.proxy.forget(id);
+    let r = ctx.proxy.remove_stray("stray.conf").await;
+    assert!(matches!(r, Err(DriverError::Deposed)), "{r:?}");
+    assert_eq!(
+        ctx.proxy.read_route(id).await.unwrap().as_deref(),
+        Some(served.as_str()),
+        "nothing changed"
+    );
+    // A pass that would route the site to the stopped page ends at its
+    // first change (a status write refused by Postgres, or a change
+    // refused here).
+    sqlx::query("update hostings set running = false, generation = generation + 1 where id = $1")
+        .bind(id.0)
+        .execute(&app.store.db())
+        .await
+        .unwrap();
+    let r = ctl.reconcile_once(id).await;
+    assert!(
+        matches!(
+            r,
+            Err(ReconcileError::Driver(DriverError::Deposed))
+                | Err(ReconcileError::Store(hostd::store::StoreError::Fenced))
+        ),
+        "{r:?}"
+    );
+    assert_eq!(
+        ctx.proxy.read_route(id).await.unwrap().as_deref(),
+        Some(served.as_str()),
+        "the route still serves the guest"
+    );
+
+    // The new term changes it.
+    ctx.store.fence(&instance, second.epoch().unwrap()).unwrap();
+    ctx.proxy.apply(id, None).await.unwrap();
+    assert!(ctx.proxy.read_route(id).await.unwrap().is_none());
+    second.release().await;
+}

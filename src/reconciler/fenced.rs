@@ -10,7 +10,8 @@
 //!
 //! The check and the call are two steps: a term that ends between them is
 //! not caught (a window of one Postgres round trip, instead of up to the
-//! lease check's 2 s plus a reconcile's length). Reads are not checked.
+//! lease check's 2 s plus a reconcile's length). Reads are not checked. The
+//! host nginx is fenced the same way (`fenced_proxy`).
 
 use std::sync::Arc;
 
@@ -36,13 +37,19 @@ impl Fenced {
     }
 
     async fn check(&self) -> DriverResult<()> {
-        match self.store.term_valid().await {
-            Ok(true) => Ok(()),
-            Ok(false) => Err(DriverError::Deposed),
-            Err(e) => Err(DriverError::Connection(format!(
-                "cannot confirm this reconciler's leader term: {e}"
-            ))),
-        }
+        term_check(&self.store).await
+    }
+}
+
+/// `Ok` while the term of `store`'s connections is current;
+/// [`DriverError::Deposed`] once another has begun.
+pub(super) async fn term_check(store: &Store) -> DriverResult<()> {
+    match store.term_valid().await {
+        Ok(true) => Ok(()),
+        Ok(false) => Err(DriverError::Deposed),
+        Err(e) => Err(DriverError::Connection(format!(
+            "cannot confirm this reconciler's leader term: {e}"
+        ))),
     }
 }
 

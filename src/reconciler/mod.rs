@@ -27,6 +27,7 @@ pub mod console;
 pub mod controller;
 pub mod drain;
 pub mod fenced;
+pub mod fenced_proxy;
 pub mod memory;
 pub mod names;
 pub mod nodes;
@@ -141,9 +142,11 @@ impl Context {
     ) -> Result<Arc<Context>, ContextError> {
         // Its own pool slot: fenced by the leader term once it leads,
         // while the API's statements stay on the shared pool; every
-        // hypervisor's changes are fenced by the same term.
+        // hypervisor's changes and the host nginx's are fenced by the same
+        // term.
         let store = store.detached();
         let vm = fenced::Fenced::wrap(vm, store.clone());
+        let proxy = fenced_proxy::FencedProxy::wrap(proxy, store.clone());
         let catalog = Catalog::load(&config.images_file, &config.state_dir)?;
         let offsite = match &config.backups.offsite {
             Some(p) => Some(offsite::Offsite::new(p, installation).map_err(ContextError::Offsite)?),
