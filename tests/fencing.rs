@@ -32,6 +32,28 @@ async fn events_with(app: &TestApp, id: hostd::domain::HostingId, msg: &str) -> 
     n as usize
 }
 
+/// A ready hosting under a manual reconciler whose term has ended: term 1
+/// fenced its store, then another process took the lease (term 2's lease is
+/// returned with the hosting's id and its stand-in guest).
+async fn deposed(
+    app: &TestApp,
+    ctl: &hostd::reconciler::Controller,
+    user: &str,
+) -> (Lease, hostd::domain::HostingId, common::FakeGuest) {
+    let instance = app.config.instance.clone();
+    let (_t, id, guest) = common::reconciler::ready_manual(app, ctl, user).await;
+    let mut first = Lease::new(&instance);
+    assert!(first.try_acquire(&app.store).await.unwrap());
+    ctl.ctx
+        .store
+        .fence(&instance, first.epoch().unwrap())
+        .unwrap();
+    first.release().await;
+    let mut second = Lease::new(&instance);
+    assert!(second.try_acquire(&app.store).await.unwrap());
+    (second, id, guest)
+}
+
 /// Term 1 writes; term 2 begins elsewhere; term 1's status, event and
 /// reconcile writes are refused (nothing lands), the API still writes, and
 /// a store fenced by term 2 writes again.
@@ -165,15 +187,8 @@ async fn a_deposed_leader_changes_no_hypervisor() {
     let ctl = app.controller.clone().unwrap();
     let ctx = ctl.ctx.clone();
     let instance = app.config.instance.clone();
-    let (_t, id, _guest) = common::reconciler::ready_manual(&app, &ctl, "deposed").await;
+    let (mut second, id, _guest) = deposed(&app, &ctl, "deposed").await;
     let name = hostd::reconciler::names::domain_name(id);
-
-    let mut first = Lease::new(&instance);
-    assert!(first.try_acquire(&app.store).await.unwrap());
-    ctx.store.fence(&instance, first.epoch().unwrap()).unwrap();
-    first.release().await;
-    let mut second = Lease::new(&instance);
-    assert!(second.try_acquire(&app.store).await.unwrap());
 
     // Term 1 is over: a destroy (here, as a reconcile would after its
     // lease check missed the change) is refused and the guest still runs.
@@ -240,15 +255,8 @@ async fn a_deposed_leader_changes_no_route() {
     let ctl = app.controller.clone().unwrap();
     let ctx = ctl.ctx.clone();
     let instance = app.config.instance.clone();
-    let (_t, id, _guest) = common::reconciler::ready_manual(&app, &ctl, "routed").await;
+    let (mut second, id, _guest) = deposed(&app, &ctl, "routed").await;
     let served = ctx.proxy.read_route(id).await.unwrap().expect("routed");
-
-    let mut first = Lease::new(&instance);
-    assert!(first.try_acquire(&app.store).await.unwrap());
-    ctx.store.fence(&instance, first.epoch().unwrap()).unwrap();
-    first.release().await;
-    let mut second = Lease::new(&instance);
-    assert!(second.try_acquire(&app.store).await.unwrap());
 
     let r = ctx.proxy.apply(id, None).await;
     assert!(matches!(r, Err(DriverError::Deposed)), "{r:?}");

@@ -41,7 +41,14 @@ impl Refusal {
     }
 }
 
-type Submission = (HostingId, Option<RouteSpec>, Box<dyn FnOnce() + Send>);
+/// A queued change: the hosting, the route, its rendered content (what
+/// `outcome` compares) and the waker.
+type Submission = (
+    HostingId,
+    Option<RouteSpec>,
+    Option<String>,
+    Box<dyn FnOnce() + Send>,
+);
 
 /// The host nginx, its changes fenced by the term of a store.
 pub struct FencedProxy {
@@ -84,8 +91,7 @@ async fn run(
             taken.push(more);
         }
         let verdict = term_check(&store).await;
-        for (id, route, done) in taken {
-            let content = route.as_ref().map(|r| inner.render(r));
+        for (id, route, content, done) in taken {
             match &verdict {
                 Ok(()) => {
                     inner.submit(id, route, done);
@@ -137,8 +143,10 @@ impl ProxyDriver for FencedProxy {
     }
     fn submit(&self, id: HostingId, route: Option<RouteSpec>, done: Box<dyn FnOnce() + Send>) {
         let content = route.as_ref().map(|r| self.inner.render(r));
-        self.held().insert(id, (content, None));
-        if let Err(mpsc::error::SendError((id, _, done))) = self.queue.send((id, route, done)) {
+        self.held().insert(id, (content.clone(), None));
+        if let Err(mpsc::error::SendError((id, _, _, done))) =
+            self.queue.send((id, route, content, done))
+        {
             // The queue's task is gone (the runtime is shutting down).
             let mut h = self.held();
             if let Some(e) = h.get_mut(&id) {
